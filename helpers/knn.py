@@ -1,0 +1,84 @@
+"""Nearest neighbours of query patches in the memory bank, in bounded memory.
+
+The torch backend walks the bank in blocks so that no distance block exceeds ``memory_mb``
+(queries x bank-block x 4 bytes), keeping a running top-k. Distances are Euclidean (``l2``) or
+``1 - cosine similarity`` (``cosine``). The optional faiss backend (``pip install faiss-cpu``)
+answers the same question with an exact flat index.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def _prepare(x: torch.Tensor, distance: str) -> torch.Tensor:
+    x = x.float()
+    if distance == "cosine":
+        x = torch.nn.functional.normalize(x, dim=1)
+    return x
+
+
+def _finish(d2: torch.Tensor, distance: str) -> torch.Tensor:
+    # for unit vectors |q - b|^2 = 2 - 2 cos, so 1 - cos = d2 / 2
+    return d2.clamp_min(0).sqrt() if distance == "l2" else (d2 / 2).clamp_min(0)
+
+
+def knn_torch(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, distance: str = "l2",
+              memory_mb: int = 256, bank_sqn: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(distances [Q, k] ascending, indices [Q, k]) of each query's k nearest bank rows."""
+    if queries.ndim != 2 or bank.ndim != 2 or queries.shape[1] != bank.shape[1]:
+        raise ValueError(f"queries {tuple(queries.shape)} and bank {tuple(bank.shape)} must be "
+                         "2-D with the same feature dimension")
+    if not 1 <= k <= bank.shape[0]:
+        raise ValueError(f"k={k} must be in [1, bank size {bank.shape[0]}]")
+    q = _prepare(queries, distance)
+    b = _prepare(bank, distance)
+    qn = (q * q).sum(1, keepdim=True)
+    bn = (b * b).sum(1) if bank_sqn is None or distance == "cosine" else bank_sqn
+    budget = max(1, memory_mb * (1 << 20) // 4)
+    # a query block and a bank block whose product fits the budget
+    q_step = min(q.shape[0], max(1, budget // min(b.shape[0], 65536)))
+    b_step = max(k, min(b.shape[0], budget // q_step))
+    best_d = torch.empty(q.shape[0], k, device=q.device)
+    best_i = torch.empty(q.shape[0], k, dtype=torch.long, device=q.device)
+    for qs in range(0, q.shape[0], q_step):
+        qq, qqn = q[qs:qs + q_step], qn[qs:qs + q_step]
+        run_d = run_i = None
+        for bs in range(0, b.shape[0], b_step):
+            d2 = torch.addmm(bn[bs:bs + b_step][None, :], qq, b[bs:bs + b_step].T, alpha=-2.0)
+            d2.add_(qqn)
+            kk = min(k, d2.shape[1])
+            vals, idx = torch.topk(d2, kk, dim=1, largest=False)
+            idx += bs
+            if run_d is None:
+                run_d, run_i = vals, idx
+            else:
+                cat_d, cat_i = torch.cat([run_d, vals], 1), torch.cat([run_i, idx], 1)
+                run_d, order = torch.topk(cat_d, k, dim=1, largest=False)
+                run_i = torch.gather(cat_i, 1, order)
+        best_d[qs:qs + q_step], best_i[qs:qs + q_step] = run_d, run_i
+    return _finish(best_d, distance), best_i
+
+
+def knn_faiss(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, distance: str = "l2"
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same contract as :func:`knn_torch`, with an exact faiss flat index."""
+    try:
+        import faiss
+    except ImportError as exc:
+        raise ImportError("knn_backend='faiss' needs faiss: pip install faiss-cpu "
+                          "(or use knn_backend='torch')") from exc
+    q = _prepare(queries, distance).cpu().numpy()
+    b = _prepare(bank, distance).cpu().numpy()
+    index = faiss.IndexFlatL2(b.shape[1])
+    index.add(b)
+    d2, idx = index.search(q, k)
+    d = _finish(torch.from_numpy(d2), distance)
+    return d.to(queries.device), torch.from_numpy(idx).to(queries.device)
+
+
+def knn(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, distance: str = "l2",
+        backend: str = "torch", memory_mb: int = 256, bank_sqn: torch.Tensor | None = None):
+    if backend == "faiss":
+        return knn_faiss(queries, bank, k, distance)
+    return knn_torch(queries, bank, k, distance, memory_mb, bank_sqn)

@@ -1,0 +1,165 @@
+"""Image AUROC, pixel AUROC, AUPRO (to FPR 0.3), F1-optimal threshold, per-defect AUROC.
+
+Every metric returns ``None`` with a warning when the data cannot support it (one class only, no
+masks), never a made-up number.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+from sklearn.metrics import precision_recall_curve, roc_auc_score
+
+
+def image_auroc(labels: Sequence[int], scores: Sequence[float]) -> float | None:
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+    keep = np.isfinite(scores)
+    labels, scores = labels[keep], scores[keep]
+    if len(np.unique(labels)) < 2:
+        warnings.warn("image AUROC needs both good and defective test images; reporting null",
+                      stacklevel=2)
+        return None
+    return float(roc_auc_score(labels, scores))
+
+
+def _valid_pairs(masks, maps):
+    pairs = [(np.asarray(m, bool), np.asarray(a, np.float32)) for m, a in zip(masks, maps)
+             if m is not None and a is not None]
+    for m, a in pairs:
+        if m.shape != a.shape:
+            raise ValueError(f"mask shape {m.shape} != anomaly map shape {a.shape}")
+    return pairs
+
+
+def pixel_auroc(masks: Sequence[np.ndarray | None], maps: Sequence[np.ndarray | None]) -> float | None:
+    """AUROC over all pixels of the images that have a mask (good images: an all-False mask)."""
+    pairs = _valid_pairs(masks, maps)
+    if not pairs:
+        warnings.warn("no ground-truth masks: pixel AUROC is null", stacklevel=2)
+        return None
+    y = np.concatenate([m.ravel() for m, _ in pairs])
+    s = np.concatenate([a.ravel() for _, a in pairs])
+    if y.all() or not y.any():
+        warnings.warn("pixel AUROC needs both defect and normal pixels; reporting null", stacklevel=2)
+        return None
+    return float(roc_auc_score(y, s))
+
+
+def pro_curve(masks: Sequence[np.ndarray | None], maps: Sequence[np.ndarray | None]
+              ) -> tuple[np.ndarray, np.ndarray] | None:
+    """(FPR, PRO) at every distinct threshold, exact. PRO is the mean over connected defect regions
+    (8-connectivity) of the fraction of the region above the threshold; FPR is over all pixels
+    outside any defect."""
+    pairs = _valid_pairs(masks, maps)
+    if not pairs:
+        return None
+    scores, weights_pro, is_normal = [], [], []
+    n_regions = 0
+    for m, a in pairs:
+        labels, n = ndimage.label(m, structure=np.ones((3, 3), int))
+        sizes = np.bincount(labels.ravel(), minlength=n + 1).astype(np.float64)
+        scores.append(a.ravel())
+        lab = labels.ravel()
+        w = np.zeros(lab.shape, np.float64)
+        w[lab > 0] = 1.0 / sizes[lab[lab > 0]]
+        weights_pro.append(w)
+        is_normal.append(lab == 0)
+        n_regions += n
+    s = np.concatenate(scores)
+    normal = np.concatenate(is_normal)
+    if n_regions == 0 or normal.sum() == 0:
+        return None
+    w_pro = np.concatenate(weights_pro) / n_regions
+    w_fpr = normal / normal.sum()
+    order = np.argsort(-s, kind="stable")
+    s, w_pro, w_fpr = s[order], w_pro[order], w_fpr[order]
+    pro, fpr = np.cumsum(w_pro), np.cumsum(w_fpr)
+    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]   # last index of each tied group
+    return np.r_[0.0, fpr[last]], np.r_[0.0, pro[last]]
+
+
+def aupro(masks, maps, max_fpr: float = 0.3) -> float | None:
+    """Area under the PRO curve up to ``max_fpr``, divided by ``max_fpr`` (1.0 = perfect)."""
+    curve = pro_curve(masks, maps)
+    if curve is None:
+        warnings.warn("no ground-truth defect regions: AUPRO is null", stacklevel=2)
+        return None
+    fpr, pro = curve
+    pro_at = np.interp(max_fpr, fpr, pro)
+    keep = fpr <= max_fpr
+    x = np.r_[fpr[keep], max_fpr]
+    y = np.r_[pro[keep], pro_at]
+    return float(np.trapezoid(y, x) / max_fpr)
+
+
+def f1_threshold(labels: Sequence[int], scores: Sequence[float]) -> tuple[float, float] | None:
+    """(threshold, F1) maximising F1 of "score >= threshold means defective"."""
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+    keep = np.isfinite(scores)
+    labels, scores = labels[keep], scores[keep]
+    if len(np.unique(labels)) < 2:
+        warnings.warn("F1 threshold needs both good and defective images; reporting null", stacklevel=2)
+        return None
+    precision, recall, thresholds = precision_recall_curve(labels, scores)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    best = int(np.argmax(f1[:-1]))
+    return float(thresholds[best]), float(f1[best])
+
+
+def per_defect_auroc(defects: Sequence[str], scores: Sequence[float]) -> dict[str, float | None]:
+    """Image AUROC of each defect type against the good test images."""
+    defects, scores = np.asarray(defects), np.asarray(scores, dtype=np.float64)
+    good = defects == "good"
+    out = {}
+    for d in sorted(set(defects.tolist()) - {"good"}):
+        sel = good | (defects == d)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out[d] = image_auroc((defects[sel] != "good").astype(int), scores[sel])
+    if not good.any() and out:
+        warnings.warn("no good test images: per-defect AUROC is null", stacklevel=2)
+    return out
+
+
+def evaluate(labels, scores, defects, masks=None, maps=None) -> dict:
+    """All metrics in one dict (the metrics.json contract, without timings/config)."""
+    thr = f1_threshold(labels, scores)
+    return {
+        "image_auroc": image_auroc(labels, scores),
+        "pixel_auroc": pixel_auroc(masks, maps) if masks is not None else None,
+        "aupro": aupro(masks, maps) if masks is not None else None,
+        "f1_threshold": None if thr is None else thr[0],
+        "f1": None if thr is None else thr[1],
+        "per_defect": per_defect_auroc(defects, scores),
+    }
+
+
+def evaluate_samples(samples, prediction) -> dict:
+    """Metrics for MVTec test ``samples`` scored by ``prediction`` (a :class:`helpers.Prediction`).
+    Good images count as all-normal masks; defective images without a mask are left out of the
+    pixel metrics (with a warning naming them)."""
+    from .data import load_mask
+
+    masks = []
+    missing = []
+    for s, amap in zip(samples, prediction.maps):
+        if amap is None:
+            masks.append(None)
+        elif s.defect == "good":
+            masks.append(np.zeros(amap.shape, bool))
+        else:
+            m = load_mask(s.mask_path, amap.shape) if s.mask_path is not None else None
+            if m is None:
+                missing.append(str(s.path))
+            masks.append(m)
+    if missing and len(missing) < sum(s.defect != "good" for s in samples):
+        warnings.warn(f"pixel metrics skip {len(missing)} defective image(s) without a mask: "
+                      f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}", stacklevel=2)
+    has_masks = any(m is not None and m.any() for m in masks)
+    result = evaluate([s.label for s in samples], prediction.scores, [s.defect for s in samples],
+                      masks if has_masks else None, prediction.maps if has_masks else None)
+    if not has_masks:
+        warnings.warn("no ground-truth masks found: pixel AUROC and AUPRO are null", stacklevel=2)
+    return result

@@ -1,0 +1,141 @@
+"""A deterministic synthetic "metal nut" set in MVTec AD layout, small enough for a 2-core demo.
+
+Each part is a brushed-metal ring whose outer edge has four saw-tooth lobes (slow rise, sharp drop),
+so the part is chiral: a mirrored part (``flip``) cannot be rotated back onto a good one. Parts are
+rotated at random. Defects: ``scratch`` (thin bright/dark line), ``color`` (a stain), ``bent`` (one
+lobe pushed out of shape) and ``flip`` (the mirror image, masked as the whole part).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+DEFECTS = ("bent", "color", "flip", "scratch")
+_VERSION = 2
+
+
+def _radius_profile(theta: np.ndarray, mirrored: bool, bend: tuple[float, float] | None) -> np.ndarray:
+    """Outer radius (as a fraction of the part radius) at angle theta."""
+    t = -theta if mirrored else theta
+    phase = (t * 4 / (2 * np.pi)) % 1.0                   # four lobes
+    saw = np.where(phase < 0.8, phase / 0.8, (1.0 - phase) / 0.2)  # slow rise, sharp drop
+    r = 0.80 + 0.20 * saw
+    if bend is not None:
+        angle, amount = bend
+        d = np.angle(np.exp(1j * (theta - angle)))
+        r = r + amount * np.exp(-0.5 * (d / 0.22) ** 2)
+    return r
+
+
+def render_part(size: int, rng: np.random.Generator, mirrored: bool = False,
+                bend: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """RGB uint8 image [size, size, 3] and the part's boolean mask."""
+    ss = 2 * size  # render at 2x, then area-downsample for smooth edges
+    rot = rng.uniform(0, 2 * np.pi)
+    cx, cy = ss / 2 + rng.normal(0, ss * 0.01, 2)
+    radius = ss * 0.36
+    yy, xx = np.mgrid[0:ss, 0:ss].astype(np.float32)
+    dx, dy = xx - cx, yy - cy
+    rr = np.hypot(dx, dy) / radius
+    theta = np.arctan2(dy, dx) - rot
+    outer = _radius_profile(theta, mirrored, bend)
+    part = (rr < outer) & (rr > 0.32)
+    # brushed metal: concentric grain + fine noise + directional light
+    grain = 0.06 * np.sin(rr * 90 + rng.uniform(0, 6.28)) + 0.04 * rng.standard_normal((ss, ss))
+    grain = cv2.GaussianBlur(grain.astype(np.float32), (0, 0), 1.2)
+    light = 0.55 + 0.25 * np.cos(np.arctan2(dy, dx) - 0.8) * np.clip(rr, 0, 1)
+    bevel = np.clip((outer - rr) * 6, 0, 1) * np.clip((rr - 0.32) * 8, 0, 1)
+    base = light * (0.6 + 0.4 * bevel) + grain
+    # a darker inner ring (the nut's collar)
+    base = np.where((rr > 0.32) & (rr < 0.45), base * 0.75, base)
+    tint = np.array([0.93, 0.95, 1.0], dtype=np.float32)
+    img = np.clip(base[..., None] * tint, 0, 1)
+    background = 0.08 + 0.02 * rng.standard_normal((ss, ss, 1)).astype(np.float32)
+    img = np.where(part[..., None], img, background)
+    img = cv2.resize((np.clip(img, 0, 1) * 255).astype(np.uint8), (size, size), interpolation=cv2.INTER_AREA)
+    mask = cv2.resize(part.astype(np.uint8) * 255, (size, size), interpolation=cv2.INTER_AREA) > 127
+    return img, mask
+
+
+def _point_on_part(mask: np.ndarray, rng: np.random.Generator, margin: int) -> tuple[int, int]:
+    inner = cv2.erode(mask.astype(np.uint8), np.ones((2 * margin + 1,) * 2, np.uint8)) > 0
+    ys, xs = np.nonzero(inner if inner.any() else mask)
+    i = rng.integers(len(ys))
+    return int(xs[i]), int(ys[i])
+
+
+def make_sample(defect: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+    """One image and its defect mask (None for good)."""
+    if defect == "good":
+        return render_part(size, rng)[0], None
+    if defect == "flip":
+        img, part = render_part(size, rng, mirrored=True)
+        return img, part
+    if defect == "bent":
+        state = rng.bit_generator.state
+        angle = rng.uniform(0, 2 * np.pi)
+        amount = rng.uniform(0.12, 0.18)
+        img, part = render_part(size, rng, bend=(angle, amount))
+        rng.bit_generator.state = state          # same part without the bend, for the mask
+        rng.uniform(0, 2 * np.pi), rng.uniform(0.12, 0.18)
+        _, plain = render_part(size, rng)
+        diff = (part ^ plain).astype(np.uint8)
+        mask = cv2.dilate(diff, np.ones((5, 5), np.uint8)) > 0
+        return img, mask
+    img, part = render_part(size, rng)
+    mask = np.zeros(part.shape, np.uint8)
+    if defect == "scratch":
+        x0, y0 = _point_on_part(part, rng, size // 16)
+        ang, length = rng.uniform(0, np.pi), rng.uniform(0.12, 0.22) * size
+        x1, y1 = int(x0 + length * np.cos(ang)), int(y0 + length * np.sin(ang))
+        shade = (235, 235, 240) if rng.random() < 0.5 else (25, 25, 30)
+        width = max(1, size // 128)
+        canvas = img.copy()
+        cv2.line(canvas, (x0, y0), (x1, y1), shade, width, cv2.LINE_AA)
+        cv2.line(mask, (x0, y0), (x1, y1), 255, width + 2)
+        m = (mask > 0) & part
+        img = np.where(part[..., None], canvas, img)
+    elif defect == "color":
+        x0, y0 = _point_on_part(part, rng, size // 12)
+        axes = (int(rng.uniform(0.04, 0.08) * size), int(rng.uniform(0.03, 0.06) * size))
+        cv2.ellipse(mask, (x0, y0), axes, rng.uniform(0, 180), 0, 360, 255, -1)
+        m = (mask > 0) & part
+        colour = np.array([(190, 60, 40), (60, 90, 200), (200, 160, 40)][rng.integers(3)], np.float32)
+        alpha = cv2.GaussianBlur(m.astype(np.float32), (0, 0), 1.5)[..., None] * 0.75
+        img = (img * (1 - alpha) + colour * alpha).astype(np.uint8)
+    else:
+        raise ValueError(f"unknown defect {defect!r}; choose one of {DEFECTS}")
+    return img, m
+
+
+def generate_dataset(root: str | Path, category: str = "metal_nut", size: int = 256,
+                     n_train: int = 24, n_test_good: int = 8, n_per_defect: int = 6,
+                     seed: int = 0, defects: tuple[str, ...] = DEFECTS) -> Path:
+    """Write the set under ``root/category`` (skipped when an identical set is already there).
+    Returns ``root``."""
+    root = Path(root)
+    cat = root / category
+    params = dict(version=_VERSION, size=size, n_train=n_train, n_test_good=n_test_good,
+                  n_per_defect=n_per_defect, seed=seed, defects=list(defects))
+    stamp = cat / "synthetic.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) == params:
+        return root
+    plan = [("train", "good", n_train), ("test", "good", n_test_good)]
+    plan += [("test", d, n_per_defect) for d in defects]
+    for split, defect, count in plan:
+        (cat / split / defect).mkdir(parents=True, exist_ok=True)
+        if defect != "good":
+            (cat / "ground_truth" / defect).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            key = (seed, ["train", "test"].index(split), (("good",) + tuple(defects)).index(defect), i)
+            rng = np.random.default_rng(key)
+            img, mask = make_sample(defect, size, rng)
+            cv2.imwrite(str(cat / split / defect / f"{i:03d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+            if mask is not None:
+                cv2.imwrite(str(cat / "ground_truth" / defect / f"{i:03d}_mask.png"),
+                            mask.astype(np.uint8) * 255)
+    stamp.write_text(json.dumps(params))
+    return root
