@@ -81,6 +81,7 @@ def covering_radius(features: torch.Tensor, selected: torch.Tensor, chunk: int =
     centers = features[selected].float()
     worst = 0.0
     for i in range(0, features.shape[0], chunk):
-        d = torch.cdist(features[i:i + chunk].float(), centers)
+        d = torch.cdist(features[i:i + chunk].float(), centers,
+                        compute_mode="donot_use_mm_for_euclid_dist")
         worst = max(worst, float(d.min(dim=1).values.max()))
     return worst

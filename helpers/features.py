@@ -35,7 +35,7 @@ class FeatureExtractor(nn.Module):
         self.strides = [spec.layers[layer] for layer in self.layers]
         net = model if model is not None else load_backbone(backbone, weights)
         self.body = create_feature_extractor(net, return_nodes={l: l for l in self.layers})
-        self.body.eval()
+        self.eval()
 
     @property
     def grid_stride(self) -> int:

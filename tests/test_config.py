@@ -1,0 +1,67 @@
+import json
+
+import pytest
+
+from helpers import Config, ConfigError
+from helpers.backbones import BACKBONES
+
+
+def test_defaults_follow_the_official_code():
+    c = Config()
+    assert c.backbone == "wide_resnet50_2"
+    assert c.layers == ["layer2", "layer3"]
+    assert (c.input_size, c.resize) == (224, 256)
+    assert (c.pretrain_embed_dim, c.target_embed_dim) == (1024, 1024)
+    assert (c.coreset_ratio, c.coreset_projection_dim, c.patch_size, c.sigma) == (0.1, 128, 3, 4.0)
+
+
+def test_backbone_defaults_fill_only_unset_fields():
+    c = Config(backbone="mobilenet_v2")
+    spec = BACKBONES["mobilenet_v2"]
+    assert c.layers == list(spec.default_layers)
+    assert c.input_size == spec.defaults["input_size"]
+    c2 = Config(backbone="mobilenet_v2", input_size=160, resize=160, layers="features.6,features.13")
+    assert (c2.input_size, c2.layers) == (160, ["features.6", "features.13"])
+
+
+@pytest.mark.parametrize("field,value,words", [
+    ("coreset_ratio", 0, "(0, 1]"), ("coreset_ratio", 1.5, "(0, 1]"), ("coreset_ratio", -0.1, "(0, 1]"),
+    ("backbone", "vgg16", "wide_resnet50_2"), ("layers", ["layer9"], "layer2"),
+    ("input_size", 225, "multiple of 8"), ("batch_size", 0, "batch_size"),
+    ("sigma", -1.0, "sigma"), ("distance", "manhattan", "cosine"), ("device", "tpu", "cuda"),
+    ("resize", 100, "input_size"), ("patch_size", 2, "odd"), ("num_neighbors", 0, "num_neighbors"),
+    ("clahe_clip_limit", 0, "clahe_clip_limit"), ("knn_backend", "annoy", "faiss"),
+])
+def test_bad_values_name_the_field_and_allowed_values(field, value, words):
+    with pytest.raises(ConfigError) as err:
+        Config(**{field: value})
+    assert field in str(err.value) and words in str(err.value)
+
+
+def test_hash_tracks_artifact_fields_only():
+    a = Config(backbone="mobilenet_v2")
+    assert a.hash() == Config(backbone="mobilenet_v2", batch_size=3, device="cpu").hash()
+    assert a.hash() != Config(backbone="mobilenet_v2", coreset_ratio=0.2).hash()
+    assert a.hash() != Config(backbone="mobilenet_v2", clahe=True).hash()
+    assert len(a.hash()) == 12
+
+
+def test_json_round_trip(tmp_path):
+    c = Config(backbone="mobilenet_v2", clahe=True, coreset_ratio=0.05, dataset_path="/x")
+    path = tmp_path / "config.json"
+    c.to_json(path)
+    data = json.loads(path.read_text())
+    assert data["config_hash"] == c.hash()
+    assert Config.from_json(path) == c
+
+
+def test_unknown_field_is_refused():
+    with pytest.raises(ConfigError, match="coreset_ration"):
+        Config.from_dict({"coreset_ration": 0.1})
+
+
+def test_differences_lists_changed_artifact_fields():
+    a = Config(backbone="mobilenet_v2")
+    b = Config(backbone="mobilenet_v2", input_size=160, resize=160)
+    diff = a.differences(b.to_dict())
+    assert set(diff) == {"input_size", "resize"}

@@ -1,0 +1,107 @@
+import warnings
+
+import numpy as np
+import pytest
+
+from helpers import metrics
+
+
+def test_image_auroc_known_answers():
+    assert metrics.image_auroc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 1.0
+    assert metrics.image_auroc([0, 0, 1, 1], [0.9, 0.8, 0.2, 0.1]) == 0.0
+    assert metrics.image_auroc([0, 1], [0.5, 0.5]) == 0.5
+    # pairs (neg, pos): (0.1,0.35) ok, (0.1,0.8) ok, (0.4,0.35) wrong, (0.4,0.8) ok -> 3/4
+    assert metrics.image_auroc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == 0.75
+
+
+def test_image_auroc_one_class_is_null_with_warning():
+    with pytest.warns(UserWarning, match="good and defective"):
+        assert metrics.image_auroc([1, 1, 1], [0.1, 0.2, 0.3]) is None
+
+
+def brute_force_aupro(masks, maps, max_fpr=0.3, steps=4000):
+    from scipy import ndimage
+    regions, normal = [], []
+    for m, a in zip(masks, maps):
+        lab, n = ndimage.label(m, structure=np.ones((3, 3)))
+        regions += [a[lab == i] for i in range(1, n + 1)]
+        normal.append(a[~m])
+    normal = np.concatenate(normal)
+    thresholds = np.linspace(max(a.max() for a in maps) + 1e-6, min(a.min() for a in maps) - 1e-6, steps)
+    fpr = np.array([(normal >= t).mean() for t in thresholds])
+    pro = np.array([np.mean([(r >= t).mean() for r in regions]) for t in thresholds])
+    keep = fpr <= max_fpr
+    x = np.r_[fpr[keep], max_fpr]
+    y = np.r_[pro[keep], np.interp(max_fpr, fpr, pro)]
+    return np.trapezoid(y, x) / max_fpr
+
+
+def hand_made():
+    rng = np.random.default_rng(0)
+    masks, maps = [], []
+    for k in range(3):
+        m = np.zeros((32, 32), bool)
+        if k > 0:
+            m[4:10, 4:12] = True           # region 1
+            m[20:30, 18 + k:22 + k] = True  # region 2
+        a = rng.random((32, 32)) * 0.6 + m * rng.random((32, 32)) * 0.8
+        masks.append(m)
+        maps.append(a.astype(np.float32))
+    return masks, maps
+
+
+def test_aupro_matches_threshold_sweep():
+    masks, maps = hand_made()
+    assert metrics.aupro(masks, maps) == pytest.approx(brute_force_aupro(masks, maps), abs=2e-3)
+
+
+def test_aupro_perfect_and_inverted_maps():
+    masks, _ = hand_made()
+    perfect = [m.astype(np.float32) for m in masks]
+    assert metrics.aupro(masks, perfect) == pytest.approx(1.0)
+    inverted = [1 - p for p in perfect]
+    assert metrics.aupro(masks, inverted) == pytest.approx(0.0)
+
+
+def test_pro_weights_regions_equally():
+    # one tiny region fully found, one big region missed -> PRO 0.5 at low FPR
+    m = np.zeros((40, 40), bool)
+    m[0:2, 0:2] = True
+    m[10:40, 10:40] = True
+    a = np.zeros((40, 40), np.float32)
+    a[0:2, 0:2] = 1.0
+    fpr, pro = metrics.pro_curve([m], [a])
+    assert pro[1] == pytest.approx(0.5) and fpr[1] == 0.0
+
+
+def test_pixel_auroc_and_nulls():
+    masks, maps = hand_made()
+    v = metrics.pixel_auroc(masks, maps)
+    assert 0.5 < v < 1.0
+    with pytest.warns(UserWarning):
+        assert metrics.pixel_auroc([None, None], [np.zeros((2, 2))] * 2) is None
+    with pytest.warns(UserWarning):
+        assert metrics.aupro([np.zeros((4, 4), bool)], [np.random.rand(4, 4)]) is None
+    with pytest.raises(ValueError, match="shape"):
+        metrics.pixel_auroc([np.zeros((4, 4), bool)], [np.zeros((5, 4))])
+
+
+def test_f1_threshold_known_answer():
+    thr, f1 = metrics.f1_threshold([0, 0, 1, 1, 1], [0.1, 0.3, 0.2, 0.6, 0.9])
+    # threshold 0.2 -> predicts 3 of 3 positives + 1 false positive: F1 = 6/7 (the best)
+    assert thr == pytest.approx(0.2) and f1 == pytest.approx(6 / 7)
+
+
+def test_per_defect_auroc():
+    out = metrics.per_defect_auroc(["good", "good", "a", "a", "b"], [0.1, 0.2, 0.9, 0.8, 0.15])
+    assert out == {"a": 1.0, "b": 0.5}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert metrics.per_defect_auroc(["a", "b"], [1, 2]) == {"a": None, "b": None}
+
+
+def test_evaluate_without_masks_reports_nulls():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = metrics.evaluate([0, 1], [0.1, 0.9], ["good", "x"])
+    assert r["image_auroc"] == 1.0 and r["pixel_auroc"] is None and r["aupro"] is None
