@@ -1,0 +1,145 @@
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import BankMismatchError, PatchCore
+from helpers.metrics import evaluate_samples
+
+
+def test_end_to_end_on_synthetic_set_is_well_above_chance(test_prediction, samples):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = evaluate_samples(samples[1], test_prediction)
+    assert m["image_auroc"] > 0.85
+    assert m["pixel_auroc"] > 0.75
+    assert 0.3 < m["aupro"] <= 1.0
+    assert set(m["per_defect"]) == {"bent", "color", "flip", "scratch"}
+
+
+def test_prediction_shapes_are_original_pixels(test_prediction, samples, fitted):
+    assert len(test_prediction) == len(samples[1])
+    assert all(m.shape == (128, 128) and m.dtype == np.float32 for m in test_prediction.maps)
+    assert test_prediction.patch_scores.shape == (len(samples[1]), 16, 16)
+    assert np.isfinite(test_prediction.scores).all()
+    assert fitted.memory_bank.shape == (int(10 * 256 * 0.25), fitted.config.target_embed_dim)
+
+
+def test_save_load_round_trip_gives_identical_scores(fitted, samples, tmp_path):
+    path = fitted.save(tmp_path / "bank.safetensors")
+    loaded = PatchCore.load(path, fitted.config)
+    a = fitted.predict(samples[1][:5]).scores
+    b = loaded.predict(samples[1][:5]).scores
+    assert np.array_equal(a, b)
+    assert loaded.grid == fitted.grid and loaded.info["n_train"] == 10
+    assert not list(tmp_path.glob(".*tmp"))  # no temp file left behind
+
+
+def test_load_refuses_other_settings_listing_differences(fitted, tmp_path):
+    path = fitted.save(tmp_path / "bank.safetensors")
+    other = fitted.config.replace(input_size=96, resize=96, layers=["features.3", "features.6"])
+    with pytest.raises(BankMismatchError) as err:
+        PatchCore.load(path, other)
+    text = str(err.value)
+    assert "input_size" in text and "layers" in text and "resize" in text
+    # runtime fields may differ freely
+    PatchCore.load(path, fitted.config.replace(batch_size=2))
+
+
+def test_load_refuses_tampered_truncated_and_pickle_files(fitted, tmp_path):
+    path = fitted.save(tmp_path / "bank.safetensors")
+    data = path.read_bytes()
+    (tmp_path / "trunc.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="trunc.safetensors"):
+        PatchCore.load(tmp_path / "trunc.safetensors")
+    # a pickle disguised as a bank is never unpickled
+    marker = tmp_path / "pwned"
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+    import pickle
+    (tmp_path / "evil.safetensors").write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(ValueError):
+        PatchCore.load(tmp_path / "evil.safetensors")
+    assert not marker.exists()
+    # a valid safetensors file that is not a bank
+    from helpers.io import save_tensors
+    save_tensors(tmp_path / "other.safetensors", {"w": torch.zeros(2, 2)}, {"format": "something"})
+    with pytest.raises(BankMismatchError, match="not a PatchCore memory bank"):
+        PatchCore.load(tmp_path / "other.safetensors")
+    # header edited to claim another format version
+    meta = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+    meta["__metadata__"]["format_version"] = "99"
+    header = json.dumps(meta).encode()
+    header += b" " * (-len(header) % 8)
+    body = data[8 + int.from_bytes(data[:8], "little"):]
+    (tmp_path / "v99.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + body)
+    with pytest.raises(BankMismatchError, match="99"):
+        PatchCore.load(tmp_path / "v99.safetensors")
+
+
+def test_defect_pasted_at_known_place_peaks_there_in_original_coordinates(fitted, samples):
+    from helpers.data import load_image
+    img = load_image(samples[0][0].path)
+    # a larger, non-square original so the map must undo a resize AND a centre crop
+    import cv2
+    big = cv2.resize(img, (200, 160))
+    cfg = fitted.config.replace(resize=144)            # 160x200 -> 144x180, crop 128 at (8, 26)
+    model = PatchCore(cfg)
+    model.memory_bank, model.grid = fitted.memory_bank, fitted.grid
+    y0, x0 = 60, 110
+    big[y0:y0 + 12, x0:x0 + 12] = (255, 0, 255)
+    pred = model.predict([big])
+    amap = pred.maps[0]
+    assert amap.shape == (160, 200)
+    py, px = np.unravel_index(amap.argmax(), amap.shape)
+    assert y0 - 6 <= py < y0 + 18 and x0 - 6 <= px < x0 + 18
+
+
+def test_num_neighbors_one_is_plain_max(fitted, samples):
+    plain = PatchCore(fitted.config.replace(num_neighbors=1))
+    plain.memory_bank = fitted.memory_bank
+    pred = plain.predict(samples[1][:4])
+    assert np.allclose(pred.scores, pred.patch_scores.reshape(4, -1).max(1))
+
+
+def test_eq7_reweighting_against_brute_force(fitted, samples):
+    emb = fitted.embed(fitted.preprocess(np.asarray(__import__("helpers").data.load_image(samples[1][-1].path)))[0][None])
+    scores, grid = fitted.score_embeddings(emb)
+    bank = fitted.memory_bank.double()
+    flat = emb.reshape(-1, emb.shape[-1]).double()
+    d = torch.cdist(flat, bank)
+    nn_d, nn_i = d.min(1)
+    p = int(nn_d.argmax())
+    m_star = bank[nn_i[p]]
+    support = torch.topk(torch.cdist(m_star[None], bank)[0], 9, largest=False).indices
+    dist = torch.cdist(flat[p][None], bank[support])[0]
+    w = 1 - torch.exp(dist[0]) / torch.exp(dist).sum()
+    assert float(scores[0]) == pytest.approx(float(w * nn_d[p]), rel=1e-4)
+
+
+def test_inputs_are_validated_with_clear_messages(fitted):
+    with pytest.raises(ValueError, match="uint8"):
+        fitted.predict([np.zeros((32, 32, 3), np.float32)])
+    with pytest.raises(ValueError, match=r"\[H, W, 3\]"):
+        fitted.predict([np.zeros((32, 32, 5), np.uint8)])
+    with pytest.raises(ValueError, match="input_size"):
+        fitted.predict(torch.zeros(1, 3, 64, 64))
+    with pytest.raises(TypeError, match="file path"):
+        fitted.predict([123])
+    with pytest.raises(ValueError, match="no images"):
+        fitted.predict([])
+    with pytest.raises(RuntimeError, match="fit"):
+        PatchCore(fitted.config).predict([np.zeros((32, 32, 3), np.uint8)])
+
+
+def test_tensor_and_array_inputs_agree_with_paths(fitted, samples):
+    from helpers.data import load_image
+    paths = [s.path for s in samples[1][:3]]
+    arrays = [load_image(p) for p in paths]
+    tensors = torch.stack([fitted.preprocess(a)[0] for a in arrays])
+    a = fitted.predict(paths).scores
+    assert np.allclose(a, fitted.predict(arrays).scores)
+    assert np.allclose(a, fitted.predict(tensors).scores, atol=1e-5)
