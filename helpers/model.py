@@ -111,8 +111,11 @@ class PatchCore:
                     parts.append(self.extractor(x[i:i + step]).float())
             return torch.cat(parts)
 
-        out, self._embed_step = run_halving(run, getattr(self, "_embed_step", x.shape[0]) or 1,
-                                            "feature extraction (batch)")
+        cap = getattr(self, "_embed_cap", None)  # set once an out-of-memory forced a smaller batch
+        want = x.shape[0] if cap is None else min(cap, x.shape[0])
+        out, used = run_halving(run, want, "feature extraction (batch)")
+        if used < want:
+            self._embed_cap = used
         return out
 
     # ------------------------------------------------------------------ inputs
@@ -186,6 +189,9 @@ class PatchCore:
     def fit(self, images, progress: bool = False) -> "PatchCore":
         """Extract patch features of the good training images and keep a coreset of them."""
         c = self.config
+        if not isinstance(images, torch.Tensor):
+            images = _as_list(images)
+            self.check_fit_memory(len(images))
         t0 = time.perf_counter()
         feats, n_images = [], 0
         batches = self._batches(images, rotations=c.train_rotations)
@@ -216,6 +222,30 @@ class PatchCore:
         self.coreset_indices = idx
         return self
 
+    def fit_memory_bytes(self, n_images: int) -> int:
+        """Bytes of patch features that fit() holds before the coreset (the run's peak)."""
+        c = self.config
+        side = -(-c.input_size // 8)  # every registered backbone's first tap has stride >= 8
+        return n_images * c.train_rotations * side * side * c.target_embed_dim * 4
+
+    def check_fit_memory(self, n_images: int) -> None:
+        """Refuse, before any work, a training set whose features cannot fit in memory."""
+        need = self.fit_memory_bytes(n_images)
+        if self.device.type == "cuda":
+            free = torch.cuda.mem_get_info()[0]
+        else:
+            try:
+                import os
+                free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+            except (ValueError, OSError, AttributeError):
+                return
+        if need > 0.8 * free:
+            raise MemoryError(
+                f"fitting {n_images} images needs about {need / 2**30:.1f} GiB for patch features "
+                f"({self.config.target_embed_dim}-d, input {self.config.input_size} px, "
+                f"x{self.config.train_rotations} rotations) but only {free / 2**30:.1f} GiB is free "
+                f"on {self.device}. Fit on fewer images, lower input_size or target_embed_dim.")
+
     # ------------------------------------------------------------------ predict
     def _check_fitted(self) -> None:
         if self.memory_bank is None:
@@ -228,6 +258,17 @@ class PatchCore:
             self._bank_sqn = (self.memory_bank.float() ** 2).sum(1)
         return self._bank_sqn
 
+    def _knn(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """kNN against the bank; halves the distance-block budget on out-of-memory."""
+        c = self.config
+
+        def run(memory_mb: int):
+            return knn(queries, self.memory_bank, k, c.distance, c.knn_backend, memory_mb, self.bank_sqn)
+
+        out, self._knn_mb = run_halving(run, getattr(self, "_knn_mb", c.knn_memory_mb),
+                                        "nearest-neighbour search (memory_mb)")
+        return out
+
     def score_embeddings(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Patch embeddings [B, h, w, D] -> (image scores [B], patch-score grid [B, h, w])."""
         self._check_fitted()
@@ -236,8 +277,7 @@ class PatchCore:
         if d != self.memory_bank.shape[1]:
             raise ValueError(f"embeddings have dimension {d}, the memory bank {self.memory_bank.shape[1]}")
         flat = emb.reshape(b, h * w, d)
-        dist, idx = knn(flat.reshape(-1, d), self.memory_bank, 1, c.distance, c.knn_backend,
-                        c.knn_memory_mb, self.bank_sqn)
+        dist, idx = self._knn(flat.reshape(-1, d), 1)
         dist, idx = dist.view(b, h * w), idx.view(b, h * w)
         s_star, pos = dist.max(dim=1)
         scores = s_star
@@ -246,8 +286,7 @@ class PatchCore:
             rows = torch.arange(b, device=dist.device)
             m_test = flat[rows, pos]                                  # [B, D]
             m_star = idx[rows, pos]                                   # [B]
-            _, support = knn(self.memory_bank[m_star], self.memory_bank, k, c.distance,
-                             c.knn_backend, c.knn_memory_mb, self.bank_sqn)
+            _, support = self._knn(self.memory_bank[m_star], k)
             support[:, 0] = m_star  # the nearest neighbour of m* is m* (or an exact duplicate)
             near = self.memory_bank[support].float()                 # [B, k, D]
             if c.distance == "cosine":

@@ -20,7 +20,15 @@ def resolve_device(requested: str = "auto") -> torch.device:
     if requested == "cuda":
         raise RuntimeError("device='cuda' was requested but no CUDA GPU is visible. In Colab: "
                            "Runtime > Change runtime type > GPU. Or set device='auto' or 'cpu'.")
+    global _WARNED_CPU
+    if not _WARNED_CPU:
+        _WARNED_CPU = True
+        warnings.warn("no CUDA GPU found: running on the CPU (slower; set device='cpu' to silence "
+                      "this)", stacklevel=2)
     return torch.device("cpu")
+
+
+_WARNED_CPU = False
 
 
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
