@@ -1,0 +1,474 @@
+"""The run folder and its artifact cache: load what an earlier notebook saved when its config hash
+matches, otherwise compute it and save it atomically.
+
+Layout of a run folder (``run_dir``)::
+
+    run_dir/
+      run.json                      written by helpers.pipeline: parameters and notebook status
+      metrics.json                  written by notebook 05
+      timing.json                   latency / throughput table of notebook 04
+      figures/NN_name.png           every figure the notebooks show
+      notebooks/NN_*.ipynb (.html)  executed notebooks (helpers.pipeline)
+      data/metal_nut/...            the synthetic set, when no dataset_path is given
+      artifacts/
+        features-<hash>.safetensors     patch features of the good training images (notebook 02)
+        bank-<hash>.safetensors         the coreset memory bank, a PatchCore.save file (notebook 03)
+        coverage-<hash>.safetensors     coverage radius vs coreset ratio (notebook 03)
+        predictions-<hash>.safetensors  scores, patch scores, anomaly maps (notebook 04)
+        events.jsonl                    one line per artifact loaded or computed
+
+``<hash>`` is :meth:`Config.hash` (the settings that change an artifact). Each file also stores
+the data it was made from and, for predictions, the scoring settings (``num_neighbors``,
+``distance``, ``sigma``); a file whose stored values differ from the current ones is recomputed
+and replaced, never silently reused.
+
+In a notebook::
+
+    run = Run.from_params(globals())   # the parameters cell's variables
+    model = run.model()                 # loads bank-<hash>.safetensors or builds it
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .config import Config
+from .data import Geometry, Sample, list_samples, load_image, load_mask
+from .io import atomic_write_bytes, atomic_write_json, load_tensors, save_tensors
+
+CONFIG_FIELDS = tuple(f.name for f in fields(Config))
+SYNTHETIC_DEFAULTS = dict(size=256, n_train=24, n_test_good=8, n_per_defect=6)
+SCORING_FIELDS = ("num_neighbors", "distance", "sigma")
+STAGES = ("features", "bank", "coverage", "predictions")
+# Results of notebook 05 that metrics.json must always hold (null when unavailable).
+METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1_threshold", "per_defect", "n_train",
+               "n_test", "timings", "config", "versions")
+
+
+def repo_root() -> Path:
+    """The folder holding ``helpers/`` (the repository root of a clone)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def config_from_params(params: dict[str, Any]) -> Config:
+    """A :class:`Config` from a notebook's parameter variables (``globals()``): every Config field
+    found there is used, the rest keep their defaults. Empty strings mean None for
+    ``dataset_path``, ``weights`` and the backbone-dependent sizes."""
+    kw = {k: params[k] for k in CONFIG_FIELDS if k in params}
+    for name in ("dataset_path", "weights", "layers", "input_size", "resize",
+                 "pretrain_embed_dim", "target_embed_dim"):
+        if name in kw and (kw[name] == "" or kw[name] == "None"):
+            kw[name] = None
+    return Config(**kw)
+
+
+def resolve_run_dir(run_dir: str | Path) -> Path:
+    """Relative run folders are taken from the repository root, so a notebook opened from
+    ``notebooks/`` and the pipeline agree on where ``runs/...`` is."""
+    path = Path(run_dir).expanduser()
+    return path if path.is_absolute() else repo_root() / path
+
+
+@dataclass
+class Features:
+    """Patch features of the good training images, one row per patch, images in order."""
+    features: torch.Tensor     # [n_images * h * w, D] float32 (CPU)
+    grid: tuple[int, int]      # (h, w) patches per image
+    n_images: int              # training images (rotated copies excluded)
+    seconds: float             # extraction wall time when computed
+
+    @property
+    def per_image(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+
+@dataclass
+class Predictions:
+    """Scores and anomaly maps of the test images (notebook 04's result)."""
+    scores: np.ndarray               # [N] image scores (NaN for unreadable images)
+    patch_scores: np.ndarray         # [N, h, w] nearest-neighbour distance per patch
+    maps: list[np.ndarray | None]    # per image, float32 [H, W] in ORIGINAL pixels
+    geometries: list[Geometry | None]
+    labels: np.ndarray               # [N] 0 good, 1 defective
+    defects: list[str]
+    paths: list[str]
+    seconds: float                   # wall time of predict + maps when computed
+    batch_size: int
+    device: str
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def to_prediction(self):
+        from .model import Prediction
+        return Prediction(self.scores, self.maps, self.patch_scores, self.geometries)
+
+
+class Run:
+    """One run folder: its config, its data and its cached artifacts."""
+
+    def __init__(self, run_dir: str | Path, config: Config, synthetic: dict | None = None,
+                 download: bool = False, download_url: str = "", download_sha256: str = "",
+                 verbose: bool = True):
+        self.root = resolve_run_dir(run_dir)
+        self.config = config
+        self.synthetic = {**SYNTHETIC_DEFAULTS, **(synthetic or {})}
+        self.download, self.download_url, self.download_sha256 = download, download_url, download_sha256
+        self.verbose = verbose
+        self.events: list[dict] = []
+        self._data_root: Path | None = None
+        self._train: list[Sample] | None = None
+        self._test: list[Sample] | None = None
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], verbose: bool = True) -> "Run":
+        """Build from a notebook's parameter variables: Config fields, ``run_dir``,
+        ``synthetic_size`` / ``synthetic_n_train`` / ``synthetic_n_test_good`` /
+        ``synthetic_n_per_defect`` and ``download`` / ``download_url`` / ``download_sha256``."""
+        synthetic = {k: params[f"synthetic_{k}"] for k in SYNTHETIC_DEFAULTS if f"synthetic_{k}" in params}
+        return cls(params.get("run_dir", "runs/notebooks"), config_from_params(params), synthetic,
+                   bool(params.get("download", False)), params.get("download_url", "") or "",
+                   params.get("download_sha256", "") or "", verbose)
+
+    # ------------------------------------------------------------------ paths
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def figures_dir(self) -> Path:
+        return self.root / "figures"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.root / "metrics.json"
+
+    def path(self, stage: str) -> Path:
+        if stage not in STAGES:
+            raise ValueError(f"unknown artifact {stage!r}; one of {STAGES}")
+        return self.artifacts_dir / f"{stage}-{self.config.hash()}.safetensors"
+
+    def rel(self, path: Path) -> str:
+        try:
+            return str(path.relative_to(self.root))
+        except ValueError:
+            return str(path)
+
+    # ------------------------------------------------------------------ data
+    @property
+    def is_synthetic(self) -> bool:
+        return not self.config.dataset_path
+
+    def data_id(self) -> str:
+        """What the artifacts were made from: the synthetic set's parameters or the data folder."""
+        if self.is_synthetic:
+            return "synthetic:" + json.dumps(self.synthetic, sort_keys=True)
+        return f"folder:{Path(self.config.dataset_path).expanduser().resolve()}|{self.config.category}"
+
+    @property
+    def data_root(self) -> Path:
+        """The MVTec-layout folder in use: generated (synthetic), downloaded or given."""
+        if self._data_root is None:
+            c = self.config
+            if self.is_synthetic:
+                from .synthetic import generate_dataset
+                self._data_root = generate_dataset(self.root / "data", c.category, seed=c.seed,
+                                                   **self.synthetic)
+            else:
+                from .download import prepare_dataset
+                self._data_root = prepare_dataset(c.dataset_path, c.category, self.download,
+                                                  self.download_url or None, self.download_sha256 or None)
+        return self._data_root
+
+    @property
+    def train_samples(self) -> list[Sample]:
+        if self._train is None:
+            self._train = list_samples(self.data_root, self.config.category, "train")
+        return self._train
+
+    @property
+    def test_samples(self) -> list[Sample]:
+        if self._test is None:
+            self._test = list_samples(self.data_root, self.config.category, "test")
+        return self._test
+
+    def describe(self) -> str:
+        c = self.config
+        source = (f"synthetic set ({self.synthetic['size']} px) in {self.rel(self.data_root)}"
+                  if self.is_synthetic else str(self.data_root))
+        return (f"run folder : {self.root}\n"
+                f"data       : {source}\n"
+                f"config hash: {c.hash()}  (backbone {c.backbone}, layers {c.layers}, "
+                f"input {c.input_size} px, coreset {c.coreset_ratio:g})")
+
+    # ------------------------------------------------------------------ cache
+    def _meta(self, stage: str) -> dict[str, str]:
+        extra = {k: getattr(self.config, k) for k in SCORING_FIELDS} if stage == "predictions" else {}
+        return {"stage": stage, "config_hash": self.config.hash(), "data_id": self.data_id(),
+                "extra": json.dumps(extra, sort_keys=True)}
+
+    def is_cached(self, stage: str) -> bool:
+        """True when the stage's file exists and was made with the current settings and data."""
+        path = self.path(stage)
+        if not path.is_file():
+            return False
+        try:
+            from safetensors import safe_open
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+        except Exception:
+            return False
+        want = self._meta(stage)
+        return all(meta.get(k) == v for k, v in want.items())
+
+    def _log(self, stage: str, action: str, path: Path, note: str = "") -> None:
+        event = {"stage": stage, "action": action, "file": self.rel(path), "time": time.time()}
+        self.events.append(event)
+        self.artifacts_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.artifacts_dir / "events.jsonl", "a") as fh:
+            fh.write(json.dumps(event) + "\n")
+        if self.verbose:
+            print(f"[cache: {action}] {stage}: {self.rel(path)}{note}")
+
+    def cached(self, stage: str, compute: Callable[[], tuple[dict, dict]],
+               ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Load ``stage`` (tensors, info) when cached with matching settings; otherwise call
+        ``compute() -> (tensors, info)`` and save the result atomically."""
+        path = self.path(stage)
+        if self.is_cached(stage):
+            tensors, meta = load_tensors(path)
+            self._log(stage, "loaded", path)
+            return tensors, json.loads(meta.get("info", "{}"))
+        tensors, info = compute()
+        save_tensors(path, tensors, {**self._meta(stage), "info": json.dumps(info, sort_keys=True)})
+        self._log(stage, "computed", path)
+        return tensors, info
+
+    # ------------------------------------------------------------------ stages
+    def new_model(self, **overrides):
+        """A PatchCore for this config (no bank yet); ``overrides`` are runtime fields."""
+        from .model import PatchCore
+        return PatchCore(self.config.replace(**overrides) if overrides else self.config)
+
+    def embed_samples(self, model, samples: list[Sample], rotations: int = 1
+                      ) -> tuple[torch.Tensor, list[np.ndarray]]:
+        """Patch embeddings [n * rotations, h, w, D] (CPU) and the network-input crops (RGB uint8)
+        of ``samples``, in batches of ``config.batch_size`` images."""
+        from .model import rotate_image
+        embs, crops = [], []
+        step = self.config.batch_size
+        for start in range(0, len(samples), step):
+            tensors = []
+            for s in samples[start:start + step]:
+                image = load_image(s.path)
+                for r in range(rotations):
+                    view = image if r == 0 else rotate_image(image, 360.0 * r / rotations)
+                    t, _ = model.preprocess(view)
+                    tensors.append(t)
+                    crops.append(model.preprocess.crop_rgb(view)[0])
+            embs.append(model.embed(torch.stack(tensors)).cpu())
+        return torch.cat(embs), crops
+
+    def features(self, model=None) -> Features:
+        """Patch features of all good training images (notebook 02), cached."""
+        def compute():
+            m = model or self.new_model()
+            t0 = time.perf_counter()
+            emb, _ = self.embed_samples(m, self.train_samples, self.config.train_rotations)
+            seconds = time.perf_counter() - t0
+            info = {"grid": list(emb.shape[1:3]), "n_images": len(self.train_samples),
+                    "seconds": seconds, "device": str(m.device)}
+            return {"features": emb.reshape(-1, emb.shape[-1]).contiguous()}, info
+
+        tensors, info = self.cached("features", compute)
+        return Features(tensors["features"].float(), tuple(info["grid"]), info["n_images"], info["seconds"])
+
+    def model(self, **overrides):
+        """The fitted PatchCore (notebook 03): loads the bank when cached, else runs the greedy
+        coreset on the cached (or freshly extracted) features and saves the bank.
+        ``overrides`` change runtime fields only (device, batch_size, precision...)."""
+        from .coreset import greedy_coreset
+        from .model import PatchCore
+        path = self.path("bank")
+        if self.is_cached("bank"):
+            model = PatchCore.load(path, self.config, **overrides)
+            self._log("bank", "loaded", path, f"  ({model.memory_bank.shape[0]} x "
+                      f"{model.memory_bank.shape[1]})")
+            return model
+        c = self.config
+        model = self.new_model(**overrides)
+        feats = self.features(model)
+        t0 = time.perf_counter()
+        x = feats.features.to(model.device)
+        n_select = max(1, min(x.shape[0], int(x.shape[0] * c.coreset_ratio)))
+        idx = greedy_coreset(x, n_select, c.coreset_projection_dim, c.coreset_start_points, c.seed)
+        model.memory_bank = x[idx].contiguous()
+        model.grid = feats.grid
+        model.coreset_indices = idx
+        coreset_s = time.perf_counter() - t0
+        model.info = {"n_train": feats.n_images, "n_patches": int(x.shape[0]),
+                      "bank_size": int(n_select), "features_s": feats.seconds,
+                      "coreset_s": coreset_s, "fit_s": feats.seconds + coreset_s}
+        model.save(path)
+        # the same metadata as the other stages, so that is_cached() can check the data
+        tensors, meta = load_tensors(path)
+        save_tensors(path, tensors, {**meta, **self._meta("bank")})
+        self._log("bank", "computed", path, f"  ({n_select} x {x.shape[1]})")
+        return model
+
+    def coverage(self, ratios: list[float], max_patches: int = 5000) -> dict[str, np.ndarray]:
+        """Coverage radius (max distance of a training patch to its nearest kept patch, in the
+        full feature space) of greedy and of random subsets, for each coreset ratio."""
+        from .coreset import covering_radius, greedy_coreset
+
+        ratios = sorted(float(r) for r in ratios)
+
+        def compute():
+            feats = self.features().features
+            gen = torch.Generator().manual_seed(self.config.seed)
+            if feats.shape[0] > max_patches:
+                feats = feats[torch.randperm(feats.shape[0], generator=gen)[:max_patches]]
+            n = feats.shape[0]
+            sizes = [max(1, min(n, int(n * r))) for r in ratios]
+            c = self.config
+            picks = greedy_coreset(feats, max(sizes), c.coreset_projection_dim, c.coreset_start_points, c.seed)
+            perm = torch.randperm(n, generator=gen)
+            greedy = [covering_radius(feats, picks[:k]) for k in sizes]
+            rand = [covering_radius(feats, perm[:k]) for k in sizes]
+            tensors = {"ratios": torch.tensor(ratios, dtype=torch.float64),
+                       "sizes": torch.tensor(sizes), "greedy_radius": torch.tensor(greedy, dtype=torch.float64),
+                       "random_radius": torch.tensor(rand, dtype=torch.float64)}
+            return tensors, {"n_patches": n, "max_patches": max_patches}
+
+        tensors, info = self.cached("coverage", compute)
+        if tensors["ratios"].tolist() != ratios or info.get("max_patches") != max_patches:
+            self.path("coverage").unlink()       # asked for other ratios: recompute
+            tensors, info = self.cached("coverage", compute)
+        out = {k: v.numpy() for k, v in tensors.items()}
+        out["n_patches"] = info["n_patches"]
+        return out
+
+    def predictions(self, model=None, batch_size: int | None = None) -> Predictions:
+        """Scores and anomaly maps of every test image (notebook 04), cached. Maps are kept at the
+        network input size and mapped back to the original pixels on load."""
+        from .maps import patch_scores_to_maps
+        c = self.config
+        test = self.test_samples
+        used = {}
+
+        def compute():
+            m = model or self.model(**({"batch_size": batch_size} if batch_size else {}))
+            t0 = time.perf_counter()
+            pred = m.predict(test, maps=False)
+            ps = torch.from_numpy(np.nan_to_num(pred.patch_scores))
+            maps_in = torch.cat([patch_scores_to_maps(ps[i:i + 16].to(m.device), c.input_size, c.sigma).cpu()
+                                 for i in range(0, len(ps), 16)]) if len(ps) else torch.zeros(0)
+            if m.device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - t0
+            geoms = np.array([[-1] * 7 if g is None else [g.orig_h, g.orig_w, g.res_h, g.res_w,
+                                                           g.top, g.left, g.crop]
+                              for g in pred.geometries], dtype=np.int64)
+            used.update(device=str(m.device), batch_size=m.config.batch_size)
+            tensors = {"scores": torch.from_numpy(pred.scores), "patch_scores": torch.from_numpy(pred.patch_scores),
+                       "maps_input": maps_in.float(), "geometries": torch.from_numpy(geoms)}
+            info = {"seconds": seconds, "paths": [str(s.path.relative_to(self.data_root)) for s in test],
+                    "defects": [s.defect for s in test], **used}
+            return tensors, info
+
+        tensors, info = self.cached("predictions", compute)
+        geoms = [None if row[0] < 0 else Geometry(*map(int, row)) for row in tensors["geometries"].numpy()]
+        maps_in = tensors["maps_input"].numpy()
+        scores = tensors["scores"].numpy()
+        maps = [None if g is None or not np.isfinite(scores[i]) else g.to_original(maps_in[i])
+                for i, g in enumerate(geoms)]
+        defects = info["defects"]
+        return Predictions(scores, tensors["patch_scores"].numpy(), maps, geoms,
+                           np.array([0 if d == "good" else 1 for d in defects]), defects,
+                           info["paths"], info["seconds"], info["batch_size"], info["device"])
+
+    # ------------------------------------------------------------------ evaluation
+    def masks(self, pred: Predictions) -> list[np.ndarray | None]:
+        """Ground-truth masks at each map's size (all False for good images, None when missing)."""
+        out = []
+        for s, amap in zip(self.test_samples, pred.maps):
+            if amap is None:
+                out.append(None)
+            elif s.defect == "good":
+                out.append(np.zeros(amap.shape, bool))
+            else:
+                out.append(load_mask(s.mask_path, amap.shape) if s.mask_path else None)
+        return out
+
+    def evaluate(self, pred: Predictions) -> dict[str, Any]:
+        """Every metric of metrics.json except timings, config and versions."""
+        import warnings
+        from .metrics import evaluate_samples
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # nulls are reported in the table instead
+            return evaluate_samples(self.test_samples, pred.to_prediction())
+
+    def timings(self, pred: Predictions) -> dict[str, Any]:
+        info = self._info("bank")
+        return {"fit_s": info.get("fit_s"), "features_s": info.get("features_s"),
+                "coreset_s": info.get("coreset_s"),
+                "infer_ms_per_image": 1000 * pred.seconds / max(len(pred), 1),
+                "batch_size": pred.batch_size, "device": pred.device}
+
+    def _info(self, stage: str) -> dict:
+        if not self.path(stage).is_file():
+            return {}
+        _, meta = load_tensors(self.path(stage))
+        return json.loads(meta.get("info", "{}"))
+
+    def write_metrics(self, metrics: dict[str, Any], pred: Predictions) -> dict[str, Any]:
+        """Write metrics.json (atomically) with every key of the contract; returns it."""
+        from .model import versions
+        out = dict(metrics)
+        out.update(n_train=len(self.train_samples), n_test=len(self.test_samples),
+                   timings=self.timings(pred), config=self.config.to_dict(),
+                   data={"source": "synthetic", **self.synthetic} if self.is_synthetic
+                   else {"source": "folder", "path": str(self.data_root)},
+                   config_hash=self.config.hash(), versions=versions())
+        for key in METRIC_KEYS:
+            out.setdefault(key, None)
+        atomic_write_json(self.metrics_path, _finite(out))
+        return out
+
+    def save_json(self, name: str, obj: Any) -> Path:
+        """Write ``run_dir/<name>`` atomically (NaN -> null)."""
+        return atomic_write_json(self.root / name, _finite(obj))
+
+    # ------------------------------------------------------------------ figures
+    def figure_path(self, name: str) -> Path:
+        return self.figures_dir / f"{name}.png"
+
+    def show(self, fig, name: str, display: bool = True, dpi: int = 100) -> None:
+        """Save ``fig`` as figures/<name>.png (atomically) and show that PNG in the notebook
+        (rendered once, so the notebook and the file show the same picture)."""
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=dpi)
+        atomic_write_bytes(self.figure_path(name), buf.getvalue())
+        if display:
+            from IPython.display import Image, display as _display
+            _display(Image(data=buf.getvalue(), format="png"))
+
+
+def _finite(obj: Any) -> Any:
+    """NaN / inf -> None, so metrics.json holds valid JSON (null), never a made-up number."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, (float, np.floating)) and not math.isfinite(float(obj)):
+        return None
+    return obj
+
