@@ -34,9 +34,10 @@ def test_tiny_budget_forces_many_blocks_and_still_agrees():
 
 
 def test_exact_match_has_zero_distance():
-    b = torch.randn(100, 16)
+    b = torch.randn(100, 16, generator=torch.Generator().manual_seed(0))
     d, i = knn(b[[5, 17]], b)
-    assert torch.allclose(d[:, 0], torch.zeros(2), atol=1e-3)
+    # |q|^2 - 2 q.b + |b|^2 in float32 cancels to ~eps*|q|^2, i.e. a distance of ~sqrt(eps)*|q|
+    assert torch.allclose(d[:, 0], torch.zeros(2), atol=1e-2)
     assert i[:, 0].tolist() == [5, 17]
 
 
