@@ -17,7 +17,8 @@ Layout of a run folder (``run_dir``)::
         predictions-<hash>.safetensors  scores, patch scores, anomaly maps (notebook 04)
         events.jsonl                    one line per artifact loaded or computed
 
-``<hash>`` is :meth:`Config.hash` (the settings that change an artifact). Each file also stores
+``<hash>`` is :meth:`Config.hash` (the settings that change an artifact; for features, with the
+coreset settings left out, since they do not change features). Each file also stores
 the data it was made from and, for predictions, the scoring settings (``num_neighbors``,
 ``distance``, ``sigma``); a file whose stored values differ from the current ones is recomputed
 and replaced, never silently reused.
@@ -47,6 +48,7 @@ from .io import atomic_write_bytes, atomic_write_json, load_tensors, save_tensor
 CONFIG_FIELDS = tuple(f.name for f in fields(Config))
 SYNTHETIC_DEFAULTS = dict(size=256, n_train=24, n_test_good=8, n_per_defect=6)
 SCORING_FIELDS = ("num_neighbors", "distance", "sigma")
+FEATURE_FREE_FIELDS = ("coreset_ratio", "coreset_projection_dim", "coreset_start_points")
 STAGES = ("features", "bank", "coverage", "predictions")
 # Results of notebook 05 that metrics.json must always hold (null when unavailable).
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1_threshold", "per_defect", "n_train",
@@ -151,10 +153,19 @@ class Run:
     def metrics_path(self) -> Path:
         return self.root / "metrics.json"
 
+    def stage_hash(self, stage: str) -> str:
+        """:meth:`Config.hash` of the config that made the stage. Features do not depend on the
+        coreset settings, so those are set to their defaults first: trying another
+        ``coreset_ratio`` reuses the extracted features."""
+        if stage == "features":
+            defaults = {f.name: f.default for f in fields(Config) if f.name in FEATURE_FREE_FIELDS}
+            return self.config.replace(**defaults).hash()
+        return self.config.hash()
+
     def path(self, stage: str) -> Path:
         if stage not in STAGES:
             raise ValueError(f"unknown artifact {stage!r}; one of {STAGES}")
-        return self.artifacts_dir / f"{stage}-{self.config.hash()}.safetensors"
+        return self.artifacts_dir / f"{stage}-{self.stage_hash(stage)}.safetensors"
 
     def rel(self, path: Path) -> str:
         try:
@@ -212,7 +223,7 @@ class Run:
     # ------------------------------------------------------------------ cache
     def _meta(self, stage: str) -> dict[str, str]:
         extra = {k: getattr(self.config, k) for k in SCORING_FIELDS} if stage == "predictions" else {}
-        return {"stage": stage, "config_hash": self.config.hash(), "data_id": self.data_id(),
+        return {"stage": stage, "config_hash": self.stage_hash(stage), "data_id": self.data_id(),
                 "extra": json.dumps(extra, sort_keys=True)}
 
     def is_cached(self, stage: str) -> bool:
@@ -409,12 +420,15 @@ class Run:
         return out
 
     def evaluate(self, pred: Predictions) -> dict[str, Any]:
-        """Every metric of metrics.json except timings, config and versions."""
+        """Every metric of metrics.json except timings, config and versions, plus
+        ``pixel_f1_threshold`` (the map value maximising pixel F1, for drawing regions)."""
         import warnings
         from .metrics import evaluate_samples
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")   # nulls are reported in the table instead
-            return evaluate_samples(self.test_samples, pred.to_prediction())
+            out = evaluate_samples(self.test_samples, pred.to_prediction())
+            out["pixel_f1_threshold"] = pixel_f1_threshold(self.masks(pred), pred.maps)
+        return out
 
     def timings(self, pred: Predictions) -> dict[str, Any]:
         info = self._info("bank")
@@ -460,6 +474,21 @@ class Run:
         if display:
             from IPython.display import Image, display as _display
             _display(Image(data=buf.getvalue(), format="png"))
+
+
+def pixel_f1_threshold(masks, maps, step: int = 4) -> float | None:
+    """The anomaly-map value that maximises pixel-level F1 (every ``step``-th pixel in each
+    direction, for speed); None without defect pixels."""
+    from .metrics import f1_threshold
+    pairs = [(m[::step, ::step].ravel(), a[::step, ::step].ravel())
+             for m, a in zip(masks, maps) if m is not None and a is not None]
+    if not pairs:
+        return None
+    y = np.concatenate([p[0] for p in pairs])
+    if y.all() or not y.any():
+        return None
+    best = f1_threshold(y.astype(int), np.concatenate([p[1] for p in pairs]))
+    return None if best is None else best[0]
 
 
 def _finite(obj: Any) -> Any:

@@ -10,8 +10,10 @@ from typing import Any, Sequence
 
 import cv2
 import numpy as np
+from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 HEATMAP_CMAP = "jet"
 MASK_COLOUR = "lime"
@@ -95,8 +97,12 @@ def counts_figure(train, test) -> Figure:
     ax.bar_label(bars)
     ax.set_ylabel("number of images")
     ax.set_xlabel("split / defect type")
-    ax.set_title("Images per split and defect type (blue: training, green: good test, red: defective)")
+    ax.set_title("Images per split and defect type")
     ax.tick_params(axis="x", rotation=30)
+    ax.legend(handles=[Patch(color="tab:blue", label="training (good only)"),
+                       Patch(color="tab:green", label="test, good"), Patch(color="tab:red", label="test, defective")],
+              fontsize=8)
+    ax.margins(y=0.12)
     return fig
 
 
@@ -193,13 +199,13 @@ def clahe_figure(image: np.ndarray, clip_limit: float = 2.0, tile_grid: int = 8,
         _off(ax)
     ax = axes[2]
     twin = ax.twinx()
+    centres = np.arange(2, 256, 4)
     for img, name, colour in ((image, "original", "tab:gray"), (after, "CLAHE", "tab:orange")):
-        lum = _lightness(img).ravel()
-        h = np.bincount(lum, minlength=256)
-        ax.plot(np.arange(256), h / h.sum(), color=colour, label=f"{name} histogram")
-        twin.plot(np.arange(256), np.cumsum(h) / h.sum(), "--", color=colour, label=f"{name} cumulative")
+        h = np.histogram(_lightness(img), bins=64, range=(0, 256))[0]
+        ax.plot(centres, h / h.sum(), color=colour, label=f"{name} histogram")
+        twin.plot(centres, np.cumsum(h) / h.sum(), "--", color=colour, label=f"{name} cumulative")
     ax.set_xlabel("lightness L (LAB, 0-255)")
-    ax.set_ylabel("fraction of pixels")
+    ax.set_ylabel("fraction of pixels (log, 64 bins)")
     twin.set_ylabel("cumulative fraction")
     ax.set_yscale("log")
     ax.set_title("Lightness before and after")
@@ -246,7 +252,7 @@ def pca_rgb(fit_features, embeddings, seed: int = 0) -> list[np.ndarray]:
 def pca_figure(crops: Sequence[np.ndarray], rgb: Sequence[np.ndarray], titles: Sequence[str]) -> Figure:
     """Network-input crops (top) and their patch features as PCA colours (bottom)."""
     n = len(crops)
-    fig = _figure(2.3 * n, 5.0)
+    fig = _figure(max(8.0, 2.3 * n), 5.0)
     axes = fig.subplots(2, n, squeeze=False)
     for j in range(n):
         axes[0][j].imshow(crops[j])
@@ -257,7 +263,8 @@ def pca_figure(crops: Sequence[np.ndarray], rgb: Sequence[np.ndarray], titles: S
         _off(axes[1][j])
     axes[0][0].set_ylabel("input crop")
     axes[1][0].set_ylabel("3 principal\ncomponents as RGB")
-    fig.suptitle("Patch features: similar colours = similar features (PCA fitted on good training patches)")
+    fig.suptitle("Patch features as colours: similar colour, similar feature\n"
+                 "(3 principal components fitted on the good training patches)", fontsize=11)
     return fig
 
 
@@ -365,11 +372,11 @@ def maps_preview(images, maps, titles, vmin: float, vmax: float, title: str = ""
     fig = _figure(2.6 * n + 0.8, 2.9)
     axes = fig.subplots(1, n, squeeze=False)[0]
     norm = Normalize(vmin, vmax)
-    im = None
     for ax, img, m, t in zip(axes, images, maps, titles):
-        im = overlay(ax, img, m, norm)
+        overlay(ax, img, m, norm)
         ax.set_title(t, fontsize=9)
-    fig.colorbar(im, ax=list(axes), label="anomaly score (patch distance)", shrink=0.9)
+    fig.colorbar(ScalarMappable(norm, HEATMAP_CMAP), ax=list(axes), label="anomaly score (patch distance)",
+                 shrink=0.9)
     fig.suptitle(title or "Anomaly maps in original image pixels")
     return fig
 
@@ -525,35 +532,48 @@ def select_cases(scores, labels, n: int = 3) -> dict[str, list[int]]:
             "worst": [int(i) for i in bad[::-1][:n]] + [int(i) for i in good[::-1][:max(1, n // 2)]]}
 
 
+def verdict(score: float, label: int, threshold: float | None) -> str:
+    """'caught', 'MISSED', 'FALSE ALARM' or 'correct' (no threshold: '')."""
+    if threshold is None or not np.isfinite(score):
+        return ""
+    flagged = score >= threshold
+    if label:
+        return "flagged: caught" if flagged else "passed: MISSED"
+    return "flagged: FALSE ALARM" if flagged else "passed: correct"
+
+
 def gallery(images, maps, masks, scores, labels, titles, vmin: float, vmax: float,
-            threshold: float | None = None, title: str = "") -> Figure:
-    """One row per image: the image with its ground truth (green outline), the anomaly map over
-    it, and the region whose map value is above ``threshold`` (cyan outline)."""
+            threshold: float | None = None, pixel_threshold: float | None = None, title: str = "") -> Figure:
+    """One row per image: the image with its ground truth (green outline); the anomaly map over it
+    with the verdict at the image ``threshold``; the pixels whose map value reaches
+    ``pixel_threshold`` (cyan) against the ground truth."""
     n = len(images)
-    fig = _figure(10.5, 3.0 * n + 0.5)
+    fig = _figure(11, 3.0 * n + 0.6)
     axes = fig.subplots(n, 3, squeeze=False)
     norm = Normalize(vmin, vmax)
-    im = None
     for i in range(n):
         img, amap, mask = images[i], maps[i], masks[i]
-        verdict = "" if threshold is None else ("flagged" if scores[i] >= threshold else "passed")
         truth = "defective" if labels[i] else "good"
         a0, a1, a2 = axes[i]
         a0.imshow(img)
         _mask_outline(a0, mask)
         _off(a0)
-        a0.set_title(f"{titles[i]}\ntrue: {truth}", fontsize=9)
-        im = overlay(a1, img, amap, norm)
+        a0.set_title(f"{titles[i]} (true: {truth})", fontsize=9)
+        overlay(a1, img, amap, norm)
         _mask_outline(a1, mask)
-        a1.set_title(f"score {scores[i]:.3g} -> {verdict}", fontsize=9)
+        a1.set_title(f"score {scores[i]:.3g}  {verdict(scores[i], labels[i], threshold)}", fontsize=9)
         a2.imshow(img)
-        if threshold is not None and amap is not None:
-            region = amap >= threshold
+        if pixel_threshold is not None and amap is not None:
+            region = amap >= pixel_threshold
             a2.imshow(np.where(region, 1.0, np.nan), cmap="cool", alpha=0.45, vmin=0, vmax=1)
             _mask_outline(a2, region, "cyan")
+            a2.set_title(f"map >= {pixel_threshold:.3g} (cyan) vs truth (green)", fontsize=9)
+        else:
+            a2.set_title("no pixel threshold (no masks)", fontsize=9)
         _mask_outline(a2, mask)
         _off(a2)
-        a2.set_title("map >= threshold (cyan) vs truth (green)", fontsize=9)
-    fig.colorbar(im, ax=axes[:, 1].tolist(), label="anomaly score (patch distance)", shrink=0.8)
-    fig.suptitle(title or "Heatmap gallery")
+    fig.colorbar(ScalarMappable(norm, HEATMAP_CMAP), ax=axes.ravel().tolist(),
+                 label="anomaly score (patch distance)", shrink=min(0.9, 0.35 + 0.15 * n), aspect=30)
+    thr = "" if threshold is None else f"image threshold {threshold:.3g}"
+    fig.suptitle(f"{title or 'Heatmap gallery'}  ({thr})" if thr else (title or "Heatmap gallery"))
     return fig

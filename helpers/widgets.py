@@ -65,21 +65,22 @@ def clahe_explorer(images: dict[str, np.ndarray], clip_limit: float = 2.0, tile_
 
 def prediction_browser(load_image: Callable[[int], np.ndarray], scores, labels, maps, masks,
                        titles: Sequence[str], threshold: float, vmin: float, vmax: float,
-                       interactive: bool = True, run=None, name: str = "", static_max: int = 6):
-    """Browse every test image with its anomaly map; a slider moves the threshold (the verdict
-    and the outlined region follow). Static fallback: the first ``static_max`` images."""
+                       pixel_threshold: float | None = None, interactive: bool = True, run=None,
+                       name: str = "", static_max: int = 4):
+    """Browse every test image with its anomaly map. Sliders move the image threshold (the
+    verdict follows) and the pixel threshold (the outlined region follows). Static fallback:
+    the first ``static_max`` images."""
     scores = np.asarray(scores, dtype=float)
     n = len(scores)
 
-    def panel(indices, thr):
+    def panel(indices, thr, pix):
         return viz.gallery([load_image(i) for i in indices], [maps[i] for i in indices],
                            [masks[i] for i in indices], scores[indices], np.asarray(labels)[indices],
-                           [titles[i] for i in indices], vmin, vmax, thr,
-                           f"Test image browser (threshold {thr:.3g})")
+                           [titles[i] for i in indices], vmin, vmax, thr, pix, "Test image browser")
 
     if not (interactive and available()):
         _fallback_note(interactive)
-        _show(panel(list(range(min(n, static_max))), threshold), run, name)
+        _show(panel(list(range(min(n, static_max))), threshold, pixel_threshold), run, name)
         return None
     import ipywidgets as w
     from IPython.display import display
@@ -88,15 +89,17 @@ def prediction_browser(load_image: Callable[[int], np.ndarray], scores, labels, 
     lo, hi = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
     index = w.IntSlider(value=0, min=0, max=max(n - 1, 0), description="image")
     thr = w.FloatSlider(value=float(threshold), min=lo, max=max(hi, lo + 1e-6), step=(hi - lo) / 200 or 0.01,
-                        description="threshold", readout_format=".3g")
+                        description="image thr.", readout_format=".3g")
+    pix = w.FloatSlider(value=float(pixel_threshold if pixel_threshold is not None else vmax), min=vmin,
+                        max=vmax, step=(vmax - vmin) / 200 or 0.01, description="pixel thr.", readout_format=".3g")
     out = w.Output()
 
     def update(*_):
         with out:
             out.clear_output(wait=True)
-            display(panel([index.value], thr.value))
+            display(panel([index.value], thr.value, pix.value))
 
-    index.observe(update, names="value")
-    thr.observe(update, names="value")
+    for control in (index, thr, pix):
+        control.observe(update, names="value")
     update()
-    return w.VBox([w.HBox([index, thr]), out])
+    return w.VBox([w.HBox([index, thr, pix]), out])
