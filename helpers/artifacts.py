@@ -126,6 +126,7 @@ class Run:
         self.download, self.download_url, self.download_sha256 = download, download_url, download_sha256
         self.verbose = verbose
         self.events: list[dict] = []
+        self._depth = 0          # > 0 while a stage computes the stages it needs
         self._data_root: Path | None = None
         self._train: list[Sample] | None = None
         self._test: list[Sample] | None = None
@@ -246,7 +247,7 @@ class Run:
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
         with open(self.artifacts_dir / "events.jsonl", "a") as fh:
             fh.write(json.dumps(event) + "\n")
-        if self.verbose:
+        if self.verbose and self._depth == 0:   # what a stage needed is logged, not printed
             print(f"[cache: {action}] {stage}: {self.rel(path)}{note}")
 
     def cached(self, stage: str, compute: Callable[[], tuple[dict, dict]],
@@ -258,7 +259,11 @@ class Run:
             tensors, meta = load_tensors(path)
             self._log(stage, "loaded", path)
             return tensors, json.loads(meta.get("info", "{}"))
-        tensors, info = compute()
+        self._depth += 1
+        try:
+            tensors, info = compute()
+        finally:
+            self._depth -= 1
         save_tensors(path, tensors, {**self._meta(stage), "info": json.dumps(info, sort_keys=True)})
         self._log(stage, "computed", path)
         return tensors, info
@@ -316,7 +321,11 @@ class Run:
             return model
         c = self.config
         model = self.new_model(**overrides)
-        feats = self.features(model)
+        self._depth += 1
+        try:
+            feats = self.features(model)
+        finally:
+            self._depth -= 1
         t0 = time.perf_counter()
         x = feats.features.to(model.device)
         n_select = max(1, min(x.shape[0], int(x.shape[0] * c.coreset_ratio)))

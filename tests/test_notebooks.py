@@ -1,0 +1,104 @@
+"""The committed notebooks: clean (no outputs), structured (badge, setup, parameters), thin
+(logic in helpers), and they execute and re-execute identically (nbval)."""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from _nbrun import ci_run
+from helpers import Config
+from helpers.artifacts import config_from_params
+from helpers.pipeline import NOTEBOOKS
+
+ROOT = Path(__file__).resolve().parent.parent
+NB_DIR = ROOT / "notebooks"
+SANITIZE = Path(__file__).resolve().parent / "nbval_sanitize.cfg"
+
+
+def load(name):
+    return nbformat.read(str(NB_DIR / name), as_version=4)
+
+
+def code_cells(nb):
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def test_the_series_is_complete():
+    assert sorted(p.name for p in NB_DIR.glob("*.ipynb")) == sorted(NOTEBOOKS)
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_committed_without_outputs(name):
+    for cell in code_cells(load(name)):
+        assert cell.outputs == [], f"{name}: a cell has outputs; clear them before committing"
+        assert cell.execution_count is None, f"{name}: a cell has an execution count"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_badge_setup_and_parameters(name):
+    nb = load(name)
+    first = nb.cells[0]
+    assert first.cell_type == "markdown" and "colab.research.google.com/github/" in first.source
+    assert f"/notebooks/{name})" in first.source, "the badge opens this notebook"
+    setup = code_cells(nb)[0]
+    for needle in ("google.colab", "\"clone\"", "requirements-colab.txt", "sys.path"):
+        assert needle in setup.source, needle
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    assigned = {t.id: ast.literal_eval(node.value) for node in ast.parse(tagged[0].source).body
+                for t in node.targets}
+    for f in dataclasses.fields(Config):
+        assert f.name in assigned, f"{name}: parameter {f.name} missing"
+    assert config_from_params(assigned) == Config(), "notebook defaults must be Config's defaults"
+    assert "run_dir" in assigned
+
+
+def test_parameters_cell_is_the_same_everywhere():
+    cells = {name: next(c.source for c in load(name).cells if "parameters" in c.metadata.get("tags", []))
+             for name in NOTEBOOKS}
+    assert len(set(cells.values())) == 1
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebooks_only_orchestrate(name):
+    for cell in code_cells(load(name)):
+        source = "\n".join(l for l in cell.source.splitlines() if not l.lstrip().startswith("%"))
+        for node in ast.walk(ast.parse(source)):
+            assert not isinstance(node, ast.ClassDef), f"{name}: classes belong in helpers/"
+            if isinstance(node, ast.FunctionDef):
+                assert node.end_lineno - node.lineno < 4, f"{name}: function {node.name} belongs in helpers/"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_nbval_markers_are_exact(name):
+    """nbval only honours a marker alone on its comment line."""
+    for cell in code_cells(load(name)):
+        for line in cell.source.splitlines():
+            if "NBVAL_" in line:
+                assert line.strip() in ("# NBVAL_IGNORE_OUTPUT", "# NBVAL_SKIP", "# NBVAL_CHECK_OUTPUT"), line
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_prose_cites_the_paper(name):
+    text = "\n".join(c.source for c in load(name).cells if c.cell_type == "markdown")
+    assert "2106.08265" in text and len(text) > 1500
+
+
+def test_nbval_reexecution_matches(tmp_path_factory):
+    """papermill-executed notebooks (CI parameters) re-executed by nbval give the same outputs,
+    up to tests/nbval_sanitize.cfg and cells marked # NBVAL_IGNORE_OUTPUT."""
+    out = ci_run(str(tmp_path_factory.getbasetemp()))
+    notebooks = [str(out / "notebooks" / nb) for nb in NOTEBOOKS]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval",
+                           "--nbval-current-env", "--nbval-sanitize-with", str(SANITIZE),
+                           "--nbval-cell-timeout", "600", "--rootdir", str(out), *notebooks],
+                          cwd=str(out), env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]

@@ -1,0 +1,146 @@
+"""The papermill main job: parameters, refusals, metrics.json, resume, determinism."""
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from _nbrun import THREADS, ci_run
+from helpers import Config, pipeline
+from helpers.pipeline import NOTEBOOKS, PRESETS, PipelineError, parse_value, run_pipeline
+
+ROOT = Path(__file__).resolve().parent.parent
+NUMBERS = ("image_auroc", "pixel_auroc", "aupro", "f1_threshold", "f1", "per_defect", "n_train", "n_test")
+
+
+@pytest.fixture(scope="module")
+def ci(tmp_path_factory) -> Path:
+    return ci_run(str(tmp_path_factory.getbasetemp()))
+
+
+def test_parse_value():
+    assert parse_value("0.1") == 0.1 and parse_value("8") == 8
+    assert parse_value("true") is True and parse_value("False") is False
+    assert parse_value("None") is None and parse_value("null") is None
+    assert parse_value("[0.05, 0.1]") == [0.05, 0.1]
+    assert parse_value("mobilenet_v2") == "mobilenet_v2" and parse_value("features.6") == "features.6"
+
+
+def test_every_config_field_is_a_notebook_parameter():
+    known = pipeline.known_parameters()
+    missing = {f for f in Config().to_dict()} - set(known)
+    assert not missing and "run_dir" in known
+
+
+def test_unknown_parameter_and_bad_values_fail_before_running(tmp_path):
+    with pytest.raises(PipelineError, match="unknown parameter"):
+        run_pipeline(tmp_path / "a", params={"coreset_rato": 0.1})
+    with pytest.raises(PipelineError, match="coreset_ratio"):
+        run_pipeline(tmp_path / "b", params={"coreset_ratio": 2.0})
+    with pytest.raises(PipelineError, match="--out"):
+        run_pipeline(tmp_path / "c", params={"run_dir": "x"})
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_existing_run_folder_is_never_overwritten_without_the_flag(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text("{}")
+    (out / "metrics.json").write_text('{"image_auroc": 0.9}')
+    with pytest.raises(PipelineError, match="--overwrite"):
+        run_pipeline(out, params={"backbone": "mobilenet_v2"})
+    assert pipeline.main(["--out", str(out), "-p", "backbone", "mobilenet_v2"]) == 1
+    assert "--resume" in capsys.readouterr().err
+    assert json.loads((out / "metrics.json").read_text()) == {"image_auroc": 0.9}
+    with pytest.raises(PipelineError, match="choose one"):
+        run_pipeline(out, overwrite=True, resume=True)
+
+
+def test_overwrite_refuses_a_folder_it_did_not_make(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("precious")
+    with pytest.raises(PipelineError, match="not a run folder"):
+        run_pipeline(out, overwrite=True)
+    assert (out / "thesis.tex").read_text() == "precious"
+
+
+def test_makefile_demo_and_run_use_the_pipeline():
+    text = (ROOT / "Makefile").read_text()
+    demo = text[text.index("\ndemo:"):].split("\n\n")[0]
+    run = text[text.index("\nrun:"):].split("\n\n")[0]
+    assert "helpers.pipeline --preset demo --out runs/demo" in demo
+    assert "helpers.pipeline" in run and "$(DATA)" in run and "$(ARGS)" in run
+
+
+def test_main_job_writes_metrics_figures_and_notebooks(ci):
+    m = json.loads((ci / "metrics.json").read_text())
+    for key in ("image_auroc", "pixel_auroc", "aupro", "f1_threshold", "per_defect", "n_train", "n_test",
+                "timings", "config", "versions"):
+        assert key in m, key
+    assert m["image_auroc"] >= 0.75, "well above chance (0.5) on the synthetic set"
+    for key in ("pixel_auroc", "aupro"):
+        assert 0.5 < m[key] <= 1
+    assert set(m["per_defect"]) == {"bent", "color", "flip", "scratch"}
+    assert all(v is None or 0 <= v <= 1 for v in m["per_defect"].values())
+    assert m["n_train"] == PRESETS["ci"]["synthetic_n_train"] and m["n_test"] == 3 + 4 * 2
+    t = m["timings"]
+    assert t["device"] == "cpu" and t["batch_size"] > 0 and t["fit_s"] > 0 and t["infer_ms_per_image"] > 0
+    assert m["config"]["backbone"] == "mobilenet_v2" and set(m["config"]) == set(Config().to_dict())
+    assert {"torch", "torchvision", "numpy", "python"} <= set(m["versions"])
+    figures = sorted(p.name for p in (ci / "figures").glob("*.png"))
+    assert len(figures) >= 15 and {f[:2] for f in figures} == {"01", "02", "03", "04", "05"}
+    assert sorted(p.name for p in (ci / "notebooks").glob("*.ipynb")) == sorted(NOTEBOOKS)
+    state = json.loads((ci / "run.json").read_text())
+    assert all(state["notebooks"][nb]["status"] == "done" for nb in NOTEBOOKS)
+
+
+def test_resume_recomputes_only_what_is_missing(ci, tmp_path):
+    out = tmp_path / "resumed"
+    shutil.copytree(ci, out)
+    (out / "metrics.json").unlink()
+    next((out / "artifacts").glob("predictions-*.safetensors")).unlink()
+    (out / "artifacts" / "events.jsonl").unlink()
+    before = {nb: (out / "notebooks" / nb).stat().st_mtime_ns for nb in NOTEBOOKS}
+    logs = []
+    run_pipeline(out, params=dict(PRESETS["ci"]), resume=True, threads=THREADS, log=logs.append)
+    assert any("resuming" in line and NOTEBOOKS[3] in line for line in logs)
+    after = {nb: (out / "notebooks" / nb).stat().st_mtime_ns for nb in NOTEBOOKS}
+    assert [before[nb] == after[nb] for nb in NOTEBOOKS] == [True, True, True, False, False]
+    events = [json.loads(l) for l in (out / "artifacts" / "events.jsonl").read_text().splitlines()]
+    actions = {(e["stage"], e["action"]) for e in events}
+    assert ("predictions", "computed") in actions and ("bank", "loaded") in actions
+    assert not any(e["action"] == "computed" and e["stage"] in ("features", "bank") for e in events)
+    old, new = (json.loads((d / "metrics.json").read_text()) for d in (ci, out))
+    assert {k: new[k] for k in NUMBERS} == {k: old[k] for k in NUMBERS}
+    # everything finished: a second resume has nothing to do
+    logs.clear()
+    run_pipeline(out, params=dict(PRESETS["ci"]), resume=True, threads=THREADS, log=logs.append)
+    assert any("nothing to resume" in line for line in logs)
+
+
+def test_same_config_twice_gives_identical_metrics(ci, tmp_path):
+    """The notebooks' computation repeated from scratch in a fresh folder (through the same
+    helpers.artifacts calls the notebooks make, without the kernels) gives the same numbers."""
+    from helpers.artifacts import Run
+    params = {k: ast.literal_eval(v) for k, v in pipeline.known_parameters().items()}
+    params.update(PRESETS["ci"], run_dir=str(tmp_path / "again"))
+    run = Run.from_params(params, verbose=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(THREADS)       # as in the kernels: float sums depend on the thread count
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pred = run.predictions()
+            fresh = run.write_metrics(run.evaluate(pred), pred)
+    finally:
+        torch.set_num_threads(threads)
+    assert [e["action"] for e in run.events] == ["computed"] * 3
+    old = json.loads((ci / "metrics.json").read_text())
+    assert {k: fresh[k] for k in NUMBERS} == {k: old[k] for k in NUMBERS}
+    assert fresh["config"] == old["config"]
