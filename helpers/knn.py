@@ -34,7 +34,7 @@ def knn_torch(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, distance: s
     q = _prepare(queries, distance)
     b = _prepare(bank, distance)
     qn = (q * q).sum(1, keepdim=True)
-    bn = (b * b).sum(1) if bank_sqn is None or distance == "cosine" else bank_sqn
+    bn = (b * b).sum(1) if bank_sqn is None or distance == "cosine" else bank_sqn.float()
     budget = max(1, memory_mb * (1 << 20) // 4)
     # a query block and a bank block whose product fits the budget
     q_step = min(q.shape[0], max(1, budget // min(b.shape[0], 65536)))
@@ -45,13 +45,21 @@ def knn_torch(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, distance: s
         qq, qqn = q[qs:qs + q_step], qn[qs:qs + q_step]
         run_d = run_i = None
         for bs in range(0, b.shape[0], b_step):
+            # |q|^2 - 2 q.b + |b|^2 for one [q_step, b_step] block (the only large temporary)
             d2 = torch.addmm(bn[bs:bs + b_step][None, :], qq, b[bs:bs + b_step].T, alpha=-2.0)
             d2.add_(qqn)
-            kk = min(k, d2.shape[1])
-            vals, idx = torch.topk(d2, kk, dim=1, largest=False)
+            if k == 1:
+                vals, idx = d2.min(dim=1, keepdim=True)
+            else:
+                vals, idx = torch.topk(d2, min(k, d2.shape[1]), dim=1, largest=False)
+            del d2
             idx += bs
             if run_d is None:
                 run_d, run_i = vals, idx
+            elif k == 1:
+                better = vals < run_d  # strict: the earlier bank row wins a tie, as in one block
+                run_d = torch.where(better, vals, run_d)
+                run_i = torch.where(better, idx, run_i)
             else:
                 cat_d, cat_i = torch.cat([run_d, vals], 1), torch.cat([run_i, idx], 1)
                 run_d, order = torch.topk(cat_d, k, dim=1, largest=False)
@@ -60,19 +68,38 @@ def knn_torch(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, distance: s
     return _finish(best_d, distance), best_i
 
 
+_FAISS_INDEX: dict = {}
+
+
+def _faiss_index(bank: torch.Tensor, distance: str):
+    """An exact flat index over ``bank``, cached for the last bank seen (predict calls kNN once
+    per batch against the same bank; rebuilding the index each time copied the whole bank)."""
+    import faiss
+    key = (bank.data_ptr(), tuple(bank.shape), bank.dtype, bank.device, bank._version, distance)
+    if _FAISS_INDEX.get("key") != key:
+        b = _prepare(bank, distance).detach().cpu().contiguous().numpy()
+        index = faiss.IndexFlatL2(b.shape[1])
+        index.add(b)
+        _FAISS_INDEX.clear()
+        _FAISS_INDEX.update(key=key, index=index)
+    return _FAISS_INDEX["index"]
+
+
 def knn_faiss(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, distance: str = "l2"
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as :func:`knn_torch`, with an exact faiss flat index."""
     try:
-        import faiss
+        import faiss  # noqa: F401
     except ImportError as exc:
         raise ImportError("knn_backend='faiss' needs faiss: pip install faiss-cpu "
                           "(or use knn_backend='torch')") from exc
-    q = _prepare(queries, distance).cpu().numpy()
-    b = _prepare(bank, distance).cpu().numpy()
-    index = faiss.IndexFlatL2(b.shape[1])
-    index.add(b)
-    d2, idx = index.search(q, k)
+    if queries.ndim != 2 or bank.ndim != 2 or queries.shape[1] != bank.shape[1]:
+        raise ValueError(f"queries {tuple(queries.shape)} and bank {tuple(bank.shape)} must be "
+                         "2-D with the same feature dimension")
+    if not 1 <= k <= bank.shape[0]:
+        raise ValueError(f"k={k} must be in [1, bank size {bank.shape[0]}]")
+    q = _prepare(queries, distance).detach().cpu().contiguous().numpy()
+    d2, idx = _faiss_index(bank, distance).search(q, k)
     d = _finish(torch.from_numpy(d2), distance)
     return d.to(queries.device), torch.from_numpy(idx).to(queries.device)
 

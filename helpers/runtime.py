@@ -48,6 +48,23 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+@contextlib.contextmanager
+def cpu_threads(n: int | None):
+    """Run the block with ``n`` intra-op CPU threads (None: unchanged), restoring the old count.
+    For long chains of small sequential ops (the coreset loop): with 2 threads every op pays an
+    OpenMP fork/join, and on a shared machine a join waits for a descheduled thread (measured
+    2-6x slower than 1 thread on the 2-core benchmark box, see benchmarks/RESULTS.md)."""
+    old = torch.get_num_threads()
+    if n is None or n == old:
+        yield
+        return
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 

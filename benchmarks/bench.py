@@ -1,0 +1,257 @@
+"""Speed and memory of PatchCore's stages, on CPU or GPU, printed as a table.
+
+    python benchmarks/bench.py --device cpu --train-images 16 --bank-size 1254
+    python benchmarks/bench.py --device cuda --train-images 220 --bank-size 17248 --batches 1,64
+
+Rows: feature extraction (img/s) at each batch size, fit (features + coreset) on
+``--train-images`` synthetic metal-nut images with a coreset ratio chosen so the bank has
+``--bank-size`` rows, kNN + scoring (ms/image), end-to-end predict with anomaly maps (ms/image)
+at each batch size, and peak memory (process RSS; CUDA max allocated per stage).
+``--compare-coreset`` also times the straightforward reference loop and the dense loop on the
+same features (the reference for ``--reference-steps`` picks, extrapolated linearly: its cost per
+pick is constant) and checks that they pick the same points.
+
+``weights=None`` (random weights, stated in the output) is the default since pretrained weights
+are not available offline; speed does not depend on the weight values. Images: synthetic metal
+nuts (``--images synthetic``) or Gaussian noise (``--images noise``); timings exclude decoding.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from helpers import Config, PatchCore  # noqa: E402
+from helpers import model as model_module  # noqa: E402
+from helpers.coreset import greedy_coreset, greedy_coreset_reference  # noqa: E402
+from helpers.data import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+
+
+def rss_peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def cuda_peak_mb(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
+
+
+def reset_cuda_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+
+def images(n: int, size: int, kind: str, salt: int) -> torch.Tensor:
+    if kind == "noise":
+        return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(salt))
+    from helpers.synthetic import DEFECTS, make_sample
+    kinds = ("good",) * n if salt == 0 else [(("good",) + DEFECTS)[i % 5] for i in range(n)]
+    out = [(make_sample(k, size, np.random.default_rng((salt, i)))[0].astype(np.float32) / 255
+            - IMAGENET_MEAN) / IMAGENET_STD for i, k in enumerate(kinds)]
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
+
+
+def timed(fn, device, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        sync(device)
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--backbone", default="wide_resnet50_2")
+    p.add_argument("--weights", default=None, help="torchvision weights name; default None = random")
+    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--train-images", type=int, default=220)
+    p.add_argument("--bank-size", type=int, default=None,
+                   help="memory-bank rows (default: 10%% of the training patches)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--batches", default="1,64", help="batch sizes for extraction/kNN/predict")
+    p.add_argument("--fit-batch", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats (median reported)")
+    p.add_argument("--batch1-images", type=int, default=10, help="images timed one by one at batch 1")
+    p.add_argument("--images", default="synthetic", choices=["synthetic", "noise"])
+    p.add_argument("--knn-backend", default="torch", choices=["torch", "faiss"])
+    p.add_argument("--knn-memory-mb", type=int, default=256)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    p.add_argument("--compare-coreset", action="store_true")
+    p.add_argument("--reference-steps", type=int, default=300)
+    p.add_argument("--json", help="also write the results here")
+    a = p.parse_args()
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    batches = [int(b) for b in a.batches.split(",")]
+    warnings.simplefilter("ignore")
+    cfg = Config(backbone=a.backbone, weights=a.weights, input_size=a.input_size,
+                 resize=a.input_size, device=a.device, precision=a.precision,
+                 batch_size=a.fit_batch, knn_backend=a.knn_backend, knn_memory_mb=a.knn_memory_mb)
+    model = PatchCore(cfg)
+    dev = model.device
+    grid = model.extractor.grid_size(a.input_size)
+    n_patches = a.train_images * grid * grid
+    bank_size = a.bank_size or max(1, n_patches // 10)
+    if not 1 <= bank_size <= n_patches:
+        p.error(f"--bank-size must be in [1, {n_patches}] for {a.train_images} images")
+    # int(n * ratio) must land on bank_size exactly despite float rounding
+    ratio = min(1.0, (bank_size + 0.5) / n_patches)
+    model.config = cfg = cfg.replace(coreset_ratio=ratio)
+    if a.compile:
+        model._extractor = torch.compile(model.extractor)
+
+    rows: list[tuple[str, str]] = []
+    res: dict = {}
+
+    def row(name, value, key=None):
+        rows.append((name, value))
+        print(f"{name:58s} {value}", flush=True)
+
+    meta = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": platform.node(), "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if dev.type == "cuda" else None,
+        "torch": torch.__version__, "device": str(dev), "precision": cfg.precision,
+        "autocast": str(model_module.autocast_dtype(dev, cfg.precision)),
+        "command": " ".join([Path(sys.executable).name] + sys.argv),
+        "backbone": a.backbone, "weights": a.weights or "None (random)",
+        "input_size": a.input_size, "train_images": a.train_images, "images": a.images,
+        "compile": a.compile, "knn_backend": a.knn_backend,
+    }
+    for k, v in meta.items():
+        print(f"# {k}: {v}")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    print(f"# load average before: {load}")
+    res["meta"] = meta
+
+    test = images(max(batches + [a.batch1_images]), a.input_size, a.images, salt=1)
+    train = images(a.train_images, a.input_size, a.images, salt=0)
+
+    # ---------------------------------------------------------------- feature extraction
+    with torch.inference_mode():
+        for b in batches:
+            x = test[:b]
+            model.embed(x)  # warm-up (cudnn autotune, compile)
+            t = statistics.median(timed(lambda: model.embed(x), dev, a.repeats))
+            res[f"extract_img_s_b{b}"] = b / t
+            row(f"feature extraction, batch {b} (img/s)", f"{b / t:.1f}")
+
+    # ---------------------------------------------------------------- fit
+    captured = {}
+    real = model_module.greedy_coreset
+
+    def spy(features, *args, **kw):
+        captured["features"] = features
+        return real(features, *args, **kw)
+
+    model_module.greedy_coreset = spy
+    reset_cuda_peak(dev)
+    model.fit(train)
+    model_module.greedy_coreset = real
+    info = model.info
+    res.update(fit=info, fit_rss_peak_mb=rss_peak_mb(), fit_cuda_peak_mb=cuda_peak_mb(dev))
+    row(f"fit: {a.train_images} images -> bank {tuple(model.memory_bank.shape)} (s)",
+        f"{info['fit_s']:.2f}  (features {info['features_s']:.2f} = "
+        f"{a.train_images / info['features_s']:.1f} img/s, coreset {info['coreset_s']:.2f})")
+    row("peak RSS after fit (MB)", f"{res['fit_rss_peak_mb']:.0f}")
+    if dev.type == "cuda":
+        row("CUDA max allocated during fit (MB)", f"{res['fit_cuda_peak_mb']:.0f}")
+
+    # ---------------------------------------------------------------- coreset comparison
+    if a.compare_coreset:
+        feats, k = captured["features"], model.memory_bank.shape[0]
+        seed_args = dict(projection_dim=cfg.coreset_projection_dim,
+                         start_points=cfg.coreset_start_points, seed=cfg.seed)
+        fast_idx = model.coreset_indices
+        kk = min(k, a.reference_steps)
+        sync(dev)
+        t = time.perf_counter()
+        ref_idx = greedy_coreset_reference(feats, kk, **seed_args)
+        sync(dev)
+        t_ref = (time.perf_counter() - t) * k / kk
+        same = bool(torch.equal(ref_idx, fast_idx[:kk]))
+        sync(dev)
+        t = time.perf_counter()
+        dense_idx = greedy_coreset(feats, k, method="dense", **seed_args)
+        sync(dev)
+        t_dense = time.perf_counter() - t
+        same_dense = bool(torch.equal(dense_idx, fast_idx))
+        res.update(coreset_reference_s_extrapolated=t_ref, coreset_dense_s=t_dense,
+                   coreset_fast_s=info["coreset_s"], coreset_same_as_reference_prefix=same,
+                   coreset_same_as_dense=same_dense, reference_steps=kk)
+        row(f"coreset reference loop, {kk} of {k} picks timed, extrapolated (s)", f"{t_ref:.1f}")
+        row("coreset dense fused loop (s)", f"{t_dense:.1f}")
+        row("coreset default (as in fit) (s)", f"{info['coreset_s']:.2f}")
+        row("coreset speed-up vs reference / vs dense",
+            f"{t_ref / info['coreset_s']:.1f}x / {t_dense / info['coreset_s']:.1f}x")
+        row(f"identical picks: first {kk} vs reference / all vs dense", f"{same} / {same_dense}")
+        del feats
+    captured.clear()
+
+    # ---------------------------------------------------------------- kNN + scoring
+    with torch.inference_mode():
+        for b in batches:
+            emb = model.embed(test[:b])
+            model.score_embeddings(emb)
+            t = statistics.median(timed(lambda: model.score_embeddings(emb), dev, a.repeats))
+            res[f"knn_ms_per_image_b{b}"] = 1000 * t / b
+            row(f"kNN + image score vs {bank_size} x {model.memory_bank.shape[1]} bank, "
+                f"batch {b} (ms/img)", f"{1000 * t / b:.2f}")
+
+    # ---------------------------------------------------------------- end to end
+    reset_cuda_peak(dev)
+    for b in batches:
+        if b == 1:
+            xs = [test[i:i + 1] for i in range(a.batch1_images)]
+            model.predict(xs[0])
+            sync(dev)
+            ts = timed(lambda: [model.predict(x) for x in xs], dev, a.repeats)
+            per = statistics.median(ts) / len(xs)
+        else:
+            x = test[:b]
+            model.predict(x)
+            per = statistics.median(timed(lambda: model.predict(x), dev, a.repeats)) / b
+        res[f"predict_ms_per_image_b{b}"] = 1000 * per
+        row(f"end-to-end predict with maps, batch {b} (ms/img)", f"{1000 * per:.2f}")
+    res["peak_rss_mb"] = rss_peak_mb()
+    res["predict_cuda_peak_mb"] = cuda_peak_mb(dev)
+    row("peak RSS of the whole run (MB)", f"{res['peak_rss_mb']:.0f}")
+    if dev.type == "cuda":
+        row("CUDA max allocated during predict (MB)", f"{res['predict_cuda_peak_mb']:.0f}")
+    res["load_after"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+    print("\n| stage | value |\n|---|---|")
+    for name, value in rows:
+        print(f"| {name} | {value} |")
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(res, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

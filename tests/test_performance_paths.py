@@ -1,0 +1,131 @@
+"""The fast paths of issue 4 give the same answers as the plain ones (timings live in
+benchmarks/RESULTS.md, never here).
+
+Tolerances stated once:
+* coreset: fast selection == straightforward reference, index for index (exact).
+* chunked kNN vs float64 torch.cdist: distances within 1e-4 absolute (float32 |q|^2-2q.b+|b|^2).
+* faiss vs torch kNN: distances within 1e-4 absolute, same indices except numerical near-ties.
+* bf16 autocast vs fp32 on CPU, same memory bank: every image score within 3% (relative).
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from helpers.coreset import greedy_coreset, greedy_coreset_reference
+from helpers.knn import knn, knn_faiss, knn_torch
+
+BF16_SCORE_RTOL = 0.03
+
+
+def _clustered(n, d, seed, dup_every=0):
+    """Features with structure (clusters, uneven scales) and optionally exact duplicate rows."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(max(2, n // 50), d, generator=g) * 3
+    x = centres[torch.randint(0, centres.shape[0], (n,), generator=g)]
+    x = x + torch.randn(n, d, generator=g) * torch.rand(d, generator=g)
+    if dup_every:
+        x[::dup_every] = x[1].clone()
+    return x.float()
+
+
+@pytest.mark.parametrize("n, dim, proj, k, seed, dup", [
+    (3000, 256, 64, 300, 0, 0),
+    (2501, 96, 0, 250, 1, 7),      # no projection, odd size, many exact duplicates
+    (4097, 160, 128, 300, 2, 0),
+    (600, 64, 32, 60, 3, 0),
+])
+def test_fast_coreset_selects_exactly_what_the_reference_selects(n, dim, proj, k, seed, dup):
+    feats = _clustered(n, dim, seed, dup)
+    ref = greedy_coreset_reference(feats, k, projection_dim=proj, seed=seed)
+    for method in ("dense", "filtered", "auto"):
+        got = greedy_coreset(feats, k, projection_dim=proj, seed=seed, method=method, filter_dim=16)
+        assert torch.equal(got, ref), method
+    assert len(set(ref.tolist())) == k
+
+
+def test_coreset_rejects_unknown_method():
+    with pytest.raises(ValueError, match="method"):
+        greedy_coreset(torch.randn(50, 8), 5, method="fast")
+
+
+@pytest.mark.parametrize("k", [1, 4])
+@pytest.mark.parametrize("distance", ["l2", "cosine"])
+def test_chunked_knn_with_tiny_budget_equals_cdist(k, distance):
+    g = torch.Generator().manual_seed(11)
+    q, b = torch.randn(300, 64, generator=g), torch.randn(5000, 64, generator=g)
+    # 1 MiB = 262144 floats: 52 query rows x 5000 bank rows per block -> 6 query blocks, and with
+    # 1 query row the bank is walked in several blocks (both loops are exercised below)
+    d, i = knn_torch(q, b, k, distance, memory_mb=1)
+    if distance == "l2":
+        full = torch.cdist(q.double(), b.double())
+    else:
+        full = 1 - torch.nn.functional.normalize(q.double(), dim=1) @ \
+            torch.nn.functional.normalize(b.double(), dim=1).T
+    bd, bi = torch.topk(full, k, dim=1, largest=False)
+    assert torch.allclose(d.double(), bd, atol=1e-4)
+    assert ((i == bi) | torch.isclose(d.double(), bd, atol=1e-4)).all()
+
+
+def test_chunked_knn_walks_the_bank_in_blocks():
+    g = torch.Generator().manual_seed(12)
+    q, b = torch.randn(3, 16, generator=g), torch.randn(300000, 16, generator=g)
+    d, i = knn_torch(q, b, 1, memory_mb=1)          # 262144 rows per block -> 2 bank blocks
+    bd, bi = torch.cdist(q.double(), b.double()).min(dim=1)
+    assert torch.allclose(d[:, 0].double(), bd, atol=1e-4)
+    assert torch.equal(i[:, 0], bi)
+
+
+def test_bank_sqn_shortcut_changes_nothing():
+    g = torch.Generator().manual_seed(13)
+    q, b = torch.randn(40, 32, generator=g), torch.randn(700, 32, generator=g)
+    a = knn_torch(q, b, 3)
+    c = knn_torch(q, b, 3, bank_sqn=(b * b).sum(1))
+    assert torch.equal(a[0], c[0]) and torch.equal(a[1], c[1])
+
+
+@pytest.mark.parametrize("distance", ["l2", "cosine"])
+@pytest.mark.parametrize("k", [1, 9])
+def test_faiss_knn_matches_torch_knn(distance, k):
+    pytest.importorskip("faiss")
+    g = torch.Generator().manual_seed(21)
+    q, b = torch.randn(500, 128, generator=g), torch.randn(4000, 128, generator=g)
+    td, ti = knn_torch(q, b, k, distance)
+    fd, fi = knn_faiss(q, b, k, distance)
+    assert torch.allclose(fd, td, atol=1e-4)
+    assert ((fi == ti) | torch.isclose(fd, td, atol=1e-4)).all()
+    # the cached index is rebuilt when the bank changes
+    b2 = b + 1
+    assert torch.allclose(knn(q, b2, k, distance, backend="faiss")[0], knn_torch(q, b2, k, distance)[0],
+                          atol=1e-4)
+
+
+def _clone_with(fitted, **changes):
+    from helpers import PatchCore
+    m = PatchCore(fitted.config.replace(**changes))
+    m._extractor = fitted.extractor
+    m.memory_bank, m.grid = fitted.memory_bank, fitted.grid
+    return m
+
+
+def test_faiss_backend_gives_the_same_scores_as_torch(fitted, samples):
+    pytest.importorskip("faiss")
+    test = samples[1][:6]
+    a = fitted.predict(test, maps=False)
+    b = _clone_with(fitted, knn_backend="faiss").predict(test, maps=False)
+    np.testing.assert_allclose(b.scores, a.scores, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(b.patch_scores, a.patch_scores, rtol=1e-5, atol=1e-4)
+
+
+def test_cpu_bf16_autocast_scores_match_fp32_within_tolerance(fitted, samples):
+    test = samples[1][:4]
+    fp32 = fitted.predict(test, maps=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bf16 = _clone_with(fitted, precision="bf16").predict(test, maps=False)
+    rel = np.abs(bf16.scores - fp32.scores) / np.abs(fp32.scores)
+    print('bf16 vs fp32 relative score differences', rel)
+    assert rel.max() <= BF16_SCORE_RTOL, rel
