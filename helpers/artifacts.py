@@ -344,7 +344,7 @@ class Run:
         self._log("bank", "computed", path, f"  ({n_select} x {x.shape[1]})")
         return model
 
-    def coverage(self, ratios: list[float], max_patches: int = 5000) -> dict[str, np.ndarray]:
+    def coverage(self, ratios: list[float], max_patches: int = 2000) -> dict[str, np.ndarray]:
         """Coverage radius (max distance of a training patch to its nearest kept patch, in the
         full feature space) of greedy and of random subsets, for each coreset ratio."""
         from .coreset import covering_radius, greedy_coreset

@@ -211,7 +211,7 @@ def clahe_figure(image: np.ndarray, clip_limit: float = 2.0, tile_grid: int = 8,
     ax.set_title("Lightness before and after")
     lines = ax.get_legend_handles_labels()
     lines2 = twin.get_legend_handles_labels()
-    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=7, loc="upper left")
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=7, loc="lower center", ncol=2)
     fig.suptitle(title or "Contrast-limited adaptive histogram equalisation (CLAHE) on the L channel")
     return fig
 

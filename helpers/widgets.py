@@ -66,10 +66,11 @@ def clahe_explorer(images: dict[str, np.ndarray], clip_limit: float = 2.0, tile_
 def prediction_browser(load_image: Callable[[int], np.ndarray], scores, labels, maps, masks,
                        titles: Sequence[str], threshold: float, vmin: float, vmax: float,
                        pixel_threshold: float | None = None, interactive: bool = True, run=None,
-                       name: str = "", static_max: int = 4):
+                       name: str = "", static_max: int = 5, defects: Sequence[str] | None = None):
     """Browse every test image with its anomaly map. Sliders move the image threshold (the
     verdict follows) and the pixel threshold (the outlined region follows). Static fallback:
-    the first ``static_max`` images."""
+    the first image of each defect type when ``defects`` is given (else the first images), at
+    most ``static_max``."""
     scores = np.asarray(scores, dtype=float)
     n = len(scores)
 
@@ -80,7 +81,14 @@ def prediction_browser(load_image: Callable[[int], np.ndarray], scores, labels, 
 
     if not (interactive and available()):
         _fallback_note(interactive)
-        _show(panel(list(range(min(n, static_max))), threshold, pixel_threshold), run, name)
+        if defects is not None:
+            firsts = {}
+            for i, d in enumerate(defects):
+                firsts.setdefault(d, i)
+            indices = sorted(firsts.values())[:static_max]
+        else:
+            indices = list(range(min(n, static_max)))
+        _show(panel(indices, threshold, pixel_threshold), run, name)
         return None
     import ipywidgets as w
     from IPython.display import display
