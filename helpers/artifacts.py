@@ -214,7 +214,8 @@ class Run:
 
     def describe(self) -> str:
         c = self.config
-        source = (f"synthetic set ({self.synthetic['size']} px) in {self.rel(self.data_root)}"
+        source = (f"synthetic set ({self.synthetic['size']} px), generated in <run folder>/"
+                  f"{self.rel(self.data_root)}"
                   if self.is_synthetic else str(self.data_root))
         return (f"run folder : {self.root}\n"
                 f"data       : {source}\n"
