@@ -273,8 +273,10 @@ def bank_megabytes(n_patches: int, dim: int, ratio: float) -> float:
     return max(1, int(n_patches * ratio)) * dim * 4 / 2**20
 
 
-def coverage_figure(cov: dict, dim: int, full_patches: int | None = None, chosen: float | None = None) -> Figure:
-    """Coverage radius vs coreset ratio (greedy vs random) and memory-bank size vs ratio."""
+def coverage_figure(cov: dict, dim: int, full_patches: int | None = None, chosen: float | None = None,
+                    run_patches: int | None = None) -> Figure:
+    """Coverage radius vs coreset ratio (greedy vs random, on the ``cov`` sample) and memory-bank
+    size vs ratio for this run's ``run_patches`` training patches (and the full metal_nut set)."""
     r = np.asarray(cov["ratios"])
     fig = _figure(11, 3.8)
     ax1, ax2 = fig.subplots(1, 2)
@@ -284,8 +286,9 @@ def coverage_figure(cov: dict, dim: int, full_patches: int | None = None, chosen
     ax1.set_xlabel("coreset ratio (fraction of training patches kept)")
     ax1.set_ylabel("coverage radius (max distance\nto nearest kept patch)")
     ax1.set_title(f"Coverage of {cov['n_patches']} training patches")
-    ax2.plot(r, [bank_megabytes(cov["n_patches"], dim, x) for x in r], "o-",
-             label=f"these {cov['n_patches']} patches")
+    run_patches = run_patches or cov["n_patches"]
+    ax2.plot(r, [bank_megabytes(run_patches, dim, x) for x in r], "o-",
+             label=f"this run's training set ({run_patches} patches)")
     if full_patches:
         ax2.plot(r, [bank_megabytes(full_patches, dim, x) for x in r], "s--",
                  label=f"full metal_nut train set ({full_patches} patches)")
