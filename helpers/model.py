@@ -205,8 +205,7 @@ class PatchCore:
             n_images += len(set(idx))
         if not feats:
             raise ValueError("no training image could be read")
-        features = torch.cat(feats)
-        del feats
+        features = _concat_releasing(feats)
         t1 = time.perf_counter()
         n_select = max(1, min(features.shape[0], int(features.shape[0] * c.coreset_ratio)))
         idx = greedy_coreset(features, n_select, c.coreset_projection_dim,
@@ -379,6 +378,20 @@ class PatchCore:
         model.info = json.loads(meta.get("info", "{}"))
         model.saved_versions = json.loads(meta.get("versions", "{}"))
         return model
+
+
+def _concat_releasing(parts: list[torch.Tensor]) -> torch.Tensor:
+    """torch.cat(parts) that frees each part once copied (emptying the list), so the peak is one
+    copy of the features plus one part instead of two copies (fit's memory peak)."""
+    out = parts[0].new_empty(sum(p.shape[0] for p in parts), *parts[0].shape[1:])
+    pos = 0
+    parts.reverse()
+    while parts:
+        p = parts.pop()
+        out[pos:pos + p.shape[0]] = p
+        pos += p.shape[0]
+        del p
+    return out
 
 
 def _as_list(images) -> list:

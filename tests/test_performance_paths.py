@@ -17,6 +17,7 @@ import torch
 
 from helpers.coreset import greedy_coreset, greedy_coreset_reference
 from helpers.knn import knn, knn_faiss, knn_torch
+from helpers.runtime import cpu_threads
 
 BF16_SCORE_RTOL = 0.03
 
@@ -40,11 +41,29 @@ def _clustered(n, d, seed, dup_every=0):
 ])
 def test_fast_coreset_selects_exactly_what_the_reference_selects(n, dim, proj, k, seed, dup):
     feats = _clustered(n, dim, seed, dup)
-    ref = greedy_coreset_reference(feats, k, projection_dim=proj, seed=seed)
+    with cpu_threads(1):  # small sequential ops: one thread is faster on a busy 2-core machine
+        ref = greedy_coreset_reference(feats, k, projection_dim=proj, seed=seed)
     for method in ("dense", "filtered", "auto"):
         got = greedy_coreset(feats, k, projection_dim=proj, seed=seed, method=method, filter_dim=16)
         assert torch.equal(got, ref), method
     assert len(set(ref.tolist())) == k
+
+
+@pytest.mark.parametrize("full_pass_fraction, refresh_every", [(0.0, 7), (2.0, 0), (0.25, 1)])
+def test_filtered_coreset_branches_all_match_the_reference(monkeypatch, full_pass_fraction,
+                                                           refresh_every):
+    """Force each branch of the filtered loop: cluster test + gathered bound on every pick,
+    the full-pass bound on every pick, and a cluster-radius refresh on every pick."""
+    import functools
+
+    import helpers.coreset as cs
+    monkeypatch.setattr(cs, "_filtered", functools.partial(
+        cs._filtered, full_pass_fraction=full_pass_fraction, refresh_every=refresh_every))
+    feats = _clustered(2000, 128, 5, dup_every=11)
+    with cpu_threads(1):
+        ref = greedy_coreset_reference(feats, 400, projection_dim=64, seed=5)
+    got = greedy_coreset(feats, 400, projection_dim=64, seed=5, method="filtered", filter_dim=16)
+    assert torch.equal(got, ref)
 
 
 def test_coreset_rejects_unknown_method():
