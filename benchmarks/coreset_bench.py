@@ -4,8 +4,8 @@ the filtered loop (the CPU default) on the same real patch features, with identi
     .venv/bin/python benchmarks/coreset_bench.py --images /work/shared/data/mvtec3d_tire_rgb \\
         --category tire --threads 1,2
 
-Features: pretrained MobileNetV2 (offline weights, see README) on the training photos of an
-MVTec-layout folder at 224 px, 1024-d patches (the projected features are the same for every
+Features: pretrained MobileNetV2 (offline weights, see README) on the training photos (or
+``--splits train,test``: all photos) of an MVTec-layout folder at 224 px, 1024-d patches (the projected features are the same for every
 method: each starts from the same seeded float64 projection). ``--features file.pt`` reuses a
 saved [N, D] tensor instead. Each method runs ``--repeats`` times per thread count; the minimum
 is reported (timings on a shared machine only get slower, never faster, from noise).
@@ -31,11 +31,12 @@ from helpers.coreset import greedy_coreset, greedy_coreset_reference  # noqa: E4
 from helpers.runtime import cpu_threads  # noqa: E402
 
 
-def features_from_images(root: str, category: str, size: int, limit: int | None) -> torch.Tensor:
+def features_from_images(root: str, category: str, size: int, limit: int | None,
+                         splits: str = "train") -> torch.Tensor:
     from helpers import Config, PatchCore
     from helpers.data import list_samples
     warnings.simplefilter("ignore")
-    samples = list_samples(root, category, "train")[:limit]
+    samples = [s for split in splits.split(",") for s in list_samples(root, category, split)][:limit]
     m = PatchCore(Config(dataset_path=root, category=category, backbone="mobilenet_v2",
                          input_size=size, resize=size, device="cpu", batch_size=16))
     out = []
@@ -49,7 +50,9 @@ def main() -> None:
     p.add_argument("--images", default="/work/shared/data/mvtec3d_tire_rgb")
     p.add_argument("--category", default="tire")
     p.add_argument("--input-size", type=int, default=224)
-    p.add_argument("--limit", type=int, default=None, help="use the first N training images")
+    p.add_argument("--limit", type=int, default=None, help="use the first N images")
+    p.add_argument("--splits", default="train",
+                   help="train, or train,test for a larger set (speed only: defects included)")
     p.add_argument("--features", help="a saved [N, D] float tensor (.pt) instead of --images")
     p.add_argument("--ratio", type=float, default=0.1)
     p.add_argument("--threads", default="1,2", help="torch thread counts to run the methods at")
@@ -59,7 +62,7 @@ def main() -> None:
     a = p.parse_args()
 
     feats = torch.load(a.features) if a.features else features_from_images(
-        a.images, a.category, a.input_size, a.limit)
+        a.images, a.category, a.input_size, a.limit, a.splits)
     k = int(feats.shape[0] * a.ratio)
     print(f"# {datetime.datetime.now().isoformat(timespec='seconds')} {platform.node()} "
           f"cpus={os.cpu_count()} torch={torch.__version__}")

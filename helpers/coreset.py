@@ -17,17 +17,16 @@ Two exact implementations of the same loop:
 
 * ``dense`` (CUDA default): one fused float64 matrix-vector product over all points per pick.
   Everything stays on the device; no host synchronisation per step.
-* ``filtered`` (CPU default for large inputs): two conservative tests find the few points whose
+* ``filtered`` (CPU default for large inputs): conservative tests find the few points whose
   running distance can change, and only those get the exact float64 distance (see
-  :func:`_filtered`): (1) Gonzalez clusters - a point whose running distance was set by pick s
-  cannot change when the new pick c has |c - s|^2 >= 4 max(running distance in s's cluster);
-  (2) a float32 lower bound of |x - c|^2 from the top-``filter_dim`` principal coordinates plus
-  the norm of the rest. Margins make both safe against every rounding error (>= 20x), so the
-  picks are identical. On 172,480 WRN50 patches -> 17,248 picks: ~35 s on one core, against
-  ~10 min for ``dense`` and over half an hour for the reference loop (benchmarks/RESULTS.md).
+  :func:`_filtered`): a float32 lower bound of |x - c|^2 from the top-``filter_dim`` principal
+  coordinates plus the norm of the rest, and, when it pays, Gonzalez clusters (a point whose
+  running distance was set by pick s cannot change when |c - s|^2 >= 4 max(running distance in
+  s's cluster)). Margins make both safe against every rounding error (>= 20x), so the picks
+  are identical. Measured (benchmarks/RESULTS.md): ~5x faster than the reference on 47k real
+  MobileNetV2 patches, ~28x on 172k WRN50 patches of synthetic parts, where clusters prune well.
   (Fixed blocks with centre + radius were tried first: on real CNN features 80% of 64-point
-  blocks stayed active at a 10% ratio, slower than ``dense``; clusters around the picks shrink
-  with the covering radius, fixed blocks do not.)
+  blocks stayed active at a 10% ratio, slower than ``dense``.)
 """
 from __future__ import annotations
 
@@ -65,9 +64,11 @@ def random_projection(features: torch.Tensor, dim: int, seed: int = 0,
 
 
 def _projected(features: torch.Tensor, projection_dim: int, seed: int) -> tuple[torch.Tensor, int]:
-    """float64 projection zero-padded to a multiple of _ROWS rows, and the real row count."""
+    """float64 projection zero-padded to a multiple of _ROWS rows (at least one zero row, row
+    ``n``, which pads gathered row sets), and the real row count."""
     n = features.shape[0]
-    return random_projection(features, projection_dim, seed, torch.float64, pad_rows=-n % _ROWS), n
+    return random_projection(features, projection_dim, seed, torch.float64,
+                             pad_rows=-n % _ROWS or _ROWS), n
 
 
 def _start_distances(x: torch.Tensor, sqn: torch.Tensor, n: int, n_start: int, seed: int) -> torch.Tensor:
@@ -154,16 +155,14 @@ def _principal_filter(x: torch.Tensor, n: int, p: int, chunk: int = 16384) -> to
     return out
 
 
-def _round_up_f32(v: torch.Tensor) -> torch.Tensor:
-    """float64 -> the smallest float32 >= v."""
-    r = v.float()
-    return torch.where(r.double() < v, torch.nextafter(r, torch.full_like(r, math.inf)), r)
+def _f32_up(v: torch.Tensor) -> torch.Tensor:
+    """float64 -> a float32 >= v (v + 1e-7 |v| rounds to nearest within 2^-24 |v|)."""
+    return torch.where(v.isfinite(), v + v.abs() * 1e-7, v).float()
 
 
-def _round_down_f32(v: torch.Tensor) -> torch.Tensor:
-    """float64 -> the largest float32 <= v (so a float32 test never loses a candidate)."""
-    r = v.float()
-    return torch.where(r.double() > v, torch.nextafter(r, torch.full_like(r, -math.inf)), r)
+def _f32_down(v: torch.Tensor) -> torch.Tensor:
+    """float64 -> a float32 <= v."""
+    return torch.where(v.isfinite(), v - v.abs() * 1e-7, v).float()
 
 
 def _filtered(x, sqn, min_d2, n, steps, n_select, p, full_pass_fraction: float = 0.25,
@@ -176,14 +175,15 @@ def _filtered(x, sqn, min_d2, n, steps, n_select, p, full_pass_fraction: float =
        (row "belongs" to that pick s; rows still at their start distance belong to none). With
        R_s >= max m_x over s's rows, no row of s can change when |c - s|^2 >= 4 R_s (triangle
        inequality). |c - s| is bounded below in the principal subspace (test 2's coordinates),
-       one float32 product over the picks so far. Once a few hundred picks are made, ~1-2% of
-       the rows remain in clusters that can change.
+       one float32 product over the picks so far. On well-clustered features ~1-2% of the rows
+       remain after a few hundred picks; on real CNN features of one texture it prunes little.
+       It is used while it leaves at most ``full_pass_fraction`` of the rows (probed every 32
+       picks otherwise).
     2. principal-subspace bound: |a - b|^2 >= |y_a - y_b|^2 + (rho_a - rho_b)^2. Row x passes
        when a_x + a_c - 2 (y_x.y_c + rho_x rho_c) < thr_x (a = (1 - rel) |(y, rho)|^2,
        thr_x = m_x + margin), i.e. when (y_x, rho_x, 1, g_x) . (y_c, rho_c, -a_c / 2, -1) > 0
-       with g_x = (a_x - thr_x) / 2: a (p + 3)-float dot product per row of test 1.
-    While test 1 leaves more than ``full_pass_fraction`` of the rows, test 2 runs on all rows as
-    one matrix-vector product (cheaper than gathering them)."""
+       with g_x = (a_x - thr_x) / 2: a (p + 3)-float dot product per row, on the rows left by
+       test 1 (gathered) or on all rows (one matrix-vector product)."""
     dev, n_pad = x.device, x.shape[0]
     yt = _principal_filter(x, n, p)                   # [p + 1, N]
     # float32 error of a (p + 3)-term product (and of storing y, rho, a/2 in float32) is
@@ -194,12 +194,16 @@ def _filtered(x, sqn, min_d2, n, steps, n_select, p, full_pass_fraction: float =
     a = (yt.double() ** 2).sum(0) * (1 - rel)
     tol = 1e-9 * float(sqn[:n].max())
 
-    def g_of(rows_a, rows_min_d2):
-        thr = rows_min_d2 * (1 + 1e-9) + tol
-        g = (rows_a - thr) / 2 - rel * (rows_a.abs() + thr.abs())
-        return _round_down_f32(g.masked_fill_(rows_min_d2 == -math.inf, math.inf))  # padding
+    a_half = a * (0.5 - rel)                           # a >= 0
 
-    cols = torch.cat([yt, torch.ones_like(yt[:1]), g_of(a, min_d2)[None]])  # [p + 3, N]
+    def g_of(rows_a_half, rows_min_d2):
+        # g <= (a - thr) / 2 - rel (|a| + |thr|) with thr = min_d2 (1 + 1e-9) + tol
+        thr = rows_min_d2.mul(1 + 1e-9).add_(tol)
+        return _f32_down(rows_a_half - thr.mul(0.5) - thr.abs().mul_(rel))
+
+    g0 = g_of(a_half, min_d2.clamp_min(-1e300))
+    g0[min_d2 == -math.inf] = math.inf                 # padding rows: never candidates
+    cols = torch.cat([yt, torch.ones_like(yt[:1]), g0[None]])  # [p + 3, N]
     rows = cols.T.contiguous()                         # [N, p + 3], for gathering rows
     half_a = (a / 2).float()
     coef = torch.empty(p + 3, dtype=torch.float32, device=dev)
@@ -215,47 +219,49 @@ def _filtered(x, sqn, min_d2, n, steps, n_select, p, full_pass_fraction: float =
     radius4 = torch.empty(n_select, dtype=torch.float32, device=dev)  # >= 4 (R_s + tol), rounded up
     picked = torch.empty(n_select, dtype=torch.long, device=dev)
     score = torch.empty(n_pad, dtype=torch.float32, device=dev)
+    zero_row = torch.tensor([n], device=dev)          # x[n] is a zero padding row
+    use_clusters = False   # test 1 only pays when it leaves few rows; probed every 32 picks
     for i in steps:
         idx = torch.argmax(min_d2).view(1)
         picked[i:i + 1] = idx
         yc = yt.index_select(1, idx)[:, 0]
+        hc = half_a.index_select(0, idx)
         coef[:p + 1] = yc
-        coef[p + 1:p + 2] = -half_a.index_select(0, idx)
-        if i:
+        coef[p + 1:p + 2] = -hc
+        cand = None
+        if i and (use_clusters or i % 32 == 0):
             # test 1: lower bound (minus margin) of |c - s|^2 over the picks s so far
-            lb = torch.mv(pick_y[:i], yc).mul_(-2).add_(pick_half_a[:i] * 2)
-            lb.add_(half_a.index_select(0, idx) * 2)
+            lb = torch.mv(pick_y[:i], yc).mul_(-2).add_(pick_half_a[:i], alpha=2).add_(hc, alpha=2)
             torch.lt(lb, radius4[:i], out=active[1:i + 1])
             cand = torch.nonzero(active.index_select(0, owner)).squeeze(1)
-        if i == 0 or cand.shape[0] > full_pass_fraction * n:
+            use_clusters = cand.shape[0] <= full_pass_fraction * n
+        if use_clusters:
+            cand = cand[torch.mv(rows.index_select(0, cand), coef) > 0]
+        else:
             torch.mv(cols.T, coef, out=score)
             cand = torch.nonzero(score > 0).squeeze(1)
-        else:
-            cand = cand[torch.mv(rows.index_select(0, cand), coef) > 0]
         pick_y[i] = yc
-        pick_half_a[i:i + 1] = half_a.index_select(0, idx)
+        pick_half_a[i:i + 1] = hc
         m = cand.shape[0]
-        pad = -m % _ROWS
-        xc = x.index_select(0, cand)
-        if pad:
-            xc = torch.cat([xc, xc.new_zeros(pad, xc.shape[1])])
-        t = torch.mv(xc, x.index_select(0, idx)[0])[:m]
+        rows_p = torch.cat([cand, zero_row.expand(-m % _ROWS)])  # whole gemv blocks of rows
+        t = torch.mv(x.index_select(0, rows_p), x.index_select(0, idx)[0])[:m]
         d2 = torch.sub(sqn.index_select(0, cand), t, alpha=2).add_(sqn.index_select(0, idx))
-        old = min_d2.index_select(0, cand)
-        moved = d2 < old
+        moved = d2 < min_d2.index_select(0, cand)
         cand, d2 = cand[moved], d2[moved]             # rows whose running distance drops
         min_d2.index_copy_(0, cand, d2)
-        g = g_of(a.index_select(0, cand), d2)
+        g = g_of(a_half.index_select(0, cand), d2)
         cols[p + 2].index_copy_(0, cand, g)
         rows[:, p + 2].index_copy_(0, cand, g)
         owner.index_fill_(0, cand, i + 1)
-        r = d2.max() if d2.numel() else d2.new_tensor(-math.inf)
-        radius4[i:i + 1] = _round_up_f32(4 * (r.view(1) + tol) * (1 + 1e-9))
+        if d2.numel():
+            radius4[i:i + 1] = _f32_up(d2.max().view(1).add(tol).mul_(4 * (1 + 1e-9)))
+        else:
+            radius4[i] = -math.inf
         if refresh_every and i % refresh_every == refresh_every - 1:
             # members only ever leave a cluster: recompute the radii exactly (tighter tests)
             rmax = torch.full((n_select + 2,), -math.inf, dtype=min_d2.dtype, device=dev)
             rmax.scatter_reduce_(0, owner[:n], min_d2[:n], "amax")
-            radius4[:i + 1] = _round_up_f32(4 * (rmax[1:i + 2] + tol) * (1 + 1e-9))
+            radius4[:i + 1] = _f32_up(rmax[1:i + 2].add(tol).mul_(4 * (1 + 1e-9)))
     return picked
 
 
