@@ -91,15 +91,25 @@ def fold_metrics(scores, maps, items, boxes) -> dict:
     """items: [(path, defect, key)] aligned with scores / maps (good images have key None)."""
     labels = [0 if d == "good" else 1 for _, d, _ in items]
     defects = [d for _, d, _ in items]
-    hits = []
+    hits, misses = [], []
     for amap, (_, d, key) in zip(maps, items):
         if d in DEFECTS_WITH_BOXES:
             bxs = defect_boxes(boxes, key)
             if not bxs:
                 raise SystemExit(f"{key} has no defect box in boxes.json")
             hits.append(box_hit(amap, bxs))
+            if not hits[-1]:
+                y, x = np.unravel_index(int(np.argmax(amap)), amap.shape)
+                misses.append(f"{key[5:]}@y{y}x{x}")
+    scores = np.asarray(scores, dtype=np.float64)
+    good_scores = [float(s) for s, (_, d, _) in zip(scores, items) if d == "good"]
+    n_def = sum(labels)
+    # defective images scoring at or below the highest held-out good image
+    below = [f"{key[5:]}" for s, (_, d, key) in zip(scores, items) if d != "good" and s <= max(good_scores)]
     return {"image_auroc": image_auroc(labels, scores),
             "box_hit_rate": float(np.mean(hits)), "box_hits": int(np.sum(hits)), "box_n": len(hits),
+            "box_misses": misses, "good_scores": [round(s, 4) for s in good_scores],
+            "defective_at_or_below_max_good": f"{len(below)}/{n_def}",
             "per_defect_auroc": per_defect_auroc(defects, scores)}
 
 
@@ -186,7 +196,6 @@ def run_cached(cfg: Config, good, test, boxes, cache: EmbeddingCache) -> dict:
         idx = greedy_coreset(features, n_select, cfg.coreset_projection_dim,
                              cfg.coreset_start_points, cfg.seed)
         model.memory_bank = features[idx].contiguous()
-        model._bank_sqn = None
         items = [(p, "good", None) for p in held] + test
         scores, maps = [], []
         paths = [p for p, _, _ in items]
@@ -203,17 +212,21 @@ def run_cached(cfg: Config, good, test, boxes, cache: EmbeddingCache) -> dict:
 
 
 def grid_settings() -> list[tuple[str, dict]]:
-    """One-factor-at-a-time around two anchors: the old default (224 px, crop 256, 10% bank,
-    no rotations) and the candidate default. Every row differs from its anchor in the named
-    field(s) only. Ordered by preprocessing so the embedding cache is reused."""
-    base = dict(layers=["features.6", "features.13"], coreset_ratio=0.1, train_rotations=1,
-                num_neighbors=9, distance="l2", clahe=False)
+    """One factor at a time around two anchors: plain PatchCore (L2, 10% bank, no rotations, sigma
+    4) and the shipped default of ``Config(backbone="mobilenet_v2")`` (352 px, no crop, 8
+    rotations, cosine with norm floor 0.3, sigma 8). Every row names every scoring field, so rows
+    do not change when a default does. Grouped by preprocessing so that the embedding cache is
+    reused."""
+    plain = dict(layers=["features.6", "features.13"], coreset_ratio=0.1, train_rotations=1,
+                 num_neighbors=9, distance="l2", cosine_floor=0.0, sigma=4.0, clahe=False)
+    new = dict(plain, input_size=352, resize=352, train_rotations=8, distance="cosine",
+               cosine_floor=0.3, sigma=8.0)
     rows = []
 
-    def add(name, **kw):
+    def add(name, base=plain, **kw):
         rows.append((name, {**base, **kw}))
 
-    # resolution and crop, plain PatchCore (L2)
+    # plain PatchCore: resolution, crop, rotations, bank size, eq. 7 (L2, the paper's distance)
     add("224 crop256 (old default)", input_size=224, resize=256)
     add("224 no-crop", input_size=224, resize=224)
     add("224 no-crop rot8", input_size=224, resize=224, train_rotations=8)
@@ -238,6 +251,22 @@ def grid_settings() -> list[tuple[str, dict]]:
                    ["features.6", "features.13", "features.16"]):
         add(f"320 no-crop rot8 cosine f{'+'.join(l.split('.')[1] for l in layers)}", input_size=320,
             resize=320, train_rotations=8, distance="cosine", layers=layers)
+    # around the shipped default
+    add("DEFAULT 352 rot8 cosine floor0.3 sigma8", new)
+    add("default, plain cosine (floor 0)", new, cosine_floor=0.0)
+    add("default, plain cosine, sigma 4", new, cosine_floor=0.0, sigma=4.0)
+    add("default, floor 0.2", new, cosine_floor=0.2)
+    add("default, floor 0.5", new, cosine_floor=0.5)
+    add("default, sigma 4", new, sigma=4.0)
+    add("default, sigma 6", new, sigma=6.0)
+    add("default, sigma 10", new, sigma=10.0)
+    add("default, L2", new, distance="l2", cosine_floor=0.0)
+    add("default, no rotations", new, train_rotations=1)
+    add("default, nn1 (plain max)", new, num_neighbors=1)
+    add("default at 320 px", new, input_size=320, resize=320)
+    add("default, taps f6+13+16", new, layers=["features.6", "features.13", "features.16"])
+    add("default + CLAHE", new, clahe=True)
+    add("default + CLAHE, L2", new, clahe=True, distance="l2", cosine_floor=0.0)
     return rows
 
 
@@ -270,7 +299,8 @@ def main(argv=None) -> int:
 
     defaults = Config(backbone="mobilenet_v2", device="cpu")
     dfields = {k: getattr(defaults, k) for k in ("input_size", "resize", "layers", "coreset_ratio",
-                                                  "train_rotations", "num_neighbors", "distance", "clahe")}
+                                                  "train_rotations", "num_neighbors", "distance",
+                                                  "cosine_floor", "sigma", "clahe")}
     print(f"defaults of Config(backbone='mobilenet_v2'): {dfields}")
     previous = json.loads(out.read_text()) if out.is_file() and args.grid and not args.fresh else {}
     result = {**previous, "meta": meta}
@@ -292,7 +322,9 @@ def main(argv=None) -> int:
                     and abs(check["box_hit_rate"] - api["box_hit_rate"]) < 1e-9)
             print(f"cached path reproduces the API numbers: {same}", flush=True)
             result["cached_path_matches_api"] = same
-        done = {json.dumps(r["settings"], sort_keys=True): r for r in result.get("grid", [])}
+        # rows recorded before sigma and cosine_floor were fields ran with sigma 4, plain cosine
+        done = {json.dumps({"sigma": 4.0, "cosine_floor": 0.0, **r["settings"]}, sort_keys=True): r
+                for r in result.get("grid", [])}
         rows = []
         for name, kw in grid_settings():
             key = json.dumps(kw, sort_keys=True)

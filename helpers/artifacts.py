@@ -20,7 +20,7 @@ Layout of a run folder (``run_dir``)::
 ``<hash>`` is :meth:`Config.hash` (the settings that change an artifact; for features, with the
 coreset settings left out, since they do not change features). Each file also stores
 the data it was made from and, for predictions, the scoring settings (``num_neighbors``,
-``distance``, ``sigma``); a file whose stored values differ from the current ones is recomputed
+``distance``, ``cosine_floor``, ``sigma``); a file whose stored values differ from the current ones is recomputed
 and replaced, never silently reused.
 
 In a notebook::
@@ -47,7 +47,7 @@ from .io import atomic_write_bytes, atomic_write_json, load_tensors, save_tensor
 
 CONFIG_FIELDS = tuple(f.name for f in fields(Config))
 SYNTHETIC_DEFAULTS = dict(size=256, n_train=24, n_test_good=8, n_per_defect=6)
-SCORING_FIELDS = ("num_neighbors", "distance", "sigma")
+SCORING_FIELDS = ("num_neighbors", "distance", "cosine_floor", "sigma")
 FEATURE_FREE_FIELDS = ("coreset_ratio", "coreset_projection_dim", "coreset_start_points")
 STAGES = ("features", "bank", "coverage", "predictions")
 # Results of notebook 05 that metrics.json must always hold (null when unavailable).

@@ -29,6 +29,10 @@ ARTIFACT_FIELDS = (
 )
 
 
+# Fields that a backbone may set (BackboneSpec.defaults); these values apply when it does not.
+FALLBACK_DEFAULTS = {"train_rotations": 1, "distance": "l2", "cosine_floor": 0.0, "sigma": 4.0}
+
+
 class ConfigError(ValueError):
     """A configuration field is out of range; the message names the field and the allowed values."""
 
@@ -51,11 +55,12 @@ class Config:
     coreset_ratio: float = 0.1
     coreset_projection_dim: int = 128
     coreset_start_points: int = 10
-    train_rotations: int = 1             # >1: also fit on copies rotated by 360/k degrees
+    train_rotations: int | None = None   # >1: also fit on copies rotated by 360/k degrees (None: backbone default, else 1)
     # scoring
     num_neighbors: int = 9               # b of eq. 7 re-weighting; 1 = plain max
-    distance: str = "l2"
-    sigma: float = 4.0                   # Gaussian blur of the anomaly map, in input pixels
+    distance: str | None = None          # "l2" or "cosine" (None: backbone default, else "l2")
+    cosine_floor: float | None = None    # cosine only: divide by |f| + floor * median bank norm (None: backbone default, else 0)
+    sigma: float | None = None           # Gaussian blur of the anomaly map, in input pixels (None: backbone default, else 4)
     # preprocessing
     clahe: bool = False
     clahe_clip_limit: float = 2.0
@@ -75,7 +80,7 @@ class Config:
             raise ConfigError(
                 f"backbone={self.backbone!r} is not known; choose one of {sorted(BACKBONES)}")
         spec = BACKBONES[self.backbone]
-        for name, value in spec.defaults.items():
+        for name, value in {**FALLBACK_DEFAULTS, **spec.defaults}.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
         if self.layers is None:
@@ -115,7 +120,11 @@ class Config:
         _int_range("train_rotations", self.train_rotations, 1, 360)
         _int_range("num_neighbors", self.num_neighbors, 1, 1000)
         _choice("distance", self.distance, DISTANCES)
-        if not isinstance(self.sigma, (int, float)) or self.sigma < 0:
+        if (not isinstance(self.cosine_floor, (int, float)) or isinstance(self.cosine_floor, bool)
+                or not 0 <= self.cosine_floor <= 100):
+            raise ConfigError(f"cosine_floor={self.cosine_floor!r} must be a number in [0, 100] "
+                              "(0: plain cosine; 0.3: a floor at 30% of the median feature norm)")
+        if not isinstance(self.sigma, (int, float)) or isinstance(self.sigma, bool) or self.sigma < 0:
             raise ConfigError(f"sigma={self.sigma!r} must be >= 0 (0 disables the blur; paper: 4)")
         if not isinstance(self.clahe, bool):
             raise ConfigError(f"clahe={self.clahe!r} must be True or False")

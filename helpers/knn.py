@@ -4,17 +4,33 @@ The torch backend walks the bank in blocks so that no distance block exceeds ``m
 (queries x bank-block x 4 bytes), keeping a running top-k. Distances are Euclidean (``l2``) or
 ``1 - cosine similarity`` (``cosine``). The optional faiss backend (``pip install faiss-cpu``)
 answers the same question with an exact flat index.
+
+``norm_floor`` (cosine only) divides each vector by ``|x| + norm_floor`` instead of ``|x|``:
+vectors much longer than the floor are compared by direction, as with plain cosine, while weak
+vectors (dark background patches, whose direction is mostly noise) shrink towards the origin and
+stop looking far from each other. The distance is then ``|p(q) - p(b)|^2 / 2`` with
+``p(x) = x / (|x| + norm_floor)``, which is exactly ``1 - cos`` when the floor is 0.
 """
 from __future__ import annotations
 
 import torch
 
 
-def _prepare(x: torch.Tensor, distance: str) -> torch.Tensor:
+def prepare(x: torch.Tensor, distance: str, norm_floor: float = 0.0) -> torch.Tensor:
+    """The vectors whose squared Euclidean distances give ``distance`` (float32, last dim)."""
     x = x.float()
     if distance == "cosine":
-        x = torch.nn.functional.normalize(x, dim=1)
+        if norm_floor > 0:
+            return x / (x.norm(dim=-1, keepdim=True) + norm_floor)
+        x = torch.nn.functional.normalize(x, dim=-1)
     return x
+
+
+def pair_distance(a: torch.Tensor, b: torch.Tensor, distance: str = "l2",
+                  norm_floor: float = 0.0) -> torch.Tensor:
+    """Distance between rows of ``a`` and ``b`` (broadcast over leading dims), as kNN reports it."""
+    d2 = ((prepare(a, distance, norm_floor) - prepare(b, distance, norm_floor)) ** 2).sum(-1)
+    return _finish(d2, distance)
 
 
 def _finish(d2: torch.Tensor, distance: str) -> torch.Tensor:
@@ -23,7 +39,7 @@ def _finish(d2: torch.Tensor, distance: str) -> torch.Tensor:
 
 
 def knn_torch(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, distance: str = "l2",
-              memory_mb: int = 256, bank_sqn: torch.Tensor | None = None
+              memory_mb: int = 256, bank_sqn: torch.Tensor | None = None, norm_floor: float = 0.0
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """(distances [Q, k] ascending, indices [Q, k]) of each query's k nearest bank rows."""
     if queries.ndim != 2 or bank.ndim != 2 or queries.shape[1] != bank.shape[1]:
@@ -31,8 +47,8 @@ def knn_torch(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, distance: s
                          "2-D with the same feature dimension")
     if not 1 <= k <= bank.shape[0]:
         raise ValueError(f"k={k} must be in [1, bank size {bank.shape[0]}]")
-    q = _prepare(queries, distance)
-    b = _prepare(bank, distance)
+    q = prepare(queries, distance, norm_floor)
+    b = prepare(bank, distance, norm_floor)
     qn = (q * q).sum(1, keepdim=True)
     bn = (b * b).sum(1) if bank_sqn is None or distance == "cosine" else bank_sqn.float()
     budget = max(1, memory_mb * (1 << 20) // 4)
@@ -71,13 +87,14 @@ def knn_torch(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, distance: s
 _FAISS_INDEX: dict = {}
 
 
-def _faiss_index(bank: torch.Tensor, distance: str):
+def _faiss_index(bank: torch.Tensor, distance: str, norm_floor: float = 0.0):
     """An exact flat index over ``bank``, cached for the last bank seen (predict calls kNN once
     per batch against the same bank; rebuilding the index each time copied the whole bank)."""
     import faiss
-    key = (bank.data_ptr(), tuple(bank.shape), bank.dtype, bank.device, bank._version, distance)
+    key = (bank.data_ptr(), tuple(bank.shape), bank.dtype, bank.device, bank._version, distance,
+           float(norm_floor))
     if _FAISS_INDEX.get("key") != key:
-        b = _prepare(bank, distance).detach().cpu().contiguous().numpy()
+        b = prepare(bank, distance, norm_floor).detach().cpu().contiguous().numpy()
         index = faiss.IndexFlatL2(b.shape[1])
         index.add(b)
         _FAISS_INDEX.clear()
@@ -85,8 +102,8 @@ def _faiss_index(bank: torch.Tensor, distance: str):
     return _FAISS_INDEX["index"]
 
 
-def knn_faiss(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, distance: str = "l2"
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+def knn_faiss(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, distance: str = "l2",
+              norm_floor: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as :func:`knn_torch`, with an exact faiss flat index."""
     try:
         import faiss  # noqa: F401
@@ -98,14 +115,15 @@ def knn_faiss(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, distance: s
                          "2-D with the same feature dimension")
     if not 1 <= k <= bank.shape[0]:
         raise ValueError(f"k={k} must be in [1, bank size {bank.shape[0]}]")
-    q = _prepare(queries, distance).detach().cpu().contiguous().numpy()
-    d2, idx = _faiss_index(bank, distance).search(q, k)
+    q = prepare(queries, distance, norm_floor).detach().cpu().contiguous().numpy()
+    d2, idx = _faiss_index(bank, distance, norm_floor).search(q, k)
     d = _finish(torch.from_numpy(d2), distance)
     return d.to(queries.device), torch.from_numpy(idx).to(queries.device)
 
 
 def knn(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, distance: str = "l2",
-        backend: str = "torch", memory_mb: int = 256, bank_sqn: torch.Tensor | None = None):
+        backend: str = "torch", memory_mb: int = 256, bank_sqn: torch.Tensor | None = None,
+        norm_floor: float = 0.0):
     if backend == "faiss":
-        return knn_faiss(queries, bank, k, distance)
-    return knn_torch(queries, bank, k, distance, memory_mb, bank_sqn)
+        return knn_faiss(queries, bank, k, distance, norm_floor)
+    return knn_torch(queries, bank, k, distance, memory_mb, bank_sqn, norm_floor)

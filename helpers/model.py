@@ -21,7 +21,7 @@ from .coreset import greedy_coreset
 from .data import Geometry, ImageReadError, Preprocessor, Sample, load_image
 from .features import FeatureExtractor
 from .io import load_tensors, save_tensors
-from .knn import knn
+from .knn import knn, pair_distance
 from .maps import patch_scores_to_maps
 from .runtime import autocast, autocast_dtype, resolve_device, run_halving
 
@@ -78,7 +78,7 @@ class PatchCore:
         self.device = resolve_device(config.device)
         self.preprocess = Preprocessor.from_config(config)
         self._extractor: FeatureExtractor | None = None
-        self.memory_bank: torch.Tensor | None = None
+        self.memory_bank = None
         self.grid: tuple[int, int] | None = None
         self.info: dict = {}
 
@@ -211,7 +211,6 @@ class PatchCore:
         idx = greedy_coreset(features, n_select, c.coreset_projection_dim,
                              c.coreset_start_points, c.seed, progress=progress)
         self.memory_bank = features[idx].contiguous()
-        self._bank_sqn = None
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         t2 = time.perf_counter()
@@ -252,17 +251,40 @@ class PatchCore:
                                "PatchCore.load(path) first")
 
     @property
+    def memory_bank(self) -> torch.Tensor | None:
+        """The kept training patch features [M, D]; setting it resets what is derived from it."""
+        return self._memory_bank
+
+    @memory_bank.setter
+    def memory_bank(self, bank: torch.Tensor | None) -> None:
+        self._memory_bank = bank
+        self._bank_sqn = None
+        self._bank_norm = None
+
+    @property
     def bank_sqn(self) -> torch.Tensor:
-        if getattr(self, "_bank_sqn", None) is None:
+        if self._bank_sqn is None:
             self._bank_sqn = (self.memory_bank.float() ** 2).sum(1)
         return self._bank_sqn
+
+    @property
+    def norm_floor(self) -> float:
+        """The absolute norm floor of ``distance="cosine"``: ``cosine_floor`` times the median
+        norm of the memory bank's features (0 for L2 or plain cosine)."""
+        c = self.config
+        if c.distance != "cosine" or not c.cosine_floor:
+            return 0.0
+        if self._bank_norm is None:
+            self._bank_norm = float(self.memory_bank.float().norm(dim=1).median())
+        return c.cosine_floor * self._bank_norm
 
     def _knn(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """kNN against the bank; halves the distance-block budget on out-of-memory."""
         c = self.config
 
         def run(memory_mb: int):
-            return knn(queries, self.memory_bank, k, c.distance, c.knn_backend, memory_mb, self.bank_sqn)
+            return knn(queries, self.memory_bank, k, c.distance, c.knn_backend, memory_mb,
+                       self.bank_sqn, self.norm_floor)
 
         out, self._knn_mb = run_halving(run, getattr(self, "_knn_mb", c.knn_memory_mb),
                                         "nearest-neighbour search (memory_mb)")
@@ -288,10 +310,7 @@ class PatchCore:
             _, support = self._knn(self.memory_bank[m_star], k)
             support[:, 0] = m_star  # the nearest neighbour of m* is m* (or an exact duplicate)
             near = self.memory_bank[support].float()                 # [B, k, D]
-            if c.distance == "cosine":
-                dd = 1 - torch.nn.functional.cosine_similarity(m_test[:, None], near, dim=-1)
-            else:
-                dd = (m_test[:, None].float() - near).norm(dim=-1)
+            dd = pair_distance(m_test[:, None], near, c.distance, self.norm_floor)
             weight = 1 - torch.softmax(dd.double(), dim=1)[:, 0].float()
             scores = weight * s_star
         return scores, dist.view(b, h, w)

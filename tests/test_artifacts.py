@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from helpers import Config, PatchCore
+from helpers.backbones import BACKBONES
 from helpers.artifacts import (METRIC_KEYS, Run, config_from_params, pixel_f1_threshold,
                                repo_root, resolve_run_dir)
 
@@ -37,7 +38,8 @@ def built(tmp_path_factory):
 def test_config_from_params_maps_empty_strings_and_ignores_other_names():
     cfg = config_from_params({"dataset_path": "", "weights": "IMAGENET1K_V1", "input_size": "",
                               "backbone": "mobilenet_v2", "n_examples": 3, "run_dir": "x"})
-    assert cfg.dataset_path is None and cfg.input_size == 224 and cfg.backbone == "mobilenet_v2"
+    assert cfg.dataset_path is None and cfg.backbone == "mobilenet_v2"
+    assert cfg.input_size == BACKBONES["mobilenet_v2"].defaults["input_size"]
 
 
 def test_relative_run_dir_starts_at_repo_root(tmp_path):
@@ -73,7 +75,7 @@ def test_a_second_run_loads_instead_of_computing(built):
     np.testing.assert_array_equal(p2.scores, pred.scores)
     for a, b in zip(p2.maps, pred.maps):
         np.testing.assert_array_equal(a, b)
-    assert feats.features.shape[0] == 4 * feats.per_image
+    assert feats.features.shape[0] == 4 * again.config.train_rotations * feats.per_image
 
 
 def test_bank_equals_patchcore_fit(built):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from helpers.knn import knn, knn_torch
+from helpers.knn import knn, knn_torch, pair_distance
 
 
 def brute(q, b, k, distance):
@@ -46,3 +46,68 @@ def test_bad_inputs():
         knn_torch(torch.randn(3, 4), torch.randn(5, 6))
     with pytest.raises(ValueError, match="k=9"):
         knn_torch(torch.randn(3, 4), torch.randn(5, 4), k=9)
+
+
+def _floor_brute(q, b, k, floor):
+    """Cosine with a norm floor, written out in float64: |p(q) - p(b)|^2 / 2, p(x) = x / (|x| + floor)."""
+    pq = q.double() / (q.double().norm(dim=1, keepdim=True) + floor)
+    pb = b.double() / (b.double().norm(dim=1, keepdim=True) + floor)
+    d = torch.cdist(pq, pb) ** 2 / 2
+    return torch.topk(d.float(), k, dim=1, largest=False)
+
+
+@pytest.mark.parametrize("k", [1, 4])
+@pytest.mark.parametrize("memory_mb", [1, 256])
+def test_cosine_with_norm_floor_equals_brute_force(k, memory_mb):
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(400, 32, generator=g) * torch.rand(400, 1, generator=g) * 3
+    b = torch.randn(2000, 32, generator=g) * torch.rand(2000, 1, generator=g) * 3
+    d, i = knn_torch(q, b, k, "cosine", memory_mb=memory_mb, norm_floor=2.0)
+    bd, bi = _floor_brute(q, b, k, 2.0)
+    assert torch.allclose(d, bd, atol=1e-4)
+    assert ((i == bi) | torch.isclose(d, bd, atol=1e-4)).all()
+
+
+def test_norm_floor_zero_is_plain_cosine_and_pair_distance_agrees():
+    g = torch.Generator().manual_seed(2)
+    q, b = torch.randn(60, 16, generator=g), torch.randn(300, 16, generator=g)
+    d0, i0 = knn_torch(q, b, 3, "cosine")
+    d1, i1 = knn_torch(q, b, 3, "cosine", norm_floor=0.0)
+    assert torch.equal(d0, d1) and torch.equal(i0, i1)
+    cos = 1 - torch.nn.functional.cosine_similarity(q[:, None], b[i0], dim=-1)
+    assert torch.allclose(pair_distance(q[:, None], b[i0], "cosine"), cos, atol=1e-5)
+    assert torch.allclose(pair_distance(q[:, None], b[i0], "cosine"), d0, atol=1e-4)
+    d2, i2 = knn_torch(q, b, 2, "cosine", norm_floor=0.5)
+    assert torch.allclose(pair_distance(q[:, None], b[i2], "cosine", 0.5), d2, atol=1e-4)
+    assert torch.allclose(pair_distance(q[:, None], b[i2[:, :1]], "l2")[:, 0],
+                          torch.cdist(q, b[i2[:, 0]]).diagonal(), atol=1e-4)
+
+
+def test_norm_floor_damps_weak_vectors_but_keeps_strong_ones_cosine_like():
+    g = torch.Generator().manual_seed(3)
+    weak_a, weak_b = 1e-3 * torch.randn(1, 64, generator=g), 1e-3 * torch.randn(1, 64, generator=g)
+    # two weak vectors in unrelated directions: far apart for cosine, close with a floor
+    assert float(pair_distance(weak_a, weak_b, "cosine")) > 0.5
+    # ... with a floor they are compared almost as L2 scaled by 1 / floor: |a - b|^2 / 2
+    expected = float(((weak_a - weak_b) ** 2).sum()) / 2
+    assert expected < 1e-4
+    assert float(pair_distance(weak_a, weak_b, "cosine", norm_floor=1.0)) == pytest.approx(expected, rel=0.05)
+    strong_a, strong_b = 1e3 * torch.randn(1, 64, generator=g), 1e3 * torch.randn(1, 64, generator=g)
+    plain = float(pair_distance(strong_a, strong_b, "cosine"))
+    assert float(pair_distance(strong_a, strong_b, "cosine", norm_floor=1.0)) == pytest.approx(plain, rel=1e-2)
+    # scaling queries, bank and floor together changes nothing
+    q, b = torch.randn(20, 8, generator=g), torch.randn(50, 8, generator=g)
+    d, i = knn_torch(q, b, 2, "cosine", norm_floor=0.7)
+    d5, i5 = knn_torch(5 * q, 5 * b, 2, "cosine", norm_floor=3.5)
+    assert torch.allclose(d, d5, atol=1e-5) and torch.equal(i, i5)
+
+
+def test_faiss_matches_torch_with_a_norm_floor():
+    pytest.importorskip("faiss")
+    from helpers.knn import knn_faiss
+    g = torch.Generator().manual_seed(4)
+    q, b = torch.randn(100, 24, generator=g), torch.randn(500, 24, generator=g)
+    d, i = knn_torch(q, b, 3, "cosine", norm_floor=1.5)
+    fd, fi = knn_faiss(q, b, 3, "cosine", norm_floor=1.5)
+    assert torch.allclose(d, fd, atol=1e-4)
+    assert ((i == fi) | torch.isclose(d, fd, atol=1e-4)).all()

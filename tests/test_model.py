@@ -24,7 +24,8 @@ def test_prediction_shapes_are_original_pixels(test_prediction, samples, fitted)
     assert all(m.shape == (128, 128) and m.dtype == np.float32 for m in test_prediction.maps)
     assert test_prediction.patch_scores.shape == (len(samples[1]), 16, 16)
     assert np.isfinite(test_prediction.scores).all()
-    assert fitted.memory_bank.shape == (int(10 * 256 * 0.25), fitted.config.target_embed_dim)
+    n_patches = 10 * fitted.config.train_rotations * 256
+    assert fitted.memory_bank.shape == (int(n_patches * 0.25), fitted.config.target_embed_dim)
 
 
 def test_save_load_round_trip_gives_identical_scores(fitted, samples, tmp_path):
@@ -105,17 +106,31 @@ def test_num_neighbors_one_is_plain_max(fitted, samples):
     assert np.allclose(pred.scores, pred.patch_scores.reshape(4, -1).max(1))
 
 
-def test_eq7_reweighting_against_brute_force(fitted, samples):
-    emb = fitted.embed(fitted.preprocess(np.asarray(__import__("helpers").data.load_image(samples[1][-1].path)))[0][None])
-    scores, grid = fitted.score_embeddings(emb)
-    bank = fitted.memory_bank.double()
+def _brute_distances(a: torch.Tensor, b: torch.Tensor, config, bank: torch.Tensor) -> torch.Tensor:
+    """All pairwise distances in float64, written out from the definitions (not helpers.knn)."""
+    if config.distance == "l2":
+        return torch.cdist(a, b)
+    floor = config.cosine_floor * float(bank.norm(dim=1).median())
+    pa = a / (a.norm(dim=1, keepdim=True) + floor)
+    pb = b / (b.norm(dim=1, keepdim=True) + floor)
+    return torch.cdist(pa, pb) ** 2 / 2       # = 1 - cos when the floor is 0
+
+
+@pytest.mark.parametrize("scoring", [{}, {"distance": "l2"}, {"cosine_floor": 0.0}])
+def test_eq7_reweighting_against_brute_force(fitted, samples, scoring):
+    model = PatchCore(fitted.config.replace(**scoring))
+    model.memory_bank = fitted.memory_bank
+    emb = model.embed(model.preprocess(np.asarray(__import__("helpers").data.load_image(samples[1][-1].path)))[0][None])
+    scores, grid = model.score_embeddings(emb)
+    bank = model.memory_bank.double()
     flat = emb.reshape(-1, emb.shape[-1]).double()
-    d = torch.cdist(flat, bank)
+    d = _brute_distances(flat, bank, model.config, bank)
     nn_d, nn_i = d.min(1)
+    torch.testing.assert_close(grid.flatten().double(), nn_d, atol=1e-4, rtol=1e-4)
     p = int(nn_d.argmax())
     m_star = bank[nn_i[p]]
-    support = torch.topk(torch.cdist(m_star[None], bank)[0], 9, largest=False).indices
-    dist = torch.cdist(flat[p][None], bank[support])[0]
+    support = torch.topk(_brute_distances(m_star[None], bank, model.config, bank)[0], 9, largest=False).indices
+    dist = _brute_distances(flat[p][None], bank[support], model.config, bank)[0]
     w = 1 - torch.exp(dist[0]) / torch.exp(dist).sum()
     assert float(scores[0]) == pytest.approx(float(w * nn_d[p]), rel=1e-4)
 

@@ -166,6 +166,6 @@ def test_same_config_and_seed_give_identical_results(small_config, samples, quie
 def test_training_set_too_large_for_memory_is_refused_up_front(small_config):
     model = PatchCore(small_config)
     need = model.fit_memory_bytes(10**7)
-    assert need == 10**7 * 16 * 16 * small_config.target_embed_dim * 4
+    assert need == 10**7 * small_config.train_rotations * 16 * 16 * small_config.target_embed_dim * 4
     with pytest.raises(MemoryError, match="fewer images"):
         model.check_fit_memory(10**7)

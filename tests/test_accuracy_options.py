@@ -1,0 +1,115 @@
+"""Per-backbone defaults for ``distance``, ``cosine_floor``, ``sigma`` and ``train_rotations``
+(issue 2), and the behaviour they switch on: cosine scoring with a norm floor and rotated
+training copies."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import Config, ConfigError, PatchCore
+from helpers.backbones import BACKBONES
+from helpers.config import FALLBACK_DEFAULTS
+
+
+def test_mobilenet_defaults_come_from_its_registry_entry():
+    c = Config(backbone="mobilenet_v2")
+    spec = BACKBONES["mobilenet_v2"].defaults
+    for name in ("input_size", "resize", "distance", "cosine_floor", "sigma", "train_rotations"):
+        assert getattr(c, name) == spec[name], name
+    # the values chosen on real metal_nut photos (benchmarks/RESULTS.md)
+    assert (c.input_size, c.resize, c.distance, c.cosine_floor, c.sigma, c.train_rotations) == (
+        352, 352, "cosine", 0.3, 8.0, 8)
+    assert c.layers == ["features.6", "features.13"]
+
+
+def test_backbones_without_these_defaults_get_the_fallbacks():
+    c = Config()
+    assert c.backbone == "wide_resnet50_2"
+    assert (c.distance, c.train_rotations, c.cosine_floor, c.sigma) == ("l2", 1, 0.0, 4.0)
+    assert (c.distance, c.train_rotations, c.cosine_floor, c.sigma) == tuple(
+        FALLBACK_DEFAULTS[k] for k in ("distance", "train_rotations", "cosine_floor", "sigma"))
+    assert Config(backbone="resnet18").distance == "l2"
+
+
+def test_explicit_values_win_over_backbone_defaults():
+    c = Config(backbone="mobilenet_v2", distance="l2", train_rotations=1, sigma=4, cosine_floor=0)
+    assert (c.distance, c.train_rotations, c.sigma, c.cosine_floor) == ("l2", 1, 4, 0)
+    assert Config(distance="cosine", train_rotations=4).train_rotations == 4
+
+
+@pytest.mark.parametrize("field,value", [("distance", "manhattan"), ("distance", 3),
+                                         ("train_rotations", 0), ("train_rotations", 2.5),
+                                         ("train_rotations", True), ("cosine_floor", -0.1),
+                                         ("cosine_floor", "0.3"), ("cosine_floor", True),
+                                         ("sigma", -1), ("sigma", True)])
+def test_bad_values_are_rejected(field, value):
+    with pytest.raises(ConfigError, match=field):
+        Config(backbone="mobilenet_v2", **{field: value})
+
+
+def test_filled_defaults_survive_serialisation(tmp_path):
+    c = Config(backbone="mobilenet_v2")
+    assert Config.from_dict(c.to_dict()) == c
+    c.to_json(tmp_path / "c.json")
+    assert Config.from_json(tmp_path / "c.json") == c
+    assert c.replace(distance="l2").distance == "l2"
+    # rotations change the memory bank, so they change the artifact hash; scoring fields do not
+    assert c.hash() != c.replace(train_rotations=1).hash()
+    assert c.hash() == c.replace(cosine_floor=0.0, sigma=4.0, distance="l2").hash()
+
+
+def _tiny(**kw) -> Config:
+    return Config(backbone="mobilenet_v2", input_size=64, resize=64, device="cpu", batch_size=8, **kw)
+
+
+def _image(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    return np.kron(img, np.ones((8, 8, 1), dtype=np.uint8))  # 64x64, blocky: not rotation invariant
+
+
+def test_train_rotations_multiply_the_patches_and_cover_rotated_copies():
+    img = _image()
+    plain = PatchCore(_tiny(train_rotations=1, coreset_ratio=1.0)).fit([img])
+    rot = PatchCore(_tiny(train_rotations=4, coreset_ratio=1.0)).fit([img])
+    assert rot.info["n_patches"] == 4 * plain.info["n_patches"]
+    turned = np.ascontiguousarray(np.rot90(img))
+    # a 90-degree turn is exact on a square image: with 4 rotations it is already in the bank
+    assert float(rot.predict([turned], maps=False).patch_scores.max()) < 1e-3
+    assert float(plain.predict([turned], maps=False).patch_scores.max()) > 1e-2
+
+
+def test_cosine_scores_ignore_the_scale_of_the_features():
+    model = PatchCore(_tiny(train_rotations=1, distance="cosine", cosine_floor=0.0,
+                            coreset_ratio=0.5)).fit([_image(0), _image(1)])
+    emb = model.embed(model.preprocess(_image(2))[0][None])
+    s1, g1 = model.score_embeddings(emb)
+    s2, g2 = model.score_embeddings(3.0 * emb)
+    torch.testing.assert_close(g1, g2, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(s1, s2, atol=1e-5, rtol=1e-4)
+    l2 = PatchCore(model.config.replace(distance="l2"))
+    l2.memory_bank = model.memory_bank
+    assert not torch.allclose(l2.score_embeddings(emb)[1], l2.score_embeddings(3.0 * emb)[1])
+
+
+def test_norm_floor_is_relative_to_the_bank_so_a_common_scale_changes_nothing():
+    model = PatchCore(_tiny(train_rotations=1, distance="cosine", cosine_floor=0.3,
+                            coreset_ratio=0.5)).fit([_image(0), _image(1)])
+    median = float(model.memory_bank.norm(dim=1).median())
+    assert model.norm_floor == pytest.approx(0.3 * median)
+    emb = model.embed(model.preprocess(_image(2))[0][None])
+    s1, g1 = model.score_embeddings(emb)
+    scaled = PatchCore(model.config)
+    scaled.memory_bank = 3.0 * model.memory_bank      # the setter recomputes the floor
+    assert scaled.norm_floor == pytest.approx(0.9 * median)
+    s2, g2 = scaled.score_embeddings(3.0 * emb)
+    torch.testing.assert_close(g1, g2, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(s1, s2, atol=1e-5, rtol=1e-4)
+    # the floor matters: the same bank without it scores differently, and L2 has no floor
+    plain = PatchCore(model.config.replace(cosine_floor=0.0))
+    plain.memory_bank = model.memory_bank
+    assert plain.norm_floor == 0.0
+    assert not torch.allclose(plain.score_embeddings(emb)[1], g1, atol=1e-3)
+    assert PatchCore(model.config.replace(distance="l2")).norm_floor == 0.0
+
