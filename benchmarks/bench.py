@@ -112,7 +112,8 @@ def main() -> None:
     warnings.simplefilter("ignore")
     cfg = Config(backbone=a.backbone, weights=a.weights, input_size=a.input_size,
                  resize=a.input_size, device=a.device, precision=a.precision,
-                 batch_size=a.fit_batch, knn_backend=a.knn_backend, knn_memory_mb=a.knn_memory_mb)
+                 batch_size=a.fit_batch, knn_backend=a.knn_backend, knn_memory_mb=a.knn_memory_mb,
+                 train_rotations=1)  # per-image cost; rotations multiply the fit work
     model = PatchCore(cfg)
     dev = model.device
     grid = model.extractor.grid_size(a.input_size)

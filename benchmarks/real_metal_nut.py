@@ -277,6 +277,24 @@ def fmt(r: dict) -> str:
             f"{f['B']['box_hits']}/{f['B']['box_n']})  flip {r['per_defect_auroc']['flip']:.3f}")
 
 
+def markdown_table(result: dict) -> str:
+    """The grid of a results JSON as the markdown table of benchmarks/RESULTS.md."""
+    lines = ["| setting | input/resize | taps | ratio | rot. | b | distance | σ | CLAHE | AUROC A / B | "
+             "AUROC mean | box hit (A, B of 70) |", "|" + "---|" * 12]
+    for r in result.get("grid", []):
+        k = {"sigma": 4.0, "cosine_floor": 0.0, **r["settings"]}
+        dist = k["distance"] + (f" floor {k['cosine_floor']:g}" if k["distance"] == "cosine" and k["cosine_floor"] else "")
+        f = r["folds"]
+        bold = "**" if r["name"].startswith("DEFAULT") else ""
+        lines.append(
+            f"| {bold}{r['name']}{bold} | {k['input_size']}/{k['resize']} | "
+            f"{'+'.join(l.split('.')[1] for l in k['layers'])} | {k['coreset_ratio']:g} | {k['train_rotations']} | "
+            f"{k['num_neighbors']} | {dist} | {k['sigma']:g} | {'on' if k['clahe'] else 'off'} | "
+            f"{f['A']['image_auroc']:.3f} / {f['B']['image_auroc']:.3f} | **{r['image_auroc']:.3f}** | "
+            f"**{r['box_hit_rate']:.3f}** ({f['A']['box_hits']}, {f['B']['box_hits']}) |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=DEFAULT_DATA, help="folder with metal_nut/ and boxes.json")
@@ -288,7 +306,12 @@ def main(argv=None) -> int:
     ap.add_argument("--fresh", action="store_true",
                     help="with --grid: recompute rows already present in --out (default: reuse them)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--table", action="store_true",
+                    help="print the grid stored in --out as a markdown table and exit")
     args = ap.parse_args(argv)
+    if args.table:
+        print(markdown_table(json.loads(Path(args.out).read_text())))
+        return 0
     torch.set_num_threads(args.threads)
     good, test, boxes = load_dataset(args.data)
     out = Path(args.out)

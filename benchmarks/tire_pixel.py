@@ -118,7 +118,7 @@ def run(name: str, overrides: dict, train, test, threads: int) -> dict:
     return {"name": name, "overrides": overrides,
             "config": {k: getattr(cfg, k) for k in ("input_size", "resize", "layers", "coreset_ratio",
                                                      "train_rotations", "num_neighbors", "distance",
-                                                     "clahe")},
+                                                     "cosine_floor", "sigma", "clahe")},
             "bank_size": model.info["bank_size"], "n_train": len(train), "n_test": len(test),
             "fit_s": t1 - t0, "predict_s": t2 - t1, "metrics_s": t3 - t2,
             "image_auroc": metrics["image_auroc"], "pixel_auroc": metrics["pixel_auroc"],

@@ -43,8 +43,9 @@ PRODUCES = (None, "features", "bank", "predictions", "metrics")
 # Pipeline runs are not interactive: widgets fall back to static figures saved in figures/.
 BASE_PARAMETERS: dict[str, Any] = {"interactive": False}
 PRESETS: dict[str, dict[str, Any]] = {
-    # make demo: the synthetic set at 256 px with the offline MobileNetV2
-    "demo": {"backbone": "mobilenet_v2"},
+    # make demo: the synthetic set at 256 px with the offline MobileNetV2 and its defaults, except
+    # the input size: the synthetic images are 256 px, so the network sees them unscaled
+    "demo": {"backbone": "mobilenet_v2", "input_size": 256, "resize": 256},
     # tests: as small as still meaningful
     "ci": {"backbone": "mobilenet_v2", "input_size": 128, "resize": 128, "synthetic_size": 128,
            "synthetic_n_train": 8, "synthetic_n_test_good": 3, "synthetic_n_per_defect": 2,
