@@ -42,7 +42,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from helpers import Config, PatchCore  # noqa: E402
-from helpers.coreset import greedy_coreset  # noqa: E402
 from helpers.data import load_image  # noqa: E402
 from helpers.maps import patch_scores_to_maps  # noqa: E402
 from helpers.metrics import image_auroc, per_defect_auroc  # noqa: E402
@@ -192,10 +191,8 @@ def run_cached(cfg: Config, good, test, boxes, cache: EmbeddingCache) -> dict:
         per_angle = [cache.get(cfg, model, train, 360.0 * k / r if k else 0.0)[0] for k in range(r)]
         feats = torch.stack(per_angle, 1)                      # [n_img, r, h, w, D]
         features = feats.reshape(-1, feats.shape[-1])
-        n_select = max(1, min(features.shape[0], int(features.shape[0] * cfg.coreset_ratio)))
-        idx = greedy_coreset(features, n_select, cfg.coreset_projection_dim,
-                             cfg.coreset_start_points, cfg.seed)
-        model.memory_bank = features[idx].contiguous()
+        model.select_bank(features)
+        n_select = model.memory_bank.shape[0]
         items = [(p, "good", None) for p in held] + test
         scores, maps = [], []
         paths = [p for p, _, _ in items]

@@ -312,7 +312,6 @@ class Run:
         """The fitted PatchCore (notebook 03): loads the bank when cached, else runs the greedy
         coreset on the cached (or freshly extracted) features and saves the bank.
         ``overrides`` change runtime fields only (device, batch_size, precision...)."""
-        from .coreset import greedy_coreset
         from .model import PatchCore
         path = self.path("bank")
         if self.is_cached("bank"):
@@ -320,7 +319,6 @@ class Run:
             self._log("bank", "loaded", path, f"  ({model.memory_bank.shape[0]} x "
                       f"{model.memory_bank.shape[1]})")
             return model
-        c = self.config
         model = self.new_model(**overrides)
         self._depth += 1
         try:
@@ -329,11 +327,9 @@ class Run:
             self._depth -= 1
         t0 = time.perf_counter()
         x = feats.features.to(model.device)
-        n_select = max(1, min(x.shape[0], int(x.shape[0] * c.coreset_ratio)))
-        idx = greedy_coreset(x, n_select, c.coreset_projection_dim, c.coreset_start_points, c.seed)
-        model.memory_bank = x[idx].contiguous()
+        model.select_bank(x)
+        n_select = model.memory_bank.shape[0]
         model.grid = feats.grid
-        model.coreset_indices = idx
         coreset_s = time.perf_counter() - t0
         model.info = {"n_train": feats.n_images, "n_patches": int(x.shape[0]),
                       "bank_size": int(n_select), "features_s": feats.seconds,

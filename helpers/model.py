@@ -207,18 +207,25 @@ class PatchCore:
             raise ValueError("no training image could be read")
         features = _concat_releasing(feats)
         t1 = time.perf_counter()
-        n_select = max(1, min(features.shape[0], int(features.shape[0] * c.coreset_ratio)))
-        idx = greedy_coreset(features, n_select, c.coreset_projection_dim,
-                             c.coreset_start_points, c.seed, progress=progress)
-        self.memory_bank = features[idx].contiguous()
+        self.select_bank(features, progress=progress)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         t2 = time.perf_counter()
         self.info = {"n_train": n_images, "n_patches": int(features.shape[0]),
                      "bank_size": int(self.memory_bank.shape[0]),
                      "features_s": t1 - t0, "coreset_s": t2 - t1, "fit_s": t2 - t0}
-        self.coreset_indices = idx
         return self
+
+    def select_bank(self, features: torch.Tensor, progress: bool = False) -> torch.Tensor:
+        """Keep the greedy coreset of ``features`` [N, D] (``coreset_ratio`` of them, at least
+        one) as the memory bank; returns and stores the kept indices (``coreset_indices``)."""
+        c = self.config
+        n_select = max(1, min(features.shape[0], int(features.shape[0] * c.coreset_ratio)))
+        idx = greedy_coreset(features, n_select, c.coreset_projection_dim,
+                             c.coreset_start_points, c.seed, progress=progress)
+        self.memory_bank = features[idx].contiguous()
+        self.coreset_indices = idx
+        return idx
 
     def fit_memory_bytes(self, n_images: int) -> int:
         """Bytes of patch features that fit() holds before the coreset (the run's peak)."""
