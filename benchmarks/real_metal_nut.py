@@ -42,10 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from helpers import Config, PatchCore  # noqa: E402
-from helpers.data import load_image  # noqa: E402
-from helpers.maps import patch_scores_to_maps  # noqa: E402
 from helpers.metrics import image_auroc, per_defect_auroc  # noqa: E402
-from helpers.model import rotate_image  # noqa: E402
 
 DEFAULT_DATA = "/work/shared/data/metal_nut_partial"
 DEFECTS_WITH_BOXES = ("bent", "color", "scratch")   # flip: the whole part is the defect
@@ -146,39 +143,28 @@ class EmbeddingCache:
 
     def __init__(self, keep: int = 2):
         self.store: dict = {}
-        self.images: dict = {}
         self.keep = keep
 
     def _key(self, cfg: Config):
         return tuple((f, tuple(v) if isinstance(v, list) else v)
                      for f, v in ((f, getattr(cfg, f)) for f in self.PREP_FIELDS))
 
-    def image(self, path: Path) -> np.ndarray:
-        if path not in self.images:
-            self.images[path] = load_image(path)
-        return self.images[path]
-
-    def get(self, cfg: Config, model: PatchCore, paths: list[Path], angle: float = 0.0):
-        """([N, h, w, D] embeddings, [N] geometries) of ``paths`` rotated by ``angle`` degrees."""
+    def get(self, cfg: Config, model: PatchCore, paths: list[Path], rotations: int = 1):
+        """([N * rotations, h, w, D] embeddings, their geometries) of ``paths``, each image
+        followed by its rotated copies (PatchCore.embed_images' order, as in fit)."""
         key = self._key(cfg)
         if key not in self.store:
             while len(self.store) >= self.keep:
                 self.store.pop(next(iter(self.store)))
             self.store[key] = {}
         entry = self.store[key]
-        todo = [p for p in paths if (p, angle) not in entry]
-        for i in range(0, len(todo), cfg.batch_size):
-            chunk = todo[i:i + cfg.batch_size]
-            xs, gs = [], []
-            for p in chunk:
-                img = self.image(p)
-                t, g = model.preprocess(img if angle == 0 else rotate_image(img, angle))
-                xs.append(t)
-                gs.append(g)
-            emb = model.embed(torch.stack(xs))
-            for p, e, g in zip(chunk, emb, gs):
-                entry[(p, angle)] = (e, g)
-        return torch.stack([entry[(p, angle)][0] for p in paths]), [entry[(p, angle)][1] for p in paths]
+        todo = [p for p in paths if (p, rotations) not in entry]
+        for batch in model.embed_images(todo, rotations=rotations):
+            for j, i in enumerate(batch.indices):
+                entry.setdefault((todo[i], rotations), []).append(
+                    (batch.embeddings[j], batch.geometries[j]))
+        views = [v for p in paths for v in entry[(p, rotations)]]
+        return torch.stack([e for e, _ in views]), [g for _, g in views]
 
 
 def run_cached(cfg: Config, good, test, boxes, cache: EmbeddingCache) -> dict:
@@ -186,12 +172,9 @@ def run_cached(cfg: Config, good, test, boxes, cache: EmbeddingCache) -> dict:
     for name, train, held in folds(good):
         t0 = time.perf_counter()
         model = PatchCore(cfg)
-        r = cfg.train_rotations
-        # same feature order as PatchCore.fit: image by image, its rotations in turn
-        per_angle = [cache.get(cfg, model, train, 360.0 * k / r if k else 0.0)[0] for k in range(r)]
-        feats = torch.stack(per_angle, 1)                      # [n_img, r, h, w, D]
-        features = feats.reshape(-1, feats.shape[-1])
-        model.select_bank(features)
+        feats, _ = cache.get(cfg, model, train, cfg.train_rotations)   # fit's order
+        model.grid = tuple(feats.shape[1:3])
+        model.select_bank(feats.reshape(-1, feats.shape[-1]))
         n_select = model.memory_bank.shape[0]
         items = [(p, "good", None) for p in held] + test
         scores, maps = [], []
@@ -199,9 +182,8 @@ def run_cached(cfg: Config, good, test, boxes, cache: EmbeddingCache) -> dict:
         for i in range(0, len(paths), cfg.batch_size):
             emb, geoms = cache.get(cfg, model, paths[i:i + cfg.batch_size])
             s, grid = model.score_embeddings(emb)
-            amaps = patch_scores_to_maps(grid, cfg.input_size, cfg.sigma).numpy()
             scores += s.tolist()
-            maps += [g.to_original(a) for g, a in zip(geoms, amaps)]
+            maps += model.maps_from_grids(grid, geoms)
         m = fold_metrics(np.asarray(scores), maps, items, boxes)
         m.update(bank_size=int(n_select), seconds=time.perf_counter() - t0)
         per_fold[name] = m
@@ -303,6 +285,8 @@ def main(argv=None) -> int:
     ap.add_argument("--fresh", action="store_true",
                     help="with --grid: recompute rows already present in --out (default: reuse them)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--set", nargs=2, action="append", default=[], metavar=("FIELD", "JSON"),
+                    help="run the API mode with this Config field changed (repeatable)")
     ap.add_argument("--table", action="store_true",
                     help="print the grid stored in --out as a markdown table and exit")
     args = ap.parse_args(argv)
@@ -317,7 +301,8 @@ def main(argv=None) -> int:
             "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
             "n_good": len(good), "n_test_defective": len(test)}
 
-    defaults = Config(backbone="mobilenet_v2", device="cpu")
+    overrides = {k: json.loads(v) for k, v in args.set}
+    defaults = Config(backbone="mobilenet_v2", device="cpu", **overrides)
     dfields = {k: getattr(defaults, k) for k in ("input_size", "resize", "layers", "coreset_ratio",
                                                   "train_rotations", "num_neighbors", "distance",
                                                   "cosine_floor", "sigma", "clahe")}
@@ -331,7 +316,7 @@ def main(argv=None) -> int:
         api = run_api(defaults, good, test, boxes)
         print(f"{'DEFAULTS via PatchCore.fit/predict':45s} {fmt(api)}   "
               f"[{time.perf_counter() - t0:.0f} s]", flush=True)
-        result["defaults"] = {"config": dfields, **api}
+        result["defaults"] = {"config": dfields, "overrides": overrides, **api}
         out.write_text(json.dumps(result, indent=2))
 
     if args.grid:

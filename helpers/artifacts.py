@@ -80,19 +80,6 @@ def resolve_run_dir(run_dir: str | Path) -> Path:
 
 
 @dataclass
-class Features:
-    """Patch features of the good training images, one row per patch, images in order."""
-    features: torch.Tensor     # [n_images * h * w, D] float32 (CPU)
-    grid: tuple[int, int]      # (h, w) patches per image
-    n_images: int              # training images (rotated copies excluded)
-    seconds: float             # extraction wall time when computed
-
-    @property
-    def per_image(self) -> int:
-        return self.grid[0] * self.grid[1]
-
-
-@dataclass
 class Predictions:
     """Scores and anomaly maps of the test images (notebook 04's result)."""
     scores: np.ndarray               # [N] image scores (NaN for unreadable images)
@@ -120,6 +107,10 @@ class Run:
     def __init__(self, run_dir: str | Path, config: Config, synthetic: dict | None = None,
                  download: bool = False, download_url: str = "", download_sha256: str = "",
                  verbose: bool = True):
+        from .colab import mount_drive_for
+        # in Colab, a run folder, data folder or archive on /content/drive mounts Drive first
+        mount_drive_for(run_dir=str(run_dir), dataset_path=config.dataset_path,
+                        download_url=download_url)
         self.root = resolve_run_dir(run_dir)
         self.config = config
         self.synthetic = {**SYNTHETIC_DEFAULTS, **(synthetic or {})}
@@ -275,38 +266,48 @@ class Run:
         from .model import PatchCore
         return PatchCore(self.config.replace(**overrides) if overrides else self.config)
 
-    def embed_samples(self, model, samples: list[Sample], rotations: int = 1
-                      ) -> tuple[torch.Tensor, list[np.ndarray]]:
-        """Patch embeddings [n * rotations, h, w, D] (CPU) and the network-input crops (RGB uint8)
-        of ``samples``, in batches of ``config.batch_size`` images."""
-        from .model import rotate_image
-        embs, crops = [], []
-        step = self.config.batch_size
-        for start in range(0, len(samples), step):
-            tensors = []
-            for s in samples[start:start + step]:
-                image = load_image(s.path)
-                for r in range(rotations):
-                    view = image if r == 0 else rotate_image(image, 360.0 * r / rotations)
-                    t, _ = model.preprocess(view)
-                    tensors.append(t)
-                    crops.append(model.preprocess.crop_rgb(view)[0])
-            embs.append(model.embed(torch.stack(tensors)).cpu())
-        return torch.cat(embs), crops
+    def embed_samples(self, model, samples: list[Sample]) -> tuple[torch.Tensor, list[np.ndarray]]:
+        """Patch embeddings [n, h, w, D] (CPU) of a few ``samples`` (for figures) and the crops
+        the network saw (RGB uint8)."""
+        emb = torch.cat([b.embeddings.cpu() for b in model.embed_images(samples)])
+        crops = [model.preprocess.crop_rgb(load_image(s.path))[0] for s in samples]
+        return emb, crops
 
-    def features(self, model=None) -> Features:
-        """Patch features of all good training images (notebook 02), cached."""
+    def _spill_path(self) -> Path:
+        return self.path("features").with_suffix(".f32")
+
+    def features(self, model=None):
+        """Patch features of all good training images (notebook 02), cached: the coreset
+        projection in ``features-<hash>.safetensors`` and, unless the projection is the identity,
+        the full embeddings in ``features-<hash>.f32`` (float32 rows), both in artifacts/.
+        Returns a :class:`~helpers.model.TrainingFeatures`."""
+        from .coreset import Projection
+        from .model import TrainingFeatures
+        from .spill import FeatureSpill
+
+        m = model or self.new_model()
+
         def compute():
-            m = model or self.new_model()
-            t0 = time.perf_counter()
-            emb, _ = self.embed_samples(m, self.train_samples, self.config.train_rotations)
-            seconds = time.perf_counter() - t0
-            info = {"grid": list(emb.shape[1:3]), "n_images": len(self.train_samples),
-                    "seconds": seconds, "device": str(m.device)}
-            return {"features": emb.reshape(-1, emb.shape[-1]).contiguous()}, info
+            self.artifacts_dir.mkdir(parents=True, exist_ok=True)
+            feats = m.extract(self.train_samples, progress=self.verbose,
+                              spill_dir=self.artifacts_dir)
+            if feats.spill is not None:
+                feats.spill.persist(self._spill_path())
+                feats.spill.close()
+            rows, n = feats.projection.result()
+            info = {"grid": list(feats.grid), "n_images": feats.n_images,
+                    "n_views": feats.n_views, "seconds": feats.seconds, "device": str(m.device),
+                    "dim": feats.dim, "spill": feats.spill is not None}
+            return {"projection": rows[:n].cpu()}, info
 
+        if self.is_cached("features") and self._info("features").get("spill") \
+                and not self._spill_path().is_file():
+            self.path("features").unlink()        # the spill file was deleted: recompute
         tensors, info = self.cached("features", compute)
-        return Features(tensors["features"].float(), tuple(info["grid"]), info["n_images"], info["seconds"])
+        proj = Projection.of_rows(tensors["projection"], m.device)
+        spill = FeatureSpill.open(self._spill_path(), info["dim"]) if info["spill"] else None
+        return TrainingFeatures(proj, spill, tuple(info["grid"]), info["n_images"],
+                                info.get("n_views", info["n_images"]), info["seconds"])
 
     def model(self, **overrides):
         """The fitted PatchCore (notebook 03): loads the bank when cached, else runs the greedy
@@ -325,20 +326,16 @@ class Run:
             feats = self.features(model)
         finally:
             self._depth -= 1
-        t0 = time.perf_counter()
-        x = feats.features.to(model.device)
-        model.select_bank(x)
-        n_select = model.memory_bank.shape[0]
-        model.grid = feats.grid
-        coreset_s = time.perf_counter() - t0
-        model.info = {"n_train": feats.n_images, "n_patches": int(x.shape[0]),
-                      "bank_size": int(n_select), "features_s": feats.seconds,
-                      "coreset_s": coreset_s, "fit_s": feats.seconds + coreset_s}
+        try:
+            model.build_bank(feats, progress=self.verbose)
+        finally:
+            feats.close()
         model.save(path)
         # the same metadata as the other stages, so that is_cached() can check the data
         tensors, meta = load_tensors(path)
         save_tensors(path, tensors, {**meta, **self._meta("bank")})
-        self._log("bank", "computed", path, f"  ({n_select} x {x.shape[1]})")
+        self._log("bank", "computed", path, f"  ({model.memory_bank.shape[0]} x "
+                  f"{model.memory_bank.shape[1]})")
         return model
 
     def coverage(self, ratios: list[float], max_patches: int = 2000) -> dict[str, np.ndarray]:
@@ -349,10 +346,12 @@ class Run:
         ratios = sorted(float(r) for r in ratios)
 
         def compute():
-            feats = self.features().features
+            all_feats = self.features()
+            try:
+                feats = all_feats.sample(max_patches)
+            finally:
+                all_feats.close()
             gen = torch.Generator().manual_seed(self.config.seed)
-            if feats.shape[0] > max_patches:
-                feats = feats[torch.randperm(feats.shape[0], generator=gen)[:max_patches]]
             n = feats.shape[0]
             sizes = [max(1, min(n, int(n * r))) for r in ratios]
             c = self.config
@@ -374,9 +373,9 @@ class Run:
         return out
 
     def predictions(self, model=None, batch_size: int | None = None) -> Predictions:
-        """Scores and anomaly maps of every test image (notebook 04), cached. Maps are kept at the
-        network input size and mapped back to the original pixels on load."""
-        from .maps import patch_scores_to_maps
+        """Scores and anomaly maps of every test image (notebook 04), cached. The patch-score
+        grids are saved; maps in original pixels are made from them on load."""
+        from .maps import grids_to_maps
         c = self.config
         test = self.test_samples
         used = {}
@@ -384,10 +383,10 @@ class Run:
         def compute():
             m = model or self.model(**({"batch_size": batch_size} if batch_size else {}))
             t0 = time.perf_counter()
-            pred = m.predict(test, maps=False)
-            ps = torch.from_numpy(np.nan_to_num(pred.patch_scores))
-            maps_in = torch.cat([patch_scores_to_maps(ps[i:i + 16].to(m.device), c.input_size, c.sigma).cpu()
-                                 for i in range(0, len(ps), 16)]) if len(ps) else torch.zeros(0)
+            pred = m.predict(test, maps=False, progress=self.verbose)
+            for start in range(0, len(test), 16):   # timed with the scores, then dropped
+                m.maps_from_grids(pred.patch_scores[start:start + 16],
+                                  pred.geometries[start:start + 16])
             if m.device.type == "cuda":
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - t0
@@ -395,18 +394,18 @@ class Run:
                                                            g.top, g.left, g.crop]
                               for g in pred.geometries], dtype=np.int64)
             used.update(device=str(m.device), batch_size=m.config.batch_size)
-            tensors = {"scores": torch.from_numpy(pred.scores), "patch_scores": torch.from_numpy(pred.patch_scores),
-                       "maps_input": maps_in.float(), "geometries": torch.from_numpy(geoms)}
+            tensors = {"scores": torch.from_numpy(pred.scores),
+                       "patch_scores": torch.from_numpy(pred.patch_scores),
+                       "geometries": torch.from_numpy(geoms)}
             info = {"seconds": seconds, "paths": [str(s.path.relative_to(self.data_root)) for s in test],
                     "defects": [s.defect for s in test], **used}
             return tensors, info
 
         tensors, info = self.cached("predictions", compute)
         geoms = [None if row[0] < 0 else Geometry(*map(int, row)) for row in tensors["geometries"].numpy()]
-        maps_in = tensors["maps_input"].numpy()
         scores = tensors["scores"].numpy()
-        maps = [None if g is None or not np.isfinite(scores[i]) else g.to_original(maps_in[i])
-                for i, g in enumerate(geoms)]
+        geoms = [None if not np.isfinite(scores[i]) else g for i, g in enumerate(geoms)]
+        maps = grids_to_maps(tensors["patch_scores"], geoms, c.input_size, c.sigma)
         defects = info["defects"]
         return Predictions(scores, tensors["patch_scores"].numpy(), maps, geoms,
                            np.array([0 if d == "good" else 1 for d in defects]), defects,

@@ -22,21 +22,31 @@ class BackboneSpec:
     layers: dict[str, int]                 # tap name -> stride
     default_layers: tuple[str, ...]
     defaults: dict = field(default_factory=dict)  # Config fields this backbone sets when left None
+    channels: dict[str, int] = field(default_factory=dict)  # tap name -> channels
+
+    def embed_dim(self, layers, pretrain_embed_dim: int, target_embed_dim: int) -> int:
+        """Length of one patch embedding (0 dims mean "natural", see helpers.features)."""
+        if target_embed_dim:
+            return target_embed_dim
+        return sum(pretrain_embed_dim or self.channels[layer] for layer in layers)
 
 
 BACKBONES: dict[str, BackboneSpec] = {
     "wide_resnet50_2": BackboneSpec(
         "wide_resnet50_2", {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32},
         ("layer2", "layer3"),
-        dict(input_size=224, resize=256, pretrain_embed_dim=1024, target_embed_dim=1024)),
+        dict(input_size=224, resize=256, pretrain_embed_dim=1024, target_embed_dim=1024),
+        dict(layer1=256, layer2=512, layer3=1024, layer4=2048)),
     "resnet50": BackboneSpec(
         "resnet50", {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32},
         ("layer2", "layer3"),
-        dict(input_size=224, resize=256, pretrain_embed_dim=1024, target_embed_dim=1024)),
+        dict(input_size=224, resize=256, pretrain_embed_dim=1024, target_embed_dim=1024),
+        dict(layer1=256, layer2=512, layer3=1024, layer4=2048)),
     "resnet18": BackboneSpec(
         "resnet18", {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32},
         ("layer2", "layer3"),
-        dict(input_size=224, resize=256, pretrain_embed_dim=1024, target_embed_dim=1024)),
+        dict(input_size=224, resize=256, pretrain_embed_dim=1024, target_embed_dim=1024),
+        dict(layer1=64, layer2=128, layer3=256, layer4=512)),
     # MobileNetV2: features.3 (24 ch, stride 4), .6 (32 ch, stride 8), .10 (64 ch) and
     # .13 (96 ch, stride 16), .16 (160 ch, stride 32). Its defaults were chosen on real
     # metal_nut photos (benchmarks/RESULTS.md, issue 2): 352 px with no crop (the part fills the
@@ -51,7 +61,9 @@ BACKBONES: dict[str, BackboneSpec] = {
         {"features.3": 4, "features.6": 8, "features.10": 16, "features.13": 16, "features.16": 32},
         ("features.6", "features.13"),
         dict(input_size=352, resize=352, pretrain_embed_dim=1024, target_embed_dim=1024,
-             distance="cosine", cosine_floor=0.3, train_rotations=8, sigma=8.0)),
+             distance="cosine", cosine_floor=0.3, train_rotations=8, sigma=8.0),
+        {"features.3": 24, "features.6": 32, "features.10": 64, "features.13": 96,
+         "features.16": 160}),
 }
 
 # The file torchvision expects in $TORCH_HOME/hub/checkpoints for mobilenet_v2 IMAGENET1K_V1; the

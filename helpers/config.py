@@ -47,10 +47,11 @@ class Config:
     weights: str | None = "IMAGENET1K_V1"  # torchvision weights name; None = random (benchmarks only)
     layers: list[str] | None = None      # None = backbone default
     input_size: int | None = None        # side of the square crop fed to the network
-    resize: int | None = None            # shorter side before the centre crop (== input_size: no crop)
+    resize: int | None = None            # shorter side before the centre crop (== input_size: crop
+                                         # only the longer side; 0: squash the whole image to a square)
     patch_size: int = 3                  # local neighbourhood aggregation (3x3, stride 1)
-    pretrain_embed_dim: int | None = None
-    target_embed_dim: int | None = None
+    pretrain_embed_dim: int | None = None  # per-layer pooled length; 0: the layer's channels (3x3 mean)
+    target_embed_dim: int | None = None    # final length; 0: the concatenation (see embed_dim)
     # memory bank
     coreset_ratio: float = 0.1
     coreset_projection_dim: int = 128
@@ -104,13 +105,17 @@ class Config:
         if self.input_size % 8:
             raise ConfigError(f"input_size={self.input_size} must be a multiple of 8 "
                               f"(for example {8 * round(self.input_size / 8)})")
-        _int_range("resize", self.resize, self.input_size, 4096,
-                   hint=f"resize is the shorter side before the centre crop, so >= input_size={self.input_size}")
+        if self.resize != 0:
+            _int_range("resize", self.resize, self.input_size, 4096,
+                       hint=f"resize is the shorter side before the centre crop, so >= input_size="
+                            f"{self.input_size}; or 0 to squash the whole image to a square")
         _int_range("patch_size", self.patch_size, 1, 9)
         if self.patch_size % 2 == 0:
             raise ConfigError(f"patch_size={self.patch_size} must be odd (1, 3, 5, ...)")
-        _int_range("pretrain_embed_dim", self.pretrain_embed_dim, 1, 65536)
-        _int_range("target_embed_dim", self.target_embed_dim, 1, 65536)
+        _int_range("pretrain_embed_dim", self.pretrain_embed_dim, 0, 65536,
+                   hint="0: each layer keeps its channel count")
+        _int_range("target_embed_dim", self.target_embed_dim, 0, 65536,
+                   hint="0: the concatenated layers' length")
         if not isinstance(self.coreset_ratio, (int, float)) or not 0 < self.coreset_ratio <= 1:
             raise ConfigError(f"coreset_ratio={self.coreset_ratio!r} must be in (0, 1] "
                               "(0.1 keeps 10% of the training patches; 1 keeps all)")
@@ -141,6 +146,12 @@ class Config:
         if self.weights is not None and not isinstance(self.weights, str):
             raise ConfigError(f"weights={self.weights!r} must be a torchvision weights name "
                               "such as 'IMAGENET1K_V1', or None for random weights")
+
+    @property
+    def embed_dim(self) -> int:
+        """Length of one patch embedding (the memory bank's row length)."""
+        return BACKBONES[self.backbone].embed_dim(self.layers, self.pretrain_embed_dim,
+                                                  self.target_embed_dim)
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:

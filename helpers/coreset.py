@@ -35,40 +35,78 @@ import math
 import torch
 
 from .runtime import cpu_threads
+from .runtime import progress as show_progress
 
 _ROWS = 64  # every matrix-vector product runs on a multiple of this many rows (see module doc)
 
 
+def _projection_matrix(d: int, dim: int, seed: int, device, dtype) -> torch.Tensor | None:
+    """The seeded Gaussian matrix [d, dim] scaled by 1/sqrt(dim); None when no projection applies
+    (``dim <= 0`` or ``dim >= d``: the features are used as they are)."""
+    if dim <= 0 or dim >= d:
+        return None
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    return (torch.randn(d, dim, generator=gen) / dim ** 0.5).to(device, dtype)
+
+
 def random_projection(features: torch.Tensor, dim: int, seed: int = 0,
-                      dtype: torch.dtype = torch.float32, chunk: int = 16384,
-                      pad_rows: int = 0) -> torch.Tensor:
+                      dtype: torch.dtype = torch.float32, chunk: int = 16384) -> torch.Tensor:
     """[N, D] -> [N, dim] with a seeded Gaussian matrix scaled by 1/sqrt(dim) (``dtype`` result,
     computed in that dtype, in row chunks so a float64 copy of the features is never made).
-    ``dim <= 0`` or ``dim >= D`` returns the features unprojected. ``pad_rows`` zero rows are
-    appended (allocated with the result, not copied afterwards)."""
-    n, d = features.shape
-    if dim <= 0 or dim >= d:
-        dim, proj = d, None
-    else:
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        proj = (torch.randn(d, dim, generator=gen) / dim ** 0.5).to(features.device, dtype)
-    out = torch.empty(n + pad_rows, dim, dtype=dtype, device=features.device)
-    out[n:] = 0
-    for i in range(0, n, chunk):
-        part = features[i:i + chunk].to(dtype)
-        if proj is None:
-            out[i:i + part.shape[0]] = part
+    ``dim <= 0`` or ``dim >= D`` returns the features unprojected."""
+    proj = Projection(features.shape[1], dim, seed, features.shape[0], features.device, dtype,
+                      padded=False)
+    for i in range(0, features.shape[0], chunk):
+        proj.add(features[i:i + chunk])
+    return proj.result()[0]
+
+
+class Projection:
+    """The coreset's projection, filled block by block (the streaming fit adds one image's patches
+    at a time): a preallocated [capacity + padding, dim] buffer whose rows after the last added
+    one are zero. The same blocks give the same numbers whether the features arrive in a stream
+    or from one tensor (the matrix product of a block depends only on that block)."""
+
+    def __init__(self, in_dim: int, dim: int, seed: int, capacity: int, device=None,
+                 dtype: torch.dtype = torch.float64, padded: bool = True):
+        self.matrix = _projection_matrix(in_dim, dim, seed, device, dtype)
+        self.dim = in_dim if self.matrix is None else dim
+        self.capacity, self.n, self.padded = int(capacity), 0, padded
+        self.buffer = torch.zeros(capacity + (_ROWS if padded else 0), self.dim, dtype=dtype,
+                                  device=device)
+
+    @classmethod
+    def of_rows(cls, rows: torch.Tensor, device=None) -> "Projection":
+        """A filled projection from rows already projected (a saved one)."""
+        proj = cls(rows.shape[1], 0, 0, rows.shape[0], device, rows.dtype)
+        proj.add(rows)
+        return proj
+
+    def add(self, rows: torch.Tensor) -> None:
+        k = rows.shape[0]
+        if self.n + k > self.capacity:
+            raise ValueError(f"projection buffer holds {self.capacity} rows; got {self.n + k}")
+        part = rows.to(self.buffer.device, self.buffer.dtype)
+        if self.matrix is None:
+            self.buffer[self.n:self.n + k] = part
         else:
-            torch.mm(part, proj, out=out[i:i + part.shape[0]])
-    return out
+            torch.mm(part, self.matrix, out=self.buffer[self.n:self.n + k])
+        self.n += k
+
+    def result(self) -> tuple[torch.Tensor, int]:
+        """(rows [n + padding, dim] with zero padding rows, n); a view of the buffer."""
+        pad = (-self.n % _ROWS or _ROWS) if self.padded else 0
+        return self.buffer[:self.n + pad], self.n
 
 
-def _projected(features: torch.Tensor, projection_dim: int, seed: int) -> tuple[torch.Tensor, int]:
+def _projected(features: torch.Tensor, projection_dim: int, seed: int,
+               block_rows: int = 16384) -> tuple[torch.Tensor, int]:
     """float64 projection zero-padded to a multiple of _ROWS rows (at least one zero row, row
     ``n``, which pads gathered row sets), and the real row count."""
-    n = features.shape[0]
-    return random_projection(features, projection_dim, seed, torch.float64,
-                             pad_rows=-n % _ROWS or _ROWS), n
+    proj = Projection(features.shape[1], projection_dim, seed, features.shape[0], features.device)
+    for i in range(0, features.shape[0], block_rows):
+        proj.add(features[i:i + block_rows])
+    return proj.result()
 
 
 def _start_distances(x: torch.Tensor, sqn: torch.Tensor, n: int, n_start: int, seed: int) -> torch.Tensor:
@@ -84,33 +122,38 @@ def _check(n: int, n_select: int) -> None:
         raise ValueError(f"n_select={n_select} must be in [1, {n}]")
 
 
-def greedy_coreset(features: torch.Tensor, n_select: int, projection_dim: int = 128,
+def greedy_coreset(features: torch.Tensor | None, n_select: int, projection_dim: int = 128,
                    start_points: int = 10, seed: int = 0, progress: bool = False,
-                   method: str = "auto", filter_dim: int = 32) -> torch.Tensor:
+                   method: str = "auto", filter_dim: int = 32, *, block_rows: int = 16384,
+                   projection: "Projection | None" = None) -> torch.Tensor:
     """Indices (int64, on the features' device) of ``n_select`` rows picked greedily so that each
     pick is the row farthest from those already picked (approximate k-center).
 
     On CPU the selection loop runs on one thread (the projection before it uses all of them).
     ``method``: ``"auto"`` (``"filtered"`` on CPU for large inputs, else ``"dense"``), ``"dense"``
-    or ``"filtered"``; all return the same indices as :func:`greedy_coreset_reference`."""
-    n = features.shape[0]
-    _check(n, n_select)
-    if n_select == n:
-        return torch.arange(n, device=features.device)
+    or ``"filtered"``; all return the same indices as :func:`greedy_coreset_reference`.
+
+    ``projection``: an already filled :class:`Projection` (the streaming fit's), used instead of
+    projecting ``features`` (then None). ``block_rows``: rows projected per matrix product."""
     if method not in ("auto", "dense", "filtered"):
         raise ValueError(f"method={method!r} must be 'auto', 'dense' or 'filtered'")
-    x, n = _projected(features, projection_dim, seed)
+    if projection is None:
+        x, n = _projected(features, projection_dim, seed, block_rows)
+    else:
+        x, n = projection.result()
+    _check(n, n_select)
+    if n_select == n:
+        return torch.arange(n, device=x.device)
     d = x.shape[1]
     if method == "auto":
-        method = ("filtered" if features.device.type == "cpu" and n >= 8192 and d >= 2 * filter_dim
+        method = ("filtered" if x.device.type == "cpu" and n >= 8192 and d >= 2 * filter_dim
                   else "dense")
     sqn = (x * x).sum(dim=1)
     min_d2 = _start_distances(x, sqn, n, min(start_points, n), seed)
     min_d2[n:] = -math.inf  # padding rows are never picked
     steps = range(n_select)
     if progress:
-        from tqdm.auto import tqdm
-        steps = tqdm(steps, desc="coreset", leave=False)
+        steps = show_progress(steps, total=n_select, desc="coreset", unit="pick")
     # the loop is thousands of small dependent steps: one CPU thread (see runtime.cpu_threads)
     with cpu_threads(1 if x.device.type == "cpu" else None):
         if method == "filtered" and 0 < filter_dim < d:

@@ -189,6 +189,8 @@ class Geometry:
 
     @classmethod
     def for_shape(cls, h: int, w: int, resize: int, crop: int) -> "Geometry":
+        if resize == 0:  # squash: the whole image, aspect ratio not kept
+            return cls(h, w, crop, crop, 0, 0, crop)
         scale = resize / min(h, w)
         res_h, res_w = max(crop, round(h * scale)), max(crop, round(w * scale))
         # torchvision's CenterCrop convention

@@ -1,29 +1,41 @@
-"""Get MVTec AD metal_nut into a folder: download the official archive (checksum verified when
-known), extract it safely, or use a folder on a mounted Google Drive.
+"""Get one MVTec AD category (metal_nut) into a folder in the MVTec layout.
 
-MVTec distributes MVTec AD under CC BY-NC-SA 4.0 from https://www.mvtec.com/company/research/datasets/mvtec-ad
-(a form gives the download links). The per-category link below is the one MVTec's page has served
-for years; when it is refused (HTTP 403/404, or an HTML page instead of the archive) the error
-says what to do: download ``metal_nut.tar.xz`` in a browser, put it on Drive, and point
-``dataset_path`` at it (an archive path or URL also works: ``download_url="file:///..."``).
+The default source is the whole MVTec AD archive at the link anomalib's maintainers keep current
+(``DOWNLOAD_INFO`` of anomalib's MVTecAD datamodule), with its sha256 pinned. Only the requested
+category is extracted, streaming (the 4.9 GB archive is never unpacked as a whole), and safely:
+absolute paths, ``..``, links leading outside and special files are refused. The download resumes
+(HTTP Range) after a cut; nothing lands in ``<dest>/<category>`` until the archive's checksum and
+layout have been checked.
+MVTec AD: CC BY-NC-SA 4.0, https://www.mvtec.com/company/research/datasets/mvtec-ad
 """
 from __future__ import annotations
 
 import hashlib
+import http.client
+import lzma
 import os
+import shutil
 import tarfile
 import urllib.error
+import urllib.parse
 import urllib.request
-from pathlib import Path
-from typing import Callable
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO, Callable
 
-METAL_NUT_URL = ("https://www.mydrive.ch/shares/38536/3830184030e49fe74747669442f0f282/"
-                 "download/420937637-1629952063/metal_nut.tar.xz")
+MVTEC_AD_URL = ("https://www.mydrive.ch/shares/150996/b52ecdcbf521176e9db9c731f2304b27/"
+                "download/420938113-1629960298/mvtec_anomaly_detection.tar.xz")
+MVTEC_AD_SHA256 = "cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d"
 MVTEC_PAGE = "https://www.mvtec.com/company/research/datasets/mvtec-ad"
-# sha256 of archives whose digest we know; the metal_nut archive's digest is not published by
-# MVTec, so it is printed after each download for you to pin with download_sha256=...
-KNOWN_SHA256: dict[str, str] = {}
-URLS = {"metal_nut": METAL_NUT_URL}
+# Per-category archives on MVTec's current shares: smaller (metal_nut ~160 MB), but their digests
+# are not published, so they are only an optional first try (fetch_mvtec(try_category_url=True)).
+CATEGORY_URLS = {
+    "metal_nut": ("https://www.mydrive.ch/shares/150459/c68856a21dca589b0f8ff6d4ee0f18f4/"
+                  "download/420937637-1629959294/metal_nut.tar.xz"),
+}
+METAL_NUT_URL = CATEGORY_URLS["metal_nut"]
+KNOWN_SHA256: dict[str, str] = {MVTEC_AD_URL: MVTEC_AD_SHA256}
+CACHE_ENV = "PATCHCORE_DOWNLOAD_DIR"    # where archives are downloaded (resumable .partial files)
+BLOCK = 1 << 20
 
 
 class DownloadError(RuntimeError):
@@ -34,101 +46,291 @@ class DownloadError(RuntimeError):
 def _refused(url: str, why: str) -> DownloadError:
     return DownloadError(
         f"The download of {url} was refused: {why}.\n"
-        f"MVTec AD is distributed from {MVTEC_PAGE} after accepting its licence (CC BY-NC-SA 4.0).\n"
+        f"MVTec AD is distributed from {MVTEC_PAGE} (licence CC BY-NC-SA 4.0).\n"
         "Ways forward:\n"
-        "  1. download metal_nut.tar.xz in a browser, upload it to Google Drive, mount Drive and\n"
-        "     set dataset_path='/content/drive/MyDrive/<folder holding metal_nut/>'\n"
-        "  2. or set download_url to a link that works for you (file:///path/metal_nut.tar.xz too)\n"
-        "  3. or leave dataset_path empty to run on the synthetic set")
+        "  1. download mvtec_anomaly_detection.tar.xz (or metal_nut.tar.xz) in a browser, put\n"
+        "     it on Google Drive and set download_url='/content/drive/MyDrive/<the archive>'\n"
+        "  2. or set dataset_path to a folder that already holds metal_nut/ (Drive works too)\n"
+        "  3. or set download_url to another link (file:///path/archive.tar.xz works too)\n"
+        "  4. or leave dataset_path empty to run on the synthetic set")
+
+
+def _checksum_error(path: str | Path, expected: str, actual: str, *,
+                    deleted: bool) -> DownloadError:
+    fate = "it was deleted and nothing was extracted" if deleted else "nothing was extracted"
+    return DownloadError(
+        f"checksum mismatch for {path}: expected sha256 {expected}, got {actual}. The file is "
+        f"corrupt or not the archive you meant; {fate}. Run again to download it afresh, or "
+        "fix download_sha256 if you pinned another archive.")
 
 
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
+        for block in iter(lambda: fh.read(BLOCK), b""):
             h.update(block)
     return h.hexdigest()
 
 
-def download(url: str, dest: str | Path, sha256: str | None = None,
-             opener: Callable | None = None, timeout: float = 60, progress: bool = True) -> Path:
-    """Stream ``url`` to ``dest`` (via ``dest.partial``, renamed when complete and verified).
-    ``sha256``: expected digest (else :data:`KNOWN_SHA256`, else not checked; the digest is
-    printed). ``opener``: a ``urllib.request.urlopen``-like callable (tests pass a fake)."""
+def default_cache_dir() -> Path:
+    """``$PATCHCORE_DOWNLOAD_DIR``, else ``~/.cache/patchcore-helpers`` (the VM's disk in Colab:
+    the 4.9 GB archive never goes to Drive)."""
+    return Path(os.environ.get(CACHE_ENV) or "~/.cache/patchcore-helpers").expanduser()
+
+
+def _bar(total: int | None, desc: str, enabled: bool, initial: int = 0):
+    from tqdm.auto import tqdm
+    return tqdm(total=total or None, initial=initial, unit="B", unit_scale=True,
+                unit_divisor=1024, desc=desc, disable=not enabled, mininterval=0.5)
+
+
+# ------------------------------------------------------------------ download
+
+def _open(url: str, offset: int, opener: Callable, timeout: float):
+    request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
+    try:
+        return opener(request, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and offset:
+            return None          # the partial file is already complete (or longer): start over
+        raise _refused(url, f"HTTP {exc.code} {exc.reason}") from exc
+    except (urllib.error.URLError, OSError) as exc:
+        raise _refused(url, f"no connection ({getattr(exc, 'reason', exc)})") from exc
+
+
+def _total_size(response, offset: int) -> int | None:
+    headers = getattr(response, "headers", None) or {}
+    content_range = headers.get("Content-Range") or ""
+    if "/" in content_range and content_range.rsplit("/", 1)[1].strip().isdigit():
+        return int(content_range.rsplit("/", 1)[1])
+    length = headers.get("Content-Length")
+    return offset + int(length) if length and str(length).isdigit() else None
+
+
+def _copy_stream(response, tmp: Path, offset: int, h, *, url: str, progress: bool) -> int:
+    """Append the response body to ``tmp`` (``offset`` bytes already there, hashed into ``h``).
+    Returns the file's size; a connection lost midway raises ConnectionError."""
+    headers = getattr(response, "headers", None) or {}
+    if "text/html" in (headers.get("Content-Type") or "").lower():
+        raise _refused(url, "the server sent a web page instead of the archive "
+                       "(a licence form or login page)")
+    total = _total_size(response, offset)
+    done = offset
+    with _bar(total, f"download {tmp.name[:-8]}", progress, offset) as bar, open(tmp, "ab") as fh:
+        while True:
+            try:
+                block = response.read(BLOCK)
+            except (OSError, ValueError, http.client.HTTPException) as exc:  # reset, timeout
+                raise ConnectionError(f"connection lost ({exc})") from exc
+            if not block:
+                break
+            fh.write(block)
+            h.update(block)
+            done += len(block)
+            bar.update(len(block))
+    if total is not None and done < total:
+        raise ConnectionError(f"got {done} of {total} bytes")
+    return done
+
+
+def _attempt(url: str, tmp: Path, *, opener: Callable, timeout: float, progress: bool) -> str:
+    """One try at completing ``tmp`` (resuming it when it exists); returns its sha256."""
+    offset = tmp.stat().st_size if tmp.exists() else 0
+    response = _open(url, offset, opener, timeout)
+    if response is None:
+        tmp.unlink()
+        offset = 0
+        response = _open(url, 0, opener, timeout)
+    with response:
+        if offset and getattr(response, "status", None) != 206:
+            tmp.unlink()        # the server ignored the Range header: it sends the whole file
+            offset = 0
+        h = hashlib.sha256()
+        if offset:
+            with open(tmp, "rb") as fh:
+                for block in iter(lambda: fh.read(BLOCK), b""):
+                    h.update(block)
+        try:
+            _copy_stream(response, tmp, offset, h, url=url, progress=progress)
+        except DownloadError:
+            tmp.unlink(missing_ok=True)
+            raise
+    return h.hexdigest()
+
+
+def download(url: str, dest: str | Path, *, sha256: str | None = None,
+             opener: Callable | None = None, timeout: float = 60, retries: int = 3,
+             progress: bool = True) -> Path:
+    """Download ``url`` to ``dest`` through ``dest.partial``, resuming it with HTTP Range after a
+    cut (``retries`` times here, and on the next call), then check ``sha256`` (else the one
+    pinned in :data:`KNOWN_SHA256`; else the digest is printed) and rename. ``opener``: a
+    ``urllib.request.urlopen``-like callable taking a Request (tests pass a fake)."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     expected = (sha256 or KNOWN_SHA256.get(url) or "").lower() or None
-    opener = opener or urllib.request.urlopen
     tmp = dest.with_name(dest.name + ".partial")
-    try:
-        response = opener(url, timeout=timeout)
-    except urllib.error.HTTPError as exc:
-        raise _refused(url, f"HTTP {exc.code} {exc.reason}") from exc
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise _refused(url, f"no connection ({reason})") from exc
-    h = hashlib.sha256()
-    done = 0
-    try:
-        with response:
-            ctype = (response.headers.get("Content-Type", "") if getattr(response, "headers", None) else "")
-            if "text/html" in ctype.lower():
-                raise _refused(url, "the server sent a web page instead of the archive "
-                               "(a licence form or login page)")
-            total = int(response.headers.get("Content-Length") or 0) if getattr(response, "headers", None) else 0
-            bar = None
-            if progress and total:
-                from tqdm.auto import tqdm
-                bar = tqdm(total=total, unit="B", unit_scale=True, desc=dest.name)
-            with open(tmp, "wb") as fh:
-                while True:
-                    block = response.read(1 << 20)
-                    if not block:
-                        break
-                    fh.write(block)
-                    h.update(block)
-                    done += len(block)
-                    if bar is not None:
-                        bar.update(len(block))
-            if bar is not None:
-                bar.close()
-        if total and done != total:
-            raise DownloadError(f"{url}: got {done} bytes of {total}; the download was cut. Run again.")
-        digest = h.hexdigest()
-        if expected and digest != expected:
-            raise DownloadError(f"{url}: sha256 {digest} does not match the expected {expected}; "
-                                "the file is corrupt or not the official archive. Nothing was kept.")
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    if progress:
-        state = "verified" if expected else "not checked (no known checksum; pin it with download_sha256)"
-        print(f"downloaded {dest} ({done / 2**20:.1f} MiB), sha256 {digest}: {state}")
+    retries = max(1, retries)
+    for attempt in range(1, retries + 1):
+        try:
+            digest = _attempt(url, tmp, opener=opener or urllib.request.urlopen, timeout=timeout,
+                              progress=progress)
+            break
+        except ConnectionError as exc:
+            have = tmp.stat().st_size / 2**20 if tmp.exists() else 0.0
+            if attempt == retries:
+                raise DownloadError(
+                    f"the download of {url} stopped after {have:.1f} MiB ({exc}), {retries} "
+                    f"tries. Run the same cell again: it resumes from {tmp}.") from exc
+            print(f"download interrupted at {have:.1f} MiB ({exc}); resuming "
+                  f"(try {attempt + 1} of {retries})")
+    if expected and digest != expected:
+        tmp.unlink(missing_ok=True)
+        raise _checksum_error(f"{url} (downloaded to {tmp})", expected, digest, deleted=True)
+    os.replace(tmp, dest)
+    state = "verified" if expected else "not checked (pin it with download_sha256)"
+    print(f"downloaded {dest} ({dest.stat().st_size / 2**20:.1f} MiB), sha256 {digest}: {state}")
     return dest
 
 
-def extract(archive: str | Path, dest: str | Path) -> Path:
-    """Extract a .tar(.xz/.gz/.bz2) archive into ``dest``, refusing members that would land
-    outside it (absolute paths, ``..``, links). Returns ``dest``."""
+# ------------------------------------------------------------------ extraction
+
+class _HashingReader:
+    """A read-only file wrapper that hashes and counts what the tar reader consumes."""
+
+    def __init__(self, fh: BinaryIO, bar):
+        self.fh, self.bar, self.h = fh, bar, hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        block = self.fh.read(size)
+        self.h.update(block)
+        self.bar.update(len(block))
+        return block
+
+    def drain(self) -> str:
+        """Read what the tar reader left (end-of-archive padding); the whole file's sha256."""
+        while self.read(BLOCK):
+            pass
+        return self.h.hexdigest()
+
+
+def _archive_parts(name: str, archive: Path) -> tuple[str, ...]:
+    """The member's path components, refusing absolute paths and ``..``."""
+    path = PurePosixPath(name.replace("\\", "/"))
+    parts = tuple(p for p in path.parts if p not in ("", "."))
+    if path.is_absolute() or ".." in parts or (parts and ":" in parts[0]):
+        raise DownloadError(f"{archive}: unsafe member {name!r} (an absolute path or '..' would "
+                            "write outside the target folder); the archive was refused")
+    return parts
+
+
+def _category_rel(parts: tuple[str, ...], category: str) -> tuple[str, ...] | None:
+    """The path inside the category for ``<category>/...`` or ``<one folder>/<category>/...``
+    members; None for other members (other categories, licence files)."""
+    if parts and parts[0] == category:
+        return parts[1:]
+    if len(parts) > 1 and parts[1] == category:
+        return parts[2:]
+    return None
+
+
+def _link_source(member: tarfile.TarInfo, parts: tuple[str, ...], category: str,
+                 staging: Path, archive: Path) -> Path:
+    """The already extracted file a (hard or symbolic) link points to; refused when it leads
+    outside the category or was not extracted before the link."""
+    if member.issym():
+        target = PurePosixPath(*parts[:-1], member.linkname).as_posix()
+    else:
+        target = member.linkname
+    try:
+        rel = _category_rel(_archive_parts(os.path.normpath(target), archive), category)
+    except DownloadError:
+        rel = None
+    source = staging.joinpath(*rel) if rel else None
+    if source is None or not source.is_file():
+        raise DownloadError(f"{archive}: link {member.name!r} -> {member.linkname!r} points "
+                            f"outside {category}/ (or to a file not seen before it); refused")
+    return source
+
+
+def _write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, parts: tuple[str, ...], *,
+                  category: str, staging: Path, archive: Path) -> int:
+    """Write one member of the category into ``staging``; returns the files written (0/1)."""
+    rel = _category_rel(parts, category)
+    if rel is None:
+        return 0
+    target = staging.joinpath(*rel)
+    if member.isdir():
+        target.mkdir(parents=True, exist_ok=True)
+        return 0
+    if not rel:
+        raise DownloadError(f"{archive}: {member.name!r} should be the {category}/ folder but "
+                            "is a file; the archive was refused")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if member.issym() or member.islnk():
+        shutil.copyfile(_link_source(member, parts, category, staging, archive), target)
+        return 1
+    if not member.isfile():
+        raise DownloadError(f"{archive}: member {member.name!r} is not a regular file or folder "
+                            "(a device, fifo or other special file); the archive was refused")
+    with tar.extractfile(member) as src, open(target, "wb") as dst:
+        shutil.copyfileobj(src, dst, BLOCK)
+    return 1
+
+
+def _stream_category(archive: Path, staging: Path, category: str, *, progress: bool
+                     ) -> tuple[str, int, list[str]]:
+    """Extract ``category`` from ``archive`` into ``staging`` in one streaming pass. Returns the
+    archive's sha256, the files written and the top-level names seen."""
+    seen: list[str] = []
+    files = 0
+    with open(archive, "rb") as fh, _bar(archive.stat().st_size, f"extract {category}",
+                                         progress) as bar:
+        reader = _HashingReader(fh, bar)
+        try:
+            with tarfile.open(fileobj=reader, mode="r|*", bufsize=BLOCK) as tar:
+                for member in tar:
+                    parts = _archive_parts(member.name, archive)
+                    if parts and parts[0] not in seen and len(seen) < 20:
+                        seen.append(parts[0])
+                    files += _write_member(tar, member, parts, category=category,
+                                           staging=staging, archive=archive)
+        except (tarfile.TarError, EOFError, lzma.LZMAError) as exc:
+            raise DownloadError(f"{archive} is not a complete tar archive ({exc}); delete it and "
+                                "download it again") from exc
+        return reader.drain(), files, seen
+
+
+def extract_category(archive: str | Path, dest: str | Path, category: str = "metal_nut", *,
+                     sha256: str | None = None, progress: bool = True) -> Path:
+    """Extract only ``<category>/`` of a .tar(.xz/.gz/.bz2) archive into ``dest/<category>``:
+    one streaming pass into a hidden staging folder, checked (``sha256`` when given, the MVTec
+    layout always), then renamed into place; on any error nothing is left behind. Archives
+    holding ``<category>/...`` or ``<folder>/<category>/...`` both work. Returns ``dest``."""
     archive, dest = Path(archive), Path(dest)
+    final = dest / category
+    if final.exists():
+        raise DownloadError(f"{final} exists but has no train/good folder: move it away (or "
+                            "delete it) and run again")
     dest.mkdir(parents=True, exist_ok=True)
-    root = dest.resolve()
+    staging = dest / f".{category}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
     try:
-        with tarfile.open(archive) as tar:
-            members = tar.getmembers()
-            for m in members:
-                target = (root / m.name).resolve()
-                if m.issym() or m.islnk() or m.isdev() or not (target == root or root in target.parents):
-                    raise DownloadError(f"{archive}: unsafe member {m.name!r} (outside the target "
-                                        "folder or a link); not extracted")
-            for m in members:
-                tar.extract(m, dest, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
-    except tarfile.TarError as exc:
-        raise DownloadError(f"{archive} is not a readable tar archive ({exc}); delete it and "
-                            "download again") from exc
+        digest, files, seen = _stream_category(archive, staging, category, progress=progress)
+        if sha256 and digest != sha256.lower():
+            raise _checksum_error(archive, sha256.lower(), digest, deleted=False)
+        if not (staging / "train" / "good").is_dir():
+            raise DownloadError(f"{archive} holds no {category}/train/good (its top-level "
+                                f"entries: {seen}); is it the MVTec AD archive?")
+        os.replace(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    state = "verified" if sha256 else "not checked (pin it with download_sha256)"
+    print(f"extracted {files} files into {final}; archive sha256 {digest}: {state}")
     return dest
 
+
+# ------------------------------------------------------------------ one category, one call
 
 def has_category(root: str | Path, category: str) -> bool:
     root = Path(root)
@@ -136,50 +338,85 @@ def has_category(root: str | Path, category: str) -> bool:
         root.name == category and (root / "train" / "good").is_dir())
 
 
-def fetch_mvtec(dest: str | Path, category: str = "metal_nut", url: str | None = None,
+def _local_path(url: str) -> Path | None:
+    """The file a local path or file:// URL names; None for remote URLs."""
+    if url.startswith("file://"):
+        return Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
+    if "://" in url:
+        return None
+    return Path(url).expanduser()
+
+
+def _sources(category: str, url: str | None, sha256: str | None,
+             try_category_url: bool) -> list[tuple[str, str | None]]:
+    if url:
+        return [(url, sha256 or KNOWN_SHA256.get(url))]
+    first = [(CATEGORY_URLS[category], None)] if try_category_url and category in CATEGORY_URLS \
+        else []
+    return first + [(MVTEC_AD_URL, MVTEC_AD_SHA256)]
+
+
+def _fetch_one(url: str, sha256: str | None, dest: Path, category: str, *, cache: Path,
+               opener: Callable | None, keep_archive: bool, progress: bool) -> None:
+    local = _local_path(url)
+    if local is not None and not url.startswith("file://"):
+        if not local.is_file():
+            raise DownloadError(f"download_url={url!r}: no such file. Give the path of a .tar.xz "
+                                "archive (on Drive: /content/drive/MyDrive/...) or an http(s) URL")
+        extract_category(local, dest, category, sha256=sha256, progress=progress)
+        return
+    name = PurePosixPath(urllib.parse.urlparse(url).path).name or f"{category}.tar.xz"
+    archive = download(url, cache / name, sha256=sha256, opener=opener, progress=progress)
+    try:
+        extract_category(archive, dest, category, sha256=sha256, progress=progress)
+    finally:
+        if not keep_archive:
+            archive.unlink(missing_ok=True)
+
+
+def fetch_mvtec(dest: str | Path, category: str = "metal_nut", *, url: str | None = None,
                 sha256: str | None = None, opener: Callable | None = None,
-                keep_archive: bool = False, progress: bool = True) -> Path:
-    """Make sure ``dest/<category>/`` holds the MVTec category: download and extract it when
-    missing. ``url`` may be any http(s) or file:// URL, or a local archive path. Returns ``dest``."""
+                cache_dir: str | Path | None = None, keep_archive: bool = False,
+                try_category_url: bool = False, progress: bool = True) -> Path:
+    """Make sure ``dest/<category>/`` holds the MVTec category; download and extract it when
+    missing. ``url``: any http(s) or file:// URL or a local archive path (default: the whole
+    MVTec AD archive, sha256 pinned). ``try_category_url``: first try the smaller per-category
+    archive (digest not published: printed, not checked), then the whole archive. Archives are
+    downloaded into ``cache_dir`` (:func:`default_cache_dir`) and deleted after extraction
+    unless ``keep_archive``. Returns ``dest``."""
     dest = Path(dest).expanduser()
     if has_category(dest, category):
         return dest
-    url = url or URLS.get(category)
-    if url is None:
-        raise DownloadError(f"no download URL known for category {category!r}; pass url=...")
-    local = Path(url).expanduser()
-    if "://" not in url and local.is_file():
-        archive = local
-    else:
-        archive = download(url, dest / f"{category}.tar.xz", sha256, opener, progress=progress)
-    extract(archive, dest)
-    if not keep_archive and archive.parent == dest:
-        archive.unlink()
-    if not has_category(dest, category):
-        found = sorted(p.name for p in dest.iterdir())
-        raise DownloadError(f"the archive did not contain {category}/train/good (found {found})")
+    cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    sources = _sources(category, url, sha256, try_category_url)
+    for i, (source, digest) in enumerate(sources):
+        try:
+            _fetch_one(source, digest, dest, category, cache=cache, opener=opener,
+                       keep_archive=keep_archive, progress=progress)
+            return dest
+        except DownloadError as exc:
+            if i == len(sources) - 1:
+                raise
+            print(f"{source} did not work ({str(exc).splitlines()[0]}); trying {sources[i + 1][0]}")
     return dest
 
 
 def mount_drive(path: str | Path) -> None:
-    """In Colab, mount Google Drive when ``path`` lies under /content/drive and is not there yet."""
-    path = str(path)
-    if path.startswith("/content/drive") and not Path("/content/drive/MyDrive").exists():
-        try:
-            from google.colab import drive  # type: ignore[import-not-found]
-        except ImportError as exc:
-            raise FileNotFoundError(f"{path} is a Google Drive path, but this is not Colab; "
-                                    "copy the data here and change dataset_path") from exc
-        drive.mount("/content/drive")
+    """In Colab, mount Google Drive when ``path`` lies under /content/drive (see
+    :func:`helpers.colab.mount_drive_for`)."""
+    from .colab import mount_drive_for
+    mount_drive_for(dataset_path=path)
 
 
-def prepare_dataset(dataset_path: str | Path, category: str = "metal_nut", download_missing: bool = False,
-                    url: str | None = None, sha256: str | None = None) -> Path:
-    """The data folder for a run: mounts Drive when needed and, with ``download_missing``,
-    downloads the category into ``dataset_path`` when it is not there."""
-    mount_drive(dataset_path)
+def prepare_dataset(dataset_path: str | Path, category: str = "metal_nut",
+                    download_missing: bool = False, url: str | None = None,
+                    sha256: str | None = None) -> Path:
+    """The data folder for a run: mounts Drive when ``dataset_path`` or ``url`` is on it and,
+    with ``download_missing``, downloads the category into ``dataset_path`` when it is not
+    there."""
+    from .colab import mount_drive_for
+    mount_drive_for(dataset_path=dataset_path, download_url=url)
     root = Path(dataset_path).expanduser()
     if download_missing and not has_category(root, category):
-        fetch_mvtec(root, category, url, sha256)
+        fetch_mvtec(root, category, url=url, sha256=sha256)
     return root
-

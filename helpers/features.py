@@ -4,7 +4,12 @@ patch, as in the official PatchCore code.
 For each tapped layer with C channels, every position's 3x3 neighbourhood (zero padded, stride 1)
 is flattened to C*9 values and adaptive-average-pooled to ``pretrain_embed_dim``. Deeper layers are
 upsampled bilinearly to the first layer's grid. The per-layer vectors are concatenated and pooled
-again to ``target_embed_dim``. (Pooling and bilinear upsampling are both linear and act on
+again to ``target_embed_dim``.
+
+``pretrain_embed_dim=0`` pools each layer to its own channel count C, which is exactly the 3x3 mean
+of every channel (the C*9 values are channel-major); ``target_embed_dim=0`` keeps the concatenation
+as it is. Both 0 give the "natural" embedding of a small backbone (MobileNetV2 features.6 + .13:
+32 + 96 = 128 values) instead of stretching its 288 / 864 values up to 1024. (Pooling and bilinear upsampling are both linear and act on
 different axes, so pooling before upsampling, done here to save memory, gives the same numbers as
 the official order.)
 """
@@ -55,15 +60,16 @@ class FeatureExtractor(nn.Module):
         pooled = []
         for fmap in maps:
             fmap = fmap.float()
-            emb = local_patch_pool(fmap, self.patch_size, self.pretrain_embed_dim)  # [B, D, h', w']
+            dim = self.pretrain_embed_dim or fmap.shape[1]         # 0: the layer's channel count
+            emb = local_patch_pool(fmap, self.patch_size, dim)     # [B, dim, h', w']
             if emb.shape[-2:] != (h, w):
                 emb = F.interpolate(emb, size=(h, w), mode="bilinear", align_corners=False)
             pooled.append(emb)
         emb = torch.cat(pooled, dim=1).permute(0, 2, 3, 1)  # [B, h, w, L*D]
-        b = emb.shape[0]
-        if emb.shape[-1] != self.target_embed_dim:
-            emb = F.adaptive_avg_pool1d(emb.reshape(-1, 1, emb.shape[-1]), self.target_embed_dim)
-        return emb.reshape(b, h, w, self.target_embed_dim)
+        b, dim = emb.shape[0], self.target_embed_dim or emb.shape[-1]
+        if emb.shape[-1] != dim:
+            emb = F.adaptive_avg_pool1d(emb.reshape(-1, 1, emb.shape[-1]), dim)
+        return emb.reshape(b, h, w, dim)
 
 
 def local_patch_pool(fmap: torch.Tensor, patch_size: int, out_dim: int,

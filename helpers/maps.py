@@ -41,3 +41,19 @@ def patch_scores_to_maps(grid: torch.Tensor, size: int, sigma: float) -> torch.T
     up = F.interpolate(grid.unsqueeze(1).float(), size=(size, size), mode="bilinear",
                        align_corners=False).squeeze(1)
     return gaussian_blur(up, sigma)
+
+
+def grids_to_maps(grids, geometries: list, input_size: int, sigma: float,
+                  device: torch.device | str = "cpu", chunk: int = 16) -> list:
+    """Patch-score grids [B, h, w] -> anomaly maps in each image's ORIGINAL pixels (bilinear
+    upsampling to the input size, Gaussian blur ``sigma``, resize/crop undone by its
+    :class:`~helpers.data.Geometry`); None where the geometry is None (an unreadable image)."""
+    import numpy as np
+    grids = torch.as_tensor(np.nan_to_num(np.asarray(
+        grids.detach().cpu() if isinstance(grids, torch.Tensor) else grids, np.float32)))
+    out = []
+    for start in range(0, len(geometries), chunk):
+        part = patch_scores_to_maps(grids[start:start + chunk].to(device), input_size, sigma)
+        for g, amap in zip(geometries[start:start + chunk], part.cpu().numpy()):
+            out.append(None if g is None else g.to_original(amap))
+    return out

@@ -33,18 +33,83 @@ def _valid_pairs(masks, maps):
     return pairs
 
 
+BINS = 1 << 18   # thresholds of the pixel metrics: 262144 levels between the lowest and highest map value
+
+
+def _bins(pairs, bins: int) -> tuple[float, float]:
+    lo = min(float(a.min()) for _, a in pairs)
+    hi = max(float(a.max()) for _, a in pairs)
+    return lo, (bins - 1) / (hi - lo) if hi > lo else 0.0
+
+
+def pixel_histograms(masks, maps, bins: int = BINS, groups: Sequence[str] | None = None) -> dict:
+    """Counts of map values in ``bins`` levels, per group of images (default: one group ""):
+    ``neg`` (normal pixels), ``pos`` (defect pixels), ``pro`` (defect pixels weighted by 1 / the
+    size of their connected region, 8-connectivity) and ``regions``. One pass, memory independent
+    of the number of images: the pixel metrics of a whole category at 1024 px need a few MB."""
+    pairs = _valid_pairs(masks, maps)
+    keep = [i for i, (m, a) in enumerate(zip(masks, maps)) if m is not None and a is not None]
+    names = [groups[i] if groups is not None else "" for i in keep]
+    out: dict = {}
+    if not pairs:
+        return out
+    lo, scale = _bins(pairs, bins)
+    for name, (m, a) in zip(names, pairs):
+        h = out.setdefault(name, {"neg": np.zeros(bins), "pos": np.zeros(bins),
+                                  "pro": np.zeros(bins), "regions": 0})
+        idx = np.clip(((a.astype(np.float64) - lo) * scale).astype(np.int64), 0, bins - 1).ravel()
+        labels, n = ndimage.label(m, structure=np.ones((3, 3), int))
+        lab = labels.ravel()
+        h["neg"] += np.bincount(idx[lab == 0], minlength=bins)
+        if n:
+            sizes = np.bincount(lab, minlength=n + 1).astype(np.float64)
+            inside = lab > 0
+            h["pos"] += np.bincount(idx[inside], minlength=bins)
+            h["pro"] += np.bincount(idx[inside], weights=1.0 / sizes[lab[inside]], minlength=bins)
+            h["regions"] += n
+    return out
+
+
+def _merged(hists: dict, names) -> dict:
+    parts = [hists[n] for n in names if n in hists]
+    return {k: sum(p[k] for p in parts) for k in ("neg", "pos", "pro", "regions")}
+
+
+def auroc_from_histograms(h: dict) -> float | None:
+    """P(defect pixel > normal pixel), pixels in the same level counting one half."""
+    neg, pos = h["neg"], h["pos"]
+    if not neg.sum() or not pos.sum():
+        return None
+    below = np.cumsum(neg) - neg
+    return float((pos * (below + 0.5 * neg)).sum() / (pos.sum() * neg.sum()))
+
+
+def aupro_from_histograms(h: dict, max_fpr: float = 0.3) -> float | None:
+    """Normalised area under PRO(FPR) up to ``max_fpr``, thresholds at the histogram levels."""
+    if not h["regions"] or not h["neg"].sum():
+        return None
+    fpr = np.r_[0.0, np.cumsum(h["neg"][::-1]) / h["neg"].sum()]
+    pro = np.r_[0.0, np.cumsum(h["pro"][::-1]) / h["regions"]]
+    return _area(fpr, pro, max_fpr)
+
+
+def _area(fpr: np.ndarray, pro: np.ndarray, max_fpr: float) -> float:
+    pro_at = np.interp(max_fpr, fpr, pro)
+    keep = fpr <= max_fpr
+    x, y = np.r_[fpr[keep], max_fpr], np.r_[pro[keep], pro_at]
+    return float(((x[1:] - x[:-1]) * (y[1:] + y[:-1])).sum() / 2 / max_fpr)
+
+
 def pixel_auroc(masks: Sequence[np.ndarray | None], maps: Sequence[np.ndarray | None]) -> float | None:
     """AUROC over all pixels of the images that have a mask (good images: an all-False mask)."""
-    pairs = _valid_pairs(masks, maps)
-    if not pairs:
+    hists = pixel_histograms(masks, maps)
+    if not hists:
         warnings.warn("no ground-truth masks: pixel AUROC is null", stacklevel=2)
         return None
-    y = np.concatenate([m.ravel() for m, _ in pairs])
-    s = np.concatenate([a.ravel() for _, a in pairs])
-    if y.all() or not y.any():
+    value = auroc_from_histograms(hists[""])
+    if value is None:
         warnings.warn("pixel AUROC needs both defect and normal pixels; reporting null", stacklevel=2)
-        return None
-    return float(roc_auc_score(y, s))
+    return value
 
 
 def pro_curve(masks: Sequence[np.ndarray | None], maps: Sequence[np.ndarray | None]
@@ -82,16 +147,11 @@ def pro_curve(masks: Sequence[np.ndarray | None], maps: Sequence[np.ndarray | No
 
 def aupro(masks, maps, max_fpr: float = 0.3) -> float | None:
     """Area under the PRO curve up to ``max_fpr``, divided by ``max_fpr`` (1.0 = perfect)."""
-    curve = pro_curve(masks, maps)
-    if curve is None:
+    hists = pixel_histograms(masks, maps)
+    value = aupro_from_histograms(hists[""], max_fpr) if hists else None
+    if value is None:
         warnings.warn("no ground-truth defect regions: AUPRO is null", stacklevel=2)
-        return None
-    fpr, pro = curve
-    pro_at = np.interp(max_fpr, fpr, pro)
-    keep = fpr <= max_fpr
-    x = np.r_[fpr[keep], max_fpr]
-    y = np.r_[pro[keep], pro_at]
-    return float(np.trapezoid(y, x) / max_fpr)
+    return value
 
 
 def f1_threshold(labels: Sequence[int], scores: Sequence[float]) -> tuple[float, float] | None:
@@ -123,13 +183,31 @@ def per_defect_auroc(defects: Sequence[str], scores: Sequence[float]) -> dict[st
     return out
 
 
+def pixel_metrics(defects: Sequence[str], masks, maps) -> dict:
+    """Pixel AUROC and AUPRO of the whole test set and of each defect type (its images with the
+    good ones, so that a thin-defect class smeared by the blur shows on its own), from one pass
+    of :func:`pixel_histograms`."""
+    defects = list(defects)
+    hists = pixel_histograms(masks, maps, groups=defects)
+    if not hists:
+        return {"pixel_auroc": None, "aupro": None, "per_defect_pixel": None}
+    every = _merged(hists, hists)
+    per = {}
+    for d in sorted(set(defects) - {"good"}):
+        h = _merged(hists, ["good", d])
+        per[d] = {"pixel_auroc": auroc_from_histograms(h), "aupro": aupro_from_histograms(h)}
+    return {"pixel_auroc": auroc_from_histograms(every), "aupro": aupro_from_histograms(every),
+            "per_defect_pixel": per}
+
+
 def evaluate(labels, scores, defects, masks=None, maps=None) -> dict:
     """All metrics in one dict (the metrics.json contract, without timings/config)."""
     thr = f1_threshold(labels, scores)
+    pixel = (pixel_metrics(defects, masks, maps) if masks is not None else
+             {"pixel_auroc": None, "aupro": None, "per_defect_pixel": None})
     return {
         "image_auroc": image_auroc(labels, scores),
-        "pixel_auroc": pixel_auroc(masks, maps) if masks is not None else None,
-        "aupro": aupro(masks, maps) if masks is not None else None,
+        **pixel,
         "f1_threshold": None if thr is None else thr[0],
         "f1": None if thr is None else thr[1],
         "per_defect": per_defect_auroc(defects, scores),

@@ -10,22 +10,25 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, NamedTuple
 
 import cv2
 import numpy as np
 import torch
 
 from .config import Config
-from .coreset import greedy_coreset
+from .coreset import Projection, greedy_coreset
 from .data import Geometry, ImageReadError, Preprocessor, Sample, load_image
 from .features import FeatureExtractor
 from .io import load_tensors, save_tensors
 from .knn import knn, pair_distance
-from .maps import patch_scores_to_maps
+from .maps import grids_to_maps
 from .runtime import autocast, autocast_dtype, resolve_device, run_halving
+from .runtime import progress as show_progress
+from .spill import FeatureSpill
 
 BANK_FORMAT = "patchcore-memory-bank"
+BASE_RAM = 1 << 30   # the libraries, the backbone and the test-time working set (measured ~0.9 GiB)
 BANK_FORMAT_VERSION = "1"
 
 
@@ -42,6 +45,52 @@ class Prediction:
 
     def __len__(self) -> int:
         return len(self.scores)
+
+
+class EmbeddedBatch(NamedTuple):
+    """One batch of :meth:`PatchCore.embed_images`: embeddings of each view (image or rotated
+    copy), how each view was made from its original, and the index of that original."""
+    embeddings: torch.Tensor            # [B, h, w, D] float32, on the model's device
+    geometries: list[Geometry]
+    indices: list[int]
+
+
+class TrainingFeatures:
+    """Every training patch as the fit sees it: the coreset's projection in memory (float64,
+    ``n_patches`` rows) and the full embeddings in ``spill`` (a file), in ``full`` (a tensor) or,
+    when the projection is the identity, nowhere else. ``close()`` removes a temporary spill."""
+
+    def __init__(self, projection: Projection, spill: FeatureSpill | None, grid: tuple[int, int],
+                 n_images: int, n_views: int, seconds: float, full: torch.Tensor | None = None):
+        self.projection, self.spill, self.full = projection, spill, full
+        self.grid, self.n_images, self.n_views, self.seconds = grid, n_images, n_views, seconds
+
+    @property
+    def n_patches(self) -> int:
+        return self.projection.n
+
+    @property
+    def dim(self) -> int:
+        if self.full is not None:
+            return self.full.shape[1]
+        return self.spill.dim if self.spill is not None else self.projection.dim
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """Full float32 features of patches ``idx`` (CPU for a spill, else where they live)."""
+        if self.full is not None:
+            return self.full[idx.to(self.full.device)].float()
+        if self.spill is not None:
+            return self.spill.gather(idx)
+        return self.projection.result()[0][idx].float()
+
+    def sample(self, k: int) -> torch.Tensor:
+        """``k`` evenly spaced patches' full features (all when there are fewer), CPU float32."""
+        idx = torch.linspace(0, self.n_patches - 1, min(k, self.n_patches)).round().long()
+        return self.rows(idx).cpu()
+
+    def close(self) -> None:
+        if self.spill is not None:
+            self.spill.close()
 
 
 def versions() -> dict[str, str]:
@@ -81,6 +130,10 @@ class PatchCore:
         self.memory_bank = None
         self.grid: tuple[int, int] | None = None
         self.info: dict = {}
+        self.coreset_indices: torch.Tensor | None = None   # rows of the fit's patches kept
+        self.saved_versions: dict = {}                      # library versions of a loaded bank
+        self._embed_cap: int | None = None   # micro-batch after a CUDA out-of-memory
+        self._knn_mb = config.knn_memory_mb  # kNN block budget (halved on out-of-memory)
 
     # ------------------------------------------------------------------ features
     @property
@@ -111,7 +164,7 @@ class PatchCore:
                     parts.append(self.extractor(x[i:i + step]).float())
             return torch.cat(parts)
 
-        cap = getattr(self, "_embed_cap", None)  # set once an out-of-memory forced a smaller batch
+        cap = self._embed_cap  # set once an out-of-memory forced a smaller batch
         want = x.shape[0] if cap is None else min(cap, x.shape[0])
         out, used = run_halving(run, want, "feature extraction (batch)")
         if used < want:
@@ -185,71 +238,145 @@ class PatchCore:
         raise TypeError(f"cannot use {type(item).__name__} as an image: pass a file path, a Sample, "
                         "an RGB uint8 array or a normalised float tensor")
 
-    # ------------------------------------------------------------------ fit
-    def fit(self, images, progress: bool = False) -> "PatchCore":
-        """Extract patch features of the good training images and keep a coreset of them."""
-        c = self.config
-        if not isinstance(images, torch.Tensor):
-            images = _as_list(images)
-            self.check_fit_memory(len(images))
-        t0 = time.perf_counter()
-        feats, n_images = [], 0
-        batches = self._batches(images, rotations=c.train_rotations)
+    # ------------------------------------------------------------------ seams
+    def embed_images(self, images, rotations: int = 1, progress: bool = False,
+                     desc: str = "features") -> Iterator[EmbeddedBatch]:
+        """Embed ``images`` batch by batch (read from disk as they are needed): each image, and
+        with ``rotations`` > 1 its copies rotated by 360/rotations degrees, becomes one view.
+        The one home of rotate -> preprocess -> embed (fit, predict and the notebooks use it)."""
+        n = images.shape[0] if isinstance(images, torch.Tensor) else len(_as_list(images))
+        batches = self._batches(images, rotations=rotations)
         if progress:
-            from tqdm.auto import tqdm
-            batches = tqdm(batches, desc="features", leave=False)
-        for x, _, idx in batches:
-            emb = self.embed(x)
-            self.grid = tuple(emb.shape[1:3])
-            feats.append(emb.reshape(-1, emb.shape[-1]))
-            n_images += len(set(idx))
-        if not feats:
+            batches = show_progress(batches, total=math.ceil(n / self.config.batch_size),
+                                    desc=desc, unit="batch")
+        for x, geoms, idx in batches:
+            yield EmbeddedBatch(self.embed(x), geoms, idx)
+
+    def maps_from_grids(self, grids: torch.Tensor | np.ndarray,
+                        geometries: list[Geometry | None]) -> list[np.ndarray | None]:
+        """Patch-score grids [B, h, w] -> anomaly maps in each image's ORIGINAL pixels, with this
+        model's ``input_size`` and ``sigma`` (see :func:`helpers.maps.grids_to_maps`)."""
+        return grids_to_maps(grids, geometries, self.config.input_size, self.config.sigma,
+                             self.device)
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, images, progress: bool = False, spill_dir: str | Path | None = None
+            ) -> "PatchCore":
+        """Build the memory bank from good training images: :meth:`extract` (streaming) then
+        :meth:`build_bank`. Memory grows with the coreset's projection (8 bytes x 128 per patch),
+        not with the full embeddings, which wait in a temporary file in ``spill_dir`` (default:
+        the system's temporary folder) and are read back only for the kept patches."""
+        feats = self.extract(images, progress=progress, spill_dir=spill_dir)
+        try:
+            return self.build_bank(feats, progress=progress)
+        finally:
+            feats.close()
+
+    def extract(self, images, progress: bool = False, spill_dir: str | Path | None = None
+                ) -> "TrainingFeatures":
+        """Embed the training images (and their ``train_rotations`` rotated copies) batch by batch,
+        keeping each patch's coreset projection in memory and, when that projection is not the
+        identity, the full embedding in a spill file. Checks the memory estimate first."""
+        c = self.config
+        items = images if isinstance(images, torch.Tensor) else _as_list(images)
+        n = items.shape[0] if isinstance(items, torch.Tensor) else len(items)
+        if not isinstance(items, torch.Tensor):
+            self.check_fit_memory(n)
+        t0 = time.perf_counter()
+        views, proj, spill = 0, None, None
+        try:
+            for batch in self.embed_images(items, c.train_rotations, progress):
+                emb = batch.embeddings
+                if proj is None:
+                    self.grid = tuple(emb.shape[1:3])
+                    proj = self._projection(n * c.train_rotations * emb.shape[1] * emb.shape[2],
+                                            emb.shape[-1])
+                    if proj.matrix is not None:
+                        spill = FeatureSpill(emb.shape[-1], spill_dir)
+                for view in emb:
+                    proj.add(view.reshape(-1, emb.shape[-1]))
+                if spill is not None:
+                    spill.append(emb.reshape(-1, emb.shape[-1]))
+                views += emb.shape[0]
+        except BaseException:
+            if spill is not None:
+                spill.close()
+            raise
+        if proj is None:
             raise ValueError("no training image could be read")
-        features = _concat_releasing(feats)
-        t1 = time.perf_counter()
-        self.select_bank(features, progress=progress)
+        return TrainingFeatures(proj, spill, self.grid, views // c.train_rotations, views,
+                                time.perf_counter() - t0)
+
+    def build_bank(self, feats: "TrainingFeatures", progress: bool = False) -> "PatchCore":
+        """Greedy coreset on ``feats``' projection; the bank is the kept patches' full features."""
+        c = self.config
+        t0 = time.perf_counter()
+        n_select = max(1, min(feats.n_patches, int(feats.n_patches * c.coreset_ratio)))
+        idx = greedy_coreset(None, n_select, start_points=c.coreset_start_points, seed=c.seed,
+                             progress=progress, projection=feats.projection)
+        self.memory_bank = feats.rows(idx).to(self.device).contiguous()
+        self.coreset_indices = idx
+        self.grid = feats.grid
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        t2 = time.perf_counter()
-        self.info = {"n_train": n_images, "n_patches": int(features.shape[0]),
-                     "bank_size": int(self.memory_bank.shape[0]),
-                     "features_s": t1 - t0, "coreset_s": t2 - t1, "fit_s": t2 - t0}
+        coreset_s = time.perf_counter() - t0
+        self.info = {"n_train": feats.n_images, "n_views": feats.n_views,
+                     "n_patches": feats.n_patches, "bank_size": int(self.memory_bank.shape[0]),
+                     "features_s": feats.seconds, "coreset_s": coreset_s,
+                     "fit_s": feats.seconds + coreset_s}
         return self
 
-    def select_bank(self, features: torch.Tensor, progress: bool = False) -> torch.Tensor:
-        """Keep the greedy coreset of ``features`` [N, D] (``coreset_ratio`` of them, at least
-        one) as the memory bank; returns and stores the kept indices (``coreset_indices``)."""
+    def _projection(self, capacity: int, dim: int) -> Projection:
         c = self.config
-        n_select = max(1, min(features.shape[0], int(features.shape[0] * c.coreset_ratio)))
-        idx = greedy_coreset(features, n_select, c.coreset_projection_dim,
-                             c.coreset_start_points, c.seed, progress=progress)
-        self.memory_bank = features[idx].contiguous()
-        self.coreset_indices = idx
-        return idx
+        return Projection(dim, c.coreset_projection_dim, c.seed, capacity, self.device)
 
-    def fit_memory_bytes(self, n_images: int) -> int:
-        """Bytes of patch features that fit() holds before the coreset (the run's peak)."""
+    def select_bank(self, features: torch.Tensor, progress: bool = False) -> torch.Tensor:
+        """Keep the greedy coreset of ``features`` [N, D] (all patches in memory, ``grid`` rows per
+        view, in order) as the memory bank: the same rows :meth:`fit` keeps. Returns the kept
+        indices (also in ``coreset_indices``)."""
+        per_view = self.grid[0] * self.grid[1] if self.grid else features.shape[0]
+        proj = self._projection(features.shape[0], features.shape[1])
+        for start in range(0, features.shape[0], per_view):
+            proj.add(features[start:start + per_view])
+        grid = self.grid or (1, features.shape[0])
+        self.build_bank(TrainingFeatures(proj, None, grid, 0, 0, 0.0, full=features), progress)
+        return self.coreset_indices
+
+    def fit_memory_estimate(self, n_images: int) -> dict[str, int]:
+        """Bytes the streaming fit needs for ``n_images`` training images: ``ram`` (projection,
+        the coreset's working arrays, the bank and one batch of activations, plus the libraries),
+        ``disk`` (the temporary feature file) and, on CUDA, ``gpu``."""
         c = self.config
         side = -(-c.input_size // 8)  # every registered backbone's first tap has stride >= 8
-        return n_images * c.train_rotations * side * side * c.target_embed_dim * 4
+        patches = n_images * c.train_rotations * side * side
+        dim = c.embed_dim
+        p = dim if not 0 < c.coreset_projection_dim < dim else c.coreset_projection_dim
+        work = patches * (p * 8 + 160)                # float64 projection + coreset arrays
+        bank = int(patches * c.coreset_ratio) * dim * 4
+        batch = c.batch_size * 3 * c.input_size ** 2 * 4 * 24   # activations, roughly
+        est = {"disk": patches * dim * 4 if p < dim else 0}
+        if self.device.type == "cuda":
+            est.update(gpu=work + bank + batch, ram=BASE_RAM + bank)
+        else:
+            est.update(ram=BASE_RAM + work + bank + batch)
+        return est
 
     def check_fit_memory(self, n_images: int) -> None:
-        """Refuse, before any work, a training set whose features cannot fit in memory."""
-        need = self.fit_memory_bytes(n_images)
+        """Refuse, before any work, a fit whose estimated peak exceeds 90% of the free memory,
+        in one line naming the estimate, the free memory and the knobs to change."""
+        est = self.fit_memory_estimate(n_images)
+        free = {"ram": available_ram()}
         if self.device.type == "cuda":
-            free = torch.cuda.mem_get_info()[0]
-        else:
-            try:
-                import os
-                free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-            except (ValueError, OSError, AttributeError):
-                return
-        if need > 0.8 * free:
-            raise MemoryError(
-                f"fitting {n_images} images needs about {need / 2**30:.1f} GiB for patch features "
-                f"({self.config.target_embed_dim}-d, input {self.config.input_size} px, "
-                f"x{self.config.train_rotations} rotations) but only {free / 2**30:.1f} GiB is free "
-                f"on {self.device}. Fit on fewer images, lower input_size or target_embed_dim.")
+            free["gpu"] = torch.cuda.mem_get_info()[0]
+        for kind in ("gpu", "ram"):
+            if kind in est and free.get(kind) is not None and est[kind] > 0.9 * free[kind]:
+                c = self.config
+                raise MemoryError(
+                    f"fitting {n_images} images needs about {est[kind] / 2**30:.1f} GiB of "
+                    f"{'GPU memory' if kind == 'gpu' else 'RAM'} but {free[kind] / 2**30:.1f} GiB "
+                    f"is free: lower train_rotations (now {c.train_rotations}), input_size "
+                    f"(now {c.input_size}) or coreset_projection_dim (now "
+                    f"{c.coreset_projection_dim}), or fit on fewer images")
 
     # ------------------------------------------------------------------ predict
     def _check_fitted(self) -> None:
@@ -293,8 +420,7 @@ class PatchCore:
             return knn(queries, self.memory_bank, k, c.distance, c.knn_backend, memory_mb,
                        self.bank_sqn, self.norm_floor)
 
-        out, self._knn_mb = run_halving(run, getattr(self, "_knn_mb", c.knn_memory_mb),
-                                        "nearest-neighbour search (memory_mb)")
+        out, self._knn_mb = run_halving(run, self._knn_mb, "nearest-neighbour search (memory_mb)")
         return out
 
     def score_embeddings(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -325,28 +451,21 @@ class PatchCore:
     def predict(self, images, maps: bool = True, progress: bool = False) -> Prediction:
         """Image scores and anomaly maps (original pixels) for ``images``."""
         self._check_fitted()
-        c = self.config
         items = images if isinstance(images, torch.Tensor) else _as_list(images)
         n = items.shape[0] if isinstance(items, torch.Tensor) and items.ndim == 4 else len(items)
         scores = np.full(n, np.nan, dtype=np.float32)
         out_maps: list[np.ndarray | None] = [None] * n
         geoms: list[Geometry | None] = [None] * n
         grids = None
-        batches = self._batches(items)
-        if progress:
-            from tqdm.auto import tqdm
-            batches = tqdm(batches, total=math.ceil(n / c.batch_size), desc="predict", leave=False)
-        for x, g, idx in batches:
-            emb = self.embed(x)
+        for emb, g, idx in self.embed_images(items, progress=progress, desc="predict"):
             s, grid = self.score_embeddings(emb)
             if grids is None:
                 grids = np.full((n, *grid.shape[1:]), np.nan, dtype=np.float32)
             scores[idx] = s.cpu().numpy()
             grids[idx] = grid.cpu().numpy()
             if maps:
-                amaps = patch_scores_to_maps(grid, c.input_size, c.sigma).cpu().numpy()
-                for j, i in enumerate(idx):
-                    out_maps[i] = g[j].to_original(amaps[j])
+                for i, amap in zip(idx, self.maps_from_grids(grid, g)):
+                    out_maps[i] = amap
             for j, i in enumerate(idx):
                 geoms[i] = g[j]
         if grids is None:
@@ -392,9 +511,10 @@ class PatchCore:
         else:
             cfg = saved_cfg.replace(**overrides) if overrides else saved_cfg
         bank = tensors.get("memory_bank")
-        if bank is None or bank.ndim != 2 or bank.shape[1] != cfg.target_embed_dim or bank.shape[0] < 1:
+        if bank is None or bank.ndim != 2 or bank.shape[1] != cfg.embed_dim or bank.shape[0] < 1:
             raise BankMismatchError(f"{path}: memory_bank tensor missing or of shape "
-                                    f"{None if bank is None else tuple(bank.shape)}, expected [M, {cfg.target_embed_dim}]")
+                                    f"{None if bank is None else tuple(bank.shape)}, expected "
+                                    f"[M, {cfg.embed_dim}]")
         if not torch.isfinite(bank).all():
             raise BankMismatchError(f"{path}: memory bank holds NaN or infinite values")
         model = cls(cfg)
@@ -406,18 +526,20 @@ class PatchCore:
         return model
 
 
-def _concat_releasing(parts: list[torch.Tensor]) -> torch.Tensor:
-    """torch.cat(parts) that frees each part once copied (emptying the list), so the peak is one
-    copy of the features plus one part instead of two copies (fit's memory peak)."""
-    out = parts[0].new_empty(sum(p.shape[0] for p in parts), *parts[0].shape[1:])
-    pos = 0
-    parts.reverse()
-    while parts:
-        p = parts.pop()
-        out[pos:pos + p.shape[0]] = p
-        pos += p.shape[0]
-        del p
-    return out
+def available_ram() -> int | None:
+    """Bytes of memory available to a new allocation (Linux MemAvailable; None if unknown)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import os
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _as_list(images) -> list:

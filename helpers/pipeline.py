@@ -30,6 +30,7 @@ from typing import Any, Callable
 from .artifacts import Run, config_from_params, repo_root
 from .config import ConfigError
 from .io import atomic_write_json
+from .runtime import PROGRESS_ENV
 
 NOTEBOOKS = (
     "01_dataset_exploration_clahe.ipynb",
@@ -79,14 +80,22 @@ def parse_value(text: str) -> Any:
         return text
 
 
+# The notebooks' own parameters (besides every Config field), with their defaults; the parameters
+# cells declare exactly these (tests/test_notebooks.py checks both ways).
+NOTEBOOK_PARAMETERS: dict[str, Any] = {
+    "run_dir": "runs/notebooks", "download": False, "download_url": "", "download_sha256": "",
+    "synthetic_size": 256, "synthetic_n_train": 24, "synthetic_n_test_good": 8,
+    "synthetic_n_per_defect": 6, "n_examples": 4,
+    "coverage_ratios": [0.01, 0.02, 0.05, 0.1, 0.25, 0.5], "coverage_max_patches": 2000,
+    "inference_batch_size": 0, "timing_repeats": 10, "interactive": True,
+}
+
+
 def known_parameters() -> dict[str, Any]:
-    """Every name of the notebooks' parameters cells, with its default."""
-    import papermill
-    names: dict[str, Any] = {}
-    for nb in NOTEBOOKS:
-        for name, p in papermill.inspect_notebook(str(notebook_dir() / nb)).items():
-            names.setdefault(name, p["default"])
-    return names
+    """Every parameter a run accepts, with its default: the Config fields and the notebooks'."""
+    import dataclasses
+    from .config import Config
+    return {**{f.name: f.default for f in dataclasses.fields(Config)}, **NOTEBOOK_PARAMETERS}
 
 
 def _state_path(out: Path) -> Path:
@@ -155,10 +164,11 @@ def to_html(notebook: Path) -> Path:
 def _threads(n: int | None):
     """Limit the kernels' CPU threads (they inherit the environment). On a shared, busy machine
     one thread per kernel is much faster than OpenMP threads fighting for cores."""
-    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", PROGRESS_ENV)
     old = {k: os.environ.get(k) for k in names}
+    os.environ[PROGRESS_ENV] = "stderr"   # kernels draw progress bars in this terminal
     if n:
-        os.environ.update({k: str(n) for k in names})
+        os.environ.update({k: str(n) for k in names[:3]})
     try:
         yield
     finally:
@@ -200,6 +210,7 @@ def _run(out, data, params, overwrite, resume, html, log) -> dict:
         config_from_params(merged)           # fail before any notebook runs
     except (ConfigError, TypeError) as exc:
         raise PipelineError(f"invalid parameters: {exc}") from exc
+    log(preflight({**merged, "run_dir": str(out)}))
 
     start = resume_start(out, merged, state) if state else 0
     if state and start == len(NOTEBOOKS):
@@ -228,11 +239,7 @@ def _run(out, data, params, overwrite, resume, html, log) -> dict:
             atomic_write_json(_state_path(out), state)
             if isinstance(exc, KeyboardInterrupt):
                 raise
-            first = str(exc).strip().splitlines()
-            raise PipelineError(f"{nb} failed ({first[-1] if first else type(exc).__name__}).\n"
-                                f"The executed notebook with the error is {target}.\n"
-                                f"Fix the cause and continue with --resume (finished notebooks "
-                                "and artifacts are reused).") from exc
+            raise PipelineError(failure_message(nb, exc, target, out)) from exc
         seconds = time.perf_counter() - t0
         state["notebooks"][nb] = {"status": "done", "seconds": round(seconds, 1)}
         atomic_write_json(_state_path(out), state)
@@ -242,6 +249,56 @@ def _run(out, data, params, overwrite, resume, html, log) -> dict:
     metrics = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").is_file() else {}
     log(summary(out, metrics))
     return metrics
+
+
+def failure_message(nb: str, exc: BaseException, target: Path, out: Path) -> str:
+    """What to tell the user when a notebook failed; a dead kernel is named as such, with its
+    likely cause (memory), since its notebook holds no error cell."""
+    if type(exc).__name__ == "DeadKernelError" or "Kernel died" in str(exc):
+        return (f"the kernel running {nb} died (no Python error: most likely the operating system "
+                f"killed it for using too much memory). The partial run is in {out}; the notebook "
+                f"as far as it got is {target}. Lower train_rotations, input_size or batch_size "
+                f"(-p NAME VALUE) and continue with --resume.")
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    error = next((line for line in reversed(lines) if "Error" in line), lines[-1] if lines else
+                 type(exc).__name__)
+    return (f"{nb} failed ({error.strip()}).\nThe executed notebook with the error is {target}.\n"
+            "Fix the cause and continue with --resume (finished notebooks and artifacts are "
+            "reused).")
+
+
+def preflight(params: dict[str, Any]) -> str:
+    """Before any notebook runs: find the data (download it when asked), count the training
+    images and compare the fit's estimated peak memory with what is free. Returns a one-line
+    summary; raises PipelineError with the whole message (path at fault, layout, or estimate,
+    free memory and the knob to change)."""
+    from .data import DatasetError
+    from .model import PatchCore, available_ram
+    run = Run.from_params(params, verbose=False)
+    c = run.config
+    try:
+        n_train = run.synthetic["n_train"] if run.is_synthetic else len(run.train_samples)
+    except (DatasetError, OSError, RuntimeError) as exc:
+        raise PipelineError(f"data: {exc}") from exc
+    if n_train == 0:
+        raise PipelineError(f"data: no training images found under {run.data_root}")
+    model = PatchCore(c)
+    try:
+        model.check_fit_memory(n_train)
+    except MemoryError as exc:
+        raise PipelineError(f"memory: {exc}") from exc
+    est = model.fit_memory_estimate(n_train)
+    free = available_ram()
+    out = Path(params["run_dir"])
+    disk = shutil.disk_usage(out if out.exists() else out.parent).free
+    if est["disk"] > 0.9 * disk:
+        raise PipelineError(f"disk: the fit writes {est['disk'] / 2**30:.1f} GiB of features to "
+                            f"{out} but {disk / 2**30:.1f} GiB is free; choose another --out, or "
+                            f"lower input_size or train_rotations")
+    return (f"preflight: {n_train} training images x {c.train_rotations} rotation(s) at "
+            f"{c.input_size} px; fit needs ~{est['ram'] / 2**30:.1f} GiB RAM"
+            + (f" of {free / 2**30:.1f} GiB free" if free else "")
+            + (f", {est['disk'] / 2**30:.1f} GiB disk" if est["disk"] else ""))
 
 
 def _fmt(v: Any) -> str:

@@ -31,15 +31,54 @@ def resolve_device(requested: str = "auto") -> torch.device:
 _WARNED_CPU = False
 
 
+BF16_MIN_CAPABILITY = (8, 0)   # Ampere (A100) and newer: bf16 tensor cores; below, bf16 is emulated
+
+
+def cuda_capability(device: torch.device) -> tuple[int, int] | None:
+    """(major, minor) compute capability of a CUDA device, None for any other device."""
+    if device.type != "cuda":
+        return None
+    major, minor = torch.cuda.get_device_capability(device)
+    return int(major), int(minor)
+
+
+def has_native_bf16(device: torch.device) -> bool:
+    """True on CUDA GPUs of compute capability >= 8.0 (A100, H100, H200, RTX 30xx+). Not
+    ``torch.cuda.is_bf16_supported()``: that is also true on a T4 or V100, where bf16 is emulated
+    (no bf16 tensor cores) and far slower than fp16."""
+    capability = cuda_capability(device)
+    return capability is not None and capability >= BF16_MIN_CAPABILITY
+
+
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """The autocast dtype for the backbone, or None for plain fp32."""
+    """The autocast dtype for the backbone, or None for plain fp32.
+
+    ``auto``: bf16 on a GPU of compute capability >= 8.0, fp16 on older GPUs (T4, V100), fp32 on
+    the CPU. ``fp32`` / ``fp16`` / ``bf16`` are honoured as asked, except ``bf16`` on a CUDA GPU
+    below 8.0, which falls back to fp16 with a warning."""
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return None
     if precision == "fp16":
         return torch.float16
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return torch.float16
-    return torch.bfloat16
+    if device.type != "cuda" or has_native_bf16(device):
+        return torch.bfloat16
+    if precision == "bf16":
+        major, minor = cuda_capability(device)
+        warnings.warn(f"precision='bf16' asked, but this GPU (compute capability {major}.{minor}) "
+                      "has no bf16 tensor cores (needs 8.0, e.g. an A100): using fp16 autocast. "
+                      "Set precision='fp16' (or 'auto') to silence this.", stacklevel=2)
+    return torch.float16
+
+
+def precision_note(device: torch.device, precision: str = "auto") -> str:
+    """One line saying which precision the backbone runs in on ``device`` and why."""
+    dtype = autocast_dtype(device, precision)
+    name = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[dtype]
+    capability = cuda_capability(device)
+    if capability is None:
+        return f"{name} ({device.type}, precision={precision!r})"
+    return (f"{name} (compute capability {capability[0]}.{capability[1]}; bf16 needs >= "
+            f"{BF16_MIN_CAPABILITY[0]}.{BF16_MIN_CAPABILITY[1]}, precision={precision!r})")
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -83,3 +122,21 @@ def run_halving(fn: Callable[[int], T], size: int, what: str) -> tuple[T, int]:
             new = max(1, size // 2)
             warnings.warn(f"out of memory during {what} at {size}; retrying with {new}", stacklevel=2)
             size = new
+
+
+PROGRESS_ENV = "PATCHCORE_PROGRESS"   # "stderr": bars go to the process's own stderr (pipeline)
+
+
+def progress(iterable, *, total: int | None = None, desc: str = "", unit: str = "it"):
+    """A tqdm bar over ``iterable``. In a notebook: the notebook's own bar. Under
+    ``python -m helpers.pipeline`` (which sets PATCHCORE_PROGRESS=stderr for its kernels): a text
+    bar on the kernel process's real stderr, i.e. the pipeline's terminal, so executed notebooks
+    stay free of timing output and nbval re-execution compares equal."""
+    import os
+    import sys
+    if os.environ.get(PROGRESS_ENV) == "stderr":
+        from tqdm import tqdm
+        return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.__stderr__,
+                    mininterval=2.0, dynamic_ncols=False, ncols=100)
+    from tqdm.auto import tqdm
+    return tqdm(iterable, total=total, desc=desc, unit=unit, leave=False)

@@ -1,10 +1,12 @@
-"""The download helper on a tiny tar.xz built here: file:// URLs, checksums, refusals, unsafe
-archives; no network."""
+"""The download path, offline: a small .tar.xz with the MVTec AD layout served from a local HTTP
+server (with Range support) or a file:// URL; checksums, resume, refusals, unsafe archives."""
 from __future__ import annotations
 
 import hashlib
+import http.server
 import io
 import tarfile
+import threading
 import urllib.error
 from pathlib import Path
 
@@ -15,6 +17,9 @@ from PIL import Image
 from helpers import download
 from helpers.download import DownloadError
 
+CATEGORY_FILES = ("train/good/000.png", "train/good/001.png", "test/good/000.png",
+                  "test/scratch/000.png", "ground_truth/scratch/000_mask.png")
+
 
 def png_bytes() -> bytes:
     buf = io.BytesIO()
@@ -22,111 +27,319 @@ def png_bytes() -> bytes:
     return buf.getvalue()
 
 
-def make_archive(path: Path, members: dict[str, bytes]) -> Path:
+def make_archive(path: Path, members: dict[str, bytes | tarfile.TarInfo]) -> Path:
+    """A .tar.xz; a member given as TarInfo is added as is (links, devices, folders)."""
     with tarfile.open(path, "w:xz") as tar:
         for name, data in members.items():
+            if isinstance(data, tarfile.TarInfo):
+                tar.addfile(data)
+                continue
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return path
 
 
+def mvtec_members(prefix: str = "") -> dict:
+    """The whole-archive layout: several categories side by side plus licence files."""
+    png = png_bytes()
+    folder = tarfile.TarInfo(f"{prefix}metal_nut")
+    folder.type = tarfile.DIRTYPE
+    members = {f"{prefix}license.txt": b"CC BY-NC-SA 4.0", f"{prefix}metal_nut": folder}
+    members.update({f"{prefix}bottle/train/good/000.png": png})
+    members.update({f"{prefix}metal_nut/{f}": png for f in CATEGORY_FILES})
+    members.update({f"{prefix}screw/train/good/000.png": png})
+    return members
+
+
 @pytest.fixture
 def archive(tmp_path) -> Path:
-    png = png_bytes()
-    return make_archive(tmp_path / "metal_nut.tar.xz", {
-        "metal_nut/train/good/000.png": png, "metal_nut/test/good/000.png": png,
-        "metal_nut/test/scratch/000.png": png, "metal_nut/ground_truth/scratch/000_mask.png": png})
+    (tmp_path / "src").mkdir()
+    return make_archive(tmp_path / "src" / "mvtec_anomaly_detection.tar.xz", mvtec_members())
 
 
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def assert_mvtec_layout(dest: Path) -> None:
+    for f in CATEGORY_FILES:
+        assert (dest / "metal_nut" / f).is_file(), f
+    assert sorted(p.name for p in dest.iterdir()) == ["metal_nut"], "only the category lands"
+
+
+class Server:
+    """A local HTTP server for one file, honouring Range; ``cut_first`` stops the first reply
+    after that many bytes (a dropped connection)."""
+
+    def __init__(self, data: bytes, cut_first: int | None = None):
+        self.data, self.cut_first, self.ranges = data, cut_first, []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                start = 0
+                header = self.headers.get("Range")
+                server.ranges.append(header)
+                if header:
+                    start = int(header.split("=")[1].split("-")[0])
+                body = server.data[start:]
+                self.send_response(206 if header else 200)
+                self.send_header("Content-Type", "application/x-xz")
+                self.send_header("Content-Length", str(len(body)))
+                if header:
+                    self.send_header("Content-Range",
+                                     f"bytes {start}-{len(server.data) - 1}/{len(server.data)}")
+                self.end_headers()
+                if server.cut_first is not None:
+                    body, server.cut_first = body[:server.cut_first], None
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/mvtec_anomaly_detection.tar.xz"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(data: bytes, cut_first: int | None = None) -> Server:
+        servers.append(Server(data, cut_first))
+        return servers[-1]
+    yield start
+    for s in servers:
+        s.close()
+
+
 class FakeResponse(io.BytesIO):
-    def __init__(self, data: bytes, headers: dict):
+    def __init__(self, data: bytes, headers: dict, status: int = 200):
         super().__init__(data)
-        self.headers = headers
+        self.headers, self.status = headers, status
 
 
-def test_fetch_from_file_url_with_checksum(archive, tmp_path):
-    dest = tmp_path / "mvtec"
-    root = download.fetch_mvtec(dest, url=archive.as_uri(), sha256=sha(archive), progress=False)
-    assert root == dest and (dest / "metal_nut" / "train" / "good" / "000.png").is_file()
-    assert not list(dest.glob("*.tar.xz")) and not list(dest.glob("*.partial"))
+def test_pinned_source_is_the_maintained_whole_archive():
+    assert download.MVTEC_AD_URL == (
+        "https://www.mydrive.ch/shares/150996/b52ecdcbf521176e9db9c731f2304b27/download/"
+        "420938113-1629960298/mvtec_anomaly_detection.tar.xz")
+    assert download.MVTEC_AD_SHA256 == ("cf4313b13603bec67abb49ca959488f7"
+                                        "eedce2a9f7795ec54446c649ac98cd3d")
+    assert download.KNOWN_SHA256[download.MVTEC_AD_URL] == download.MVTEC_AD_SHA256
+    assert "38536" not in download.METAL_NUT_URL           # the share that answers 404
+
+
+def test_http_end_to_end_extracts_only_the_category(archive, tmp_path, serve, capsys):
+    server = serve(archive.read_bytes())
+    dest, cache = tmp_path / "mvtec", tmp_path / "cache"
+    root = download.fetch_mvtec(dest, url=server.url, sha256=sha(archive), cache_dir=cache)
+    assert root == dest
+    assert_mvtec_layout(dest)
+    assert not list(cache.iterdir()), "the archive is deleted after extraction"
+    out = capsys.readouterr()
+    assert "verified" in out.out and "extract metal_nut" in out.err    # tqdm bars on stderr
     from helpers.data import list_samples
+    assert len(list_samples(dest, "metal_nut", "train")) == 2
     assert len(list_samples(dest, "metal_nut", "test")) == 2
+    download.fetch_mvtec(dest, url=server.url, cache_dir=cache, progress=False)
+    assert len(server.ranges) == 1, "already there: no second download"
 
 
-def test_wrong_checksum_keeps_nothing(archive, tmp_path):
+def test_default_source_is_the_whole_archive_with_its_pinned_checksum(archive, tmp_path,
+                                                                       monkeypatch):
+    data, calls = archive.read_bytes(), []
+
+    def opener(request, timeout):
+        calls.append(request.full_url)
+        return FakeResponse(data, {"Content-Length": str(len(data))})
+    monkeypatch.setattr(download, "MVTEC_AD_SHA256", sha(archive))
+    dest = download.fetch_mvtec(tmp_path / "d", opener=opener, cache_dir=tmp_path / "c",
+                                progress=False)
+    assert calls == [download.MVTEC_AD_URL]
+    assert_mvtec_layout(dest)
+
+
+def test_wrong_checksum_fails_clearly_and_leaves_nothing(archive, tmp_path, serve):
+    server = serve(archive.read_bytes())
+    dest, cache = tmp_path / "mvtec", tmp_path / "cache"
+    with pytest.raises(DownloadError) as err:
+        download.fetch_mvtec(dest, url=server.url, sha256="0" * 64, cache_dir=cache,
+                             progress=False)
+    text = str(err.value)
+    assert "checksum mismatch" in text and "mvtec_anomaly_detection.tar.xz" in text
+    assert "0" * 64 in text and sha(archive) in text
+    assert not (dest / "metal_nut").exists() and not list(dest.glob(".*partial*"))
+    assert not list(cache.iterdir()), "the corrupt download is not kept"
+
+
+def test_wrong_checksum_of_a_local_archive_extracts_nothing(archive, tmp_path):
     dest = tmp_path / "mvtec"
-    with pytest.raises(DownloadError, match="does not match"):
-        download.fetch_mvtec(dest, url=archive.as_uri(), sha256="0" * 64, progress=False)
-    assert not (dest / "metal_nut").exists() and not list(dest.iterdir())
+    with pytest.raises(DownloadError, match="checksum mismatch.*expected sha256 0{64}"):
+        download.fetch_mvtec(dest, url=str(archive), sha256="0" * 64, progress=False)
+    assert not dest.exists() or not list(dest.iterdir())
+    assert archive.exists(), "the user's archive is never deleted"
+
+
+@pytest.mark.parametrize("prefix", ["./", "mvtec_anomaly_detection/"])
+def test_file_url_and_a_folder_around_the_categories(tmp_path, prefix):
+    archive = make_archive(tmp_path / "wrapped.tar.xz", mvtec_members(prefix))
+    dest = download.fetch_mvtec(tmp_path / "d", url=archive.as_uri(), cache_dir=tmp_path / "c",
+                                progress=False)
+    assert_mvtec_layout(dest)
+
+
+def test_local_archive_path_is_used_in_place(archive, tmp_path):
+    dest = download.fetch_mvtec(tmp_path / "d", url=str(archive), sha256=sha(archive),
+                                progress=False)
+    assert_mvtec_layout(dest)
+    assert archive.exists()
+
+
+def test_missing_local_archive_is_named(tmp_path):
+    with pytest.raises(DownloadError, match="download_url=.*no such file"):
+        download.fetch_mvtec(tmp_path / "d", url=str(tmp_path / "nope.tar.xz"), progress=False)
+
+
+def test_a_cut_download_resumes_with_a_range_request(archive, tmp_path, serve):
+    data = archive.read_bytes()
+    server = serve(data, cut_first=len(data) // 3)
+    dest = download.download(server.url, tmp_path / "a.tar.xz", sha256=sha(archive),
+                             progress=False)
+    assert dest.read_bytes() == data
+    assert server.ranges == [None, f"bytes={len(data) // 3}-"]
+
+
+def test_a_cut_download_says_how_to_resume_and_keeps_the_partial_file(archive, tmp_path, serve):
+    data = archive.read_bytes()
+    server = serve(data, cut_first=100)
+    with pytest.raises(DownloadError, match=r"Run the same cell again: it resumes from .*partial"):
+        download.download(server.url, tmp_path / "a.tar.xz", retries=1, progress=False)
+    assert (tmp_path / "a.tar.xz.partial").stat().st_size == 100
+    download.download(server.url, tmp_path / "a.tar.xz", sha256=sha(archive), progress=False)
+    assert server.ranges[-1] == "bytes=100-" and (tmp_path / "a.tar.xz").read_bytes() == data
+
+
+def test_a_server_ignoring_range_restarts_from_zero(archive, tmp_path):
+    data = archive.read_bytes()
+    (tmp_path / "a.tar.xz.partial").write_bytes(b"garbage")
+    opener = lambda request, timeout: FakeResponse(data, {"Content-Length": str(len(data))})
+    download.download("https://x/a.tar.xz", tmp_path / "a.tar.xz", sha256=sha(archive),
+                      opener=opener, progress=False)
+    assert (tmp_path / "a.tar.xz").read_bytes() == data
 
 
 def test_refused_download_says_what_to_do(tmp_path):
-    def opener(url, timeout):
-        raise urllib.error.HTTPError(url, 403, "Forbidden", {}, None)
+    def opener(request, timeout):
+        raise urllib.error.HTTPError(request.full_url, 404, "Not Found", {}, None)
     with pytest.raises(DownloadError) as err:
-        download.fetch_mvtec(tmp_path / "d", opener=opener, progress=False)
+        download.fetch_mvtec(tmp_path / "d", opener=opener, cache_dir=tmp_path / "c",
+                             progress=False)
     text = str(err.value)
-    assert "refused" in text and "HTTP 403" in text and "Drive" in text and download.METAL_NUT_URL in text
+    assert "refused" in text and "HTTP 404" in text and "Drive" in text
+    assert download.MVTEC_AD_URL in text and "download_url" in text
 
 
 def test_no_connection_is_reported(tmp_path):
-    def opener(url, timeout):
+    def opener(request, timeout):
         raise urllib.error.URLError("Name or service not known")
     with pytest.raises(DownloadError, match="no connection"):
-        download.download("https://example.invalid/x.tar.xz", tmp_path / "x", opener=opener, progress=False)
+        download.download("https://example.invalid/x.tar.xz", tmp_path / "x", opener=opener,
+                          progress=False)
 
 
 def test_html_page_instead_of_archive_is_refused(tmp_path):
-    opener = lambda url, timeout: FakeResponse(b"<html>licence form</html>", {"Content-Type": "text/html"})
+    opener = lambda request, timeout: FakeResponse(b"<html>licence form</html>",
+                                                   {"Content-Type": "text/html"})
     with pytest.raises(DownloadError, match="web page"):
-        download.download("https://x/metal_nut.tar.xz", tmp_path / "a.tar.xz", opener=opener, progress=False)
+        download.download("https://x/a.tar.xz", tmp_path / "a.tar.xz", opener=opener,
+                          progress=False)
     assert not list(tmp_path.iterdir())
 
 
-def test_cut_download_is_refused(tmp_path):
-    opener = lambda url, timeout: FakeResponse(b"12345", {"Content-Length": "10"})
-    with pytest.raises(DownloadError, match="cut"):
-        download.download("https://x/a", tmp_path / "a", opener=opener, progress=False)
-    assert not list(tmp_path.iterdir())
+def test_category_url_is_only_an_optional_first_try(archive, tmp_path, monkeypatch):
+    data, calls = archive.read_bytes(), []
+
+    def opener(request, timeout):
+        calls.append(request.full_url)
+        if request.full_url == download.CATEGORY_URLS["metal_nut"]:
+            raise urllib.error.HTTPError(request.full_url, 404, "Not Found", {}, None)
+        return FakeResponse(data, {"Content-Length": str(len(data))})
+    monkeypatch.setattr(download, "MVTEC_AD_SHA256", sha(archive))
+    dest = download.fetch_mvtec(tmp_path / "d", opener=opener, cache_dir=tmp_path / "c",
+                                try_category_url=True, progress=False)
+    assert calls == [download.CATEGORY_URLS["metal_nut"], download.MVTEC_AD_URL]
+    assert_mvtec_layout(dest)
 
 
-def test_monkeypatched_opener_and_known_checksum(archive, tmp_path, monkeypatch):
-    data = archive.read_bytes()
-    calls = []
-
-    def opener(url, timeout):
-        calls.append(url)
-        return FakeResponse(data, {"Content-Length": str(len(data)), "Content-Type": "application/x-xz"})
-    monkeypatch.setitem(download.KNOWN_SHA256, download.METAL_NUT_URL, sha(archive))
-    dest = download.fetch_mvtec(tmp_path / "d", opener=opener, progress=False)
-    assert calls == [download.METAL_NUT_URL] and download.has_category(dest, "metal_nut")
-    # already there: no second download
-    download.fetch_mvtec(tmp_path / "d", opener=opener, progress=False)
-    assert len(calls) == 1
+def _link(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    return info
 
 
-def test_unsafe_archive_member_is_refused(tmp_path):
-    bad = make_archive(tmp_path / "bad.tar.xz", {"../evil.txt": b"x"})
-    with pytest.raises(DownloadError, match="unsafe"):
-        download.extract(bad, tmp_path / "out")
-    assert not (tmp_path / "evil.txt").exists()
+@pytest.mark.parametrize("bad", [
+    {"../evil.txt": b"x"},
+    {"/tmp/evil.txt": b"x"},
+    {"metal_nut/../../evil.txt": b"x"},
+    {"metal_nut/train/good/link.png": _link("metal_nut/train/good/link.png", "../../../../evil")},
+    {"metal_nut/train/good/hard.png": _link("metal_nut/train/good/hard.png", "/etc/passwd",
+                                            tarfile.LNKTYPE)},
+    {"metal_nut/train/good/dev": _link("metal_nut/train/good/dev", "", tarfile.CHRTYPE)},
+], ids=["dotdot", "absolute", "inner-dotdot", "symlink-out", "hardlink-out", "device"])
+def test_unsafe_members_refuse_the_archive(tmp_path, bad):
+    members = {f"metal_nut/{f}": png_bytes() for f in CATEGORY_FILES}
+    bad_archive = make_archive(tmp_path / "bad.tar.xz", {**members, **bad})
+    out = tmp_path / "out" / "data"
+    with pytest.raises(DownloadError, match="unsafe|outside|not a regular"):
+        download.extract_category(bad_archive, out, "metal_nut", progress=False)
+    assert not (out / "metal_nut").exists() and not list(out.glob(".*"))
+    assert not list(tmp_path.rglob("evil*"))
 
 
-def test_local_archive_path_and_category_folder(archive, tmp_path):
-    dest = download.fetch_mvtec(tmp_path / "d", url=str(archive), progress=False)
-    assert archive.exists()                       # a local archive is not deleted
-    assert download.has_category(dest / "metal_nut", "metal_nut")
+def test_links_inside_the_category_are_copied(tmp_path):
+    members = {f"metal_nut/{f}": png_bytes() for f in CATEGORY_FILES}
+    members["metal_nut/test/good/copy.png"] = _link("metal_nut/test/good/copy.png",
+                                                    "../../train/good/000.png")
+    members["metal_nut/test/good/hard.png"] = _link("metal_nut/test/good/hard.png",
+                                                    "metal_nut/train/good/001.png", tarfile.LNKTYPE)
+    dest = download.extract_category(make_archive(tmp_path / "a.tar.xz", members),
+                                     tmp_path / "d", progress=False)
+    for name in ("copy.png", "hard.png"):
+        path = dest / "metal_nut" / "test" / "good" / name
+        assert path.is_file() and not path.is_symlink()
+
+
+def test_an_archive_without_the_category_is_explained(tmp_path):
+    other = make_archive(tmp_path / "o.tar.xz", {"bottle/train/good/000.png": png_bytes()})
+    with pytest.raises(DownloadError, match=r"no metal_nut/train/good.*\['bottle'\]"):
+        download.extract_category(other, tmp_path / "d", progress=False)
+    assert not list((tmp_path / "d").iterdir())
+
+
+def test_a_truncated_archive_is_refused_without_leftovers(archive, tmp_path):
+    cut = tmp_path / "cut.tar.xz"
+    cut.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    with pytest.raises(DownloadError, match="not a complete tar archive"):
+        download.extract_category(cut, tmp_path / "d", progress=False)
+    assert not list((tmp_path / "d").iterdir())
+
+
+def test_a_leftover_category_folder_is_not_overwritten(archive, tmp_path):
+    (tmp_path / "d" / "metal_nut" / "test").mkdir(parents=True)
+    with pytest.raises(DownloadError, match="exists but has no train/good"):
+        download.fetch_mvtec(tmp_path / "d", url=str(archive), progress=False)
 
 
 def test_prepare_dataset_downloads_only_when_asked(archive, tmp_path):
     root = download.prepare_dataset(tmp_path / "d", "metal_nut")
     assert root == tmp_path / "d" and not root.exists()
-    root = download.prepare_dataset(tmp_path / "d", "metal_nut", True, archive.as_uri())
+    root = download.prepare_dataset(tmp_path / "d", "metal_nut", True, str(archive))
     assert download.has_category(root, "metal_nut")
 
 
@@ -135,5 +348,7 @@ def test_drive_path_outside_colab_is_explained(monkeypatch):
     monkeypatch.setitem(sys.modules, "google.colab", None)
     if Path("/content/drive/MyDrive").exists():
         pytest.skip("a Drive is mounted here")
-    with pytest.raises(FileNotFoundError, match="not Colab"):
-        download.mount_drive("/content/drive/MyDrive/mvtec")
+    with pytest.raises(FileNotFoundError, match="dataset_path=.*not Colab"):
+        download.prepare_dataset("/content/drive/MyDrive/mvtec")
+    with pytest.raises(FileNotFoundError, match="download_url=.*not Colab"):
+        download.prepare_dataset("data", "metal_nut", True, "/content/drive/MyDrive/m.tar.xz")

@@ -105,3 +105,32 @@ def test_evaluate_without_masks_reports_nulls():
         warnings.simplefilter("ignore")
         r = metrics.evaluate([0, 1], [0.1, 0.9], ["good", "x"])
     assert r["image_auroc"] == 1.0 and r["pixel_auroc"] is None and r["aupro"] is None
+
+
+def test_binned_pixel_metrics_match_the_exact_ones_on_continuous_maps():
+    """The histogram metrics (bounded memory) against sklearn's exact AUROC and the exact PRO
+    curve integrated the same way."""
+    from sklearn.metrics import roc_auc_score
+    masks, maps = hand_made()
+    y = np.concatenate([m.ravel() for m in masks])
+    s = np.concatenate([a.ravel() for a in maps])
+    assert metrics.pixel_auroc(masks, maps) == pytest.approx(roc_auc_score(y, s), abs=1e-5)
+    fpr, pro = metrics.pro_curve(masks, maps)
+    assert metrics.aupro(masks, maps) == pytest.approx(metrics._area(fpr, pro, 0.3), abs=1e-4)
+
+
+def test_pixel_auroc_counts_ties_as_one_half():
+    masks = [np.array([[True, False], [False, False]])]
+    maps = [np.array([[0.5, 0.5], [0.0, 1.0]], np.float32)]
+    # defect 0.5 vs normals 0.5 (tie: 1/2), 0.0 (win), 1.0 (loss) -> 1.5 / 3
+    assert metrics.pixel_auroc(masks, maps) == pytest.approx(0.5)
+
+
+def test_per_defect_pixel_metrics_use_that_type_with_the_good_images():
+    masks, maps = hand_made()
+    perfect = [m.astype(np.float32) for m in masks]
+    out = metrics.pixel_metrics(["good", "a", "b"], masks, [maps[0], perfect[1], maps[2]])
+    assert out["per_defect_pixel"]["a"]["pixel_auroc"] == pytest.approx(1.0)
+    alone_b = metrics.pixel_auroc([masks[0], masks[2]], [maps[0], maps[2]])
+    assert out["per_defect_pixel"]["b"]["pixel_auroc"] == pytest.approx(alone_b)
+    assert out["per_defect_pixel"]["b"]["pixel_auroc"] < 0.99

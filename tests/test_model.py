@@ -158,3 +158,36 @@ def test_tensor_and_array_inputs_agree_with_paths(fitted, samples):
     a = fitted.predict(paths).scores
     assert np.allclose(a, fitted.predict(arrays).scores)
     assert np.allclose(a, fitted.predict(tensors).scores, atol=1e-5)
+
+
+@pytest.mark.parametrize("dims", [(1024, 1024), (0, 0)], ids=["1024d-spilled", "natural-128d"])
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_streaming_fit_equals_all_features_in_memory(small_config, samples, tmp_path, dims):
+    cfg = small_config.replace(pretrain_embed_dim=dims[0], target_embed_dim=dims[1],
+                               train_rotations=2)
+    streamed = PatchCore(cfg).fit(samples[0][:6], spill_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []            # the temporary feature file is gone
+    assert streamed.info["n_views"] == 12 and streamed.info["n_train"] == 6
+    ref = PatchCore(cfg)
+    feats = torch.cat([b.embeddings.reshape(-1, cfg.embed_dim)
+                       for b in ref.embed_images(samples[0][:6], rotations=2)])
+    ref.grid = streamed.grid
+    ref.select_bank(feats)
+    assert torch.equal(streamed.coreset_indices, ref.coreset_indices)
+    assert torch.equal(streamed.memory_bank, ref.memory_bank)
+    assert torch.equal(streamed.memory_bank, feats[ref.coreset_indices])
+    test = samples[1][:3]
+    assert np.array_equal(streamed.predict(test, maps=False).scores,
+                          ref.predict(test, maps=False).scores)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_natural_embedding_is_the_3x3_channel_mean(small_config, samples):
+    cfg = small_config.replace(pretrain_embed_dim=0, target_embed_dim=0)
+    assert cfg.embed_dim == 32 + 96
+    model = PatchCore(cfg)
+    x, _ = model.preprocess(__import__("helpers").data.load_image(samples[0][0].path))
+    emb = model.embed(x[None])[0]
+    taps = model.extractor.body(x[None])
+    a = torch.nn.functional.avg_pool2d(taps["features.6"], 3, 1, 1)[0].permute(1, 2, 0)
+    assert torch.allclose(emb[..., :32], a, atol=1e-5)

@@ -37,6 +37,17 @@ def test_every_config_field_is_a_notebook_parameter():
     assert not missing and "run_dir" in known
 
 
+def test_declared_parameters_are_exactly_the_notebooks_parameters():
+    """-p names are validated against Config + NOTEBOOK_PARAMETERS (no notebook parsing at run
+    time); each notebook's parameters cell declares exactly those, with the same defaults."""
+    import papermill
+    for nb in pipeline.NOTEBOOKS:
+        found = papermill.inspect_notebook(str(pipeline.notebook_dir() / nb))
+        assert set(found) == set(pipeline.known_parameters()), nb
+        for name, value in pipeline.NOTEBOOK_PARAMETERS.items():
+            assert ast.literal_eval(found[name]["default"]) == value, (nb, name)
+
+
 def test_unknown_parameter_and_bad_values_fail_before_running(tmp_path):
     with pytest.raises(PipelineError, match="unknown parameter"):
         run_pipeline(tmp_path / "a", params={"coreset_rato": 0.1})
@@ -45,6 +56,49 @@ def test_unknown_parameter_and_bad_values_fail_before_running(tmp_path):
     with pytest.raises(PipelineError, match="--out"):
         run_pipeline(tmp_path / "c", params={"run_dir": "x"})
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_preflight_prints_the_whole_data_error_naming_the_path(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    assert pipeline.main(["--data", str(missing), "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert str(missing) in err and "train/good" in err      # the path at fault and the layout
+    empty = tmp_path / "mvtec" / "metal_nut"
+    (empty / "train" / "good").mkdir(parents=True)
+    (empty / "test" / "good").mkdir(parents=True)
+    with pytest.raises(PipelineError, match=r"data: .*train.good"):
+        run_pipeline(tmp_path / "r2", data=str(tmp_path / "mvtec"))
+    assert not (tmp_path / "r").exists() and not (tmp_path / "r2").exists()
+
+
+def test_preflight_refuses_a_fit_larger_than_free_memory_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr("helpers.model.available_ram", lambda: 2 << 30)
+    with pytest.raises(PipelineError) as err:
+        run_pipeline(tmp_path / "big", params={"backbone": "mobilenet_v2",
+                                               "synthetic_n_train": 4000, "train_rotations": 8})
+    msg = str(err.value)
+    assert "\n" not in msg and "GiB of RAM" in msg and "2.0 GiB is free" in msg
+    assert "train_rotations (now 8)" in msg
+    assert not (tmp_path / "big").exists()
+
+
+def test_a_dead_kernel_is_reported_with_its_likely_cause(tmp_path, monkeypatch):
+    import papermill
+
+    class DeadKernelError(RuntimeError):
+        pass
+
+    def die(*_, **__):
+        raise DeadKernelError("Kernel died")
+    monkeypatch.setattr(papermill, "execute_notebook", die)
+    out = tmp_path / "run"
+    with pytest.raises(PipelineError) as err:
+        run_pipeline(out, params=dict(PRESETS["ci"]))
+    msg = str(err.value)
+    assert "kernel running 01_dataset_exploration_clahe.ipynb died" in msg
+    assert "memory" in msg and str(out) in msg and "--resume" in msg
+    state = json.loads((out / "run.json").read_text())
+    assert state["notebooks"][NOTEBOOKS[0]]["status"] == "failed"
 
 
 def test_existing_run_folder_is_never_overwritten_without_the_flag(tmp_path, capsys):
@@ -128,7 +182,7 @@ def test_same_config_twice_gives_identical_metrics(ci, tmp_path):
     """The notebooks' computation repeated from scratch in a fresh folder (through the same
     helpers.artifacts calls the notebooks make, without the kernels) gives the same numbers."""
     from helpers.artifacts import Run
-    params = {k: ast.literal_eval(v) for k, v in pipeline.known_parameters().items()}
+    params = dict(pipeline.known_parameters())
     params.update(PRESETS["ci"], run_dir=str(tmp_path / "again"))
     run = Run.from_params(params, verbose=False)
     threads = torch.get_num_threads()
