@@ -70,6 +70,11 @@ class TrainingFeatures:
         return self.projection.n
 
     @property
+    def per_image(self) -> int:
+        """Patches per view (one image or one rotated copy)."""
+        return self.grid[0] * self.grid[1]
+
+    @property
     def dim(self) -> int:
         if self.full is not None:
             return self.full.shape[1]
