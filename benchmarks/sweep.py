@@ -74,11 +74,11 @@ def feature_key(cfg: Config, data: str, n_train) -> str:
 
 
 def features(cfg, train, test, cache: Path, key: str):
-    """(train features [N, D], grid, test embeddings [n, h, w, D], geometries, extract seconds)."""
+    """(train features [N, D], grid, test embeddings [n, h, w, D], extract seconds)."""
     path = cache / f"{key}.pt"
     if path.is_file():
         d = torch.load(path, weights_only=True)
-        return d["train"], tuple(d["grid"]), d["test"], None, d["seconds"]
+        return d["train"], tuple(d["grid"]), d["test"], d["seconds"]
     model = PatchCore(cfg)
     t0 = time.perf_counter()
     train_f = torch.cat([b.embeddings.reshape(-1, b.embeddings.shape[-1]) for b in
@@ -89,14 +89,14 @@ def features(cfg, train, test, cache: Path, key: str):
     cache.mkdir(parents=True, exist_ok=True)
     torch.save({"train": train_f, "grid": list(test_e.shape[1:3]), "test": test_e,
                 "seconds": seconds}, path)
-    return train_f, tuple(test_e.shape[1:3]), test_e, None, seconds
+    return train_f, tuple(test_e.shape[1:3]), test_e, seconds
 
 
 def evaluate_row(name, overrides, root, category, n_train, cache, base) -> dict:
     cfg = Config(**{**base, **overrides})
     train = subset(list_samples(root, category, "train"), n_train)
     test = list_samples(root, category, "test")
-    train_f, grid, test_e, _, extract_s = features(cfg, train, test, cache,
+    train_f, grid, test_e, extract_s = features(cfg, train, test, cache,
                                                    feature_key(cfg, f"{root}|{category}", n_train))
     model = PatchCore(cfg)
     model.grid = grid

@@ -221,17 +221,23 @@ class Run:
 
     def is_cached(self, stage: str) -> bool:
         """True when the stage's file exists and was made with the current settings and data."""
-        path = self.path(stage)
-        if not path.is_file():
-            return False
-        try:
-            from safetensors import safe_open
-            with safe_open(str(path), framework="pt") as fh:
-                meta = fh.metadata() or {}
-        except Exception:
+        meta = self._metadata(stage)
+        if meta is None:
             return False
         want = self._meta(stage)
         return all(meta.get(k) == v for k, v in want.items())
+
+    def _metadata(self, stage: str) -> dict[str, str] | None:
+        """The header metadata of the stage's file (tensors are not read); None if unreadable."""
+        path = self.path(stage)
+        if not path.is_file():
+            return None
+        try:
+            from safetensors import safe_open
+            with safe_open(str(path), framework="pt") as fh:
+                return fh.metadata() or {}
+        except Exception:
+            return None
 
     def _log(self, stage: str, action: str, path: Path, note: str = "") -> None:
         event = {"stage": stage, "action": action, "file": self.rel(path), "time": time.time()}
@@ -443,10 +449,7 @@ class Run:
                 "batch_size": pred.batch_size, "device": pred.device}
 
     def _info(self, stage: str) -> dict:
-        if not self.path(stage).is_file():
-            return {}
-        _, meta = load_tensors(self.path(stage))
-        return json.loads(meta.get("info", "{}"))
+        return json.loads((self._metadata(stage) or {}).get("info", "{}"))
 
     def write_metrics(self, metrics: dict[str, Any], pred: Predictions) -> dict[str, Any]:
         """Write metrics.json (atomically) with every key of the contract; returns it."""

@@ -56,8 +56,7 @@ def random_projection(features: torch.Tensor, dim: int, seed: int = 0,
     ``dim <= 0`` or ``dim >= D`` returns the features unprojected."""
     proj = Projection(features.shape[1], dim, seed, features.shape[0], features.device, dtype,
                       padded=False)
-    for i in range(0, features.shape[0], chunk):
-        proj.add(features[i:i + chunk])
+    proj.add(features, block_rows=chunk)
     return proj.result()[0]
 
 
@@ -82,7 +81,13 @@ class Projection:
         proj.add(rows)
         return proj
 
-    def add(self, rows: torch.Tensor) -> None:
+    def add(self, rows: torch.Tensor, block_rows: int | None = None) -> None:
+        """Append ``rows`` [k, in_dim], projected ``block_rows`` rows per matrix product (all at
+        once when None)."""
+        if block_rows is not None:
+            for start in range(0, rows.shape[0], block_rows):
+                self.add(rows[start:start + block_rows])
+            return
         k = rows.shape[0]
         if self.n + k > self.capacity:
             raise ValueError(f"projection buffer holds {self.capacity} rows; got {self.n + k}")
@@ -104,8 +109,7 @@ def _projected(features: torch.Tensor, projection_dim: int, seed: int,
     """float64 projection zero-padded to a multiple of _ROWS rows (at least one zero row, row
     ``n``, which pads gathered row sets), and the real row count."""
     proj = Projection(features.shape[1], projection_dim, seed, features.shape[0], features.device)
-    for i in range(0, features.shape[0], block_rows):
-        proj.add(features[i:i + block_rows])
+    proj.add(features, block_rows=block_rows)
     return proj.result()
 
 

@@ -60,12 +60,13 @@ def pixel_histograms(masks, maps, bins: int = BINS, groups: Sequence[str] | None
         idx = np.clip(((a.astype(np.float64) - lo) * scale).astype(np.int64), 0, bins - 1).ravel()
         labels, n = ndimage.label(m, structure=np.ones((3, 3), int))
         lab = labels.ravel()
-        h["neg"] += np.bincount(idx[lab == 0], minlength=bins)
+        inside = lab > 0
+        h["neg"] += np.bincount(idx[~inside], minlength=bins)
         if n:
             sizes = np.bincount(lab, minlength=n + 1).astype(np.float64)
-            inside = lab > 0
-            h["pos"] += np.bincount(idx[inside], minlength=bins)
-            h["pro"] += np.bincount(idx[inside], weights=1.0 / sizes[lab[inside]], minlength=bins)
+            idx_in, lab_in = idx[inside], lab[inside]
+            h["pos"] += np.bincount(idx_in, minlength=bins)
+            h["pro"] += np.bincount(idx_in, weights=1.0 / sizes[lab_in], minlength=bins)
             h["regions"] += n
     return out
 

@@ -341,8 +341,7 @@ class PatchCore:
         indices (also in ``coreset_indices``)."""
         per_view = self.grid[0] * self.grid[1] if self.grid else features.shape[0]
         proj = self._projection(features.shape[0], features.shape[1])
-        for start in range(0, features.shape[0], per_view):
-            proj.add(features[start:start + per_view])
+        proj.add(features, block_rows=per_view)
         grid = self.grid or (1, features.shape[0])
         self.build_bank(TrainingFeatures(proj, None, grid, 0, 0, 0.0, full=features), progress)
         return self.coreset_indices
