@@ -27,14 +27,10 @@ from scipy.ndimage import gaussian_filter
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers.data import list_samples, load_image  # noqa: E402
 from helpers.metrics import evaluate_samples  # noqa: E402
+from helpers.prediction import Prediction  # noqa: E402
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
-
-
-class Prediction:  # what helpers.metrics.evaluate_samples reads
-    def __init__(self, scores, maps):
-        self.scores, self.maps = scores, maps
 
 
 def network():
@@ -98,7 +94,7 @@ def run(root: str, category: str, size: int, ratio: float, sigma: float = 4.0,
         h, w = load_image(s.path).shape[:2]
         maps.append(cv2.resize(gaussian_filter(up, sigma), (w, h), interpolation=cv2.INTER_LINEAR))
     t2 = time.perf_counter()
-    m = evaluate_samples(test, Prediction(np.array(scores, np.float32), maps))
+    m = evaluate_samples(test, Prediction(np.array(scores, np.float32), maps, np.zeros((len(maps), 0, 0), np.float32)))
     return {"image_auroc": m["image_auroc"], "pixel_auroc": m["pixel_auroc"], "aupro": m["aupro"],
             "per_defect_pixel": m["per_defect_pixel"], "fit_s": t1 - t0, "predict_s": t2 - t1,
             "n_train": len(train), "bank": int(bank.shape[0])}

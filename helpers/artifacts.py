@@ -34,7 +34,7 @@ import io
 import json
 import math
 import time
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -44,6 +44,7 @@ import torch
 from .config import Config
 from .data import Geometry, Sample, list_samples, load_image, load_mask
 from .io import atomic_write_bytes, atomic_write_json, load_tensors, save_tensors
+from .prediction import Prediction
 
 CONFIG_FIELDS = tuple(f.name for f in fields(Config))
 SYNTHETIC_DEFAULTS = dict(size=256, n_train=24, n_test_good=8, n_per_defect=6)
@@ -77,28 +78,6 @@ def resolve_run_dir(run_dir: str | Path) -> Path:
     ``notebooks/`` and the pipeline agree on where ``runs/...`` is."""
     path = Path(run_dir).expanduser()
     return path if path.is_absolute() else repo_root() / path
-
-
-@dataclass
-class Predictions:
-    """Scores and anomaly maps of the test images (notebook 04's result)."""
-    scores: np.ndarray               # [N] image scores (NaN for unreadable images)
-    patch_scores: np.ndarray         # [N, h, w] nearest-neighbour distance per patch
-    maps: list[np.ndarray | None]    # per image, float32 [H, W] in ORIGINAL pixels
-    geometries: list[Geometry | None]
-    labels: np.ndarray               # [N] 0 good, 1 defective
-    defects: list[str]
-    paths: list[str]
-    seconds: float                   # wall time of predict + maps when computed
-    batch_size: int
-    device: str
-
-    def __len__(self) -> int:
-        return len(self.scores)
-
-    def to_prediction(self):
-        from .model import Prediction
-        return Prediction(self.scores, self.maps, self.patch_scores, self.geometries)
 
 
 class Run:
@@ -378,7 +357,7 @@ class Run:
         out["n_patches"] = info["n_patches"]
         return out
 
-    def predictions(self, model=None, batch_size: int | None = None) -> Predictions:
+    def predictions(self, model=None, batch_size: int | None = None) -> Prediction:
         """Scores and anomaly maps of every test image (notebook 04), cached. The patch-score
         grids are saved; maps in original pixels are made from them on load."""
         from .maps import grids_to_maps
@@ -413,12 +392,13 @@ class Run:
         geoms = [None if not np.isfinite(scores[i]) else g for i, g in enumerate(geoms)]
         maps = grids_to_maps(tensors["patch_scores"], geoms, c.input_size, c.sigma)
         defects = info["defects"]
-        return Predictions(scores, tensors["patch_scores"].numpy(), maps, geoms,
-                           np.array([0 if d == "good" else 1 for d in defects]), defects,
-                           info["paths"], info["seconds"], info["batch_size"], info["device"])
+        return Prediction(scores, maps, tensors["patch_scores"].numpy(), geoms,
+                          labels=np.array([0 if d == "good" else 1 for d in defects]),
+                          defects=defects, paths=info["paths"], seconds=info["seconds"],
+                          batch_size=info["batch_size"], device=info["device"])
 
     # ------------------------------------------------------------------ evaluation
-    def masks(self, pred: Predictions) -> list[np.ndarray | None]:
+    def masks(self, pred: Prediction) -> list[np.ndarray | None]:
         """Ground-truth masks at each map's size (all False for good images, None when missing)."""
         out = []
         for s, amap in zip(self.test_samples, pred.maps):
@@ -430,18 +410,18 @@ class Run:
                 out.append(load_mask(s.mask_path, amap.shape) if s.mask_path else None)
         return out
 
-    def evaluate(self, pred: Predictions) -> dict[str, Any]:
+    def evaluate(self, pred: Prediction) -> dict[str, Any]:
         """Every metric of metrics.json except timings, config and versions, plus
         ``pixel_f1_threshold`` (the map value maximising pixel F1, for drawing regions)."""
         import warnings
         from .metrics import evaluate_samples
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")   # nulls are reported in the table instead
-            out = evaluate_samples(self.test_samples, pred.to_prediction())
+            out = evaluate_samples(self.test_samples, pred)
             out["pixel_f1_threshold"] = pixel_f1_threshold(self.masks(pred), pred.maps)
         return out
 
-    def timings(self, pred: Predictions) -> dict[str, Any]:
+    def timings(self, pred: Prediction) -> dict[str, Any]:
         info = self._info("bank")
         return {"fit_s": info.get("fit_s"), "features_s": info.get("features_s"),
                 "coreset_s": info.get("coreset_s"),
@@ -451,7 +431,7 @@ class Run:
     def _info(self, stage: str) -> dict:
         return json.loads((self._metadata(stage) or {}).get("info", "{}"))
 
-    def write_metrics(self, metrics: dict[str, Any], pred: Predictions) -> dict[str, Any]:
+    def write_metrics(self, metrics: dict[str, Any], pred: Prediction) -> dict[str, Any]:
         """Write metrics.json (atomically) with every key of the contract; returns it."""
         from .model import versions
         out = dict(metrics)

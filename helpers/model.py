@@ -8,7 +8,6 @@ import platform
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 
@@ -23,6 +22,7 @@ from .features import FeatureExtractor
 from .io import load_tensors, save_tensors
 from .knn import knn, pair_distance
 from .maps import grids_to_maps
+from .prediction import Prediction
 from .runtime import autocast, autocast_dtype, resolve_device, run_halving
 from .runtime import progress as show_progress
 from .spill import FeatureSpill
@@ -34,17 +34,6 @@ BANK_FORMAT_VERSION = "1"
 
 class BankMismatchError(ValueError):
     """A saved memory bank does not match the configuration it is loaded for."""
-
-
-@dataclass
-class Prediction:
-    scores: np.ndarray                  # [N] image anomaly scores (NaN for skipped images)
-    maps: list[np.ndarray | None]       # per image, float32 [H, W] in ORIGINAL pixels
-    patch_scores: np.ndarray            # [N, h, w] nearest-neighbour distance per patch
-    geometries: list[Geometry | None] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.scores)
 
 
 class EmbeddedBatch(NamedTuple):
