@@ -266,7 +266,7 @@ class Run:
         projection in ``features-<hash>.safetensors`` and, unless the projection is the identity,
         the full embeddings in ``features-<hash>.f32`` (float32 rows), both in artifacts/.
         Returns a :class:`~helpers.model.TrainingFeatures`."""
-        from .coreset import Projection
+        from .projection import Projection
         from .model import TrainingFeatures
         from .spill import FeatureSpill
 

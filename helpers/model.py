@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from .config import Config
-from .coreset import Projection, greedy_coreset
+from .coreset import greedy_coreset
+from .projection import Projection
 from .data import Geometry, ImageReadError, Preprocessor, Sample, load_image
 from .features import FeatureExtractor
 from .io import load_tensors, save_tensors
