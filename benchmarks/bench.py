@@ -37,10 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from helpers import Config, PatchCore  # noqa: E402
-from helpers import model as model_module  # noqa: E402
 from helpers.coreset import greedy_coreset, greedy_coreset_reference  # noqa: E402
 from helpers.data import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from helpers.runtime import cpu_threads  # noqa: E402
+from helpers.runtime import autocast_dtype, cpu_threads  # noqa: E402
 
 
 def rss_peak_mb() -> float:
@@ -140,7 +139,7 @@ def main() -> None:
         "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name() if dev.type == "cuda" else None,
         "torch": torch.__version__, "device": str(dev), "precision": cfg.precision,
-        "autocast": str(model_module.autocast_dtype(dev, cfg.precision)),
+        "autocast": str(autocast_dtype(dev, cfg.precision)),
         "command": " ".join([Path(sys.executable).name] + sys.argv),
         "backbone": a.backbone, "weights": a.weights or "None (random)",
         "input_size": a.input_size, "train_images": a.train_images, "images": a.images,
@@ -165,17 +164,9 @@ def main() -> None:
             row(f"feature extraction, batch {b} (img/s)", f"{b / t:.1f}")
 
     # ---------------------------------------------------------------- fit
-    captured = {}
-    real = model_module.greedy_coreset
-
-    def spy(features, *args, **kw):
-        captured["features"] = features
-        return real(features, *args, **kw)
-
-    model_module.greedy_coreset = spy
     reset_cuda_peak(dev)
-    model.fit(train)
-    model_module.greedy_coreset = real
+    fit_features = model.extract(train)       # what fit does: extract, then build_bank
+    model.build_bank(fit_features)
     info = model.info
     res.update(fit=info, fit_rss_peak_mb=rss_peak_mb(), fit_cuda_peak_mb=cuda_peak_mb(dev))
     row(f"fit: {a.train_images} images -> bank {tuple(model.memory_bank.shape)} (s)",
@@ -187,7 +178,8 @@ def main() -> None:
 
     # ---------------------------------------------------------------- coreset comparison
     if a.compare_coreset:
-        feats, k = captured["features"], model.memory_bank.shape[0]
+        feats = fit_features.rows(torch.arange(fit_features.n_patches)).to(dev)
+        k = model.memory_bank.shape[0]
         seed_args = dict(projection_dim=cfg.coreset_projection_dim,
                          start_points=cfg.coreset_start_points, seed=cfg.seed)
         fast_idx = model.coreset_indices
@@ -221,7 +213,7 @@ def main() -> None:
             f"{t_ref / info['coreset_s']:.1f}x / {t_dense / info['coreset_s']:.1f}x")
         row(f"identical picks: first {kk} vs reference / first {kd} vs dense", f"{same} / {same_dense}")
         del feats
-    captured.clear()
+    fit_features.close()
 
     # ---------------------------------------------------------------- kNN + scoring
     with torch.inference_mode():

@@ -166,8 +166,10 @@ class Run:
                                                    **self.synthetic)
             else:
                 from .download import prepare_dataset
-                self._data_root = prepare_dataset(c.dataset_path, c.category, self.download,
-                                                  self.download_url or None, self.download_sha256 or None)
+                self._data_root = prepare_dataset(c.dataset_path, c.category,
+                                                  download_missing=self.download,
+                                                  url=self.download_url or None,
+                                                  sha256=self.download_sha256 or None)
         return self._data_root
 
     @property
@@ -340,7 +342,8 @@ class Run:
             n = feats.shape[0]
             sizes = [max(1, min(n, int(n * r))) for r in ratios]
             c = self.config
-            picks = greedy_coreset(feats, max(sizes), c.coreset_projection_dim, c.coreset_start_points, c.seed)
+            picks = greedy_coreset(feats, max(sizes), projection_dim=c.coreset_projection_dim,
+                                   start_points=c.coreset_start_points, seed=c.seed)
             perm = torch.randperm(n, generator=gen)
             greedy = [covering_radius(feats, picks[:k]) for k in sizes]
             rand = [covering_radius(feats, perm[:k]) for k in sizes]
@@ -390,7 +393,7 @@ class Run:
         geoms = [None if row[0] < 0 else Geometry(*map(int, row)) for row in tensors["geometries"].numpy()]
         scores = tensors["scores"].numpy()
         geoms = [None if not np.isfinite(scores[i]) else g for i, g in enumerate(geoms)]
-        maps = grids_to_maps(tensors["patch_scores"], geoms, c.input_size, c.sigma)
+        maps = grids_to_maps(tensors["patch_scores"], geoms, input_size=c.input_size, sigma=c.sigma)
         defects = info["defects"]
         return Prediction(scores, maps, tensors["patch_scores"].numpy(), geoms,
                           labels=np.array([0 if d == "good" else 1 for d in defects]),

@@ -27,7 +27,7 @@ __all__ = ["Projection", "covering_radius", "greedy_coreset", "greedy_coreset_re
            "random_projection"]
 
 
-def greedy_coreset_reference(features: torch.Tensor, n_select: int, projection_dim: int = 128,
+def greedy_coreset_reference(features: torch.Tensor, n_select: int, *, projection_dim: int = 128,
                              start_points: int = 10, seed: int = 0) -> torch.Tensor:
     """The plain greedy k-center loop, one pick per iteration as the official code writes it (a
     new distance column, a concatenation and a min per step): the reference a reader checks
@@ -61,9 +61,9 @@ def _check(n: int, n_select: int) -> None:
         raise ValueError(f"n_select={n_select} must be in [1, {n}]")
 
 
-def greedy_coreset(features: torch.Tensor | None, n_select: int, projection_dim: int = 128,
+def greedy_coreset(features: torch.Tensor | None, n_select: int, *, projection_dim: int = 128,
                    start_points: int = 10, seed: int = 0, progress: bool = False,
-                   method: str = "auto", filter_dim: int = 32, *, block_rows: int = 16384,
+                   method: str = "auto", filter_dim: int = 32, block_rows: int = 16384,
                    projection: "Projection | None" = None) -> torch.Tensor:
     """Indices (int64, on the features' device) of ``n_select`` rows picked greedily so that each
     pick is the row farthest from those already picked (approximate k-center).

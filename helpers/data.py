@@ -217,14 +217,15 @@ class Geometry:
 class Preprocessor:
     """RGB uint8 image -> normalised float tensor [3, crop, crop] and its :class:`Geometry`."""
 
-    def __init__(self, input_size: int, resize: int, clahe: bool = False,
+    def __init__(self, input_size: int, resize: int, *, clahe: bool = False,
                  clahe_clip_limit: float = 2.0, clahe_tile_grid: int = 8):
         self.input_size, self.resize = input_size, resize
         self.clahe, self.clip, self.tiles = clahe, clahe_clip_limit, clahe_tile_grid
 
     @classmethod
     def from_config(cls, cfg) -> "Preprocessor":
-        return cls(cfg.input_size, cfg.resize, cfg.clahe, cfg.clahe_clip_limit, cfg.clahe_tile_grid)
+        return cls(cfg.input_size, cfg.resize, clahe=cfg.clahe, clahe_clip_limit=cfg.clahe_clip_limit,
+                   clahe_tile_grid=cfg.clahe_tile_grid)
 
     def crop_rgb(self, image: np.ndarray) -> tuple[np.ndarray, Geometry]:
         """CLAHE (if on), resize and centre crop: RGB uint8 [crop, crop, 3]."""

@@ -408,7 +408,7 @@ def mount_drive(path: str | Path) -> None:
     mount_drive_for(dataset_path=path)
 
 
-def prepare_dataset(dataset_path: str | Path, category: str = "metal_nut",
+def prepare_dataset(dataset_path: str | Path, category: str = "metal_nut", *,
                     download_missing: bool = False, url: str | None = None,
                     sha256: str | None = None) -> Path:
     """The data folder for a run: mounts Drive when ``dataset_path`` or ``url`` is on it and,

@@ -25,7 +25,7 @@ from .backbones import BACKBONES, load_backbone
 class FeatureExtractor(nn.Module):
     """``forward(images [B,3,S,S] normalised) -> embeddings [B, h, w, D]``."""
 
-    def __init__(self, backbone: str, layers: list[str], weights: str | None = "IMAGENET1K_V1",
+    def __init__(self, backbone: str, layers: list[str], *, weights: str | None = "IMAGENET1K_V1",
                  patch_size: int = 3, pretrain_embed_dim: int = 1024, target_embed_dim: int = 1024,
                  model: nn.Module | None = None):
         super().__init__()

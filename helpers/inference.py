@@ -55,6 +55,9 @@ class Timer:
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
+        self.start = self.end = None   # CUDA events
+        self.t0 = 0.0                  # perf_counter start on the CPU
+        self.ms = float("nan")         # the elapsed milliseconds, once the block has run
 
     def __enter__(self):
         if self.cuda:
@@ -82,7 +85,7 @@ def _infer(model, x: torch.Tensor) -> torch.Tensor:
     return patch_scores_to_maps(grid, model.config.input_size, model.config.sigma)
 
 
-def time_batch(model, x: torch.Tensor, batch: int, warmup: int = 2, repeats: int = 5,
+def time_batch(model, x: torch.Tensor, batch: int, *, warmup: int = 2, repeats: int = 5,
                infer: Callable = _infer) -> dict:
     """Median milliseconds for one batch of ``batch`` images (repeating ``x`` as needed)."""
     reps = -(-batch // x.shape[0])
@@ -98,14 +101,13 @@ def time_batch(model, x: torch.Tensor, batch: int, warmup: int = 2, repeats: int
     return {"batch": batch, "ms_per_batch": ms, "ms_per_image": ms / batch, "images_per_s": 1000 * batch / ms}
 
 
-def benchmark(model, x: torch.Tensor, batch_size: int, warmup: int = 2, repeats: int = 5,
+def benchmark(model, x: torch.Tensor, batch_size: int, *, warmup: int = 2, repeats: int = 5,
               infer: Callable = _infer) -> list[dict]:
     """Latency (batch 1) and throughput (batch ``batch_size``, halved on CUDA out-of-memory)."""
-    rows = [{"mode": "latency", **time_batch(model, x, 1, warmup, repeats, infer)}]
+    rows = [{"mode": "latency", **time_batch(model, x, 1, warmup=warmup, repeats=repeats, infer=infer)}]
     if batch_size > 1:
-        row, used = run_halving(lambda b: time_batch(model, x, b, warmup, repeats, infer),
+        row, used = run_halving(lambda b: time_batch(model, x, b, warmup=warmup, repeats=repeats, infer=infer),
                                 batch_size, "throughput benchmark")
-        # model.embed also halves its micro-batch on out-of-memory; report what it settled on
-        step = min(getattr(model, "_embed_step", used) or used, used)
-        rows.append({"mode": "throughput", **row, "requested_batch": batch_size, "embed_micro_batch": step})
+        rows.append({"mode": "throughput", **row, "requested_batch": batch_size,
+                     "embed_micro_batch": used})
     return rows

@@ -38,7 +38,7 @@ def _finish(d2: torch.Tensor, distance: str) -> torch.Tensor:
     return d2.clamp_min(0).sqrt() if distance == "l2" else (d2 / 2).clamp_min(0)
 
 
-def knn_torch(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, distance: str = "l2",
+def knn_torch(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, *, distance: str = "l2",
               memory_mb: int = 256, bank_sqn: torch.Tensor | None = None, norm_floor: float = 0.0
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """(distances [Q, k] ascending, indices [Q, k]) of each query's k nearest bank rows."""
@@ -102,7 +102,7 @@ def _faiss_index(bank: torch.Tensor, distance: str, norm_floor: float = 0.0):
     return _FAISS_INDEX["index"]
 
 
-def knn_faiss(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, distance: str = "l2",
+def knn_faiss(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, *, distance: str = "l2",
               norm_floor: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as :func:`knn_torch`, with an exact faiss flat index."""
     try:
@@ -121,9 +121,10 @@ def knn_faiss(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, distance: s
     return d.to(queries.device), torch.from_numpy(idx).to(queries.device)
 
 
-def knn(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, distance: str = "l2",
+def knn(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, *, distance: str = "l2",
         backend: str = "torch", memory_mb: int = 256, bank_sqn: torch.Tensor | None = None,
         norm_floor: float = 0.0):
     if backend == "faiss":
-        return knn_faiss(queries, bank, k, distance, norm_floor)
-    return knn_torch(queries, bank, k, distance, memory_mb, bank_sqn, norm_floor)
+        return knn_faiss(queries, bank, k, distance=distance, norm_floor=norm_floor)
+    return knn_torch(queries, bank, k, distance=distance, memory_mb=memory_mb, bank_sqn=bank_sqn,
+                     norm_floor=norm_floor)

@@ -43,7 +43,7 @@ def patch_scores_to_maps(grid: torch.Tensor, size: int, sigma: float) -> torch.T
     return gaussian_blur(up, sigma)
 
 
-def grids_to_maps(grids, geometries: list, input_size: int, sigma: float,
+def grids_to_maps(grids, geometries: list, *, input_size: int, sigma: float,
                   device: torch.device | str = "cpu", chunk: int = 16) -> list:
     """Patch-score grids [B, h, w] -> anomaly maps in each image's ORIGINAL pixels (bilinear
     upsampling to the input size, Gaussian blur ``sigma``, resize/crop undone by its

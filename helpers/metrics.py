@@ -201,7 +201,7 @@ def pixel_metrics(defects: Sequence[str], masks, maps) -> dict:
             "per_defect_pixel": per}
 
 
-def evaluate(labels, scores, defects, masks=None, maps=None) -> dict:
+def evaluate(labels, scores, defects, *, masks=None, maps=None) -> dict:
     """All metrics in one dict (the metrics.json contract, without timings/config)."""
     thr = f1_threshold(labels, scores)
     pixel = (pixel_metrics(defects, masks, maps) if masks is not None else
@@ -238,7 +238,8 @@ def evaluate_samples(samples, prediction) -> dict:
                       f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}", stacklevel=2)
     has_masks = any(m is not None and m.any() for m in masks)
     result = evaluate([s.label for s in samples], prediction.scores, [s.defect for s in samples],
-                      masks if has_masks else None, prediction.maps if has_masks else None)
+                      masks=masks if has_masks else None,
+                      maps=prediction.maps if has_masks else None)
     if not has_masks:
         warnings.warn("no ground-truth masks found: pixel AUROC and AUPRO are null", stacklevel=2)
     return result

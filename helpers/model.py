@@ -122,6 +122,9 @@ class PatchCore:
         self.device = resolve_device(config.device)
         self.preprocess = Preprocessor.from_config(config)
         self._extractor: FeatureExtractor | None = None
+        self._memory_bank: torch.Tensor | None = None
+        self._bank_sqn: torch.Tensor | None = None   # |bank row|^2, made on first use
+        self._bank_norm: float | None = None         # median bank-row norm (cosine floor)
         self.memory_bank = None
         self.grid: tuple[int, int] | None = None
         self.info: dict = {}
@@ -135,8 +138,10 @@ class PatchCore:
     def extractor(self) -> FeatureExtractor:
         if self._extractor is None:
             c = self.config
-            ext = FeatureExtractor(c.backbone, c.layers, c.weights, c.patch_size,
-                                   c.pretrain_embed_dim, c.target_embed_dim).to(self.device)
+            ext = FeatureExtractor(c.backbone, c.layers, weights=c.weights,
+                                   patch_size=c.patch_size,
+                                   pretrain_embed_dim=c.pretrain_embed_dim,
+                                   target_embed_dim=c.target_embed_dim).to(self.device)
             if self.device.type == "cuda":
                 ext = ext.to(memory_format=torch.channels_last)
             self._extractor = ext
@@ -251,8 +256,8 @@ class PatchCore:
                         geometries: list[Geometry | None]) -> list[np.ndarray | None]:
         """Patch-score grids [B, h, w] -> anomaly maps in each image's ORIGINAL pixels, with this
         model's ``input_size`` and ``sigma`` (see :func:`helpers.maps.grids_to_maps`)."""
-        return grids_to_maps(grids, geometries, self.config.input_size, self.config.sigma,
-                             self.device)
+        return grids_to_maps(grids, geometries, input_size=self.config.input_size,
+                             sigma=self.config.sigma, device=self.device)
 
     # ------------------------------------------------------------------ fit
     def fit(self, images, progress: bool = False, spill_dir: str | Path | None = None
@@ -411,8 +416,8 @@ class PatchCore:
         c = self.config
 
         def run(memory_mb: int):
-            return knn(queries, self.memory_bank, k, c.distance, c.knn_backend, memory_mb,
-                       self.bank_sqn, self.norm_floor)
+            return knn(queries, self.memory_bank, k, distance=c.distance, backend=c.knn_backend,
+                       memory_mb=memory_mb, bank_sqn=self.bank_sqn, norm_floor=self.norm_floor)
 
         out, self._knn_mb = run_halving(run, self._knn_mb, "nearest-neighbour search (memory_mb)")
         return out

@@ -179,8 +179,8 @@ def _threads(n: int | None):
                 os.environ[k] = v
 
 
-def run_pipeline(out: str | Path, data: str | None = None, params: dict[str, Any] | None = None,
-                 overwrite: bool = False, resume: bool = False, html: bool = False,
+def run_pipeline(out: str | Path, data: str | None = None, *,
+                 params: dict[str, Any] | None = None, overwrite: bool = False, resume: bool = False, html: bool = False,
                  threads: int | None = None, log: Callable[[str], None] = print) -> dict:
     """Execute the notebooks into ``out``; returns the metrics.json contents. ``threads``: CPU
     threads per notebook kernel (default: the library's choice)."""
@@ -340,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     params = dict(PRESETS.get(args.preset, {}))
     params.update({name: parse_value(value) for name, value in args.param})
     try:
-        run_pipeline(args.out, args.data, params, args.overwrite, args.resume, args.html, args.threads)
+        run_pipeline(args.out, args.data, params=params, overwrite=args.overwrite,
+                     resume=args.resume, html=args.html, threads=args.threads)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

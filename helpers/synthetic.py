@@ -111,7 +111,7 @@ def make_sample(defect: str, size: int, rng: np.random.Generator) -> tuple[np.nd
     return img, m
 
 
-def generate_dataset(root: str | Path, category: str = "metal_nut", size: int = 256,
+def generate_dataset(root: str | Path, category: str = "metal_nut", *, size: int = 256,
                      n_train: int = 24, n_test_good: int = 8, n_per_defect: int = 6,
                      seed: int = 0, defects: tuple[str, ...] = DEFECTS) -> Path:
     """Write the set under ``root/category`` (skipped when an identical set is already there).

@@ -273,7 +273,7 @@ def bank_megabytes(n_patches: int, dim: int, ratio: float) -> float:
     return max(1, int(n_patches * ratio)) * dim * 4 / 2**20
 
 
-def coverage_figure(cov: dict, dim: int, full_patches: int | None = None, chosen: float | None = None,
+def coverage_figure(cov: dict, dim: int, *, full_patches: int | None = None, chosen: float | None = None,
                     run_patches: int | None = None) -> Figure:
     """Coverage radius vs coreset ratio (greedy vs random, on the ``cov`` sample) and memory-bank
     size vs ratio for this run's ``run_patches`` training patches (and the full metal_nut set)."""
@@ -369,7 +369,7 @@ def overlay(ax, image: np.ndarray, amap: np.ndarray, norm: Normalize, alpha: flo
     return im
 
 
-def maps_preview(images, maps, titles, vmin: float, vmax: float, title: str = "") -> Figure:
+def maps_preview(images, maps, titles, *, vmin: float, vmax: float, title: str = "") -> Figure:
     """Anomaly maps over the original images, one column per image, with a shared colour bar."""
     n = len(images)
     fig = _figure(2.6 * n + 0.8, 2.9)
@@ -384,7 +384,7 @@ def maps_preview(images, maps, titles, vmin: float, vmax: float, title: str = ""
     return fig
 
 
-def map_steps(crop: np.ndarray, patch_scores: np.ndarray, upsampled: np.ndarray, blurred: np.ndarray,
+def map_steps(crop: np.ndarray, patch_scores: np.ndarray, *, upsampled: np.ndarray, blurred: np.ndarray,
               image: np.ndarray, original_map: np.ndarray, sigma: float) -> Figure:
     """From patch distances to the anomaly map in original pixels, step by step."""
     fig = _figure(15, 3.4)
@@ -545,7 +545,7 @@ def verdict(score: float, label: int, threshold: float | None) -> str:
     return "flagged: FALSE ALARM" if flagged else "passed: correct"
 
 
-def gallery(images, maps, masks, scores, labels, titles, vmin: float, vmax: float,
+def gallery(images, maps, masks, *, scores, labels, titles, vmin: float, vmax: float,
             threshold: float | None = None, pixel_threshold: float | None = None, title: str = "") -> Figure:
     """One row per image: the image with its ground truth (green outline); the anomaly map over it
     with the verdict at the image ``threshold``; the pixels whose map value reaches

@@ -33,7 +33,7 @@ def _fallback_note(interactive: bool) -> None:
               "(pip install ipywidgets for the interactive explorer).")
 
 
-def clahe_explorer(images: dict[str, np.ndarray], clip_limit: float = 2.0, tile_grid: int = 8,
+def clahe_explorer(images: dict[str, np.ndarray], clip_limit: float = 2.0, tile_grid: int = 8, *,
                    interactive: bool = True, run=None, name: str = "",
                    clip_limits: Sequence[float] = (1.0, 2.0, 4.0), tile_grids: Sequence[int] = (4, 8, 16)):
     """Pick an image, a clip limit and a tile grid, and see CLAHE before / after with histograms.
@@ -63,7 +63,7 @@ def clahe_explorer(images: dict[str, np.ndarray], clip_limit: float = 2.0, tile_
     return w.VBox([w.HBox([picker, clip, tiles]), out])
 
 
-def prediction_browser(load_image: Callable[[int], np.ndarray], scores, labels, maps, masks,
+def prediction_browser(load_image: Callable[[int], np.ndarray], scores, labels, *, maps, masks,
                        titles: Sequence[str], threshold: float, vmin: float, vmax: float,
                        pixel_threshold: float | None = None, interactive: bool = True, run=None,
                        name: str = "", static_max: int = 5, defects: Sequence[str] | None = None):
@@ -76,8 +76,10 @@ def prediction_browser(load_image: Callable[[int], np.ndarray], scores, labels, 
 
     def panel(indices, thr, pix):
         return viz.gallery([load_image(i) for i in indices], [maps[i] for i in indices],
-                           [masks[i] for i in indices], scores[indices], np.asarray(labels)[indices],
-                           [titles[i] for i in indices], vmin, vmax, thr, pix, "Test image browser")
+                           [masks[i] for i in indices], scores=scores[indices],
+                           labels=np.asarray(labels)[indices], titles=[titles[i] for i in indices],
+                           vmin=vmin, vmax=vmax, threshold=thr, pixel_threshold=pix,
+                           title="Test image browser")
 
     if not (interactive and available()):
         _fallback_note(interactive)

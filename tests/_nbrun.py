@@ -12,5 +12,5 @@ THREADS = 1  # one OpenMP thread per kernel: far faster than two on a busy 2-cor
 def ci_run(base: str) -> Path:
     from helpers.pipeline import PRESETS, run_pipeline
     out = Path(base) / "ci-run"
-    run_pipeline(out, None, dict(PRESETS["ci"]), threads=THREADS, log=lambda msg: None)
+    run_pipeline(out, params=dict(PRESETS["ci"]), threads=THREADS, log=lambda msg: None)
     return out

@@ -339,7 +339,7 @@ def test_a_leftover_category_folder_is_not_overwritten(archive, tmp_path):
 def test_prepare_dataset_downloads_only_when_asked(archive, tmp_path):
     root = download.prepare_dataset(tmp_path / "d", "metal_nut")
     assert root == tmp_path / "d" and not root.exists()
-    root = download.prepare_dataset(tmp_path / "d", "metal_nut", True, str(archive))
+    root = download.prepare_dataset(tmp_path / "d", "metal_nut", download_missing=True, url=str(archive))
     assert download.has_category(root, "metal_nut")
 
 
@@ -351,4 +351,5 @@ def test_drive_path_outside_colab_is_explained(monkeypatch):
     with pytest.raises(FileNotFoundError, match="dataset_path=.*not Colab"):
         download.prepare_dataset("/content/drive/MyDrive/mvtec")
     with pytest.raises(FileNotFoundError, match="download_url=.*not Colab"):
-        download.prepare_dataset("data", "metal_nut", True, "/content/drive/MyDrive/m.tar.xz")
+        download.prepare_dataset("data", "metal_nut", download_missing=True,
+                                 url="/content/drive/MyDrive/m.tar.xz")

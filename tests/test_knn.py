@@ -18,7 +18,7 @@ def brute(q, b, k, distance):
 def test_chunked_knn_equals_brute_force(distance, k, memory_mb):
     g = torch.Generator().manual_seed(0)
     q, b = torch.randn(700, 48, generator=g), torch.randn(3000, 48, generator=g)
-    d, i = knn_torch(q, b, k, distance, memory_mb=memory_mb)
+    d, i = knn_torch(q, b, k, distance=distance, memory_mb=memory_mb)
     bd, bi = brute(q, b, k, distance)
     assert torch.allclose(d, bd, atol=1e-4)
     # indices agree except where two bank rows are (numerically) equally near
@@ -62,7 +62,7 @@ def test_cosine_with_norm_floor_equals_brute_force(k, memory_mb):
     g = torch.Generator().manual_seed(1)
     q = torch.randn(400, 32, generator=g) * torch.rand(400, 1, generator=g) * 3
     b = torch.randn(2000, 32, generator=g) * torch.rand(2000, 1, generator=g) * 3
-    d, i = knn_torch(q, b, k, "cosine", memory_mb=memory_mb, norm_floor=2.0)
+    d, i = knn_torch(q, b, k, distance="cosine", memory_mb=memory_mb, norm_floor=2.0)
     bd, bi = _floor_brute(q, b, k, 2.0)
     assert torch.allclose(d, bd, atol=1e-4)
     assert ((i == bi) | torch.isclose(d, bd, atol=1e-4)).all()
@@ -71,13 +71,13 @@ def test_cosine_with_norm_floor_equals_brute_force(k, memory_mb):
 def test_norm_floor_zero_is_plain_cosine_and_pair_distance_agrees():
     g = torch.Generator().manual_seed(2)
     q, b = torch.randn(60, 16, generator=g), torch.randn(300, 16, generator=g)
-    d0, i0 = knn_torch(q, b, 3, "cosine")
-    d1, i1 = knn_torch(q, b, 3, "cosine", norm_floor=0.0)
+    d0, i0 = knn_torch(q, b, 3, distance="cosine")
+    d1, i1 = knn_torch(q, b, 3, distance="cosine", norm_floor=0.0)
     assert torch.equal(d0, d1) and torch.equal(i0, i1)
     cos = 1 - torch.nn.functional.cosine_similarity(q[:, None], b[i0], dim=-1)
     assert torch.allclose(pair_distance(q[:, None], b[i0], "cosine"), cos, atol=1e-5)
     assert torch.allclose(pair_distance(q[:, None], b[i0], "cosine"), d0, atol=1e-4)
-    d2, i2 = knn_torch(q, b, 2, "cosine", norm_floor=0.5)
+    d2, i2 = knn_torch(q, b, 2, distance="cosine", norm_floor=0.5)
     assert torch.allclose(pair_distance(q[:, None], b[i2], "cosine", 0.5), d2, atol=1e-4)
     assert torch.allclose(pair_distance(q[:, None], b[i2[:, :1]], "l2")[:, 0],
                           torch.cdist(q, b[i2[:, 0]]).diagonal(), atol=1e-4)
@@ -97,8 +97,8 @@ def test_norm_floor_damps_weak_vectors_but_keeps_strong_ones_cosine_like():
     assert float(pair_distance(strong_a, strong_b, "cosine", norm_floor=1.0)) == pytest.approx(plain, rel=1e-2)
     # scaling queries, bank and floor together changes nothing
     q, b = torch.randn(20, 8, generator=g), torch.randn(50, 8, generator=g)
-    d, i = knn_torch(q, b, 2, "cosine", norm_floor=0.7)
-    d5, i5 = knn_torch(5 * q, 5 * b, 2, "cosine", norm_floor=3.5)
+    d, i = knn_torch(q, b, 2, distance="cosine", norm_floor=0.7)
+    d5, i5 = knn_torch(5 * q, 5 * b, 2, distance="cosine", norm_floor=3.5)
     assert torch.allclose(d, d5, atol=1e-5) and torch.equal(i, i5)
 
 
@@ -107,7 +107,7 @@ def test_faiss_matches_torch_with_a_norm_floor():
     from helpers.knn import knn_faiss
     g = torch.Generator().manual_seed(4)
     q, b = torch.randn(100, 24, generator=g), torch.randn(500, 24, generator=g)
-    d, i = knn_torch(q, b, 3, "cosine", norm_floor=1.5)
-    fd, fi = knn_faiss(q, b, 3, "cosine", norm_floor=1.5)
+    d, i = knn_torch(q, b, 3, distance="cosine", norm_floor=1.5)
+    fd, fi = knn_faiss(q, b, 3, distance="cosine", norm_floor=1.5)
     assert torch.allclose(d, fd, atol=1e-4)
     assert ((i == fi) | torch.isclose(d, fd, atol=1e-4)).all()

@@ -31,7 +31,7 @@ def test_chunked_knn_with_tiny_budget_equals_cdist(k, distance):
     q, b = torch.randn(300, 64, generator=g), torch.randn(5000, 64, generator=g)
     # 1 MiB = 262144 floats: 52 query rows x 5000 bank rows per block -> 6 query blocks, and with
     # 1 query row the bank is walked in several blocks (both loops are exercised below)
-    d, i = knn_torch(q, b, k, distance, memory_mb=1)
+    d, i = knn_torch(q, b, k, distance=distance, memory_mb=1)
     if distance == "l2":
         full = torch.cdist(q.double(), b.double())
     else:
@@ -65,13 +65,13 @@ def test_faiss_knn_matches_torch_knn(distance, k):
     pytest.importorskip("faiss")
     g = torch.Generator().manual_seed(21)
     q, b = torch.randn(500, 128, generator=g), torch.randn(4000, 128, generator=g)
-    td, ti = knn_torch(q, b, k, distance)
-    fd, fi = knn_faiss(q, b, k, distance)
+    td, ti = knn_torch(q, b, k, distance=distance)
+    fd, fi = knn_faiss(q, b, k, distance=distance)
     assert torch.allclose(fd, td, atol=1e-4)
     assert ((fi == ti) | torch.isclose(fd, td, atol=1e-4)).all()
     # the cached index is rebuilt when the bank changes
     b2 = b + 1
-    assert torch.allclose(knn(q, b2, k, distance, backend="faiss")[0], knn_torch(q, b2, k, distance)[0],
+    assert torch.allclose(knn(q, b2, k, distance=distance, backend="faiss")[0], knn_torch(q, b2, k, distance=distance)[0],
                           atol=1e-4)
 
 

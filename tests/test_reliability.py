@@ -50,10 +50,10 @@ def test_oom_in_knn_halves_the_block_budget(fitted, samples, monkeypatch):
     expected = model.predict(samples[1][:3]).scores
     real = hm.knn
 
-    def limited(*args):
-        if args[5] > 16:
+    def limited(*args, **kw):
+        if kw["memory_mb"] > 16:
             _fake_oom()
-        return real(*args)
+        return real(*args, **kw)
     monkeypatch.setattr(hm, "knn", limited)
     with pytest.warns(UserWarning, match="nearest-neighbour search"):
         got = model.predict(samples[1][:3]).scores

@@ -73,16 +73,18 @@ def test_coreset_figures():
 def test_map_figures_have_colour_bars():
     img = np.zeros((40, 50, 3), np.uint8)
     amap = np.linspace(0, 1, 2000, dtype=np.float32).reshape(40, 50)
-    fig = viz.maps_preview([img, img], [amap, amap], ["a", "b"], 0, 1)
+    fig = viz.maps_preview([img, img], [amap, amap], ["a", "b"], vmin=0, vmax=1)
     assert colorbars(fig) == 1
     grid = np.ones((4, 4), np.float32)
-    fig = viz.map_steps(np.zeros((32, 32, 3), np.uint8), grid, np.ones((32, 32)), np.ones((32, 32)), img, amap, 4)
+    fig = viz.map_steps(np.zeros((32, 32, 3), np.uint8), grid, upsampled=np.ones((32, 32)),
+                        blurred=np.ones((32, 32)), image=img, original_map=amap, sigma=4)
     assert colorbars(fig) == 1 and titled(fig)
     mask = amap > 0.8
-    fig = viz.gallery([img, img], [amap, amap], [mask, None], np.array([2.0, 0.5]), np.array([1, 0]),
-                      ["x", "y"], 0, 1, threshold=1.0, pixel_threshold=0.9, title="Best cases")
+    fig = viz.gallery([img, img], [amap, amap], [mask, None], scores=np.array([2.0, 0.5]),
+                      labels=np.array([1, 0]), titles=["x", "y"], vmin=0, vmax=1, threshold=1.0, pixel_threshold=0.9, title="Best cases")
     assert colorbars(fig) == 1 and "Best cases" in fig._suptitle.get_text()
-    assert titled(viz.gallery([img], [amap], [None], np.array([1.0]), np.array([0]), ["z"], 0, 1))
+    assert titled(viz.gallery([img], [amap], [None], scores=np.array([1.0]), labels=np.array([0]),
+                              titles=["z"], vmin=0, vmax=1))
 
 
 def test_map_range_uses_percentiles():
