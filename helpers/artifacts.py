@@ -1,5 +1,8 @@
-"""The run folder and its artifact cache: load what an earlier notebook saved when its config hash
-matches, otherwise compute it and save it atomically.
+"""``Run``: one run folder, the façade the notebooks use. It joins small parts, each usable on
+its own: :mod:`helpers.datasource` (the images), :mod:`helpers.cache` (the artifact cache),
+:mod:`helpers.evaluation` (metrics.json) and :mod:`helpers.figures` (figure files); its stages
+call :class:`~helpers.model.PatchCore`'s public seams (``extract``, ``build_bank``, ``predict``,
+``maps_from_grids``, ``embed_images``) and re-implement none of its steps.
 
 Layout of a run folder (``run_dir``)::
 
@@ -30,9 +33,7 @@ In a notebook::
 """
 from __future__ import annotations
 
-import io
 import json
-import math
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -41,19 +42,22 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from . import evaluation
+from .cache import STAGES, ArtifactCache
 from .config import Config
-from .data import Geometry, Sample, list_samples, load_image, load_mask
-from .io import atomic_write_bytes, atomic_write_json, load_tensors, save_tensors
+from .data import Geometry, Sample, load_image, masks_like
+from .datasource import SYNTHETIC_DEFAULTS, DataSource
+from .evaluation import METRIC_KEYS, pixel_f1_threshold
+from .figures import save_and_show
+from .io import atomic_write_json, load_tensors, save_tensors
 from .prediction import Prediction
 
+__all__ = ["METRIC_KEYS", "STAGES", "SYNTHETIC_DEFAULTS", "Run", "config_from_params",
+           "pixel_f1_threshold", "repo_root", "resolve_run_dir"]
+
 CONFIG_FIELDS = tuple(f.name for f in fields(Config))
-SYNTHETIC_DEFAULTS = dict(size=256, n_train=24, n_test_good=8, n_per_defect=6)
 SCORING_FIELDS = ("num_neighbors", "distance", "cosine_floor", "sigma")
 FEATURE_FREE_FIELDS = ("coreset_ratio", "coreset_projection_dim", "coreset_start_points")
-STAGES = ("features", "bank", "coverage", "predictions")
-# Results of notebook 05 that metrics.json must always hold (null when unavailable).
-METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1_threshold", "per_defect", "n_train",
-               "n_test", "timings", "config", "versions")
 
 
 def repo_root() -> Path:
@@ -83,7 +87,7 @@ def resolve_run_dir(run_dir: str | Path) -> Path:
 class Run:
     """One run folder: its config, its data and its cached artifacts."""
 
-    def __init__(self, run_dir: str | Path, config: Config, synthetic: dict | None = None,
+    def __init__(self, run_dir: str | Path, config: Config, *, synthetic: dict | None = None,
                  download: bool = False, download_url: str = "", download_sha256: str = "",
                  verbose: bool = True):
         from .colab import mount_drive_for
@@ -92,29 +96,27 @@ class Run:
                         download_url=download_url)
         self.root = resolve_run_dir(run_dir)
         self.config = config
-        self.synthetic = {**SYNTHETIC_DEFAULTS, **(synthetic or {})}
-        self.download, self.download_url, self.download_sha256 = download, download_url, download_sha256
         self.verbose = verbose
-        self.events: list[dict] = []
-        self._depth = 0          # > 0 while a stage computes the stages it needs
-        self._data_root: Path | None = None
-        self._train: list[Sample] | None = None
-        self._test: list[Sample] | None = None
+        self.data = DataSource(config, self.root / "data", synthetic=synthetic, download=download,
+                               download_url=download_url, download_sha256=download_sha256)
+        self.cache = ArtifactCache(self.root / "artifacts", self.root, verbose)
 
     @classmethod
     def from_params(cls, params: dict[str, Any], verbose: bool = True) -> "Run":
         """Build from a notebook's parameter variables: Config fields, ``run_dir``,
         ``synthetic_size`` / ``synthetic_n_train`` / ``synthetic_n_test_good`` /
         ``synthetic_n_per_defect`` and ``download`` / ``download_url`` / ``download_sha256``."""
-        synthetic = {k: params[f"synthetic_{k}"] for k in SYNTHETIC_DEFAULTS if f"synthetic_{k}" in params}
-        return cls(params.get("run_dir", "runs/notebooks"), config_from_params(params), synthetic,
-                   bool(params.get("download", False)), params.get("download_url", "") or "",
-                   params.get("download_sha256", "") or "", verbose)
+        synthetic = {k: params[f"synthetic_{k}"] for k in SYNTHETIC_DEFAULTS
+                     if f"synthetic_{k}" in params}
+        return cls(params.get("run_dir", "runs/notebooks"), config_from_params(params),
+                   synthetic=synthetic, download=bool(params.get("download", False)),
+                   download_url=params.get("download_url", "") or "",
+                   download_sha256=params.get("download_sha256", "") or "", verbose=verbose)
 
     # ------------------------------------------------------------------ paths
     @property
     def artifacts_dir(self) -> Path:
-        return self.root / "artifacts"
+        return self.cache.folder
 
     @property
     def figures_dir(self) -> Path:
@@ -123,6 +125,10 @@ class Run:
     @property
     def metrics_path(self) -> Path:
         return self.root / "metrics.json"
+
+    @property
+    def events(self) -> list[dict]:
+        return self.cache.events
 
     def stage_hash(self, stage: str) -> str:
         """:meth:`Config.hash` of the config that made the stage. Features do not depend on the
@@ -134,55 +140,35 @@ class Run:
         return self.config.hash()
 
     def path(self, stage: str) -> Path:
-        if stage not in STAGES:
-            raise ValueError(f"unknown artifact {stage!r}; one of {STAGES}")
-        return self.artifacts_dir / f"{stage}-{self.stage_hash(stage)}.safetensors"
+        return self.cache.path(stage, self.stage_hash(stage))
 
     def rel(self, path: Path) -> str:
-        try:
-            return str(path.relative_to(self.root))
-        except ValueError:
-            return str(path)
+        return self.cache.rel(path)
 
     # ------------------------------------------------------------------ data
     @property
+    def synthetic(self) -> dict:
+        return self.data.synthetic
+
+    @property
     def is_synthetic(self) -> bool:
-        return not self.config.dataset_path
+        return self.data.is_synthetic
 
     def data_id(self) -> str:
-        """What the artifacts were made from: the synthetic set's parameters or the data folder."""
-        if self.is_synthetic:
-            return "synthetic:" + json.dumps(self.synthetic, sort_keys=True)
-        return f"folder:{Path(self.config.dataset_path).expanduser().resolve()}|{self.config.category}"
+        return self.data.data_id()
 
     @property
     def data_root(self) -> Path:
         """The MVTec-layout folder in use: generated (synthetic), downloaded or given."""
-        if self._data_root is None:
-            c = self.config
-            if self.is_synthetic:
-                from .synthetic import generate_dataset
-                self._data_root = generate_dataset(self.root / "data", c.category, seed=c.seed,
-                                                   **self.synthetic)
-            else:
-                from .download import prepare_dataset
-                self._data_root = prepare_dataset(c.dataset_path, c.category,
-                                                  download_missing=self.download,
-                                                  url=self.download_url or None,
-                                                  sha256=self.download_sha256 or None)
-        return self._data_root
+        return self.data.root
 
     @property
     def train_samples(self) -> list[Sample]:
-        if self._train is None:
-            self._train = list_samples(self.data_root, self.config.category, "train")
-        return self._train
+        return self.data.train_samples
 
     @property
     def test_samples(self) -> list[Sample]:
-        if self._test is None:
-            self._test = list_samples(self.data_root, self.config.category, "test")
-        return self._test
+        return self.data.test_samples
 
     def describe(self) -> str:
         c = self.config
@@ -196,56 +182,23 @@ class Run:
 
     # ------------------------------------------------------------------ cache
     def _meta(self, stage: str) -> dict[str, str]:
-        extra = {k: getattr(self.config, k) for k in SCORING_FIELDS} if stage == "predictions" else {}
+        extra = ({k: getattr(self.config, k) for k in SCORING_FIELDS}
+                 if stage == "predictions" else {})
         return {"stage": stage, "config_hash": self.stage_hash(stage), "data_id": self.data_id(),
                 "extra": json.dumps(extra, sort_keys=True)}
 
     def is_cached(self, stage: str) -> bool:
         """True when the stage's file exists and was made with the current settings and data."""
-        meta = self._metadata(stage)
-        if meta is None:
-            return False
-        want = self._meta(stage)
-        return all(meta.get(k) == v for k, v in want.items())
-
-    def _metadata(self, stage: str) -> dict[str, str] | None:
-        """The header metadata of the stage's file (tensors are not read); None if unreadable."""
-        path = self.path(stage)
-        if not path.is_file():
-            return None
-        try:
-            from safetensors import safe_open
-            with safe_open(str(path), framework="pt") as fh:
-                return fh.metadata() or {}
-        except Exception:
-            return None
-
-    def _log(self, stage: str, action: str, path: Path, note: str = "") -> None:
-        event = {"stage": stage, "action": action, "file": self.rel(path), "time": time.time()}
-        self.events.append(event)
-        self.artifacts_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.artifacts_dir / "events.jsonl", "a") as fh:
-            fh.write(json.dumps(event) + "\n")
-        if self.verbose and self._depth == 0:   # what a stage needed is logged, not printed
-            print(f"[cache: {action}] {stage}: {self.rel(path)}{note}")
+        return self.cache.matches(self.path(stage), self._meta(stage))
 
     def cached(self, stage: str, compute: Callable[[], tuple[dict, dict]],
                ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Load ``stage`` (tensors, info) when cached with matching settings; otherwise call
         ``compute() -> (tensors, info)`` and save the result atomically."""
-        path = self.path(stage)
-        if self.is_cached(stage):
-            tensors, meta = load_tensors(path)
-            self._log(stage, "loaded", path)
-            return tensors, json.loads(meta.get("info", "{}"))
-        self._depth += 1
-        try:
-            tensors, info = compute()
-        finally:
-            self._depth -= 1
-        save_tensors(path, tensors, {**self._meta(stage), "info": json.dumps(info, sort_keys=True)})
-        self._log(stage, "computed", path)
-        return tensors, info
+        return self.cache.cached(stage, self.stage_hash(stage), self._meta(stage), compute)
+
+    def _info(self, stage: str) -> dict:
+        return self.cache.info(self.path(stage))
 
     # ------------------------------------------------------------------ stages
     def new_model(self, **overrides):
@@ -304,15 +257,10 @@ class Run:
         path = self.path("bank")
         if self.is_cached("bank"):
             model = PatchCore.load(path, self.config, **overrides)
-            self._log("bank", "loaded", path, f"  ({model.memory_bank.shape[0]} x "
-                      f"{model.memory_bank.shape[1]})")
+            self.cache.log("bank", "loaded", path, _bank_note(model))
             return model
         model = self.new_model(**overrides)
-        self._depth += 1
-        try:
-            feats = self.features(model)
-        finally:
-            self._depth -= 1
+        feats = self.cache.nested(lambda: self.features(model))
         try:
             model.build_bank(feats, progress=self.verbose)
         finally:
@@ -321,8 +269,7 @@ class Run:
         # the same metadata as the other stages, so that is_cached() can check the data
         tensors, meta = load_tensors(path)
         save_tensors(path, tensors, {**meta, **self._meta("bank")})
-        self._log("bank", "computed", path, f"  ({model.memory_bank.shape[0]} x "
-                  f"{model.memory_bank.shape[1]})")
+        self.cache.log("bank", "computed", path, _bank_note(model))
         return model
 
     def coverage(self, ratios: list[float], max_patches: int = 2000) -> dict[str, np.ndarray]:
@@ -363,8 +310,6 @@ class Run:
     def predictions(self, model=None, batch_size: int | None = None) -> Prediction:
         """Scores and anomaly maps of every test image (notebook 04), cached. The patch-score
         grids are saved; maps in original pixels are made from them on load."""
-        from .maps import grids_to_maps
-        c = self.config
         test = self.test_samples
         used = {}
 
@@ -393,7 +338,8 @@ class Run:
         geoms = [None if row[0] < 0 else Geometry(*map(int, row)) for row in tensors["geometries"].numpy()]
         scores = tensors["scores"].numpy()
         geoms = [None if not np.isfinite(scores[i]) else g for i, g in enumerate(geoms)]
-        maps = grids_to_maps(tensors["patch_scores"], geoms, input_size=c.input_size, sigma=c.sigma)
+        # maps from the saved grids with the model's own seam (on the CPU, as they were saved)
+        maps = self.new_model(device="cpu").maps_from_grids(tensors["patch_scores"], geoms)
         defects = info["defects"]
         return Prediction(scores, maps, tensors["patch_scores"].numpy(), geoms,
                           labels=np.array([0 if d == "good" else 1 for d in defects]),
@@ -403,54 +349,28 @@ class Run:
     # ------------------------------------------------------------------ evaluation
     def masks(self, pred: Prediction) -> list[np.ndarray | None]:
         """Ground-truth masks at each map's size (all False for good images, None when missing)."""
-        out = []
-        for s, amap in zip(self.test_samples, pred.maps):
-            if amap is None:
-                out.append(None)
-            elif s.defect == "good":
-                out.append(np.zeros(amap.shape, bool))
-            else:
-                out.append(load_mask(s.mask_path, amap.shape) if s.mask_path else None)
-        return out
+        return masks_like(self.test_samples, pred.maps)
 
     def evaluate(self, pred: Prediction) -> dict[str, Any]:
         """Every metric of metrics.json except timings, config and versions, plus
-        ``pixel_f1_threshold`` (the map value maximising pixel F1, for drawing regions)."""
-        import warnings
-        from .metrics import evaluate_samples
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")   # nulls are reported in the table instead
-            out = evaluate_samples(self.test_samples, pred)
-            out["pixel_f1_threshold"] = pixel_f1_threshold(self.masks(pred), pred.maps)
-        return out
+        ``pixel_f1_threshold`` (see :func:`helpers.evaluation.evaluate`)."""
+        return evaluation.evaluate(self.test_samples, pred)
 
     def timings(self, pred: Prediction) -> dict[str, Any]:
-        info = self._info("bank")
-        return {"fit_s": info.get("fit_s"), "features_s": info.get("features_s"),
-                "coreset_s": info.get("coreset_s"),
-                "infer_ms_per_image": 1000 * pred.seconds / max(len(pred), 1),
-                "batch_size": pred.batch_size, "device": pred.device}
-
-    def _info(self, stage: str) -> dict:
-        return json.loads((self._metadata(stage) or {}).get("info", "{}"))
+        return evaluation.timings(self._info("bank"), pred)
 
     def write_metrics(self, metrics: dict[str, Any], pred: Prediction) -> dict[str, Any]:
         """Write metrics.json (atomically) with every key of the contract; returns it."""
         from .model import versions
-        out = dict(metrics)
-        out.update(n_train=len(self.train_samples), n_test=len(self.test_samples),
-                   timings=self.timings(pred), config=self.config.to_dict(),
-                   data={"source": "synthetic", **self.synthetic} if self.is_synthetic
-                   else {"source": "folder", "path": str(self.data_root)},
-                   config_hash=self.config.hash(), versions=versions())
-        for key in METRIC_KEYS:
-            out.setdefault(key, None)
-        atomic_write_json(self.metrics_path, _finite(out))
-        return out
+        record = dict(n_train=len(self.train_samples), n_test=len(self.test_samples),
+                      timings=self.timings(pred), config=self.config.to_dict(),
+                      data=self.data.record(), config_hash=self.config.hash(),
+                      versions=versions())
+        return evaluation.write_metrics(self.metrics_path, metrics, record)
 
     def save_json(self, name: str, obj: Any) -> Path:
         """Write ``run_dir/<name>`` atomically (NaN -> null)."""
-        return atomic_write_json(self.root / name, _finite(obj))
+        return atomic_write_json(self.root / name, evaluation.finite(obj))
 
     # ------------------------------------------------------------------ figures
     def figure_path(self, name: str) -> Path:
@@ -459,36 +379,8 @@ class Run:
     def show(self, fig, name: str, display: bool = True, dpi: int = 100) -> None:
         """Save ``fig`` as figures/<name>.png (atomically) and show that PNG in the notebook
         (rendered once, so the notebook and the file show the same picture)."""
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=dpi)
-        atomic_write_bytes(self.figure_path(name), buf.getvalue())
-        if display:
-            from IPython.display import Image, display as _display
-            _display(Image(data=buf.getvalue(), format="png"))
+        save_and_show(fig, self.figure_path(name), display=display, dpi=dpi)
 
 
-def pixel_f1_threshold(masks, maps, step: int = 4) -> float | None:
-    """The anomaly-map value that maximises pixel-level F1 (every ``step``-th pixel in each
-    direction, for speed); None without defect pixels."""
-    from .metrics import f1_threshold
-    pairs = [(m[::step, ::step].ravel(), a[::step, ::step].ravel())
-             for m, a in zip(masks, maps) if m is not None and a is not None]
-    if not pairs:
-        return None
-    y = np.concatenate([p[0] for p in pairs])
-    if y.all() or not y.any():
-        return None
-    best = f1_threshold(y.astype(int), np.concatenate([p[1] for p in pairs]))
-    return None if best is None else best[0]
-
-
-def _finite(obj: Any) -> Any:
-    """NaN / inf -> None, so metrics.json holds valid JSON (null), never a made-up number."""
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, (float, np.floating)) and not math.isfinite(float(obj)):
-        return None
-    return obj
-
+def _bank_note(model) -> str:
+    return f"  ({model.memory_bank.shape[0]} x {model.memory_bank.shape[1]})"

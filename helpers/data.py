@@ -165,6 +165,20 @@ def load_mask(path: str | Path | None, shape: tuple[int, int]) -> np.ndarray | N
     return arr > 127
 
 
+def masks_like(samples: list[Sample], maps: list) -> list[np.ndarray | None]:
+    """Ground-truth masks of test ``samples`` at each map's size: all False for good images,
+    None where the map is None or a defective image has no readable mask."""
+    out = []
+    for s, amap in zip(samples, maps):
+        if amap is None:
+            out.append(None)
+        elif s.defect == "good":
+            out.append(np.zeros(amap.shape, bool))
+        else:
+            out.append(load_mask(s.mask_path, amap.shape) if s.mask_path is not None else None)
+    return out
+
+
 # --------------------------------------------------------------------------- CLAHE
 def apply_clahe(image: np.ndarray, clip_limit: float = 2.0, tile_grid: int = 8) -> np.ndarray:
     """Contrast-limited adaptive histogram equalisation on the L channel of LAB (RGB uint8 in/out)."""

@@ -219,20 +219,11 @@ def evaluate_samples(samples, prediction) -> dict:
     """Metrics for MVTec test ``samples`` scored by ``prediction`` (a :class:`helpers.Prediction`).
     Good images count as all-normal masks; defective images without a mask are left out of the
     pixel metrics (with a warning naming them)."""
-    from .data import load_mask
+    from .data import masks_like
 
-    masks = []
-    missing = []
-    for s, amap in zip(samples, prediction.maps):
-        if amap is None:
-            masks.append(None)
-        elif s.defect == "good":
-            masks.append(np.zeros(amap.shape, bool))
-        else:
-            m = load_mask(s.mask_path, amap.shape) if s.mask_path is not None else None
-            if m is None:
-                missing.append(str(s.path))
-            masks.append(m)
+    masks = masks_like(samples, prediction.maps)
+    missing = [str(s.path) for s, amap, m in zip(samples, prediction.maps, masks)
+               if amap is not None and s.defect != "good" and m is None]
     if missing and len(missing) < sum(s.defect != "good" for s in samples):
         warnings.warn(f"pixel metrics skip {len(missing)} defective image(s) without a mask: "
                       f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}", stacklevel=2)

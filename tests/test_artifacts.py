@@ -11,7 +11,7 @@ import torch
 
 from helpers import Config, PatchCore
 from helpers.backbones import BACKBONES
-from helpers.artifacts import (METRIC_KEYS, Run, config_from_params, pixel_f1_threshold,
+from helpers.artifacts import (METRIC_KEYS, Run, config_from_params,
                                repo_root, resolve_run_dir)
 
 TINY = dict(backbone="mobilenet_v2", input_size=64, resize=64, synthetic_size=64, synthetic_n_train=4,
@@ -190,11 +190,3 @@ def test_show_saves_the_png(tmp_path):
     fig.add_subplot().plot([0, 1])
     run.show(fig, "01_test", display=False)
     assert (tmp_path / "figures" / "01_test.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_pixel_f1_threshold():
-    masks = [np.zeros((8, 8), bool), np.pad(np.ones((4, 4), bool), 2)]
-    maps = [np.zeros((8, 8)), np.pad(np.full((4, 4), 5.0), 2)]
-    assert pixel_f1_threshold(masks, maps, step=1) == 5.0
-    assert pixel_f1_threshold([np.zeros((4, 4), bool)], [np.zeros((4, 4))]) is None
-    assert pixel_f1_threshold([None], [None]) is None

@@ -1,0 +1,12 @@
+"""helpers.figures: one PNG rendering, saved to a file."""
+from matplotlib.figure import Figure
+
+from helpers.figures import figure_png, save_and_show
+
+
+def test_save_and_show_writes_the_png(tmp_path):
+    fig = Figure()
+    fig.add_subplot().plot([0, 1])
+    path = save_and_show(fig, tmp_path / "f" / "a.png", display=False)
+    assert path.read_bytes() == figure_png(fig)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
