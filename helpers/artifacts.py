@@ -108,7 +108,8 @@ class Run:
         ``synthetic_n_per_defect`` and ``download`` / ``download_url`` / ``download_sha256``."""
         synthetic = {k: params[f"synthetic_{k}"] for k in SYNTHETIC_DEFAULTS
                      if f"synthetic_{k}" in params}
-        return cls(params.get("run_dir", "runs/notebooks"), config_from_params(params),
+        from .pipeline import NOTEBOOK_PARAMETERS
+        return cls(params.get("run_dir", NOTEBOOK_PARAMETERS["run_dir"]), config_from_params(params),
                    synthetic=synthetic, download=bool(params.get("download", False)),
                    download_url=params.get("download_url", "") or "",
                    download_sha256=params.get("download_sha256", "") or "", verbose=verbose)

@@ -81,6 +81,7 @@ class Config:
             raise ConfigError(
                 f"backbone={self.backbone!r} is not known; choose one of {sorted(BACKBONES)}")
         spec = BACKBONES[self.backbone]
+        self._sources = self._field_sources(spec)
         for name, value in {**FALLBACK_DEFAULTS, **spec.defaults}.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
@@ -92,6 +93,37 @@ class Config:
         if self.resize is None:
             self.resize = self.input_size
         self.validate()
+
+    def _field_sources(self, spec) -> dict[str, str]:
+        """Where each field's value comes from, decided before the None fields are filled."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None and f.default is None:
+                out[f.name] = "set"
+            elif value is None and (f.name in spec.defaults or f.name == "layers"):
+                out[f.name] = f"backbone default ({self.backbone})"
+            elif value is None and f.name in FALLBACK_DEFAULTS:
+                out[f.name] = "fallback default"
+            elif value is None and f.name == "resize":
+                out[f.name] = "= input_size"
+            else:
+                out[f.name] = "field default" if value == f.default else "set"
+        return out
+
+    def sources(self) -> dict[str, str]:
+        """Field name -> where its value came from: "set", "backbone default (<name>)",
+        "fallback default" (:data:`FALLBACK_DEFAULTS`), "field default" or "= input_size"."""
+        return dict(self._sources)
+
+    def describe(self) -> str:
+        """A printable table of every field's effective value and where it came from."""
+        rows = [(name, repr(getattr(self, name)), source) for name, source in self._sources.items()]
+        w0 = max(len(r[0]) for r in rows)
+        w1 = min(max(len(r[1]) for r in rows), 40)
+        lines = [f"{'field':<{w0}}  {'value':<{w1}}  source", "-" * (w0 + w1 + 24)]
+        lines += [f"{a:<{w0}}  {b:<{w1}}  {c}" for a, b, c in rows]
+        return "\n".join(lines)
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
@@ -191,8 +223,12 @@ class Config:
         return cls.from_dict(data)
 
     def replace(self, **changes: Any) -> "Config":
-        """A copy with some fields changed (validated again)."""
-        return Config.from_dict({**self.to_dict(), **changes})
+        """A copy with some fields changed (validated again). Unchanged fields keep their source
+        (see :meth:`describe`) while the backbone stays the same."""
+        new = Config.from_dict({**self.to_dict(), **changes})
+        if new.backbone == self.backbone:
+            new._sources.update({k: v for k, v in self._sources.items() if k not in changes})
+        return new
 
     def differences(self, other: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
         """Artifact fields whose value differs from ``other`` (a dict): name -> (mine, other)."""

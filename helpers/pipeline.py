@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .artifacts import Run, config_from_params, repo_root
+from .datasource import SYNTHETIC_DEFAULTS
 from .config import ConfigError
 from .io import atomic_write_json
 from .runtime import PROGRESS_ENV
@@ -84,8 +85,7 @@ def parse_value(text: str) -> Any:
 # cells declare exactly these (tests/test_notebooks.py checks both ways).
 NOTEBOOK_PARAMETERS: dict[str, Any] = {
     "run_dir": "runs/notebooks", "download": False, "download_url": "", "download_sha256": "",
-    "synthetic_size": 256, "synthetic_n_train": 24, "synthetic_n_test_good": 8,
-    "synthetic_n_per_defect": 6, "n_examples": 4,
+    **{f"synthetic_{k}": v for k, v in SYNTHETIC_DEFAULTS.items()}, "n_examples": 4,
     "coverage_ratios": [0.01, 0.02, 0.05, 0.1, 0.25, 0.5], "coverage_max_patches": 2000,
     "inference_batch_size": 0, "timing_repeats": 10, "interactive": True,
 }

@@ -65,3 +65,29 @@ def test_differences_lists_changed_artifact_fields():
     b = Config(backbone="mobilenet_v2", input_size=160, resize=160)
     diff = a.differences(b.to_dict())
     assert set(diff) == {"input_size", "resize"}
+
+
+def test_describe_names_where_each_value_came_from():
+    cfg = Config(backbone="mobilenet_v2", coreset_ratio=0.2, sigma=4.0)
+    src = cfg.sources()
+    assert src["coreset_ratio"] == "set" and src["sigma"] == "set"       # set, even to a default
+    assert src["distance"] == "backbone default (mobilenet_v2)"
+    assert src["layers"] == "backbone default (mobilenet_v2)"
+    assert src["batch_size"] == "field default" and src["backbone"] == "set"
+    assert Config().sources()["sigma"] == "fallback default"
+    table = cfg.describe()
+    for name, value in cfg.to_dict().items():
+        assert name in table and repr(value) in table
+    assert table.count("\n") == len(cfg.to_dict()) + 1
+
+
+def test_replace_keeps_the_sources_of_unchanged_fields():
+    cfg = Config(backbone="mobilenet_v2").replace(batch_size=8)
+    assert cfg.sources()["distance"] == "backbone default (mobilenet_v2)"
+    assert cfg.sources()["batch_size"] == "set"
+    assert Config.from_dict(cfg.to_dict()).sources()["distance"] == "set"   # a saved config
+
+
+def test_sources_do_not_change_equality_hash_or_dict():
+    a, b = Config(backbone="mobilenet_v2"), Config.from_dict(Config(backbone="mobilenet_v2").to_dict())
+    assert a == b and a.hash() == b.hash() and "_sources" not in a.to_dict()
