@@ -96,7 +96,9 @@ def test_nbval_reexecution_matches(tmp_path_factory):
     up to tests/nbval_sanitize.cfg and cells marked # NBVAL_IGNORE_OUTPUT."""
     out = ci_run(str(tmp_path_factory.getbasetemp()))
     notebooks = [str(out / "notebooks" / nb) for nb in NOTEBOOKS]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    # PYTHONPATH: the kernels import this checkout's helpers (not another one installed in the venv)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval",
                            "--nbval-current-env", "--nbval-sanitize-with", str(SANITIZE),
                            "--nbval-cell-timeout", "600", "--rootdir", str(out), *notebooks],
