@@ -40,8 +40,8 @@ def features_from_images(root: str, category: str, size: int, limit: int | None,
     m = PatchCore(Config(dataset_path=root, category=category, backbone="mobilenet_v2",
                          input_size=size, resize=size, device="cpu", batch_size=16))
     out = []
-    for x, _, _ in m._batches(samples):
-        out.append(m.embed(x).reshape(-1, m.config.target_embed_dim))
+    for batch in m.embed_images(samples):
+        out.append(batch.embeddings.reshape(-1, m.config.target_embed_dim))
     return torch.cat(out)
 
 

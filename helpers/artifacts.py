@@ -221,9 +221,9 @@ class Run:
         """Patch features of all good training images (notebook 02), cached: the coreset
         projection in ``features-<hash>.safetensors`` and, unless the projection is the identity,
         the full embeddings in ``features-<hash>.f32`` (float32 rows), both in artifacts/.
-        Returns a :class:`~helpers.model.TrainingFeatures`."""
+        Returns a :class:`~helpers.training.TrainingFeatures`."""
         from .projection import Projection
-        from .model import TrainingFeatures
+        from .training import TrainingFeatures
         from .spill import FeatureSpill
 
         m = model or self.new_model()
@@ -247,8 +247,9 @@ class Run:
         tensors, info = self.cached("features", compute)
         proj = Projection.of_rows(tensors["projection"], m.device)
         spill = FeatureSpill.open(self._spill_path(), info["dim"]) if info["spill"] else None
-        return TrainingFeatures(proj, spill, tuple(info["grid"]), info["n_images"],
-                                info.get("n_views", info["n_images"]), info["seconds"])
+        return TrainingFeatures(proj, spill, grid=tuple(info["grid"]), n_images=info["n_images"],
+                                n_views=info.get("n_views", info["n_images"]),
+                                seconds=info["seconds"])
 
     def model(self, **overrides):
         """The fitted PatchCore (notebook 03): loads the bank when cached, else runs the greedy
@@ -362,7 +363,7 @@ class Run:
 
     def write_metrics(self, metrics: dict[str, Any], pred: Prediction) -> dict[str, Any]:
         """Write metrics.json (atomically) with every key of the contract; returns it."""
-        from .model import versions
+        from .bank_file import versions
         record = dict(n_train=len(self.train_samples), n_test=len(self.test_samples),
                       timings=self.timings(pred), config=self.config.to_dict(),
                       data=self.data.record(), config_hash=self.config.hash(),

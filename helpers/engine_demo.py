@@ -11,7 +11,8 @@ from .config import Config
 from .data import list_samples
 from .io import atomic_write_json
 from .metrics import evaluate_samples
-from .model import PatchCore, versions
+from .bank_file import versions
+from .model import PatchCore
 from .synthetic import generate_dataset
 
 DEFAULT_SYNTHETIC = Path("data/synthetic")

@@ -4,104 +4,33 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import time
-import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Iterator, NamedTuple
+from typing import Iterator
 
-import cv2
 import numpy as np
 import torch
 
+from . import fit_memory
+from .bank_file import BankMismatchError, read_bank, save_bank, versions
 from .config import Config
 from .coreset import greedy_coreset
-from .projection import Projection
-from .data import Geometry, ImageReadError, Preprocessor, Sample, load_image
+from .data import Geometry, Preprocessor
 from .features import FeatureExtractor
-from .io import load_tensors, save_tensors
+from .fit_memory import available_ram
+from .images import as_list, image_batches, rotate_image
 from .knn import knn, pair_distance
 from .maps import grids_to_maps
 from .prediction import Prediction
+from .projection import Projection
 from .runtime import autocast, autocast_dtype, resolve_device, run_halving
 from .runtime import progress as show_progress
 from .spill import FeatureSpill
+from .training import EmbeddedBatch, TrainingFeatures
 
-BANK_FORMAT = "patchcore-memory-bank"
-BASE_RAM = 1 << 30   # the libraries, the backbone and the test-time working set (measured ~0.9 GiB)
-BANK_FORMAT_VERSION = "1"
-
-
-class BankMismatchError(ValueError):
-    """A saved memory bank does not match the configuration it is loaded for."""
-
-
-class EmbeddedBatch(NamedTuple):
-    """One batch of :meth:`PatchCore.embed_images`: embeddings of each view (image or rotated
-    copy), how each view was made from its original, and the index of that original."""
-    embeddings: torch.Tensor            # [B, h, w, D] float32, on the model's device
-    geometries: list[Geometry]
-    indices: list[int]
-
-
-class TrainingFeatures:
-    """Every training patch as the fit sees it: the coreset's projection in memory (float64,
-    ``n_patches`` rows) and the full embeddings in ``spill`` (a file), in ``full`` (a tensor) or,
-    when the projection is the identity, nowhere else. ``close()`` removes a temporary spill."""
-
-    def __init__(self, projection: Projection, spill: FeatureSpill | None, grid: tuple[int, int],
-                 n_images: int, n_views: int, seconds: float, full: torch.Tensor | None = None):
-        self.projection, self.spill, self.full = projection, spill, full
-        self.grid, self.n_images, self.n_views, self.seconds = grid, n_images, n_views, seconds
-
-    @property
-    def n_patches(self) -> int:
-        return self.projection.n
-
-    @property
-    def per_image(self) -> int:
-        """Patches per view (one image or one rotated copy)."""
-        return self.grid[0] * self.grid[1]
-
-    @property
-    def dim(self) -> int:
-        if self.full is not None:
-            return self.full.shape[1]
-        return self.spill.dim if self.spill is not None else self.projection.dim
-
-    def rows(self, idx: torch.Tensor) -> torch.Tensor:
-        """Full float32 features of patches ``idx`` (CPU for a spill, else where they live)."""
-        if self.full is not None:
-            return self.full[idx.to(self.full.device)].float()
-        if self.spill is not None:
-            return self.spill.gather(idx)
-        return self.projection.result()[0][idx].float()
-
-    def sample(self, k: int) -> torch.Tensor:
-        """``k`` evenly spaced patches' full features (all when there are fewer), CPU float32."""
-        idx = torch.linspace(0, self.n_patches - 1, min(k, self.n_patches)).round().long()
-        return self.rows(idx).cpu()
-
-    def close(self) -> None:
-        if self.spill is not None:
-            self.spill.close()
-
-
-def versions() -> dict[str, str]:
-    import sklearn
-    import torchvision
-    from . import __version__
-    return {"helpers": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "numpy": np.__version__, "opencv": cv2.__version__, "scikit-learn": sklearn.__version__,
-            "python": platform.python_version()}
-
-
-def rotate_image(image: np.ndarray, degrees: float) -> np.ndarray:
-    """Rotate about the centre, same size, border replicated (for train_rotations)."""
-    h, w = image.shape[:2]
-    m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), degrees, 1.0)
-    return cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+# re-exported: where they lived before the split
+__all__ = ["BankMismatchError", "EmbeddedBatch", "PatchCore", "Prediction", "TrainingFeatures",
+           "available_ram", "rotate_image", "versions"]
 
 
 class PatchCore:
@@ -172,80 +101,14 @@ class PatchCore:
         return out
 
     # ------------------------------------------------------------------ inputs
-    def _batches(self, images, rotations: int = 1
-                 ) -> Iterator[tuple[torch.Tensor, list[Geometry | None], list[int]]]:
-        """Yield (tensor batch, geometries, indices into the input) streaming from disk."""
-        c = self.config
-        if isinstance(images, torch.Tensor):
-            if images.ndim == 3:
-                images = images.unsqueeze(0)
-            if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
-                raise ValueError(f"a tensor input must be float [N, 3, {c.input_size}, {c.input_size}] "
-                                 f"ImageNet-normalised; got {images.dtype} {tuple(images.shape)}")
-            if tuple(images.shape[2:]) != (c.input_size, c.input_size):
-                raise ValueError(f"tensor images are {tuple(images.shape[2:])} but input_size="
-                                 f"{c.input_size}; pass file paths or uint8 arrays to have them resized")
-            g = Geometry(c.input_size, c.input_size, c.input_size, c.input_size, 0, 0, c.input_size)
-            for i in range(0, images.shape[0], c.batch_size):
-                part = images[i:i + c.batch_size]
-                yield part, [g] * part.shape[0], list(range(i, i + part.shape[0]))
-            return
-        items = _as_list(images)
-        if not items:
-            raise ValueError("no images given (an empty list or folder?)")
-        pool = ThreadPoolExecutor(max(1, c.num_workers)) if c.num_workers > 0 else None
-        try:
-            for start in range(0, len(items), c.batch_size):
-                chunk = list(enumerate(items[start:start + c.batch_size], start))
-                loaded = (pool.map(self._load_one, [it for _, it in chunk]) if pool
-                          else map(self._load_one, [it for _, it in chunk]))
-                tensors, geoms, idx = [], [], []
-                for (i, _), img in zip(chunk, loaded):
-                    if img is None:
-                        continue
-                    for r in range(rotations):
-                        view = img if r == 0 else rotate_image(img, 360.0 * r / rotations)
-                        t, g = self.preprocess(view)
-                        tensors.append(t)
-                        geoms.append(g)
-                        idx.append(i)
-                if tensors:
-                    yield torch.stack(tensors), geoms, idx
-        finally:
-            if pool:
-                pool.shutdown()
-
-    def _load_one(self, item) -> np.ndarray | None:
-        if isinstance(item, Sample):
-            item = item.path
-        if isinstance(item, (str, Path)):
-            try:
-                return load_image(item)
-            except ImageReadError as exc:
-                if self.config.skip_bad_images:
-                    warnings.warn(f"skipped: {exc}", stacklevel=3)
-                    return None
-                raise
-        if isinstance(item, np.ndarray):
-            if item.ndim == 2:
-                item = np.repeat(item[..., None], 3, axis=2)
-            if item.ndim != 3 or item.shape[2] not in (3, 4):
-                raise ValueError(f"image arrays must be [H, W, 3] RGB (or [H, W] gray), got {item.shape}")
-            if item.dtype != np.uint8:
-                raise ValueError(f"image arrays must be uint8 0-255, got {item.dtype}; "
-                                 "convert with (x * 255).clip(0, 255).astype(np.uint8)")
-            return np.ascontiguousarray(item[..., :3])
-        raise TypeError(f"cannot use {type(item).__name__} as an image: pass a file path, a Sample, "
-                        "an RGB uint8 array or a normalised float tensor")
-
     # ------------------------------------------------------------------ seams
     def embed_images(self, images, rotations: int = 1, progress: bool = False,
                      desc: str = "features") -> Iterator[EmbeddedBatch]:
         """Embed ``images`` batch by batch (read from disk as they are needed): each image, and
         with ``rotations`` > 1 its copies rotated by 360/rotations degrees, becomes one view.
         The one home of rotate -> preprocess -> embed (fit, predict and the notebooks use it)."""
-        n = images.shape[0] if isinstance(images, torch.Tensor) else len(_as_list(images))
-        batches = self._batches(images, rotations=rotations)
+        n = images.shape[0] if isinstance(images, torch.Tensor) else len(as_list(images))
+        batches = image_batches(images, self.config, self.preprocess, rotations)
         if progress:
             batches = show_progress(batches, total=math.ceil(n / self.config.batch_size),
                                     desc=desc, unit="batch")
@@ -278,7 +141,7 @@ class PatchCore:
         keeping each patch's coreset projection in memory and, when that projection is not the
         identity, the full embedding in a spill file. Checks the memory estimate first."""
         c = self.config
-        items = images if isinstance(images, torch.Tensor) else _as_list(images)
+        items = images if isinstance(images, torch.Tensor) else as_list(images)
         n = items.shape[0] if isinstance(items, torch.Tensor) else len(items)
         if not isinstance(items, torch.Tensor):
             self.check_fit_memory(n)
@@ -304,8 +167,8 @@ class PatchCore:
             raise
         if proj is None:
             raise ValueError("no training image could be read")
-        return TrainingFeatures(proj, spill, self.grid, views // c.train_rotations, views,
-                                time.perf_counter() - t0)
+        return TrainingFeatures(proj, spill, grid=self.grid, n_images=views // c.train_rotations,
+                                n_views=views, seconds=time.perf_counter() - t0)
 
     def build_bank(self, feats: "TrainingFeatures", progress: bool = False) -> "PatchCore":
         """Greedy coreset on ``feats``' projection; the bank is the kept patches' full features."""
@@ -338,44 +201,18 @@ class PatchCore:
         proj = self._projection(features.shape[0], features.shape[1])
         proj.add(features, block_rows=per_view)
         grid = self.grid or (1, features.shape[0])
-        self.build_bank(TrainingFeatures(proj, None, grid, 0, 0, 0.0, full=features), progress)
+        feats = TrainingFeatures(proj, None, grid=grid, n_images=0, n_views=0, seconds=0.0,
+                                 full=features)
+        self.build_bank(feats, progress)
         return self.coreset_indices
 
     def fit_memory_estimate(self, n_images: int) -> dict[str, int]:
-        """Bytes the streaming fit needs for ``n_images`` training images: ``ram`` (projection,
-        the coreset's working arrays, the bank and one batch of activations, plus the libraries),
-        ``disk`` (the temporary feature file) and, on CUDA, ``gpu``."""
-        c = self.config
-        side = -(-c.input_size // 8)  # every registered backbone's first tap has stride >= 8
-        patches = n_images * c.train_rotations * side * side
-        dim = c.embed_dim
-        p = dim if not 0 < c.coreset_projection_dim < dim else c.coreset_projection_dim
-        work = patches * (p * 8 + 160)                # float64 projection + coreset arrays
-        bank = int(patches * c.coreset_ratio) * dim * 4
-        batch = c.batch_size * 3 * c.input_size ** 2 * 4 * 24   # activations, roughly
-        est = {"disk": patches * dim * 4 if p < dim else 0}
-        if self.device.type == "cuda":
-            est.update(gpu=work + bank + batch, ram=BASE_RAM + bank)
-        else:
-            est.update(ram=BASE_RAM + work + bank + batch)
-        return est
+        """Bytes a fit of ``n_images`` needs (see :func:`helpers.fit_memory.fit_memory_estimate`)."""
+        return fit_memory.fit_memory_estimate(self.config, self.device, n_images)
 
     def check_fit_memory(self, n_images: int) -> None:
-        """Refuse, before any work, a fit whose estimated peak exceeds 90% of the free memory,
-        in one line naming the estimate, the free memory and the knobs to change."""
-        est = self.fit_memory_estimate(n_images)
-        free = {"ram": available_ram()}
-        if self.device.type == "cuda":
-            free["gpu"] = torch.cuda.mem_get_info()[0]
-        for kind in ("gpu", "ram"):
-            if kind in est and free.get(kind) is not None and est[kind] > 0.9 * free[kind]:
-                c = self.config
-                raise MemoryError(
-                    f"fitting {n_images} images needs about {est[kind] / 2**30:.1f} GiB of "
-                    f"{'GPU memory' if kind == 'gpu' else 'RAM'} but {free[kind] / 2**30:.1f} GiB "
-                    f"is free: lower train_rotations (now {c.train_rotations}), input_size "
-                    f"(now {c.input_size}) or coreset_projection_dim (now "
-                    f"{c.coreset_projection_dim}), or fit on fewer images")
+        """Refuse a fit larger than the free memory (see :mod:`helpers.fit_memory`)."""
+        fit_memory.check_fit_memory(self.config, self.device, n_images)
 
     # ------------------------------------------------------------------ predict
     def _check_fitted(self) -> None:
@@ -450,7 +287,7 @@ class PatchCore:
     def predict(self, images, maps: bool = True, progress: bool = False) -> Prediction:
         """Image scores and anomaly maps (original pixels) for ``images``."""
         self._check_fitted()
-        items = images if isinstance(images, torch.Tensor) else _as_list(images)
+        items = images if isinstance(images, torch.Tensor) else as_list(images)
         n = items.shape[0] if isinstance(items, torch.Tensor) and items.ndim == 4 else len(items)
         scores = np.full(n, np.nan, dtype=np.float32)
         out_maps: list[np.ndarray | None] = [None] * n
@@ -475,47 +312,14 @@ class PatchCore:
     def save(self, path: str | Path) -> Path:
         """Write the memory bank, config and versions to one .safetensors file, atomically."""
         self._check_fitted()
-        meta = {"format": BANK_FORMAT, "format_version": BANK_FORMAT_VERSION,
-                "config": json.dumps(self.config.to_dict(), sort_keys=True),
-                "config_hash": self.config.hash(), "versions": json.dumps(versions()),
-                "grid": json.dumps(list(self.grid) if self.grid else None),
-                "info": json.dumps(self.info)}
-        return save_tensors(path, {"memory_bank": self.memory_bank.float()}, meta)
+        return save_bank(path, self.memory_bank, self.config, self.grid, self.info)
 
     @classmethod
     def load(cls, path: str | Path, config: Config | None = None, **overrides) -> "PatchCore":
         """Load a bank written by :meth:`save`. With ``config``, refuse a bank built with other
         artifact settings (backbone, layers, sizes...) and list the differences. Runtime fields
         (device, batch_size, ...) may be overridden."""
-        path = Path(path)
-        tensors, meta = load_tensors(path)
-        if meta.get("format") != BANK_FORMAT:
-            raise BankMismatchError(f"{path} is not a PatchCore memory bank (format="
-                                    f"{meta.get('format')!r}); rebuild it with PatchCore.fit(...).save(...)")
-        if meta.get("format_version") != BANK_FORMAT_VERSION:
-            raise BankMismatchError(f"{path} has bank format {meta.get('format_version')!r}; this "
-                                    f"version reads {BANK_FORMAT_VERSION!r}. Refit and save again.")
-        try:
-            saved = json.loads(meta["config"])
-            saved_cfg = Config.from_dict(saved)
-        except (KeyError, ValueError, TypeError) as exc:
-            raise BankMismatchError(f"{path}: its stored config is unreadable ({exc})") from exc
-        if config is not None:
-            diff = config.differences(saved)
-            if diff:
-                lines = "\n".join(f"  {k}: bank has {b!r}, config asks {a!r}" for k, (a, b) in diff.items())
-                raise BankMismatchError(f"memory bank {path} was built with other settings:\n{lines}\n"
-                                        "Refit with the current config, or load without a config.")
-            cfg = config.replace(**overrides) if overrides else config
-        else:
-            cfg = saved_cfg.replace(**overrides) if overrides else saved_cfg
-        bank = tensors.get("memory_bank")
-        if bank is None or bank.ndim != 2 or bank.shape[1] != cfg.embed_dim or bank.shape[0] < 1:
-            raise BankMismatchError(f"{path}: memory_bank tensor missing or of shape "
-                                    f"{None if bank is None else tuple(bank.shape)}, expected "
-                                    f"[M, {cfg.embed_dim}]")
-        if not torch.isfinite(bank).all():
-            raise BankMismatchError(f"{path}: memory bank holds NaN or infinite values")
+        cfg, bank, meta = read_bank(path, config, **overrides)
         model = cls(cfg)
         model.memory_bank = bank.float().to(model.device)
         grid = json.loads(meta.get("grid", "null"))
@@ -523,34 +327,3 @@ class PatchCore:
         model.info = json.loads(meta.get("info", "{}"))
         model.saved_versions = json.loads(meta.get("versions", "{}"))
         return model
-
-
-def available_ram() -> int | None:
-    """Bytes of memory available to a new allocation (Linux MemAvailable; None if unknown)."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        import os
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def _as_list(images) -> list:
-    if isinstance(images, (str, Path, Sample)):
-        return [images]
-    if isinstance(images, np.ndarray):
-        if images.ndim == 4:
-            return list(images)
-        return [images]
-    if isinstance(images, torch.Tensor):
-        return images
-    if isinstance(images, Iterable):
-        return list(images)
-    raise TypeError(f"cannot use {type(images).__name__} as images: pass a list of file paths, "
-                    "Samples or RGB uint8 arrays, or a normalised tensor [N, 3, S, S]")

@@ -273,7 +273,8 @@ def preflight(params: dict[str, Any]) -> str:
     summary; raises PipelineError with the whole message (path at fault, layout, or estimate,
     free memory and the knob to change)."""
     from .data import DatasetError
-    from .model import PatchCore, available_ram
+    from .fit_memory import available_ram
+    from .model import PatchCore
     run = Run.from_params(params, verbose=False)
     c = run.config
     try:

@@ -72,7 +72,7 @@ def test_preflight_prints_the_whole_data_error_naming_the_path(tmp_path, capsys)
 
 
 def test_preflight_refuses_a_fit_larger_than_free_memory_in_one_line(tmp_path, monkeypatch):
-    monkeypatch.setattr("helpers.model.available_ram", lambda: 2 << 30)
+    monkeypatch.setattr("helpers.fit_memory.available_ram", lambda: 2 << 30)
     with pytest.raises(PipelineError) as err:
         run_pipeline(tmp_path / "big", params={"backbone": "mobilenet_v2",
                                                "synthetic_n_train": 4000, "train_rotations": 8})

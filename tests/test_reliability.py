@@ -161,25 +161,3 @@ def test_same_config_and_seed_give_identical_results(small_config, samples, quie
     assert np.array_equal(a.predict(samples[1][:4]).scores, b.predict(samples[1][:4]).scores)
     c = PatchCore(small_config.replace(seed=1)).fit(samples[0][:5])
     assert not torch.equal(a.coreset_indices, c.coreset_indices)
-
-
-def test_training_set_too_large_for_memory_is_refused_up_front(small_config, monkeypatch):
-    model = PatchCore(small_config)
-    est = model.fit_memory_estimate(10**6)
-    patches = 10**6 * small_config.train_rotations * 16 * 16
-    # the RAM estimate grows with the projection (8 bytes x 128 per patch), not the full features
-    assert est["ram"] >= patches * 128 * 8
-    assert est["disk"] == patches * small_config.embed_dim * 4
-    monkeypatch.setattr("helpers.model.available_ram", lambda: 8 << 30)
-    with pytest.raises(MemoryError) as err:
-        model.check_fit_memory(10**6)
-    msg = str(err.value)
-    assert "GiB of RAM" in msg and "8.0 GiB is free" in msg and "train_rotations" in msg
-    model.check_fit_memory(10)  # a small set passes
-
-
-def test_fit_memory_estimate_grows_linearly(small_config):
-    model = PatchCore(small_config)
-    a, b = model.fit_memory_estimate(1000), model.fit_memory_estimate(2000)
-    base = model.fit_memory_estimate(0)
-    assert b["ram"] - base["ram"] == pytest.approx(2 * (a["ram"] - base["ram"]), rel=1e-3)

@@ -1,0 +1,62 @@
+"""Will a fit fit? The streaming fit's memory estimate (RAM, disk, GPU) and the check that refuses,
+before any work, a fit larger than the free memory."""
+from __future__ import annotations
+
+import torch
+
+from .config import Config
+
+BASE_RAM = 1 << 30   # the libraries, the backbone and the test-time working set (measured ~0.9 GiB)
+
+
+def available_ram() -> int | None:
+    """Bytes of memory available to a new allocation (Linux MemAvailable; None if unknown)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import os
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def fit_memory_estimate(config: Config, device: torch.device, n_images: int) -> dict[str, int]:
+    """Bytes the streaming fit needs for ``n_images`` training images: ``ram`` (projection,
+    the coreset's working arrays, the bank and one batch of activations, plus the libraries),
+    ``disk`` (the temporary feature file) and, on CUDA, ``gpu``."""
+    c = config
+    side = -(-c.input_size // 8)  # every registered backbone's first tap has stride >= 8
+    patches = n_images * c.train_rotations * side * side
+    dim = c.embed_dim
+    p = dim if not 0 < c.coreset_projection_dim < dim else c.coreset_projection_dim
+    work = patches * (p * 8 + 160)                # float64 projection + coreset arrays
+    bank = int(patches * c.coreset_ratio) * dim * 4
+    batch = c.batch_size * 3 * c.input_size ** 2 * 4 * 24   # activations, roughly
+    est = {"disk": patches * dim * 4 if p < dim else 0}
+    if device.type == "cuda":
+        est.update(gpu=work + bank + batch, ram=BASE_RAM + bank)
+    else:
+        est.update(ram=BASE_RAM + work + bank + batch)
+    return est
+
+def check_fit_memory(config: Config, device: torch.device, n_images: int) -> None:
+    """Refuse, before any work, a fit whose estimated peak exceeds 90% of the free memory,
+    in one line naming the estimate, the free memory and the knobs to change."""
+    est = fit_memory_estimate(config, device, n_images)
+    free = {"ram": available_ram()}
+    if device.type == "cuda":
+        free["gpu"] = torch.cuda.mem_get_info()[0]
+    for kind in ("gpu", "ram"):
+        if kind in est and free.get(kind) is not None and est[kind] > 0.9 * free[kind]:
+            c = config
+            raise MemoryError(
+                f"fitting {n_images} images needs about {est[kind] / 2**30:.1f} GiB of "
+                f"{'GPU memory' if kind == 'gpu' else 'RAM'} but {free[kind] / 2**30:.1f} GiB "
+                f"is free: lower train_rotations (now {c.train_rotations}), input_size "
+                f"(now {c.input_size}) or coreset_projection_dim (now "
+                f"{c.coreset_projection_dim}), or fit on fewer images")

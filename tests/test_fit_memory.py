@@ -1,0 +1,33 @@
+"""helpers.fit_memory: the fit's memory estimate and the up-front refusal."""
+import pytest
+import torch
+
+from helpers import PatchCore
+from helpers.fit_memory import fit_memory_estimate
+
+
+def test_training_set_too_large_for_memory_is_refused_up_front(small_config, monkeypatch):
+    model = PatchCore(small_config)
+    est = model.fit_memory_estimate(10**6)
+    patches = 10**6 * small_config.train_rotations * 16 * 16
+    # the RAM estimate grows with the projection (8 bytes x 128 per patch), not the full features
+    assert est["ram"] >= patches * 128 * 8
+    assert est["disk"] == patches * small_config.embed_dim * 4
+    monkeypatch.setattr("helpers.fit_memory.available_ram", lambda: 8 << 30)
+    with pytest.raises(MemoryError) as err:
+        model.check_fit_memory(10**6)
+    msg = str(err.value)
+    assert "GiB of RAM" in msg and "8.0 GiB is free" in msg and "train_rotations" in msg
+    model.check_fit_memory(10)  # a small set passes
+
+
+def test_fit_memory_estimate_grows_linearly(small_config):
+    model = PatchCore(small_config)
+    a, b = model.fit_memory_estimate(1000), model.fit_memory_estimate(2000)
+    base = model.fit_memory_estimate(0)
+    assert b["ram"] - base["ram"] == pytest.approx(2 * (a["ram"] - base["ram"]), rel=1e-3)
+
+
+def test_estimate_is_a_function_of_config_and_device(small_config):
+    assert fit_memory_estimate(small_config, torch.device("cpu"), 50) == \
+        PatchCore(small_config).fit_memory_estimate(50)
