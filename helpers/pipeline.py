@@ -31,6 +31,7 @@ from .artifacts import Run, config_from_params, repo_root
 from .datasource import SYNTHETIC_DEFAULTS
 from .config import ConfigError
 from .io import atomic_write_json
+from .pipeline_report import PipelineError, failure_message, preflight, summary
 from .runtime import PROGRESS_ENV
 
 NOTEBOOKS = (
@@ -58,10 +59,6 @@ PRESETS: dict[str, dict[str, Any]] = {
            "timing_repeats": 1, "batch_size": 8},
 }
 RESERVED = ("run_dir",)
-
-
-class PipelineError(RuntimeError):
-    """A run could not start or a notebook failed; the message says what to do."""
 
 
 def notebook_dir() -> Path:
@@ -249,76 +246,6 @@ def _run(out, data, params, overwrite, resume, html, log) -> dict:
     metrics = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").is_file() else {}
     log(summary(out, metrics))
     return metrics
-
-
-def failure_message(nb: str, exc: BaseException, target: Path, out: Path) -> str:
-    """What to tell the user when a notebook failed; a dead kernel is named as such, with its
-    likely cause (memory), since its notebook holds no error cell."""
-    if type(exc).__name__ == "DeadKernelError" or "Kernel died" in str(exc):
-        return (f"the kernel running {nb} died (no Python error: most likely the operating system "
-                f"killed it for using too much memory). The partial run is in {out}; the notebook "
-                f"as far as it got is {target}. Lower train_rotations, input_size or batch_size "
-                f"(-p NAME VALUE) and continue with --resume.")
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    error = next((line for line in reversed(lines) if "Error" in line), lines[-1] if lines else
-                 type(exc).__name__)
-    return (f"{nb} failed ({error.strip()}).\nThe executed notebook with the error is {target}.\n"
-            "Fix the cause and continue with --resume (finished notebooks and artifacts are "
-            "reused).")
-
-
-def preflight(params: dict[str, Any]) -> str:
-    """Before any notebook runs: find the data (download it when asked), count the training
-    images and compare the fit's estimated peak memory with what is free. Returns a one-line
-    summary; raises PipelineError with the whole message (path at fault, layout, or estimate,
-    free memory and the knob to change)."""
-    from .data import DatasetError
-    from .fit_memory import available_ram
-    from .model import PatchCore
-    run = Run.from_params(params, verbose=False)
-    c = run.config
-    try:
-        n_train = run.synthetic["n_train"] if run.is_synthetic else len(run.train_samples)
-    except (DatasetError, OSError, RuntimeError) as exc:
-        raise PipelineError(f"data: {exc}") from exc
-    if n_train == 0:
-        raise PipelineError(f"data: no training images found under {run.data_root}")
-    model = PatchCore(c)
-    try:
-        model.check_fit_memory(n_train)
-    except MemoryError as exc:
-        raise PipelineError(f"memory: {exc}") from exc
-    est = model.fit_memory_estimate(n_train)
-    free = available_ram()
-    out = Path(params["run_dir"])
-    disk = shutil.disk_usage(out if out.exists() else out.parent).free
-    if est["disk"] > 0.9 * disk:
-        raise PipelineError(f"disk: the fit writes {est['disk'] / 2**30:.1f} GiB of features to "
-                            f"{out} but {disk / 2**30:.1f} GiB is free; choose another --out, or "
-                            f"lower input_size or train_rotations")
-    return (f"preflight: {n_train} training images x {c.train_rotations} rotation(s) at "
-            f"{c.input_size} px; fit needs ~{est['ram'] / 2**30:.1f} GiB RAM"
-            + (f" of {free / 2**30:.1f} GiB free" if free else "")
-            + (f", {est['disk'] / 2**30:.1f} GiB disk" if est["disk"] else ""))
-
-
-def _fmt(v: Any) -> str:
-    return "n/a" if v is None else f"{v:.3f}"
-
-
-def summary(out: Path, metrics: dict) -> str:
-    figures = sorted((out / "figures").glob("*.png"))
-    t = metrics.get("timings") or {}
-    lines = [f"Results in {out}/",
-             f"  metrics.json : image AUROC {_fmt(metrics.get('image_auroc'))} | pixel AUROC "
-             f"{_fmt(metrics.get('pixel_auroc'))} | AUPRO {_fmt(metrics.get('aupro'))} | "
-             f"F1 threshold {_fmt(metrics.get('f1_threshold'))}",
-             f"  per defect   : " + ", ".join(f"{k} {_fmt(v)}" for k, v in (metrics.get("per_defect") or {}).items()),
-             f"  timings      : fit {_fmt(t.get('fit_s'))} s, {_fmt(t.get('infer_ms_per_image'))} ms/image "
-             f"on {t.get('device')} (batch {t.get('batch_size')})",
-             f"  figures/     : {len(figures)} PNG files",
-             f"  notebooks/   : executed notebooks" + (" (+ .html)" if list((out / 'notebooks').glob('*.html')) else "")]
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,18 @@
+"""helpers.pipeline_report: what a run tells the user."""
+from helpers.pipeline_report import failure_message, summary
+
+
+def test_failure_message_names_the_error_or_the_dead_kernel(tmp_path):
+    msg = failure_message("02.ipynb", RuntimeError("trace\nValueError: bad layer"), tmp_path / "t",
+                          tmp_path)
+    assert "ValueError: bad layer" in msg and "--resume" in msg
+
+    class DeadKernelError(RuntimeError):
+        pass
+
+    assert "died" in failure_message("03.ipynb", DeadKernelError("x"), tmp_path / "t", tmp_path)
+
+
+def test_summary_prints_null_metrics_as_not_available(tmp_path):
+    text = summary(tmp_path, {"image_auroc": 0.5, "pixel_auroc": None})
+    assert "image AUROC 0.500" in text and "pixel AUROC n/a" in text
