@@ -34,7 +34,6 @@ In a notebook::
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable
@@ -42,14 +41,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from . import evaluation
+from . import evaluation, stages
 from .cache import STAGES, ArtifactCache
 from .config import Config
-from .data import Geometry, Sample, load_image, masks_like
+from .data import Sample, load_image, masks_like
 from .datasource import SYNTHETIC_DEFAULTS, DataSource
 from .evaluation import METRIC_KEYS, pixel_f1_threshold
 from .figures import save_and_show
-from .io import atomic_write_json, load_tensors, save_tensors
+from .io import atomic_write_json
 from .prediction import Prediction
 
 __all__ = ["METRIC_KEYS", "STAGES", "SYNTHETIC_DEFAULTS", "Run", "config_from_params",
@@ -143,6 +142,10 @@ class Run:
     def path(self, stage: str) -> Path:
         return self.cache.path(stage, self.stage_hash(stage))
 
+    def spill_path(self) -> Path:
+        """The full training features (float32 rows) next to ``features-<hash>.safetensors``."""
+        return self.path("features").with_suffix(".f32")
+
     def rel(self, path: Path) -> str:
         return self.cache.rel(path)
 
@@ -182,7 +185,7 @@ class Run:
                 f"input {c.input_size} px, coreset {c.coreset_ratio:g})")
 
     # ------------------------------------------------------------------ cache
-    def _meta(self, stage: str) -> dict[str, str]:
+    def stage_meta(self, stage: str) -> dict[str, str]:
         extra = ({k: getattr(self.config, k) for k in SCORING_FIELDS}
                  if stage == "predictions" else {})
         return {"stage": stage, "config_hash": self.stage_hash(stage), "data_id": self.data_id(),
@@ -190,13 +193,13 @@ class Run:
 
     def is_cached(self, stage: str) -> bool:
         """True when the stage's file exists and was made with the current settings and data."""
-        return self.cache.matches(self.path(stage), self._meta(stage))
+        return self.cache.matches(self.path(stage), self.stage_meta(stage))
 
     def cached(self, stage: str, compute: Callable[[], tuple[dict, dict]],
                ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Load ``stage`` (tensors, info) when cached with matching settings; otherwise call
         ``compute() -> (tensors, info)`` and save the result atomically."""
-        return self.cache.cached(stage, self.stage_hash(stage), self._meta(stage), compute)
+        return self.cache.cached(stage, self.stage_hash(stage), self.stage_meta(stage), compute)
 
     def _info(self, stage: str) -> dict:
         return self.cache.info(self.path(stage))
@@ -214,139 +217,25 @@ class Run:
         crops = [model.preprocess.crop_rgb(load_image(s.path))[0] for s in samples]
         return emb, crops
 
-    def _spill_path(self) -> Path:
-        return self.path("features").with_suffix(".f32")
-
     def features(self, model=None):
         """Patch features of all good training images (notebook 02), cached: the coreset
         projection in ``features-<hash>.safetensors`` and, unless the projection is the identity,
-        the full embeddings in ``features-<hash>.f32`` (float32 rows), both in artifacts/.
-        Returns a :class:`~helpers.training.TrainingFeatures`."""
-        from .projection import Projection
-        from .training import TrainingFeatures
-        from .spill import FeatureSpill
-
-        m = model or self.new_model()
-
-        def compute():
-            self.artifacts_dir.mkdir(parents=True, exist_ok=True)
-            feats = m.extract(self.train_samples, progress=self.verbose,
-                              spill_dir=self.artifacts_dir)
-            if feats.spill is not None:
-                feats.spill.persist(self._spill_path())
-                feats.spill.close()
-            rows, n = feats.projection.result()
-            info = {"grid": list(feats.grid), "n_images": feats.n_images,
-                    "n_views": feats.n_views, "seconds": feats.seconds, "device": str(m.device),
-                    "dim": feats.dim, "spill": feats.spill is not None}
-            return {"projection": rows[:n].cpu()}, info
-
-        if self.is_cached("features") and self._info("features").get("spill") \
-                and not self._spill_path().is_file():
-            self.path("features").unlink()        # the spill file was deleted: recompute
-        tensors, info = self.cached("features", compute)
-        proj = Projection.of_rows(tensors["projection"], m.device)
-        spill = FeatureSpill.open(self._spill_path(), info["dim"]) if info["spill"] else None
-        return TrainingFeatures(proj, spill, grid=tuple(info["grid"]), n_images=info["n_images"],
-                                n_views=info.get("n_views", info["n_images"]),
-                                seconds=info["seconds"])
+        the full embeddings in ``features-<hash>.f32``. A :class:`~helpers.training.TrainingFeatures`."""
+        return stages.features(self, model)
 
     def model(self, **overrides):
-        """The fitted PatchCore (notebook 03): loads the bank when cached, else runs the greedy
-        coreset on the cached (or freshly extracted) features and saves the bank.
-        ``overrides`` change runtime fields only (device, batch_size, precision...)."""
-        from .model import PatchCore
-        path = self.path("bank")
-        if self.is_cached("bank"):
-            model = PatchCore.load(path, self.config, **overrides)
-            self.cache.log("bank", "loaded", path, _bank_note(model))
-            return model
-        model = self.new_model(**overrides)
-        feats = self.cache.nested(lambda: self.features(model))
-        try:
-            model.build_bank(feats, progress=self.verbose)
-        finally:
-            feats.close()
-        model.save(path)
-        # the same metadata as the other stages, so that is_cached() can check the data
-        tensors, meta = load_tensors(path)
-        save_tensors(path, tensors, {**meta, **self._meta("bank")})
-        self.cache.log("bank", "computed", path, _bank_note(model))
-        return model
+        """The fitted PatchCore (notebook 03): loads the bank when cached, else builds it from the
+        cached (or freshly extracted) features and saves it. ``overrides`` change runtime fields
+        only (device, batch_size, precision...)."""
+        return stages.fitted_model(self, **overrides)
 
     def coverage(self, ratios: list[float], max_patches: int = 2000) -> dict[str, np.ndarray]:
-        """Coverage radius (max distance of a training patch to its nearest kept patch, in the
-        full feature space) of greedy and of random subsets, for each coreset ratio."""
-        from .coreset import covering_radius, greedy_coreset
-
-        ratios = sorted(float(r) for r in ratios)
-
-        def compute():
-            all_feats = self.features()
-            try:
-                feats = all_feats.sample(max_patches)
-            finally:
-                all_feats.close()
-            gen = torch.Generator().manual_seed(self.config.seed)
-            n = feats.shape[0]
-            sizes = [max(1, min(n, int(n * r))) for r in ratios]
-            c = self.config
-            picks = greedy_coreset(feats, max(sizes), projection_dim=c.coreset_projection_dim,
-                                   start_points=c.coreset_start_points, seed=c.seed)
-            perm = torch.randperm(n, generator=gen)
-            greedy = [covering_radius(feats, picks[:k]) for k in sizes]
-            rand = [covering_radius(feats, perm[:k]) for k in sizes]
-            tensors = {"ratios": torch.tensor(ratios, dtype=torch.float64),
-                       "sizes": torch.tensor(sizes), "greedy_radius": torch.tensor(greedy, dtype=torch.float64),
-                       "random_radius": torch.tensor(rand, dtype=torch.float64)}
-            return tensors, {"n_patches": n, "max_patches": max_patches}
-
-        tensors, info = self.cached("coverage", compute)
-        if tensors["ratios"].tolist() != ratios or info.get("max_patches") != max_patches:
-            self.path("coverage").unlink()       # asked for other ratios: recompute
-            tensors, info = self.cached("coverage", compute)
-        out = {k: v.numpy() for k, v in tensors.items()}
-        out["n_patches"] = info["n_patches"]
-        return out
+        """Coverage radius of greedy and of random subsets for each coreset ratio (cached)."""
+        return stages.coverage(self, ratios, max_patches)
 
     def predictions(self, model=None, batch_size: int | None = None) -> Prediction:
-        """Scores and anomaly maps of every test image (notebook 04), cached. The patch-score
-        grids are saved; maps in original pixels are made from them on load."""
-        test = self.test_samples
-        used = {}
-
-        def compute():
-            m = model or self.model(**({"batch_size": batch_size} if batch_size else {}))
-            t0 = time.perf_counter()
-            pred = m.predict(test, maps=False, progress=self.verbose)
-            for start in range(0, len(test), 16):   # timed with the scores, then dropped
-                m.maps_from_grids(pred.patch_scores[start:start + 16],
-                                  pred.geometries[start:start + 16])
-            if m.device.type == "cuda":
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - t0
-            geoms = np.array([[-1] * 7 if g is None else [g.orig_h, g.orig_w, g.res_h, g.res_w,
-                                                           g.top, g.left, g.crop]
-                              for g in pred.geometries], dtype=np.int64)
-            used.update(device=str(m.device), batch_size=m.config.batch_size)
-            tensors = {"scores": torch.from_numpy(pred.scores),
-                       "patch_scores": torch.from_numpy(pred.patch_scores),
-                       "geometries": torch.from_numpy(geoms)}
-            info = {"seconds": seconds, "paths": [str(s.path.relative_to(self.data_root)) for s in test],
-                    "defects": [s.defect for s in test], **used}
-            return tensors, info
-
-        tensors, info = self.cached("predictions", compute)
-        geoms = [None if row[0] < 0 else Geometry(*map(int, row)) for row in tensors["geometries"].numpy()]
-        scores = tensors["scores"].numpy()
-        geoms = [None if not np.isfinite(scores[i]) else g for i, g in enumerate(geoms)]
-        # maps from the saved grids with the model's own seam (on the CPU, as they were saved)
-        maps = self.new_model(device="cpu").maps_from_grids(tensors["patch_scores"], geoms)
-        defects = info["defects"]
-        return Prediction(scores, maps, tensors["patch_scores"].numpy(), geoms,
-                          labels=np.array([0 if d == "good" else 1 for d in defects]),
-                          defects=defects, paths=info["paths"], seconds=info["seconds"],
-                          batch_size=info["batch_size"], device=info["device"])
+        """Scores and anomaly maps of every test image (notebook 04), cached."""
+        return stages.predictions(self, model, batch_size)
 
     # ------------------------------------------------------------------ evaluation
     def masks(self, pred: Prediction) -> list[np.ndarray | None]:
@@ -382,7 +271,3 @@ class Run:
         """Save ``fig`` as figures/<name>.png (atomically) and show that PNG in the notebook
         (rendered once, so the notebook and the file show the same picture)."""
         save_and_show(fig, self.figure_path(name), display=display, dpi=dpi)
-
-
-def _bank_note(model) -> str:
-    return f"  ({model.memory_bank.shape[0]} x {model.memory_bank.shape[1]})"

@@ -79,7 +79,7 @@ def test_a_second_run_loads_instead_of_computing(built):
     assert feats.n_patches == 4 * again.config.train_rotations * grid[0] * grid[1]
     assert feats.sample(10).shape == (10, again.config.embed_dim)
     feats.close()
-    assert again._spill_path().is_file() == (feats.spill is not None)   # close keeps the cache
+    assert again.spill_path().is_file() == (feats.spill is not None)   # close keeps the cache
 
 
 def test_features_are_recomputed_when_the_spill_file_is_gone(built, tmp_path):
@@ -87,10 +87,10 @@ def test_features_are_recomputed_when_the_spill_file_is_gone(built, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         first = run.features()
-        assert first.spill is not None and run._spill_path().is_file()
+        assert first.spill is not None and run.spill_path().is_file()
         want = first.sample(5)
         first.close()
-        run._spill_path().unlink()
+        run.spill_path().unlink()
         again = make_run(tmp_path, pretrain_embed_dim=256, target_embed_dim=256)
         feats = again.features()
     assert [e["action"] for e in again.events] == ["computed"]
