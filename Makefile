@@ -36,6 +36,8 @@ engine-demo: setup
 	$(BIN)/python -m helpers demo --out runs/demo-engine --overwrite
 
 test: setup
+	$(BIN)/python -m ruff check helpers benchmarks tests
+	$(BIN)/python -m ruff format --check helpers benchmarks tests
 	$(BIN)/python -m pytest -q
 
 bench: setup

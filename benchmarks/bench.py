@@ -159,7 +159,7 @@ def main() -> None:
         for b in batches:
             x = test[:b]
             model.embed(x)  # warm-up (cudnn autotune, compile)
-            t = statistics.median(timed(lambda: model.embed(x), dev, a.repeats))
+            t = statistics.median(timed(lambda: model.embed(x), dev, a.repeats))  # noqa: B023
             res[f"extract_img_s_b{b}"] = b / t
             row(f"feature extraction, batch {b} (img/s)", f"{b / t:.1f}")
 
@@ -220,7 +220,7 @@ def main() -> None:
         for b in batches:
             emb = model.embed(test[:b])
             model.score_embeddings(emb)
-            t = statistics.median(timed(lambda: model.score_embeddings(emb), dev, a.repeats))
+            t = statistics.median(timed(lambda: model.score_embeddings(emb), dev, a.repeats))  # noqa: B023
             res[f"knn_ms_per_image_b{b}"] = 1000 * t / b
             row(f"kNN + image score vs {bank_size} x {model.memory_bank.shape[1]} bank, "
                 f"batch {b} (ms/img)", f"{1000 * t / b:.2f}")
@@ -232,12 +232,12 @@ def main() -> None:
             xs = [test[i:i + 1] for i in range(a.batch1_images)]
             model.predict(xs[0])
             sync(dev)
-            ts = timed(lambda: [model.predict(x) for x in xs], dev, a.repeats)
+            ts = timed(lambda: [model.predict(x) for x in xs], dev, a.repeats)  # noqa: B023
             per = statistics.median(ts) / len(xs)
         else:
             x = test[:b]
             model.predict(x)
-            per = statistics.median(timed(lambda: model.predict(x), dev, a.repeats)) / b
+            per = statistics.median(timed(lambda: model.predict(x), dev, a.repeats)) / b  # noqa: B023
         res[f"predict_ms_per_image_b{b}"] = 1000 * per
         row(f"end-to-end predict with maps, batch {b} (ms/img)", f"{1000 * per:.2f}")
     res["peak_rss_mb"] = rss_peak_mb()

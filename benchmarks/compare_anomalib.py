@@ -70,8 +70,8 @@ def worker_ours(a) -> dict:
 
 def worker_anomalib(a) -> dict:
     os.environ.setdefault("TQDM_DISABLE", "1")
-    import torch
     import anomalib
+    import torch
     from anomalib.models.image.patchcore.torch_model import PatchcoreModel
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)

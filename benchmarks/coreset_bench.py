@@ -5,9 +5,9 @@ the filtered loop (the CPU default) on the same real patch features, with identi
         --category tire --threads 1,2
 
 Features: pretrained MobileNetV2 (offline weights, see README) on the training photos (or
-``--splits train,test``: all photos) of an MVTec-layout folder at 224 px, 1024-d patches (the projected features are the same for every
-method: each starts from the same seeded float64 projection). ``--features file.pt`` reuses a
-saved [N, D] tensor instead. Each method runs ``--repeats`` times per thread count; the minimum
+``--splits train,test``: all photos) of an MVTec-layout folder at 224 px, 1024-d patches (the
+projected features are the same for every method: each starts from the same seeded float64
+projection). ``--features file.pt`` reuses a saved [N, D] tensor instead. Each method runs ``--repeats`` times per thread count; the minimum
 is reported (timings on a shared machine only get slower, never faster, from noise).
 """
 from __future__ import annotations
@@ -28,7 +28,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from helpers.coreset import greedy_coreset, greedy_coreset_reference  # noqa: E402
-from helpers.runtime import cpu_threads  # noqa: E402
 
 
 def features_from_images(root: str, category: str, size: int, limit: int | None,

@@ -21,7 +21,8 @@ Two modes, both on a 2-core CPU in minutes:
 
     # the ablation grid of benchmarks/RESULTS.md (patch embeddings cached per preprocessing setting;
     # the bank, coreset and scoring are PatchCore's own code, fed from the cache)
-    .venv/bin/python benchmarks/real_metal_nut.py --grid --out benchmarks/out/real_metal_nut_grid.json
+    .venv/bin/python benchmarks/real_metal_nut.py --grid \\
+        --out benchmarks/out/real_metal_nut_grid.json
 
 ``--grid`` also runs the defaults through the plain API once and checks that the cached path gives
 the same numbers.
@@ -228,7 +229,7 @@ def grid_settings() -> list[tuple[str, dict]]:
     # layer taps
     for layers in (["features.3", "features.6", "features.13"], ["features.6", "features.10", "features.13"],
                    ["features.6", "features.13", "features.16"]):
-        add(f"320 no-crop rot8 cosine f{'+'.join(l.split('.')[1] for l in layers)}", input_size=320,
+        add(f"320 no-crop rot8 cosine f{'+'.join(name.split('.')[1] for name in layers)}", input_size=320,
             resize=320, train_rotations=8, distance="cosine", layers=layers)
     # around the shipped default
     add("DEFAULT 352 rot8 cosine floor0.3 sigma8", new)
@@ -267,9 +268,11 @@ def markdown_table(result: dict) -> str:
         bold = "**" if r["name"].startswith("DEFAULT") else ""
         lines.append(
             f"| {bold}{r['name']}{bold} | {k['input_size']}/{k['resize']} | "
-            f"{'+'.join(l.split('.')[1] for l in k['layers'])} | {k['coreset_ratio']:g} | {k['train_rotations']} | "
+            f"{'+'.join(name.split('.')[1] for name in k['layers'])} | {k['coreset_ratio']:g} | "
+            f"{k['train_rotations']} | "
             f"{k['num_neighbors']} | {dist} | {k['sigma']:g} | {'on' if k['clahe'] else 'off'} | "
-            f"{f['A']['image_auroc']:.3f} / {f['B']['image_auroc']:.3f} | **{r['image_auroc']:.3f}** | "
+            f"{f['A']['image_auroc']:.3f} / {f['B']['image_auroc']:.3f} | "
+            f"**{r['image_auroc']:.3f}** | "
             f"**{r['box_hit_rate']:.3f}** ({f['A']['box_hits']}, {f['B']['box_hits']}) |")
     return "\n".join(lines)
 
@@ -351,7 +354,8 @@ def main(argv=None) -> int:
     print(f"wrote {out}")
     if api is not None:
         ok = api["image_auroc"] >= 0.95 and api["box_hit_rate"] >= 0.98
-        print(f"targets (AUROC >= 0.95, box hit >= 0.98) at the defaults: {'MET' if ok else 'NOT MET'}")
+        print("targets (AUROC >= 0.95, box hit >= 0.98) at the defaults: "
+              f"{'MET' if ok else 'NOT MET'}")
     return 0
 
 

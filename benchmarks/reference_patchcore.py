@@ -36,6 +36,7 @@ STD = np.array([0.229, 0.224, 0.225], np.float32)
 def network():
     import torchvision
     from torchvision.models.feature_extraction import create_feature_extractor
+
     from helpers.backbones import seed_offline_weights
     seed_offline_weights(verbose=False)
     net = torchvision.models.mobilenet_v2(weights="IMAGENET1K_V1").eval()

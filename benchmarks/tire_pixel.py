@@ -4,8 +4,8 @@ Data: ``/work/shared/data/mvtec3d_tire_rgb/tire`` (MVTec AD layout; 600x800 port
 60 train good, 25 test good, 87 defective with masks whose defect pixels are 253-255; see its
 PROVENANCE.md). Images are read where they are, never copied.
 
-For each preprocessing geometry it fits ``mobilenet_v2`` (``Config(backbone="mobilenet_v2")`` plus the
-named overrides), predicts every test image, and reports
+For each preprocessing geometry it fits ``mobilenet_v2`` (``Config(backbone="mobilenet_v2")``
+plus the named overrides), predicts every test image, and reports
 
 * image AUROC, pixel AUROC and AUPRO (to FPR 0.3) from ``helpers.metrics.evaluate_samples``, on maps
   in ORIGINAL pixels as ``PatchCore.predict`` returns them;
@@ -146,12 +146,13 @@ def main(argv=None) -> int:
         (f"crop: resize {round(s * 8 / 7)} -> {s}", {"resize": round(s * 8 / 7)}),
     ]
     if d.train_rotations > 1:
-        settings.append((f"defaults, train_rotations=1", {"train_rotations": 1}))
+        settings.append(("defaults, train_rotations=1", {"train_rotations": 1}))
     results = []
     print(f"tire: {len(train)} of {len(train_all)} train images, {len(test)} test "
           f"({sum(x.defect != 'good' for x in test)} defective)")
     hdr = (f"{'setting':32s} {'imgAUROC':>8s} {'pixAUROC':>8s} {'AUPRO':>6s} {'inView':>6s} "
-           f"{'hit0':>5s} {'hit8':>5s} {'hit8full':>8s} {'bestShift':>10s} {'fit s':>6s} {'pred s':>6s}")
+           f"{'hit0':>5s} {'hit8':>5s} {'hit8full':>8s} {'bestShift':>10s} {'fit s':>6s} "
+           f"{'pred s':>6s}")
     print(hdr, flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

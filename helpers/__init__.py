@@ -7,7 +7,7 @@
 __version__ = "0.1.0"
 
 from .config import Config, ConfigError  # noqa: E402
-from .model import PatchCore, BankMismatchError  # noqa: E402
+from .model import BankMismatchError, PatchCore  # noqa: E402
 from .prediction import Prediction  # noqa: E402
 
 __all__ = ["Config", "ConfigError", "PatchCore", "Prediction", "BankMismatchError", "__version__"]

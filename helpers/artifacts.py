@@ -23,8 +23,8 @@ Layout of a run folder (``run_dir``)::
 ``<hash>`` is :meth:`Config.hash` (the settings that change an artifact; for features, with the
 coreset settings left out, since they do not change features). Each file also stores
 the data it was made from and, for predictions, the scoring settings (``num_neighbors``,
-``distance``, ``cosine_floor``, ``sigma``); a file whose stored values differ from the current ones is recomputed
-and replaced, never silently reused.
+``distance``, ``cosine_floor``, ``sigma``); a file whose stored values differ from the current
+ones is recomputed and replaced, never silently reused.
 
 In a notebook::
 
@@ -34,9 +34,10 @@ In a notebook::
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -101,7 +102,7 @@ class Run:
         self.cache = ArtifactCache(self.root / "artifacts", self.root, verbose)
 
     @classmethod
-    def from_params(cls, params: dict[str, Any], verbose: bool = True) -> "Run":
+    def from_params(cls, params: dict[str, Any], verbose: bool = True) -> Run:
         """Build from a notebook's parameter variables: Config fields, ``run_dir``,
         ``synthetic_size`` / ``synthetic_n_train`` / ``synthetic_n_test_good`` /
         ``synthetic_n_per_defect`` and ``download`` / ``download_url`` / ``download_sha256``."""
@@ -220,7 +221,8 @@ class Run:
     def features(self, model=None):
         """Patch features of all good training images (notebook 02), cached: the coreset
         projection in ``features-<hash>.safetensors`` and, unless the projection is the identity,
-        the full embeddings in ``features-<hash>.f32``. A :class:`~helpers.training.TrainingFeatures`."""
+        the full embeddings in ``features-<hash>.f32``.
+        A :class:`~helpers.training.TrainingFeatures`."""
         return stages.features(self, model)
 
     def model(self, **overrides):

@@ -25,6 +25,7 @@ class BankMismatchError(ValueError):
 def versions() -> dict[str, str]:
     import sklearn
     import torchvision
+
     from . import __version__
     return {"helpers": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
             "numpy": np.__version__, "opencv": cv2.__version__, "scikit-learn": sklearn.__version__,

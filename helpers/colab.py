@@ -16,9 +16,9 @@ import re
 import subprocess
 import sys
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Callable
 
 REPO_URL = "https://github.com/patchcore-course/patchcore-metal-nut"
 REPO_BRANCH = "main"

@@ -60,7 +60,8 @@ class Config:
     # scoring
     num_neighbors: int = 9               # b of eq. 7 re-weighting; 1 = plain max
     distance: str | None = None          # "l2" or "cosine" (None: backbone default, else "l2")
-    cosine_floor: float | None = None    # cosine only: divide by |f| + floor * median bank norm (None: backbone default, else 0)
+    # cosine only: divide by |f| + floor * median bank norm (None: backbone default, else 0)
+    cosine_floor: float | None = None
     sigma: float | None = None           # Gaussian blur of the anomaly map, in input pixels (None: backbone default, else 4)
     # preprocessing
     clahe: bool = False
@@ -205,7 +206,7 @@ class Config:
         return text
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Config":
+    def from_dict(cls, data: dict[str, Any]) -> Config:
         known = {f.name for f in fields(cls)}
         data = {k: v for k, v in data.items() if k != "config_hash"}
         unknown = sorted(set(data) - known)
@@ -214,7 +215,7 @@ class Config:
         return cls(**data)
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "Config":
+    def from_json(cls, path: str | Path) -> Config:
         path = Path(path)
         try:
             data = json.loads(path.read_text())
@@ -222,7 +223,7 @@ class Config:
             raise ConfigError(f"cannot read config file {path}: {exc}") from exc
         return cls.from_dict(data)
 
-    def replace(self, **changes: Any) -> "Config":
+    def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed (validated again). Unchanged fields keep their source
         (see :meth:`describe`) while the backbone stays the same."""
         new = Config.from_dict({**self.to_dict(), **changes})

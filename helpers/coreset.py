@@ -64,7 +64,7 @@ def _check(n: int, n_select: int) -> None:
 def greedy_coreset(features: torch.Tensor | None, n_select: int, *, projection_dim: int = 128,
                    start_points: int = 10, seed: int = 0, progress: bool = False,
                    method: str = "auto", filter_dim: int = 32, block_rows: int = 16384,
-                   projection: "Projection | None" = None) -> torch.Tensor:
+                   projection: Projection | None = None) -> torch.Tensor:
     """Indices (int64, on the features' device) of ``n_select`` rows picked greedily so that each
     pick is the row farthest from those already picked (approximate k-center).
 

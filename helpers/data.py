@@ -181,7 +181,8 @@ def masks_like(samples: list[Sample], maps: list) -> list[np.ndarray | None]:
 
 # --------------------------------------------------------------------------- CLAHE
 def apply_clahe(image: np.ndarray, clip_limit: float = 2.0, tile_grid: int = 8) -> np.ndarray:
-    """Contrast-limited adaptive histogram equalisation on the L channel of LAB (RGB uint8 in/out)."""
+    """Contrast-limited adaptive histogram equalisation on the L channel of LAB (RGB uint8 in and
+    out)."""
     lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB)
     clahe = cv2.createCLAHE(clipLimit=float(clip_limit), tileGridSize=(int(tile_grid), int(tile_grid)))
     lab[..., 0] = clahe.apply(np.ascontiguousarray(lab[..., 0]))
@@ -202,7 +203,7 @@ class Geometry:
     crop: int
 
     @classmethod
-    def for_shape(cls, h: int, w: int, resize: int, crop: int) -> "Geometry":
+    def for_shape(cls, h: int, w: int, resize: int, crop: int) -> Geometry:
         if resize == 0:  # squash: the whole image, aspect ratio not kept
             return cls(h, w, crop, crop, 0, 0, crop)
         scale = resize / min(h, w)
@@ -237,7 +238,7 @@ class Preprocessor:
         self.clahe, self.clip, self.tiles = clahe, clahe_clip_limit, clahe_tile_grid
 
     @classmethod
-    def from_config(cls, cfg) -> "Preprocessor":
+    def from_config(cls, cfg) -> Preprocessor:
         return cls(cfg.input_size, cfg.resize, clahe=cfg.clahe, clahe_clip_limit=cfg.clahe_clip_limit,
                    clahe_tile_grid=cfg.clahe_tile_grid)
 

@@ -16,11 +16,10 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Callable
 
-from .archive import (BLOCK, DownloadError, byte_progress, checksum_error,  # noqa: F401
-                      extract_category)
+from .archive import BLOCK, DownloadError, byte_progress, checksum_error, extract_category  # noqa: F401
 
 MVTEC_AD_URL = ("https://www.mydrive.ch/shares/150996/b52ecdcbf521176e9db9c731f2304b27/"
                 "download/420938113-1629960298/mvtec_anomaly_detection.tar.xz")

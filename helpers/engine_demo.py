@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .bank_file import versions
 from .config import Config
 from .data import list_samples
 from .io import atomic_write_json
 from .metrics import evaluate_samples
-from .bank_file import versions
 from .model import PatchCore
 from .synthetic import generate_dataset
 

@@ -9,9 +9,9 @@ again to ``target_embed_dim``.
 ``pretrain_embed_dim=0`` pools each layer to its own channel count C, which is exactly the 3x3 mean
 of every channel (the C*9 values are channel-major); ``target_embed_dim=0`` keeps the concatenation
 as it is. Both 0 give the "natural" embedding of a small backbone (MobileNetV2 features.6 + .13:
-32 + 96 = 128 values) instead of stretching its 288 / 864 values up to 1024. (Pooling and bilinear upsampling are both linear and act on
-different axes, so pooling before upsampling, done here to save memory, gives the same numbers as
-the official order.)
+32 + 96 = 128 values) instead of stretching its 288 / 864 values up to 1024. (Pooling and
+bilinear upsampling are both linear and act on different axes, so pooling before upsampling,
+done here to save memory, gives the same numbers as the official order.)
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ class FeatureExtractor(nn.Module):
         # the stride of the first tap sets the patch grid; keep taps ordered by stride
         self.strides = [spec.layers[layer] for layer in self.layers]
         net = model if model is not None else load_backbone(backbone, weights)
-        self.body = create_feature_extractor(net, return_nodes={l: l for l in self.layers})
+        self.body = create_feature_extractor(net, return_nodes={name: name for name in self.layers})
         self.eval()
 
     @property

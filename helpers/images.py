@@ -4,9 +4,9 @@ normalised float tensor [N, 3, S, S]; each image optionally with rotated copies.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import cv2
 import numpy as np

@@ -4,7 +4,7 @@ warm-up, halving the batch on CUDA out-of-memory."""
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -70,7 +71,8 @@ def save_tensors(path: str | Path, tensors: dict, metadata: dict[str, str] | Non
 
 
 def load_tensors(path: str | Path) -> tuple[dict, dict[str, str]]:
-    """(tensors, metadata) from a .safetensors file; ValueError naming the file when it is not one."""
+    """(tensors, metadata) from a .safetensors file; ValueError naming the file when it is not
+    one."""
     from safetensors import safe_open
 
     path = Path(path)

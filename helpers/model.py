@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -124,7 +124,7 @@ class PatchCore:
 
     # ------------------------------------------------------------------ fit
     def fit(self, images, progress: bool = False, spill_dir: str | Path | None = None
-            ) -> "PatchCore":
+            ) -> PatchCore:
         """Build the memory bank from good training images: :meth:`extract` (streaming) then
         :meth:`build_bank`. Memory grows with the coreset's projection (8 bytes x 128 per patch),
         not with the full embeddings, which wait in a temporary file in ``spill_dir`` (default:
@@ -136,7 +136,7 @@ class PatchCore:
             feats.close()
 
     def extract(self, images, progress: bool = False, spill_dir: str | Path | None = None
-                ) -> "TrainingFeatures":
+                ) -> TrainingFeatures:
         """Embed the training images (and their ``train_rotations`` rotated copies) batch by batch,
         keeping each patch's coreset projection in memory and, when that projection is not the
         identity, the full embedding in a spill file. Checks the memory estimate first."""
@@ -170,7 +170,7 @@ class PatchCore:
         return TrainingFeatures(proj, spill, grid=self.grid, n_images=views // c.train_rotations,
                                 n_views=views, seconds=time.perf_counter() - t0)
 
-    def build_bank(self, feats: "TrainingFeatures", progress: bool = False) -> "PatchCore":
+    def build_bank(self, feats: TrainingFeatures, progress: bool = False) -> PatchCore:
         """Greedy coreset on ``feats``' projection; the bank is the kept patches' full features."""
         c = self.config
         t0 = time.perf_counter()
@@ -207,7 +207,7 @@ class PatchCore:
         return self.coreset_indices
 
     def fit_memory_estimate(self, n_images: int) -> dict[str, int]:
-        """Bytes a fit of ``n_images`` needs (see :func:`helpers.fit_memory.fit_memory_estimate`)."""
+        """Bytes a fit of ``n_images`` needs (:func:`helpers.fit_memory.fit_memory_estimate`)."""
         return fit_memory.fit_memory_estimate(self.config, self.device, n_images)
 
     def check_fit_memory(self, n_images: int) -> None:
@@ -315,7 +315,7 @@ class PatchCore:
         return save_bank(path, self.memory_bank, self.config, self.grid, self.info)
 
     @classmethod
-    def load(cls, path: str | Path, config: Config | None = None, **overrides) -> "PatchCore":
+    def load(cls, path: str | Path, config: Config | None = None, **overrides) -> PatchCore:
         """Load a bank written by :meth:`save`. With ``config``, refuse a bank built with other
         artifact settings (backbone, layers, sizes...) and list the differences. Runtime fields
         (device, batch_size, ...) may be overridden."""

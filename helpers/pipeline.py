@@ -1,7 +1,8 @@
 """Run the five notebooks in order with papermill into one run folder.
 
     python -m helpers.pipeline --out runs/x                     # synthetic set
-    python -m helpers.pipeline --data /path/to/mvtec --out runs/x -p backbone mobilenet_v2 -p coreset_ratio 0.1
+    python -m helpers.pipeline --data /path/to/mvtec --out runs/x \\
+        -p backbone mobilenet_v2 -p coreset_ratio 0.1
     python -m helpers.pipeline --out runs/x --resume            # continue an interrupted run
 
 ``-p NAME VALUE`` sets any parameter of the notebooks' ``parameters`` cell (every Config field,
@@ -24,12 +25,13 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .artifacts import Run, config_from_params, repo_root
-from .datasource import SYNTHETIC_DEFAULTS
 from .config import ConfigError
+from .datasource import SYNTHETIC_DEFAULTS
 from .io import atomic_write_json
 from .pipeline_report import PipelineError, failure_message, preflight, summary
 from .runtime import PROGRESS_ENV
@@ -91,6 +93,7 @@ NOTEBOOK_PARAMETERS: dict[str, Any] = {
 def known_parameters() -> dict[str, Any]:
     """Every parameter a run accepts, with its default: the Config fields and the notebooks'."""
     import dataclasses
+
     from .config import Config
     return {**{f.name: f.default for f in dataclasses.fields(Config)}, **NOTEBOOK_PARAMETERS}
 
@@ -149,8 +152,8 @@ def resume_start(out: Path, params: dict, state: dict) -> int:
 
 
 def to_html(notebook: Path) -> Path:
-    from nbconvert import HTMLExporter
     import nbformat
+    from nbconvert import HTMLExporter
     body, _ = HTMLExporter().from_notebook_node(nbformat.read(str(notebook), as_version=4))
     target = notebook.with_suffix(".html")
     target.write_text(body, encoding="utf-8")

@@ -75,9 +75,12 @@ def summary(out: Path, metrics: dict) -> str:
              f"  metrics.json : image AUROC {_fmt(metrics.get('image_auroc'))} | pixel AUROC "
              f"{_fmt(metrics.get('pixel_auroc'))} | AUPRO {_fmt(metrics.get('aupro'))} | "
              f"F1 threshold {_fmt(metrics.get('f1_threshold'))}",
-             f"  per defect   : " + ", ".join(f"{k} {_fmt(v)}" for k, v in (metrics.get("per_defect") or {}).items()),
-             f"  timings      : fit {_fmt(t.get('fit_s'))} s, {_fmt(t.get('infer_ms_per_image'))} ms/image "
+             "  per defect   : " + ", ".join(f"{k} {_fmt(v)}"
+                                             for k, v in (metrics.get("per_defect") or {}).items()),
+             f"  timings      : fit {_fmt(t.get('fit_s'))} s, "
+             f"{_fmt(t.get('infer_ms_per_image'))} ms/image "
              f"on {t.get('device')} (batch {t.get('batch_size')})",
              f"  figures/     : {len(figures)} PNG files",
-             f"  notebooks/   : executed notebooks" + (" (+ .html)" if list((out / 'notebooks').glob('*.html')) else "")]
+             "  notebooks/   : executed notebooks"
+             + (" (+ .html)" if list((out / "notebooks").glob("*.html")) else "")]
     return "\n".join(lines)

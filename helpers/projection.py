@@ -47,7 +47,7 @@ class Projection:
                                   device=device)
 
     @classmethod
-    def of_rows(cls, rows: torch.Tensor, device=None) -> "Projection":
+    def of_rows(cls, rows: torch.Tensor, device=None) -> Projection:
         """A filled projection from rows already projected (a saved one)."""
         proj = cls(rows.shape[1], 0, 0, rows.shape[0], device, rows.dtype)
         proj.add(rows)

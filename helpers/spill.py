@@ -26,7 +26,7 @@ class FeatureSpill:
         self._fh = os.fdopen(fd, "w+b")
 
     @classmethod
-    def open(cls, path: str | Path, dim: int, chunk_rows: int = 16384) -> "FeatureSpill":
+    def open(cls, path: str | Path, dim: int, chunk_rows: int = 16384) -> FeatureSpill:
         """An existing spill file (written by :meth:`persist`), read-only; kept on close."""
         path = Path(path)
         size = path.stat().st_size
@@ -46,7 +46,7 @@ class FeatureSpill:
         self.path, self.keep = Path(path), True
         return self.path
 
-    def __enter__(self) -> "FeatureSpill":
+    def __enter__(self) -> FeatureSpill:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from .viz_base import (  # noqa: F401
     HEATMAP_CMAP,
-    map_range,
     MASK_COLOUR,
-    overlay,
     Table,
+    map_range,
+    overlay,
 )
 from .viz_data import (  # noqa: F401
     clahe_figure,

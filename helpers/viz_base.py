@@ -3,12 +3,12 @@ colour scale and the mask outline."""
 from __future__ import annotations
 
 import html
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
-
 
 HEATMAP_CMAP = "jet"
 MASK_COLOUR = "lime"

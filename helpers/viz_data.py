@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from .viz_base import new_figure, mask_outline, axes_off, Table
+from .viz_base import Table, axes_off, mask_outline, new_figure
 
 
 # --------------------------------------------------------------------------- notebook 01

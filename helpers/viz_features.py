@@ -2,12 +2,12 @@
 coreset (coverage radius, scatter) and the memory-bank size."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from .viz_base import new_figure, axes_off
+from .viz_base import axes_off, new_figure
 
 
 # --------------------------------------------------------------------------- notebook 02

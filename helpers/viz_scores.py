@@ -2,14 +2,14 @@
 ROC / PRO curves, score histograms, the confusion matrix and the best / worst-case gallery."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from .viz_base import new_figure, mask_outline, axes_off, HEATMAP_CMAP, overlay
+from .viz_base import HEATMAP_CMAP, axes_off, mask_outline, new_figure, overlay
 
 
 # --------------------------------------------------------------------------- maps
@@ -68,6 +68,7 @@ def roc_figure(labels, scores, masks=None, maps=None) -> Figure:
     """Image ROC, pixel ROC and the PRO curve (to FPR 0.3). The pixel curves use every
     n-th pixel so they draw quickly; the numbers in the titles are the exact metrics."""
     from sklearn.metrics import roc_auc_score, roc_curve
+
     from .metrics import pro_curve
     labels, scores = np.asarray(labels), np.asarray(scores, dtype=float)
     keep = np.isfinite(scores)

@@ -3,7 +3,7 @@ ipywidgets is missing, or ``interactive=False`` (papermill, CI), the same inform
 ordinary figures, saved with the run's other figures."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 

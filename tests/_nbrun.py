@@ -8,7 +8,7 @@ from pathlib import Path
 THREADS = 1  # one OpenMP thread per kernel: far faster than two on a busy 2-core machine
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ci_run(base: str) -> Path:
     from helpers.pipeline import PRESETS, run_pipeline
     out = Path(base) / "ci-run"

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny synthetic MVTec set and a fitted MobileNetV2 PatchCore (offline weights)."""
+"""Shared fixtures: a tiny synthetic MVTec set and a fitted MobileNetV2 PatchCore (offline
+weights)."""
 from __future__ import annotations
 
 import os

@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from helpers import Config, PatchCore
+from helpers.artifacts import METRIC_KEYS, Run, config_from_params, repo_root, resolve_run_dir
 from helpers.backbones import BACKBONES
-from helpers.artifacts import (METRIC_KEYS, Run, config_from_params,
-                               repo_root, resolve_run_dir)
 
 TINY = dict(backbone="mobilenet_v2", input_size=64, resize=64, synthetic_size=64, synthetic_n_train=4,
             synthetic_n_test_good=2, synthetic_n_per_defect=1, batch_size=4, device="cpu",
@@ -58,7 +57,7 @@ def test_every_stage_is_saved_under_its_hash_and_logged(built):
     for stage in ("features", "bank", "predictions"):
         assert run.path(stage).is_file() and run.is_cached(stage)
     assert run.path("bank").name == f"bank-{run.config.hash()}.safetensors"
-    events = [json.loads(l) for l in (root / "artifacts" / "events.jsonl").read_text().splitlines()]
+    events = [json.loads(line) for line in (root / "artifacts" / "events.jsonl").read_text().splitlines()]
     assert [(e["stage"], e["action"]) for e in events] == [
         ("features", "computed"), ("bank", "computed"), ("predictions", "computed")]
     assert not list((root / "artifacts").glob("*.tmp")), "atomic writes leave no temp files"

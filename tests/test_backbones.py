@@ -3,13 +3,17 @@ import urllib.error
 import pytest
 import torch
 
-from helpers import backbones
-from helpers.backbones import BACKBONES, WeightsUnavailableError, load_backbone, seed_offline_weights
+from helpers.backbones import (
+    BACKBONES,
+    WeightsUnavailableError,
+    load_backbone,
+    seed_offline_weights,
+)
 
 
 def test_registry_taps_exist_with_the_stated_strides():
-    from torchvision.models.feature_extraction import create_feature_extractor
     import torchvision
+    from torchvision.models.feature_extraction import create_feature_extractor
     for name in ("mobilenet_v2", "resnet18"):
         spec = BACKBONES[name]
         net = torchvision.models.get_model(name, weights=None).eval()

@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.coreset import covering_radius, greedy_coreset, greedy_coreset_reference, random_projection
+from helpers.coreset import (
+    covering_radius,
+    greedy_coreset,
+    greedy_coreset_reference,
+    random_projection,
+)
 
 
 def brute_force_greedy(x: np.ndarray, n_select: int, n_start_idx: np.ndarray) -> list[int]:

@@ -1,12 +1,20 @@
-import warnings
 
 import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
-from helpers.data import (DatasetError, Geometry, ImageReadError, Preprocessor, apply_clahe,
-                          denormalize, list_samples, load_image, load_mask)
+from helpers.data import (
+    DatasetError,
+    Geometry,
+    ImageReadError,
+    Preprocessor,
+    apply_clahe,
+    denormalize,
+    list_samples,
+    load_image,
+    load_mask,
+)
 
 
 def test_lists_mvtec_layout(synth_root):

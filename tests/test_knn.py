@@ -49,7 +49,8 @@ def test_bad_inputs():
 
 
 def _floor_brute(q, b, k, floor):
-    """Cosine with a norm floor, written out in float64: |p(q) - p(b)|^2 / 2, p(x) = x / (|x| + floor)."""
+    """Cosine with a norm floor, written out in float64: |p(q) - p(b)|^2 / 2,
+    p(x) = x / (|x| + floor)."""
     pq = q.double() / (q.double().norm(dim=1, keepdim=True) + floor)
     pb = b.double() / (b.double().norm(dim=1, keepdim=True) + floor)
     d = torch.cdist(pq, pb) ** 2 / 2

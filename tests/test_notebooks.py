@@ -11,8 +11,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
 from _nbrun import ci_run
+
 from helpers import Config
 from helpers.artifacts import config_from_params
 from helpers.pipeline import NOTEBOOKS
@@ -69,7 +69,8 @@ def test_parameters_cell_is_the_same_everywhere():
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebooks_only_orchestrate(name):
     for cell in code_cells(load(name)):
-        source = "\n".join(l for l in cell.source.splitlines() if not l.lstrip().startswith("%"))
+        source = "\n".join(line for line in cell.source.splitlines()
+                           if not line.lstrip().startswith("%"))
         for node in ast.walk(ast.parse(source)):
             assert not isinstance(node, ast.ClassDef), f"{name}: classes belong in helpers/"
             if isinstance(node, ast.FunctionDef):

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from _nbrun import THREADS, ci_run
+
 from helpers import Config, pipeline
 from helpers.pipeline import NOTEBOOKS, PRESETS, PipelineError, parse_value, run_pipeline
 
@@ -166,7 +166,7 @@ def test_resume_recomputes_only_what_is_missing(ci, tmp_path):
     assert any("resuming" in line and NOTEBOOKS[3] in line for line in logs)
     after = {nb: (out / "notebooks" / nb).stat().st_mtime_ns for nb in NOTEBOOKS}
     assert [before[nb] == after[nb] for nb in NOTEBOOKS] == [True, True, True, False, False]
-    events = [json.loads(l) for l in (out / "artifacts" / "events.jsonl").read_text().splitlines()]
+    events = [json.loads(line) for line in (out / "artifacts" / "events.jsonl").read_text().splitlines()]
     actions = {(e["stage"], e["action"]) for e in events}
     assert ("predictions", "computed") in actions and ("bank", "loaded") in actions
     assert not any(e["action"] == "computed" and e["stage"] in ("features", "bank") for e in events)

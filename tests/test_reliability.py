@@ -1,4 +1,5 @@
-"""Issue 5: every bad input or failure gets a clear answer, nothing half written, runs repeatable."""
+"""Issue 5: every bad input or failure gets a clear answer, nothing half written, runs
+repeatable."""
 import os
 import shutil
 import warnings
