@@ -94,82 +94,109 @@ def filtered(x, sqn, min_d2, n, steps, n_select, p, full_pass_fraction: float = 
        thr_x = m_x + margin), i.e. when (y_x, rho_x, 1, g_x) . (y_c, rho_c, -a_c / 2, -1) > 0
        with g_x = (a_x - thr_x) / 2: a (p + 3)-float dot product per row, on the rows left by
        test 1 (gathered) or on all rows (one matrix-vector product)."""
-    dev, n_pad = x.device, x.shape[0]
-    yt = _principal_filter(x, n, p)                   # [p + 1, N]
-    # float32 error of a (p + 3)-term product (and of storing y, rho, a/2 in float32) is
-    # < (p + 3) 2^-23 of the sum of |terms|; the relative margins on a and g are >= 20 times
-    # that. tol = 1e-9 max|x|^2 covers the float64 error of the reference's |x|^2 - 2 x.c + |c|^2
-    # (< ~1e-13 max|x|^2) many times over.
-    rel = max(1e-4, 20 * (p + 3) * 2.0 ** -23)
-    a = (yt.double() ** 2).sum(0) * (1 - rel)
-    tol = 1e-9 * float(sqn[:n].max())
-
-    a_half = a * (0.5 - rel)                           # a >= 0
-
-    def g_of(rows_a_half, rows_min_d2):
-        # g <= (a - thr) / 2 - rel (|a| + |thr|) with thr = min_d2 (1 + 1e-9) + tol
-        thr = rows_min_d2.mul(1 + 1e-9).add_(tol)
-        return _f32_down(rows_a_half - thr.mul(0.5) - thr.abs().mul_(rel))
-
-    g0 = g_of(a_half, min_d2.clamp_min(-1e300))
-    g0[min_d2 == -math.inf] = math.inf                 # padding rows: never candidates
-    cols = torch.cat([yt, torch.ones_like(yt[:1]), g0[None]])  # [p + 3, N]
-    rows = cols.T.contiguous()                         # [N, p + 3], for gathering rows
-    half_a = (a / 2).float()
-    coef = torch.empty(p + 3, dtype=torch.float32, device=dev)
-    coef[p + 2] = -1.0
-    # clusters: owner[x] = 1 + pick number whose distance is min_d2[x]; 0 = start distance (always
-    # tested), n_select + 1 = padding (never). active[] is indexed by owner.
-    owner = torch.zeros(n_pad, dtype=torch.long, device=dev)
-    owner[n:] = n_select + 1
-    active = torch.zeros(n_select + 2, dtype=torch.bool, device=dev)
-    active[0] = True
-    pick_y = torch.empty(n_select, p + 1, dtype=torch.float32, device=dev)
-    pick_half_a = torch.empty(n_select, dtype=torch.float32, device=dev)
-    radius4 = torch.empty(n_select, dtype=torch.float32, device=dev)  # >= 4 (R_s + tol), rounded up
-    picked = torch.empty(n_select, dtype=torch.long, device=dev)
-    score = torch.empty(n_pad, dtype=torch.float32, device=dev)
-    zero_row = torch.tensor([n], device=dev)          # x[n] is a zero padding row
-    use_clusters = False   # test 1 only pays when it leaves few rows; probed every 32 picks
+    state = _Filter(x, sqn, min_d2, n, n_select, p, full_pass_fraction)
     for i in steps:
         idx = torch.argmax(min_d2).view(1)
-        picked[i:i + 1] = idx
-        yc = yt.index_select(1, idx)[:, 0]
-        hc = half_a.index_select(0, idx)
-        coef[:p + 1] = yc
-        coef[p + 1:p + 2] = -hc
+        state.picked[i:i + 1] = idx
+        cand = state.candidates(i, idx)
+        state.update(i, idx, cand)
+        if refresh_every and i % refresh_every == refresh_every - 1:
+            state.refresh_radii(i)
+    return state.picked
+
+
+def _g_bound(rows_a_half, rows_min_d2, tol: float, rel: float) -> torch.Tensor:
+    """g <= (a - thr) / 2 - rel (|a| + |thr|) with thr = min_d2 (1 + 1e-9) + tol (float32)."""
+    thr = rows_min_d2.mul(1 + 1e-9).add_(tol)
+    return _f32_down(rows_a_half - thr.mul(0.5) - thr.abs().mul_(rel))
+
+
+class _Filter:
+    """The working arrays of :func:`filtered` and its three steps per pick."""
+
+    def __init__(self, x, sqn, min_d2, n, n_select, p, full_pass_fraction):
+        dev, n_pad = x.device, x.shape[0]
+        self.x, self.sqn, self.min_d2 = x, sqn, min_d2
+        self.n, self.n_select, self.p = n, n_select, p
+        self.full_pass_fraction = full_pass_fraction
+        self.yt = yt = _principal_filter(x, n, p)      # [p + 1, N]
+        # float32 error of a (p + 3)-term product (and of storing y, rho, a/2 in float32) is
+        # < (p + 3) 2^-23 of the sum of |terms|; the relative margins on a and g are >= 20 times
+        # that. tol = 1e-9 max|x|^2 covers the float64 error of the reference's
+        # |x|^2 - 2 x.c + |c|^2 (< ~1e-13 max|x|^2) many times over.
+        self.rel = rel = max(1e-4, 20 * (p + 3) * 2.0 ** -23)
+        a = (yt.double() ** 2).sum(0) * (1 - rel)
+        self.tol = 1e-9 * float(sqn[:n].max())
+        self.a_half = a * (0.5 - rel)                  # a >= 0
+        g0 = _g_bound(self.a_half, min_d2.clamp_min(-1e300), self.tol, rel)
+        g0[min_d2 == -math.inf] = math.inf             # padding rows: never candidates
+        self.cols = torch.cat([yt, torch.ones_like(yt[:1]), g0[None]])  # [p + 3, N]
+        self.rows = self.cols.T.contiguous()           # [N, p + 3], for gathering rows
+        self.half_a = (a / 2).float()
+        self.coef = torch.empty(p + 3, dtype=torch.float32, device=dev)
+        self.coef[p + 2] = -1.0
+        # clusters: owner[x] = 1 + pick number whose distance is min_d2[x]; 0 = start distance
+        # (always tested), n_select + 1 = padding (never). active[] is indexed by owner.
+        self.owner = torch.zeros(n_pad, dtype=torch.long, device=dev)
+        self.owner[n:] = n_select + 1
+        self.active = torch.zeros(n_select + 2, dtype=torch.bool, device=dev)
+        self.active[0] = True
+        self.pick_y = torch.empty(n_select, p + 1, dtype=torch.float32, device=dev)
+        self.pick_half_a = torch.empty(n_select, dtype=torch.float32, device=dev)
+        # >= 4 (R_s + tol), rounded up
+        self.radius4 = torch.empty(n_select, dtype=torch.float32, device=dev)
+        self.picked = torch.empty(n_select, dtype=torch.long, device=dev)
+        self.score = torch.empty(n_pad, dtype=torch.float32, device=dev)
+        self.zero_row = torch.tensor([n], device=dev)  # x[n] is a zero padding row
+        self.use_clusters = False  # test 1 only pays when it leaves few rows; probed every 32 picks
+
+    def candidates(self, i: int, idx: torch.Tensor) -> torch.Tensor:
+        """Rows whose running distance may drop with pick ``idx`` (tests 1 and 2)."""
+        p = self.p
+        yc = self.yt.index_select(1, idx)[:, 0]
+        hc = self.half_a.index_select(0, idx)
+        self.coef[:p + 1] = yc
+        self.coef[p + 1:p + 2] = -hc
         cand = None
-        if i and (use_clusters or i % 32 == 0):
+        if i and (self.use_clusters or i % 32 == 0):
             # test 1: lower bound (minus margin) of |c - s|^2 over the picks s so far
-            lb = torch.mv(pick_y[:i], yc).mul_(-2).add_(pick_half_a[:i], alpha=2).add_(hc, alpha=2)
-            torch.lt(lb, radius4[:i], out=active[1:i + 1])
-            cand = torch.nonzero(active.index_select(0, owner)).squeeze(1)
-            use_clusters = cand.shape[0] <= full_pass_fraction * n
-        if use_clusters:
-            cand = cand[torch.mv(rows.index_select(0, cand), coef) > 0]
+            lb = (torch.mv(self.pick_y[:i], yc).mul_(-2).add_(self.pick_half_a[:i], alpha=2)
+                  .add_(hc, alpha=2))
+            torch.lt(lb, self.radius4[:i], out=self.active[1:i + 1])
+            cand = torch.nonzero(self.active.index_select(0, self.owner)).squeeze(1)
+            self.use_clusters = cand.shape[0] <= self.full_pass_fraction * self.n
+        if self.use_clusters:
+            cand = cand[torch.mv(self.rows.index_select(0, cand), self.coef) > 0]
         else:
-            torch.mv(cols.T, coef, out=score)
-            cand = torch.nonzero(score > 0).squeeze(1)
-        pick_y[i] = yc
-        pick_half_a[i:i + 1] = hc
+            torch.mv(self.cols.T, self.coef, out=self.score)
+            cand = torch.nonzero(self.score > 0).squeeze(1)
+        self.pick_y[i] = yc
+        self.pick_half_a[i:i + 1] = hc
+        return cand
+
+    def update(self, i: int, idx: torch.Tensor, cand: torch.Tensor) -> None:
+        """The exact float64 distance to pick ``idx`` for ``cand``; lower what drops."""
+        x, sqn, min_d2, p = self.x, self.sqn, self.min_d2, self.p
         m = cand.shape[0]
-        rows_p = torch.cat([cand, zero_row.expand(-m % ROWS)])  # whole gemv blocks of rows
+        rows_p = torch.cat([cand, self.zero_row.expand(-m % ROWS)])  # whole gemv blocks of rows
         t = torch.mv(x.index_select(0, rows_p), x.index_select(0, idx)[0])[:m]
         d2 = torch.sub(sqn.index_select(0, cand), t, alpha=2).add_(sqn.index_select(0, idx))
         moved = d2 < min_d2.index_select(0, cand)
         cand, d2 = cand[moved], d2[moved]             # rows whose running distance drops
         min_d2.index_copy_(0, cand, d2)
-        g = g_of(a_half.index_select(0, cand), d2)
-        cols[p + 2].index_copy_(0, cand, g)
-        rows[:, p + 2].index_copy_(0, cand, g)
-        owner.index_fill_(0, cand, i + 1)
+        g = _g_bound(self.a_half.index_select(0, cand), d2, self.tol, self.rel)
+        self.cols[p + 2].index_copy_(0, cand, g)
+        self.rows[:, p + 2].index_copy_(0, cand, g)
+        self.owner.index_fill_(0, cand, i + 1)
         if d2.numel():
-            radius4[i:i + 1] = _f32_up(d2.max().view(1).add(tol).mul_(4 * (1 + 1e-9)))
+            self.radius4[i:i + 1] = _f32_up(d2.max().view(1).add(self.tol).mul_(4 * (1 + 1e-9)))
         else:
-            radius4[i] = -math.inf
-        if refresh_every and i % refresh_every == refresh_every - 1:
-            # members only ever leave a cluster: recompute the radii exactly (tighter tests)
-            rmax = torch.full((n_select + 2,), -math.inf, dtype=min_d2.dtype, device=dev)
-            rmax.scatter_reduce_(0, owner[:n], min_d2[:n], "amax")
-            radius4[:i + 1] = _f32_up(rmax[1:i + 2].add(tol).mul_(4 * (1 + 1e-9)))
-    return picked
+            self.radius4[i] = -math.inf
+
+    def refresh_radii(self, i: int) -> None:
+        """Members only ever leave a cluster: recompute the radii exactly (tighter tests)."""
+        n = self.n
+        rmax = torch.full((self.n_select + 2,), -math.inf, dtype=self.min_d2.dtype,
+                          device=self.min_d2.device)
+        rmax.scatter_reduce_(0, self.owner[:n], self.min_d2[:n], "amax")
+        self.radius4[:i + 1] = _f32_up(rmax[1:i + 2].add(self.tol).mul_(4 * (1 + 1e-9)))

@@ -188,17 +188,22 @@ def run_pipeline(out: str | Path, data: str | None = None, *,
         return _run(out, data, params, overwrite, resume, html, log)
 
 
-def _run(out, data, params, overwrite, resume, html, log) -> dict:
-    import papermill
-
-    out = Path(out).expanduser().resolve()
-    params = dict(params or {})
+def _check_names(params: dict[str, Any]) -> None:
+    """``-p`` names must be Config fields or declared notebook parameters (NOTEBOOK_PARAMETERS)."""
     known = known_parameters()
     bad = sorted(set(params) - set(known) - set(RESERVED))
     if bad:
         raise PipelineError(f"unknown parameter(s) {bad}; known: {sorted(known)}")
     if any(k in params for k in RESERVED):
         raise PipelineError("set the run folder with --out, not -p run_dir")
+
+
+def _run(out, data, params, overwrite, resume, html, log) -> dict:
+    import papermill
+
+    out = Path(out).expanduser().resolve()
+    params = dict(params or {})
+    _check_names(params)
     _prepare_folder(out, overwrite, resume)
     state = _load_state(out) if resume else {}
     stored = state.get("parameters", {})
