@@ -7,8 +7,9 @@ the filtered loop (the CPU default) on the same real patch features, with identi
 Features: pretrained MobileNetV2 (offline weights, see README) on the training photos (or
 ``--splits train,test``: all photos) of an MVTec-layout folder at 224 px, 1024-d patches (the
 projected features are the same for every method: each starts from the same seeded float64
-projection). ``--features file.pt`` reuses a saved [N, D] tensor instead. Each method runs ``--repeats`` times per thread count; the minimum
-is reported (timings on a shared machine only get slower, never faster, from noise).
+projection). ``--features file.pt`` reuses a saved [N, D] tensor instead. Each method runs
+``--repeats`` times per thread count; the minimum is reported (timings on a shared machine only
+get slower, never faster, from noise).
 """
 from __future__ import annotations
 
