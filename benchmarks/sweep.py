@@ -54,6 +54,13 @@ ROWS: dict[str, dict] = {
     "l2-320": dict(input_size=320, resize=0, **NAT, **L2, sigma=4.0, coreset_ratio=0.01),
     "l2-224-f10": dict(input_size=224, resize=0, **NAT, **L2, sigma=4.0, coreset_ratio=0.01,
                        layers=["features.6", "features.10", "features.13"]),
+    "ref224-10pc": dict(input_size=224, resize=0, **NAT, **L2, sigma=4.0, coreset_ratio=0.1,
+                        num_neighbors=1),
+    "l2-224-10pc-s8": dict(input_size=224, resize=0, **NAT, **L2, sigma=8.0, coreset_ratio=0.1),
+    "l2-224-10pc-rot8": dict(input_size=224, resize=0, **NAT, **L2, sigma=4.0, coreset_ratio=0.1,
+                             train_rotations=8),
+    "l2-256-10pc": dict(input_size=256, resize=0, **NAT, **L2, sigma=4.0, coreset_ratio=0.1),
+    "l2-320-10pc": dict(input_size=320, resize=0, **NAT, **L2, sigma=4.0, coreset_ratio=0.1),
     "l2-224-rot8": dict(input_size=224, resize=0, **NAT, **L2, sigma=4.0, coreset_ratio=0.01,
                         train_rotations=8),
 }
@@ -114,8 +121,11 @@ def evaluate_row(name, overrides, root, category, n_train, cache, base) -> dict:
     maps = model.maps_from_grids(torch.cat(grids), geoms)
     pred = type("P", (), {"scores": torch.cat(scores).numpy(), "maps": maps})
     m = evaluate_samples(test, pred)
+    from helpers.metrics import image_auroc
+    mapmax = image_auroc([s.label for s in test], [float(a.max()) for a in maps])
     return {"row": name, "data": category, "n_train": len(train), "overrides": overrides,
             "image_auroc": m["image_auroc"], "pixel_auroc": m["pixel_auroc"], "aupro": m["aupro"],
+            "image_auroc_mapmax": mapmax,
             "per_defect": m["per_defect"], "per_defect_pixel": m["per_defect_pixel"],
             "bank": int(model.memory_bank.shape[0]), "dim": int(model.memory_bank.shape[1]),
             "extract_s": extract_s, "coreset_s": coreset_s, "score_s": score_s,
@@ -164,16 +174,27 @@ def main() -> None:
     out = Path(a.out or f"benchmarks/out/sweep-{a.category}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     for name in a.rows:
-        overrides = {} if name == "default" else ROWS[name]
+        overrides = row_overrides(name)
         r = evaluate_row(name, overrides, a.data, a.category, a.n_train, Path(a.cache), base)
         with open(out, "a") as fh:
             fh.write(json.dumps(r) + "\n")
         print(table_line(r), flush=True)
 
 
+def row_overrides(name: str) -> dict:
+    """A row's overrides: a ROWS name, "default", or either followed by ``:field=json;...``
+    (for example ``l2-224-10pc:resize=224;sigma=6``)."""
+    base, _, extra = name.partition(":")
+    overrides = {} if base == "default" else dict(ROWS[base])
+    for item in filter(None, extra.split(";")):
+        field, _, value = item.partition("=")
+        overrides[field] = json.loads(value)
+    return overrides
+
+
 def table_line(r: dict) -> str:
     return (f"{r['row']:<18} {r['data']} n={r['n_train']} img {r['image_auroc']:.3f} pix "
-            f"{r['pixel_auroc']:.3f} pro {r['aupro']:.3f} bank {r['bank']}x{r['dim']} "
+            f"{r['pixel_auroc']:.3f} pro {r['aupro']:.3f} mapmax {r.get('image_auroc_mapmax', 0):.3f} bank {r['bank']}x{r['dim']} "
             f"ext {r['extract_s']:.0f}s core {r['coreset_s']:.0f}s score {r['score_s']:.0f}s "
             + " ".join(f"{k}:{v['pixel_auroc']:.3f}" for k, v in r["per_defect_pixel"].items()))
 

@@ -48,20 +48,19 @@ BACKBONES: dict[str, BackboneSpec] = {
         dict(input_size=224, resize=256, pretrain_embed_dim=1024, target_embed_dim=1024),
         dict(layer1=64, layer2=128, layer3=256, layer4=512)),
     # MobileNetV2: features.3 (24 ch, stride 4), .6 (32 ch, stride 8), .10 (64 ch) and
-    # .13 (96 ch, stride 16), .16 (160 ch, stride 32). Its defaults were chosen on real
-    # metal_nut photos (benchmarks/RESULTS.md, issue 2): 352 px with no crop (the part fills the
-    # frame; a centre crop cut defects off), 8 training rotations (the nuts lie at any angle),
-    # cosine distance with a norm floor at 0.3 x the median bank norm (plain cosine: image AUROC
-    # 0.998 vs 0.939 for L2, but dark background patches then score at random; the floor fixes
-    # that) and a wider blur (sigma 8 input px) that keeps the map peak on the defect.
-    # Rotations cost 8x fit time and an 8x bank: set train_rotations=1 for parts that always lie
-    # the same way up.
+    # .13 (96 ch, stride 16), .16 (160 ch, stride 32). Defaults from real photos with masks
+    # (benchmarks/RESULTS.md, issue 10): each tap keeps its own channels (32+96+160 = 288-d; the
+    # paper's 1024-d stretch of 288 values per tap cost transistor pixel AUROC 0.98 -> 0.87),
+    # L2 distance (cosine ranks weak background by direction), 320 px with taps .6+.13+.16 (224 px
+    # suits transistor, larger inputs suit tire; the stride-32 tap keeps the context that larger
+    # inputs lose), a 5 % coreset (10 % costs twice the time for +0.001), sigma 8 (metal_nut
+    # box hit) and rotations only for few-shot sets (train_rotations=0, see helpers.config).
     "mobilenet_v2": BackboneSpec(
         "mobilenet_v2",
         {"features.3": 4, "features.6": 8, "features.10": 16, "features.13": 16, "features.16": 32},
-        ("features.6", "features.13"),
-        dict(input_size=352, resize=352, pretrain_embed_dim=1024, target_embed_dim=1024,
-             distance="cosine", cosine_floor=0.3, train_rotations=8, sigma=8.0),
+        ("features.6", "features.13", "features.16"),
+        dict(input_size=320, resize=320, pretrain_embed_dim=0, target_embed_dim=0,
+             distance="l2", cosine_floor=0.0, train_rotations=0, sigma=8.0, coreset_ratio=0.05),
         {"features.3": 24, "features.6": 32, "features.10": 64, "features.13": 96,
          "features.16": 160}),
 }

@@ -289,12 +289,13 @@ class PatchCore:
             self.check_fit_memory(n)
         t0 = time.perf_counter()
         views, proj, spill = 0, None, None
+        rotations = c.rotations_for(n)
         try:
-            for batch in self.embed_images(items, c.train_rotations, progress):
+            for batch in self.embed_images(items, rotations, progress):
                 emb = batch.embeddings
                 if proj is None:
                     self.grid = tuple(emb.shape[1:3])
-                    proj = self._projection(n * c.train_rotations * emb.shape[1] * emb.shape[2],
+                    proj = self._projection(n * rotations * emb.shape[1] * emb.shape[2],
                                             emb.shape[-1])
                     if proj.matrix is not None:
                         spill = FeatureSpill(emb.shape[-1], spill_dir)
@@ -309,7 +310,7 @@ class PatchCore:
             raise
         if proj is None:
             raise ValueError("no training image could be read")
-        return TrainingFeatures(proj, spill, self.grid, views // c.train_rotations, views,
+        return TrainingFeatures(proj, spill, self.grid, views // rotations, views,
                                 time.perf_counter() - t0)
 
     def build_bank(self, feats: "TrainingFeatures", progress: bool = False) -> "PatchCore":
@@ -352,7 +353,7 @@ class PatchCore:
         ``disk`` (the temporary feature file) and, on CUDA, ``gpu``."""
         c = self.config
         side = -(-c.input_size // 8)  # every registered backbone's first tap has stride >= 8
-        patches = n_images * c.train_rotations * side * side
+        patches = n_images * c.rotations_for(n_images) * side * side
         dim = c.embed_dim
         p = dim if not 0 < c.coreset_projection_dim < dim else c.coreset_projection_dim
         work = patches * (p * 8 + 160)                # float64 projection + coreset arrays
@@ -378,7 +379,7 @@ class PatchCore:
                 raise MemoryError(
                     f"fitting {n_images} images needs about {est[kind] / 2**30:.1f} GiB of "
                     f"{'GPU memory' if kind == 'gpu' else 'RAM'} but {free[kind] / 2**30:.1f} GiB "
-                    f"is free: lower train_rotations (now {c.train_rotations}), input_size "
+                    f"is free: lower train_rotations (now {c.rotations_for(n_images)}), input_size "
                     f"(now {c.input_size}) or coreset_projection_dim (now "
                     f"{c.coreset_projection_dim}), or fit on fewer images")
 

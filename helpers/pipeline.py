@@ -45,11 +45,8 @@ PRODUCES = (None, "features", "bank", "predictions", "metrics")
 BASE_PARAMETERS: dict[str, Any] = {"interactive": False}
 PRESETS: dict[str, dict[str, Any]] = {
     # make demo: the synthetic set with the offline MobileNetV2 and its defaults, except the input
-    # size (the synthetic images are 256 px: the network sees them unscaled) and the distance: the
-    # synthetic defects are mostly colour and brightness changes, which L2 sees and cosine partly
-    # normalises away (pixel AUROC 0.79 vs 0.62 here; on real metal_nut photos cosine wins,
-    # benchmarks/RESULTS.md)
-    "demo": {"backbone": "mobilenet_v2", "input_size": 256, "resize": 256, "distance": "l2"},
+    # size (the synthetic images are 256 px: the network sees them unscaled)
+    "demo": {"backbone": "mobilenet_v2", "input_size": 256, "resize": 256},
     # tests: as small as still meaningful
     "ci": {"backbone": "mobilenet_v2", "input_size": 128, "resize": 128, "synthetic_size": 128,
            "synthetic_n_train": 8, "synthetic_n_test_good": 3, "synthetic_n_per_defect": 2,
@@ -295,7 +292,7 @@ def preflight(params: dict[str, Any]) -> str:
         raise PipelineError(f"disk: the fit writes {est['disk'] / 2**30:.1f} GiB of features to "
                             f"{out} but {disk / 2**30:.1f} GiB is free; choose another --out, or "
                             f"lower input_size or train_rotations")
-    return (f"preflight: {n_train} training images x {c.train_rotations} rotation(s) at "
+    return (f"preflight: {n_train} training images x {c.rotations_for(n_train)} rotation(s) at "
             f"{c.input_size} px; fit needs ~{est['ram'] / 2**30:.1f} GiB RAM"
             + (f" of {free / 2**30:.1f} GiB free" if free else "")
             + (f", {est['disk'] / 2**30:.1f} GiB disk" if est["disk"] else ""))

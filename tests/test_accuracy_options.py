@@ -15,12 +15,22 @@ from helpers.config import FALLBACK_DEFAULTS
 def test_mobilenet_defaults_come_from_its_registry_entry():
     c = Config(backbone="mobilenet_v2")
     spec = BACKBONES["mobilenet_v2"].defaults
-    for name in ("input_size", "resize", "distance", "cosine_floor", "sigma", "train_rotations"):
+    for name in ("input_size", "resize", "distance", "cosine_floor", "sigma", "train_rotations",
+                 "coreset_ratio", "pretrain_embed_dim", "target_embed_dim"):
         assert getattr(c, name) == spec[name], name
-    # the values chosen on real metal_nut photos (benchmarks/RESULTS.md)
-    assert (c.input_size, c.resize, c.distance, c.cosine_floor, c.sigma, c.train_rotations) == (
-        352, 352, "cosine", 0.3, 8.0, 8)
-    assert c.layers == ["features.6", "features.13"]
+    # the values chosen on real photos with masks (benchmarks/RESULTS.md, issue 10)
+    assert (c.input_size, c.resize, c.distance, c.cosine_floor, c.sigma, c.train_rotations,
+            c.coreset_ratio) == (320, 320, "l2", 0.0, 8.0, 0, 0.05)
+    assert c.layers == ["features.6", "features.13", "features.16"]
+    assert c.embed_dim == 32 + 96 + 160   # each tap keeps its channels
+
+
+def test_auto_rotations_depend_on_the_number_of_training_images():
+    c = Config(backbone="mobilenet_v2")
+    assert c.train_rotations == 0
+    assert [c.rotations_for(n) for n in (1, 5, 19, 20, 213)] == [8, 8, 8, 1, 1]
+    assert c.replace(train_rotations=3).rotations_for(213) == 3
+    assert Config().rotations_for(5) == 1   # WRN50: the paper's setting, no rotations
 
 
 def test_backbones_without_these_defaults_get_the_fallbacks():
@@ -39,7 +49,7 @@ def test_explicit_values_win_over_backbone_defaults():
 
 
 @pytest.mark.parametrize("field,value", [("distance", "manhattan"), ("distance", 3),
-                                         ("train_rotations", 0), ("train_rotations", 2.5),
+                                         ("train_rotations", -1), ("train_rotations", 2.5),
                                          ("train_rotations", True), ("cosine_floor", -0.1),
                                          ("cosine_floor", "0.3"), ("cosine_floor", True),
                                          ("sigma", -1), ("sigma", True)])
@@ -60,7 +70,8 @@ def test_filled_defaults_survive_serialisation(tmp_path):
 
 
 def _tiny(**kw) -> Config:
-    return Config(backbone="mobilenet_v2", input_size=64, resize=64, device="cpu", batch_size=8, **kw)
+    return Config(backbone="mobilenet_v2", input_size=64, resize=64, device="cpu", batch_size=8,
+                  layers=["features.6", "features.13"], **kw)
 
 
 def _image(seed: int = 0) -> np.ndarray:
@@ -76,8 +87,10 @@ def test_train_rotations_multiply_the_patches_and_cover_rotated_copies():
     assert rot.info["n_patches"] == 4 * plain.info["n_patches"]
     turned = np.ascontiguousarray(np.rot90(img))
     # a 90-degree turn is exact on a square image: with 4 rotations it is already in the bank
-    assert float(rot.predict([turned], maps=False).patch_scores.max()) < 1e-3
-    assert float(plain.predict([turned], maps=False).patch_scores.max()) > 1e-2
+    # (up to float rounding in the rotation), without them it is far from every bank row
+    seen = float(rot.predict([turned], maps=False).patch_scores.max())
+    unseen = float(plain.predict([turned], maps=False).patch_scores.max())
+    assert seen < unseen / 100
 
 
 def test_cosine_scores_ignore_the_scale_of_the_features():

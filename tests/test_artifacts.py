@@ -76,7 +76,7 @@ def test_a_second_run_loads_instead_of_computing(built):
     for a, b in zip(p2.maps, pred.maps):
         np.testing.assert_array_equal(a, b)
     grid = feats.grid
-    assert feats.n_patches == 4 * again.config.train_rotations * grid[0] * grid[1]
+    assert feats.n_patches == 4 * again.config.rotations_for(4) * grid[0] * grid[1]
     assert feats.sample(10).shape == (10, again.config.embed_dim)
     feats.close()
     assert again._spill_path().is_file() == (feats.spill is not None)   # close keeps the cache

@@ -24,8 +24,8 @@ def test_prediction_shapes_are_original_pixels(test_prediction, samples, fitted)
     assert all(m.shape == (128, 128) and m.dtype == np.float32 for m in test_prediction.maps)
     assert test_prediction.patch_scores.shape == (len(samples[1]), 16, 16)
     assert np.isfinite(test_prediction.scores).all()
-    n_patches = 10 * fitted.config.train_rotations * 256
-    assert fitted.memory_bank.shape == (int(n_patches * 0.25), fitted.config.target_embed_dim)
+    n_patches = 10 * fitted.config.rotations_for(10) * 256
+    assert fitted.memory_bank.shape == (int(n_patches * 0.25), fitted.config.embed_dim)
 
 
 def test_save_load_round_trip_gives_identical_scores(fitted, samples, tmp_path):
@@ -183,7 +183,8 @@ def test_streaming_fit_equals_all_features_in_memory(small_config, samples, tmp_
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_natural_embedding_is_the_3x3_channel_mean(small_config, samples):
-    cfg = small_config.replace(pretrain_embed_dim=0, target_embed_dim=0)
+    cfg = small_config.replace(pretrain_embed_dim=0, target_embed_dim=0,
+                               layers=["features.6", "features.13"])
     assert cfg.embed_dim == 32 + 96
     model = PatchCore(cfg)
     x, _ = model.preprocess(__import__("helpers").data.load_image(samples[0][0].path))

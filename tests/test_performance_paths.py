@@ -138,7 +138,9 @@ def tiny():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = PatchCore(Config(backbone="mobilenet_v2", input_size=96, resize=96, device="cpu",
-                                 coreset_ratio=0.5, batch_size=8)).fit(train)
+                                 coreset_ratio=0.5, batch_size=8, cosine_floor=0.3,
+                                 layers=["features.6", "features.13"], pretrain_embed_dim=1024,
+                                 target_embed_dim=1024)).fit(train)
     return model, test
 
 

@@ -166,7 +166,7 @@ def test_same_config_and_seed_give_identical_results(small_config, samples, quie
 def test_training_set_too_large_for_memory_is_refused_up_front(small_config, monkeypatch):
     model = PatchCore(small_config)
     est = model.fit_memory_estimate(10**6)
-    patches = 10**6 * small_config.train_rotations * 16 * 16
+    patches = 10**6 * small_config.rotations_for(10**6) * 16 * 16
     # the RAM estimate grows with the projection (8 bytes x 128 per patch), not the full features
     assert est["ram"] >= patches * 128 * 8
     assert est["disk"] == patches * small_config.embed_dim * 4
