@@ -28,9 +28,12 @@ from helpers import Config, PatchCore  # noqa: E402
 from helpers.data import Geometry, list_samples  # noqa: E402
 from helpers.metrics import evaluate_samples  # noqa: E402
 
-NAT = dict(pretrain_embed_dim=0, target_embed_dim=0)          # natural 128-d embedding
+# taps .6 + .13 at their natural 32 + 96 = 128 dims, no rotations (the plain reference's features)
+NAT = dict(pretrain_embed_dim=0, target_embed_dim=0, layers=["features.6", "features.13"],
+           train_rotations=1)
 OLD = dict(input_size=352, resize=352, pretrain_embed_dim=1024, target_embed_dim=1024,
-           distance="cosine", cosine_floor=0.3, sigma=8.0)    # the issue-2 defaults
+           layers=["features.6", "features.13"], distance="cosine", cosine_floor=0.3, sigma=8.0,
+           coreset_ratio=0.1)                                 # the issue-2 defaults
 L2 = dict(distance="l2", cosine_floor=0.0)
 ROWS: dict[str, dict] = {
     # the plain reference's settings through the engine (squash, natural dims, L2, 1 %, max)
@@ -47,26 +50,26 @@ ROWS: dict[str, dict] = {
                       sigma=4.0, coreset_ratio=0.01),
     "cos1-224": dict(input_size=224, resize=0, **NAT, distance="cosine", cosine_floor=1.0,
                      sigma=4.0, coreset_ratio=0.01),
-    "l2-224-1024d": dict(input_size=224, resize=0, pretrain_embed_dim=1024,
-                         target_embed_dim=1024, **L2, sigma=4.0, coreset_ratio=0.01),
+    "l2-224-1024d": dict(input_size=224, resize=0, **{**NAT, "pretrain_embed_dim": 1024,
+                         "target_embed_dim": 1024}, **L2, sigma=4.0, coreset_ratio=0.01),
     "l2-256": dict(input_size=256, resize=0, **NAT, **L2, sigma=4.0, coreset_ratio=0.01),
     "l2-288": dict(input_size=288, resize=0, **NAT, **L2, sigma=4.0, coreset_ratio=0.01),
     "l2-320": dict(input_size=320, resize=0, **NAT, **L2, sigma=4.0, coreset_ratio=0.01),
-    "l2-224-f10": dict(input_size=224, resize=0, **NAT, **L2, sigma=4.0, coreset_ratio=0.01,
-                       layers=["features.6", "features.10", "features.13"]),
+    "l2-224-f10": dict(input_size=224, resize=0, **{**NAT, "layers": ["features.6", "features.10",
+                       "features.13"]}, **L2, sigma=4.0, coreset_ratio=0.01),
     "ref224-10pc": dict(input_size=224, resize=0, **NAT, **L2, sigma=4.0, coreset_ratio=0.1,
                         num_neighbors=1),
     "l2-224-10pc-s8": dict(input_size=224, resize=0, **NAT, **L2, sigma=8.0, coreset_ratio=0.1),
-    "l2-224-10pc-rot8": dict(input_size=224, resize=0, **NAT, **L2, sigma=4.0, coreset_ratio=0.1,
-                             train_rotations=8),
+    "l2-224-10pc-rot8": dict(input_size=224, resize=0, **{**NAT, "train_rotations": 8}, **L2,
+                             sigma=4.0, coreset_ratio=0.1),
     "l2-256-10pc": dict(input_size=256, resize=0, **NAT, **L2, sigma=4.0, coreset_ratio=0.1),
     "l2-320-10pc": dict(input_size=320, resize=0, **NAT, **L2, sigma=4.0, coreset_ratio=0.1),
-    "l2-224-rot8": dict(input_size=224, resize=0, **NAT, **L2, sigma=4.0, coreset_ratio=0.01,
-                        train_rotations=8),
+    "l2-224-rot8": dict(input_size=224, resize=0, **{**NAT, "train_rotations": 8}, **L2,
+                        sigma=4.0, coreset_ratio=0.01),
 }
 FEATURE_FIELDS = ("input_size", "resize", "layers", "pretrain_embed_dim", "target_embed_dim",
                   "clahe", "train_rotations", "patch_size")
-DEFAULT_BASE = dict(backbone="mobilenet_v2", train_rotations=1)
+BASE = dict(backbone="mobilenet_v2")   # "default" is Config(backbone="mobilenet_v2") itself
 
 
 def subset(samples, n):
@@ -89,7 +92,7 @@ def features(cfg, train, test, cache: Path, key: str):
     model = PatchCore(cfg)
     t0 = time.perf_counter()
     train_f = torch.cat([b.embeddings.reshape(-1, b.embeddings.shape[-1]) for b in
-                         model.embed_images(train, cfg.train_rotations, progress=True)])
+                         model.embed_images(train, cfg.rotations_for(len(train)), progress=True)])
     seconds = time.perf_counter() - t0
     embs = [b.embeddings for b in model.embed_images(test, progress=True, desc="test")]
     test_e = torch.cat(embs)
@@ -162,7 +165,6 @@ def main() -> None:
     ap.add_argument("--category")
     ap.add_argument("--rows", nargs="*", default=[])
     ap.add_argument("--n-train", type=int, default=None)
-    ap.add_argument("--defaults", action="store_true", help="base = Config defaults (no overrides)")
     ap.add_argument("--cache", default="benchmarks/out/sweep-cache")
     ap.add_argument("--out", default=None)
     ap.add_argument("--table", default=None)
@@ -170,7 +172,7 @@ def main() -> None:
     if a.table:
         print(table(Path(a.table)))
         return
-    base = {"backbone": "mobilenet_v2"} if a.defaults else DEFAULT_BASE
+    base = BASE
     out = Path(a.out or f"benchmarks/out/sweep-{a.category}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     for name in a.rows:

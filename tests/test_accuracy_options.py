@@ -126,3 +126,33 @@ def test_norm_floor_is_relative_to_the_bank_so_a_common_scale_changes_nothing():
     assert not torch.allclose(plain.score_embeddings(emb)[1], g1, atol=1e-3)
     assert PatchCore(model.config.replace(distance="l2")).norm_floor == 0.0
 
+
+
+def _part_on(background: int, seed: int, size: int = 192, defect: bool = False) -> np.ndarray:
+    """The same textured part in the middle third of a uniform background, with faint sensor
+    noise (sigma 2 grey levels); ``defect`` paints a 16 px square of the opposite brightness."""
+    rng = np.random.default_rng(seed)
+    img = np.full((size, size, 3), background, np.float32) + rng.normal(0, 2, (size, size, 3))
+    q = size // 3
+    pattern = np.random.default_rng(0).integers(60, 200, (q // 8, q // 8, 3))
+    img[q:2 * q, q:2 * q] = np.kron(pattern, np.ones((8, 8, 1))) + rng.normal(0, 2, (q, q, 3))
+    if defect:
+        img[q + 16:q + 32, q + 16:q + 32] = 255 - background
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("background", [235, 20])
+def test_uniform_background_scores_low_at_the_defaults(background):
+    """Issue 10: a plain background, bright or dark, must score well below a small defect on the
+    part. Plain cosine failed this (weak background features are ranked by their direction: on the
+    dark background the far background scored as high as the defect)."""
+    cfg = Config(backbone="mobilenet_v2", input_size=192, resize=192, device="cpu", batch_size=8)
+    model = PatchCore(cfg).fit([_part_on(background, i) for i in range(12)])
+    grid = model.predict([_part_on(background, 100, defect=True)], maps=False).patch_scores[0]
+    side = grid.shape[0]
+    third = side // 3
+    yy, xx = np.mgrid[:side, :side]
+    far = (np.minimum(yy, xx) < third - 2) | (np.maximum(yy, xx) >= 2 * third + 2)
+    defect = grid[third + 2:third + 4, third + 2:third + 4].max()   # patches over the square
+    assert grid.max() == defect
+    assert grid[far].max() < defect / 1.4, (grid[far].max(), defect)
