@@ -15,6 +15,7 @@ pick is constant) and checks that they pick the same points.
 are not available offline; speed does not depend on the weight values. Images: synthetic metal
 nuts (``--images synthetic``) or Gaussian noise (``--images noise``); timings exclude decoding.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,9 +65,16 @@ def images(n: int, size: int, kind: str, salt: int) -> torch.Tensor:
     if kind == "noise":
         return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(salt))
     from helpers.synthetic import DEFECTS, make_sample
+
     kinds = ("good",) * n if salt == 0 else [(("good",) + DEFECTS)[i % 5] for i in range(n)]
-    out = [(make_sample(k, size, np.random.default_rng((salt, i)))[0].astype(np.float32) / 255
-            - IMAGENET_MEAN) / IMAGENET_STD for i, k in enumerate(kinds)]
+    out = [
+        (
+            make_sample(k, size, np.random.default_rng((salt, i)))[0].astype(np.float32) / 255
+            - IMAGENET_MEAN
+        )
+        / IMAGENET_STD
+        for i, k in enumerate(kinds)
+    ]
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
 
 
@@ -84,17 +92,25 @@ def timed(fn, device, repeats: int) -> list[float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--backbone", default="wide_resnet50_2")
-    p.add_argument("--weights", default=None, help="torchvision weights name; default None = random")
+    p.add_argument(
+        "--weights", default=None, help="torchvision weights name; default None = random"
+    )
     p.add_argument("--input-size", type=int, default=224)
     p.add_argument("--train-images", type=int, default=220)
-    p.add_argument("--bank-size", type=int, default=None,
-                   help="memory-bank rows (default: 10%% of the training patches)")
+    p.add_argument(
+        "--bank-size",
+        type=int,
+        default=None,
+        help="memory-bank rows (default: 10%% of the training patches)",
+    )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--batches", default="1,64", help="batch sizes for extraction/kNN/predict")
     p.add_argument("--fit-batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3, help="timed repeats (median reported)")
-    p.add_argument("--batch1-images", type=int, default=10, help="images timed one by one at batch 1")
+    p.add_argument(
+        "--batch1-images", type=int, default=10, help="images timed one by one at batch 1"
+    )
     p.add_argument("--images", default="synthetic", choices=["synthetic", "noise"])
     p.add_argument("--knn-backend", default="torch", choices=["torch", "faiss"])
     p.add_argument("--knn-memory-mb", type=int, default=256)
@@ -109,10 +125,18 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     batches = [int(b) for b in a.batches.split(",")]
     warnings.simplefilter("ignore")
-    cfg = Config(backbone=a.backbone, weights=a.weights, input_size=a.input_size,
-                 resize=a.input_size, device=a.device, precision=a.precision,
-                 batch_size=a.fit_batch, knn_backend=a.knn_backend, knn_memory_mb=a.knn_memory_mb,
-                 train_rotations=1)  # per-image cost; rotations multiply the fit work
+    cfg = Config(
+        backbone=a.backbone,
+        weights=a.weights,
+        input_size=a.input_size,
+        resize=a.input_size,
+        device=a.device,
+        precision=a.precision,
+        batch_size=a.fit_batch,
+        knn_backend=a.knn_backend,
+        knn_memory_mb=a.knn_memory_mb,
+        train_rotations=1,
+    )  # per-image cost; rotations multiply the fit work
     model = PatchCore(cfg)
     dev = model.device
     grid = model.extractor.grid_size(a.input_size)
@@ -135,15 +159,23 @@ def main() -> None:
 
     meta = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": platform.node(), "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+        "machine": platform.node(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name() if dev.type == "cuda" else None,
-        "torch": torch.__version__, "device": str(dev), "precision": cfg.precision,
+        "torch": torch.__version__,
+        "device": str(dev),
+        "precision": cfg.precision,
         "autocast": str(autocast_dtype(dev, cfg.precision)),
         "command": " ".join([Path(sys.executable).name] + sys.argv),
-        "backbone": a.backbone, "weights": a.weights or "None (random)",
-        "input_size": a.input_size, "train_images": a.train_images, "images": a.images,
-        "compile": a.compile, "knn_backend": a.knn_backend,
+        "backbone": a.backbone,
+        "weights": a.weights or "None (random)",
+        "input_size": a.input_size,
+        "train_images": a.train_images,
+        "images": a.images,
+        "compile": a.compile,
+        "knn_backend": a.knn_backend,
     }
     for k, v in meta.items():
         print(f"# {k}: {v}")
@@ -165,13 +197,15 @@ def main() -> None:
 
     # ---------------------------------------------------------------- fit
     reset_cuda_peak(dev)
-    fit_features = model.extract(train)       # what fit does: extract, then build_bank
+    fit_features = model.extract(train)  # what fit does: extract, then build_bank
     model.build_bank(fit_features)
     info = model.info
     res.update(fit=info, fit_rss_peak_mb=rss_peak_mb(), fit_cuda_peak_mb=cuda_peak_mb(dev))
-    row(f"fit: {a.train_images} images -> bank {tuple(model.memory_bank.shape)} (s)",
+    row(
+        f"fit: {a.train_images} images -> bank {tuple(model.memory_bank.shape)} (s)",
         f"{info['fit_s']:.2f}  (features {info['features_s']:.2f} = "
-        f"{a.train_images / info['features_s']:.1f} img/s, coreset {info['coreset_s']:.2f})")
+        f"{a.train_images / info['features_s']:.1f} img/s, coreset {info['coreset_s']:.2f})",
+    )
     row("peak RSS after fit (MB)", f"{res['fit_rss_peak_mb']:.0f}")
     if dev.type == "cuda":
         row("CUDA max allocated during fit (MB)", f"{res['fit_cuda_peak_mb']:.0f}")
@@ -180,13 +214,16 @@ def main() -> None:
     if a.compare_coreset:
         feats = fit_features.rows(torch.arange(fit_features.n_patches)).to(dev)
         k = model.memory_bank.shape[0]
-        seed_args = dict(projection_dim=cfg.coreset_projection_dim,
-                         start_points=cfg.coreset_start_points, seed=cfg.seed)
+        seed_args = dict(
+            projection_dim=cfg.coreset_projection_dim,
+            start_points=cfg.coreset_start_points,
+            seed=cfg.seed,
+        )
         fast_idx = model.coreset_indices
         kk = min(k, a.reference_steps)
         t_ref = math.inf
         # the reference at the run's thread count and at 1 thread (faster on a busy machine)
-        for th in ([None, 1] if dev.type == "cpu" and torch.get_num_threads() > 1 else [None]):
+        for th in [None, 1] if dev.type == "cpu" and torch.get_num_threads() > 1 else [None]:
             with cpu_threads(th):
                 sync(dev)
                 t = time.perf_counter()
@@ -201,17 +238,34 @@ def main() -> None:
         sync(dev)
         t_dense = (time.perf_counter() - t) * k / kd
         same_dense = bool(torch.equal(dense_idx, fast_idx[:kd]))
-        res.update(coreset_reference_s_extrapolated=t_ref, coreset_dense_s=t_dense,
-                   coreset_fast_s=info["coreset_s"], coreset_same_as_reference_prefix=same,
-                   coreset_same_as_dense=same_dense, reference_steps=kk, dense_steps=kd)
-        row(f"coreset reference loop, {kk} of {k} picks timed, extrapolated, best of "
-            f"1 and {torch.get_num_threads()} threads (s)", f"{t_ref:.1f}")
-        row(f"coreset dense fused loop, {kd} of {k} picks timed"
-            f"{', extrapolated' if kd < k else ''} (s)", f"{t_dense:.1f}")
+        res.update(
+            coreset_reference_s_extrapolated=t_ref,
+            coreset_dense_s=t_dense,
+            coreset_fast_s=info["coreset_s"],
+            coreset_same_as_reference_prefix=same,
+            coreset_same_as_dense=same_dense,
+            reference_steps=kk,
+            dense_steps=kd,
+        )
+        row(
+            f"coreset reference loop, {kk} of {k} picks timed, extrapolated, best of "
+            f"1 and {torch.get_num_threads()} threads (s)",
+            f"{t_ref:.1f}",
+        )
+        row(
+            f"coreset dense fused loop, {kd} of {k} picks timed"
+            f"{', extrapolated' if kd < k else ''} (s)",
+            f"{t_dense:.1f}",
+        )
         row("coreset default (as in fit) (s)", f"{info['coreset_s']:.2f}")
-        row("coreset speed-up vs reference / vs dense",
-            f"{t_ref / info['coreset_s']:.1f}x / {t_dense / info['coreset_s']:.1f}x")
-        row(f"identical picks: first {kk} vs reference / first {kd} vs dense", f"{same} / {same_dense}")
+        row(
+            "coreset speed-up vs reference / vs dense",
+            f"{t_ref / info['coreset_s']:.1f}x / {t_dense / info['coreset_s']:.1f}x",
+        )
+        row(
+            f"identical picks: first {kk} vs reference / first {kd} vs dense",
+            f"{same} / {same_dense}",
+        )
         del feats
     fit_features.close()
 
@@ -222,14 +276,17 @@ def main() -> None:
             model.score_embeddings(emb)
             t = statistics.median(timed(lambda: model.score_embeddings(emb), dev, a.repeats))  # noqa: B023
             res[f"knn_ms_per_image_b{b}"] = 1000 * t / b
-            row(f"kNN + image score vs {bank_size} x {model.memory_bank.shape[1]} bank, "
-                f"batch {b} (ms/img)", f"{1000 * t / b:.2f}")
+            row(
+                f"kNN + image score vs {bank_size} x {model.memory_bank.shape[1]} bank, "
+                f"batch {b} (ms/img)",
+                f"{1000 * t / b:.2f}",
+            )
 
     # ---------------------------------------------------------------- end to end
     reset_cuda_peak(dev)
     for b in batches:
         if b == 1:
-            xs = [test[i:i + 1] for i in range(a.batch1_images)]
+            xs = [test[i : i + 1] for i in range(a.batch1_images)]
             model.predict(xs[0])
             sync(dev)
             ts = timed(lambda: [model.predict(x) for x in xs], dev, a.repeats)  # noqa: B023

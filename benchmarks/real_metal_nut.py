@@ -27,6 +27,7 @@ Two modes, both on a 2-core CPU in minutes:
 ``--grid`` also runs the defaults through the plain API once and checks that the cached path gives
 the same numbers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,7 +47,7 @@ from helpers import Config, PatchCore  # noqa: E402
 from helpers.metrics import image_auroc, per_defect_auroc  # noqa: E402
 
 DEFAULT_DATA = "/work/shared/data/metal_nut_partial"
-DEFECTS_WITH_BOXES = ("bent", "color", "scratch")   # flip: the whole part is the defect
+DEFECTS_WITH_BOXES = ("bent", "color", "scratch")  # flip: the whole part is the defect
 WHOLE_PART_LABEL = "metal-nut"
 
 
@@ -102,20 +103,31 @@ def fold_metrics(scores, maps, items, boxes) -> dict:
     good_scores = [float(s) for s, (_, d, _) in zip(scores, items) if d == "good"]
     n_def = sum(labels)
     # defective images scoring at or below the highest held-out good image
-    below = [f"{key[5:]}" for s, (_, d, key) in zip(scores, items) if d != "good" and s <= max(good_scores)]
-    return {"image_auroc": image_auroc(labels, scores),
-            "box_hit_rate": float(np.mean(hits)), "box_hits": int(np.sum(hits)), "box_n": len(hits),
-            "box_misses": misses, "good_scores": [round(s, 4) for s in good_scores],
-            "defective_at_or_below_max_good": f"{len(below)}/{n_def}",
-            "per_defect_auroc": per_defect_auroc(defects, scores)}
+    below = [
+        f"{key[5:]}"
+        for s, (_, d, key) in zip(scores, items)
+        if d != "good" and s <= max(good_scores)
+    ]
+    return {
+        "image_auroc": image_auroc(labels, scores),
+        "box_hit_rate": float(np.mean(hits)),
+        "box_hits": int(np.sum(hits)),
+        "box_n": len(hits),
+        "box_misses": misses,
+        "good_scores": [round(s, 4) for s in good_scores],
+        "defective_at_or_below_max_good": f"{len(below)}/{n_def}",
+        "per_defect_auroc": per_defect_auroc(defects, scores),
+    }
 
 
 def summarise(per_fold: dict) -> dict:
     out = {"folds": per_fold}
     for k in ("image_auroc", "box_hit_rate"):
         out[k] = float(np.mean([f[k] for f in per_fold.values()]))
-    out["per_defect_auroc"] = {d: float(np.mean([f["per_defect_auroc"][d] for f in per_fold.values()]))
-                               for d in next(iter(per_fold.values()))["per_defect_auroc"]}
+    out["per_defect_auroc"] = {
+        d: float(np.mean([f["per_defect_auroc"][d] for f in per_fold.values()]))
+        for d in next(iter(per_fold.values()))["per_defect_auroc"]
+    }
     return out
 
 
@@ -139,16 +151,27 @@ class EmbeddingCache:
     """Patch embeddings per (preprocessing, image, rotation angle): the expensive, bank-independent
     part. Bank building, coreset, kNN scoring and maps are PatchCore's own code."""
 
-    PREP_FIELDS = ("input_size", "resize", "clahe", "clahe_clip_limit", "clahe_tile_grid",
-                   "layers", "patch_size", "pretrain_embed_dim", "target_embed_dim")
+    PREP_FIELDS = (
+        "input_size",
+        "resize",
+        "clahe",
+        "clahe_clip_limit",
+        "clahe_tile_grid",
+        "layers",
+        "patch_size",
+        "pretrain_embed_dim",
+        "target_embed_dim",
+    )
 
     def __init__(self, keep: int = 2):
         self.store: dict = {}
         self.keep = keep
 
     def _key(self, cfg: Config):
-        return tuple((f, tuple(v) if isinstance(v, list) else v)
-                     for f, v in ((f, getattr(cfg, f)) for f in self.PREP_FIELDS))
+        return tuple(
+            (f, tuple(v) if isinstance(v, list) else v)
+            for f, v in ((f, getattr(cfg, f)) for f in self.PREP_FIELDS)
+        )
 
     def get(self, cfg: Config, model: PatchCore, paths: list[Path], rotations: int = 1):
         """([N * rotations, h, w, D] embeddings, their geometries) of ``paths``, each image
@@ -163,7 +186,8 @@ class EmbeddingCache:
         for batch in model.embed_images(todo, rotations=rotations):
             for j, i in enumerate(batch.indices):
                 entry.setdefault((todo[i], rotations), []).append(
-                    (batch.embeddings[j], batch.geometries[j]))
+                    (batch.embeddings[j], batch.geometries[j])
+                )
         views = [v for p in paths for v in entry[(p, rotations)]]
         return torch.stack([e for e, _ in views]), [g for _, g in views]
 
@@ -173,7 +197,7 @@ def run_cached(cfg: Config, good, test, boxes, cache: EmbeddingCache) -> dict:
     for name, train, held in folds(good):
         t0 = time.perf_counter()
         model = PatchCore(cfg)
-        feats, _ = cache.get(cfg, model, train, cfg.train_rotations)   # fit's order
+        feats, _ = cache.get(cfg, model, train, cfg.rotations_for(len(train)))  # fit's order
         model.grid = tuple(feats.shape[1:3])
         model.select_bank(feats.reshape(-1, feats.shape[-1]))
         n_select = model.memory_bank.shape[0]
@@ -181,7 +205,7 @@ def run_cached(cfg: Config, good, test, boxes, cache: EmbeddingCache) -> dict:
         scores, maps = [], []
         paths = [p for p, _, _ in items]
         for i in range(0, len(paths), cfg.batch_size):
-            emb, geoms = cache.get(cfg, model, paths[i:i + cfg.batch_size])
+            emb, geoms = cache.get(cfg, model, paths[i : i + cfg.batch_size])
             s, grid = model.score_embeddings(emb)
             scores += s.tolist()
             maps += model.maps_from_grids(grid, geoms)
@@ -193,14 +217,31 @@ def run_cached(cfg: Config, good, test, boxes, cache: EmbeddingCache) -> dict:
 
 def grid_settings() -> list[tuple[str, dict]]:
     """One factor at a time around two anchors: plain PatchCore (L2, 10% bank, no rotations, sigma
-    4) and the shipped default of ``Config(backbone="mobilenet_v2")`` (352 px, no crop, 8
-    rotations, cosine with norm floor 0.3, sigma 8). Every row names every scoring field, so rows
-    do not change when a default does. Grouped by preprocessing so that the embedding cache is
-    reused."""
-    plain = dict(layers=["features.6", "features.13"], coreset_ratio=0.1, train_rotations=1,
-                 num_neighbors=9, distance="l2", cosine_floor=0.0, sigma=4.0, clahe=False)
-    new = dict(plain, input_size=352, resize=352, train_rotations=8, distance="cosine",
-               cosine_floor=0.3, sigma=8.0)
+    4) and the issue-2 defaults (352 px, no crop, 8 rotations, cosine with norm floor 0.3,
+    sigma 8; the shipped defaults changed in issue 10, see benchmarks/RESULTS.md). Every row
+    names every scoring field, so rows do not change when a default does. Grouped by
+    preprocessing so that the embedding cache is reused."""
+    plain = dict(
+        layers=["features.6", "features.13"],
+        coreset_ratio=0.1,
+        train_rotations=1,
+        num_neighbors=9,
+        distance="l2",
+        cosine_floor=0.0,
+        sigma=4.0,
+        clahe=False,
+        pretrain_embed_dim=1024,
+        target_embed_dim=1024,
+    )  # the issue-2 embedding
+    new = dict(
+        plain,
+        input_size=352,
+        resize=352,
+        train_rotations=8,
+        distance="cosine",
+        cosine_floor=0.3,
+        sigma=8.0,
+    )
     rows = []
 
     def add(name, base=plain, **kw):
@@ -210,27 +251,60 @@ def grid_settings() -> list[tuple[str, dict]]:
     add("224 crop256 (old default)", input_size=224, resize=256)
     add("224 no-crop", input_size=224, resize=224)
     add("224 no-crop rot8", input_size=224, resize=224, train_rotations=8)
-    add("224 no-crop rot8 bank100%", input_size=224, resize=224, train_rotations=8, coreset_ratio=1.0)
+    add(
+        "224 no-crop rot8 bank100%",
+        input_size=224,
+        resize=224,
+        train_rotations=8,
+        coreset_ratio=1.0,
+    )
     add("224 no-crop rot8 cosine", input_size=224, resize=224, train_rotations=8, distance="cosine")
     add("320 crop366", input_size=320, resize=366)
     add("320 no-crop", input_size=320, resize=320)
     add("320 no-crop rot8", input_size=320, resize=320, train_rotations=8)
-    add("320 no-crop rot8 bank25%", input_size=320, resize=320, train_rotations=8, coreset_ratio=0.25)
+    add(
+        "320 no-crop rot8 bank25%",
+        input_size=320,
+        resize=320,
+        train_rotations=8,
+        coreset_ratio=0.25,
+    )
     add("320 no-crop rot8 nn1", input_size=320, resize=320, train_rotations=8, num_neighbors=1)
     # distance (the issue asks for cosine vs L2)
     add("320 no-crop cosine", input_size=320, resize=320, distance="cosine")
     add("320 no-crop rot8 cosine", input_size=320, resize=320, train_rotations=8, distance="cosine")
-    add("320 no-crop rot8 cosine nn1", input_size=320, resize=320, train_rotations=8,
-        distance="cosine", num_neighbors=1)
+    add(
+        "320 no-crop rot8 cosine nn1",
+        input_size=320,
+        resize=320,
+        train_rotations=8,
+        distance="cosine",
+        num_neighbors=1,
+    )
     # CLAHE (clip 2, tiles 8; the issue asks for it)
     add("320 no-crop rot8 CLAHE", input_size=320, resize=320, train_rotations=8, clahe=True)
-    add("320 no-crop rot8 cosine CLAHE", input_size=320, resize=320, train_rotations=8,
-        distance="cosine", clahe=True)
+    add(
+        "320 no-crop rot8 cosine CLAHE",
+        input_size=320,
+        resize=320,
+        train_rotations=8,
+        distance="cosine",
+        clahe=True,
+    )
     # layer taps
-    for layers in (["features.3", "features.6", "features.13"], ["features.6", "features.10", "features.13"],
-                   ["features.6", "features.13", "features.16"]):
-        add(f"320 no-crop rot8 cosine f{'+'.join(name.split('.')[1] for name in layers)}", input_size=320,
-            resize=320, train_rotations=8, distance="cosine", layers=layers)
+    for layers in (
+        ["features.3", "features.6", "features.13"],
+        ["features.6", "features.10", "features.13"],
+        ["features.6", "features.13", "features.16"],
+    ):
+        add(
+            f"320 no-crop rot8 cosine f{'+'.join(name.split('.')[1] for name in layers)}",
+            input_size=320,
+            resize=320,
+            train_rotations=8,
+            distance="cosine",
+            layers=layers,
+        )
     # around the shipped default
     add("DEFAULT 352 rot8 cosine floor0.3 sigma8", new)
     add("default, plain cosine (floor 0)", new, cosine_floor=0.0)
@@ -252,18 +326,27 @@ def grid_settings() -> list[tuple[str, dict]]:
 
 def fmt(r: dict) -> str:
     f = r["folds"]
-    return (f"{r['image_auroc']:.3f} ({f['A']['image_auroc']:.3f}/{f['B']['image_auroc']:.3f})  "
-            f"{r['box_hit_rate']:.3f} ({f['A']['box_hits']}/{f['A']['box_n']}, "
-            f"{f['B']['box_hits']}/{f['B']['box_n']})  flip {r['per_defect_auroc']['flip']:.3f}")
+    return (
+        f"{r['image_auroc']:.3f} ({f['A']['image_auroc']:.3f}/{f['B']['image_auroc']:.3f})  "
+        f"{r['box_hit_rate']:.3f} ({f['A']['box_hits']}/{f['A']['box_n']}, "
+        f"{f['B']['box_hits']}/{f['B']['box_n']})  flip {r['per_defect_auroc']['flip']:.3f}"
+    )
 
 
 def markdown_table(result: dict) -> str:
     """The grid of a results JSON as the markdown table of benchmarks/RESULTS.md."""
-    lines = ["| setting | input/resize | taps | ratio | rot. | b | distance | σ | CLAHE | AUROC A / B | "
-             "AUROC mean | box hit (A, B of 70) |", "|" + "---|" * 12]
+    lines = [
+        "| setting | input/resize | taps | ratio | rot. | b | distance | σ | CLAHE | AUROC A / B | "
+        "AUROC mean | box hit (A, B of 70) |",
+        "|" + "---|" * 12,
+    ]
     for r in result.get("grid", []):
         k = {"sigma": 4.0, "cosine_floor": 0.0, **r["settings"]}
-        dist = k["distance"] + (f" floor {k['cosine_floor']:g}" if k["distance"] == "cosine" and k["cosine_floor"] else "")
+        dist = k["distance"] + (
+            f" floor {k['cosine_floor']:g}"
+            if k["distance"] == "cosine" and k["cosine_floor"]
+            else ""
+        )
         f = r["folds"]
         bold = "**" if r["name"].startswith("DEFAULT") else ""
         lines.append(
@@ -273,7 +356,8 @@ def markdown_table(result: dict) -> str:
             f"{k['num_neighbors']} | {dist} | {k['sigma']:g} | {'on' if k['clahe'] else 'off'} | "
             f"{f['A']['image_auroc']:.3f} / {f['B']['image_auroc']:.3f} | "
             f"**{r['image_auroc']:.3f}** | "
-            f"**{r['box_hit_rate']:.3f}** ({f['A']['box_hits']}, {f['B']['box_hits']}) |")
+            f"**{r['box_hit_rate']:.3f}** ({f['A']['box_hits']}, {f['B']['box_hits']}) |"
+        )
     return "\n".join(lines)
 
 
@@ -282,16 +366,33 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=DEFAULT_DATA, help="folder with metal_nut/ and boxes.json")
     ap.add_argument("--out", default="benchmarks/out/real_metal_nut.json", help="JSON of results")
     ap.add_argument("--grid", action="store_true", help="run the ablation grid (cached embeddings)")
-    ap.add_argument("--only", default=None, help="with --grid: run only rows whose name matches this regex")
-    ap.add_argument("--no-api", action="store_true",
-                    help="with --grid: skip the plain-API run of the defaults (and the cache check)")
-    ap.add_argument("--fresh", action="store_true",
-                    help="with --grid: recompute rows already present in --out (default: reuse them)")
+    ap.add_argument(
+        "--only", default=None, help="with --grid: run only rows whose name matches this regex"
+    )
+    ap.add_argument(
+        "--no-api",
+        action="store_true",
+        help="with --grid: skip the plain-API run of the defaults (and the cache check)",
+    )
+    ap.add_argument(
+        "--fresh",
+        action="store_true",
+        help="with --grid: recompute rows already present in --out (default: reuse them)",
+    )
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    ap.add_argument("--set", nargs=2, action="append", default=[], metavar=("FIELD", "JSON"),
-                    help="run the API mode with this Config field changed (repeatable)")
-    ap.add_argument("--table", action="store_true",
-                    help="print the grid stored in --out as a markdown table and exit")
+    ap.add_argument(
+        "--set",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("FIELD", "JSON"),
+        help="run the API mode with this Config field changed (repeatable)",
+    )
+    ap.add_argument(
+        "--table",
+        action="store_true",
+        help="print the grid stored in --out as a markdown table and exit",
+    )
     args = ap.parse_args(argv)
     if args.table:
         print(markdown_table(json.loads(Path(args.out).read_text())))
@@ -300,15 +401,32 @@ def main(argv=None) -> int:
     good, test, boxes = load_dataset(args.data)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"date": time.strftime("%Y-%m-%d"), "machine": platform.platform(),
-            "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "n_good": len(good), "n_test_defective": len(test)}
+    meta = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": platform.platform(),
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "n_good": len(good),
+        "n_test_defective": len(test),
+    }
 
     overrides = {k: json.loads(v) for k, v in args.set}
     defaults = Config(backbone="mobilenet_v2", device="cpu", **overrides)
-    dfields = {k: getattr(defaults, k) for k in ("input_size", "resize", "layers", "coreset_ratio",
-                                                  "train_rotations", "num_neighbors", "distance",
-                                                  "cosine_floor", "sigma", "clahe")}
+    dfields = {
+        k: getattr(defaults, k)
+        for k in (
+            "input_size",
+            "resize",
+            "layers",
+            "coreset_ratio",
+            "train_rotations",
+            "num_neighbors",
+            "distance",
+            "cosine_floor",
+            "sigma",
+            "clahe",
+        )
+    }
     print(f"defaults of Config(backbone='mobilenet_v2'): {dfields}")
     previous = json.loads(out.read_text()) if out.is_file() and args.grid and not args.fresh else {}
     result = {**previous, "meta": meta}
@@ -317,8 +435,11 @@ def main(argv=None) -> int:
     if not (args.grid and args.no_api):
         t0 = time.perf_counter()
         api = run_api(defaults, good, test, boxes)
-        print(f"{'DEFAULTS via PatchCore.fit/predict':45s} {fmt(api)}   "
-              f"[{time.perf_counter() - t0:.0f} s]", flush=True)
+        print(
+            f"{'DEFAULTS via PatchCore.fit/predict':45s} {fmt(api)}   "
+            f"[{time.perf_counter() - t0:.0f} s]",
+            flush=True,
+        )
         result["defaults"] = {"config": dfields, "overrides": overrides, **api}
         out.write_text(json.dumps(result, indent=2))
 
@@ -326,13 +447,17 @@ def main(argv=None) -> int:
         cache = EmbeddingCache()
         if api is not None:
             check = run_cached(defaults, good, test, boxes, cache)
-            same = (abs(check["image_auroc"] - api["image_auroc"]) < 1e-6
-                    and abs(check["box_hit_rate"] - api["box_hit_rate"]) < 1e-9)
+            same = (
+                abs(check["image_auroc"] - api["image_auroc"]) < 1e-6
+                and abs(check["box_hit_rate"] - api["box_hit_rate"]) < 1e-9
+            )
             print(f"cached path reproduces the API numbers: {same}", flush=True)
             result["cached_path_matches_api"] = same
         # rows recorded before sigma and cosine_floor were fields ran with sigma 4, plain cosine
-        done = {json.dumps({"sigma": 4.0, "cosine_floor": 0.0, **r["settings"]}, sort_keys=True): r
-                for r in result.get("grid", [])}
+        done = {
+            json.dumps({"sigma": 4.0, "cosine_floor": 0.0, **r["settings"]}, sort_keys=True): r
+            for r in result.get("grid", [])
+        }
         rows = []
         for name, kw in grid_settings():
             key = json.dumps(kw, sort_keys=True)
@@ -354,8 +479,10 @@ def main(argv=None) -> int:
     print(f"wrote {out}")
     if api is not None:
         ok = api["image_auroc"] >= 0.95 and api["box_hit_rate"] >= 0.98
-        print("targets (AUROC >= 0.95, box hit >= 0.98) at the defaults: "
-              f"{'MET' if ok else 'NOT MET'}")
+        print(
+            "targets (AUROC >= 0.95, box hit >= 0.98) at the defaults: "
+            f"{'MET' if ok else 'NOT MET'}"
+        )
     return 0
 
 

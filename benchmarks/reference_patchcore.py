@@ -10,6 +10,7 @@ largest nearest-neighbour L2 distance; map = bilinear upsampling + Gaussian blur
 
     python benchmarks/reference_patchcore.py --data /work/data --category transistor --size 224
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,6 +39,7 @@ def network():
     from torchvision.models.feature_extraction import create_feature_extractor
 
     from helpers.backbones import seed_offline_weights
+
     seed_offline_weights(verbose=False)
     net = torchvision.models.mobilenet_v2(weights="IMAGENET1K_V1").eval()
     return create_feature_extractor(net, {"features.6": "a", "features.13": "b"})
@@ -49,13 +51,17 @@ def embed(net, paths, size: int, batch: int = 16) -> torch.Tensor:
     out = []
     for i in range(0, len(paths), batch):
         xs = []
-        for p in paths[i:i + batch]:
+        for p in paths[i : i + batch]:
             img = cv2.resize(load_image(p), (size, size), interpolation=cv2.INTER_AREA)
             xs.append(((img.astype(np.float32) / 255 - MEAN) / STD).transpose(2, 0, 1))
         taps = net(torch.from_numpy(np.stack(xs)))
         a = F.avg_pool2d(taps["a"], 3, 1, 1)
-        b = F.interpolate(F.avg_pool2d(taps["b"], 3, 1, 1), size=a.shape[-2:], mode="bilinear",
-                          align_corners=False)
+        b = F.interpolate(
+            F.avg_pool2d(taps["b"], 3, 1, 1),
+            size=a.shape[-2:],
+            mode="bilinear",
+            align_corners=False,
+        )
         out.append(torch.cat([a, b], 1).permute(0, 2, 3, 1))
     return torch.cat(out)
 
@@ -63,7 +69,7 @@ def embed(net, paths, size: int, batch: int = 16) -> torch.Tensor:
 def greedy(x: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
     """k-center greedy on a 128-d Gaussian projection (float32), start at row 0."""
     g = torch.Generator().manual_seed(seed)
-    z = x @ (torch.randn(x.shape[1], 128, generator=g) / 128 ** 0.5)
+    z = x @ (torch.randn(x.shape[1], 128, generator=g) / 128**0.5)
     picked = [0]
     d = ((z - z[0]) ** 2).sum(1)
     for _ in range(k - 1):
@@ -73,8 +79,14 @@ def greedy(x: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
     return torch.tensor(picked)
 
 
-def run(root: str, category: str, size: int, ratio: float, sigma: float = 4.0,
-        n_train: int | None = None) -> dict:
+def run(
+    root: str,
+    category: str,
+    size: int,
+    ratio: float,
+    sigma: float = 4.0,
+    n_train: int | None = None,
+) -> dict:
     train = list_samples(root, category, "train")
     if n_train:
         train = [train[i] for i in np.linspace(0, len(train) - 1, n_train).round().astype(int)]
@@ -90,19 +102,32 @@ def run(root: str, category: str, size: int, ratio: float, sigma: float = 4.0,
         e = embed(net, [s.path], size)[0]
         d = torch.cdist(e.reshape(-1, e.shape[-1]), bank).min(1).values.reshape(e.shape[:2])
         scores.append(float(d.max()))
-        up = F.interpolate(d[None, None], size=(size, size), mode="bilinear",
-                           align_corners=False)[0, 0].numpy()
+        up = F.interpolate(d[None, None], size=(size, size), mode="bilinear", align_corners=False)[
+            0, 0
+        ].numpy()
         h, w = load_image(s.path).shape[:2]
         maps.append(cv2.resize(gaussian_filter(up, sigma), (w, h), interpolation=cv2.INTER_LINEAR))
     t2 = time.perf_counter()
-    m = evaluate_samples(test, Prediction(np.array(scores, np.float32), maps, np.zeros((len(maps), 0, 0), np.float32)))
-    return {"image_auroc": m["image_auroc"], "pixel_auroc": m["pixel_auroc"], "aupro": m["aupro"],
-            "per_defect_pixel": m["per_defect_pixel"], "fit_s": t1 - t0, "predict_s": t2 - t1,
-            "n_train": len(train), "bank": int(bank.shape[0])}
+    m = evaluate_samples(
+        test,
+        Prediction(np.array(scores, np.float32), maps, np.zeros((len(maps), 0, 0), np.float32)),
+    )
+    return {
+        "image_auroc": m["image_auroc"],
+        "pixel_auroc": m["pixel_auroc"],
+        "aupro": m["aupro"],
+        "per_defect_pixel": m["per_defect_pixel"],
+        "fit_s": t1 - t0,
+        "predict_s": t2 - t1,
+        "n_train": len(train),
+        "bank": int(bank.shape[0]),
+    }
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--data", required=True)
     ap.add_argument("--category", required=True)
     ap.add_argument("--size", type=int, default=224)

@@ -23,6 +23,7 @@ Reproduce (2-core CPU, about 15 minutes; training images subsampled, see --train
 
     .venv/bin/python benchmarks/tire_pixel.py --out benchmarks/out/tire_pixel.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,13 +58,19 @@ def view_mask(geometry) -> np.ndarray:
 
 
 def alignment(samples, pred, dilate_px=(0, 8), max_shift=24, step=4) -> dict:
-    defective = [(s, a, g) for s, a, g in zip(samples, pred.maps, pred.geometries)
-                 if s.defect != "good" and a is not None]
+    defective = [
+        (s, a, g)
+        for s, a, g in zip(samples, pred.maps, pred.geometries)
+        if s.defect != "good" and a is not None
+    ]
     hits = {d: [] for d in dilate_px}
     hits_full = {d: [] for d in dilate_px}
     in_view_frac, partly_out = [], 0
-    shifts = [(dy, dx) for dy in range(-max_shift, max_shift + 1, step)
-              for dx in range(-max_shift, max_shift + 1, step)]
+    shifts = [
+        (dy, dx)
+        for dy in range(-max_shift, max_shift + 1, step)
+        for dx in range(-max_shift, max_shift + 1, step)
+    ]
     shift_score = np.zeros(len(shifts))
     for s, amap, g in defective:
         mask = load_mask(s.mask_path, amap.shape)
@@ -73,8 +80,14 @@ def alignment(samples, pred, dilate_px=(0, 8), max_shift=24, step=4) -> dict:
         partly_out += frac < 1.0
         y, x = np.unravel_index(int(np.argmax(amap)), amap.shape)
         for d in dilate_px:
-            m = mask if d == 0 else cv2.dilate(mask.astype(np.uint8), cv2.getStructuringElement(
-                cv2.MORPH_ELLIPSE, (2 * d + 1, 2 * d + 1))).astype(bool)
+            m = (
+                mask
+                if d == 0
+                else cv2.dilate(
+                    mask.astype(np.uint8),
+                    cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * d + 1, 2 * d + 1)),
+                ).astype(bool)
+            )
             hits[d].append(bool(m[y, x]))
             if frac == 1.0:
                 hits_full[d].append(bool(m[y, x]))
@@ -94,8 +107,12 @@ def alignment(samples, pred, dilate_px=(0, 8), max_shift=24, step=4) -> dict:
         "defect_pixels_in_view": float(np.mean(in_view_frac)),
         "images_partly_out_of_view": int(partly_out),
         **{f"argmax_hit_dilate{d}": float(np.mean(hits[d])) for d in dilate_px},
-        **{f"argmax_hit_dilate{d}_fully_in_view": float(np.mean(hits_full[d])) if hits_full[d] else None
-           for d in dilate_px},
+        **{
+            f"argmax_hit_dilate{d}_fully_in_view": float(np.mean(hits_full[d]))
+            if hits_full[d]
+            else None
+            for d in dilate_px
+        },
         "n_fully_in_view": len(hits_full[dilate_px[0]]),
         "best_shift_yx": list(shifts[best]),
         "mask_mean_at_best_shift": float(shift_score[best] / n),
@@ -115,14 +132,36 @@ def run(name: str, overrides: dict, train, test, threads: int) -> dict:
         metrics = evaluate_samples(test, pred)
     align = alignment(test, pred)
     t3 = time.perf_counter()
-    return {"name": name, "overrides": overrides,
-            "config": {k: getattr(cfg, k) for k in ("input_size", "resize", "layers", "coreset_ratio",
-                                                     "train_rotations", "num_neighbors", "distance",
-                                                     "cosine_floor", "sigma", "clahe")},
-            "bank_size": model.info["bank_size"], "n_train": len(train), "n_test": len(test),
-            "fit_s": t1 - t0, "predict_s": t2 - t1, "metrics_s": t3 - t2,
-            "image_auroc": metrics["image_auroc"], "pixel_auroc": metrics["pixel_auroc"],
-            "aupro": metrics["aupro"], "per_defect_auroc": metrics["per_defect"], **align}
+    return {
+        "name": name,
+        "overrides": overrides,
+        "config": {
+            k: getattr(cfg, k)
+            for k in (
+                "input_size",
+                "resize",
+                "layers",
+                "coreset_ratio",
+                "train_rotations",
+                "num_neighbors",
+                "distance",
+                "cosine_floor",
+                "sigma",
+                "clahe",
+            )
+        },
+        "bank_size": model.info["bank_size"],
+        "n_train": len(train),
+        "n_test": len(test),
+        "fit_s": t1 - t0,
+        "predict_s": t2 - t1,
+        "metrics_s": t3 - t2,
+        "image_auroc": metrics["image_auroc"],
+        "pixel_auroc": metrics["pixel_auroc"],
+        "aupro": metrics["aupro"],
+        "per_defect_auroc": metrics["per_defect"],
+        **align,
+    }
 
 
 def main(argv=None) -> int:
@@ -130,14 +169,18 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=DEFAULT_DATA, help="folder holding tire/ (MVTec layout)")
     ap.add_argument("--category", default="tire")
     ap.add_argument("--out", default="benchmarks/out/tire_pixel.json", help="JSON of results")
-    ap.add_argument("--train-every", type=int, default=3,
-                    help="fit on every k-th training image (1 = all 60; default 3 = 20 images)")
+    ap.add_argument(
+        "--train-every",
+        type=int,
+        default=3,
+        help="fit on every k-th training image (1 = all 60; default 3 = 20 images)",
+    )
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     train_all = list_samples(args.data, args.category, "train")
-    train = train_all[::args.train_every]
+    train = train_all[:: args.train_every]
     test = list_samples(args.data, args.category, "test")
     d = Config(backbone="mobilenet_v2")
     s = d.input_size
@@ -148,25 +191,35 @@ def main(argv=None) -> int:
     if d.train_rotations > 1:
         settings.append(("defaults, train_rotations=1", {"train_rotations": 1}))
     results = []
-    print(f"tire: {len(train)} of {len(train_all)} train images, {len(test)} test "
-          f"({sum(x.defect != 'good' for x in test)} defective)")
-    hdr = (f"{'setting':32s} {'imgAUROC':>8s} {'pixAUROC':>8s} {'AUPRO':>6s} {'inView':>6s} "
-           f"{'hit0':>5s} {'hit8':>5s} {'hit8full':>8s} {'bestShift':>10s} {'fit s':>6s} "
-           f"{'pred s':>6s}")
+    print(
+        f"tire: {len(train)} of {len(train_all)} train images, {len(test)} test "
+        f"({sum(x.defect != 'good' for x in test)} defective)"
+    )
+    hdr = (
+        f"{'setting':32s} {'imgAUROC':>8s} {'pixAUROC':>8s} {'AUPRO':>6s} {'inView':>6s} "
+        f"{'hit0':>5s} {'hit8':>5s} {'hit8full':>8s} {'bestShift':>10s} {'fit s':>6s} "
+        f"{'pred s':>6s}"
+    )
     print(hdr, flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"date": time.strftime("%Y-%m-%d"), "machine": platform.platform(),
-            "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "train_every": args.train_every}
+    meta = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": platform.platform(),
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "train_every": args.train_every,
+    }
     for name, ov in settings:
         r = run(name, ov, train, test, args.threads)
         results.append(r)
-        print(f"{name:32s} {r['image_auroc']:8.3f} {r['pixel_auroc']:8.3f} {r['aupro']:6.3f} "
-              f"{r['defect_pixels_in_view']:6.3f} {r['argmax_hit_dilate0']:5.2f} "
-              f"{r['argmax_hit_dilate8']:5.2f} {r['argmax_hit_dilate8_fully_in_view']:8.2f} "
-              f"{str(tuple(r['best_shift_yx'])):>10s} {r['fit_s']:6.0f} {r['predict_s']:6.0f}",
-              flush=True)
+        print(
+            f"{name:32s} {r['image_auroc']:8.3f} {r['pixel_auroc']:8.3f} {r['aupro']:6.3f} "
+            f"{r['defect_pixels_in_view']:6.3f} {r['argmax_hit_dilate0']:5.2f} "
+            f"{r['argmax_hit_dilate8']:5.2f} {r['argmax_hit_dilate8_fully_in_view']:8.2f} "
+            f"{str(tuple(r['best_shift_yx'])):>10s} {r['fit_s']:6.0f} {r['predict_s']:6.0f}",
+            flush=True,
+        )
         out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     print(f"wrote {out}")
     return 0

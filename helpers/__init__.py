@@ -4,6 +4,7 @@
 >>> model = PatchCore(Config(backbone="mobilenet_v2")).fit(train_paths)
 >>> pred = model.predict(test_paths)   # pred.scores, pred.maps (original pixels)
 """
+
 __version__ = "0.1.0"
 
 from .config import Config, ConfigError  # noqa: E402

@@ -31,6 +31,7 @@ In a notebook::
     run = Run.from_params(globals())   # the parameters cell's variables
     model = run.model()                 # loads bank-<hash>.safetensors or builds it
 """
+
 from __future__ import annotations
 
 import json
@@ -52,8 +53,16 @@ from .figures import save_and_show
 from .io import atomic_write_json
 from .prediction import Prediction
 
-__all__ = ["METRIC_KEYS", "STAGES", "SYNTHETIC_DEFAULTS", "Run", "config_from_params",
-           "pixel_f1_threshold", "repo_root", "resolve_run_dir"]
+__all__ = [
+    "METRIC_KEYS",
+    "STAGES",
+    "SYNTHETIC_DEFAULTS",
+    "Run",
+    "config_from_params",
+    "pixel_f1_threshold",
+    "repo_root",
+    "resolve_run_dir",
+]
 
 CONFIG_FIELDS = tuple(f.name for f in fields(Config))
 SCORING_FIELDS = ("num_neighbors", "distance", "cosine_floor", "sigma")
@@ -70,8 +79,15 @@ def config_from_params(params: dict[str, Any]) -> Config:
     found there is used, the rest keep their defaults. Empty strings mean None for
     ``dataset_path``, ``weights`` and the backbone-dependent sizes."""
     kw = {k: params[k] for k in CONFIG_FIELDS if k in params}
-    for name in ("dataset_path", "weights", "layers", "input_size", "resize",
-                 "pretrain_embed_dim", "target_embed_dim"):
+    for name in (
+        "dataset_path",
+        "weights",
+        "layers",
+        "input_size",
+        "resize",
+        "pretrain_embed_dim",
+        "target_embed_dim",
+    ):
         if name in kw and (kw[name] == "" or kw[name] == "None"):
             kw[name] = None
     return Config(**kw)
@@ -87,18 +103,34 @@ def resolve_run_dir(run_dir: str | Path) -> Path:
 class Run:
     """One run folder: its config, its data and its cached artifacts."""
 
-    def __init__(self, run_dir: str | Path, config: Config, *, synthetic: dict | None = None,
-                 download: bool = False, download_url: str = "", download_sha256: str = "",
-                 verbose: bool = True):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        config: Config,
+        *,
+        synthetic: dict | None = None,
+        download: bool = False,
+        download_url: str = "",
+        download_sha256: str = "",
+        verbose: bool = True,
+    ):
         from .colab import mount_drive_for
+
         # in Colab, a run folder, data folder or archive on /content/drive mounts Drive first
-        mount_drive_for(run_dir=str(run_dir), dataset_path=config.dataset_path,
-                        download_url=download_url)
+        mount_drive_for(
+            run_dir=str(run_dir), dataset_path=config.dataset_path, download_url=download_url
+        )
         self.root = resolve_run_dir(run_dir)
         self.config = config
         self.verbose = verbose
-        self.data = DataSource(config, self.root / "data", synthetic=synthetic, download=download,
-                               download_url=download_url, download_sha256=download_sha256)
+        self.data = DataSource(
+            config,
+            self.root / "data",
+            synthetic=synthetic,
+            download=download,
+            download_url=download_url,
+            download_sha256=download_sha256,
+        )
         self.cache = ArtifactCache(self.root / "artifacts", self.root, verbose)
 
     @classmethod
@@ -106,13 +138,20 @@ class Run:
         """Build from a notebook's parameter variables: Config fields, ``run_dir``,
         ``synthetic_size`` / ``synthetic_n_train`` / ``synthetic_n_test_good`` /
         ``synthetic_n_per_defect`` and ``download`` / ``download_url`` / ``download_sha256``."""
-        synthetic = {k: params[f"synthetic_{k}"] for k in SYNTHETIC_DEFAULTS
-                     if f"synthetic_{k}" in params}
+        synthetic = {
+            k: params[f"synthetic_{k}"] for k in SYNTHETIC_DEFAULTS if f"synthetic_{k}" in params
+        }
         from .pipeline import NOTEBOOK_PARAMETERS
-        return cls(params.get("run_dir", NOTEBOOK_PARAMETERS["run_dir"]), config_from_params(params),
-                   synthetic=synthetic, download=bool(params.get("download", False)),
-                   download_url=params.get("download_url", "") or "",
-                   download_sha256=params.get("download_sha256", "") or "", verbose=verbose)
+
+        return cls(
+            params.get("run_dir", NOTEBOOK_PARAMETERS["run_dir"]),
+            config_from_params(params),
+            synthetic=synthetic,
+            download=bool(params.get("download", False)),
+            download_url=params.get("download_url", "") or "",
+            download_sha256=params.get("download_sha256", "") or "",
+            verbose=verbose,
+        )
 
     # ------------------------------------------------------------------ paths
     @property
@@ -177,27 +216,40 @@ class Run:
 
     def describe(self) -> str:
         c = self.config
-        source = (f"synthetic set ({self.synthetic['size']} px), generated in <run folder>/"
-                  f"{self.rel(self.data_root)}"
-                  if self.is_synthetic else str(self.data_root))
-        return (f"run folder : {self.root}\n"
-                f"data       : {source}\n"
-                f"config hash: {c.hash()}  (backbone {c.backbone}, layers {c.layers}, "
-                f"input {c.input_size} px, coreset {c.coreset_ratio:g})")
+        source = (
+            f"synthetic set ({self.synthetic['size']} px), generated in <run folder>/"
+            f"{self.rel(self.data_root)}"
+            if self.is_synthetic
+            else str(self.data_root)
+        )
+        return (
+            f"run folder : {self.root}\n"
+            f"data       : {source}\n"
+            f"config hash: {c.hash()}  (backbone {c.backbone}, layers {c.layers}, "
+            f"input {c.input_size} px, coreset {c.coreset_ratio:g})"
+        )
 
     # ------------------------------------------------------------------ cache
     def stage_meta(self, stage: str) -> dict[str, str]:
-        extra = ({k: getattr(self.config, k) for k in SCORING_FIELDS}
-                 if stage == "predictions" else {})
-        return {"stage": stage, "config_hash": self.stage_hash(stage), "data_id": self.data_id(),
-                "extra": json.dumps(extra, sort_keys=True)}
+        extra = (
+            {k: getattr(self.config, k) for k in SCORING_FIELDS} if stage == "predictions" else {}
+        )
+        return {
+            "stage": stage,
+            "config_hash": self.stage_hash(stage),
+            "data_id": self.data_id(),
+            "extra": json.dumps(extra, sort_keys=True),
+        }
 
     def is_cached(self, stage: str) -> bool:
         """True when the stage's file exists and was made with the current settings and data."""
         return self.cache.matches(self.path(stage), self.stage_meta(stage))
 
-    def cached(self, stage: str, compute: Callable[[], tuple[dict, dict]],
-               ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    def cached(
+        self,
+        stage: str,
+        compute: Callable[[], tuple[dict, dict]],
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Load ``stage`` (tensors, info) when cached with matching settings; otherwise call
         ``compute() -> (tensors, info)`` and save the result atomically."""
         return self.cache.cached(stage, self.stage_hash(stage), self.stage_meta(stage), compute)
@@ -209,6 +261,7 @@ class Run:
     def new_model(self, **overrides):
         """A PatchCore for this config (no bank yet); ``overrides`` are runtime fields."""
         from .model import PatchCore
+
         return PatchCore(self.config.replace(**overrides) if overrides else self.config)
 
     def embed_samples(self, model, samples: list[Sample]) -> tuple[torch.Tensor, list[np.ndarray]]:
@@ -255,10 +308,16 @@ class Run:
     def write_metrics(self, metrics: dict[str, Any], pred: Prediction) -> dict[str, Any]:
         """Write metrics.json (atomically) with every key of the contract; returns it."""
         from .bank_file import versions
-        record = dict(n_train=len(self.train_samples), n_test=len(self.test_samples),
-                      timings=self.timings(pred), config=self.config.to_dict(),
-                      data=self.data.record(), config_hash=self.config.hash(),
-                      versions=versions())
+
+        record = dict(
+            n_train=len(self.train_samples),
+            n_test=len(self.test_samples),
+            timings=self.timings(pred),
+            config=self.config.to_dict(),
+            data=self.data.record(),
+            config_hash=self.config.hash(),
+            versions=versions(),
+        )
         return evaluation.write_metrics(self.metrics_path, metrics, record)
 
     def save_json(self, name: str, obj: Any) -> Path:

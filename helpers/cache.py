@@ -7,6 +7,7 @@ Usable on its own::
     cache = ArtifactCache(Path("runs/x/artifacts"))
     tensors, info = cache.cached("features", "ab12", {"data_id": "..."}, compute)
 """
+
 from __future__ import annotations
 
 import json
@@ -32,7 +33,7 @@ class ArtifactCache:
         self.root = Path(root) if root is not None else self.folder.parent
         self.verbose = verbose
         self.events: list[dict] = []
-        self.depth = 0   # > 0 while a stage computes the stages it needs (logged, not printed)
+        self.depth = 0  # > 0 while a stage computes the stages it needs (logged, not printed)
 
     def path(self, stage: str, key: str) -> Path:
         if stage not in STAGES:
@@ -51,6 +52,7 @@ class ArtifactCache:
             return None
         try:
             from safetensors import safe_open
+
             with safe_open(str(path), framework="pt") as fh:
                 return fh.metadata() or {}
         except Exception:
@@ -82,9 +84,13 @@ class ArtifactCache:
         finally:
             self.depth -= 1
 
-    def cached(self, stage: str, key: str, meta: dict[str, str],
-               compute: Callable[[], tuple[dict, dict]],
-               ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    def cached(
+        self,
+        stage: str,
+        key: str,
+        meta: dict[str, str],
+        compute: Callable[[], tuple[dict, dict]],
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Load ``stage`` (tensors, info) when its file matches ``meta``; otherwise call
         ``compute() -> (tensors, info)`` and save the result atomically."""
         path = self.path(stage, key)

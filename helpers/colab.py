@@ -5,6 +5,7 @@ lacks, Google Drive, and a report of the GPU and library versions.
 cells and README's Colab section are derived from it: a fork changes it here and runs
 ``python -m helpers.colab sync`` (tests/test_colab.py fails while they disagree).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,13 +26,15 @@ REPO_BRANCH = "main"
 CLONE_DIR = "/content/patchcore-metal-nut"
 DRIVE_ROOT = "/content/drive"
 REQUIREMENTS = "requirements-colab.txt"
-NEVER_INSTALL = ("torch", "torchvision")     # Colab's builds match its CUDA driver: keep them
-BADGE_RE = re.compile(r"https://colab\.research\.google\.com/github/[^)\s]+?/notebooks/"
-                      r"(?P<name>[^)\s/]+\.ipynb)")
+NEVER_INSTALL = ("torch", "torchvision")  # Colab's builds match its CUDA driver: keep them
+BADGE_RE = re.compile(
+    r"https://colab\.research\.google\.com/github/[^)\s]+?/notebooks/"
+    r"(?P<name>[^)\s/]+\.ipynb)"
+)
 GITHUB_RE = re.compile(r"https://github\.com/[\w.-]+/[\w.-]+")
 README_SECTION = ("**In Colab.**", "**On your data")
 
-SETUP_CELL = '''\
+SETUP_CELL = """\
 # NBVAL_IGNORE_OUTPUT
 # Setup: works in a local clone, in Google Colab and under papermill.
 import os
@@ -56,7 +59,7 @@ if ROOT is not None and str(ROOT) not in sys.path:
 from helpers import colab
 
 colab.setup(ROOT)  # Colab: pip install -r requirements-colab.txt (never torch); GPU, versions
-%matplotlib inline'''
+%matplotlib inline"""
 
 
 class DriveError(FileNotFoundError):
@@ -69,6 +72,7 @@ class ColabSetupError(RuntimeError):
 
 # ------------------------------------------------------------------ the repository
 
+
 def repo_slug(url: str = REPO_URL) -> str:
     """``owner/name`` of a GitHub URL."""
     path = urllib.parse.urlparse(url).path.strip("/")
@@ -77,8 +81,10 @@ def repo_slug(url: str = REPO_URL) -> str:
 
 def badge_link(notebook: str, *, url: str = REPO_URL, branch: str = REPO_BRANCH) -> str:
     """The "Open in Colab" link of ``notebooks/<notebook>`` in the repository."""
-    return (f"https://colab.research.google.com/github/{repo_slug(url)}/blob/{branch}/"
-            f"notebooks/{notebook}")
+    return (
+        f"https://colab.research.google.com/github/{repo_slug(url)}/blob/{branch}/"
+        f"notebooks/{notebook}"
+    )
 
 
 def setup_cell_source(url: str = REPO_URL, clone_dir: str = CLONE_DIR) -> str:
@@ -99,16 +105,22 @@ def install_command(root: str | Path) -> list[str]:
 def colab_requirements(root: str | Path) -> list[str]:
     """Package names listed in ``requirements-colab.txt``; refuses torch / torchvision."""
     path = Path(root) / REQUIREMENTS
-    names = [re.split(r"[<>=!~\[; ]", line.split("#")[0].strip(), maxsplit=1)[0]
-             for line in path.read_text().splitlines() if line.split("#")[0].strip()]
+    names = [
+        re.split(r"[<>=!~\[; ]", line.split("#")[0].strip(), maxsplit=1)[0]
+        for line in path.read_text().splitlines()
+        if line.split("#")[0].strip()
+    ]
     banned = [n for n in names if n.lower() in NEVER_INSTALL]
     if banned:
-        raise ColabSetupError(f"{path} lists {banned}: Colab's torch matches its CUDA driver; "
-                              "remove them from the file")
+        raise ColabSetupError(
+            f"{path} lists {banned}: Colab's torch matches its CUDA driver; "
+            "remove them from the file"
+        )
     return names
 
 
 # ------------------------------------------------------------------ Colab and Drive
+
 
 def colab_module() -> ModuleType | None:
     """``google.colab`` when running in Colab, else None."""
@@ -136,8 +148,9 @@ def drive_paths(**paths: str | Path | None) -> dict[str, str]:
     return found
 
 
-def mount_drive_for(*, colab: ModuleType | None = None, mountpoint: str = DRIVE_ROOT,
-                    **paths: str | Path | None) -> bool:
+def mount_drive_for(
+    *, colab: ModuleType | None = None, mountpoint: str = DRIVE_ROOT, **paths: str | Path | None
+) -> bool:
     """Mount Google Drive when one of ``paths`` (given by their parameter names:
     ``dataset_path=``, ``download_url=``, ``run_dir=``) is under /content/drive and Drive is not
     mounted yet. Outside Colab such a path is a :class:`DriveError` naming the parameter.
@@ -148,9 +161,11 @@ def mount_drive_for(*, colab: ModuleType | None = None, mountpoint: str = DRIVE_
     module = colab if colab is not None else colab_module()
     listed = ", ".join(f"{name}={value!r}" for name, value in on_drive.items())
     if module is None:
-        raise DriveError(f"{listed} is on Google Drive ({DRIVE_ROOT}), but this is not Colab and "
-                         f"Drive cannot be mounted here: copy the files to a local folder and "
-                         f"set {next(iter(on_drive))} to it")
+        raise DriveError(
+            f"{listed} is on Google Drive ({DRIVE_ROOT}), but this is not Colab and "
+            f"Drive cannot be mounted here: copy the files to a local folder and "
+            f"set {next(iter(on_drive))} to it"
+        )
     print(f"mounting Google Drive at {mountpoint} for {listed}: allow access in the pop-up")
     _submodule(module, "drive").mount(mountpoint)
     return True
@@ -158,15 +173,18 @@ def mount_drive_for(*, colab: ModuleType | None = None, mountpoint: str = DRIVE_
 
 # ------------------------------------------------------------------ the setup cell
 
+
 def install_requirements(root: str | Path, *, runner: Callable = subprocess.run) -> list[str]:
     """pip-install ``requirements-colab.txt``; returns "name version" of each package in it."""
     names = colab_requirements(root)
     proc = runner(install_command(root), capture_output=True, text=True)
     if proc.returncode:
         last = (str(proc.stderr or "").strip().splitlines() or ["no message"])[-1]
-        raise ColabSetupError(f"pip install -r {Path(root) / REQUIREMENTS} failed ({last}): run "
-                              "the cell again; if it fails again, Runtime > Disconnect and "
-                              "delete runtime, then Run all")
+        raise ColabSetupError(
+            f"pip install -r {Path(root) / REQUIREMENTS} failed ({last}): run "
+            "the cell again; if it fails again, Runtime > Disconnect and "
+            "delete runtime, then Run all"
+        )
     return [f"{name} {_version(name)}" for name in names]
 
 
@@ -191,14 +209,20 @@ def gpu_line(precision: str = "auto", *, in_colab: bool = False) -> str:
     import torch
 
     from .runtime import BF16_MIN_CAPABILITY, cuda_capability, precision_note
+
     if not torch.cuda.is_available():
-        tip = (" In Colab: Runtime > Change runtime type > A100 GPU, then run all cells again."
-               if in_colab else "")
+        tip = (
+            " In Colab: Runtime > Change runtime type > A100 GPU, then run all cells again."
+            if in_colab
+            else ""
+        )
         return f"GPU: none, running on the CPU in fp32 (slow for wide_resnet50_2).{tip}"
     device = torch.device("cuda")
     props = torch.cuda.get_device_properties(device)
-    line = (f"GPU: {props.name}, {props.total_memory / 2**30:.0f} GiB, "
-            f"{precision_note(device, precision)}")
+    line = (
+        f"GPU: {props.name}, {props.total_memory / 2**30:.0f} GiB, "
+        f"{precision_note(device, precision)}"
+    )
     if cuda_capability(device) < BF16_MIN_CAPABILITY:
         line += "; an A100 runs bf16: Runtime > Change runtime type > A100 GPU"
     return line
@@ -209,14 +233,22 @@ def version_line() -> str:
     import torch
 
     from . import __version__
+
     names = ("torchvision", "numpy", "ipywidgets", "safetensors")
     cuda = f" (CUDA {torch.version.cuda})" if torch.version.cuda else ""
-    return (f"python {platform.python_version()}, helpers {__version__}, "
-            f"torch {torch.__version__}{cuda}, " + ", ".join(f"{n} {_version(n)}" for n in names))
+    return (
+        f"python {platform.python_version()}, helpers {__version__}, "
+        f"torch {torch.__version__}{cuda}, " + ", ".join(f"{n} {_version(n)}" for n in names)
+    )
 
 
-def setup(root: str | Path | None, *, runner: Callable | None = None,
-          colab: ModuleType | None = None, out: Callable[[str], None] = print) -> dict:
+def setup(
+    root: str | Path | None,
+    *,
+    runner: Callable | None = None,
+    colab: ModuleType | None = None,
+    out: Callable[[str], None] = print,
+) -> dict:
     """The setup cell after the clone. In Colab (``colab``: the ``google.colab`` module, found
     when None): install ``requirements-colab.txt`` (``runner``: ``subprocess.run``-like) and
     enable the widget manager ipywidgets 8 needs. Everywhere: print the GPU and versions."""
@@ -224,8 +256,10 @@ def setup(root: str | Path | None, *, runner: Callable | None = None,
     report: dict = {"colab": module is not None, "installed": [], "widget_manager": False}
     if module is not None and root is not None:
         report["installed"] = install_requirements(root, runner=runner or subprocess.run)
-        out(f"installed from {REQUIREMENTS}: {', '.join(report['installed'])} "
-            "(torch and torchvision: Colab's own)")
+        out(
+            f"installed from {REQUIREMENTS}: {', '.join(report['installed'])} "
+            "(torch and torchvision: Colab's own)"
+        )
         report["widget_manager"] = enable_widgets(module)
     report["gpu"] = gpu_line(in_colab=module is not None)
     report["versions"] = version_line()
@@ -235,6 +269,7 @@ def setup(root: str | Path | None, *, runner: Callable | None = None,
 
 
 # ------------------------------------------------------------------ keeping the copies in sync
+
 
 def notebook_paths(root: Path) -> list[Path]:
     return sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -250,6 +285,7 @@ def _sync_notebook(path: Path, url: str) -> bool:
     """Rewrite the badge (first markdown cell), the setup cell (first code cell) and the Colab
     metadata of one notebook, reading and writing it in one go. True when it changed."""
     import nbformat
+
     nb = nbformat.read(str(path), as_version=4)
     before = nbformat.writes(nb)
     first = nb.cells[0]
@@ -287,11 +323,16 @@ def sync(root: str | Path | None = None, url: str = REPO_URL) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helpers.colab", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["sync", "url"],
-                        help="sync: rewrite badges, setup cells and README from REPO_URL; "
-                             "url: print REPO_URL")
+    parser = argparse.ArgumentParser(
+        prog="python -m helpers.colab",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "command",
+        choices=["sync", "url"],
+        help="sync: rewrite badges, setup cells and README from REPO_URL; url: print REPO_URL",
+    )
     args = parser.parse_args(argv)
     if args.command == "url":
         print(REPO_URL)

@@ -12,6 +12,7 @@ the model uses) runs the same loop with the exact accelerated implementations of
 (projection included), so the selection does not depend on the device or on the summation order
 of a matrix kernel. Nothing of size N x N is ever built.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,12 +24,23 @@ from .projection import Projection, projected, random_projection
 from .runtime import cpu_threads
 from .runtime import progress as show_progress
 
-__all__ = ["Projection", "covering_radius", "greedy_coreset", "greedy_coreset_reference",
-           "random_projection"]
+__all__ = [
+    "Projection",
+    "covering_radius",
+    "greedy_coreset",
+    "greedy_coreset_reference",
+    "random_projection",
+]
 
 
-def greedy_coreset_reference(features: torch.Tensor, n_select: int, *, projection_dim: int = 128,
-                             start_points: int = 10, seed: int = 0) -> torch.Tensor:
+def greedy_coreset_reference(
+    features: torch.Tensor,
+    n_select: int,
+    *,
+    projection_dim: int = 128,
+    start_points: int = 10,
+    seed: int = 0,
+) -> torch.Tensor:
     """The plain greedy k-center loop, one pick per iteration as the official code writes it (a
     new distance column, a concatenation and a min per step): the reference a reader checks
     against the paper's Alg. 1, and the one :func:`greedy_coreset` must match pick for pick."""
@@ -48,7 +60,9 @@ def greedy_coreset_reference(features: torch.Tensor, n_select: int, *, projectio
     return torch.tensor(picked, dtype=torch.long, device=features.device)
 
 
-def _start_distances(x: torch.Tensor, sqn: torch.Tensor, n: int, n_start: int, seed: int) -> torch.Tensor:
+def _start_distances(
+    x: torch.Tensor, sqn: torch.Tensor, n: int, n_start: int, seed: int
+) -> torch.Tensor:
     gen = torch.Generator(device="cpu").manual_seed(seed + 1)
     start = torch.randperm(n, generator=gen)[:n_start].to(x.device)
     d2 = (sqn[:, None] - 2 * x @ x[start].T + sqn[start][None, :]).clamp_min_(0)
@@ -61,10 +75,19 @@ def _check(n: int, n_select: int) -> None:
         raise ValueError(f"n_select={n_select} must be in [1, {n}]")
 
 
-def greedy_coreset(features: torch.Tensor | None, n_select: int, *, projection_dim: int = 128,
-                   start_points: int = 10, seed: int = 0, progress: bool = False,
-                   method: str = "auto", filter_dim: int = 32, block_rows: int = 16384,
-                   projection: Projection | None = None) -> torch.Tensor:
+def greedy_coreset(
+    features: torch.Tensor | None,
+    n_select: int,
+    *,
+    projection_dim: int = 128,
+    start_points: int = 10,
+    seed: int = 0,
+    progress: bool = False,
+    method: str = "auto",
+    filter_dim: int = 32,
+    block_rows: int = 16384,
+    projection: Projection | None = None,
+) -> torch.Tensor:
     """Indices (int64, on the features' device) of ``n_select`` rows picked greedily so that each
     pick is the row farthest from those already picked (approximate k-center).
 
@@ -85,8 +108,9 @@ def greedy_coreset(features: torch.Tensor | None, n_select: int, *, projection_d
         return torch.arange(n, device=x.device)
     d = x.shape[1]
     if method == "auto":
-        method = ("filtered" if x.device.type == "cpu" and n >= 8192 and d >= 2 * filter_dim
-                  else "dense")
+        method = (
+            "filtered" if x.device.type == "cpu" and n >= 8192 and d >= 2 * filter_dim else "dense"
+        )
     sqn = (x * x).sum(dim=1)
     min_d2 = _start_distances(x, sqn, n, min(start_points, n), seed)
     min_d2[n:] = -math.inf  # padding rows are never picked
@@ -105,7 +129,8 @@ def covering_radius(features: torch.Tensor, selected: torch.Tensor, chunk: int =
     centers = features[selected].float()
     worst = 0.0
     for i in range(0, features.shape[0], chunk):
-        d = torch.cdist(features[i:i + chunk].float(), centers,
-                        compute_mode="donot_use_mm_for_euclid_dist")
+        d = torch.cdist(
+            features[i : i + chunk].float(), centers, compute_mode="donot_use_mm_for_euclid_dist"
+        )
         worst = max(worst, float(d.min(dim=1).values.max()))
     return worst

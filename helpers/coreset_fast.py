@@ -17,6 +17,7 @@ The running distances are computed with the reference's float64 formula
   touch a small fraction of the rows in float64 (measurements: benchmarks/RESULTS.md, "Coreset
   selection").
 """
+
 from __future__ import annotations
 
 import math
@@ -32,8 +33,8 @@ def dense(x, sqn, min_d2, steps, n_select) -> torch.Tensor:
     picked = torch.empty(n_select, dtype=torch.long, device=x.device)
     d2 = torch.empty_like(min_d2)
     for i in steps:
-        idx = torch.argmax(min_d2).view(1)   # stays on the device: no host sync per pick
-        picked[i:i + 1] = idx
+        idx = torch.argmax(min_d2).view(1)  # stays on the device: no host sync per pick
+        picked[i : i + 1] = idx
         torch.mv(x, x.index_select(0, idx)[0], out=d2)
         # sqn - 2 t + |c|^2, rounded exactly like the reference (2 t is exact)
         torch.sub(sqn, d2, alpha=2, out=d2)
@@ -52,16 +53,16 @@ def _principal_filter(x: torch.Tensor, n: int, p: int, chunk: int = 16384) -> to
     mu = x[:n].mean(0)
     cov = torch.zeros(d, d, dtype=x.dtype, device=x.device)
     for i in range(0, n, chunk):
-        z = x[i:min(i + chunk, n)] - mu
+        z = x[i : min(i + chunk, n)] - mu
         cov.addmm_(z.T, z)
     _, vecs = torch.linalg.eigh(cov)
-    vp = vecs[:, -p:].contiguous()                    # top-p eigenvectors (order is irrelevant)
+    vp = vecs[:, -p:].contiguous()  # top-p eigenvectors (order is irrelevant)
     out = torch.zeros(p + 1, x.shape[0], dtype=torch.float32, device=x.device)
     for i in range(0, n, chunk):
-        z = x[i:min(i + chunk, n)] - mu
+        z = x[i : min(i + chunk, n)] - mu
         y = z @ vp
         rho = (z - y @ vp.T).norm(dim=1, keepdim=True)
-        out[:, i:i + z.shape[0]] = torch.cat([y, rho], 1).T
+        out[:, i : i + z.shape[0]] = torch.cat([y, rho], 1).T
     return out
 
 
@@ -75,8 +76,17 @@ def _f32_down(v: torch.Tensor) -> torch.Tensor:
     return torch.where(v.isfinite(), v - v.abs() * 1e-7, v).float()
 
 
-def filtered(x, sqn, min_d2, n, steps, n_select, p, full_pass_fraction: float = 0.25,
-              refresh_every: int = 512) -> torch.Tensor:
+def filtered(
+    x,
+    sqn,
+    min_d2,
+    n,
+    steps,
+    n_select,
+    p,
+    full_pass_fraction: float = 0.25,
+    refresh_every: int = 512,
+) -> torch.Tensor:
     """Same loop as :func:`dense`; only rows whose running distance can change get the exact
     float64 distance, so the running distances, hence the picks, are the reference's. Two
     conservative tests (float error margins cover every rounding by >= 20x) find those rows:
@@ -97,7 +107,7 @@ def filtered(x, sqn, min_d2, n, steps, n_select, p, full_pass_fraction: float = 
     state = _Filter(x, sqn, min_d2, n, n_select, p, full_pass_fraction)
     for i in steps:
         idx = torch.argmax(min_d2).view(1)
-        state.picked[i:i + 1] = idx
+        state.picked[i : i + 1] = idx
         cand = state.candidates(i, idx)
         state.update(i, idx, cand)
         if refresh_every and i % refresh_every == refresh_every - 1:
@@ -119,19 +129,19 @@ class _Filter:
         self.x, self.sqn, self.min_d2 = x, sqn, min_d2
         self.n, self.n_select, self.p = n, n_select, p
         self.full_pass_fraction = full_pass_fraction
-        self.yt = yt = _principal_filter(x, n, p)      # [p + 1, N]
+        self.yt = yt = _principal_filter(x, n, p)  # [p + 1, N]
         # float32 error of a (p + 3)-term product (and of storing y, rho, a/2 in float32) is
         # < (p + 3) 2^-23 of the sum of |terms|; the relative margins on a and g are >= 20 times
         # that. tol = 1e-9 max|x|^2 covers the float64 error of the reference's
         # |x|^2 - 2 x.c + |c|^2 (< ~1e-13 max|x|^2) many times over.
-        self.rel = rel = max(1e-4, 20 * (p + 3) * 2.0 ** -23)
+        self.rel = rel = max(1e-4, 20 * (p + 3) * 2.0**-23)
         a = (yt.double() ** 2).sum(0) * (1 - rel)
         self.tol = 1e-9 * float(sqn[:n].max())
-        self.a_half = a * (0.5 - rel)                  # a >= 0
+        self.a_half = a * (0.5 - rel)  # a >= 0
         g0 = _g_bound(self.a_half, min_d2.clamp_min(-1e300), self.tol, rel)
-        g0[min_d2 == -math.inf] = math.inf             # padding rows: never candidates
+        g0[min_d2 == -math.inf] = math.inf  # padding rows: never candidates
         self.cols = torch.cat([yt, torch.ones_like(yt[:1]), g0[None]])  # [p + 3, N]
-        self.rows = self.cols.T.contiguous()           # [N, p + 3], for gathering rows
+        self.rows = self.cols.T.contiguous()  # [N, p + 3], for gathering rows
         self.half_a = (a / 2).float()
         self.coef = torch.empty(p + 3, dtype=torch.float32, device=dev)
         self.coef[p + 2] = -1.0
@@ -155,14 +165,18 @@ class _Filter:
         p = self.p
         yc = self.yt.index_select(1, idx)[:, 0]
         hc = self.half_a.index_select(0, idx)
-        self.coef[:p + 1] = yc
-        self.coef[p + 1:p + 2] = -hc
+        self.coef[: p + 1] = yc
+        self.coef[p + 1 : p + 2] = -hc
         cand = None
         if i and (self.use_clusters or i % 32 == 0):
             # test 1: lower bound (minus margin) of |c - s|^2 over the picks s so far
-            lb = (torch.mv(self.pick_y[:i], yc).mul_(-2).add_(self.pick_half_a[:i], alpha=2)
-                  .add_(hc, alpha=2))
-            torch.lt(lb, self.radius4[:i], out=self.active[1:i + 1])
+            lb = (
+                torch.mv(self.pick_y[:i], yc)
+                .mul_(-2)
+                .add_(self.pick_half_a[:i], alpha=2)
+                .add_(hc, alpha=2)
+            )
+            torch.lt(lb, self.radius4[:i], out=self.active[1 : i + 1])
             cand = torch.nonzero(self.active.index_select(0, self.owner)).squeeze(1)
             self.use_clusters = cand.shape[0] <= self.full_pass_fraction * self.n
         if self.use_clusters:
@@ -171,7 +185,7 @@ class _Filter:
             torch.mv(self.cols.T, self.coef, out=self.score)
             cand = torch.nonzero(self.score > 0).squeeze(1)
         self.pick_y[i] = yc
-        self.pick_half_a[i:i + 1] = hc
+        self.pick_half_a[i : i + 1] = hc
         return cand
 
     def update(self, i: int, idx: torch.Tensor, cand: torch.Tensor) -> None:
@@ -182,21 +196,22 @@ class _Filter:
         t = torch.mv(x.index_select(0, rows_p), x.index_select(0, idx)[0])[:m]
         d2 = torch.sub(sqn.index_select(0, cand), t, alpha=2).add_(sqn.index_select(0, idx))
         moved = d2 < min_d2.index_select(0, cand)
-        cand, d2 = cand[moved], d2[moved]             # rows whose running distance drops
+        cand, d2 = cand[moved], d2[moved]  # rows whose running distance drops
         min_d2.index_copy_(0, cand, d2)
         g = _g_bound(self.a_half.index_select(0, cand), d2, self.tol, self.rel)
         self.cols[p + 2].index_copy_(0, cand, g)
         self.rows[:, p + 2].index_copy_(0, cand, g)
         self.owner.index_fill_(0, cand, i + 1)
         if d2.numel():
-            self.radius4[i:i + 1] = _f32_up(d2.max().view(1).add(self.tol).mul_(4 * (1 + 1e-9)))
+            self.radius4[i : i + 1] = _f32_up(d2.max().view(1).add(self.tol).mul_(4 * (1 + 1e-9)))
         else:
             self.radius4[i] = -math.inf
 
     def refresh_radii(self, i: int) -> None:
         """Members only ever leave a cluster: recompute the radii exactly (tighter tests)."""
         n = self.n
-        rmax = torch.full((self.n_select + 2,), -math.inf, dtype=self.min_d2.dtype,
-                          device=self.min_d2.device)
+        rmax = torch.full(
+            (self.n_select + 2,), -math.inf, dtype=self.min_d2.dtype, device=self.min_d2.device
+        )
         rmax.scatter_reduce_(0, self.owner[:n], self.min_d2[:n], "amax")
-        self.radius4[:i + 1] = _f32_up(rmax[1:i + 2].add(self.tol).mul_(4 * (1 + 1e-9)))
+        self.radius4[: i + 1] = _f32_up(rmax[1 : i + 2].add(self.tol).mul_(4 * (1 + 1e-9)))

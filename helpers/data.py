@@ -8,6 +8,7 @@ Layout expected under ``root``::
     <root>/<category>/test/<defect>/*.png
     <root>/<category>/ground_truth/<defect>/<name>_mask.png   (optional)
 """
+
 from __future__ import annotations
 
 import warnings
@@ -40,8 +41,8 @@ class ImageReadError(ValueError):
 @dataclass(frozen=True)
 class Sample:
     path: Path
-    split: str              # "train" or "test"
-    defect: str             # "good" or the defect folder name
+    split: str  # "train" or "test"
+    defect: str  # "good" or the defect folder name
     mask_path: Path | None  # None for good images or when the mask is missing
 
     @property
@@ -68,7 +69,9 @@ def category_dir(root: str | Path, category: str) -> Path:
         if (root / "train").is_dir():  # the user pointed at the category folder itself
             return root
         found = sorted(p.name for p in root.iterdir() if p.is_dir())
-        raise DatasetError(f"category folder {cat} not found (folders in {root}: {found}).\n{LAYOUT_HELP}")
+        raise DatasetError(
+            f"category folder {cat} not found (folders in {root}: {found}).\n{LAYOUT_HELP}"
+        )
     return cat
 
 
@@ -104,13 +107,18 @@ def list_samples(root: str | Path, category: str, split: str) -> list[Sample]:
                     missing_masks.append(f)
             samples.append(Sample(f, split, defect, mask))
     if ignored:
-        warnings.warn(f"ignored {len(ignored)} non-image file(s) under {split_dir}, e.g. "
-                      f"{ignored[0].name}", stacklevel=2)
+        warnings.warn(
+            f"ignored {len(ignored)} non-image file(s) under {split_dir}, e.g. {ignored[0].name}",
+            stacklevel=2,
+        )
     if split == "train" and not samples:
         raise DatasetError(f"training folder {split_dir / 'good'} holds no images.\n{LAYOUT_HELP}")
     if split == "test" and missing_masks and (cat / "ground_truth").is_dir():
-        warnings.warn(f"{len(missing_masks)} defective test image(s) have no mask, e.g. "
-                      f"{missing_masks[0]}; pixel metrics skip them", stacklevel=2)
+        warnings.warn(
+            f"{len(missing_masks)} defective test image(s) have no mask, e.g. "
+            f"{missing_masks[0]}; pixel metrics skip them",
+            stacklevel=2,
+        )
     return samples
 
 
@@ -127,8 +135,10 @@ def load_image(path: str | Path) -> np.ndarray:
             im.load()
             arr = _to_rgb8(im)
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
-        raise ImageReadError(f"cannot read image {path}: {exc}. Remove or replace the file, or "
-                             "set skip_bad_images=True to skip unreadable files.") from exc
+        raise ImageReadError(
+            f"cannot read image {path}: {exc}. Remove or replace the file, or "
+            "set skip_bad_images=True to skip unreadable files."
+        ) from exc
     return arr
 
 
@@ -159,8 +169,11 @@ def load_mask(path: str | Path | None, shape: tuple[int, int]) -> np.ndarray | N
         warnings.warn(f"mask skipped: {exc}", stacklevel=2)
         return None
     if arr.shape != tuple(shape):
-        warnings.warn(f"mask {path} is {arr.shape[1]}x{arr.shape[0]} but its image is "
-                      f"{shape[1]}x{shape[0]}; resized with nearest neighbour", stacklevel=2)
+        warnings.warn(
+            f"mask {path} is {arr.shape[1]}x{arr.shape[0]} but its image is "
+            f"{shape[1]}x{shape[0]}; resized with nearest neighbour",
+            stacklevel=2,
+        )
         arr = cv2.resize(arr, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
     return arr > 127
 
@@ -184,7 +197,9 @@ def apply_clahe(image: np.ndarray, clip_limit: float = 2.0, tile_grid: int = 8) 
     """Contrast-limited adaptive histogram equalisation on the L channel of LAB (RGB uint8 in and
     out)."""
     lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB)
-    clahe = cv2.createCLAHE(clipLimit=float(clip_limit), tileGridSize=(int(tile_grid), int(tile_grid)))
+    clahe = cv2.createCLAHE(
+        clipLimit=float(clip_limit), tileGridSize=(int(tile_grid), int(tile_grid))
+    )
     lab[..., 0] = clahe.apply(np.ascontiguousarray(lab[..., 0]))
     return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
 
@@ -194,6 +209,7 @@ def apply_clahe(image: np.ndarray, clip_limit: float = 2.0, tile_grid: int = 8) 
 class Geometry:
     """How an original image became the network input: shorter side resized to ``resize``, then a
     centred ``crop`` x ``crop`` window at (top, left) of the resized image."""
+
     orig_h: int
     orig_w: int
     res_h: int
@@ -218,7 +234,7 @@ class Geometry:
         if amap.shape != (self.crop, self.crop):
             raise ValueError(f"map shape {amap.shape} != crop {(self.crop, self.crop)}")
         canvas = np.full((self.res_h, self.res_w), amap.min() if fill is None else fill, np.float32)
-        canvas[self.top:self.top + self.crop, self.left:self.left + self.crop] = amap
+        canvas[self.top : self.top + self.crop, self.left : self.left + self.crop] = amap
         if (self.res_h, self.res_w) == (self.orig_h, self.orig_w):
             return canvas
         return cv2.resize(canvas, (self.orig_w, self.orig_h), interpolation=cv2.INTER_LINEAR)
@@ -232,26 +248,40 @@ class Geometry:
 class Preprocessor:
     """RGB uint8 image -> normalised float tensor [3, crop, crop] and its :class:`Geometry`."""
 
-    def __init__(self, input_size: int, resize: int, *, clahe: bool = False,
-                 clahe_clip_limit: float = 2.0, clahe_tile_grid: int = 8):
+    def __init__(
+        self,
+        input_size: int,
+        resize: int,
+        *,
+        clahe: bool = False,
+        clahe_clip_limit: float = 2.0,
+        clahe_tile_grid: int = 8,
+    ):
         self.input_size, self.resize = input_size, resize
         self.clahe, self.clip, self.tiles = clahe, clahe_clip_limit, clahe_tile_grid
 
     @classmethod
     def from_config(cls, cfg) -> Preprocessor:
-        return cls(cfg.input_size, cfg.resize, clahe=cfg.clahe, clahe_clip_limit=cfg.clahe_clip_limit,
-                   clahe_tile_grid=cfg.clahe_tile_grid)
+        return cls(
+            cfg.input_size,
+            cfg.resize,
+            clahe=cfg.clahe,
+            clahe_clip_limit=cfg.clahe_clip_limit,
+            clahe_tile_grid=cfg.clahe_tile_grid,
+        )
 
     def crop_rgb(self, image: np.ndarray) -> tuple[np.ndarray, Geometry]:
         """CLAHE (if on), resize and centre crop: RGB uint8 [crop, crop, 3]."""
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"expected an RGB uint8 image [H, W, 3], got {image.dtype} {image.shape}")
+            raise ValueError(
+                f"expected an RGB uint8 image [H, W, 3], got {image.dtype} {image.shape}"
+            )
         if self.clahe:
             image = apply_clahe(image, self.clip, self.tiles)
         g = Geometry.for_shape(image.shape[0], image.shape[1], self.resize, self.input_size)
         interp = cv2.INTER_AREA if g.res_h < g.orig_h else cv2.INTER_LINEAR
         resized = cv2.resize(image, (g.res_w, g.res_h), interpolation=interp)
-        return resized[g.top:g.top + g.crop, g.left:g.left + g.crop], g
+        return resized[g.top : g.top + g.crop, g.left : g.left + g.crop], g
 
     def __call__(self, image: np.ndarray) -> tuple[torch.Tensor, Geometry]:
         crop, g = self.crop_rgb(image)

@@ -6,6 +6,7 @@ Usable on its own::
     source = DataSource(Config(dataset_path="/data/mvtec"), data_dir=Path("runs/x/data"))
     source.train_samples, source.test_samples
 """
+
 from __future__ import annotations
 
 import json
@@ -22,13 +23,24 @@ class DataSource:
     """The data of one config: ``config.dataset_path`` (None: the synthetic set, generated in
     ``data_dir`` with ``synthetic`` overriding :data:`SYNTHETIC_DEFAULTS`)."""
 
-    def __init__(self, config: Config, data_dir: str | Path, *, synthetic: dict | None = None,
-                 download: bool = False, download_url: str = "", download_sha256: str = ""):
+    def __init__(
+        self,
+        config: Config,
+        data_dir: str | Path,
+        *,
+        synthetic: dict | None = None,
+        download: bool = False,
+        download_url: str = "",
+        download_sha256: str = "",
+    ):
         self.config = config
         self.data_dir = Path(data_dir)
         self.synthetic = {**SYNTHETIC_DEFAULTS, **(synthetic or {})}
-        self.download, self.download_url, self.download_sha256 = (download, download_url,
-                                                                  download_sha256)
+        self.download, self.download_url, self.download_sha256 = (
+            download,
+            download_url,
+            download_sha256,
+        )
         self._root: Path | None = None
         self._train: list[Sample] | None = None
         self._test: list[Sample] | None = None
@@ -51,14 +63,20 @@ class DataSource:
             c = self.config
             if self.is_synthetic:
                 from .synthetic import generate_dataset
-                self._root = generate_dataset(self.data_dir, c.category, seed=c.seed,
-                                              **self.synthetic)
+
+                self._root = generate_dataset(
+                    self.data_dir, c.category, seed=c.seed, **self.synthetic
+                )
             else:
                 from .download import prepare_dataset
-                self._root = prepare_dataset(c.dataset_path, c.category,
-                                             download_missing=self.download,
-                                             url=self.download_url or None,
-                                             sha256=self.download_sha256 or None)
+
+                self._root = prepare_dataset(
+                    c.dataset_path,
+                    c.category,
+                    download_missing=self.download,
+                    url=self.download_url or None,
+                    sha256=self.download_sha256 or None,
+                )
         return self._root
 
     @property

@@ -8,6 +8,7 @@ absolute paths, ``..``, links leading outside and special files are refused. The
 layout have been checked.
 MVTec AD: CC BY-NC-SA 4.0, https://www.mvtec.com/company/research/datasets/mvtec-ad
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,19 +22,23 @@ from pathlib import Path, PurePosixPath
 
 from .archive import BLOCK, DownloadError, byte_progress, checksum_error, extract_category  # noqa: F401
 
-MVTEC_AD_URL = ("https://www.mydrive.ch/shares/150996/b52ecdcbf521176e9db9c731f2304b27/"
-                "download/420938113-1629960298/mvtec_anomaly_detection.tar.xz")
+MVTEC_AD_URL = (
+    "https://www.mydrive.ch/shares/150996/b52ecdcbf521176e9db9c731f2304b27/"
+    "download/420938113-1629960298/mvtec_anomaly_detection.tar.xz"
+)
 MVTEC_AD_SHA256 = "cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d"
 MVTEC_PAGE = "https://www.mvtec.com/company/research/datasets/mvtec-ad"
 # Per-category archives on MVTec's current shares: smaller (metal_nut ~160 MB), but their digests
 # are not published, so they are only an optional first try (fetch_mvtec(try_category_url=True)).
 CATEGORY_URLS = {
-    "metal_nut": ("https://www.mydrive.ch/shares/150459/c68856a21dca589b0f8ff6d4ee0f18f4/"
-                  "download/420937637-1629959294/metal_nut.tar.xz"),
+    "metal_nut": (
+        "https://www.mydrive.ch/shares/150459/c68856a21dca589b0f8ff6d4ee0f18f4/"
+        "download/420937637-1629959294/metal_nut.tar.xz"
+    ),
 }
 METAL_NUT_URL = CATEGORY_URLS["metal_nut"]
 KNOWN_SHA256: dict[str, str] = {MVTEC_AD_URL: MVTEC_AD_SHA256}
-CACHE_ENV = "PATCHCORE_DOWNLOAD_DIR"    # where archives are downloaded (resumable .partial files)
+CACHE_ENV = "PATCHCORE_DOWNLOAD_DIR"  # where archives are downloaded (resumable .partial files)
 
 
 def _refused(url: str, why: str) -> DownloadError:
@@ -45,7 +50,8 @@ def _refused(url: str, why: str) -> DownloadError:
         "     it on Google Drive and set download_url='/content/drive/MyDrive/<the archive>'\n"
         "  2. or set dataset_path to a folder that already holds metal_nut/ (Drive works too)\n"
         "  3. or set download_url to another link (file:///path/archive.tar.xz works too)\n"
-        "  4. or leave dataset_path empty to run on the synthetic set")
+        "  4. or leave dataset_path empty to run on the synthetic set"
+    )
 
 
 def sha256_file(path: str | Path) -> str:
@@ -64,13 +70,14 @@ def default_cache_dir() -> Path:
 
 # ------------------------------------------------------------------ download
 
+
 def _open(url: str, offset: int, opener: Callable, timeout: float):
     request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
     try:
         return opener(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and offset:
-            return None          # the partial file is already complete (or longer): start over
+            return None  # the partial file is already complete (or longer): start over
         raise _refused(url, f"HTTP {exc.code} {exc.reason}") from exc
     except (urllib.error.URLError, OSError) as exc:
         raise _refused(url, f"no connection ({getattr(exc, 'reason', exc)})") from exc
@@ -90,11 +97,15 @@ def _copy_stream(response, tmp: Path, offset: int, h, *, url: str, progress: boo
     Returns the file's size; a connection lost midway raises ConnectionError."""
     headers = getattr(response, "headers", None) or {}
     if "text/html" in (headers.get("Content-Type") or "").lower():
-        raise _refused(url, "the server sent a web page instead of the archive "
-                       "(a licence form or login page)")
+        raise _refused(
+            url, "the server sent a web page instead of the archive (a licence form or login page)"
+        )
     total = _total_size(response, offset)
     done = offset
-    with byte_progress(total, f"download {tmp.name[:-8]}", progress, offset) as bar, open(tmp, "ab") as fh:
+    with (
+        byte_progress(total, f"download {tmp.name[:-8]}", progress, offset) as bar,
+        open(tmp, "ab") as fh,
+    ):
         while True:
             try:
                 block = response.read(BLOCK)
@@ -121,7 +132,7 @@ def _attempt(url: str, tmp: Path, *, opener: Callable, timeout: float, progress:
         response = _open(url, 0, opener, timeout)
     with response:
         if offset and getattr(response, "status", None) != 206:
-            tmp.unlink()        # the server ignored the Range header: it sends the whole file
+            tmp.unlink()  # the server ignored the Range header: it sends the whole file
             offset = 0
         h = hashlib.sha256()
         if offset:
@@ -136,9 +147,16 @@ def _attempt(url: str, tmp: Path, *, opener: Callable, timeout: float, progress:
     return h.hexdigest()
 
 
-def download(url: str, dest: str | Path, *, sha256: str | None = None,
-             opener: Callable | None = None, timeout: float = 60, retries: int = 3,
-             progress: bool = True) -> Path:
+def download(
+    url: str,
+    dest: str | Path,
+    *,
+    sha256: str | None = None,
+    opener: Callable | None = None,
+    timeout: float = 60,
+    retries: int = 3,
+    progress: bool = True,
+) -> Path:
     """Download ``url`` to ``dest`` through ``dest.partial``, resuming it with HTTP Range after a
     cut (``retries`` times here, and on the next call), then check ``sha256`` (else the one
     pinned in :data:`KNOWN_SHA256`; else the digest is printed) and rename. ``opener``: a
@@ -150,17 +168,25 @@ def download(url: str, dest: str | Path, *, sha256: str | None = None,
     retries = max(1, retries)
     for attempt in range(1, retries + 1):
         try:
-            digest = _attempt(url, tmp, opener=opener or urllib.request.urlopen, timeout=timeout,
-                              progress=progress)
+            digest = _attempt(
+                url,
+                tmp,
+                opener=opener or urllib.request.urlopen,
+                timeout=timeout,
+                progress=progress,
+            )
             break
         except ConnectionError as exc:
             have = tmp.stat().st_size / 2**20 if tmp.exists() else 0.0
             if attempt == retries:
                 raise DownloadError(
                     f"the download of {url} stopped after {have:.1f} MiB ({exc}), {retries} "
-                    f"tries. Run the same cell again: it resumes from {tmp}.") from exc
-            print(f"download interrupted at {have:.1f} MiB ({exc}); resuming "
-                  f"(try {attempt + 1} of {retries})")
+                    f"tries. Run the same cell again: it resumes from {tmp}."
+                ) from exc
+            print(
+                f"download interrupted at {have:.1f} MiB ({exc}); resuming "
+                f"(try {attempt + 1} of {retries})"
+            )
     if expected and digest != expected:
         tmp.unlink(missing_ok=True)
         raise checksum_error(f"{url} (downloaded to {tmp})", expected, digest, deleted=True)
@@ -172,10 +198,12 @@ def download(url: str, dest: str | Path, *, sha256: str | None = None,
 
 # ------------------------------------------------------------------ one category, one call
 
+
 def has_category(root: str | Path, category: str) -> bool:
     root = Path(root)
     return (root / category / "train" / "good").is_dir() or (
-        root.name == category and (root / "train" / "good").is_dir())
+        root.name == category and (root / "train" / "good").is_dir()
+    )
 
 
 def _local_path(url: str) -> Path | None:
@@ -187,22 +215,35 @@ def _local_path(url: str) -> Path | None:
     return Path(url).expanduser()
 
 
-def _sources(category: str, url: str | None, sha256: str | None,
-             try_category_url: bool) -> list[tuple[str, str | None]]:
+def _sources(
+    category: str, url: str | None, sha256: str | None, try_category_url: bool
+) -> list[tuple[str, str | None]]:
     if url:
         return [(url, sha256 or KNOWN_SHA256.get(url))]
-    first = [(CATEGORY_URLS[category], None)] if try_category_url and category in CATEGORY_URLS \
-        else []
+    first = (
+        [(CATEGORY_URLS[category], None)] if try_category_url and category in CATEGORY_URLS else []
+    )
     return first + [(MVTEC_AD_URL, MVTEC_AD_SHA256)]
 
 
-def _fetch_one(url: str, sha256: str | None, dest: Path, category: str, *, cache: Path,
-               opener: Callable | None, keep_archive: bool, progress: bool) -> None:
+def _fetch_one(
+    url: str,
+    sha256: str | None,
+    dest: Path,
+    category: str,
+    *,
+    cache: Path,
+    opener: Callable | None,
+    keep_archive: bool,
+    progress: bool,
+) -> None:
     local = _local_path(url)
     if local is not None and not url.startswith("file://"):
         if not local.is_file():
-            raise DownloadError(f"download_url={url!r}: no such file. Give the path of a .tar.xz "
-                                "archive (on Drive: /content/drive/MyDrive/...) or an http(s) URL")
+            raise DownloadError(
+                f"download_url={url!r}: no such file. Give the path of a .tar.xz "
+                "archive (on Drive: /content/drive/MyDrive/...) or an http(s) URL"
+            )
         extract_category(local, dest, category, sha256=sha256, progress=progress)
         return
     name = PurePosixPath(urllib.parse.urlparse(url).path).name or f"{category}.tar.xz"
@@ -214,10 +255,18 @@ def _fetch_one(url: str, sha256: str | None, dest: Path, category: str, *, cache
             archive.unlink(missing_ok=True)
 
 
-def fetch_mvtec(dest: str | Path, category: str = "metal_nut", *, url: str | None = None,
-                sha256: str | None = None, opener: Callable | None = None,
-                cache_dir: str | Path | None = None, keep_archive: bool = False,
-                try_category_url: bool = False, progress: bool = True) -> Path:
+def fetch_mvtec(
+    dest: str | Path,
+    category: str = "metal_nut",
+    *,
+    url: str | None = None,
+    sha256: str | None = None,
+    opener: Callable | None = None,
+    cache_dir: str | Path | None = None,
+    keep_archive: bool = False,
+    try_category_url: bool = False,
+    progress: bool = True,
+) -> Path:
     """Make sure ``dest/<category>/`` holds the MVTec category; download and extract it when
     missing. ``url``: any http(s) or file:// URL or a local archive path (default: the whole
     MVTec AD archive, sha256 pinned). ``try_category_url``: first try the smaller per-category
@@ -231,8 +280,16 @@ def fetch_mvtec(dest: str | Path, category: str = "metal_nut", *, url: str | Non
     sources = _sources(category, url, sha256, try_category_url)
     for i, (source, digest) in enumerate(sources):
         try:
-            _fetch_one(source, digest, dest, category, cache=cache, opener=opener,
-                       keep_archive=keep_archive, progress=progress)
+            _fetch_one(
+                source,
+                digest,
+                dest,
+                category,
+                cache=cache,
+                opener=opener,
+                keep_archive=keep_archive,
+                progress=progress,
+            )
             return dest
         except DownloadError as exc:
             if i == len(sources) - 1:
@@ -245,16 +302,23 @@ def mount_drive(path: str | Path) -> None:
     """In Colab, mount Google Drive when ``path`` lies under /content/drive (see
     :func:`helpers.colab.mount_drive_for`)."""
     from .colab import mount_drive_for
+
     mount_drive_for(dataset_path=path)
 
 
-def prepare_dataset(dataset_path: str | Path, category: str = "metal_nut", *,
-                    download_missing: bool = False, url: str | None = None,
-                    sha256: str | None = None) -> Path:
+def prepare_dataset(
+    dataset_path: str | Path,
+    category: str = "metal_nut",
+    *,
+    download_missing: bool = False,
+    url: str | None = None,
+    sha256: str | None = None,
+) -> Path:
     """The data folder for a run: mounts Drive when ``dataset_path`` or ``url`` is on it and,
     with ``download_missing``, downloads the category into ``dataset_path`` when it is not
     there."""
     from .colab import mount_drive_for
+
     mount_drive_for(dataset_path=dataset_path, download_url=url)
     root = Path(dataset_path).expanduser()
     if download_missing and not has_category(root, category):

@@ -7,6 +7,7 @@ Usable on its own::
     metrics = evaluate(test_samples, prediction)
     write_metrics("metrics.json", metrics, metrics_record(...))
 """
+
 from __future__ import annotations
 
 import math
@@ -21,16 +22,27 @@ from .io import atomic_write_json
 from .prediction import Prediction
 
 # Results of notebook 05 that metrics.json must always hold (null when unavailable).
-METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1_threshold", "per_defect", "n_train",
-               "n_test", "timings", "config", "versions")
+METRIC_KEYS = (
+    "image_auroc",
+    "pixel_auroc",
+    "aupro",
+    "f1_threshold",
+    "per_defect",
+    "n_train",
+    "n_test",
+    "timings",
+    "config",
+    "versions",
+)
 
 
 def evaluate(samples: list[Sample], pred: Prediction) -> dict[str, Any]:
     """Every metric of metrics.json except timings, config and versions, plus
     ``pixel_f1_threshold`` (the map value maximising pixel F1, for drawing regions)."""
     from .metrics import evaluate_samples
+
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")   # nulls are reported in the table instead
+        warnings.simplefilter("ignore")  # nulls are reported in the table instead
         out = evaluate_samples(samples, pred)
         out["pixel_f1_threshold"] = pixel_f1_threshold(masks_like(samples, pred.maps), pred.maps)
     return out
@@ -40,8 +52,12 @@ def pixel_f1_threshold(masks, maps, step: int = 4) -> float | None:
     """The anomaly-map value that maximises pixel-level F1 (every ``step``-th pixel in each
     direction, for speed); None without defect pixels."""
     from .metrics import f1_threshold
-    pairs = [(m[::step, ::step].ravel(), a[::step, ::step].ravel())
-             for m, a in zip(masks, maps) if m is not None and a is not None]
+
+    pairs = [
+        (m[::step, ::step].ravel(), a[::step, ::step].ravel())
+        for m, a in zip(masks, maps)
+        if m is not None and a is not None
+    ]
     if not pairs:
         return None
     y = np.concatenate([p[0] for p in pairs])
@@ -53,14 +69,19 @@ def pixel_f1_threshold(masks, maps, step: int = 4) -> float | None:
 
 def timings(fit_info: dict, pred: Prediction) -> dict[str, Any]:
     """The timings entry of metrics.json: the fit's (from the bank's info) and inference's."""
-    return {"fit_s": fit_info.get("fit_s"), "features_s": fit_info.get("features_s"),
-            "coreset_s": fit_info.get("coreset_s"),
-            "infer_ms_per_image": 1000 * pred.seconds / max(len(pred), 1),
-            "batch_size": pred.batch_size, "device": pred.device}
+    return {
+        "fit_s": fit_info.get("fit_s"),
+        "features_s": fit_info.get("features_s"),
+        "coreset_s": fit_info.get("coreset_s"),
+        "infer_ms_per_image": 1000 * pred.seconds / max(len(pred), 1),
+        "batch_size": pred.batch_size,
+        "device": pred.device,
+    }
 
 
-def write_metrics(path: str | Path, metrics: dict[str, Any], record: dict[str, Any]
-                  ) -> dict[str, Any]:
+def write_metrics(
+    path: str | Path, metrics: dict[str, Any], record: dict[str, Any]
+) -> dict[str, Any]:
     """Write ``metrics`` updated with ``record`` (n_train, timings, config, ...) to ``path``
     atomically, every key of :data:`METRIC_KEYS` present (NaN -> null); returns it."""
     out = {**metrics, **record}

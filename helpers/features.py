@@ -13,6 +13,7 @@ as it is. Both 0 give the "natural" embedding of a small backbone (MobileNetV2 f
 bilinear upsampling are both linear and act on different axes, so pooling before upsampling,
 done here to save memory, gives the same numbers as the official order.)
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,9 +26,17 @@ from .backbones import BACKBONES, load_backbone
 class FeatureExtractor(nn.Module):
     """``forward(images [B,3,S,S] normalised) -> embeddings [B, h, w, D]``."""
 
-    def __init__(self, backbone: str, layers: list[str], *, weights: str | None = "IMAGENET1K_V1",
-                 patch_size: int = 3, pretrain_embed_dim: int = 1024, target_embed_dim: int = 1024,
-                 model: nn.Module | None = None):
+    def __init__(
+        self,
+        backbone: str,
+        layers: list[str],
+        *,
+        weights: str | None = "IMAGENET1K_V1",
+        patch_size: int = 3,
+        pretrain_embed_dim: int = 1024,
+        target_embed_dim: int = 1024,
+        model: nn.Module | None = None,
+    ):
         super().__init__()
         from torchvision.models.feature_extraction import create_feature_extractor
 
@@ -60,8 +69,8 @@ class FeatureExtractor(nn.Module):
         pooled = []
         for fmap in maps:
             fmap = fmap.float()
-            dim = self.pretrain_embed_dim or fmap.shape[1]         # 0: the layer's channel count
-            emb = local_patch_pool(fmap, self.patch_size, dim)     # [B, dim, h', w']
+            dim = self.pretrain_embed_dim or fmap.shape[1]  # 0: the layer's channel count
+            emb = local_patch_pool(fmap, self.patch_size, dim)  # [B, dim, h', w']
             if emb.shape[-2:] != (h, w):
                 emb = F.interpolate(emb, size=(h, w), mode="bilinear", align_corners=False)
             pooled.append(emb)
@@ -72,8 +81,9 @@ class FeatureExtractor(nn.Module):
         return emb.reshape(b, h, w, dim)
 
 
-def local_patch_pool(fmap: torch.Tensor, patch_size: int, out_dim: int,
-                     max_elements: int = 1 << 26) -> torch.Tensor:
+def local_patch_pool(
+    fmap: torch.Tensor, patch_size: int, out_dim: int, max_elements: int = 1 << 26
+) -> torch.Tensor:
     """[B, C, h, w] -> [B, out_dim, h, w]: each position's ``patch_size`` neighbourhood (C*p*p
     values, channel-major like ``F.unfold``) adaptive-average-pooled to ``out_dim`` values.
     Processes the batch in slices so the unfolded tensor stays below ``max_elements``."""
@@ -83,9 +93,9 @@ def local_patch_pool(fmap: torch.Tensor, patch_size: int, out_dim: int,
     step = max(1, max_elements // max(per_image, 1))
     out = []
     for i in range(0, b, step):
-        part = fmap[i:i + step]
+        part = fmap[i : i + step]
         cols = F.unfold(part, kernel_size=patch_size, padding=pad, stride=1)  # [b, C*p*p, h*w]
         cols = cols.transpose(1, 2).reshape(-1, 1, cols.shape[1])
-        pooled = F.adaptive_avg_pool1d(cols, out_dim)                          # [b*h*w, 1, D]
+        pooled = F.adaptive_avg_pool1d(cols, out_dim)  # [b*h*w, 1, D]
         out.append(pooled.reshape(part.shape[0], h, w, out_dim).permute(0, 3, 1, 2))
     return torch.cat(out, dim=0)

@@ -1,4 +1,5 @@
 """Saving a figure as a PNG file and showing that same PNG in a notebook."""
+
 from __future__ import annotations
 
 import io
@@ -22,5 +23,6 @@ def save_and_show(fig, path: str | Path, display: bool = True, dpi: int = 100) -
     if display:
         from IPython.display import Image
         from IPython.display import display as _display
+
         _display(Image(data=png, format="png"))
     return out

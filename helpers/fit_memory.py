@@ -1,12 +1,13 @@
 """Will a fit fit? The streaming fit's memory estimate (RAM, disk, GPU) and the check that refuses,
 before any work, a fit larger than the free memory."""
+
 from __future__ import annotations
 
 import torch
 
 from .config import Config
 
-BASE_RAM = 1 << 30   # the libraries, the backbone and the test-time working set (measured ~0.9 GiB)
+BASE_RAM = 1 << 30  # the libraries, the backbone and the test-time working set (measured ~0.9 GiB)
 
 
 def available_ram() -> int | None:
@@ -20,6 +21,7 @@ def available_ram() -> int | None:
         pass
     try:
         import os
+
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
@@ -31,18 +33,19 @@ def fit_memory_estimate(config: Config, device: torch.device, n_images: int) -> 
     ``disk`` (the temporary feature file) and, on CUDA, ``gpu``."""
     c = config
     side = -(-c.input_size // 8)  # every registered backbone's first tap has stride >= 8
-    patches = n_images * c.train_rotations * side * side
+    patches = n_images * c.rotations_for(n_images) * side * side
     dim = c.embed_dim
     p = dim if not 0 < c.coreset_projection_dim < dim else c.coreset_projection_dim
-    work = patches * (p * 8 + 160)                # float64 projection + coreset arrays
+    work = patches * (p * 8 + 160)  # float64 projection + coreset arrays
     bank = int(patches * c.coreset_ratio) * dim * 4
-    batch = c.batch_size * 3 * c.input_size ** 2 * 4 * 24   # activations, roughly
+    batch = c.batch_size * 3 * c.input_size**2 * 4 * 24  # activations, roughly
     est = {"disk": patches * dim * 4 if p < dim else 0}
     if device.type == "cuda":
         est.update(gpu=work + bank + batch, ram=BASE_RAM + bank)
     else:
         est.update(ram=BASE_RAM + work + bank + batch)
     return est
+
 
 def check_fit_memory(config: Config, device: torch.device, n_images: int) -> None:
     """Refuse, before any work, a fit whose estimated peak exceeds 90% of the free memory,
@@ -57,6 +60,7 @@ def check_fit_memory(config: Config, device: torch.device, n_images: int) -> Non
             raise MemoryError(
                 f"fitting {n_images} images needs about {est[kind] / 2**30:.1f} GiB of "
                 f"{'GPU memory' if kind == 'gpu' else 'RAM'} but {free[kind] / 2**30:.1f} GiB "
-                f"is free: lower train_rotations (now {c.train_rotations}), input_size "
+                f"is free: lower train_rotations (now {c.rotations_for(n_images)}), input_size "
                 f"(now {c.input_size}) or coreset_projection_dim (now "
-                f"{c.coreset_projection_dim}), or fit on fewer images")
+                f"{c.coreset_projection_dim}), or fit on fewer images"
+            )

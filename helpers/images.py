@@ -1,6 +1,7 @@
 """Turning what a user passes as images into network input batches: file paths,
 :class:`~helpers.data.Sample` objects, RGB uint8 arrays (or a list of them), or an already
 normalised float tensor [N, 3, S, S]; each image optionally with rotated copies."""
+
 from __future__ import annotations
 
 import warnings
@@ -25,8 +26,9 @@ def rotate_image(image: np.ndarray, degrees: float) -> np.ndarray:
     return cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
-def image_batches(images, config: Config, preprocess: Preprocessor, rotations: int = 1
-                  ) -> Iterator[Batch]:
+def image_batches(
+    images, config: Config, preprocess: Preprocessor, rotations: int = 1
+) -> Iterator[Batch]:
     """Yield (tensor batch, geometries, indices into the input) of ``config.batch_size`` images,
     read from disk as they are needed; with ``rotations`` > 1 each image also gives its copies
     rotated by 360/rotations degrees (one view each)."""
@@ -40,19 +42,24 @@ def _tensor_batches(images: torch.Tensor, c: Config) -> Iterator[Batch]:
     if images.ndim == 3:
         images = images.unsqueeze(0)
     if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
-        raise ValueError(f"a tensor input must be float [N, 3, {c.input_size}, {c.input_size}] "
-                         f"ImageNet-normalised; got {images.dtype} {tuple(images.shape)}")
+        raise ValueError(
+            f"a tensor input must be float [N, 3, {c.input_size}, {c.input_size}] "
+            f"ImageNet-normalised; got {images.dtype} {tuple(images.shape)}"
+        )
     if tuple(images.shape[2:]) != (c.input_size, c.input_size):
-        raise ValueError(f"tensor images are {tuple(images.shape[2:])} but input_size="
-                         f"{c.input_size}; pass file paths or uint8 arrays to have them resized")
+        raise ValueError(
+            f"tensor images are {tuple(images.shape[2:])} but input_size="
+            f"{c.input_size}; pass file paths or uint8 arrays to have them resized"
+        )
     g = Geometry(c.input_size, c.input_size, c.input_size, c.input_size, 0, 0, c.input_size)
     for i in range(0, images.shape[0], c.batch_size):
-        part = images[i:i + c.batch_size]
+        part = images[i : i + c.batch_size]
         yield part, [g] * part.shape[0], list(range(i, i + part.shape[0]))
 
 
-def _file_batches(items: list, c: Config, preprocess: Preprocessor, rotations: int
-                  ) -> Iterator[Batch]:
+def _file_batches(
+    items: list, c: Config, preprocess: Preprocessor, rotations: int
+) -> Iterator[Batch]:
     if not items:
         raise ValueError("no images given (an empty list or folder?)")
 
@@ -62,9 +69,12 @@ def _file_batches(items: list, c: Config, preprocess: Preprocessor, rotations: i
     pool = ThreadPoolExecutor(max(1, c.num_workers)) if c.num_workers > 0 else None
     try:
         for start in range(0, len(items), c.batch_size):
-            chunk = list(enumerate(items[start:start + c.batch_size], start))
-            loaded = (pool.map(load, [it for _, it in chunk]) if pool
-                      else map(load, [it for _, it in chunk]))
+            chunk = list(enumerate(items[start : start + c.batch_size], start))
+            loaded = (
+                pool.map(load, [it for _, it in chunk])
+                if pool
+                else map(load, [it for _, it in chunk])
+            )
             tensors, geoms, idx = [], [], []
             for (i, _), img in zip(chunk, loaded):
                 if img is None:
@@ -99,13 +109,19 @@ def load_input(item, skip_bad_images: bool = False) -> np.ndarray | None:
         if item.ndim == 2:
             item = np.repeat(item[..., None], 3, axis=2)
         if item.ndim != 3 or item.shape[2] not in (3, 4):
-            raise ValueError(f"image arrays must be [H, W, 3] RGB (or [H, W] gray), got {item.shape}")
+            raise ValueError(
+                f"image arrays must be [H, W, 3] RGB (or [H, W] gray), got {item.shape}"
+            )
         if item.dtype != np.uint8:
-            raise ValueError(f"image arrays must be uint8 0-255, got {item.dtype}; "
-                             "convert with (x * 255).clip(0, 255).astype(np.uint8)")
+            raise ValueError(
+                f"image arrays must be uint8 0-255, got {item.dtype}; "
+                "convert with (x * 255).clip(0, 255).astype(np.uint8)"
+            )
         return np.ascontiguousarray(item[..., :3])
-    raise TypeError(f"cannot use {type(item).__name__} as an image: pass a file path, a Sample, "
-                    "an RGB uint8 array or a normalised float tensor")
+    raise TypeError(
+        f"cannot use {type(item).__name__} as an image: pass a file path, a Sample, "
+        "an RGB uint8 array or a normalised float tensor"
+    )
 
 
 def as_list(images) -> list:
@@ -120,5 +136,7 @@ def as_list(images) -> list:
         return images
     if isinstance(images, Iterable):
         return list(images)
-    raise TypeError(f"cannot use {type(images).__name__} as images: pass a list of file paths, "
-                    "Samples or RGB uint8 arrays, or a normalised tensor [N, 3, S, S]")
+    raise TypeError(
+        f"cannot use {type(images).__name__} as images: pass a list of file paths, "
+        "Samples or RGB uint8 arrays, or a normalised tensor [N, 3, S, S]"
+    )

@@ -1,6 +1,7 @@
 """Inference on a GPU (an A100 in Colab) or the CPU: device report, batch-size choice, and a
 latency / throughput benchmark timed with CUDA events (``time.perf_counter`` on the CPU) after a
 warm-up, halving the batch on CUDA out-of-memory."""
+
 from __future__ import annotations
 
 import time
@@ -11,7 +12,7 @@ import torch
 
 from .runtime import autocast_dtype, run_halving
 
-A100_BATCH = 64          # fits an A100 (40 or 80 GB) with wide_resnet50_2 at 224 px in bf16
+A100_BATCH = 64  # fits an A100 (40 or 80 GB) with wide_resnet50_2 at 224 px in bf16
 OTHER_GPU_BATCH = 32
 CPU_BATCH = 8
 
@@ -19,12 +20,20 @@ CPU_BATCH = 8
 def device_report(device: torch.device, precision: str = "auto") -> dict:
     """What the model will run on: name, memory, autocast dtype, channels_last."""
     dtype = autocast_dtype(device, precision)
-    info = {"device": str(device), "autocast": str(dtype).replace("torch.", "") if dtype else "fp32 (none)",
-            "channels_last": device.type == "cuda", "torch": torch.__version__}
+    info = {
+        "device": str(device),
+        "autocast": str(dtype).replace("torch.", "") if dtype else "fp32 (none)",
+        "channels_last": device.type == "cuda",
+        "torch": torch.__version__,
+    }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        info.update(name=props.name, memory_gb=round(props.total_memory / 2**30, 1),
-                    capability=f"{props.major}.{props.minor}", bf16=torch.cuda.is_bf16_supported())
+        info.update(
+            name=props.name,
+            memory_gb=round(props.total_memory / 2**30, 1),
+            capability=f"{props.major}.{props.minor}",
+            bf16=torch.cuda.is_bf16_supported(),
+        )
     else:
         info.update(name="CPU", threads=torch.get_num_threads())
     return info
@@ -33,9 +42,11 @@ def device_report(device: torch.device, precision: str = "auto") -> dict:
 def cpu_fallback_note(device: torch.device) -> str:
     if device.type == "cuda":
         return ""
-    return ("No CUDA GPU: running on the CPU in fp32 (no autocast, no channels_last). Everything "
-            "works, only slower; timings below are CPU timings. In Colab choose Runtime > Change "
-            "runtime type > A100 GPU (or any GPU) and run the notebook again.")
+    return (
+        "No CUDA GPU: running on the CPU in fp32 (no autocast, no channels_last). Everything "
+        "works, only slower; timings below are CPU timings. In Colab choose Runtime > Change "
+        "runtime type > A100 GPU (or any GPU) and run the notebook again."
+    )
 
 
 def pick_batch_size(requested: int, device: torch.device) -> int:
@@ -55,13 +66,16 @@ class Timer:
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
-        self.start = self.end = None   # CUDA events
-        self.t0 = 0.0                  # perf_counter start on the CPU
-        self.ms = float("nan")         # the elapsed milliseconds, once the block has run
+        self.start = self.end = None  # CUDA events
+        self.t0 = 0.0  # perf_counter start on the CPU
+        self.ms = float("nan")  # the elapsed milliseconds, once the block has run
 
     def __enter__(self):
         if self.cuda:
-            self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self.start, self.end = (
+                torch.cuda.Event(enable_timing=True),
+                torch.cuda.Event(enable_timing=True),
+            )
             self.start.record()
         else:
             self.t0 = time.perf_counter()
@@ -80,13 +94,21 @@ class Timer:
 def _infer(model, x: torch.Tensor) -> torch.Tensor:
     """The timed work: features, nearest-neighbour scores and blurred anomaly maps."""
     from .maps import patch_scores_to_maps
+
     emb = model.embed(x)
     _, grid = model.score_embeddings(emb)
     return patch_scores_to_maps(grid, model.config.input_size, model.config.sigma)
 
 
-def time_batch(model, x: torch.Tensor, batch: int, *, warmup: int = 2, repeats: int = 5,
-               infer: Callable = _infer) -> dict:
+def time_batch(
+    model,
+    x: torch.Tensor,
+    batch: int,
+    *,
+    warmup: int = 2,
+    repeats: int = 5,
+    infer: Callable = _infer,
+) -> dict:
     """Median milliseconds for one batch of ``batch`` images (repeating ``x`` as needed)."""
     reps = -(-batch // x.shape[0])
     xb = x.repeat(reps, 1, 1, 1)[:batch].to(model.device)
@@ -98,16 +120,34 @@ def time_batch(model, x: torch.Tensor, batch: int, *, warmup: int = 2, repeats: 
             infer(model, xb)
         times.append(t.ms)
     ms = float(np.median(times))
-    return {"batch": batch, "ms_per_batch": ms, "ms_per_image": ms / batch, "images_per_s": 1000 * batch / ms}
+    return {
+        "batch": batch,
+        "ms_per_batch": ms,
+        "ms_per_image": ms / batch,
+        "images_per_s": 1000 * batch / ms,
+    }
 
 
-def benchmark(model, x: torch.Tensor, batch_size: int, *, warmup: int = 2, repeats: int = 5,
-              infer: Callable = _infer) -> list[dict]:
+def benchmark(
+    model,
+    x: torch.Tensor,
+    batch_size: int,
+    *,
+    warmup: int = 2,
+    repeats: int = 5,
+    infer: Callable = _infer,
+) -> list[dict]:
     """Latency (batch 1) and throughput (batch ``batch_size``, halved on CUDA out-of-memory)."""
-    rows = [{"mode": "latency", **time_batch(model, x, 1, warmup=warmup, repeats=repeats, infer=infer)}]
+    rows = [
+        {"mode": "latency", **time_batch(model, x, 1, warmup=warmup, repeats=repeats, infer=infer)}
+    ]
     if batch_size > 1:
-        row, used = run_halving(lambda b: time_batch(model, x, b, warmup=warmup, repeats=repeats, infer=infer),
-                                batch_size, "throughput benchmark")
-        rows.append({"mode": "throughput", **row, "requested_batch": batch_size,
-                     "embed_micro_batch": used})
+        row, used = run_halving(
+            lambda b: time_batch(model, x, b, warmup=warmup, repeats=repeats, infer=infer),
+            batch_size,
+            "throughput benchmark",
+        )
+        rows.append(
+            {"mode": "throughput", **row, "requested_batch": batch_size, "embed_micro_batch": used}
+        )
     return rows

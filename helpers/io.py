@@ -3,6 +3,7 @@
 A reader never sees a half-written file: either the old file or the complete new one. Tensors are
 stored with safetensors, whose loader parses a JSON header and raw buffers and never unpickles.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,7 +48,9 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
+    return atomic_write_text(
+        path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n"
+    )
 
 
 def _jsonable(obj: Any) -> Any:
@@ -65,8 +68,13 @@ def save_tensors(path: str | Path, tensors: dict, metadata: dict[str, str] | Non
     import torch
     from safetensors.torch import save
 
-    tensors = {k: (torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v)
-               .detach().cpu().contiguous() for k, v in tensors.items()}
+    tensors = {
+        k: (torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v)
+        .detach()
+        .cpu()
+        .contiguous()
+        for k, v in tensors.items()
+    }
     return atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
@@ -83,6 +91,8 @@ def load_tensors(path: str | Path) -> tuple[dict, dict[str, str]]:
             meta = fh.metadata() or {}
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except Exception as exc:  # safetensors raises its own error types for bad headers
-        raise ValueError(f"{path} is not a readable safetensors file ({exc}); it may be truncated "
-                         "or not a file this project wrote") from exc
+        raise ValueError(
+            f"{path} is not a readable safetensors file ({exc}); it may be truncated "
+            "or not a file this project wrote"
+        ) from exc
     return tensors, meta

@@ -11,6 +11,7 @@ vectors (dark background patches, whose direction is mostly noise) shrink toward
 stop looking far from each other. The distance is then ``|p(q) - p(b)|^2 / 2`` with
 ``p(x) = x / (|x| + norm_floor)``, which is exactly ``1 - cos`` when the floor is 0.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,8 +27,9 @@ def prepare(x: torch.Tensor, distance: str, norm_floor: float = 0.0) -> torch.Te
     return x
 
 
-def pair_distance(a: torch.Tensor, b: torch.Tensor, distance: str = "l2",
-                  norm_floor: float = 0.0) -> torch.Tensor:
+def pair_distance(
+    a: torch.Tensor, b: torch.Tensor, distance: str = "l2", norm_floor: float = 0.0
+) -> torch.Tensor:
     """Distance between rows of ``a`` and ``b`` (broadcast over leading dims), as kNN reports it."""
     d2 = ((prepare(a, distance, norm_floor) - prepare(b, distance, norm_floor)) ** 2).sum(-1)
     return _finish(d2, distance)
@@ -38,13 +40,22 @@ def _finish(d2: torch.Tensor, distance: str) -> torch.Tensor:
     return d2.clamp_min(0).sqrt() if distance == "l2" else (d2 / 2).clamp_min(0)
 
 
-def knn_torch(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, *, distance: str = "l2",
-              memory_mb: int = 256, bank_sqn: torch.Tensor | None = None, norm_floor: float = 0.0
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+def knn_torch(
+    queries: torch.Tensor,
+    bank: torch.Tensor,
+    k: int = 1,
+    *,
+    distance: str = "l2",
+    memory_mb: int = 256,
+    bank_sqn: torch.Tensor | None = None,
+    norm_floor: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(distances [Q, k] ascending, indices [Q, k]) of each query's k nearest bank rows."""
     if queries.ndim != 2 or bank.ndim != 2 or queries.shape[1] != bank.shape[1]:
-        raise ValueError(f"queries {tuple(queries.shape)} and bank {tuple(bank.shape)} must be "
-                         "2-D with the same feature dimension")
+        raise ValueError(
+            f"queries {tuple(queries.shape)} and bank {tuple(bank.shape)} must be "
+            "2-D with the same feature dimension"
+        )
     if not 1 <= k <= bank.shape[0]:
         raise ValueError(f"k={k} must be in [1, bank size {bank.shape[0]}]")
     q = prepare(queries, distance, norm_floor)
@@ -58,11 +69,11 @@ def knn_torch(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, *, distance
     best_d = torch.empty(q.shape[0], k, device=q.device)
     best_i = torch.empty(q.shape[0], k, dtype=torch.long, device=q.device)
     for qs in range(0, q.shape[0], q_step):
-        qq, qqn = q[qs:qs + q_step], qn[qs:qs + q_step]
+        qq, qqn = q[qs : qs + q_step], qn[qs : qs + q_step]
         run_d = run_i = None
         for bs in range(0, b.shape[0], b_step):
             # |q|^2 - 2 q.b + |b|^2 for one [q_step, b_step] block (the only large temporary)
-            d2 = torch.addmm(bn[bs:bs + b_step][None, :], qq, b[bs:bs + b_step].T, alpha=-2.0)
+            d2 = torch.addmm(bn[bs : bs + b_step][None, :], qq, b[bs : bs + b_step].T, alpha=-2.0)
             d2.add_(qqn)
             if k == 1:
                 vals, idx = d2.min(dim=1, keepdim=True)
@@ -80,7 +91,7 @@ def knn_torch(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, *, distance
                 cat_d, cat_i = torch.cat([run_d, vals], 1), torch.cat([run_i, idx], 1)
                 run_d, order = torch.topk(cat_d, k, dim=1, largest=False)
                 run_i = torch.gather(cat_i, 1, order)
-        best_d[qs:qs + q_step], best_i[qs:qs + q_step] = run_d, run_i
+        best_d[qs : qs + q_step], best_i[qs : qs + q_step] = run_d, run_i
     return _finish(best_d, distance), best_i
 
 
@@ -91,8 +102,16 @@ def _faiss_index(bank: torch.Tensor, distance: str, norm_floor: float = 0.0):
     """An exact flat index over ``bank``, cached for the last bank seen (predict calls kNN once
     per batch against the same bank; rebuilding the index each time copied the whole bank)."""
     import faiss
-    key = (bank.data_ptr(), tuple(bank.shape), bank.dtype, bank.device, bank._version, distance,
-           float(norm_floor))
+
+    key = (
+        bank.data_ptr(),
+        tuple(bank.shape),
+        bank.dtype,
+        bank.device,
+        bank._version,
+        distance,
+        float(norm_floor),
+    )
     if _FAISS_INDEX.get("key") != key:
         b = prepare(bank, distance, norm_floor).detach().cpu().contiguous().numpy()
         index = faiss.IndexFlatL2(b.shape[1])
@@ -102,17 +121,26 @@ def _faiss_index(bank: torch.Tensor, distance: str, norm_floor: float = 0.0):
     return _FAISS_INDEX["index"]
 
 
-def knn_faiss(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, *, distance: str = "l2",
-              norm_floor: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def knn_faiss(
+    queries: torch.Tensor,
+    bank: torch.Tensor,
+    k: int = 1,
+    *,
+    distance: str = "l2",
+    norm_floor: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as :func:`knn_torch`, with an exact faiss flat index."""
     try:
         import faiss  # noqa: F401
     except ImportError as exc:
-        raise ImportError("knn_backend='faiss' needs faiss: pip install faiss-cpu "
-                          "(or use knn_backend='torch')") from exc
+        raise ImportError(
+            "knn_backend='faiss' needs faiss: pip install faiss-cpu (or use knn_backend='torch')"
+        ) from exc
     if queries.ndim != 2 or bank.ndim != 2 or queries.shape[1] != bank.shape[1]:
-        raise ValueError(f"queries {tuple(queries.shape)} and bank {tuple(bank.shape)} must be "
-                         "2-D with the same feature dimension")
+        raise ValueError(
+            f"queries {tuple(queries.shape)} and bank {tuple(bank.shape)} must be "
+            "2-D with the same feature dimension"
+        )
     if not 1 <= k <= bank.shape[0]:
         raise ValueError(f"k={k} must be in [1, bank size {bank.shape[0]}]")
     q = prepare(queries, distance, norm_floor).detach().cpu().contiguous().numpy()
@@ -121,10 +149,25 @@ def knn_faiss(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, *, distance
     return d.to(queries.device), torch.from_numpy(idx).to(queries.device)
 
 
-def knn(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, *, distance: str = "l2",
-        backend: str = "torch", memory_mb: int = 256, bank_sqn: torch.Tensor | None = None,
-        norm_floor: float = 0.0):
+def knn(
+    queries: torch.Tensor,
+    bank: torch.Tensor,
+    k: int = 1,
+    *,
+    distance: str = "l2",
+    backend: str = "torch",
+    memory_mb: int = 256,
+    bank_sqn: torch.Tensor | None = None,
+    norm_floor: float = 0.0,
+):
     if backend == "faiss":
         return knn_faiss(queries, bank, k, distance=distance, norm_floor=norm_floor)
-    return knn_torch(queries, bank, k, distance=distance, memory_mb=memory_mb, bank_sqn=bank_sqn,
-                     norm_floor=norm_floor)
+    return knn_torch(
+        queries,
+        bank,
+        k,
+        distance=distance,
+        memory_mb=memory_mb,
+        bank_sqn=bank_sqn,
+        norm_floor=norm_floor,
+    )

@@ -1,6 +1,7 @@
 """Patch-score grid -> anomaly map: bilinear upsampling to the input size, then a Gaussian blur
 (sigma 4 in the paper) that matches ``scipy.ndimage.gaussian_filter(mode="reflect", truncate=4)``,
 done in torch so it runs on the GPU in a batch."""
+
 from __future__ import annotations
 
 import torch
@@ -30,7 +31,7 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
         return maps
     k = gaussian_kernel1d(sigma).to(maps.device, maps.dtype)
     r = (k.numel() - 1) // 2
-    x = maps.unsqueeze(1)                                        # [B, 1, H, W]
+    x = maps.unsqueeze(1)  # [B, 1, H, W]
     x = F.conv2d(_symmetric_pad(x, r, 3), k.view(1, 1, 1, -1))
     x = F.conv2d(_symmetric_pad(x, r, 2), k.view(1, 1, -1, 1))
     return x.squeeze(1)
@@ -38,22 +39,36 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
 
 def patch_scores_to_maps(grid: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
     """[B, h, w] patch scores -> [B, size, size] blurred anomaly maps in input pixels."""
-    up = F.interpolate(grid.unsqueeze(1).float(), size=(size, size), mode="bilinear",
-                       align_corners=False).squeeze(1)
+    up = F.interpolate(
+        grid.unsqueeze(1).float(), size=(size, size), mode="bilinear", align_corners=False
+    ).squeeze(1)
     return gaussian_blur(up, sigma)
 
 
-def grids_to_maps(grids, geometries: list, *, input_size: int, sigma: float,
-                  device: torch.device | str = "cpu", chunk: int = 16) -> list:
+def grids_to_maps(
+    grids,
+    geometries: list,
+    *,
+    input_size: int,
+    sigma: float,
+    device: torch.device | str = "cpu",
+    chunk: int = 16,
+) -> list:
     """Patch-score grids [B, h, w] -> anomaly maps in each image's ORIGINAL pixels (bilinear
     upsampling to the input size, Gaussian blur ``sigma``, resize/crop undone by its
     :class:`~helpers.data.Geometry`); None where the geometry is None (an unreadable image)."""
     import numpy as np
-    grids = torch.as_tensor(np.nan_to_num(np.asarray(
-        grids.detach().cpu() if isinstance(grids, torch.Tensor) else grids, np.float32)))
+
+    grids = torch.as_tensor(
+        np.nan_to_num(
+            np.asarray(
+                grids.detach().cpu() if isinstance(grids, torch.Tensor) else grids, np.float32
+            )
+        )
+    )
     out = []
     for start in range(0, len(geometries), chunk):
-        part = patch_scores_to_maps(grids[start:start + chunk].to(device), input_size, sigma)
-        for g, amap in zip(geometries[start:start + chunk], part.cpu().numpy()):
+        part = patch_scores_to_maps(grids[start : start + chunk].to(device), input_size, sigma)
+        for g, amap in zip(geometries[start : start + chunk], part.cpu().numpy()):
             out.append(None if g is None else g.to_original(amap))
     return out

@@ -3,6 +3,7 @@
 Every metric returns ``None`` with a warning when the data cannot support it (one class only, no
 masks), never a made-up number.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -18,22 +19,28 @@ def image_auroc(labels: Sequence[int], scores: Sequence[float]) -> float | None:
     keep = np.isfinite(scores)
     labels, scores = labels[keep], scores[keep]
     if len(np.unique(labels)) < 2:
-        warnings.warn("image AUROC needs both good and defective test images; reporting null",
-                      stacklevel=2)
+        warnings.warn(
+            "image AUROC needs both good and defective test images; reporting null", stacklevel=2
+        )
         return None
     return float(roc_auc_score(labels, scores))
 
 
 def _valid_pairs(masks, maps):
-    pairs = [(np.asarray(m, bool), np.asarray(a, np.float32)) for m, a in zip(masks, maps)
-             if m is not None and a is not None]
+    pairs = [
+        (np.asarray(m, bool), np.asarray(a, np.float32))
+        for m, a in zip(masks, maps)
+        if m is not None and a is not None
+    ]
     for m, a in pairs:
         if m.shape != a.shape:
             raise ValueError(f"mask shape {m.shape} != anomaly map shape {a.shape}")
     return pairs
 
 
-BINS = 1 << 18   # thresholds of the pixel metrics: 262144 levels between the lowest and highest map value
+BINS = (
+    1 << 18
+)  # thresholds of the pixel metrics: 262144 levels between the lowest and highest map value
 
 
 def _bins(pairs, bins: int) -> tuple[float, float]:
@@ -55,8 +62,10 @@ def pixel_histograms(masks, maps, bins: int = BINS, groups: Sequence[str] | None
         return out
     lo, scale = _bins(pairs, bins)
     for name, (m, a) in zip(names, pairs):
-        h = out.setdefault(name, {"neg": np.zeros(bins), "pos": np.zeros(bins),
-                                  "pro": np.zeros(bins), "regions": 0})
+        h = out.setdefault(
+            name,
+            {"neg": np.zeros(bins), "pos": np.zeros(bins), "pro": np.zeros(bins), "regions": 0},
+        )
         idx = np.clip(((a.astype(np.float64) - lo) * scale).astype(np.int64), 0, bins - 1).ravel()
         labels, n = ndimage.label(m, structure=np.ones((3, 3), int))
         lab = labels.ravel()
@@ -101,7 +110,9 @@ def _area(fpr: np.ndarray, pro: np.ndarray, max_fpr: float) -> float:
     return float(((x[1:] - x[:-1]) * (y[1:] + y[:-1])).sum() / 2 / max_fpr)
 
 
-def pixel_auroc(masks: Sequence[np.ndarray | None], maps: Sequence[np.ndarray | None]) -> float | None:
+def pixel_auroc(
+    masks: Sequence[np.ndarray | None], maps: Sequence[np.ndarray | None]
+) -> float | None:
     """AUROC over all pixels of the images that have a mask (good images: an all-False mask)."""
     hists = pixel_histograms(masks, maps)
     if not hists:
@@ -109,12 +120,15 @@ def pixel_auroc(masks: Sequence[np.ndarray | None], maps: Sequence[np.ndarray | 
         return None
     value = auroc_from_histograms(hists[""])
     if value is None:
-        warnings.warn("pixel AUROC needs both defect and normal pixels; reporting null", stacklevel=2)
+        warnings.warn(
+            "pixel AUROC needs both defect and normal pixels; reporting null", stacklevel=2
+        )
     return value
 
 
-def pro_curve(masks: Sequence[np.ndarray | None], maps: Sequence[np.ndarray | None]
-              ) -> tuple[np.ndarray, np.ndarray] | None:
+def pro_curve(
+    masks: Sequence[np.ndarray | None], maps: Sequence[np.ndarray | None]
+) -> tuple[np.ndarray, np.ndarray] | None:
     """(FPR, PRO) at every distinct threshold, exact. PRO is the mean over connected defect regions
     (8-connectivity) of the fraction of the region above the threshold; FPR is over all pixels
     outside any defect."""
@@ -142,7 +156,7 @@ def pro_curve(masks: Sequence[np.ndarray | None], maps: Sequence[np.ndarray | No
     order = np.argsort(-s, kind="stable")
     s, w_pro, w_fpr = s[order], w_pro[order], w_fpr[order]
     pro, fpr = np.cumsum(w_pro), np.cumsum(w_fpr)
-    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]   # last index of each tied group
+    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # last index of each tied group
     return np.r_[0.0, fpr[last]], np.r_[0.0, pro[last]]
 
 
@@ -161,7 +175,9 @@ def f1_threshold(labels: Sequence[int], scores: Sequence[float]) -> tuple[float,
     keep = np.isfinite(scores)
     labels, scores = labels[keep], scores[keep]
     if len(np.unique(labels)) < 2:
-        warnings.warn("F1 threshold needs both good and defective images; reporting null", stacklevel=2)
+        warnings.warn(
+            "F1 threshold needs both good and defective images; reporting null", stacklevel=2
+        )
         return None
     precision, recall, thresholds = precision_recall_curve(labels, scores)
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
@@ -197,15 +213,21 @@ def pixel_metrics(defects: Sequence[str], masks, maps) -> dict:
     for d in sorted(set(defects) - {"good"}):
         h = _merged(hists, ["good", d])
         per[d] = {"pixel_auroc": auroc_from_histograms(h), "aupro": aupro_from_histograms(h)}
-    return {"pixel_auroc": auroc_from_histograms(every), "aupro": aupro_from_histograms(every),
-            "per_defect_pixel": per}
+    return {
+        "pixel_auroc": auroc_from_histograms(every),
+        "aupro": aupro_from_histograms(every),
+        "per_defect_pixel": per,
+    }
 
 
 def evaluate(labels, scores, defects, *, masks=None, maps=None) -> dict:
     """All metrics in one dict (the metrics.json contract, without timings/config)."""
     thr = f1_threshold(labels, scores)
-    pixel = (pixel_metrics(defects, masks, maps) if masks is not None else
-             {"pixel_auroc": None, "aupro": None, "per_defect_pixel": None})
+    pixel = (
+        pixel_metrics(defects, masks, maps)
+        if masks is not None
+        else {"pixel_auroc": None, "aupro": None, "per_defect_pixel": None}
+    )
     return {
         "image_auroc": image_auroc(labels, scores),
         **pixel,
@@ -222,15 +244,25 @@ def evaluate_samples(samples, prediction) -> dict:
     from .data import masks_like
 
     masks = masks_like(samples, prediction.maps)
-    missing = [str(s.path) for s, amap, m in zip(samples, prediction.maps, masks)
-               if amap is not None and s.defect != "good" and m is None]
+    missing = [
+        str(s.path)
+        for s, amap, m in zip(samples, prediction.maps, masks)
+        if amap is not None and s.defect != "good" and m is None
+    ]
     if missing and len(missing) < sum(s.defect != "good" for s in samples):
-        warnings.warn(f"pixel metrics skip {len(missing)} defective image(s) without a mask: "
-                      f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}", stacklevel=2)
+        warnings.warn(
+            f"pixel metrics skip {len(missing)} defective image(s) without a mask: "
+            f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}",
+            stacklevel=2,
+        )
     has_masks = any(m is not None and m.any() for m in masks)
-    result = evaluate([s.label for s in samples], prediction.scores, [s.defect for s in samples],
-                      masks=masks if has_masks else None,
-                      maps=prediction.maps if has_masks else None)
+    result = evaluate(
+        [s.label for s in samples],
+        prediction.scores,
+        [s.defect for s in samples],
+        masks=masks if has_masks else None,
+        maps=prediction.maps if has_masks else None,
+    )
     if not has_masks:
         warnings.warn("no ground-truth masks found: pixel AUROC and AUPRO are null", stacklevel=2)
     return result

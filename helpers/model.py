@@ -1,5 +1,6 @@
 """The PatchCore object: ``fit`` a memory bank on good images, ``predict`` image scores and
 anomaly maps in original image pixels, ``save`` / ``load`` the bank without pickle."""
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,16 @@ from .spill import FeatureSpill
 from .training import EmbeddedBatch, TrainingFeatures
 
 # re-exported: where they lived before the split
-__all__ = ["BankMismatchError", "EmbeddedBatch", "PatchCore", "Prediction", "TrainingFeatures",
-           "available_ram", "rotate_image", "versions"]
+__all__ = [
+    "BankMismatchError",
+    "EmbeddedBatch",
+    "PatchCore",
+    "Prediction",
+    "TrainingFeatures",
+    "available_ram",
+    "rotate_image",
+    "versions",
+]
 
 
 class PatchCore:
@@ -52,14 +61,14 @@ class PatchCore:
         self.preprocess = Preprocessor.from_config(config)
         self._extractor: FeatureExtractor | None = None
         self._memory_bank: torch.Tensor | None = None
-        self._bank_sqn: torch.Tensor | None = None   # |bank row|^2, made on first use
-        self._bank_norm: float | None = None         # median bank-row norm (cosine floor)
+        self._bank_sqn: torch.Tensor | None = None  # |bank row|^2, made on first use
+        self._bank_norm: float | None = None  # median bank-row norm (cosine floor)
         self.memory_bank = None
         self.grid: tuple[int, int] | None = None
         self.info: dict = {}
-        self.coreset_indices: torch.Tensor | None = None   # rows of the fit's patches kept
-        self.saved_versions: dict = {}                      # library versions of a loaded bank
-        self._embed_cap: int | None = None   # micro-batch after a CUDA out-of-memory
+        self.coreset_indices: torch.Tensor | None = None  # rows of the fit's patches kept
+        self.saved_versions: dict = {}  # library versions of a loaded bank
+        self._embed_cap: int | None = None  # micro-batch after a CUDA out-of-memory
         self._knn_mb = config.knn_memory_mb  # kNN block budget (halved on out-of-memory)
 
     # ------------------------------------------------------------------ features
@@ -67,10 +76,14 @@ class PatchCore:
     def extractor(self) -> FeatureExtractor:
         if self._extractor is None:
             c = self.config
-            ext = FeatureExtractor(c.backbone, c.layers, weights=c.weights,
-                                   patch_size=c.patch_size,
-                                   pretrain_embed_dim=c.pretrain_embed_dim,
-                                   target_embed_dim=c.target_embed_dim).to(self.device)
+            ext = FeatureExtractor(
+                c.backbone,
+                c.layers,
+                weights=c.weights,
+                patch_size=c.patch_size,
+                pretrain_embed_dim=c.pretrain_embed_dim,
+                target_embed_dim=c.target_embed_dim,
+            ).to(self.device)
             if self.device.type == "cuda":
                 ext = ext.to(memory_format=torch.channels_last)
             self._extractor = ext
@@ -80,7 +93,9 @@ class PatchCore:
         """Normalised images [B, 3, S, S] -> patch embeddings [B, h, w, D] (float32, on device).
         Halves the micro-batch on CUDA out-of-memory."""
         if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected images as a tensor [B, 3, H, W], got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"expected images as a tensor [B, 3, H, W], got shape {tuple(x.shape)}"
+            )
         x = x.to(self.device, non_blocking=True)
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
@@ -90,7 +105,7 @@ class PatchCore:
             parts = []
             for i in range(0, x.shape[0], step):
                 with torch.inference_mode(), autocast(self.device, dtype):
-                    parts.append(self.extractor(x[i:i + step]).float())
+                    parts.append(self.extractor(x[i : i + step]).float())
             return torch.cat(parts)
 
         cap = self._embed_cap  # set once an out-of-memory forced a smaller batch
@@ -102,29 +117,36 @@ class PatchCore:
 
     # ------------------------------------------------------------------ inputs
     # ------------------------------------------------------------------ seams
-    def embed_images(self, images, rotations: int = 1, progress: bool = False,
-                     desc: str = "features") -> Iterator[EmbeddedBatch]:
+    def embed_images(
+        self, images, rotations: int = 1, progress: bool = False, desc: str = "features"
+    ) -> Iterator[EmbeddedBatch]:
         """Embed ``images`` batch by batch (read from disk as they are needed): each image, and
         with ``rotations`` > 1 its copies rotated by 360/rotations degrees, becomes one view.
         The one home of rotate -> preprocess -> embed (fit, predict and the notebooks use it)."""
         n = images.shape[0] if isinstance(images, torch.Tensor) else len(as_list(images))
         batches = image_batches(images, self.config, self.preprocess, rotations)
         if progress:
-            batches = show_progress(batches, total=math.ceil(n / self.config.batch_size),
-                                    desc=desc, unit="batch")
+            batches = show_progress(
+                batches, total=math.ceil(n / self.config.batch_size), desc=desc, unit="batch"
+            )
         for x, geoms, idx in batches:
             yield EmbeddedBatch(self.embed(x), geoms, idx)
 
-    def maps_from_grids(self, grids: torch.Tensor | np.ndarray,
-                        geometries: list[Geometry | None]) -> list[np.ndarray | None]:
+    def maps_from_grids(
+        self, grids: torch.Tensor | np.ndarray, geometries: list[Geometry | None]
+    ) -> list[np.ndarray | None]:
         """Patch-score grids [B, h, w] -> anomaly maps in each image's ORIGINAL pixels, with this
         model's ``input_size`` and ``sigma`` (see :func:`helpers.maps.grids_to_maps`)."""
-        return grids_to_maps(grids, geometries, input_size=self.config.input_size,
-                             sigma=self.config.sigma, device=self.device)
+        return grids_to_maps(
+            grids,
+            geometries,
+            input_size=self.config.input_size,
+            sigma=self.config.sigma,
+            device=self.device,
+        )
 
     # ------------------------------------------------------------------ fit
-    def fit(self, images, progress: bool = False, spill_dir: str | Path | None = None
-            ) -> PatchCore:
+    def fit(self, images, progress: bool = False, spill_dir: str | Path | None = None) -> PatchCore:
         """Build the memory bank from good training images: :meth:`extract` (streaming) then
         :meth:`build_bank`. Memory grows with the coreset's projection (8 bytes x 128 per patch),
         not with the full embeddings, which wait in a temporary file in ``spill_dir`` (default:
@@ -135,8 +157,9 @@ class PatchCore:
         finally:
             feats.close()
 
-    def extract(self, images, progress: bool = False, spill_dir: str | Path | None = None
-                ) -> TrainingFeatures:
+    def extract(
+        self, images, progress: bool = False, spill_dir: str | Path | None = None
+    ) -> TrainingFeatures:
         """Embed the training images (and their ``train_rotations`` rotated copies) batch by batch,
         keeping each patch's coreset projection in memory and, when that projection is not the
         identity, the full embedding in a spill file. Checks the memory estimate first."""
@@ -147,13 +170,15 @@ class PatchCore:
             self.check_fit_memory(n)
         t0 = time.perf_counter()
         views, proj, spill = 0, None, None
+        rotations = c.rotations_for(n)
         try:
-            for batch in self.embed_images(items, c.train_rotations, progress):
+            for batch in self.embed_images(items, rotations, progress):
                 emb = batch.embeddings
                 if proj is None:
                     self.grid = tuple(emb.shape[1:3])
-                    proj = self._projection(n * c.train_rotations * emb.shape[1] * emb.shape[2],
-                                            emb.shape[-1])
+                    proj = self._projection(
+                        n * rotations * emb.shape[1] * emb.shape[2], emb.shape[-1]
+                    )
                     if proj.matrix is not None:
                         spill = FeatureSpill(emb.shape[-1], spill_dir)
                 for view in emb:
@@ -167,26 +192,43 @@ class PatchCore:
             raise
         if proj is None:
             raise ValueError("no training image could be read")
-        return TrainingFeatures(proj, spill, grid=self.grid, n_images=views // c.train_rotations,
-                                n_views=views, seconds=time.perf_counter() - t0)
+        return TrainingFeatures(
+            proj,
+            spill,
+            grid=self.grid,
+            n_images=views // rotations,
+            n_views=views,
+            seconds=time.perf_counter() - t0,
+        )
 
     def build_bank(self, feats: TrainingFeatures, progress: bool = False) -> PatchCore:
         """Greedy coreset on ``feats``' projection; the bank is the kept patches' full features."""
         c = self.config
         t0 = time.perf_counter()
         n_select = max(1, min(feats.n_patches, int(feats.n_patches * c.coreset_ratio)))
-        idx = greedy_coreset(None, n_select, start_points=c.coreset_start_points, seed=c.seed,
-                             progress=progress, projection=feats.projection)
+        idx = greedy_coreset(
+            None,
+            n_select,
+            start_points=c.coreset_start_points,
+            seed=c.seed,
+            progress=progress,
+            projection=feats.projection,
+        )
         self.memory_bank = feats.rows(idx).to(self.device).contiguous()
         self.coreset_indices = idx
         self.grid = feats.grid
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         coreset_s = time.perf_counter() - t0
-        self.info = {"n_train": feats.n_images, "n_views": feats.n_views,
-                     "n_patches": feats.n_patches, "bank_size": int(self.memory_bank.shape[0]),
-                     "features_s": feats.seconds, "coreset_s": coreset_s,
-                     "fit_s": feats.seconds + coreset_s}
+        self.info = {
+            "n_train": feats.n_images,
+            "n_views": feats.n_views,
+            "n_patches": feats.n_patches,
+            "bank_size": int(self.memory_bank.shape[0]),
+            "features_s": feats.seconds,
+            "coreset_s": coreset_s,
+            "fit_s": feats.seconds + coreset_s,
+        }
         return self
 
     def _projection(self, capacity: int, dim: int) -> Projection:
@@ -201,8 +243,9 @@ class PatchCore:
         proj = self._projection(features.shape[0], features.shape[1])
         proj.add(features, block_rows=per_view)
         grid = self.grid or (1, features.shape[0])
-        feats = TrainingFeatures(proj, None, grid=grid, n_images=0, n_views=0, seconds=0.0,
-                                 full=features)
+        feats = TrainingFeatures(
+            proj, None, grid=grid, n_images=0, n_views=0, seconds=0.0, full=features
+        )
         self.build_bank(feats, progress)
         return self.coreset_indices
 
@@ -217,8 +260,10 @@ class PatchCore:
     # ------------------------------------------------------------------ predict
     def _check_fitted(self) -> None:
         if self.memory_bank is None:
-            raise RuntimeError("this PatchCore has no memory bank: call fit(train_images) or "
-                               "PatchCore.load(path) first")
+            raise RuntimeError(
+                "this PatchCore has no memory bank: call fit(train_images) or "
+                "PatchCore.load(path) first"
+            )
 
     @property
     def memory_bank(self) -> torch.Tensor | None:
@@ -253,8 +298,16 @@ class PatchCore:
         c = self.config
 
         def run(memory_mb: int):
-            return knn(queries, self.memory_bank, k, distance=c.distance, backend=c.knn_backend,
-                       memory_mb=memory_mb, bank_sqn=self.bank_sqn, norm_floor=self.norm_floor)
+            return knn(
+                queries,
+                self.memory_bank,
+                k,
+                distance=c.distance,
+                backend=c.knn_backend,
+                memory_mb=memory_mb,
+                bank_sqn=self.bank_sqn,
+                norm_floor=self.norm_floor,
+            )
 
         out, self._knn_mb = run_halving(run, self._knn_mb, "nearest-neighbour search (memory_mb)")
         return out
@@ -265,7 +318,9 @@ class PatchCore:
         c = self.config
         b, h, w, d = emb.shape
         if d != self.memory_bank.shape[1]:
-            raise ValueError(f"embeddings have dimension {d}, the memory bank {self.memory_bank.shape[1]}")
+            raise ValueError(
+                f"embeddings have dimension {d}, the memory bank {self.memory_bank.shape[1]}"
+            )
         flat = emb.reshape(b, h * w, d)
         dist, idx = self._knn(flat.reshape(-1, d), 1)
         dist, idx = dist.view(b, h * w), idx.view(b, h * w)
@@ -274,11 +329,11 @@ class PatchCore:
         k = min(c.num_neighbors, self.memory_bank.shape[0])
         if k > 1:  # eq. 7: down-weight when m* sits in a dense region of the bank
             rows = torch.arange(b, device=dist.device)
-            m_test = flat[rows, pos]                                  # [B, D]
-            m_star = idx[rows, pos]                                   # [B]
+            m_test = flat[rows, pos]  # [B, D]
+            m_star = idx[rows, pos]  # [B]
             _, support = self._knn(self.memory_bank[m_star], k)
             support[:, 0] = m_star  # the nearest neighbour of m* is m* (or an exact duplicate)
-            near = self.memory_bank[support].float()                 # [B, k, D]
+            near = self.memory_bank[support].float()  # [B, k, D]
             dd = pair_distance(m_test[:, None], near, c.distance, self.norm_floor)
             weight = 1 - torch.softmax(dd.double(), dim=1)[:, 0].float()
             scores = weight * s_star

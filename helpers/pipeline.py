@@ -16,6 +16,7 @@ used again (new ``-p`` values override them); notebooks that finished and whose 
 there with the same config hash are skipped; from the first one that is not, every notebook is
 executed again, and each of them loads the artifacts whose hash matches and computes the rest.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,16 +50,23 @@ PRODUCES = (None, "features", "bank", "predictions", "metrics")
 BASE_PARAMETERS: dict[str, Any] = {"interactive": False}
 PRESETS: dict[str, dict[str, Any]] = {
     # make demo: the synthetic set with the offline MobileNetV2 and its defaults, except the input
-    # size (the synthetic images are 256 px: the network sees them unscaled) and the distance: the
-    # synthetic defects are mostly colour and brightness changes, which L2 sees and cosine partly
-    # normalises away (pixel AUROC 0.79 vs 0.62 here; on real metal_nut photos cosine wins,
-    # benchmarks/RESULTS.md)
-    "demo": {"backbone": "mobilenet_v2", "input_size": 256, "resize": 256, "distance": "l2"},
+    # size (the synthetic images are 256 px: the network sees them unscaled)
+    "demo": {"backbone": "mobilenet_v2", "input_size": 256, "resize": 256},
     # tests: as small as still meaningful
-    "ci": {"backbone": "mobilenet_v2", "input_size": 128, "resize": 128, "synthetic_size": 128,
-           "synthetic_n_train": 8, "synthetic_n_test_good": 3, "synthetic_n_per_defect": 2,
-           "n_examples": 2, "coverage_ratios": [0.05, 0.2, 1.0], "coverage_max_patches": 1000,
-           "timing_repeats": 1, "batch_size": 8},
+    "ci": {
+        "backbone": "mobilenet_v2",
+        "input_size": 128,
+        "resize": 128,
+        "synthetic_size": 128,
+        "synthetic_n_train": 8,
+        "synthetic_n_test_good": 3,
+        "synthetic_n_per_defect": 2,
+        "n_examples": 2,
+        "coverage_ratios": [0.05, 0.2, 1.0],
+        "coverage_max_patches": 1000,
+        "timing_repeats": 1,
+        "batch_size": 8,
+    },
 }
 RESERVED = ("run_dir",)
 
@@ -83,10 +91,17 @@ def parse_value(text: str) -> Any:
 # The notebooks' own parameters (besides every Config field), with their defaults; the parameters
 # cells declare exactly these (tests/test_notebooks.py checks both ways).
 NOTEBOOK_PARAMETERS: dict[str, Any] = {
-    "run_dir": "runs/notebooks", "download": False, "download_url": "", "download_sha256": "",
-    **{f"synthetic_{k}": v for k, v in SYNTHETIC_DEFAULTS.items()}, "n_examples": 4,
-    "coverage_ratios": [0.01, 0.02, 0.05, 0.1, 0.25, 0.5], "coverage_max_patches": 2000,
-    "inference_batch_size": 0, "timing_repeats": 10, "interactive": True,
+    "run_dir": "runs/notebooks",
+    "download": False,
+    "download_url": "",
+    "download_sha256": "",
+    **{f"synthetic_{k}": v for k, v in SYNTHETIC_DEFAULTS.items()},
+    "n_examples": 4,
+    "coverage_ratios": [0.01, 0.02, 0.05, 0.1, 0.25, 0.5],
+    "coverage_max_patches": 2000,
+    "inference_batch_size": 0,
+    "timing_repeats": 10,
+    "interactive": True,
 }
 
 
@@ -95,6 +110,7 @@ def known_parameters() -> dict[str, Any]:
     import dataclasses
 
     from .config import Config
+
     return {**{f.name: f.default for f in dataclasses.fields(Config)}, **NOTEBOOK_PARAMETERS}
 
 
@@ -119,11 +135,15 @@ def _prepare_folder(out: Path, overwrite: bool, resume: bool) -> None:
     if resume:
         return
     if not overwrite:
-        raise PipelineError(f"run folder {out} already holds results; pass --resume to continue it, "
-                            "--overwrite to delete it and start again, or choose another --out")
+        raise PipelineError(
+            f"run folder {out} already holds results; pass --resume to continue it, "
+            "--overwrite to delete it and start again, or choose another --out"
+        )
     if not _is_run_folder(out):
-        raise PipelineError(f"{out} is not empty and is not a run folder made by this tool (no "
-                            "run.json, artifacts/ or metrics.json); not deleting it. Choose another --out")
+        raise PipelineError(
+            f"{out} is not empty and is not a run folder made by this tool (no "
+            "run.json, artifacts/ or metrics.json); not deleting it. Choose another --out"
+        )
     shutil.rmtree(out)
 
 
@@ -154,6 +174,7 @@ def resume_start(out: Path, params: dict, state: dict) -> int:
 def to_html(notebook: Path) -> Path:
     import nbformat
     from nbconvert import HTMLExporter
+
     body, _ = HTMLExporter().from_notebook_node(nbformat.read(str(notebook), as_version=4))
     target = notebook.with_suffix(".html")
     target.write_text(body, encoding="utf-8")
@@ -166,7 +187,7 @@ def _threads(n: int | None):
     one thread per kernel is much faster than OpenMP threads fighting for cores."""
     names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", PROGRESS_ENV)
     old = {k: os.environ.get(k) for k in names}
-    os.environ[PROGRESS_ENV] = "stderr"   # kernels draw progress bars in this terminal
+    os.environ[PROGRESS_ENV] = "stderr"  # kernels draw progress bars in this terminal
     if n:
         os.environ.update({k: str(n) for k in names[:3]})
     try:
@@ -179,9 +200,17 @@ def _threads(n: int | None):
                 os.environ[k] = v
 
 
-def run_pipeline(out: str | Path, data: str | None = None, *,
-                 params: dict[str, Any] | None = None, overwrite: bool = False, resume: bool = False, html: bool = False,
-                 threads: int | None = None, log: Callable[[str], None] = print) -> dict:
+def run_pipeline(
+    out: str | Path,
+    data: str | None = None,
+    *,
+    params: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    html: bool = False,
+    threads: int | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Execute the notebooks into ``out``; returns the metrics.json contents. ``threads``: CPU
     threads per notebook kernel (default: the library's choice)."""
     with _threads(threads):
@@ -212,7 +241,7 @@ def _run(out, data, params, overwrite, resume, html, log) -> dict:
         merged["dataset_path"] = str(Path(data).expanduser().resolve())
     merged.setdefault("dataset_path", "")
     try:
-        config_from_params(merged)           # fail before any notebook runs
+        config_from_params(merged)  # fail before any notebook runs
     except (ConfigError, TypeError) as exc:
         raise PipelineError(f"invalid parameters: {exc}") from exc
     log(preflight({**merged, "run_dir": str(out)}))
@@ -223,8 +252,12 @@ def _run(out, data, params, overwrite, resume, html, log) -> dict:
     elif state:
         log(f"resuming {out} from {NOTEBOOKS[start]}")
     out.mkdir(parents=True, exist_ok=True)
-    state = {"parameters": merged, "notebooks": state.get("notebooks", {}) if start else {},
-             "command": sys.argv, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    state = {
+        "parameters": merged,
+        "notebooks": state.get("notebooks", {}) if start else {},
+        "command": sys.argv,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     atomic_write_json(_state_path(out), state)
     (out / "notebooks").mkdir(exist_ok=True)
     for nb in NOTEBOOKS[start:]:
@@ -234,10 +267,16 @@ def _run(out, data, params, overwrite, resume, html, log) -> dict:
         t0 = time.perf_counter()
         log(f"running {nb} ...")
         try:
-            papermill.execute_notebook(str(notebook_dir() / nb), str(target),
-                                       parameters={**merged, "run_dir": str(out)}, kernel_name="python3",
-                                       cwd=str(notebook_dir()), progress_bar=False, log_output=False,
-                                       extra_arguments=["--IPKernelApp.log_level=ERROR"])
+            papermill.execute_notebook(
+                str(notebook_dir() / nb),
+                str(target),
+                parameters={**merged, "run_dir": str(out)},
+                kernel_name="python3",
+                cwd=str(notebook_dir()),
+                progress_bar=False,
+                log_output=False,
+                extra_arguments=["--IPKernelApp.log_level=ERROR"],
+            )
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             state["notebooks"][nb] = {"status": status, "seconds": time.perf_counter() - t0}
@@ -251,33 +290,69 @@ def _run(out, data, params, overwrite, resume, html, log) -> dict:
         if html:
             to_html(target)
         log(f"  done in {seconds:.0f} s")
-    metrics = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").is_file() else {}
+    metrics = (
+        json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").is_file() else {}
+    )
     log(summary(out, metrics))
     return metrics
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helpers.pipeline", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=None,
-                        help="MVTec-layout folder (holding metal_nut/ or the category folder itself); "
-                             "default: the synthetic set")
-    parser.add_argument("--out", required=True, help="run folder (created; never overwritten silently)")
-    parser.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                        help="set a notebook parameter (repeatable)")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                        help="start from a parameter preset (demo: MobileNetV2 on the synthetic set)")
-    parser.add_argument("--overwrite", action="store_true", help="delete an existing run folder first")
+    parser = argparse.ArgumentParser(
+        prog="python -m helpers.pipeline",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="MVTec-layout folder (holding metal_nut/ or the category folder itself); "
+        "default: the synthetic set",
+    )
+    parser.add_argument(
+        "--out", required=True, help="run folder (created; never overwritten silently)"
+    )
+    parser.add_argument(
+        "-p",
+        "--param",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="set a notebook parameter (repeatable)",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="start from a parameter preset (demo: MobileNetV2 on the synthetic set)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="delete an existing run folder first"
+    )
     parser.add_argument("--resume", action="store_true", help="continue an existing run folder")
-    parser.add_argument("--html", action="store_true", help="also write each executed notebook as HTML")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads per notebook kernel (1 is fastest on a busy shared machine)")
+    parser.add_argument(
+        "--html", action="store_true", help="also write each executed notebook as HTML"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads per notebook kernel (1 is fastest on a busy shared machine)",
+    )
     args = parser.parse_args(argv)
     params = dict(PRESETS.get(args.preset, {}))
     params.update({name: parse_value(value) for name, value in args.param})
     try:
-        run_pipeline(args.out, args.data, params=params, overwrite=args.overwrite,
-                     resume=args.resume, html=args.html, threads=args.threads)
+        run_pipeline(
+            args.out,
+            args.data,
+            params=params,
+            overwrite=args.overwrite,
+            resume=args.resume,
+            html=args.html,
+            threads=args.threads,
+        )
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

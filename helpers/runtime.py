@@ -1,4 +1,5 @@
 """Device choice, mixed precision and out-of-memory recovery."""
+
 from __future__ import annotations
 
 import contextlib
@@ -19,20 +20,24 @@ def resolve_device(requested: str = "auto") -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda")
     if requested == "cuda":
-        raise RuntimeError("device='cuda' was requested but no CUDA GPU is visible. In Colab: "
-                           "Runtime > Change runtime type > GPU. Or set device='auto' or 'cpu'.")
+        raise RuntimeError(
+            "device='cuda' was requested but no CUDA GPU is visible. In Colab: "
+            "Runtime > Change runtime type > GPU. Or set device='auto' or 'cpu'."
+        )
     global _WARNED_CPU
     if not _WARNED_CPU:
         _WARNED_CPU = True
-        warnings.warn("no CUDA GPU found: running on the CPU (slower; set device='cpu' to silence "
-                      "this)", stacklevel=2)
+        warnings.warn(
+            "no CUDA GPU found: running on the CPU (slower; set device='cpu' to silence this)",
+            stacklevel=2,
+        )
     return torch.device("cpu")
 
 
 _WARNED_CPU = False
 
 
-BF16_MIN_CAPABILITY = (8, 0)   # Ampere (A100) and newer: bf16 tensor cores; below, bf16 is emulated
+BF16_MIN_CAPABILITY = (8, 0)  # Ampere (A100) and newer: bf16 tensor cores; below, bf16 is emulated
 
 
 def cuda_capability(device: torch.device) -> tuple[int, int] | None:
@@ -65,9 +70,12 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
         return torch.bfloat16
     if precision == "bf16":
         major, minor = cuda_capability(device)
-        warnings.warn(f"precision='bf16' asked, but this GPU (compute capability {major}.{minor}) "
-                      "has no bf16 tensor cores (needs 8.0, e.g. an A100): using fp16 autocast. "
-                      "Set precision='fp16' (or 'auto') to silence this.", stacklevel=2)
+        warnings.warn(
+            f"precision='bf16' asked, but this GPU (compute capability {major}.{minor}) "
+            "has no bf16 tensor cores (needs 8.0, e.g. an A100): using fp16 autocast. "
+            "Set precision='fp16' (or 'auto') to silence this.",
+            stacklevel=2,
+        )
     return torch.float16
 
 
@@ -78,8 +86,10 @@ def precision_note(device: torch.device, precision: str = "auto") -> str:
     capability = cuda_capability(device)
     if capability is None:
         return f"{name} ({device.type}, precision={precision!r})"
-    return (f"{name} (compute capability {capability[0]}.{capability[1]}; bf16 needs >= "
-            f"{BF16_MIN_CAPABILITY[0]}.{BF16_MIN_CAPABILITY[1]}, precision={precision!r})")
+    return (
+        f"{name} (compute capability {capability[0]}.{capability[1]}; bf16 needs >= "
+        f"{BF16_MIN_CAPABILITY[0]}.{BF16_MIN_CAPABILITY[1]}, precision={precision!r})"
+    )
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -121,11 +131,13 @@ def run_halving(fn: Callable[[int], T], size: int, what: str) -> tuple[T, int]:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             new = max(1, size // 2)
-            warnings.warn(f"out of memory during {what} at {size}; retrying with {new}", stacklevel=2)
+            warnings.warn(
+                f"out of memory during {what} at {size}; retrying with {new}", stacklevel=2
+            )
             size = new
 
 
-PROGRESS_ENV = "PATCHCORE_PROGRESS"   # "stderr": bars go to the process's own stderr (pipeline)
+PROGRESS_ENV = "PATCHCORE_PROGRESS"  # "stderr": bars go to the process's own stderr (pipeline)
 
 
 def progress(iterable, *, total: int | None = None, desc: str = "", unit: str = "it"):
@@ -135,9 +147,20 @@ def progress(iterable, *, total: int | None = None, desc: str = "", unit: str = 
     stay free of timing output and nbval re-execution compares equal."""
     import os
     import sys
+
     if os.environ.get(PROGRESS_ENV) == "stderr":
         from tqdm import tqdm
-        return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.__stderr__,
-                    mininterval=2.0, dynamic_ncols=False, ncols=100)
+
+        return tqdm(
+            iterable,
+            total=total,
+            desc=desc,
+            unit=unit,
+            file=sys.__stderr__,
+            mininterval=2.0,
+            dynamic_ncols=False,
+            ncols=100,
+        )
     from tqdm.auto import tqdm
+
     return tqdm(iterable, total=total, desc=desc, unit=unit, leave=False)

@@ -1,6 +1,7 @@
 """A temporary on-disk store of float32 feature rows: the streaming fit writes every patch
 embedding once and reads back only the rows the coreset kept, so memory does not grow with the
 number of training images (see :meth:`helpers.model.PatchCore.fit`)."""
+
 from __future__ import annotations
 
 import os
@@ -22,7 +23,7 @@ class FeatureSpill:
         self.dim, self.rows, self.chunk_rows = int(dim), 0, int(chunk_rows)
         fd, name = tempfile.mkstemp(prefix="patchcore-features-", suffix=".f32.tmp", dir=directory)
         self.path = Path(name)
-        self.keep = False            # True once persisted: close() then leaves the file
+        self.keep = False  # True once persisted: close() then leaves the file
         self._fh = os.fdopen(fd, "w+b")
 
     @classmethod
@@ -31,8 +32,10 @@ class FeatureSpill:
         path = Path(path)
         size = path.stat().st_size
         if size % (4 * dim):
-            raise ValueError(f"{path}: {size} bytes is not a whole number of {dim}-d float32 "
-                             "rows (a truncated file?); delete it to have it recomputed")
+            raise ValueError(
+                f"{path}: {size} bytes is not a whole number of {dim}-d float32 "
+                "rows (a truncated file?); delete it to have it recomputed"
+            )
         spill = cls.__new__(cls)
         spill.dim, spill.rows, spill.chunk_rows = int(dim), size // (4 * dim), int(chunk_rows)
         spill.path, spill.keep, spill._fh = path, True, open(path, "rb")

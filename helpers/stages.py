@@ -2,6 +2,7 @@
 training features (notebook 02), the fitted model (03), the coverage curve (03) and the
 predictions (04). Each goes through PatchCore's public seams (``extract``, ``build_bank``,
 ``predict``, ``maps_from_grids``) and the run's artifact cache."""
+
 from __future__ import annotations
 
 import time
@@ -32,26 +33,40 @@ def features(run: Run, model=None) -> TrainingFeatures:
 
     def compute():
         run.artifacts_dir.mkdir(parents=True, exist_ok=True)
-        feats = m.extract(run.train_samples, progress=run.verbose,
-                          spill_dir=run.artifacts_dir)
+        feats = m.extract(run.train_samples, progress=run.verbose, spill_dir=run.artifacts_dir)
         if feats.spill is not None:
             feats.spill.persist(run.spill_path())
             feats.spill.close()
         rows, n = feats.projection.result()
-        info = {"grid": list(feats.grid), "n_images": feats.n_images,
-                "n_views": feats.n_views, "seconds": feats.seconds, "device": str(m.device),
-                "dim": feats.dim, "spill": feats.spill is not None}
+        info = {
+            "grid": list(feats.grid),
+            "n_images": feats.n_images,
+            "n_views": feats.n_views,
+            "seconds": feats.seconds,
+            "device": str(m.device),
+            "dim": feats.dim,
+            "spill": feats.spill is not None,
+        }
         return {"projection": rows[:n].cpu()}, info
 
-    if run.is_cached("features") and run.cache.info(run.path("features")).get("spill") \
-            and not run.spill_path().is_file():
-        run.path("features").unlink()        # the spill file was deleted: recompute
+    if (
+        run.is_cached("features")
+        and run.cache.info(run.path("features")).get("spill")
+        and not run.spill_path().is_file()
+    ):
+        run.path("features").unlink()  # the spill file was deleted: recompute
     tensors, info = run.cached("features", compute)
     proj = Projection.of_rows(tensors["projection"], m.device)
     spill = FeatureSpill.open(run.spill_path(), info["dim"]) if info["spill"] else None
-    return TrainingFeatures(proj, spill, grid=tuple(info["grid"]), n_images=info["n_images"],
-                            n_views=info.get("n_views", info["n_images"]),
-                            seconds=info["seconds"])
+    return TrainingFeatures(
+        proj,
+        spill,
+        grid=tuple(info["grid"]),
+        n_images=info["n_images"],
+        n_views=info.get("n_views", info["n_images"]),
+        seconds=info["seconds"],
+    )
+
 
 def fitted_model(run: Run, **overrides):
     """The fitted PatchCore (notebook 03): loads the bank when cached, else runs the greedy
@@ -75,6 +90,7 @@ def fitted_model(run: Run, **overrides):
     run.cache.log("bank", "computed", path, _bank_note(model))
     return model
 
+
 def coverage(run: Run, ratios: list[float], max_patches: int = 2000) -> dict[str, np.ndarray]:
     """Coverage radius (max distance of a training patch to its nearest kept patch, in the
     full feature space) of greedy and of random subsets, for each coreset ratio."""
@@ -90,23 +106,32 @@ def coverage(run: Run, ratios: list[float], max_patches: int = 2000) -> dict[str
         n = feats.shape[0]
         sizes = [max(1, min(n, int(n * r))) for r in ratios]
         c = run.config
-        picks = greedy_coreset(feats, max(sizes), projection_dim=c.coreset_projection_dim,
-                               start_points=c.coreset_start_points, seed=c.seed)
+        picks = greedy_coreset(
+            feats,
+            max(sizes),
+            projection_dim=c.coreset_projection_dim,
+            start_points=c.coreset_start_points,
+            seed=c.seed,
+        )
         perm = torch.randperm(n, generator=gen)
         greedy = [covering_radius(feats, picks[:k]) for k in sizes]
         rand = [covering_radius(feats, perm[:k]) for k in sizes]
-        tensors = {"ratios": torch.tensor(ratios, dtype=torch.float64),
-                   "sizes": torch.tensor(sizes), "greedy_radius": torch.tensor(greedy, dtype=torch.float64),
-                   "random_radius": torch.tensor(rand, dtype=torch.float64)}
+        tensors = {
+            "ratios": torch.tensor(ratios, dtype=torch.float64),
+            "sizes": torch.tensor(sizes),
+            "greedy_radius": torch.tensor(greedy, dtype=torch.float64),
+            "random_radius": torch.tensor(rand, dtype=torch.float64),
+        }
         return tensors, {"n_patches": n, "max_patches": max_patches}
 
     tensors, info = run.cached("coverage", compute)
     if tensors["ratios"].tolist() != ratios or info.get("max_patches") != max_patches:
-        run.path("coverage").unlink()       # asked for other ratios: recompute
+        run.path("coverage").unlink()  # asked for other ratios: recompute
         tensors, info = run.cached("coverage", compute)
     out = {k: v.numpy() for k, v in tensors.items()}
     out["n_patches"] = info["n_patches"]
     return out
+
 
 def predictions(run: Run, model=None, batch_size: int | None = None) -> Prediction:
     """Scores and anomaly maps of every test image (notebook 04), cached. The patch-score
@@ -118,34 +143,57 @@ def predictions(run: Run, model=None, batch_size: int | None = None) -> Predicti
         m = model or run.model(**({"batch_size": batch_size} if batch_size else {}))
         t0 = time.perf_counter()
         pred = m.predict(test, maps=False, progress=run.verbose)
-        for start in range(0, len(test), 16):   # timed with the scores, then dropped
-            m.maps_from_grids(pred.patch_scores[start:start + 16],
-                              pred.geometries[start:start + 16])
+        for start in range(0, len(test), 16):  # timed with the scores, then dropped
+            m.maps_from_grids(
+                pred.patch_scores[start : start + 16], pred.geometries[start : start + 16]
+            )
         if m.device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
-        geoms = np.array([[-1] * 7 if g is None else [g.orig_h, g.orig_w, g.res_h, g.res_w,
-                                                       g.top, g.left, g.crop]
-                          for g in pred.geometries], dtype=np.int64)
+        geoms = np.array(
+            [
+                [-1] * 7
+                if g is None
+                else [g.orig_h, g.orig_w, g.res_h, g.res_w, g.top, g.left, g.crop]
+                for g in pred.geometries
+            ],
+            dtype=np.int64,
+        )
         used.update(device=str(m.device), batch_size=m.config.batch_size)
-        tensors = {"scores": torch.from_numpy(pred.scores),
-                   "patch_scores": torch.from_numpy(pred.patch_scores),
-                   "geometries": torch.from_numpy(geoms)}
-        info = {"seconds": seconds, "paths": [str(s.path.relative_to(run.data_root)) for s in test],
-                "defects": [s.defect for s in test], **used}
+        tensors = {
+            "scores": torch.from_numpy(pred.scores),
+            "patch_scores": torch.from_numpy(pred.patch_scores),
+            "geometries": torch.from_numpy(geoms),
+        }
+        info = {
+            "seconds": seconds,
+            "paths": [str(s.path.relative_to(run.data_root)) for s in test],
+            "defects": [s.defect for s in test],
+            **used,
+        }
         return tensors, info
 
     tensors, info = run.cached("predictions", compute)
-    geoms = [None if row[0] < 0 else Geometry(*map(int, row)) for row in tensors["geometries"].numpy()]
+    geoms = [
+        None if row[0] < 0 else Geometry(*map(int, row)) for row in tensors["geometries"].numpy()
+    ]
     scores = tensors["scores"].numpy()
     geoms = [None if not np.isfinite(scores[i]) else g for i, g in enumerate(geoms)]
     # maps from the saved grids with the model's own seam (on the CPU, as they were saved)
     maps = run.new_model(device="cpu").maps_from_grids(tensors["patch_scores"], geoms)
     defects = info["defects"]
-    return Prediction(scores, maps, tensors["patch_scores"].numpy(), geoms,
-                      labels=np.array([0 if d == "good" else 1 for d in defects]),
-                      defects=defects, paths=info["paths"], seconds=info["seconds"],
-                      batch_size=info["batch_size"], device=info["device"])
+    return Prediction(
+        scores,
+        maps,
+        tensors["patch_scores"].numpy(),
+        geoms,
+        labels=np.array([0 if d == "good" else 1 for d in defects]),
+        defects=defects,
+        paths=info["paths"],
+        seconds=info["seconds"],
+        batch_size=info["batch_size"],
+        device=info["device"],
+    )
 
 
 def _bank_note(model) -> str:

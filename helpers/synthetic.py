@@ -5,6 +5,7 @@ so the part is chiral: a mirrored part (``flip``) cannot be rotated back onto a 
 rotated at random. Defects: ``scratch`` (thin bright/dark line), ``color`` (a stain), ``bent`` (one
 lobe pushed out of shape) and ``flip`` (the mirror image, masked as the whole part).
 """
+
 from __future__ import annotations
 
 import json
@@ -17,10 +18,12 @@ DEFECTS = ("bent", "color", "flip", "scratch")
 _VERSION = 2
 
 
-def _radius_profile(theta: np.ndarray, mirrored: bool, bend: tuple[float, float] | None) -> np.ndarray:
+def _radius_profile(
+    theta: np.ndarray, mirrored: bool, bend: tuple[float, float] | None
+) -> np.ndarray:
     """Outer radius (as a fraction of the part radius) at angle theta."""
     t = -theta if mirrored else theta
-    phase = (t * 4 / (2 * np.pi)) % 1.0                   # four lobes
+    phase = (t * 4 / (2 * np.pi)) % 1.0  # four lobes
     saw = np.where(phase < 0.8, phase / 0.8, (1.0 - phase) / 0.2)  # slow rise, sharp drop
     r = 0.80 + 0.20 * saw
     if bend is not None:
@@ -30,8 +33,12 @@ def _radius_profile(theta: np.ndarray, mirrored: bool, bend: tuple[float, float]
     return r
 
 
-def render_part(size: int, rng: np.random.Generator, mirrored: bool = False,
-                bend: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def render_part(
+    size: int,
+    rng: np.random.Generator,
+    mirrored: bool = False,
+    bend: tuple[float, float] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """RGB uint8 image [size, size, 3] and the part's boolean mask."""
     ss = 2 * size  # render at 2x, then area-downsample for smooth edges
     rot = rng.uniform(0, 2 * np.pi)
@@ -55,7 +62,9 @@ def render_part(size: int, rng: np.random.Generator, mirrored: bool = False,
     img = np.clip(base[..., None] * tint, 0, 1)
     background = 0.08 + 0.02 * rng.standard_normal((ss, ss, 1)).astype(np.float32)
     img = np.where(part[..., None], img, background)
-    img = cv2.resize((np.clip(img, 0, 1) * 255).astype(np.uint8), (size, size), interpolation=cv2.INTER_AREA)
+    img = cv2.resize(
+        (np.clip(img, 0, 1) * 255).astype(np.uint8), (size, size), interpolation=cv2.INTER_AREA
+    )
     mask = cv2.resize(part.astype(np.uint8) * 255, (size, size), interpolation=cv2.INTER_AREA) > 127
     return img, mask
 
@@ -67,7 +76,9 @@ def _point_on_part(mask: np.ndarray, rng: np.random.Generator, margin: int) -> t
     return int(xs[i]), int(ys[i])
 
 
-def make_sample(defect: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+def make_sample(
+    defect: str, size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray | None]:
     """One image and its defect mask (None for good)."""
     if defect == "good":
         return render_part(size, rng)[0], None
@@ -79,7 +90,7 @@ def make_sample(defect: str, size: int, rng: np.random.Generator) -> tuple[np.nd
         angle = rng.uniform(0, 2 * np.pi)
         amount = rng.uniform(0.12, 0.18)
         img, part = render_part(size, rng, bend=(angle, amount))
-        rng.bit_generator.state = state          # same part without the bend, for the mask
+        rng.bit_generator.state = state  # same part without the bend, for the mask
         rng.uniform(0, 2 * np.pi), rng.uniform(0.12, 0.18)
         _, plain = render_part(size, rng)
         diff = (part ^ plain).astype(np.uint8)
@@ -103,7 +114,9 @@ def make_sample(defect: str, size: int, rng: np.random.Generator) -> tuple[np.nd
         axes = (int(rng.uniform(0.04, 0.08) * size), int(rng.uniform(0.03, 0.06) * size))
         cv2.ellipse(mask, (x0, y0), axes, rng.uniform(0, 180), 0, 360, 255, -1)
         m = (mask > 0) & part
-        colour = np.array([(190, 60, 40), (60, 90, 200), (200, 160, 40)][rng.integers(3)], np.float32)
+        colour = np.array(
+            [(190, 60, 40), (60, 90, 200), (200, 160, 40)][rng.integers(3)], np.float32
+        )
         alpha = cv2.GaussianBlur(m.astype(np.float32), (0, 0), 1.5)[..., None] * 0.75
         img = (img * (1 - alpha) + colour * alpha).astype(np.uint8)
     else:
@@ -111,15 +124,30 @@ def make_sample(defect: str, size: int, rng: np.random.Generator) -> tuple[np.nd
     return img, m
 
 
-def generate_dataset(root: str | Path, category: str = "metal_nut", *, size: int = 256,
-                     n_train: int = 24, n_test_good: int = 8, n_per_defect: int = 6,
-                     seed: int = 0, defects: tuple[str, ...] = DEFECTS) -> Path:
+def generate_dataset(
+    root: str | Path,
+    category: str = "metal_nut",
+    *,
+    size: int = 256,
+    n_train: int = 24,
+    n_test_good: int = 8,
+    n_per_defect: int = 6,
+    seed: int = 0,
+    defects: tuple[str, ...] = DEFECTS,
+) -> Path:
     """Write the set under ``root/category`` (skipped when an identical set is already there).
     Returns ``root``."""
     root = Path(root)
     cat = root / category
-    params = dict(version=_VERSION, size=size, n_train=n_train, n_test_good=n_test_good,
-                  n_per_defect=n_per_defect, seed=seed, defects=list(defects))
+    params = dict(
+        version=_VERSION,
+        size=size,
+        n_train=n_train,
+        n_test_good=n_test_good,
+        n_per_defect=n_per_defect,
+        seed=seed,
+        defects=list(defects),
+    )
     stamp = cat / "synthetic.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == params:
         return root
@@ -130,12 +158,21 @@ def generate_dataset(root: str | Path, category: str = "metal_nut", *, size: int
         if defect != "good":
             (cat / "ground_truth" / defect).mkdir(parents=True, exist_ok=True)
         for i in range(count):
-            key = (seed, ["train", "test"].index(split), (("good",) + tuple(defects)).index(defect), i)
+            key = (
+                seed,
+                ["train", "test"].index(split),
+                (("good",) + tuple(defects)).index(defect),
+                i,
+            )
             rng = np.random.default_rng(key)
             img, mask = make_sample(defect, size, rng)
-            cv2.imwrite(str(cat / split / defect / f"{i:03d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+            cv2.imwrite(
+                str(cat / split / defect / f"{i:03d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+            )
             if mask is not None:
-                cv2.imwrite(str(cat / "ground_truth" / defect / f"{i:03d}_mask.png"),
-                            mask.astype(np.uint8) * 255)
+                cv2.imwrite(
+                    str(cat / "ground_truth" / defect / f"{i:03d}_mask.png"),
+                    mask.astype(np.uint8) * 255,
+                )
     stamp.write_text(json.dumps(params))
     return root

@@ -1,5 +1,6 @@
 """What a fit works on: the training patches of :meth:`PatchCore.extract` (the coreset's
 projection in memory, the full embeddings in a spill file or a tensor), and one embedded batch."""
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -14,7 +15,8 @@ from .spill import FeatureSpill
 class EmbeddedBatch(NamedTuple):
     """One batch of :meth:`PatchCore.embed_images`: embeddings of each view (image or rotated
     copy), how each view was made from its original, and the index of that original."""
-    embeddings: torch.Tensor            # [B, h, w, D] float32, on the model's device
+
+    embeddings: torch.Tensor  # [B, h, w, D] float32, on the model's device
     geometries: list[Geometry]
     indices: list[int]
 
@@ -24,9 +26,17 @@ class TrainingFeatures:
     ``n_patches`` rows) and the full embeddings in ``spill`` (a file), in ``full`` (a tensor) or,
     when the projection is the identity, nowhere else. ``close()`` removes a temporary spill."""
 
-    def __init__(self, projection: Projection, spill: FeatureSpill | None, *,
-                 grid: tuple[int, int], n_images: int, n_views: int, seconds: float,
-                 full: torch.Tensor | None = None):
+    def __init__(
+        self,
+        projection: Projection,
+        spill: FeatureSpill | None,
+        *,
+        grid: tuple[int, int],
+        n_images: int,
+        n_views: int,
+        seconds: float,
+        full: torch.Tensor | None = None,
+    ):
         self.projection, self.spill, self.full = projection, spill, full
         self.grid, self.n_images, self.n_views, self.seconds = grid, n_images, n_views, seconds
 

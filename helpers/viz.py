@@ -4,6 +4,7 @@ gathered here so that notebooks write ``viz.<name>``. Every function returns a m
 (built without pyplot, so nothing is shown twice and tests need no display) or a :class:`Table`
 that renders as HTML in Jupyter and as aligned text elsewhere. Figures have titles, axis labels
 and colour bars; anomaly maps are drawn over the ORIGINAL image pixels."""
+
 from __future__ import annotations
 
 from .viz_base import (  # noqa: F401

@@ -1,5 +1,6 @@
 """What every figure module shares: the :class:`Table`, figure and axes helpers, the heat-map
 colour scale and the mask outline."""
+
 from __future__ import annotations
 
 import html
@@ -19,8 +20,13 @@ class Table:
     """A small table: ``Table(rows, headers, title)``; floats shown with ``floatfmt``, None as
     'n/a'. Displays as HTML in a notebook and as text in a terminal or a test."""
 
-    def __init__(self, rows: Sequence[Sequence[Any]], headers: Sequence[str], title: str = "",
-                 floatfmt: str = ".3f"):
+    def __init__(
+        self,
+        rows: Sequence[Sequence[Any]],
+        headers: Sequence[str],
+        title: str = "",
+        floatfmt: str = ".3f",
+    ):
         self.rows = [list(r) for r in rows]
         self.headers = list(headers)
         self.title = title
@@ -44,8 +50,10 @@ class Table:
 
     def _repr_html_(self) -> str:
         head = "".join(f"<th>{html.escape(h)}</th>" for h in self.headers)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(self._fmt(v))}</td>" for v in r) + "</tr>"
-                       for r in self.rows)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(self._fmt(v))}</td>" for v in r) + "</tr>"
+            for r in self.rows
+        )
         cap = f"<caption>{html.escape(self.title)}</caption>" if self.title else ""
         return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -64,10 +72,15 @@ def mask_outline(ax, mask: np.ndarray, colour: str = MASK_COLOUR) -> None:
         ax.contour(mask.astype(float), levels=[0.5], colors=colour, linewidths=1.2)
 
 
-def map_range(maps: Sequence[np.ndarray | None], lo: float = 1.0, hi: float = 99.9) -> tuple[float, float]:
+def map_range(
+    maps: Sequence[np.ndarray | None], lo: float = 1.0, hi: float = 99.9
+) -> tuple[float, float]:
     """A common colour range for anomaly maps (percentiles over all maps)."""
-    vals = np.concatenate([m[::4, ::4].ravel() for m in maps if m is not None]) if any(
-        m is not None for m in maps) else np.zeros(1)
+    vals = (
+        np.concatenate([m[::4, ::4].ravel() for m in maps if m is not None])
+        if any(m is not None for m in maps)
+        else np.zeros(1)
+    )
     vmin, vmax = np.percentile(vals, lo), np.percentile(vals, hi)
     return float(vmin), float(max(vmax, vmin + 1e-6))
 

@@ -1,4 +1,5 @@
 """Figures and tables of notebook 01: the dataset (counts, samples, image statistics, CLAHE)."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -31,7 +32,9 @@ def counts_table(train, test) -> Table:
     masks = Counter(s.defect for s in test if s.mask_path is not None)
     rows += [("test", d, n, masks.get(d, 0)) for d, n in by_defect.items()]
     rows.append(("total", "", len(train) + len(test), sum(masks.values())))
-    return Table(rows, ["split", "defect type", "images", "with mask"], "Images per split and defect type")
+    return Table(
+        rows, ["split", "defect type", "images", "with mask"], "Images per split and defect type"
+    )
 
 
 def counts_figure(train, test) -> Figure:
@@ -47,9 +50,14 @@ def counts_figure(train, test) -> Figure:
     ax.set_xlabel("split / defect type")
     ax.set_title("Images per split and defect type")
     ax.tick_params(axis="x", rotation=30)
-    ax.legend(handles=[Patch(color="tab:blue", label="training (good only)"),
-                       Patch(color="tab:green", label="test, good"), Patch(color="tab:red", label="test, defective")],
-              fontsize=8)
+    ax.legend(
+        handles=[
+            Patch(color="tab:blue", label="training (good only)"),
+            Patch(color="tab:green", label="test, good"),
+            Patch(color="tab:red", label="test, defective"),
+        ],
+        fontsize=8,
+    )
     ax.margins(y=0.12)
     return fig
 
@@ -57,6 +65,7 @@ def counts_figure(train, test) -> Figure:
 def sample_grid(samples, per_defect: int = 2) -> Figure:
     """Examples of each defect type (columns) with the ground-truth mask outlined and tinted."""
     from .data import load_image, load_mask
+
     groups: dict[str, list] = {}
     for s in samples:
         groups.setdefault(s.defect, [])
@@ -82,13 +91,16 @@ def sample_grid(samples, per_defect: int = 2) -> Figure:
             ax.imshow(img)
             mask_outline(ax, mask)
             ax.set_title(f"{d}  ({s.path.name})", fontsize=9)
-    fig.suptitle("Test images per defect type; ground-truth defect regions tinted red, outlined green")
+    fig.suptitle(
+        "Test images per defect type; ground-truth defect regions tinted red, outlined green"
+    )
     return fig
 
 
 def image_statistics(samples) -> tuple[Table, Figure]:
     """Image sizes, per-channel means and a brightness distribution per defect type."""
     from .data import load_image
+
     sizes, rows, bright = Counter(), [], {}
     hist = {"good": np.zeros((3, 64)), "defective": np.zeros((3, 64))}
     for s in samples:
@@ -100,9 +112,13 @@ def image_statistics(samples) -> tuple[Table, Figure]:
             hist[key][c] += np.histogram(img[..., c], bins=64, range=(0, 256))[0]
     for d, values in bright.items():
         rows.append((d, len(values), float(np.mean(values)), float(np.std(values))))
-    table = Table(rows, ["defect type", "images", "mean brightness", "std between images"],
-                  "Mean grey level (0-255) per defect type; sizes: "
-                  + ", ".join(f"{k} ({v})" for k, v in sizes.items()), floatfmt=".1f")
+    table = Table(
+        rows,
+        ["defect type", "images", "mean brightness", "std between images"],
+        "Mean grey level (0-255) per defect type; sizes: "
+        + ", ".join(f"{k} ({v})" for k, v in sizes.items()),
+        floatfmt=".1f",
+    )
     fig = new_figure(11, 3.6)
     ax1, ax2 = fig.subplots(1, 2)
     names = list(bright)
@@ -128,9 +144,12 @@ def _lightness(img: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_RGB2LAB)[..., 0]
 
 
-def clahe_figure(image: np.ndarray, clip_limit: float = 2.0, tile_grid: int = 8, title: str = "") -> Figure:
+def clahe_figure(
+    image: np.ndarray, clip_limit: float = 2.0, tile_grid: int = 8, title: str = ""
+) -> Figure:
     """Before / after CLAHE with the lightness histograms (and cumulative distributions)."""
     from .data import apply_clahe
+
     after = apply_clahe(image, clip_limit, tile_grid)
     fig = new_figure(12, 3.6)
     axes = fig.subplots(1, 3, width_ratios=[1, 1, 1.5])
@@ -155,14 +174,21 @@ def clahe_figure(image: np.ndarray, clip_limit: float = 2.0, tile_grid: int = 8,
     lines = ax.get_legend_handles_labels()
     lines2 = twin.get_legend_handles_labels()
     ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=7, loc="lower center", ncol=2)
-    fig.suptitle(title or "Contrast-limited adaptive histogram equalisation (CLAHE) on the L channel")
+    fig.suptitle(
+        title or "Contrast-limited adaptive histogram equalisation (CLAHE) on the L channel"
+    )
     return fig
 
 
-def clahe_grid(image: np.ndarray, clip_limits: Sequence[float] = (1.0, 2.0, 4.0),
-               tile_grids: Sequence[int] = (4, 8, 16), title: str = "") -> Figure:
+def clahe_grid(
+    image: np.ndarray,
+    clip_limits: Sequence[float] = (1.0, 2.0, 4.0),
+    tile_grids: Sequence[int] = (4, 8, 16),
+    title: str = "",
+) -> Figure:
     """The static version of the CLAHE explorer: one panel per (clip limit, tile grid)."""
     from .data import apply_clahe
+
     fig = new_figure(2.4 * (len(clip_limits) + 1), 2.5 * len(tile_grids) + 0.4)
     axes = fig.subplots(len(tile_grids), len(clip_limits) + 1, squeeze=False)
     for i, t in enumerate(tile_grids):

@@ -1,5 +1,6 @@
 """Figures of notebooks 02 and 03: patch features (PCA colours), the random projection, the
 coreset (coverage radius, scatter) and the memory-bank size."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ def pca_rgb(fit_features, embeddings, seed: int = 0) -> list[np.ndarray]:
     """Project patch embeddings [n, h, w, D] to 3 principal components fitted on ``fit_features``
     [N, D] and scale to RGB in [0, 1] (1st-99th percentile of the fitted features)."""
     from sklearn.decomposition import PCA
+
     fit = np.asarray(fit_features, dtype=np.float32)
     pca = PCA(n_components=3, random_state=seed).fit(fit)
     ref = pca.transform(fit)
@@ -24,7 +26,9 @@ def pca_rgb(fit_features, embeddings, seed: int = 0) -> list[np.ndarray]:
     return list(np.clip((out - lo) / np.maximum(hi - lo, 1e-8), 0, 1))
 
 
-def pca_figure(crops: Sequence[np.ndarray], rgb: Sequence[np.ndarray], titles: Sequence[str]) -> Figure:
+def pca_figure(
+    crops: Sequence[np.ndarray], rgb: Sequence[np.ndarray], titles: Sequence[str]
+) -> Figure:
     """Network-input crops (top) and their patch features as PCA colours (bottom)."""
     n = len(crops)
     fig = new_figure(max(8.0, 2.3 * n), 5.0)
@@ -38,8 +42,11 @@ def pca_figure(crops: Sequence[np.ndarray], rgb: Sequence[np.ndarray], titles: S
         axes_off(axes[1][j])
     axes[0][0].set_ylabel("input crop")
     axes[1][0].set_ylabel("3 principal\ncomponents as RGB")
-    fig.suptitle("Patch features as colours: similar colour, similar feature\n"
-                 "(3 principal components fitted on the good training patches)", fontsize=11)
+    fig.suptitle(
+        "Patch features as colours: similar colour, similar feature\n"
+        "(3 principal components fitted on the good training patches)",
+        fontsize=11,
+    )
     return fig
 
 
@@ -48,8 +55,14 @@ def bank_megabytes(n_patches: int, dim: int, ratio: float) -> float:
     return max(1, int(n_patches * ratio)) * dim * 4 / 2**20
 
 
-def coverage_figure(cov: dict, dim: int, *, full_patches: int | None = None, chosen: float | None = None,
-                    run_patches: int | None = None) -> Figure:
+def coverage_figure(
+    cov: dict,
+    dim: int,
+    *,
+    full_patches: int | None = None,
+    chosen: float | None = None,
+    run_patches: int | None = None,
+) -> Figure:
     """Coverage radius vs coreset ratio (greedy vs random, on the ``cov`` sample) and memory-bank
     size vs ratio for this run's ``run_patches`` training patches (and the full metal_nut set)."""
     r = np.asarray(cov["ratios"])
@@ -62,11 +75,19 @@ def coverage_figure(cov: dict, dim: int, *, full_patches: int | None = None, cho
     ax1.set_ylabel("coverage radius (max distance\nto nearest kept patch)")
     ax1.set_title(f"Coverage of {cov['n_patches']} training patches")
     run_patches = run_patches or cov["n_patches"]
-    ax2.plot(r, [bank_megabytes(run_patches, dim, x) for x in r], "o-",
-             label=f"this run's training set ({run_patches} patches)")
+    ax2.plot(
+        r,
+        [bank_megabytes(run_patches, dim, x) for x in r],
+        "o-",
+        label=f"this run's training set ({run_patches} patches)",
+    )
     if full_patches:
-        ax2.plot(r, [bank_megabytes(full_patches, dim, x) for x in r], "s--",
-                 label=f"full metal_nut train set ({full_patches} patches)")
+        ax2.plot(
+            r,
+            [bank_megabytes(full_patches, dim, x) for x in r],
+            "s--",
+            label=f"full metal_nut train set ({full_patches} patches)",
+        )
     ax2.set_xscale("log")
     ax2.set_yscale("log")
     ax2.set_xlabel("coreset ratio")
@@ -84,6 +105,7 @@ def coreset_scatter(features, picked, n_show: int = 4000, seed: int = 0) -> Figu
     """Training patches in 2-D (first two principal components): greedy coreset vs a random
     subset of the same size. The greedy picks spread to the rare, outlying patches."""
     from sklearn.decomposition import PCA
+
     x = np.asarray(features, dtype=np.float32)
     rng = np.random.default_rng(seed)
     picked = np.asarray(picked)
@@ -119,9 +141,12 @@ def projection_figure(features, projected, n_pairs: int = 3000, seed: int = 0) -
     top = float(max(d.max(), dp.max())) if len(d) else 1.0
     ax.plot([0, top], [0, top], "k--", lw=1, label="equal distance")
     ratio = dp / np.maximum(d, 1e-12)
-    ax.set_title(f"Random projection {x.shape[1]} -> {p.shape[1]} dims\n"
-                 f"projected / original distance: median {np.median(ratio):.2f}, "
-                 f"5-95% {np.percentile(ratio, 5):.2f}-{np.percentile(ratio, 95):.2f}", fontsize=9)
+    ax.set_title(
+        f"Random projection {x.shape[1]} -> {p.shape[1]} dims\n"
+        f"projected / original distance: median {np.median(ratio):.2f}, "
+        f"5-95% {np.percentile(ratio, 5):.2f}-{np.percentile(ratio, 95):.2f}",
+        fontsize=9,
+    )
     ax.set_xlabel(f"distance between two patches ({x.shape[1]}-D)")
     ax.set_ylabel(f"distance after projection ({p.shape[1]}-D)")
     ax.legend(fontsize=8)

@@ -1,5 +1,6 @@
 """Figures of notebooks 04 and 05: anomaly maps (preview, the steps from patch scores to a map),
 ROC / PRO curves, score histograms, the confusion matrix and the best / worst-case gallery."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -22,14 +23,26 @@ def maps_preview(images, maps, titles, *, vmin: float, vmax: float, title: str =
     for ax, img, m, t in zip(axes, images, maps, titles):
         overlay(ax, img, m, norm)
         ax.set_title(t, fontsize=9)
-    fig.colorbar(ScalarMappable(norm, HEATMAP_CMAP), ax=list(axes), label="anomaly score (patch distance)",
-                 shrink=0.9)
+    fig.colorbar(
+        ScalarMappable(norm, HEATMAP_CMAP),
+        ax=list(axes),
+        label="anomaly score (patch distance)",
+        shrink=0.9,
+    )
     fig.suptitle(title or "Anomaly maps in original image pixels")
     return fig
 
 
-def map_steps(crop: np.ndarray, patch_scores: np.ndarray, *, upsampled: np.ndarray, blurred: np.ndarray,
-              image: np.ndarray, original_map: np.ndarray, sigma: float) -> Figure:
+def map_steps(
+    crop: np.ndarray,
+    patch_scores: np.ndarray,
+    *,
+    upsampled: np.ndarray,
+    blurred: np.ndarray,
+    image: np.ndarray,
+    original_map: np.ndarray,
+    sigma: float,
+) -> Figure:
     """From patch distances to the anomaly map in original pixels, step by step."""
     fig = new_figure(15, 3.4)
     axes = fig.subplots(1, 5)
@@ -37,8 +50,11 @@ def map_steps(crop: np.ndarray, patch_scores: np.ndarray, *, upsampled: np.ndarr
     norm = Normalize(vmin, vmax)
     axes[0].imshow(crop)
     axes[0].set_title(f"network input {crop.shape[1]}x{crop.shape[0]}", fontsize=9)
-    steps = ((patch_scores, f"1. patch distances {patch_scores.shape[1]}x{patch_scores.shape[0]}"),
-             (upsampled, "2. bilinear upsampling"), (blurred, f"3. Gaussian blur, sigma={sigma:g} px"))
+    steps = (
+        (patch_scores, f"1. patch distances {patch_scores.shape[1]}x{patch_scores.shape[0]}"),
+        (upsampled, "2. bilinear upsampling"),
+        (blurred, f"3. Gaussian blur, sigma={sigma:g} px"),
+    )
     im = None
     for ax, (m, t) in zip(axes[1:4], steps):
         im = ax.imshow(m, cmap=HEATMAP_CMAP, norm=norm, interpolation="nearest")
@@ -70,6 +86,7 @@ def roc_figure(labels, scores, masks=None, maps=None) -> Figure:
     from sklearn.metrics import roc_auc_score, roc_curve
 
     from .metrics import pro_curve
+
     labels, scores = np.asarray(labels), np.asarray(scores, dtype=float)
     keep = np.isfinite(scores)
     fig = new_figure(13, 4.0)
@@ -91,7 +108,13 @@ def roc_figure(labels, scores, masks=None, maps=None) -> Figure:
         y = np.concatenate([m.ravel() for m in small_masks])
         s = np.concatenate([a.ravel() for a in small_maps])
         fpr, tpr, _ = roc_curve(y, s)
-        ax.plot(fpr, tpr, lw=2, color="tab:orange", label=f"AUROC {roc_auc_score(y, s):.3f} (subsampled)")
+        ax.plot(
+            fpr,
+            tpr,
+            lw=2,
+            color="tab:orange",
+            label=f"AUROC {roc_auc_score(y, s):.3f} (subsampled)",
+        )
         ax.legend(loc="lower right")
     else:
         ax.text(0.5, 0.5, "no ground-truth masks", ha="center")
@@ -105,7 +128,9 @@ def roc_figure(labels, scores, masks=None, maps=None) -> Figure:
         fpr, pro = curve
         sel = fpr <= 0.3
         ax.plot(fpr[sel], pro[sel], lw=2, color="tab:green")
-        ax.fill_between(fpr[sel], pro[sel], alpha=0.2, color="tab:green", label="area = AUPRO x 0.3")
+        ax.fill_between(
+            fpr[sel], pro[sel], alpha=0.2, color="tab:green", label="area = AUPRO x 0.3"
+        )
         ax.legend(loc="lower right")
     else:
         ax.text(0.15, 0.5, "no ground-truth masks", ha="center")
@@ -130,10 +155,17 @@ def score_histogram(scores, defects: Sequence[str], threshold: float | None = No
     rng = np.random.default_rng(0)
     for i, n in enumerate(names):
         s = scores[[d == n for d in defects]]
-        ax.scatter(s, i + rng.uniform(-0.15, 0.15, len(s)), s=22,
-                   color="tab:green" if n == "good" else "tab:red", alpha=0.8)
+        ax.scatter(
+            s,
+            i + rng.uniform(-0.15, 0.15, len(s)),
+            s=22,
+            color="tab:green" if n == "good" else "tab:red",
+            alpha=0.8,
+        )
     if threshold is not None:
-        ax.axvline(threshold, color="black", linestyle="--", label=f"F1-optimal threshold {threshold:.3g}")
+        ax.axvline(
+            threshold, color="black", linestyle="--", label=f"F1-optimal threshold {threshold:.3g}"
+        )
         ax.legend(loc="lower right", fontsize=8)
     ax.set_yticks(range(len(names)), names)
     ax.set_ylim(-0.6, len(names) - 0.4)
@@ -149,7 +181,9 @@ def confusion_counts(labels, scores, threshold: float) -> np.ndarray:
     keep = np.isfinite(scores)
     pred = scores[keep] >= threshold
     y = labels[keep].astype(bool)
-    return np.array([[np.sum(~y & ~pred), np.sum(~y & pred)], [np.sum(y & ~pred), np.sum(y & pred)]])
+    return np.array(
+        [[np.sum(~y & ~pred), np.sum(~y & pred)], [np.sum(y & ~pred), np.sum(y & pred)]]
+    )
 
 
 def confusion_figure(labels, scores, threshold: float) -> Figure:
@@ -158,8 +192,15 @@ def confusion_figure(labels, scores, threshold: float) -> Figure:
     ax = fig.add_subplot()
     im = ax.imshow(cm, cmap="Blues")
     for (i, j), v in np.ndenumerate(cm):
-        ax.text(j, i, str(v), ha="center", va="center", fontsize=14,
-                color="white" if v > cm.max() / 2 else "black")
+        ax.text(
+            j,
+            i,
+            str(v),
+            ha="center",
+            va="center",
+            fontsize=14,
+            color="white" if v > cm.max() / 2 else "black",
+        )
     ax.set_xticks([0, 1], ["good", "defective"])
     ax.set_yticks([0, 1], ["good", "defective"])
     ax.set_xlabel("predicted")
@@ -176,8 +217,10 @@ def select_cases(scores, labels, n: int = 3) -> dict[str, list[int]]:
     ok = np.isfinite(scores)
     bad = [i for i in np.argsort(-scores, kind="stable") if labels[i] == 1 and ok[i]]
     good = [i for i in np.argsort(scores, kind="stable") if labels[i] == 0 and ok[i]]
-    return {"best": [int(i) for i in bad[:n]] + [int(i) for i in good[:max(1, n // 2)]],
-            "worst": [int(i) for i in bad[::-1][:n]] + [int(i) for i in good[::-1][:max(1, n // 2)]]}
+    return {
+        "best": [int(i) for i in bad[:n]] + [int(i) for i in good[: max(1, n // 2)]],
+        "worst": [int(i) for i in bad[::-1][:n]] + [int(i) for i in good[::-1][: max(1, n // 2)]],
+    }
 
 
 def verdict(score: float, label: int, threshold: float | None) -> str:
@@ -190,8 +233,20 @@ def verdict(score: float, label: int, threshold: float | None) -> str:
     return "flagged: FALSE ALARM" if flagged else "passed: correct"
 
 
-def gallery(images, maps, masks, *, scores, labels, titles, vmin: float, vmax: float,
-            threshold: float | None = None, pixel_threshold: float | None = None, title: str = "") -> Figure:
+def gallery(
+    images,
+    maps,
+    masks,
+    *,
+    scores,
+    labels,
+    titles,
+    vmin: float,
+    vmax: float,
+    threshold: float | None = None,
+    pixel_threshold: float | None = None,
+    title: str = "",
+) -> Figure:
     """One row per image: the image with its ground truth (green outline); the anomaly map over it
     with the verdict at the image ``threshold``; the pixels whose map value reaches
     ``pixel_threshold`` (cyan) against the ground truth."""
@@ -209,7 +264,9 @@ def gallery(images, maps, masks, *, scores, labels, titles, vmin: float, vmax: f
         a0.set_title(f"{titles[i]} (true: {truth})", fontsize=9)
         overlay(a1, img, amap, norm)
         mask_outline(a1, mask)
-        a1.set_title(f"score {scores[i]:.3g}  {verdict(scores[i], labels[i], threshold)}", fontsize=9)
+        a1.set_title(
+            f"score {scores[i]:.3g}  {verdict(scores[i], labels[i], threshold)}", fontsize=9
+        )
         a2.imshow(img)
         if pixel_threshold is not None and amap is not None:
             region = amap >= pixel_threshold
@@ -220,8 +277,13 @@ def gallery(images, maps, masks, *, scores, labels, titles, vmin: float, vmax: f
             a2.set_title("no pixel threshold (no masks)", fontsize=9)
         mask_outline(a2, mask)
         axes_off(a2)
-    fig.colorbar(ScalarMappable(norm, HEATMAP_CMAP), ax=axes.ravel().tolist(),
-                 label="anomaly score (patch distance)", shrink=min(0.9, 0.35 + 0.15 * n), aspect=30)
+    fig.colorbar(
+        ScalarMappable(norm, HEATMAP_CMAP),
+        ax=axes.ravel().tolist(),
+        label="anomaly score (patch distance)",
+        shrink=min(0.9, 0.35 + 0.15 * n),
+        aspect=30,
+    )
     thr = "" if threshold is None else f"image threshold {threshold:.3g}"
     fig.suptitle(f"{title or 'Heatmap gallery'}  ({thr})" if thr else (title or "Heatmap gallery"))
     return fig

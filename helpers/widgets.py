@@ -1,6 +1,7 @@
 """Interactive explorers for the notebooks (ipywidgets), each with a static fallback: when
 ipywidgets is missing, or ``interactive=False`` (papermill, CI), the same information is drawn as
 ordinary figures, saved with the run's other figures."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -24,25 +25,44 @@ def _show(fig, run=None, name: str = "") -> None:
         run.show(fig, name)
     else:
         from IPython.display import display
+
         display(fig)
 
 
 def _fallback_note(interactive: bool) -> None:
     if interactive:
-        print("ipywidgets is not installed: showing static figures instead "
-              "(pip install ipywidgets for the interactive explorer).")
+        print(
+            "ipywidgets is not installed: showing static figures instead "
+            "(pip install ipywidgets for the interactive explorer)."
+        )
 
 
-def clahe_explorer(images: dict[str, np.ndarray], clip_limit: float = 2.0, tile_grid: int = 8, *,
-                   interactive: bool = True, run=None, name: str = "",
-                   clip_limits: Sequence[float] = (1.0, 2.0, 4.0), tile_grids: Sequence[int] = (4, 8, 16)):
+def clahe_explorer(
+    images: dict[str, np.ndarray],
+    clip_limit: float = 2.0,
+    tile_grid: int = 8,
+    *,
+    interactive: bool = True,
+    run=None,
+    name: str = "",
+    clip_limits: Sequence[float] = (1.0, 2.0, 4.0),
+    tile_grids: Sequence[int] = (4, 8, 16),
+):
     """Pick an image, a clip limit and a tile grid, and see CLAHE before / after with histograms.
     Returns the widget, or None after drawing the static grid of settings."""
     if not (interactive and available()):
         _fallback_note(interactive)
         first = next(iter(images))
-        _show(viz.clahe_grid(images[first], clip_limits, tile_grids,
-                             f"CLAHE settings on {first}: clip limit (columns) x tile grid (rows)"), run, name)
+        _show(
+            viz.clahe_grid(
+                images[first],
+                clip_limits,
+                tile_grids,
+                f"CLAHE settings on {first}: clip limit (columns) x tile grid (rows)",
+            ),
+            run,
+            name,
+        )
         return None
     import ipywidgets as w
     from IPython.display import display
@@ -63,10 +83,24 @@ def clahe_explorer(images: dict[str, np.ndarray], clip_limit: float = 2.0, tile_
     return w.VBox([w.HBox([picker, clip, tiles]), out])
 
 
-def prediction_browser(load_image: Callable[[int], np.ndarray], scores, labels, *, maps, masks,
-                       titles: Sequence[str], threshold: float, vmin: float, vmax: float,
-                       pixel_threshold: float | None = None, interactive: bool = True, run=None,
-                       name: str = "", static_max: int = 5, defects: Sequence[str] | None = None):
+def prediction_browser(
+    load_image: Callable[[int], np.ndarray],
+    scores,
+    labels,
+    *,
+    maps,
+    masks,
+    titles: Sequence[str],
+    threshold: float,
+    vmin: float,
+    vmax: float,
+    pixel_threshold: float | None = None,
+    interactive: bool = True,
+    run=None,
+    name: str = "",
+    static_max: int = 5,
+    defects: Sequence[str] | None = None,
+):
     """Browse every test image with its anomaly map. Sliders move the image threshold (the
     verdict follows) and the pixel threshold (the outlined region follows). Static fallback:
     the first image of each defect type when ``defects`` is given (else the first images), at
@@ -75,11 +109,19 @@ def prediction_browser(load_image: Callable[[int], np.ndarray], scores, labels, 
     n = len(scores)
 
     def panel(indices, thr, pix):
-        return viz.gallery([load_image(i) for i in indices], [maps[i] for i in indices],
-                           [masks[i] for i in indices], scores=scores[indices],
-                           labels=np.asarray(labels)[indices], titles=[titles[i] for i in indices],
-                           vmin=vmin, vmax=vmax, threshold=thr, pixel_threshold=pix,
-                           title="Test image browser")
+        return viz.gallery(
+            [load_image(i) for i in indices],
+            [maps[i] for i in indices],
+            [masks[i] for i in indices],
+            scores=scores[indices],
+            labels=np.asarray(labels)[indices],
+            titles=[titles[i] for i in indices],
+            vmin=vmin,
+            vmax=vmax,
+            threshold=thr,
+            pixel_threshold=pix,
+            title="Test image browser",
+        )
 
     if not (interactive and available()):
         _fallback_note(interactive)
@@ -98,10 +140,22 @@ def prediction_browser(load_image: Callable[[int], np.ndarray], scores, labels, 
     finite = scores[np.isfinite(scores)]
     lo, hi = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
     index = w.IntSlider(value=0, min=0, max=max(n - 1, 0), description="image")
-    thr = w.FloatSlider(value=float(threshold), min=lo, max=max(hi, lo + 1e-6), step=(hi - lo) / 200 or 0.01,
-                        description="image thr.", readout_format=".3g")
-    pix = w.FloatSlider(value=float(pixel_threshold if pixel_threshold is not None else vmax), min=vmin,
-                        max=vmax, step=(vmax - vmin) / 200 or 0.01, description="pixel thr.", readout_format=".3g")
+    thr = w.FloatSlider(
+        value=float(threshold),
+        min=lo,
+        max=max(hi, lo + 1e-6),
+        step=(hi - lo) / 200 or 0.01,
+        description="image thr.",
+        readout_format=".3g",
+    )
+    pix = w.FloatSlider(
+        value=float(pixel_threshold if pixel_threshold is not None else vmax),
+        min=vmin,
+        max=vmax,
+        step=(vmax - vmin) / 200 or 0.01,
+        description="pixel thr.",
+        readout_format=".3g",
+    )
     out = w.Output()
 
     def update(*_):

@@ -1,5 +1,6 @@
 """One papermill run of the five notebooks with the CI preset, shared by test_notebooks.py and
 test_pipeline.py (computed once per pytest session)."""
+
 from __future__ import annotations
 
 import functools
@@ -11,6 +12,7 @@ THREADS = 1  # one OpenMP thread per kernel: far faster than two on a busy 2-cor
 @functools.cache
 def ci_run(base: str) -> Path:
     from helpers.pipeline import PRESETS, run_pipeline
+
     out = Path(base) / "ci-run"
     run_pipeline(out, params=dict(PRESETS["ci"]), threads=THREADS, log=lambda msg: None)
     return out

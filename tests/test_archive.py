@@ -1,4 +1,5 @@
 """helpers.archive: one category out of a tar archive, and nothing unsafe."""
+
 import io
 import tarfile
 
@@ -16,7 +17,10 @@ def _tar(path, members):
 
 
 def test_only_the_category_is_extracted(tmp_path):
-    _tar(tmp_path / "a.tar.gz", {"metal_nut/train/good/000.png": b"x", "screw/train/good/0.png": b"y"})
+    _tar(
+        tmp_path / "a.tar.gz",
+        {"metal_nut/train/good/000.png": b"x", "screw/train/good/0.png": b"y"},
+    )
     root = extract_category(tmp_path / "a.tar.gz", tmp_path / "out", "metal_nut", progress=False)
     assert (root / "metal_nut" / "train" / "good" / "000.png").read_bytes() == b"x"
     assert not (tmp_path / "out" / "screw").exists()

@@ -1,5 +1,6 @@
 """The run folder cache: load when the hash (and data, scoring settings) match, else compute and
 save atomically; the bank equals PatchCore.fit's; metrics.json holds the whole contract."""
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,18 @@ from helpers import Config, PatchCore
 from helpers.artifacts import METRIC_KEYS, Run, config_from_params, repo_root, resolve_run_dir
 from helpers.backbones import BACKBONES
 
-TINY = dict(backbone="mobilenet_v2", input_size=64, resize=64, synthetic_size=64, synthetic_n_train=4,
-            synthetic_n_test_good=2, synthetic_n_per_defect=1, batch_size=4, device="cpu",
-            coreset_ratio=0.25)
+TINY = dict(
+    backbone="mobilenet_v2",
+    input_size=64,
+    resize=64,
+    synthetic_size=64,
+    synthetic_n_train=4,
+    synthetic_n_test_good=2,
+    synthetic_n_per_defect=1,
+    batch_size=4,
+    device="cpu",
+    coreset_ratio=0.25,
+)
 
 
 def make_run(tmp_path, **changes) -> Run:
@@ -35,8 +45,16 @@ def built(tmp_path_factory):
 
 
 def test_config_from_params_maps_empty_strings_and_ignores_other_names():
-    cfg = config_from_params({"dataset_path": "", "weights": "IMAGENET1K_V1", "input_size": "",
-                              "backbone": "mobilenet_v2", "n_examples": 3, "run_dir": "x"})
+    cfg = config_from_params(
+        {
+            "dataset_path": "",
+            "weights": "IMAGENET1K_V1",
+            "input_size": "",
+            "backbone": "mobilenet_v2",
+            "n_examples": 3,
+            "run_dir": "x",
+        }
+    )
     assert cfg.dataset_path is None and cfg.backbone == "mobilenet_v2"
     assert cfg.input_size == BACKBONES["mobilenet_v2"].defaults["input_size"]
 
@@ -57,9 +75,14 @@ def test_every_stage_is_saved_under_its_hash_and_logged(built):
     for stage in ("features", "bank", "predictions"):
         assert run.path(stage).is_file() and run.is_cached(stage)
     assert run.path("bank").name == f"bank-{run.config.hash()}.safetensors"
-    events = [json.loads(line) for line in (root / "artifacts" / "events.jsonl").read_text().splitlines()]
+    events = [
+        json.loads(line) for line in (root / "artifacts" / "events.jsonl").read_text().splitlines()
+    ]
     assert [(e["stage"], e["action"]) for e in events] == [
-        ("features", "computed"), ("bank", "computed"), ("predictions", "computed")]
+        ("features", "computed"),
+        ("bank", "computed"),
+        ("predictions", "computed"),
+    ]
     assert not list((root / "artifacts").glob("*.tmp")), "atomic writes leave no temp files"
 
 
@@ -75,10 +98,10 @@ def test_a_second_run_loads_instead_of_computing(built):
     for a, b in zip(p2.maps, pred.maps):
         np.testing.assert_array_equal(a, b)
     grid = feats.grid
-    assert feats.n_patches == 4 * again.config.train_rotations * grid[0] * grid[1]
+    assert feats.n_patches == 4 * again.config.rotations_for(4) * grid[0] * grid[1]
     assert feats.sample(10).shape == (10, again.config.embed_dim)
     feats.close()
-    assert again.spill_path().is_file() == (feats.spill is not None)   # close keeps the cache
+    assert again.spill_path().is_file() == (feats.spill is not None)  # close keeps the cache
 
 
 def test_features_are_recomputed_when_the_spill_file_is_gone(built, tmp_path):
@@ -102,12 +125,13 @@ def test_bank_equals_patchcore_fit(built):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         direct = PatchCore(run.config).fit(run.train_samples)
-    assert torch.equal(model.memory_bank.cpu(), direct.memory_bank.cpu())   # one fit path
+    assert torch.equal(model.memory_bank.cpu(), direct.memory_bank.cpu())  # one fit path
 
 
 def test_maps_are_in_original_pixels(built):
     _, run, _, pred = built
     from helpers.data import load_image
+
     for s, m in zip(run.test_samples, pred.maps):
         assert m.shape == load_image(s.path).shape[:2]
     assert set(pred.defects) == {"good", "bent", "color", "flip", "scratch"}
@@ -121,7 +145,10 @@ def test_other_coreset_ratio_reuses_features_but_rebuilds_the_bank(built, tmp_pa
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         other.model()
-    assert [(e["stage"], e["action"]) for e in other.events] == [("features", "loaded"), ("bank", "computed")]
+    assert [(e["stage"], e["action"]) for e in other.events] == [
+        ("features", "loaded"),
+        ("bank", "computed"),
+    ]
 
 
 def test_scoring_change_recomputes_predictions_with_the_same_hash(built):
@@ -133,7 +160,7 @@ def test_scoring_change_recomputes_predictions_with_the_same_hash(built):
         warnings.simplefilter("ignore")
         blurrier.predictions()
     assert blurrier.events[-1]["action"] == "computed"
-    assert not run.is_cached("predictions")        # replaced, so the sigma=4 run recomputes
+    assert not run.is_cached("predictions")  # replaced, so the sigma=4 run recomputes
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         run.predictions()
@@ -179,11 +206,12 @@ def test_nan_becomes_null_in_metrics(built):
     run.write_metrics({"image_auroc": float("nan"), "per_defect": {"x": float("inf")}}, pred)
     saved = json.loads((root / "metrics.json").read_text())
     assert saved["image_auroc"] is None and saved["per_defect"]["x"] is None
-    assert saved["aupro"] is None          # missing metrics are null, never made up
+    assert saved["aupro"] is None  # missing metrics are null, never made up
 
 
 def test_show_saves_the_png(tmp_path):
     from matplotlib.figure import Figure
+
     run = make_run(tmp_path)
     fig = Figure()
     fig.add_subplot().plot([0, 1])

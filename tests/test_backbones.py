@@ -14,6 +14,7 @@ from helpers.backbones import (
 def test_registry_taps_exist_with_the_stated_strides():
     import torchvision
     from torchvision.models.feature_extraction import create_feature_extractor
+
     for name in ("mobilenet_v2", "resnet18"):
         spec = BACKBONES[name]
         net = torchvision.models.get_model(name, weights=None).eval()
@@ -38,6 +39,7 @@ def test_unavailable_weights_give_one_clear_message(monkeypatch):
 
     def refuse(*args, **kwargs):
         raise urllib.error.URLError("no network")
+
     monkeypatch.setattr(torchvision.models, "get_model", refuse)
     with pytest.raises(WeightsUnavailableError) as err:
         load_backbone("wide_resnet50_2", "IMAGENET1K_V1")

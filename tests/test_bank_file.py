@@ -1,4 +1,5 @@
 """helpers.bank_file: the memory-bank file on its own."""
+
 import pytest
 import torch
 

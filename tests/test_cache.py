@@ -1,4 +1,5 @@
 """helpers.cache: the artifact cache on its own (no Run, no model)."""
+
 import pytest
 import torch
 

@@ -1,5 +1,6 @@
 """The Colab path without Colab: one repository URL everywhere, the setup cell's commands under a
 fake ``google.colab`` (nothing is cloned or installed), the Drive mount decision, the GPU line."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -32,8 +33,9 @@ def check_agreement(root: Path, url: str) -> None:
         links = colab.BADGE_RE.findall(nb.cells[0].source)
         assert links == [path.name], f"{path.name}: one badge, opening this notebook"
         assert colab.badge_link(path.name, url=url) in nb.cells[0].source, path.name
-        assert setup_cell(nb).source == colab.setup_cell_source(url), \
+        assert setup_cell(nb).source == colab.setup_cell_source(url), (
             f"{path.name}: setup cell differs; run python -m helpers.colab sync"
+        )
         assert nb.metadata["accelerator"] == "GPU" and nb.metadata["colab"]["gpuType"] == "A100"
     text = (root / "README.md").read_text()
     start, end = colab.readme_section(text)
@@ -54,8 +56,9 @@ def test_one_repository_url_in_badges_setup_cells_and_readme():
 
 def copy_of_the_repo(tmp_path: Path) -> Path:
     root = tmp_path / "repo"
-    shutil.copytree(ROOT / "notebooks", root / "notebooks",
-                    ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    shutil.copytree(
+        ROOT / "notebooks", root / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints")
+    )
     shutil.copy(ROOT / "README.md", root / "README.md")
     return root
 
@@ -69,14 +72,17 @@ def test_sync_follows_a_fork_and_touches_nothing_else(tmp_path):
     check_agreement(root, fork)
     for path in root.glob("notebooks/*.ipynb"):
         old, new = before[path.name], nbformat.read(str(path), as_version=4)
-        assert [c.source for c in old.cells[1:] if c is not setup_cell(old)] == \
-            [c.source for c in new.cells[1:] if c is not setup_cell(new)]
+        assert [c.source for c in old.cells[1:] if c is not setup_cell(old)] == [
+            c.source for c in new.cells[1:] if c is not setup_cell(new)
+        ]
     readme = (root / "README.md").read_text()
-    assert readme.replace(colab.repo_slug(fork), "X") == \
-        (ROOT / "README.md").read_text().replace(colab.repo_slug(), "X")
+    assert readme.replace(colab.repo_slug(fork), "X") == (ROOT / "README.md").read_text().replace(
+        colab.repo_slug(), "X"
+    )
 
 
 # ------------------------------------------------------------------ a fake Colab
+
 
 class FakeColab:
     """``google.colab`` with ``drive.mount`` and ``output.enable_custom_widget_manager``."""
@@ -131,13 +137,14 @@ def run_setup_cell(tmp_path, monkeypatch, runner: Runner, clone: Path) -> dict:
     return namespace
 
 
-def test_setup_cell_in_colab_clones_installs_and_reports(tmp_path, monkeypatch, fake_colab,
-                                                         capsys):
+def test_setup_cell_in_colab_clones_installs_and_reports(tmp_path, monkeypatch, fake_colab, capsys):
     runner, clone = Runner(), tmp_path / "content" / "patchcore-metal-nut"
     namespace = run_setup_cell(tmp_path, monkeypatch, runner, clone)
     commands = [cmd for cmd, _ in runner.calls]
-    assert commands == [colab.clone_command(colab.REPO_URL, str(clone)),
-                        colab.install_command(clone)]
+    assert commands == [
+        colab.clone_command(colab.REPO_URL, str(clone)),
+        colab.install_command(clone),
+    ]
     assert commands[0][:2] == ["git", "clone"] and colab.REPO_URL in commands[0]
     assert runner.calls[0][1]["env"]["GIT_TERMINAL_PROMPT"] == "0", "no credential prompt"
     pip = commands[1]
@@ -154,8 +161,10 @@ def test_setup_cell_in_colab_clones_installs_and_reports(tmp_path, monkeypatch, 
 
 
 def test_setup_cell_clone_failure_is_one_clear_line(tmp_path, monkeypatch, fake_colab):
-    stderr = ("Cloning into '/content/x'...\nfatal: could not read Username for "
-              "'https://github.com': terminal prompts disabled\n")
+    stderr = (
+        "Cloning into '/content/x'...\nfatal: could not read Username for "
+        "'https://github.com': terminal prompts disabled\n"
+    )
     runner = Runner(fail={"clone": stderr})
     with pytest.raises(RuntimeError) as err:
         run_setup_cell(tmp_path, monkeypatch, runner, tmp_path / "clone")
@@ -201,12 +210,20 @@ def test_widget_manager_only_for_ipywidgets_8(monkeypatch, fake_colab, version, 
 
 # ------------------------------------------------------------------ Drive
 
+
 def test_drive_paths_are_recognised():
-    found = colab.drive_paths(dataset_path="/content/drive/MyDrive/mvtec", run_dir="runs/x",
-                              download_url="file:///content/drive/MyDrive/m.tar.xz",
-                              other="/content/drive2/x", url="https://x/content/drive/a", none=None)
-    assert found == {"dataset_path": "/content/drive/MyDrive/mvtec",
-                     "download_url": "file:///content/drive/MyDrive/m.tar.xz"}
+    found = colab.drive_paths(
+        dataset_path="/content/drive/MyDrive/mvtec",
+        run_dir="runs/x",
+        download_url="file:///content/drive/MyDrive/m.tar.xz",
+        other="/content/drive2/x",
+        url="https://x/content/drive/a",
+        none=None,
+    )
+    assert found == {
+        "dataset_path": "/content/drive/MyDrive/mvtec",
+        "download_url": "file:///content/drive/MyDrive/m.tar.xz",
+    }
 
 
 @pytest.mark.skipif(DRIVE_MOUNTED, reason="a Drive is mounted here")
@@ -217,9 +234,10 @@ def test_drive_is_mounted_for_any_path_on_it(fake_colab, field):
 
 
 def test_drive_is_not_mounted_without_a_drive_path_or_twice(fake_colab, tmp_path):
-    assert not colab.mount_drive_for(dataset_path="/content/data/mvtec", run_dir="runs/x",
-                                     download_url="")
-    (tmp_path / "MyDrive").mkdir()                      # already mounted
+    assert not colab.mount_drive_for(
+        dataset_path="/content/data/mvtec", run_dir="runs/x", download_url=""
+    )
+    (tmp_path / "MyDrive").mkdir()  # already mounted
     assert not colab.mount_drive_for(run_dir="/content/drive/MyDrive/r", mountpoint=str(tmp_path))
     assert fake_colab.mounts == []
 
@@ -236,11 +254,13 @@ def test_a_drive_path_outside_colab_names_the_parameter(monkeypatch):
     with pytest.raises(colab.DriveError) as err:
         colab.mount_drive_for(run_dir="/content/drive/MyDrive/runs/a", dataset_path="")
     assert isinstance(err.value, FileNotFoundError)
-    assert re.search(r"run_dir='/content/drive/MyDrive/runs/a'.*not Colab.*set run_dir",
-                     str(err.value))
+    assert re.search(
+        r"run_dir='/content/drive/MyDrive/runs/a'.*not Colab.*set run_dir", str(err.value)
+    )
 
 
 # ------------------------------------------------------------------ the GPU line
+
 
 def fake_gpu(monkeypatch, name: str, capability: tuple[int, int], gib: int) -> None:
     props = types.SimpleNamespace(name=name, total_memory=gib * 2**30)

@@ -20,18 +20,32 @@ def test_backbone_defaults_fill_only_unset_fields():
     spec = BACKBONES["mobilenet_v2"]
     assert c.layers == list(spec.default_layers)
     assert c.input_size == spec.defaults["input_size"]
-    c2 = Config(backbone="mobilenet_v2", input_size=160, resize=160, layers="features.6,features.13")
+    c2 = Config(
+        backbone="mobilenet_v2", input_size=160, resize=160, layers="features.6,features.13"
+    )
     assert (c2.input_size, c2.layers) == (160, ["features.6", "features.13"])
 
 
-@pytest.mark.parametrize("field,value,words", [
-    ("coreset_ratio", 0, "(0, 1]"), ("coreset_ratio", 1.5, "(0, 1]"), ("coreset_ratio", -0.1, "(0, 1]"),
-    ("backbone", "vgg16", "wide_resnet50_2"), ("layers", ["layer9"], "layer2"),
-    ("input_size", 225, "multiple of 8"), ("batch_size", 0, "batch_size"),
-    ("sigma", -1.0, "sigma"), ("distance", "manhattan", "cosine"), ("device", "tpu", "cuda"),
-    ("resize", 100, "input_size"), ("patch_size", 2, "odd"), ("num_neighbors", 0, "num_neighbors"),
-    ("clahe_clip_limit", 0, "clahe_clip_limit"), ("knn_backend", "annoy", "faiss"),
-])
+@pytest.mark.parametrize(
+    "field,value,words",
+    [
+        ("coreset_ratio", 0, "(0, 1]"),
+        ("coreset_ratio", 1.5, "(0, 1]"),
+        ("coreset_ratio", -0.1, "(0, 1]"),
+        ("backbone", "vgg16", "wide_resnet50_2"),
+        ("layers", ["layer9"], "layer2"),
+        ("input_size", 225, "multiple of 8"),
+        ("batch_size", 0, "batch_size"),
+        ("sigma", -1.0, "sigma"),
+        ("distance", "manhattan", "cosine"),
+        ("device", "tpu", "cuda"),
+        ("resize", 100, "input_size"),
+        ("patch_size", 2, "odd"),
+        ("num_neighbors", 0, "num_neighbors"),
+        ("clahe_clip_limit", 0, "clahe_clip_limit"),
+        ("knn_backend", "annoy", "faiss"),
+    ],
+)
 def test_bad_values_name_the_field_and_allowed_values(field, value, words):
     with pytest.raises(ConfigError) as err:
         Config(**{field: value})
@@ -70,7 +84,7 @@ def test_differences_lists_changed_artifact_fields():
 def test_describe_names_where_each_value_came_from():
     cfg = Config(backbone="mobilenet_v2", coreset_ratio=0.2, sigma=4.0)
     src = cfg.sources()
-    assert src["coreset_ratio"] == "set" and src["sigma"] == "set"       # set, even to a default
+    assert src["coreset_ratio"] == "set" and src["sigma"] == "set"  # set, even to a default
     assert src["distance"] == "backbone default (mobilenet_v2)"
     assert src["layers"] == "backbone default (mobilenet_v2)"
     assert src["batch_size"] == "field default" and src["backbone"] == "set"
@@ -85,9 +99,12 @@ def test_replace_keeps_the_sources_of_unchanged_fields():
     cfg = Config(backbone="mobilenet_v2").replace(batch_size=8)
     assert cfg.sources()["distance"] == "backbone default (mobilenet_v2)"
     assert cfg.sources()["batch_size"] == "set"
-    assert Config.from_dict(cfg.to_dict()).sources()["distance"] == "set"   # a saved config
+    assert Config.from_dict(cfg.to_dict()).sources()["distance"] == "set"  # a saved config
 
 
 def test_sources_do_not_change_equality_hash_or_dict():
-    a, b = Config(backbone="mobilenet_v2"), Config.from_dict(Config(backbone="mobilenet_v2").to_dict())
+    a, b = (
+        Config(backbone="mobilenet_v2"),
+        Config.from_dict(Config(backbone="mobilenet_v2").to_dict()),
+    )
     assert a == b and a.hash() == b.hash() and "_sources" not in a.to_dict()

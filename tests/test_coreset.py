@@ -51,7 +51,9 @@ def test_covering_radius_within_twice_optimal_on_small_sets():
         picked = greedy_coreset(pts, k, projection_dim=0, start_points=10, seed=seed)
         got = covering_radius(pts, picked)
         d = torch.cdist(pts, pts)
-        best = min(float(d[:, list(c)].min(1).values.max()) for c in itertools.combinations(range(12), k))
+        best = min(
+            float(d[:, list(c)].min(1).values.max()) for c in itertools.combinations(range(12), k)
+        )
         assert got <= 2 * best + 1e-6
 
 
@@ -64,7 +66,9 @@ def test_covering_radius_against_brute_force():
 
 def test_radius_shrinks_as_the_bank_grows():
     feats = torch.randn(1500, 32, generator=torch.Generator().manual_seed(1))
-    radii = [covering_radius(feats, greedy_coreset(feats, n, projection_dim=0)) for n in (15, 150, 750)]
+    radii = [
+        covering_radius(feats, greedy_coreset(feats, n, projection_dim=0)) for n in (15, 150, 750)
+    ]
     assert radii[0] > radii[1] > radii[2]
     assert covering_radius(feats, greedy_coreset(feats, 1500)) == 0.0
 

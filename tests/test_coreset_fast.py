@@ -1,5 +1,6 @@
 """helpers.coreset_fast: the accelerated selections pick exactly what the plain greedy loop
 (helpers.coreset.greedy_coreset_reference) picks, index for index."""
+
 from __future__ import annotations
 
 import pytest
@@ -20,13 +21,15 @@ def _clustered(n, d, seed, dup_every=0):
     return x.float()
 
 
-
-@pytest.mark.parametrize("n, dim, proj, k, seed, dup", [
-    (3000, 256, 64, 300, 0, 0),
-    (2501, 96, 0, 250, 1, 7),      # no projection, odd size, many exact duplicates
-    (4097, 160, 128, 300, 2, 0),
-    (600, 64, 32, 60, 3, 0),
-])
+@pytest.mark.parametrize(
+    "n, dim, proj, k, seed, dup",
+    [
+        (3000, 256, 64, 300, 0, 0),
+        (2501, 96, 0, 250, 1, 7),  # no projection, odd size, many exact duplicates
+        (4097, 160, 128, 300, 2, 0),
+        (600, 64, 32, 60, 3, 0),
+    ],
+)
 def test_fast_coreset_selects_exactly_what_the_reference_selects(n, dim, proj, k, seed, dup):
     feats = _clustered(n, dim, seed, dup)
     with cpu_threads(1):  # small sequential ops: one thread is faster on a busy 2-core machine
@@ -38,15 +41,22 @@ def test_fast_coreset_selects_exactly_what_the_reference_selects(n, dim, proj, k
 
 
 @pytest.mark.parametrize("full_pass_fraction, refresh_every", [(0.0, 7), (2.0, 0), (0.25, 1)])
-def test_filtered_coreset_branches_all_match_the_reference(monkeypatch, full_pass_fraction,
-                                                           refresh_every):
+def test_filtered_coreset_branches_all_match_the_reference(
+    monkeypatch, full_pass_fraction, refresh_every
+):
     """Force each branch of the filtered loop: cluster test + gathered bound on every pick,
     the full-pass bound on every pick, and a cluster-radius refresh on every pick."""
     import functools
 
     import helpers.coreset_fast as cf
-    monkeypatch.setattr(cf, "filtered", functools.partial(
-        cf.filtered, full_pass_fraction=full_pass_fraction, refresh_every=refresh_every))
+
+    monkeypatch.setattr(
+        cf,
+        "filtered",
+        functools.partial(
+            cf.filtered, full_pass_fraction=full_pass_fraction, refresh_every=refresh_every
+        ),
+    )
     feats = _clustered(2000, 128, 5, dup_every=11)
     with cpu_threads(1):
         ref = greedy_coreset_reference(feats, 400, projection_dim=64, seed=5)

@@ -1,4 +1,3 @@
-
 import cv2
 import numpy as np
 import pytest
@@ -87,15 +86,19 @@ def test_image_modes_become_rgb_uint8(tmp_path):
     rgba[0, 0, 3] = 0
     out = load_image(_save(Image.fromarray(rgba, "RGBA"), tmp_path / "a.png"))
     assert out.shape == (8, 8, 3) and out[1, 1, 0] == 200 and out[0, 0, 0] == 0
-    deep = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
+    deep = np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000
     cv2.imwrite(str(tmp_path / "d.png"), deep)
     out = load_image(tmp_path / "d.png")
     assert out.dtype == np.uint8 and out.shape == (8, 8, 3)
     assert out[0, 1, 0] == round(1000 / 257) and out[7, 7, 0] == round(63000 / 257)
-    pal = Image.fromarray(np.full((8, 8, 3), (10, 20, 30), np.uint8)).convert("P", palette=Image.ADAPTIVE)
+    pal = Image.fromarray(np.full((8, 8, 3), (10, 20, 30), np.uint8)).convert(
+        "P", palette=Image.ADAPTIVE
+    )
     out = load_image(_save(pal, tmp_path / "p.png"))
     assert out.shape == (8, 8, 3) and tuple(out[0, 0]) == (10, 20, 30)
-    jpg = load_image(_save(Image.fromarray(np.full((16, 12, 3), 128, np.uint8)), tmp_path / "x.jpg"))
+    jpg = load_image(
+        _save(Image.fromarray(np.full((16, 12, 3), 128, np.uint8)), tmp_path / "x.jpg")
+    )
     assert jpg.shape == (16, 12, 3)
 
 

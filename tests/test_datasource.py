@@ -1,11 +1,15 @@
 """helpers.datasource: the synthetic set or a data folder, on its own."""
+
 from helpers import Config
 from helpers.datasource import SYNTHETIC_DEFAULTS, DataSource
 
 
 def test_synthetic_source_is_generated_in_its_folder(tmp_path):
-    src = DataSource(Config(backbone="mobilenet_v2"), tmp_path / "data",
-                     synthetic=dict(size=64, n_train=2, n_test_good=1, n_per_defect=1))
+    src = DataSource(
+        Config(backbone="mobilenet_v2"),
+        tmp_path / "data",
+        synthetic=dict(size=64, n_train=2, n_test_good=1, n_per_defect=1),
+    )
     assert src.is_synthetic and src.data_id().startswith("synthetic:")
     assert src.root == tmp_path / "data"
     assert len(src.train_samples) == 2 and src.record()["source"] == "synthetic"

@@ -1,5 +1,6 @@
 """The download path, offline: a small .tar.xz with the MVTec AD layout served from a local HTTP
 server (with Range support) or a file:// URL; checksums, resume, refusals, unsafe archives."""
+
 from __future__ import annotations
 
 import hashlib
@@ -17,8 +18,13 @@ from PIL import Image
 from helpers import download
 from helpers.download import DownloadError
 
-CATEGORY_FILES = ("train/good/000.png", "train/good/001.png", "test/good/000.png",
-                  "test/scratch/000.png", "ground_truth/scratch/000_mask.png")
+CATEGORY_FILES = (
+    "train/good/000.png",
+    "train/good/001.png",
+    "test/good/000.png",
+    "test/scratch/000.png",
+    "ground_truth/scratch/000_mask.png",
+)
 
 
 def png_bytes() -> bytes:
@@ -88,11 +94,12 @@ class Server:
                 self.send_header("Content-Type", "application/x-xz")
                 self.send_header("Content-Length", str(len(body)))
                 if header:
-                    self.send_header("Content-Range",
-                                     f"bytes {start}-{len(server.data) - 1}/{len(server.data)}")
+                    self.send_header(
+                        "Content-Range", f"bytes {start}-{len(server.data) - 1}/{len(server.data)}"
+                    )
                 self.end_headers()
                 if server.cut_first is not None:
-                    body, server.cut_first = body[:server.cut_first], None
+                    body, server.cut_first = body[: server.cut_first], None
                 self.wfile.write(body)
 
             def log_message(self, *args):
@@ -114,6 +121,7 @@ def serve():
     def start(data: bytes, cut_first: int | None = None) -> Server:
         servers.append(Server(data, cut_first))
         return servers[-1]
+
     yield start
     for s in servers:
         s.close()
@@ -128,11 +136,13 @@ class FakeResponse(io.BytesIO):
 def test_pinned_source_is_the_maintained_whole_archive():
     assert download.MVTEC_AD_URL == (
         "https://www.mydrive.ch/shares/150996/b52ecdcbf521176e9db9c731f2304b27/download/"
-        "420938113-1629960298/mvtec_anomaly_detection.tar.xz")
-    assert download.MVTEC_AD_SHA256 == ("cf4313b13603bec67abb49ca959488f7"
-                                        "eedce2a9f7795ec54446c649ac98cd3d")
+        "420938113-1629960298/mvtec_anomaly_detection.tar.xz"
+    )
+    assert download.MVTEC_AD_SHA256 == (
+        "cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d"
+    )
     assert download.KNOWN_SHA256[download.MVTEC_AD_URL] == download.MVTEC_AD_SHA256
-    assert "38536" not in download.METAL_NUT_URL           # the share that answers 404
+    assert "38536" not in download.METAL_NUT_URL  # the share that answers 404
 
 
 def test_http_end_to_end_extracts_only_the_category(archive, tmp_path, serve, capsys):
@@ -143,24 +153,28 @@ def test_http_end_to_end_extracts_only_the_category(archive, tmp_path, serve, ca
     assert_mvtec_layout(dest)
     assert not list(cache.iterdir()), "the archive is deleted after extraction"
     out = capsys.readouterr()
-    assert "verified" in out.out and "extract metal_nut" in out.err    # tqdm bars on stderr
+    assert "verified" in out.out and "extract metal_nut" in out.err  # tqdm bars on stderr
     from helpers.data import list_samples
+
     assert len(list_samples(dest, "metal_nut", "train")) == 2
     assert len(list_samples(dest, "metal_nut", "test")) == 2
     download.fetch_mvtec(dest, url=server.url, cache_dir=cache, progress=False)
     assert len(server.ranges) == 1, "already there: no second download"
 
 
-def test_default_source_is_the_whole_archive_with_its_pinned_checksum(archive, tmp_path,
-                                                                       monkeypatch):
+def test_default_source_is_the_whole_archive_with_its_pinned_checksum(
+    archive, tmp_path, monkeypatch
+):
     data, calls = archive.read_bytes(), []
 
     def opener(request, timeout):
         calls.append(request.full_url)
         return FakeResponse(data, {"Content-Length": str(len(data))})
+
     monkeypatch.setattr(download, "MVTEC_AD_SHA256", sha(archive))
-    dest = download.fetch_mvtec(tmp_path / "d", opener=opener, cache_dir=tmp_path / "c",
-                                progress=False)
+    dest = download.fetch_mvtec(
+        tmp_path / "d", opener=opener, cache_dir=tmp_path / "c", progress=False
+    )
     assert calls == [download.MVTEC_AD_URL]
     assert_mvtec_layout(dest)
 
@@ -169,8 +183,7 @@ def test_wrong_checksum_fails_clearly_and_leaves_nothing(archive, tmp_path, serv
     server = serve(archive.read_bytes())
     dest, cache = tmp_path / "mvtec", tmp_path / "cache"
     with pytest.raises(DownloadError) as err:
-        download.fetch_mvtec(dest, url=server.url, sha256="0" * 64, cache_dir=cache,
-                             progress=False)
+        download.fetch_mvtec(dest, url=server.url, sha256="0" * 64, cache_dir=cache, progress=False)
     text = str(err.value)
     assert "checksum mismatch" in text and "mvtec_anomaly_detection.tar.xz" in text
     assert "0" * 64 in text and sha(archive) in text
@@ -189,14 +202,16 @@ def test_wrong_checksum_of_a_local_archive_extracts_nothing(archive, tmp_path):
 @pytest.mark.parametrize("prefix", ["./", "mvtec_anomaly_detection/"])
 def test_file_url_and_a_folder_around_the_categories(tmp_path, prefix):
     archive = make_archive(tmp_path / "wrapped.tar.xz", mvtec_members(prefix))
-    dest = download.fetch_mvtec(tmp_path / "d", url=archive.as_uri(), cache_dir=tmp_path / "c",
-                                progress=False)
+    dest = download.fetch_mvtec(
+        tmp_path / "d", url=archive.as_uri(), cache_dir=tmp_path / "c", progress=False
+    )
     assert_mvtec_layout(dest)
 
 
 def test_local_archive_path_is_used_in_place(archive, tmp_path):
-    dest = download.fetch_mvtec(tmp_path / "d", url=str(archive), sha256=sha(archive),
-                                progress=False)
+    dest = download.fetch_mvtec(
+        tmp_path / "d", url=str(archive), sha256=sha(archive), progress=False
+    )
     assert_mvtec_layout(dest)
     assert archive.exists()
 
@@ -209,8 +224,7 @@ def test_missing_local_archive_is_named(tmp_path):
 def test_a_cut_download_resumes_with_a_range_request(archive, tmp_path, serve):
     data = archive.read_bytes()
     server = serve(data, cut_first=len(data) // 3)
-    dest = download.download(server.url, tmp_path / "a.tar.xz", sha256=sha(archive),
-                             progress=False)
+    dest = download.download(server.url, tmp_path / "a.tar.xz", sha256=sha(archive), progress=False)
     assert dest.read_bytes() == data
     assert server.ranges == [None, f"bytes={len(data) // 3}-"]
 
@@ -229,17 +243,24 @@ def test_a_server_ignoring_range_restarts_from_zero(archive, tmp_path):
     data = archive.read_bytes()
     (tmp_path / "a.tar.xz.partial").write_bytes(b"garbage")
     opener = lambda request, timeout: FakeResponse(data, {"Content-Length": str(len(data))})
-    download.download("https://x/a.tar.xz", tmp_path / "a.tar.xz", sha256=sha(archive),
-                      opener=opener, progress=False)
+    download.download(
+        "https://x/a.tar.xz",
+        tmp_path / "a.tar.xz",
+        sha256=sha(archive),
+        opener=opener,
+        progress=False,
+    )
     assert (tmp_path / "a.tar.xz").read_bytes() == data
 
 
 def test_refused_download_says_what_to_do(tmp_path):
     def opener(request, timeout):
         raise urllib.error.HTTPError(request.full_url, 404, "Not Found", {}, None)
+
     with pytest.raises(DownloadError) as err:
-        download.fetch_mvtec(tmp_path / "d", opener=opener, cache_dir=tmp_path / "c",
-                             progress=False)
+        download.fetch_mvtec(
+            tmp_path / "d", opener=opener, cache_dir=tmp_path / "c", progress=False
+        )
     text = str(err.value)
     assert "refused" in text and "HTTP 404" in text and "Drive" in text
     assert download.MVTEC_AD_URL in text and "download_url" in text
@@ -248,17 +269,21 @@ def test_refused_download_says_what_to_do(tmp_path):
 def test_no_connection_is_reported(tmp_path):
     def opener(request, timeout):
         raise urllib.error.URLError("Name or service not known")
+
     with pytest.raises(DownloadError, match="no connection"):
-        download.download("https://example.invalid/x.tar.xz", tmp_path / "x", opener=opener,
-                          progress=False)
+        download.download(
+            "https://example.invalid/x.tar.xz", tmp_path / "x", opener=opener, progress=False
+        )
 
 
 def test_html_page_instead_of_archive_is_refused(tmp_path):
-    opener = lambda request, timeout: FakeResponse(b"<html>licence form</html>",
-                                                   {"Content-Type": "text/html"})
+    opener = lambda request, timeout: FakeResponse(
+        b"<html>licence form</html>", {"Content-Type": "text/html"}
+    )
     with pytest.raises(DownloadError, match="web page"):
-        download.download("https://x/a.tar.xz", tmp_path / "a.tar.xz", opener=opener,
-                          progress=False)
+        download.download(
+            "https://x/a.tar.xz", tmp_path / "a.tar.xz", opener=opener, progress=False
+        )
     assert not list(tmp_path.iterdir())
 
 
@@ -270,9 +295,15 @@ def test_category_url_is_only_an_optional_first_try(archive, tmp_path, monkeypat
         if request.full_url == download.CATEGORY_URLS["metal_nut"]:
             raise urllib.error.HTTPError(request.full_url, 404, "Not Found", {}, None)
         return FakeResponse(data, {"Content-Length": str(len(data))})
+
     monkeypatch.setattr(download, "MVTEC_AD_SHA256", sha(archive))
-    dest = download.fetch_mvtec(tmp_path / "d", opener=opener, cache_dir=tmp_path / "c",
-                                try_category_url=True, progress=False)
+    dest = download.fetch_mvtec(
+        tmp_path / "d",
+        opener=opener,
+        cache_dir=tmp_path / "c",
+        try_category_url=True,
+        progress=False,
+    )
     assert calls == [download.CATEGORY_URLS["metal_nut"], download.MVTEC_AD_URL]
     assert_mvtec_layout(dest)
 
@@ -283,15 +314,26 @@ def _link(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tarfile.TarI
     return info
 
 
-@pytest.mark.parametrize("bad", [
-    {"../evil.txt": b"x"},
-    {"/tmp/evil.txt": b"x"},
-    {"metal_nut/../../evil.txt": b"x"},
-    {"metal_nut/train/good/link.png": _link("metal_nut/train/good/link.png", "../../../../evil")},
-    {"metal_nut/train/good/hard.png": _link("metal_nut/train/good/hard.png", "/etc/passwd",
-                                            tarfile.LNKTYPE)},
-    {"metal_nut/train/good/dev": _link("metal_nut/train/good/dev", "", tarfile.CHRTYPE)},
-], ids=["dotdot", "absolute", "inner-dotdot", "symlink-out", "hardlink-out", "device"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"../evil.txt": b"x"},
+        {"/tmp/evil.txt": b"x"},
+        {"metal_nut/../../evil.txt": b"x"},
+        {
+            "metal_nut/train/good/link.png": _link(
+                "metal_nut/train/good/link.png", "../../../../evil"
+            )
+        },
+        {
+            "metal_nut/train/good/hard.png": _link(
+                "metal_nut/train/good/hard.png", "/etc/passwd", tarfile.LNKTYPE
+            )
+        },
+        {"metal_nut/train/good/dev": _link("metal_nut/train/good/dev", "", tarfile.CHRTYPE)},
+    ],
+    ids=["dotdot", "absolute", "inner-dotdot", "symlink-out", "hardlink-out", "device"],
+)
 def test_unsafe_members_refuse_the_archive(tmp_path, bad):
     members = {f"metal_nut/{f}": png_bytes() for f in CATEGORY_FILES}
     bad_archive = make_archive(tmp_path / "bad.tar.xz", {**members, **bad})
@@ -304,12 +346,15 @@ def test_unsafe_members_refuse_the_archive(tmp_path, bad):
 
 def test_links_inside_the_category_are_copied(tmp_path):
     members = {f"metal_nut/{f}": png_bytes() for f in CATEGORY_FILES}
-    members["metal_nut/test/good/copy.png"] = _link("metal_nut/test/good/copy.png",
-                                                    "../../train/good/000.png")
-    members["metal_nut/test/good/hard.png"] = _link("metal_nut/test/good/hard.png",
-                                                    "metal_nut/train/good/001.png", tarfile.LNKTYPE)
-    dest = download.extract_category(make_archive(tmp_path / "a.tar.xz", members),
-                                     tmp_path / "d", progress=False)
+    members["metal_nut/test/good/copy.png"] = _link(
+        "metal_nut/test/good/copy.png", "../../train/good/000.png"
+    )
+    members["metal_nut/test/good/hard.png"] = _link(
+        "metal_nut/test/good/hard.png", "metal_nut/train/good/001.png", tarfile.LNKTYPE
+    )
+    dest = download.extract_category(
+        make_archive(tmp_path / "a.tar.xz", members), tmp_path / "d", progress=False
+    )
     for name in ("copy.png", "hard.png"):
         path = dest / "metal_nut" / "test" / "good" / name
         assert path.is_file() and not path.is_symlink()
@@ -339,17 +384,21 @@ def test_a_leftover_category_folder_is_not_overwritten(archive, tmp_path):
 def test_prepare_dataset_downloads_only_when_asked(archive, tmp_path):
     root = download.prepare_dataset(tmp_path / "d", "metal_nut")
     assert root == tmp_path / "d" and not root.exists()
-    root = download.prepare_dataset(tmp_path / "d", "metal_nut", download_missing=True, url=str(archive))
+    root = download.prepare_dataset(
+        tmp_path / "d", "metal_nut", download_missing=True, url=str(archive)
+    )
     assert download.has_category(root, "metal_nut")
 
 
 def test_drive_path_outside_colab_is_explained(monkeypatch):
     import sys
+
     monkeypatch.setitem(sys.modules, "google.colab", None)
     if Path("/content/drive/MyDrive").exists():
         pytest.skip("a Drive is mounted here")
     with pytest.raises(FileNotFoundError, match="dataset_path=.*not Colab"):
         download.prepare_dataset("/content/drive/MyDrive/mvtec")
     with pytest.raises(FileNotFoundError, match="download_url=.*not Colab"):
-        download.prepare_dataset("data", "metal_nut", download_missing=True,
-                                 url="/content/drive/MyDrive/m.tar.xz")
+        download.prepare_dataset(
+            "data", "metal_nut", download_missing=True, url="/content/drive/MyDrive/m.tar.xz"
+        )

@@ -1,5 +1,6 @@
 """environment.yml (conda) and requirements-colab.txt agree with pyproject.toml, and the declared
 floors match what the code needs (NumPy 2 for np.trapezoid, Colab's ipywidgets 7.7)."""
+
 from __future__ import annotations
 
 import ast
@@ -10,14 +11,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-try:                               # Python >= 3.11; requires-python allows 3.10, which has tomli
+try:  # Python >= 3.11; requires-python allows 3.10, which has tomli
     import tomllib
-except ModuleNotFoundError:        # pragma: no cover - Python 3.10
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     tomllib = pytest.importorskip("tomli", reason="Python 3.10: pip install tomli for this test")
 
 ROOT = Path(__file__).resolve().parent.parent
 CONDA_NAMES = {"torch": "pytorch", "opencv-python-headless": "opencv"}  # pip -> conda-forge name
-NOT_IN_CONDA_ENV = {"faiss-cpu"}                                 # optional extra, left to the user
+NOT_IN_CONDA_ENV = {"faiss-cpu"}  # optional extra, left to the user
 
 
 def split(req: str) -> tuple[str, str]:
@@ -51,8 +52,9 @@ def test_environment_yml_has_every_dependency_with_the_same_bounds():
             continue
         cname = CONDA_NAMES.get(name, name)
         assert cname in conda, f"{name} (conda: {cname}) missing from environment.yml"
-        assert conda[cname] == spec, \
+        assert conda[cname] == spec, (
             f"{cname}: environment.yml has {conda[cname]!r}, pyproject {spec!r}"
+        )
     named = {CONDA_NAMES.get(n, n) for n in pyproject_requirements()}
     extra = set(conda) - named - {"python", "pip"}
     assert not extra, f"environment.yml lists packages pyproject.toml does not: {extra}"
@@ -72,14 +74,16 @@ def test_requirements_colab_lists_only_what_colab_lacks():
     known = pyproject_requirements()
     for name, spec in reqs.items():
         assert name in known, f"{name} is in requirements-colab.txt but not in pyproject.toml"
-        assert spec == known[name], \
+        assert spec == known[name], (
             f"{name}: requirements-colab.txt {spec!r} vs pyproject {known[name]!r}"
+        )
 
 
 def test_notebook_setup_cells_install_requirements_colab():
     import nbformat
 
     from helpers import colab
+
     assert colab.REQUIREMENTS == "requirements-colab.txt"
     assert colab.install_command(ROOT)[-2:] == ["-r", str(ROOT / "requirements-colab.txt")]
     for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
@@ -106,9 +110,14 @@ def test_numpy_floor_matches_the_numpy_api_used():
         assert floor(numpy) >= (2, 0), "np.trapezoid needs NumPy >= 2.0 (1.x has only np.trapz)"
     # the compiled dependencies must have releases built for NumPy 2
     reqs = pyproject_requirements()
-    for name, first in {"torch": (2, 3), "scipy": (1, 13), "scikit-learn": (1, 4, 2),
-                        "matplotlib": (3, 8, 4), "opencv-python-headless": (4, 10),
-                        "faiss-cpu": (1, 9)}.items():
+    for name, first in {
+        "torch": (2, 3),
+        "scipy": (1, 13),
+        "scikit-learn": (1, 4, 2),
+        "matplotlib": (3, 8, 4),
+        "opencv-python-headless": (4, 10),
+        "faiss-cpu": (1, 9),
+    }.items():
         assert floor(reqs[name]) >= first, f"{name}: releases before {first} need NumPy 1"
 
 
@@ -121,12 +130,45 @@ def test_requires_python_floor_parses_the_package():
         ast.parse(path.read_text(), str(path), feature_version=low[:2])
 
 
-IPYWIDGETS_7 = {"Dropdown", "FloatSlider", "IntSlider", "FloatRangeSlider", "IntRangeSlider",
-                "FloatLogSlider", "SelectionSlider", "Output", "VBox", "HBox", "GridBox", "Box",
-                "Layout", "Label", "HTML", "Button", "ToggleButton", "ToggleButtons", "Checkbox",
-                "RadioButtons", "Select", "SelectMultiple", "Text", "Textarea", "IntText",
-                "FloatText", "BoundedIntText", "BoundedFloatText", "Play", "Tab", "Accordion",
-                "Image", "interact", "interactive", "jslink", "Combobox", "ColorPicker"}
+IPYWIDGETS_7 = {
+    "Dropdown",
+    "FloatSlider",
+    "IntSlider",
+    "FloatRangeSlider",
+    "IntRangeSlider",
+    "FloatLogSlider",
+    "SelectionSlider",
+    "Output",
+    "VBox",
+    "HBox",
+    "GridBox",
+    "Box",
+    "Layout",
+    "Label",
+    "HTML",
+    "Button",
+    "ToggleButton",
+    "ToggleButtons",
+    "Checkbox",
+    "RadioButtons",
+    "Select",
+    "SelectMultiple",
+    "Text",
+    "Textarea",
+    "IntText",
+    "FloatText",
+    "BoundedIntText",
+    "BoundedFloatText",
+    "Play",
+    "Tab",
+    "Accordion",
+    "Image",
+    "interact",
+    "interactive",
+    "jslink",
+    "Combobox",
+    "ColorPicker",
+}
 
 
 def test_ipywidgets_floor_works_with_colabs_7_7():
@@ -134,9 +176,17 @@ def test_ipywidgets_floor_works_with_colabs_7_7():
     helpers/widgets.py may only use widgets that exist in 7.x."""
     assert floor(pyproject_requirements()["ipywidgets"]) <= (7, 7, 1)
     tree = ast.parse((ROOT / "helpers" / "widgets.py").read_text())
-    aliases = {a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.Import)
-               for a in n.names if a.name == "ipywidgets"}
-    used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)
-            and isinstance(n.value, ast.Name) and n.value.id in aliases}
+    aliases = {
+        a.asname or a.name
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Import)
+        for a in n.names
+        if a.name == "ipywidgets"
+    }
+    used = {
+        n.attr
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id in aliases
+    }
     assert used, "helpers/widgets.py no longer uses ipywidgets? update this test"
     assert used <= IPYWIDGETS_7, f"not in ipywidgets 7.7 (Colab): {sorted(used - IPYWIDGETS_7)}"

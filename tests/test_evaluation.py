@@ -1,4 +1,5 @@
 """helpers.evaluation: metrics of a prediction and the metrics.json contract, on its own."""
+
 import json
 
 import numpy as np
@@ -24,7 +25,8 @@ def test_write_metrics_fills_the_contract_with_nulls(tmp_path):
 
 def test_finite_and_timings():
     assert finite({"a": [float("inf"), 1.0]}) == {"a": [None, 1.0]}
-    pred = Prediction(np.zeros(4), [None] * 4, np.zeros((4, 1, 1)), seconds=2.0, batch_size=2,
-                      device="cpu")
+    pred = Prediction(
+        np.zeros(4), [None] * 4, np.zeros((4, 1, 1)), seconds=2.0, batch_size=2, device="cpu"
+    )
     t = timings({"fit_s": 1.0}, pred)
     assert t["infer_ms_per_image"] == 500.0 and t["fit_s"] == 1.0 and t["coreset_s"] is None

@@ -12,7 +12,7 @@ def official_order(maps, patch_size, pre_dim, target_dim):
     per_layer = []
     for fmap in maps:
         b, c, hh, ww = fmap.shape
-        cols = F.unfold(fmap, patch_size, padding=(patch_size - 1) // 2)      # [b, c*p*p, hh*ww]
+        cols = F.unfold(fmap, patch_size, padding=(patch_size - 1) // 2)  # [b, c*p*p, hh*ww]
         cols = cols.reshape(b, c * patch_size * patch_size, hh, ww)
         if (hh, ww) != (h, w):
             cols = F.interpolate(cols, size=(h, w), mode="bilinear", align_corners=False)
@@ -35,7 +35,9 @@ def test_pool_then_upsample_equals_official_order():
 
 def test_local_patch_pool_batch_slicing_is_invisible():
     x = torch.randn(5, 6, 7, 7)
-    assert torch.allclose(local_patch_pool(x, 3, 40), local_patch_pool(x, 3, 40, max_elements=300), atol=1e-6)
+    assert torch.allclose(
+        local_patch_pool(x, 3, 40), local_patch_pool(x, 3, 40, max_elements=300), atol=1e-6
+    )
 
 
 def test_patch_size_one_is_channel_pooling():
@@ -46,8 +48,13 @@ def test_patch_size_one_is_channel_pooling():
 
 @pytest.mark.parametrize("size", [96, 128])
 def test_mobilenet_embedding_shapes(size):
-    ext = FeatureExtractor("mobilenet_v2", ["features.6", "features.13"], weights=None,
-                           pretrain_embed_dim=64, target_embed_dim=32)
+    ext = FeatureExtractor(
+        "mobilenet_v2",
+        ["features.6", "features.13"],
+        weights=None,
+        pretrain_embed_dim=64,
+        target_embed_dim=32,
+    )
     out = ext(torch.randn(2, 3, size, size))
     assert out.shape == (2, size // 8, size // 8, 32)
     assert ext.grid_size(size) == size // 8
@@ -55,6 +62,7 @@ def test_mobilenet_embedding_shapes(size):
 
 
 def test_resnet_taps_give_stride_8_grid():
-    ext = FeatureExtractor("resnet18", ["layer2", "layer3"], weights=None,
-                           pretrain_embed_dim=128, target_embed_dim=64)
+    ext = FeatureExtractor(
+        "resnet18", ["layer2", "layer3"], weights=None, pretrain_embed_dim=128, target_embed_dim=64
+    )
     assert ext(torch.randn(1, 3, 64, 64)).shape == (1, 8, 8, 64)

@@ -1,4 +1,5 @@
 """helpers.figures: one PNG rendering, saved to a file."""
+
 from matplotlib.figure import Figure
 
 from helpers.figures import figure_png, save_and_show

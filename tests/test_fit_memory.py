@@ -1,4 +1,5 @@
 """helpers.fit_memory: the fit's memory estimate and the up-front refusal."""
+
 import pytest
 import torch
 
@@ -9,7 +10,7 @@ from helpers.fit_memory import fit_memory_estimate
 def test_training_set_too_large_for_memory_is_refused_up_front(small_config, monkeypatch):
     model = PatchCore(small_config)
     est = model.fit_memory_estimate(10**6)
-    patches = 10**6 * small_config.train_rotations * 16 * 16
+    patches = 10**6 * small_config.rotations_for(10**6) * 16 * 16
     # the RAM estimate grows with the projection (8 bytes x 128 per patch), not the full features
     assert est["ram"] >= patches * 128 * 8
     assert est["disk"] == patches * small_config.embed_dim * 4
@@ -29,5 +30,6 @@ def test_fit_memory_estimate_grows_linearly(small_config):
 
 
 def test_estimate_is_a_function_of_config_and_device(small_config):
-    assert fit_memory_estimate(small_config, torch.device("cpu"), 50) == \
-        PatchCore(small_config).fit_memory_estimate(50)
+    assert fit_memory_estimate(small_config, torch.device("cpu"), 50) == PatchCore(
+        small_config
+    ).fit_memory_estimate(50)

@@ -1,4 +1,5 @@
 """helpers.images: what users pass as images becomes batches of views."""
+
 import numpy as np
 import pytest
 import torch
@@ -18,7 +19,7 @@ def test_rotations_make_views_of_each_image_in_order():
 
 def test_tensor_input_keeps_its_size_and_gray_arrays_become_rgb():
     cfg = Config(backbone="mobilenet_v2", input_size=64, resize=64, batch_size=4)
-    (x, geoms, idx), = image_batches(torch.zeros(3, 3, 64, 64), cfg, None)
+    ((x, geoms, idx),) = image_batches(torch.zeros(3, 3, 64, 64), cfg, None)
     assert idx == [0, 1, 2] and geoms[0].crop == 64
     assert load_input(np.zeros((5, 6), np.uint8)).shape == (5, 6, 3)
     with pytest.raises(ValueError, match="uint8"):

@@ -80,8 +80,11 @@ def test_norm_floor_zero_is_plain_cosine_and_pair_distance_agrees():
     assert torch.allclose(pair_distance(q[:, None], b[i0], "cosine"), d0, atol=1e-4)
     d2, i2 = knn_torch(q, b, 2, distance="cosine", norm_floor=0.5)
     assert torch.allclose(pair_distance(q[:, None], b[i2], "cosine", 0.5), d2, atol=1e-4)
-    assert torch.allclose(pair_distance(q[:, None], b[i2[:, :1]], "l2")[:, 0],
-                          torch.cdist(q, b[i2[:, 0]]).diagonal(), atol=1e-4)
+    assert torch.allclose(
+        pair_distance(q[:, None], b[i2[:, :1]], "l2")[:, 0],
+        torch.cdist(q, b[i2[:, 0]]).diagonal(),
+        atol=1e-4,
+    )
 
 
 def test_norm_floor_damps_weak_vectors_but_keeps_strong_ones_cosine_like():
@@ -92,10 +95,17 @@ def test_norm_floor_damps_weak_vectors_but_keeps_strong_ones_cosine_like():
     # ... with a floor they are compared almost as L2 scaled by 1 / floor: |a - b|^2 / 2
     expected = float(((weak_a - weak_b) ** 2).sum()) / 2
     assert expected < 1e-4
-    assert float(pair_distance(weak_a, weak_b, "cosine", norm_floor=1.0)) == pytest.approx(expected, rel=0.05)
-    strong_a, strong_b = 1e3 * torch.randn(1, 64, generator=g), 1e3 * torch.randn(1, 64, generator=g)
+    assert float(pair_distance(weak_a, weak_b, "cosine", norm_floor=1.0)) == pytest.approx(
+        expected, rel=0.05
+    )
+    strong_a, strong_b = (
+        1e3 * torch.randn(1, 64, generator=g),
+        1e3 * torch.randn(1, 64, generator=g),
+    )
     plain = float(pair_distance(strong_a, strong_b, "cosine"))
-    assert float(pair_distance(strong_a, strong_b, "cosine", norm_floor=1.0)) == pytest.approx(plain, rel=1e-2)
+    assert float(pair_distance(strong_a, strong_b, "cosine", norm_floor=1.0)) == pytest.approx(
+        plain, rel=1e-2
+    )
     # scaling queries, bank and floor together changes nothing
     q, b = torch.randn(20, 8, generator=g), torch.randn(50, 8, generator=g)
     d, i = knn_torch(q, b, 2, distance="cosine", norm_floor=0.7)
@@ -106,6 +116,7 @@ def test_norm_floor_damps_weak_vectors_but_keeps_strong_ones_cosine_like():
 def test_faiss_matches_torch_with_a_norm_floor():
     pytest.importorskip("faiss")
     from helpers.knn import knn_faiss
+
     g = torch.Generator().manual_seed(4)
     q, b = torch.randn(100, 24, generator=g), torch.randn(500, 24, generator=g)
     d, i = knn_torch(q, b, 3, distance="cosine", norm_floor=1.5)

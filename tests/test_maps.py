@@ -6,11 +6,18 @@ from scipy import ndimage
 from helpers.maps import gaussian_blur, patch_scores_to_maps
 
 
-@pytest.mark.parametrize("shape,sigma", [((64, 64), 4.0), ((20, 31), 4.0), ((224, 224), 4.0), ((9, 9), 1.5)])
+@pytest.mark.parametrize(
+    "shape,sigma", [((64, 64), 4.0), ((20, 31), 4.0), ((224, 224), 4.0), ((9, 9), 1.5)]
+)
 def test_blur_matches_scipy_gaussian_filter(shape, sigma):
     x = np.random.default_rng(0).random((2, *shape)).astype(np.float32)
     ours = gaussian_blur(torch.from_numpy(x), sigma).numpy()
-    ref = np.stack([ndimage.gaussian_filter(m.astype(np.float64), sigma, mode="reflect", truncate=4.0) for m in x])
+    ref = np.stack(
+        [
+            ndimage.gaussian_filter(m.astype(np.float64), sigma, mode="reflect", truncate=4.0)
+            for m in x
+        ]
+    )
     assert np.allclose(ours, ref, atol=1e-5)
 
 

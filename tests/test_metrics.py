@@ -21,13 +21,16 @@ def test_image_auroc_one_class_is_null_with_warning():
 
 def brute_force_aupro(masks, maps, max_fpr=0.3, steps=4000):
     from scipy import ndimage
+
     regions, normal = [], []
     for m, a in zip(masks, maps):
         lab, n = ndimage.label(m, structure=np.ones((3, 3)))
         regions += [a[lab == i] for i in range(1, n + 1)]
         normal.append(a[~m])
     normal = np.concatenate(normal)
-    thresholds = np.linspace(max(a.max() for a in maps) + 1e-6, min(a.min() for a in maps) - 1e-6, steps)
+    thresholds = np.linspace(
+        max(a.max() for a in maps) + 1e-6, min(a.min() for a in maps) - 1e-6, steps
+    )
     fpr = np.array([(normal >= t).mean() for t in thresholds])
     pro = np.array([np.mean([(r >= t).mean() for r in regions]) for t in thresholds])
     keep = fpr <= max_fpr
@@ -42,8 +45,8 @@ def hand_made():
     for k in range(3):
         m = np.zeros((32, 32), bool)
         if k > 0:
-            m[4:10, 4:12] = True           # region 1
-            m[20:30, 18 + k:22 + k] = True  # region 2
+            m[4:10, 4:12] = True  # region 1
+            m[20:30, 18 + k : 22 + k] = True  # region 2
         a = rng.random((32, 32)) * 0.6 + m * rng.random((32, 32)) * 0.8
         masks.append(m)
         maps.append(a.astype(np.float32))
@@ -111,6 +114,7 @@ def test_binned_pixel_metrics_match_the_exact_ones_on_continuous_maps():
     """The histogram metrics (bounded memory) against sklearn's exact AUROC and the exact PRO
     curve integrated the same way."""
     from sklearn.metrics import roc_auc_score
+
     masks, maps = hand_made()
     y = np.concatenate([m.ravel() for m in masks])
     s = np.concatenate([a.ravel() for a in maps])

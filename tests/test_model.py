@@ -24,8 +24,8 @@ def test_prediction_shapes_are_original_pixels(test_prediction, samples, fitted)
     assert all(m.shape == (128, 128) and m.dtype == np.float32 for m in test_prediction.maps)
     assert test_prediction.patch_scores.shape == (len(samples[1]), 16, 16)
     assert np.isfinite(test_prediction.scores).all()
-    n_patches = 10 * fitted.config.train_rotations * 256
-    assert fitted.memory_bank.shape == (int(n_patches * 0.25), fitted.config.target_embed_dim)
+    n_patches = 10 * fitted.config.rotations_for(10) * 256
+    assert fitted.memory_bank.shape == (int(n_patches * 0.25), fitted.config.embed_dim)
 
 
 def test_save_load_round_trip_gives_identical_scores(fitted, samples, tmp_path):
@@ -57,25 +57,29 @@ def test_load_refuses_tampered_truncated_and_pickle_files(fitted, tmp_path):
         PatchCore.load(tmp_path / "trunc.safetensors")
     # a pickle disguised as a bank is never unpickled
     marker = tmp_path / "pwned"
+
     class Evil:
         def __reduce__(self):
             return (open, (str(marker), "w"))
+
     import pickle
+
     (tmp_path / "evil.safetensors").write_bytes(pickle.dumps(Evil()))
     with pytest.raises(ValueError):
         PatchCore.load(tmp_path / "evil.safetensors")
     assert not marker.exists()
     # a valid safetensors file that is not a bank
     from helpers.io import save_tensors
+
     save_tensors(tmp_path / "other.safetensors", {"w": torch.zeros(2, 2)}, {"format": "something"})
     with pytest.raises(BankMismatchError, match="not a PatchCore memory bank"):
         PatchCore.load(tmp_path / "other.safetensors")
     # header edited to claim another format version
-    meta = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+    meta = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
     meta["__metadata__"]["format_version"] = "99"
     header = json.dumps(meta).encode()
     header += b" " * (-len(header) % 8)
-    body = data[8 + int.from_bytes(data[:8], "little"):]
+    body = data[8 + int.from_bytes(data[:8], "little") :]
     (tmp_path / "v99.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + body)
     with pytest.raises(BankMismatchError, match="99"):
         PatchCore.load(tmp_path / "v99.safetensors")
@@ -83,15 +87,17 @@ def test_load_refuses_tampered_truncated_and_pickle_files(fitted, tmp_path):
 
 def test_defect_pasted_at_known_place_peaks_there_in_original_coordinates(fitted, samples):
     from helpers.data import load_image
+
     img = load_image(samples[0][0].path)
     # a larger, non-square original so the map must undo a resize AND a centre crop
     import cv2
+
     big = cv2.resize(img, (200, 160))
-    cfg = fitted.config.replace(resize=144)            # 160x200 -> 144x180, crop 128 at (8, 26)
+    cfg = fitted.config.replace(resize=144)  # 160x200 -> 144x180, crop 128 at (8, 26)
     model = PatchCore(cfg)
     model.memory_bank, model.grid = fitted.memory_bank, fitted.grid
     y0, x0 = 60, 110
-    big[y0:y0 + 12, x0:x0 + 12] = (255, 0, 255)
+    big[y0 : y0 + 12, x0 : x0 + 12] = (255, 0, 255)
     pred = model.predict([big])
     amap = pred.maps[0]
     assert amap.shape == (160, 200)
@@ -113,14 +119,18 @@ def _brute_distances(a: torch.Tensor, b: torch.Tensor, config, bank: torch.Tenso
     floor = config.cosine_floor * float(bank.norm(dim=1).median())
     pa = a / (a.norm(dim=1, keepdim=True) + floor)
     pb = b / (b.norm(dim=1, keepdim=True) + floor)
-    return torch.cdist(pa, pb) ** 2 / 2       # = 1 - cos when the floor is 0
+    return torch.cdist(pa, pb) ** 2 / 2  # = 1 - cos when the floor is 0
 
 
 @pytest.mark.parametrize("scoring", [{}, {"distance": "l2"}, {"cosine_floor": 0.0}])
 def test_eq7_reweighting_against_brute_force(fitted, samples, scoring):
     model = PatchCore(fitted.config.replace(**scoring))
     model.memory_bank = fitted.memory_bank
-    emb = model.embed(model.preprocess(np.asarray(__import__("helpers").data.load_image(samples[1][-1].path)))[0][None])
+    emb = model.embed(
+        model.preprocess(np.asarray(__import__("helpers").data.load_image(samples[1][-1].path)))[0][
+            None
+        ]
+    )
     scores, grid = model.score_embeddings(emb)
     bank = model.memory_bank.double()
     flat = emb.reshape(-1, emb.shape[-1]).double()
@@ -129,7 +139,9 @@ def test_eq7_reweighting_against_brute_force(fitted, samples, scoring):
     torch.testing.assert_close(grid.flatten().double(), nn_d, atol=1e-4, rtol=1e-4)
     p = int(nn_d.argmax())
     m_star = bank[nn_i[p]]
-    support = torch.topk(_brute_distances(m_star[None], bank, model.config, bank)[0], 9, largest=False).indices
+    support = torch.topk(
+        _brute_distances(m_star[None], bank, model.config, bank)[0], 9, largest=False
+    ).indices
     dist = _brute_distances(flat[p][None], bank[support], model.config, bank)[0]
     w = 1 - torch.exp(dist[0]) / torch.exp(dist).sum()
     assert float(scores[0]) == pytest.approx(float(w * nn_d[p]), rel=1e-4)
@@ -152,6 +164,7 @@ def test_inputs_are_validated_with_clear_messages(fitted):
 
 def test_tensor_and_array_inputs_agree_with_paths(fitted, samples):
     from helpers.data import load_image
+
     paths = [s.path for s in samples[1][:3]]
     arrays = [load_image(p) for p in paths]
     tensors = torch.stack([fitted.preprocess(a)[0] for a in arrays])
@@ -163,27 +176,35 @@ def test_tensor_and_array_inputs_agree_with_paths(fitted, samples):
 @pytest.mark.parametrize("dims", [(1024, 1024), (0, 0)], ids=["1024d-spilled", "natural-128d"])
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_streaming_fit_equals_all_features_in_memory(small_config, samples, tmp_path, dims):
-    cfg = small_config.replace(pretrain_embed_dim=dims[0], target_embed_dim=dims[1],
-                               train_rotations=2)
+    cfg = small_config.replace(
+        pretrain_embed_dim=dims[0], target_embed_dim=dims[1], train_rotations=2
+    )
     streamed = PatchCore(cfg).fit(samples[0][:6], spill_dir=tmp_path)
-    assert list(tmp_path.iterdir()) == []            # the temporary feature file is gone
+    assert list(tmp_path.iterdir()) == []  # the temporary feature file is gone
     assert streamed.info["n_views"] == 12 and streamed.info["n_train"] == 6
     ref = PatchCore(cfg)
-    feats = torch.cat([b.embeddings.reshape(-1, cfg.embed_dim)
-                       for b in ref.embed_images(samples[0][:6], rotations=2)])
+    feats = torch.cat(
+        [
+            b.embeddings.reshape(-1, cfg.embed_dim)
+            for b in ref.embed_images(samples[0][:6], rotations=2)
+        ]
+    )
     ref.grid = streamed.grid
     ref.select_bank(feats)
     assert torch.equal(streamed.coreset_indices, ref.coreset_indices)
     assert torch.equal(streamed.memory_bank, ref.memory_bank)
     assert torch.equal(streamed.memory_bank, feats[ref.coreset_indices])
     test = samples[1][:3]
-    assert np.array_equal(streamed.predict(test, maps=False).scores,
-                          ref.predict(test, maps=False).scores)
+    assert np.array_equal(
+        streamed.predict(test, maps=False).scores, ref.predict(test, maps=False).scores
+    )
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_natural_embedding_is_the_3x3_channel_mean(small_config, samples):
-    cfg = small_config.replace(pretrain_embed_dim=0, target_embed_dim=0)
+    cfg = small_config.replace(
+        pretrain_embed_dim=0, target_embed_dim=0, layers=["features.6", "features.13"]
+    )
     assert cfg.embed_dim == 32 + 96
     model = PatchCore(cfg)
     x, _ = model.preprocess(__import__("helpers").data.load_image(samples[0][0].path))

@@ -1,5 +1,6 @@
 """The committed notebooks: clean (no outputs), structured (badge, setup, parameters), thin
 (logic in helpers), and they execute and re-execute identically (nbval)."""
+
 from __future__ import annotations
 
 import ast
@@ -48,12 +49,15 @@ def test_badge_setup_and_parameters(name):
     assert first.cell_type == "markdown" and "colab.research.google.com/github/" in first.source
     assert f"/notebooks/{name})" in first.source, "the badge opens this notebook"
     setup = code_cells(nb)[0]
-    for needle in ("google.colab", "\"clone\"", "requirements-colab.txt", "sys.path"):
+    for needle in ("google.colab", '"clone"', "requirements-colab.txt", "sys.path"):
         assert needle in setup.source, needle
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1
-    assigned = {t.id: ast.literal_eval(node.value) for node in ast.parse(tagged[0].source).body
-                for t in node.targets}
+    assigned = {
+        t.id: ast.literal_eval(node.value)
+        for node in ast.parse(tagged[0].source).body
+        for t in node.targets
+    }
     for f in dataclasses.fields(Config):
         assert f.name in assigned, f"{name}: parameter {f.name} missing"
     assert config_from_params(assigned) == Config(), "notebook defaults must be Config's defaults"
@@ -61,20 +65,25 @@ def test_badge_setup_and_parameters(name):
 
 
 def test_parameters_cell_is_the_same_everywhere():
-    cells = {name: next(c.source for c in load(name).cells if "parameters" in c.metadata.get("tags", []))
-             for name in NOTEBOOKS}
+    cells = {
+        name: next(c.source for c in load(name).cells if "parameters" in c.metadata.get("tags", []))
+        for name in NOTEBOOKS
+    }
     assert len(set(cells.values())) == 1
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebooks_only_orchestrate(name):
     for cell in code_cells(load(name)):
-        source = "\n".join(line for line in cell.source.splitlines()
-                           if not line.lstrip().startswith("%"))
+        source = "\n".join(
+            line for line in cell.source.splitlines() if not line.lstrip().startswith("%")
+        )
         for node in ast.walk(ast.parse(source)):
             assert not isinstance(node, ast.ClassDef), f"{name}: classes belong in helpers/"
             if isinstance(node, ast.FunctionDef):
-                assert node.end_lineno - node.lineno < 4, f"{name}: function {node.name} belongs in helpers/"
+                assert node.end_lineno - node.lineno < 4, (
+                    f"{name}: function {node.name} belongs in helpers/"
+                )
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -83,7 +92,11 @@ def test_nbval_markers_are_exact(name):
     for cell in code_cells(load(name)):
         for line in cell.source.splitlines():
             if "NBVAL_" in line:
-                assert line.strip() in ("# NBVAL_IGNORE_OUTPUT", "# NBVAL_SKIP", "# NBVAL_CHECK_OUTPUT"), line
+                assert line.strip() in (
+                    "# NBVAL_IGNORE_OUTPUT",
+                    "# NBVAL_SKIP",
+                    "# NBVAL_CHECK_OUTPUT",
+                ), line
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -98,10 +111,34 @@ def test_nbval_reexecution_matches(tmp_path_factory):
     out = ci_run(str(tmp_path_factory.getbasetemp()))
     notebooks = [str(out / "notebooks" / nb) for nb in NOTEBOOKS]
     # PYTHONPATH: the kernels import this checkout's helpers (not another one installed in the venv)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval",
-                           "--nbval-current-env", "--nbval-sanitize-with", str(SANITIZE),
-                           "--nbval-cell-timeout", "600", "--rootdir", str(out), *notebooks],
-                          cwd=str(out), env=env, capture_output=True, text=True, timeout=1800)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--nbval",
+            "--nbval-current-env",
+            "--nbval-sanitize-with",
+            str(SANITIZE),
+            "--nbval-cell-timeout",
+            "600",
+            "--rootdir",
+            str(out),
+            *notebooks,
+        ],
+        cwd=str(out),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]

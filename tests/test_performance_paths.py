@@ -7,6 +7,7 @@ Tolerances stated once:
 * faiss vs torch kNN: distances within 1e-4 absolute, same indices except numerical near-ties.
 * bf16 autocast vs fp32 on CPU, same memory bank: every image score within 3% (relative).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -35,8 +36,11 @@ def test_chunked_knn_with_tiny_budget_equals_cdist(k, distance):
     if distance == "l2":
         full = torch.cdist(q.double(), b.double())
     else:
-        full = 1 - torch.nn.functional.normalize(q.double(), dim=1) @ \
-            torch.nn.functional.normalize(b.double(), dim=1).T
+        full = (
+            1
+            - torch.nn.functional.normalize(q.double(), dim=1)
+            @ torch.nn.functional.normalize(b.double(), dim=1).T
+        )
     bd, bi = torch.topk(full, k, dim=1, largest=False)
     assert torch.allclose(d.double(), bd, atol=1e-4)
     assert ((i == bi) | torch.isclose(d.double(), bd, atol=1e-4)).all()
@@ -45,7 +49,7 @@ def test_chunked_knn_with_tiny_budget_equals_cdist(k, distance):
 def test_chunked_knn_walks_the_bank_in_blocks():
     g = torch.Generator().manual_seed(12)
     q, b = torch.randn(3, 16, generator=g), torch.randn(300000, 16, generator=g)
-    d, i = knn_torch(q, b, 1, memory_mb=1)          # 262144 rows per block -> 2 bank blocks
+    d, i = knn_torch(q, b, 1, memory_mb=1)  # 262144 rows per block -> 2 bank blocks
     bd, bi = torch.cdist(q.double(), b.double()).min(dim=1)
     assert torch.allclose(d[:, 0].double(), bd, atol=1e-4)
     assert torch.equal(i[:, 0], bi)
@@ -71,8 +75,11 @@ def test_faiss_knn_matches_torch_knn(distance, k):
     assert ((fi == ti) | torch.isclose(fd, td, atol=1e-4)).all()
     # the cached index is rebuilt when the bank changes
     b2 = b + 1
-    assert torch.allclose(knn(q, b2, k, distance=distance, backend="faiss")[0], knn_torch(q, b2, k, distance=distance)[0],
-                          atol=1e-4)
+    assert torch.allclose(
+        knn(q, b2, k, distance=distance, backend="faiss")[0],
+        knn_torch(q, b2, k, distance=distance)[0],
+        atol=1e-4,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -81,18 +88,32 @@ def tiny():
     images: enough for numerical comparisons, a few seconds to build."""
     from helpers import Config, PatchCore
     from helpers.synthetic import DEFECTS, make_sample
+
     rng = np.random.default_rng
     train = [make_sample("good", 96, rng((0, i)))[0] for i in range(4)]
     test = [make_sample((("good",) + DEFECTS)[i % 5], 96, rng((1, i)))[0] for i in range(5)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = PatchCore(Config(backbone="mobilenet_v2", input_size=96, resize=96, device="cpu",
-                                 coreset_ratio=0.5, batch_size=8)).fit(train)
+        model = PatchCore(
+            Config(
+                backbone="mobilenet_v2",
+                input_size=96,
+                resize=96,
+                device="cpu",
+                coreset_ratio=0.5,
+                batch_size=8,
+                cosine_floor=0.3,
+                layers=["features.6", "features.13"],
+                pretrain_embed_dim=1024,
+                target_embed_dim=1024,
+            )
+        ).fit(train)
     return model, test
 
 
 def _clone_with(fitted, **changes):
     from helpers import PatchCore
+
     m = PatchCore(fitted.config.replace(**changes))
     m._extractor = fitted.extractor
     m.memory_bank, m.grid = fitted.memory_bank, fitted.grid

@@ -1,4 +1,5 @@
 """The papermill main job: parameters, refusals, metrics.json, resume, determinism."""
+
 from __future__ import annotations
 
 import ast
@@ -15,7 +16,16 @@ from helpers import Config, pipeline
 from helpers.pipeline import NOTEBOOKS, PRESETS, PipelineError, parse_value, run_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
-NUMBERS = ("image_auroc", "pixel_auroc", "aupro", "f1_threshold", "f1", "per_defect", "n_train", "n_test")
+NUMBERS = (
+    "image_auroc",
+    "pixel_auroc",
+    "aupro",
+    "f1_threshold",
+    "f1",
+    "per_defect",
+    "n_train",
+    "n_test",
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +38,9 @@ def test_parse_value():
     assert parse_value("true") is True and parse_value("False") is False
     assert parse_value("None") is None and parse_value("null") is None
     assert parse_value("[0.05, 0.1]") == [0.05, 0.1]
-    assert parse_value("mobilenet_v2") == "mobilenet_v2" and parse_value("features.6") == "features.6"
+    assert (
+        parse_value("mobilenet_v2") == "mobilenet_v2" and parse_value("features.6") == "features.6"
+    )
 
 
 def test_every_config_field_is_a_notebook_parameter():
@@ -41,6 +53,7 @@ def test_declared_parameters_are_exactly_the_notebooks_parameters():
     """-p names are validated against Config + NOTEBOOK_PARAMETERS (no notebook parsing at run
     time); each notebook's parameters cell declares exactly those, with the same defaults."""
     import papermill
+
     for nb in pipeline.NOTEBOOKS:
         found = papermill.inspect_notebook(str(pipeline.notebook_dir() / nb))
         assert set(found) == set(pipeline.known_parameters()), nb
@@ -62,7 +75,7 @@ def test_preflight_prints_the_whole_data_error_naming_the_path(tmp_path, capsys)
     missing = tmp_path / "nowhere"
     assert pipeline.main(["--data", str(missing), "--out", str(tmp_path / "r")]) == 1
     err = capsys.readouterr().err
-    assert str(missing) in err and "train/good" in err      # the path at fault and the layout
+    assert str(missing) in err and "train/good" in err  # the path at fault and the layout
     empty = tmp_path / "mvtec" / "metal_nut"
     (empty / "train" / "good").mkdir(parents=True)
     (empty / "test" / "good").mkdir(parents=True)
@@ -74,8 +87,10 @@ def test_preflight_prints_the_whole_data_error_naming_the_path(tmp_path, capsys)
 def test_preflight_refuses_a_fit_larger_than_free_memory_in_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr("helpers.fit_memory.available_ram", lambda: 2 << 30)
     with pytest.raises(PipelineError) as err:
-        run_pipeline(tmp_path / "big", params={"backbone": "mobilenet_v2",
-                                               "synthetic_n_train": 4000, "train_rotations": 8})
+        run_pipeline(
+            tmp_path / "big",
+            params={"backbone": "mobilenet_v2", "synthetic_n_train": 4000, "train_rotations": 8},
+        )
     msg = str(err.value)
     assert "\n" not in msg and "GiB of RAM" in msg and "2.0 GiB is free" in msg
     assert "train_rotations (now 8)" in msg
@@ -90,6 +105,7 @@ def test_a_dead_kernel_is_reported_with_its_likely_cause(tmp_path, monkeypatch):
 
     def die(*_, **__):
         raise DeadKernelError("Kernel died")
+
     monkeypatch.setattr(papermill, "execute_notebook", die)
     out = tmp_path / "run"
     with pytest.raises(PipelineError) as err:
@@ -126,16 +142,26 @@ def test_overwrite_refuses_a_folder_it_did_not_make(tmp_path):
 
 def test_makefile_demo_and_run_use_the_pipeline():
     text = (ROOT / "Makefile").read_text()
-    demo = text[text.index("\ndemo:"):].split("\n\n")[0]
-    run = text[text.index("\nrun:"):].split("\n\n")[0]
+    demo = text[text.index("\ndemo:") :].split("\n\n")[0]
+    run = text[text.index("\nrun:") :].split("\n\n")[0]
     assert "helpers.pipeline --preset demo --out runs/demo" in demo
     assert "helpers.pipeline" in run and "$(DATA)" in run and "$(ARGS)" in run
 
 
 def test_main_job_writes_metrics_figures_and_notebooks(ci):
     m = json.loads((ci / "metrics.json").read_text())
-    for key in ("image_auroc", "pixel_auroc", "aupro", "f1_threshold", "per_defect", "n_train", "n_test",
-                "timings", "config", "versions"):
+    for key in (
+        "image_auroc",
+        "pixel_auroc",
+        "aupro",
+        "f1_threshold",
+        "per_defect",
+        "n_train",
+        "n_test",
+        "timings",
+        "config",
+        "versions",
+    ):
         assert key in m, key
     assert m["image_auroc"] >= 0.75, "well above chance (0.5) on the synthetic set"
     for key in ("pixel_auroc", "aupro"):
@@ -144,7 +170,12 @@ def test_main_job_writes_metrics_figures_and_notebooks(ci):
     assert all(v is None or 0 <= v <= 1 for v in m["per_defect"].values())
     assert m["n_train"] == PRESETS["ci"]["synthetic_n_train"] and m["n_test"] == 3 + 4 * 2
     t = m["timings"]
-    assert t["device"] == "cpu" and t["batch_size"] > 0 and t["fit_s"] > 0 and t["infer_ms_per_image"] > 0
+    assert (
+        t["device"] == "cpu"
+        and t["batch_size"] > 0
+        and t["fit_s"] > 0
+        and t["infer_ms_per_image"] > 0
+    )
     assert m["config"]["backbone"] == "mobilenet_v2" and set(m["config"]) == set(Config().to_dict())
     assert {"torch", "torchvision", "numpy", "python"} <= set(m["versions"])
     figures = sorted(p.name for p in (ci / "figures").glob("*.png"))
@@ -166,7 +197,9 @@ def test_resume_recomputes_only_what_is_missing(ci, tmp_path):
     assert any("resuming" in line and NOTEBOOKS[3] in line for line in logs)
     after = {nb: (out / "notebooks" / nb).stat().st_mtime_ns for nb in NOTEBOOKS}
     assert [before[nb] == after[nb] for nb in NOTEBOOKS] == [True, True, True, False, False]
-    events = [json.loads(line) for line in (out / "artifacts" / "events.jsonl").read_text().splitlines()]
+    events = [
+        json.loads(line) for line in (out / "artifacts" / "events.jsonl").read_text().splitlines()
+    ]
     actions = {(e["stage"], e["action"]) for e in events}
     assert ("predictions", "computed") in actions and ("bank", "loaded") in actions
     assert not any(e["action"] == "computed" and e["stage"] in ("features", "bank") for e in events)
@@ -182,11 +215,12 @@ def test_same_config_twice_gives_identical_metrics(ci, tmp_path):
     """The notebooks' computation repeated from scratch in a fresh folder (through the same
     helpers.artifacts calls the notebooks make, without the kernels) gives the same numbers."""
     from helpers.artifacts import Run
+
     params = dict(pipeline.known_parameters())
     params.update(PRESETS["ci"], run_dir=str(tmp_path / "again"))
     run = Run.from_params(params, verbose=False)
     threads = torch.get_num_threads()
-    torch.set_num_threads(THREADS)       # as in the kernels: float sums depend on the thread count
+    torch.set_num_threads(THREADS)  # as in the kernels: float sums depend on the thread count
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

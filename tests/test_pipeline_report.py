@@ -1,10 +1,12 @@
 """helpers.pipeline_report: what a run tells the user."""
+
 from helpers.pipeline_report import failure_message, summary
 
 
 def test_failure_message_names_the_error_or_the_dead_kernel(tmp_path):
-    msg = failure_message("02.ipynb", RuntimeError("trace\nValueError: bad layer"), tmp_path / "t",
-                          tmp_path)
+    msg = failure_message(
+        "02.ipynb", RuntimeError("trace\nValueError: bad layer"), tmp_path / "t", tmp_path
+    )
     assert "ValueError: bad layer" in msg and "--resume" in msg
 
     class DeadKernelError(RuntimeError):

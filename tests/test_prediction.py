@@ -13,7 +13,16 @@ def test_one_result_type_plain_predict_fields_default_empty():
 
 
 def test_run_fields_are_keywords():
-    pred = Prediction(np.ones(2), [None, None], np.zeros((2, 1, 1)), [None, None],
-                      labels=np.array([0, 1]), defects=["good", "crack"], paths=["a", "b"],
-                      seconds=1.5, batch_size=8, device="cpu")
+    pred = Prediction(
+        np.ones(2),
+        [None, None],
+        np.zeros((2, 1, 1)),
+        [None, None],
+        labels=np.array([0, 1]),
+        defects=["good", "crack"],
+        paths=["a", "b"],
+        seconds=1.5,
+        batch_size=8,
+        device="cpu",
+    )
     assert pred.labels.tolist() == [0, 1] and pred.device == "cpu"

@@ -1,5 +1,6 @@
 """Issue 5: every bad input or failure gets a clear answer, nothing half written, runs
 repeatable."""
+
 import os
 import shutil
 import warnings
@@ -37,6 +38,7 @@ def test_oom_in_extraction_halves_the_batch_and_continues(fitted, samples, monke
         if x.shape[0] > 2:
             _fake_oom()
         return real(x)
+
     monkeypatch.setattr(model.extractor, "forward", limited)
     with pytest.warns(UserWarning, match="out of memory during feature extraction"):
         got = model.predict(samples[1][:8]).scores
@@ -46,6 +48,7 @@ def test_oom_in_extraction_halves_the_batch_and_continues(fitted, samples, monke
 
 def test_oom_in_knn_halves_the_block_budget(fitted, samples, monkeypatch):
     import helpers.model as hm
+
     model = PatchCore(fitted.config.replace(knn_memory_mb=64))
     model.memory_bank = fitted.memory_bank
     expected = model.predict(samples[1][:3]).scores
@@ -55,6 +58,7 @@ def test_oom_in_knn_halves_the_block_budget(fitted, samples, monkeypatch):
         if kw["memory_mb"] > 16:
             _fake_oom()
         return real(*args, **kw)
+
     monkeypatch.setattr(hm, "knn", limited)
     with pytest.warns(UserWarning, match="nearest-neighbour search"):
         got = model.predict(samples[1][:3]).scores
@@ -63,7 +67,9 @@ def test_oom_in_knn_halves_the_block_budget(fitted, samples, monkeypatch):
 
 def test_other_runtime_errors_are_not_swallowed(fitted, monkeypatch):
     model = PatchCore(fitted.config)
-    monkeypatch.setattr(model.extractor, "forward", lambda x: (_ for _ in ()).throw(RuntimeError("shape bug")))
+    monkeypatch.setattr(
+        model.extractor, "forward", lambda x: (_ for _ in ()).throw(RuntimeError("shape bug"))
+    )
     with pytest.raises(RuntimeError, match="shape bug"):
         model.embed(torch.zeros(2, 3, 128, 128))
 
@@ -73,6 +79,7 @@ def test_gpu_requested_but_absent(monkeypatch):
     with pytest.raises(RuntimeError, match="no CUDA GPU"):
         resolve_device("cuda")
     import helpers.runtime as rt
+
     monkeypatch.setattr(rt, "_WARNED_CPU", False)
     with pytest.warns(UserWarning, match="running on the CPU"):
         assert resolve_device("auto").type == "cpu"
@@ -96,13 +103,21 @@ def test_bad_images_stop_the_run_or_are_skipped(fitted, samples, tmp_path, quiet
 
 def test_mixed_sizes_and_modes_are_converted_consistently(fitted, tmp_path, quiet):
     from PIL import Image
+
     rgb = cv2.cvtColor(cv2.imread(str(fitted_sample_path(fitted))), cv2.COLOR_BGR2RGB)
     files = []
-    Image.fromarray(rgb).save(tmp_path / "rgb.png"); files.append(tmp_path / "rgb.png")
-    Image.fromarray(cv2.resize(rgb, (150, 120))).convert("RGBA").save(tmp_path / "rgba.png"); files.append(tmp_path / "rgba.png")
-    Image.fromarray(rgb).convert("L").save(tmp_path / "gray.png"); files.append(tmp_path / "gray.png")
-    Image.fromarray(rgb).convert("P", palette=Image.ADAPTIVE).save(tmp_path / "pal.png"); files.append(tmp_path / "pal.png")
-    cv2.imwrite(str(tmp_path / "deep.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR).astype(np.uint16) * 257); files.append(tmp_path / "deep.png")
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    files.append(tmp_path / "rgb.png")
+    Image.fromarray(cv2.resize(rgb, (150, 120))).convert("RGBA").save(tmp_path / "rgba.png")
+    files.append(tmp_path / "rgba.png")
+    Image.fromarray(rgb).convert("L").save(tmp_path / "gray.png")
+    files.append(tmp_path / "gray.png")
+    Image.fromarray(rgb).convert("P", palette=Image.ADAPTIVE).save(tmp_path / "pal.png")
+    files.append(tmp_path / "pal.png")
+    cv2.imwrite(
+        str(tmp_path / "deep.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR).astype(np.uint16) * 257
+    )
+    files.append(tmp_path / "deep.png")
     pred = fitted.predict(files)
     assert np.isfinite(pred.scores).all()
     assert pred.maps[1].shape == (120, 150) and pred.maps[0].shape == rgb.shape[:2]
@@ -112,6 +127,7 @@ def test_mixed_sizes_and_modes_are_converted_consistently(fitted, tmp_path, quie
 
 def fitted_sample_path(fitted):
     from pathlib import Path
+
     return sorted((Path(fitted.config.dataset_path) / "metal_nut/train/good").glob("*.png"))[0]
 
 
@@ -146,6 +162,7 @@ def test_killed_while_saving_leaves_the_old_file_and_no_temp(tmp_path, monkeypat
 
     def killed(src, dst):
         raise KeyboardInterrupt  # the process dies between write and rename
+
     monkeypatch.setattr(os, "replace", killed)
     with pytest.raises(KeyboardInterrupt):
         atomic_write_bytes(target, b"new file that never lands")

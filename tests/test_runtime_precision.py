@@ -1,5 +1,6 @@
 """Precision choice: bf16 only where the GPU has bf16 tensor cores (compute capability >= 8.0),
 fp16 on older GPUs, fp32 on the CPU; explicit values honoured. The GPU is mocked: no CUDA needed."""
+
 from __future__ import annotations
 
 import warnings
@@ -18,10 +19,12 @@ A100, H200, L4, T4, V100 = (8, 0), (9, 0), (8, 9), (7, 5), (7, 0)
 @pytest.fixture
 def gpu(monkeypatch):
     """Pretend the CUDA device has the given compute capability."""
+
     def set_capability(capability):
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
         # is_bf16_supported() is True on a T4 too (emulated): the choice must not rely on it
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+
     return set_capability
 
 
@@ -36,7 +39,7 @@ def test_auto_is_bf16_from_compute_capability_8(gpu, capability):
 def test_auto_is_fp16_below_8_even_when_torch_says_bf16_is_supported(gpu, capability):
     gpu(capability)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")          # auto never warns
+        warnings.simplefilter("error")  # auto never warns
         assert autocast_dtype(CUDA, "auto") is torch.float16
     assert not runtime.has_native_bf16(CUDA)
 
@@ -58,7 +61,7 @@ def test_bf16_is_honoured_where_it_is_native(gpu):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert autocast_dtype(CUDA, "bf16") is torch.bfloat16
-    assert autocast_dtype(CPU, "bf16") is torch.bfloat16     # CPU autocast supports bf16
+    assert autocast_dtype(CPU, "bf16") is torch.bfloat16  # CPU autocast supports bf16
 
 
 def test_bf16_asked_on_a_t4_falls_back_to_fp16_with_a_warning(gpu):

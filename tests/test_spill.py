@@ -9,14 +9,14 @@ def test_gather_returns_the_rows_in_the_order_asked(tmp_path):
     g = torch.Generator().manual_seed(0)
     rows = torch.randn(1000, 24, generator=g)
     with FeatureSpill(24, tmp_path, chunk_rows=64) as spill:
-        for i in range(0, 1000, 137):          # uneven appends
-            spill.append(rows[i:i + 137])
+        for i in range(0, 1000, 137):  # uneven appends
+            spill.append(rows[i : i + 137])
         assert spill.rows == 1000 and spill.nbytes == 1000 * 24 * 4
         idx = torch.tensor([999, 0, 500, 63, 64, 500, 128])
         assert torch.equal(spill.gather(idx), rows[idx])
         perm = torch.randperm(1000, generator=g)[:300]
         assert torch.equal(spill.gather(perm), rows[perm])
-        spill.append(rows[:5])                 # appending after a gather still works
+        spill.append(rows[:5])  # appending after a gather still works
         assert torch.equal(spill.gather(np.array([1003])), rows[3:4])
         path = spill.path
         assert path.is_file()

@@ -1,5 +1,6 @@
 """Figures carry titles, axis labels and colour bars; tables render as text and HTML; the case
 selection and confusion counts are right."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -11,7 +12,9 @@ from helpers.data import load_image
 
 
 def titled(fig: Figure) -> bool:
-    return bool(fig._suptitle and fig._suptitle.get_text()) or any(ax.get_title() for ax in fig.axes)
+    return bool(fig._suptitle and fig._suptitle.get_text()) or any(
+        ax.get_title() for ax in fig.axes
+    )
 
 
 def labelled_axes(fig: Figure) -> list:
@@ -61,8 +64,12 @@ def test_pca_rgb_in_unit_range_and_shaped_like_the_grid():
 def test_coreset_figures():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 32)).astype(np.float32)
-    cov = {"ratios": np.array([0.1, 1.0]), "greedy_radius": np.array([3.0, 0.0]),
-           "random_radius": np.array([4.0, 0.0]), "n_patches": 300}
+    cov = {
+        "ratios": np.array([0.1, 1.0]),
+        "greedy_radius": np.array([3.0, 0.0]),
+        "random_radius": np.array([4.0, 0.0]),
+        "n_patches": 300,
+    }
     fig = viz.coverage_figure(cov, 32, full_patches=10000, chosen=0.1)
     assert len(labelled_axes(fig)) == 2
     assert viz.bank_megabytes(1000, 1024, 0.1) == pytest.approx(100 * 1024 * 4 / 2**20)
@@ -76,15 +83,43 @@ def test_map_figures_have_colour_bars():
     fig = viz.maps_preview([img, img], [amap, amap], ["a", "b"], vmin=0, vmax=1)
     assert colorbars(fig) == 1
     grid = np.ones((4, 4), np.float32)
-    fig = viz.map_steps(np.zeros((32, 32, 3), np.uint8), grid, upsampled=np.ones((32, 32)),
-                        blurred=np.ones((32, 32)), image=img, original_map=amap, sigma=4)
+    fig = viz.map_steps(
+        np.zeros((32, 32, 3), np.uint8),
+        grid,
+        upsampled=np.ones((32, 32)),
+        blurred=np.ones((32, 32)),
+        image=img,
+        original_map=amap,
+        sigma=4,
+    )
     assert colorbars(fig) == 1 and titled(fig)
     mask = amap > 0.8
-    fig = viz.gallery([img, img], [amap, amap], [mask, None], scores=np.array([2.0, 0.5]),
-                      labels=np.array([1, 0]), titles=["x", "y"], vmin=0, vmax=1, threshold=1.0, pixel_threshold=0.9, title="Best cases")
+    fig = viz.gallery(
+        [img, img],
+        [amap, amap],
+        [mask, None],
+        scores=np.array([2.0, 0.5]),
+        labels=np.array([1, 0]),
+        titles=["x", "y"],
+        vmin=0,
+        vmax=1,
+        threshold=1.0,
+        pixel_threshold=0.9,
+        title="Best cases",
+    )
     assert colorbars(fig) == 1 and "Best cases" in fig._suptitle.get_text()
-    assert titled(viz.gallery([img], [amap], [None], scores=np.array([1.0]), labels=np.array([0]),
-                              titles=["z"], vmin=0, vmax=1))
+    assert titled(
+        viz.gallery(
+            [img],
+            [amap],
+            [None],
+            scores=np.array([1.0]),
+            labels=np.array([0]),
+            titles=["z"],
+            vmin=0,
+            vmax=1,
+        )
+    )
 
 
 def test_map_range_uses_percentiles():
@@ -99,7 +134,7 @@ def test_evaluation_figures():
     maps = [np.random.default_rng(i).random((8, 8)) for i in range(4)]
     fig = viz.roc_figure(labels, scores, masks, maps)
     assert len(labelled_axes(fig)) == 3
-    assert viz.roc_figure(labels, scores)          # no masks: still draws, says so
+    assert viz.roc_figure(labels, scores)  # no masks: still draws, says so
     assert titled(viz.score_histogram(scores, ["good", "good", "bent", "bent"], 0.3))
     assert titled(viz.confusion_figure(labels, scores, 0.3))
 

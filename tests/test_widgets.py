@@ -1,4 +1,5 @@
 """Widgets work with ipywidgets and fall back to static figures (saved with the run) without."""
+
 from __future__ import annotations
 
 import sys
@@ -23,14 +24,23 @@ IMAGES = {"a": np.full((32, 32, 3), 90, np.uint8), "b": np.full((32, 32, 3), 140
 def browser_args(n=3):
     maps = [np.random.default_rng(i).random((32, 32)).astype(np.float32) for i in range(n)]
     masks = [np.zeros((32, 32), bool)] + [m > 0.9 for m in maps[1:]]
-    return dict(load_image=lambda i: IMAGES["a"], scores=np.array([0.2, 0.7, 0.9])[:n],
-                labels=np.array([0, 1, 1])[:n], maps=maps, masks=masks, titles=[f"t{i}" for i in range(n)],
-                threshold=0.5, vmin=0.0, vmax=1.0, pixel_threshold=0.8)
+    return dict(
+        load_image=lambda i: IMAGES["a"],
+        scores=np.array([0.2, 0.7, 0.9])[:n],
+        labels=np.array([0, 1, 1])[:n],
+        maps=maps,
+        masks=masks,
+        titles=[f"t{i}" for i in range(n)],
+        threshold=0.5,
+        vmin=0.0,
+        vmax=1.0,
+        pixel_threshold=0.8,
+    )
 
 
 @pytest.fixture
 def no_ipywidgets(monkeypatch):
-    monkeypatch.setitem(sys.modules, "ipywidgets", None)   # import ipywidgets -> ImportError
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)  # import ipywidgets -> ImportError
 
 
 def test_fallback_when_ipywidgets_is_missing(no_ipywidgets, capsys):
@@ -39,9 +49,11 @@ def test_fallback_when_ipywidgets_is_missing(no_ipywidgets, capsys):
     assert widgets.clahe_explorer(IMAGES, interactive=True, run=run, name="01_x") is None
     assert [n for n, _ in run.shown] == ["01_x"]
     assert "ipywidgets is not installed" in capsys.readouterr().out
-    assert widgets.prediction_browser(**browser_args(), interactive=True, run=run, name="05_b") is None
+    assert (
+        widgets.prediction_browser(**browser_args(), interactive=True, run=run, name="05_b") is None
+    )
     assert [n for n, _ in run.shown] == ["01_x", "05_b"]
-    assert len(run.shown[1][1].axes) >= 9      # three images x three panels (+ colour bar)
+    assert len(run.shown[1][1].axes) >= 9  # three images x three panels (+ colour bar)
 
 
 def test_interactive_false_draws_static_without_a_note(capsys):
@@ -52,14 +64,16 @@ def test_interactive_false_draws_static_without_a_note(capsys):
 
 def test_static_fallback_without_a_run_displays(no_ipywidgets, capsys):
     widgets.clahe_explorer(IMAGES, interactive=False)
-    assert "Figure" in capsys.readouterr().out   # IPython's display() outside a kernel prints the repr
+    assert (
+        "Figure" in capsys.readouterr().out
+    )  # IPython's display() outside a kernel prints the repr
 
 
 def test_widgets_when_available():
     pytest.importorskip("ipywidgets")
     box = widgets.clahe_explorer(IMAGES, 2.0, 8)
     picker, clip, tiles = box.children[0].children
-    clip.value = 4.0                 # re-draws through the observer without error
+    clip.value = 4.0  # re-draws through the observer without error
     picker.value = "b"
     assert tiles.value == 8
     box = widgets.prediction_browser(**browser_args())
