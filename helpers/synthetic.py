@@ -9,13 +9,15 @@ lobe pushed out of shape) and ``flip`` (the mirror image, masked as the whole pa
 from __future__ import annotations
 
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 DEFECTS = ("bent", "color", "flip", "scratch")
-_VERSION = 2
+_VERSION = 3
 
 
 def _radius_profile(
@@ -40,7 +42,9 @@ def render_part(
     bend: tuple[float, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """RGB uint8 image [size, size, 3] and the part's boolean mask."""
-    ss = 2 * size  # render at 2x, then area-downsample for smooth edges
+    # render at 2x, then area-downsample for smooth edges (above 512 px edges are smooth enough
+    # at 1x, and 2x would cost 4x the time of a 1024-px set)
+    ss = 2 * size if size <= 512 else size
     rot = rng.uniform(0, 2 * np.pi)
     cx, cy = ss / 2 + rng.normal(0, ss * 0.01, 2)
     radius = ss * 0.36
@@ -153,6 +157,7 @@ def generate_dataset(
         return root
     plan = [("train", "good", n_train), ("test", "good", n_test_good)]
     plan += [("test", d, n_per_defect) for d in defects]
+    jobs = []
     for split, defect, count in plan:
         (cat / split / defect).mkdir(parents=True, exist_ok=True)
         if defect != "good":
@@ -164,15 +169,23 @@ def generate_dataset(
                 (("good",) + tuple(defects)).index(defect),
                 i,
             )
-            rng = np.random.default_rng(key)
-            img, mask = make_sample(defect, size, rng)
+            jobs.append((cat, split, defect, i, key))
+
+    def write(job) -> None:
+        cat, split, defect, i, key = job
+        img, mask = make_sample(defect, size, np.random.default_rng(key))
+        cv2.imwrite(
+            str(cat / split / defect / f"{i:03d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+        )
+        if mask is not None:
             cv2.imwrite(
-                str(cat / split / defect / f"{i:03d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+                str(cat / "ground_truth" / defect / f"{i:03d}_mask.png"),
+                mask.astype(np.uint8) * 255,
             )
-            if mask is not None:
-                cv2.imwrite(
-                    str(cat / "ground_truth" / defect / f"{i:03d}_mask.png"),
-                    mask.astype(np.uint8) * 255,
-                )
+
+    # each image has its own seeded generator, so the set is the same in any order; numpy and
+    # OpenCV release the GIL on whole-image work, so threads use every core
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        list(pool.map(write, jobs))
     stamp.write_text(json.dumps(params))
     return root
