@@ -10,7 +10,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .runtime import autocast_dtype, run_halving
+from .runtime import autocast_dtype, has_native_bf16, run_halving
 
 A100_BATCH = 64  # fits an A100 (40 or 80 GB) with wide_resnet50_2 at 224 px in bf16
 OTHER_GPU_BATCH = 32
@@ -32,7 +32,7 @@ def device_report(device: torch.device, precision: str = "auto") -> dict:
             name=props.name,
             memory_gb=round(props.total_memory / 2**30, 1),
             capability=f"{props.major}.{props.minor}",
-            bf16=torch.cuda.is_bf16_supported(),
+            bf16_native=has_native_bf16(device),
         )
     else:
         info.update(name="CPU", threads=torch.get_num_threads())
