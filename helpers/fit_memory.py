@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from .config import Config
+from .runtime import CPU_MICRO_BATCH
 
 BASE_RAM = 1 << 30  # the libraries, the backbone and the test-time working set (measured ~0.9 GiB)
 
@@ -38,7 +39,8 @@ def fit_memory_estimate(config: Config, device: torch.device, n_images: int) -> 
     p = dim if not 0 < c.coreset_projection_dim < dim else c.coreset_projection_dim
     work = patches * (p * 8 + 160)  # float64 projection + coreset arrays
     bank = int(patches * c.coreset_ratio) * dim * 4
-    batch = c.batch_size * 3 * c.input_size**2 * 4 * 24  # activations, roughly
+    forward = min(c.batch_size, CPU_MICRO_BATCH) if device.type == "cpu" else c.batch_size
+    batch = forward * 3 * c.input_size**2 * 4 * 24  # activations, roughly
     est = {"disk": patches * dim * 4 if p < dim else 0}
     if device.type == "cuda":
         est.update(gpu=work + bank + batch, ram=BASE_RAM + bank)

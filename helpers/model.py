@@ -24,7 +24,7 @@ from .knn import knn, pair_distance
 from .maps import grids_to_maps
 from .prediction import Prediction
 from .projection import Projection
-from .runtime import autocast, autocast_dtype, resolve_device, run_halving
+from .runtime import CPU_MICRO_BATCH, autocast, autocast_dtype, resolve_device, run_halving
 from .runtime import progress as show_progress
 from .spill import FeatureSpill
 from .training import EmbeddedBatch, TrainingFeatures
@@ -109,6 +109,8 @@ class PatchCore:
             return torch.cat(parts)
 
         cap = self._embed_cap  # set once an out-of-memory forced a smaller batch
+        if cap is None and self.device.type == "cpu":
+            cap = CPU_MICRO_BATCH
         want = x.shape[0] if cap is None else min(cap, x.shape[0])
         out, used = run_halving(run, want, "feature extraction (batch)")
         if used < want:
