@@ -61,7 +61,8 @@ def preflight(params: dict[str, Any]) -> str:
     est = model.fit_memory_estimate(n_train)
     free = available_ram()
     out = Path(params["run_dir"])
-    disk = shutil.disk_usage(out if out.exists() else out.parent).free
+    existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
+    disk = shutil.disk_usage(existing).free  # --out and its parents may not exist yet
     if est["disk"] > 0.9 * disk:
         raise PipelineError(
             f"disk: the fit writes {est['disk'] / 2**30:.1f} GiB of features to "

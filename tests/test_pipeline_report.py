@@ -18,3 +18,14 @@ def test_failure_message_names_the_error_or_the_dead_kernel(tmp_path):
 def test_summary_prints_null_metrics_as_not_available(tmp_path):
     text = summary(tmp_path, {"image_auroc": 0.5, "pixel_auroc": None})
     assert "image AUROC 0.500" in text and "pixel AUROC n/a" in text
+
+
+def test_preflight_accepts_an_out_folder_whose_parents_do_not_exist_yet(tmp_path):
+    """A fresh clone has no runs/ folder: `make demo` (--out runs/demo) must pass the disk check."""
+    from helpers.pipeline import BASE_PARAMETERS
+    from helpers.pipeline_report import preflight
+
+    out = tmp_path / "not" / "yet" / "run"
+    line = preflight({**BASE_PARAMETERS, "backbone": "mobilenet_v2", "run_dir": str(out)})
+    assert line.startswith("preflight: 24 training images")
+    assert not (tmp_path / "not").exists()  # the check creates nothing
