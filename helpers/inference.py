@@ -137,7 +137,11 @@ def benchmark(
     repeats: int = 5,
     infer: Callable = _infer,
 ) -> list[dict]:
-    """Latency (batch 1) and throughput (batch ``batch_size``, halved on CUDA out-of-memory)."""
+    """Latency (batch 1) and throughput (batch ``batch_size``, halved on CUDA out-of-memory).
+    ``repeats=0``: 10 timed repeats on a GPU, 2 on the CPU (where one repeat of a batch already
+    takes seconds, and 10 took longer than scoring the whole test set)."""
+    if repeats == 0:
+        repeats = 10 if getattr(model, "device", torch.device("cpu")).type == "cuda" else 2
     rows = [
         {"mode": "latency", **time_batch(model, x, 1, warmup=warmup, repeats=repeats, infer=infer)}
     ]

@@ -100,7 +100,7 @@ NOTEBOOK_PARAMETERS: dict[str, Any] = {
     "coverage_ratios": [0.01, 0.02, 0.05, 0.1, 0.25, 0.5],
     "coverage_max_patches": 2000,
     "inference_batch_size": 0,
-    "timing_repeats": 10,
+    "timing_repeats": 0,
     "interactive": True,
 }
 
