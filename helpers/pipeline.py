@@ -32,8 +32,9 @@ from typing import Any
 
 from .artifacts import Run, config_from_params, repo_root
 from .config import ConfigError
-from .datasource import SYNTHETIC_DEFAULTS
 from .io import atomic_write_json
+from .parameters import BASE_PARAMETERS, PRESETS, RESERVED, known_parameters, parse_value
+from .parameters import NOTEBOOK_PARAMETERS as NOTEBOOK_PARAMETERS  # re-exported
 from .pipeline_report import PipelineError, failure_message, preflight, summary
 from .runtime import PROGRESS_ENV
 
@@ -46,72 +47,10 @@ NOTEBOOKS = (
 )
 # The artifact each notebook leaves behind (checked on --resume); None: the executed notebook.
 PRODUCES = (None, "features", "bank", "predictions", "metrics")
-# Pipeline runs are not interactive: widgets fall back to static figures saved in figures/.
-BASE_PARAMETERS: dict[str, Any] = {"interactive": False}
-PRESETS: dict[str, dict[str, Any]] = {
-    # make demo: the synthetic set with the offline MobileNetV2 and its defaults, except the input
-    # size (the synthetic images are 256 px: the network sees them unscaled)
-    "demo": {"backbone": "mobilenet_v2", "input_size": 256, "resize": 256},
-    # tests: as small as still meaningful
-    "ci": {
-        "backbone": "mobilenet_v2",
-        "input_size": 128,
-        "resize": 128,
-        "synthetic_size": 128,
-        "synthetic_n_train": 8,
-        "synthetic_n_test_good": 3,
-        "synthetic_n_per_defect": 2,
-        "n_examples": 2,
-        "coverage_ratios": [0.05, 0.2, 1.0],
-        "coverage_max_patches": 1000,
-        "timing_repeats": 1,
-        "batch_size": 8,
-    },
-}
-RESERVED = ("run_dir",)
 
 
 def notebook_dir() -> Path:
     return repo_root() / "notebooks"
-
-
-def parse_value(text: str) -> Any:
-    """'0.1' -> 0.1, '8' -> 8, 'true'/'True' -> True, 'null'/'None' -> None, '[1, 2]' -> [1, 2],
-    anything else -> the string itself."""
-    stripped = text.strip()
-    named = {"None": None, "True": True, "False": False}
-    if stripped in named:
-        return named[stripped]
-    try:
-        return json.loads(stripped)
-    except ValueError:
-        return text
-
-
-# The notebooks' own parameters (besides every Config field), with their defaults; the parameters
-# cells declare exactly these (tests/test_notebooks.py checks both ways).
-NOTEBOOK_PARAMETERS: dict[str, Any] = {
-    "run_dir": "runs/notebooks",
-    "download": False,
-    "download_url": "",
-    "download_sha256": "",
-    **{f"synthetic_{k}": v for k, v in SYNTHETIC_DEFAULTS.items()},
-    "n_examples": 4,
-    "coverage_ratios": [0.01, 0.02, 0.05, 0.1, 0.25, 0.5],
-    "coverage_max_patches": 2000,
-    "inference_batch_size": 0,
-    "timing_repeats": 0,
-    "interactive": True,
-}
-
-
-def known_parameters() -> dict[str, Any]:
-    """Every parameter a run accepts, with its default: the Config fields and the notebooks'."""
-    import dataclasses
-
-    from .config import Config
-
-    return {**{f.name: f.default for f in dataclasses.fields(Config)}, **NOTEBOOK_PARAMETERS}
 
 
 def _state_path(out: Path) -> Path:
