@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers import Config, PatchCore  # noqa: E402
 from helpers.data import Geometry, list_samples  # noqa: E402
-from helpers.metrics import evaluate_samples  # noqa: E402
+from helpers.metrics import evaluate_samples, image_auroc  # noqa: E402
 
 # taps .6 + .13 at their natural 32 + 96 = 128 dims, no rotations (the plain reference's features)
 NAT = dict(
@@ -193,8 +193,6 @@ def evaluate_row(name, overrides, root, category, n_train, cache, base) -> dict:
     maps = model.maps_from_grids(torch.cat(grids), geoms)
     pred = type("P", (), {"scores": torch.cat(scores).numpy(), "maps": maps})
     m = evaluate_samples(test, pred)
-    from helpers.metrics import image_auroc
-
     mapmax = image_auroc([s.label for s in test], [float(a.max()) for a in maps])
     return {
         "row": name,
