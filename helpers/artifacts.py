@@ -38,6 +38,7 @@ import json
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -51,6 +52,7 @@ from .datasource import SYNTHETIC_DEFAULTS, DataSource
 from .evaluation import METRIC_KEYS, pixel_f1_threshold
 from .figures import save_and_show
 from .io import atomic_write_json
+from .parameters import NOTEBOOK_PARAMETERS
 from .prediction import Prediction
 
 __all__ = [
@@ -112,6 +114,7 @@ class Run:
         download: bool = False,
         download_url: str = "",
         download_sha256: str = "",
+        params: dict[str, Any] | None = None,
         verbose: bool = True,
     ):
         from .colab import mount_drive_for
@@ -122,6 +125,17 @@ class Run:
         )
         self.root = resolve_run_dir(run_dir)
         self.config = config
+        unknown = set(params or {}) - set(NOTEBOOK_PARAMETERS)
+        if unknown:
+            raise ValueError(
+                f"unknown notebook parameter(s) {sorted(unknown)}: the notebooks' own parameters "
+                f"are {sorted(NOTEBOOK_PARAMETERS)} (helpers/parameters.py)"
+            )
+        # the notebooks' own settings (figure sizes, timing repeats, ...): their defaults, with
+        # whatever the lesson's parameters cell or papermill's -p set
+        self.params = SimpleNamespace(
+            **{**NOTEBOOK_PARAMETERS, **(params or {}), "run_dir": run_dir}
+        )
         self.verbose = verbose
         self.data = DataSource(
             config,
@@ -135,14 +149,15 @@ class Run:
 
     @classmethod
     def from_params(cls, params: dict[str, Any], verbose: bool = True) -> Run:
-        """Build from a notebook's parameter variables: Config fields, ``run_dir``,
-        ``synthetic_size`` / ``synthetic_n_train`` / ``synthetic_n_test_good`` /
-        ``synthetic_n_per_defect`` and ``download`` / ``download_url`` / ``download_sha256``."""
+        """Build from a notebook's variables (``globals()``): every ``Config`` field and every
+        notebook parameter (:data:`helpers.parameters.NOTEBOOK_PARAMETERS`) found there is used;
+        the rest keep their defaults. So a lesson's parameters cell declares only its own knobs,
+        and papermill's ``-p`` (which adds a cell of assignments) can still set any of them.
+        The notebook parameters end up in ``run.params`` (``run.params.n_examples``, ...)."""
         synthetic = {
             k: params[f"synthetic_{k}"] for k in SYNTHETIC_DEFAULTS if f"synthetic_{k}" in params
         }
-        from .pipeline import NOTEBOOK_PARAMETERS
-
+        own = {k: params[k] for k in NOTEBOOK_PARAMETERS if k in params and k != "run_dir"}
         return cls(
             params.get("run_dir", NOTEBOOK_PARAMETERS["run_dir"]),
             config_from_params(params),
@@ -150,6 +165,7 @@ class Run:
             download=bool(params.get("download", False)),
             download_url=params.get("download_url", "") or "",
             download_sha256=params.get("download_sha256", "") or "",
+            params=own,
             verbose=verbose,
         )
 

@@ -64,6 +64,11 @@ NOTEBOOK_PARAMETERS: dict[str, Any] = {
 }
 
 
+# Every notebook's parameters cell declares these, then the few knobs its lesson is about (as
+# Colab form fields); any other parameter keeps its default unless papermill's -p sets it.
+COMMON_PARAMETERS = ("dataset_path", "download", "backbone", "run_dir")
+
+
 def known_parameters() -> dict[str, Any]:
     """Every parameter a run accepts, with its default: the Config fields and the notebooks'."""
     import dataclasses

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import ast
-import dataclasses
 import os
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from _nbrun import ci_run
 
 from helpers import Config
 from helpers.artifacts import config_from_params
+from helpers.parameters import COMMON_PARAMETERS, known_parameters
 from helpers.pipeline import NOTEBOOKS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,23 +53,25 @@ def test_badge_setup_and_parameters(name):
         assert needle in setup.source, needle
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1
-    assigned = {
-        t.id: ast.literal_eval(node.value)
-        for node in ast.parse(tagged[0].source).body
-        for t in node.targets
-    }
-    for f in dataclasses.fields(Config):
-        assert f.name in assigned, f"{name}: parameter {f.name} missing"
+    body = ast.parse(tagged[0].source).body
+    assigned = {t.id: ast.literal_eval(node.value) for node in body for t in node.targets}
+    assert len(body) <= 8, f"{name}: a lesson's parameters cell holds at most 8 knobs"
+    assert set(COMMON_PARAMETERS) <= set(assigned), f"{name}: {COMMON_PARAMETERS} in every notebook"
+    known = known_parameters()
+    assert set(assigned) <= set(known), f"{name}: unknown {set(assigned) - set(known)}"
     assert config_from_params(assigned) == Config(), "notebook defaults must be Config's defaults"
-    assert "run_dir" in assigned
+    for line in tagged[0].source.splitlines()[1:]:
+        assert "#@param" in line, f"{name}: a Colab form field for {line!r}"
 
 
-def test_parameters_cell_is_the_same_everywhere():
-    cells = {
-        name: next(c.source for c in load(name).cells if "parameters" in c.metadata.get("tags", []))
-        for name in NOTEBOOKS
-    }
-    assert len(set(cells.values())) == 1
+def test_the_common_parameters_read_the_same_everywhere():
+    def common(name):
+        cell = next(c for c in load(name).cells if "parameters" in c.metadata.get("tags", []))
+        return [
+            line for line in cell.source.splitlines() if line.split(" ")[0] in COMMON_PARAMETERS
+        ]
+
+    assert len({tuple(common(name)) for name in NOTEBOOKS}) == 1
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)

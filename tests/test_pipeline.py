@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import shutil
 import warnings
@@ -13,6 +14,8 @@ import torch
 from _nbrun import THREADS, ci_run
 
 from helpers import Config, pipeline
+from helpers.artifacts import config_from_params
+from helpers.parameters import COMMON_PARAMETERS
 from helpers.pipeline import NOTEBOOKS, PRESETS, PipelineError, parse_value, run_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,16 +52,82 @@ def test_every_config_field_is_a_notebook_parameter():
     assert not missing and "run_dir" in known
 
 
-def test_declared_parameters_are_exactly_the_notebooks_parameters():
+def test_notebook_parameters_are_declared_not_parsed_from_notebooks():
     """-p names are validated against Config + NOTEBOOK_PARAMETERS (no notebook parsing at run
-    time); each notebook's parameters cell declares exactly those, with the same defaults."""
+    time); what papermill finds in each parameters cell is a subset of those, with their
+    defaults."""
     import papermill
 
+    known = pipeline.known_parameters()
     for nb in pipeline.NOTEBOOKS:
         found = papermill.inspect_notebook(str(pipeline.notebook_dir() / nb))
-        assert set(found) == set(pipeline.known_parameters()), nb
-        for name, value in pipeline.NOTEBOOK_PARAMETERS.items():
-            assert ast.literal_eval(found[name]["default"]) == value, (nb, name)
+        assert set(COMMON_PARAMETERS) <= set(found) <= set(known), nb
+        for name, info in found.items():
+            value = ast.literal_eval(info["default"])
+            if name in pipeline.NOTEBOOK_PARAMETERS:
+                assert value == pipeline.NOTEBOOK_PARAMETERS[name], (nb, name)
+            else:  # "" means None for the optional Config fields
+                assert config_from_params({name: value}) == Config(), (nb, name)
+
+
+# One non-default, valid value per Config field: a new field must be added here (and so is
+# checked to be settable from a notebook's variables, as papermill's -p sets it).
+OTHER_VALUES = {
+    "dataset_path": "/data/mvtec",
+    "category": "screw",
+    "backbone": "mobilenet_v2",
+    "weights": "",
+    "layers": ["features.6", "features.13"],
+    "input_size": 192,
+    "resize": 0,
+    "patch_size": 5,
+    "pretrain_embed_dim": 256,
+    "target_embed_dim": 128,
+    "coreset_ratio": 0.2,
+    "coreset_projection_dim": 64,
+    "coreset_start_points": 3,
+    "train_rotations": 4,
+    "num_neighbors": 1,
+    "distance": "cosine",
+    "cosine_floor": 0.3,
+    "sigma": 2,
+    "clahe": True,
+    "clahe_clip_limit": 3.0,
+    "clahe_tile_grid": 4,
+    "batch_size": 4,
+    "device": "cpu",
+    "precision": "fp32",
+    "knn_backend": "faiss",
+    "knn_memory_mb": 64,
+    "num_workers": 2,
+    "skip_bad_images": True,
+    "seed": 7,
+}
+
+
+def test_every_config_field_can_be_set_from_a_notebooks_variables():
+    assert set(OTHER_VALUES) == {f.name for f in dataclasses.fields(Config)}
+    for name, value in OTHER_VALUES.items():
+        params = {"backbone": "mobilenet_v2", name: value}
+        cfg = config_from_params(params)
+        expected = None if value == "" else value
+        assert getattr(cfg, name) == expected, name
+        assert cfg.sources()[name] == "set", name
+        pipeline._check_names({name: value})  # the pipeline accepts it as -p
+
+
+def test_notebook_parameters_reach_run_params(tmp_path):
+    from helpers.artifacts import Run
+
+    run = Run.from_params(
+        {"run_dir": str(tmp_path), "n_examples": 7, "timing_repeats": 3, "seed": 2},
+        verbose=False,
+    )
+    assert run.params.n_examples == 7 and run.params.timing_repeats == 3
+    assert run.params.interactive is True  # not given: its declared default
+    assert run.config.seed == 2
+    with pytest.raises(ValueError, match="n_exampels"):
+        Run(tmp_path, Config(), params={"n_exampels": 1}, verbose=False)
 
 
 def test_unknown_parameter_and_bad_values_fail_before_running(tmp_path):
