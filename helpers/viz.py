@@ -15,6 +15,7 @@ from .viz_base import (  # noqa: F401
     overlay,
 )
 from .viz_data import (  # noqa: F401
+    brightness_baseline,
     clahe_figure,
     clahe_grid,
     counts_figure,
@@ -30,6 +31,8 @@ from .viz_features import (  # noqa: F401
     pca_figure,
     pca_rgb,
     projection_figure,
+    rotation_figure,
+    turned_view,
 )
 from .viz_scores import (  # noqa: F401
     confusion_counts,

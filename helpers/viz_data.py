@@ -140,6 +140,47 @@ def image_statistics(samples) -> tuple[Table, Figure]:
     return table, fig
 
 
+def brightness_baseline(samples, transform=None) -> Table:
+    """A brightness-only detector as a baseline: the image AUROC of each test image's mean grey
+    level, each defect type against the good test images (0.5: brightness says nothing; 1: every
+    defective image is brighter than every good one; 0: every one is darker). ``transform``
+    (RGB uint8 -> RGB uint8, e.g. CLAHE) is applied first. A value far from 0.5 means one global
+    number already separates that defect type: a shortcut in the data, not a local defect."""
+    from .data import load_image
+    from .metrics import image_auroc
+
+    test = [s for s in samples if s.split == "test"]
+    bright = {}
+    for s in test:
+        img = load_image(s.path)
+        img = transform(img) if transform is not None else img
+        bright.setdefault(s.defect, []).append(float(img.mean()))
+    good = bright.get("good", [])
+    rows = []
+    groups = [(d, v) for d, v in bright.items() if d != "good"]
+    groups.append(("all defects", [b for _, v in groups for b in v]))
+    for name, values in groups:
+        auroc = image_auroc([0] * len(good) + [1] * len(values), good + values) if good else None
+        rows.append((name, len(values), float(np.mean(values)), auroc, _brightness_reading(auroc)))
+    return Table(
+        rows,
+        ["defect type", "images", "mean brightness", "AUROC (brighter = defective)", "reading"],
+        f"Brightness-only detector: mean grey level vs the {len(good)} good test images "
+        f"(their mean {np.mean(good) if good else float('nan'):.1f})",
+        floatfmt=".2f",
+    )
+
+
+def _brightness_reading(auroc: float | None) -> str:
+    if auroc is None:
+        return "n/a (no good test images)"
+    sep = max(auroc, 1 - auroc)  # a detector may also flag darker images
+    side = "brighter" if auroc >= 0.5 else "darker"
+    if sep >= 0.9:
+        return f"separates: defective {side}"
+    return f"partly: defective mostly {side}" if sep >= 0.7 else "little or no signal"
+
+
 def _lightness(img: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_RGB2LAB)[..., 0]
 

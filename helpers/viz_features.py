@@ -4,6 +4,7 @@ coreset (coverage radius, scatter) and the memory-bank size."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -45,6 +46,61 @@ def pca_figure(
     fig.suptitle(
         "Patch features as colours: similar colour, similar feature\n"
         "(3 principal components fitted on the good training patches)",
+        fontsize=11,
+    )
+    return fig
+
+
+class TurnedView(NamedTuple):
+    """One image and the same image turned by 90 degrees, embedded (see :func:`turned_view`)."""
+
+    crop: np.ndarray  # the network input (RGB uint8)
+    crop_turned: np.ndarray  # the turned image's network input
+    features: np.ndarray  # [h, w, D] patch embeddings of the image
+    features_back: np.ndarray  # [h, w, D] of the turned image, turned back onto the image's grid
+    cosine: np.ndarray  # [h, w] cosine similarity of the two at each spot
+
+
+def turned_view(model, image: np.ndarray, quarter_turns: int = 1) -> TurnedView:
+    """Embed ``image`` and the image turned by ``quarter_turns`` x 90 degrees (counter-clockwise,
+    an exact pixel permutation), turn the second feature grid back, and compare them spot by spot:
+    a rotation-invariant feature would give cosine similarity 1 everywhere."""
+    turned = np.ascontiguousarray(np.rot90(image, quarter_turns))
+    grids = [b.embeddings.cpu() for b in model.embed_images([image, turned])]
+    emb = np.concatenate([g.numpy() for g in grids]).astype(np.float32)
+    a, back = emb[0], np.rot90(emb[1], -quarter_turns, axes=(0, 1))
+    dot = (a * back).sum(-1)
+    cosine = dot / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(back, axis=-1), 1e-12)
+    crops = [model.preprocess.crop_rgb(im)[0] for im in (image, turned)]
+    return TurnedView(crops[0], crops[1], a, np.ascontiguousarray(back), cosine)
+
+
+def rotation_figure(view: TurnedView, rgb: Sequence[np.ndarray], degrees: int = 90) -> Figure:
+    """The rotation test: an image, the image turned by ``degrees``, the PCA colours of both
+    feature grids (``rgb``: [image, turned-and-turned-back], one PCA basis) on the image's grid,
+    and the cosine similarity of the two at each spot."""
+    fig = new_figure(14, 3.6)
+    axes = fig.subplots(1, 5, width_ratios=[1, 1, 1, 1, 1.2])
+    axes[0].imshow(view.crop)
+    axes[0].set_title("input crop", fontsize=9)
+    axes[1].imshow(view.crop_turned)
+    axes[1].set_title(f"the same image turned {degrees} degrees", fontsize=9)
+    axes[2].imshow(rgb[0], interpolation="nearest")
+    axes[2].set_title("features of the image", fontsize=9)
+    axes[3].imshow(rgb[1], interpolation="nearest")
+    axes[3].set_title(f"features of the turned image,\nturned back {degrees} degrees", fontsize=9)
+    low = min(0.0, float(view.cosine.min()))  # 0 unless some spots point in opposite directions
+    im = axes[4].imshow(view.cosine, cmap="viridis", vmin=low, vmax=1)
+    axes[4].set_title(
+        f"cosine similarity at each spot\n(median {np.median(view.cosine):.2f}; invariant: 1)",
+        fontsize=9,
+    )
+    fig.colorbar(im, ax=axes[4], fraction=0.046, label="cosine similarity")
+    for ax in axes:
+        axes_off(ax)
+    fig.suptitle(
+        "Are patch features rotation-invariant? Same part, same spots, image turned "
+        f"{degrees} degrees (PCA colours: one basis)",
         fontsize=11,
     )
     return fig
