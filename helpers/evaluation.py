@@ -28,6 +28,7 @@ METRIC_KEYS = (
     "aupro",
     "f1_threshold",
     "per_defect",
+    "per_defect_pixel",
     "n_train",
     "n_test",
     "timings",

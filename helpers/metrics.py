@@ -1,4 +1,5 @@
-"""Image AUROC, pixel AUROC, AUPRO (to FPR 0.3), F1-optimal threshold, per-defect AUROC.
+"""Image AUROC, pixel AUROC, AUPRO (to FPR 0.3), the PRO at one threshold, F1-optimal threshold,
+per-defect image AUROC and per-defect pixel AUROC / AUPRO.
 
 Every metric returns ``None`` with a warning when the data cannot support it (one class only, no
 masks), never a made-up number.
@@ -80,13 +81,17 @@ def pixel_histograms(masks, maps, bins: int = BINS, groups: Sequence[str] | None
     return out
 
 
-def _merged(hists: dict, names) -> dict:
+def _merged(hists: dict, names) -> dict | None:
     parts = [hists[n] for n in names if n in hists]
+    if not parts:
+        return None
     return {k: sum(p[k] for p in parts) for k in ("neg", "pos", "pro", "regions")}
 
 
-def auroc_from_histograms(h: dict) -> float | None:
+def auroc_from_histograms(h: dict | None) -> float | None:
     """P(defect pixel > normal pixel), pixels in the same level counting one half."""
+    if h is None:
+        return None
     neg, pos = h["neg"], h["pos"]
     if not neg.sum() or not pos.sum():
         return None
@@ -94,9 +99,9 @@ def auroc_from_histograms(h: dict) -> float | None:
     return float((pos * (below + 0.5 * neg)).sum() / (pos.sum() * neg.sum()))
 
 
-def aupro_from_histograms(h: dict, max_fpr: float = 0.3) -> float | None:
+def aupro_from_histograms(h: dict | None, max_fpr: float = 0.3) -> float | None:
     """Normalised area under PRO(FPR) up to ``max_fpr``, thresholds at the histogram levels."""
-    if not h["regions"] or not h["neg"].sum():
+    if h is None or not h["regions"] or not h["neg"].sum():
         return None
     fpr = np.r_[0.0, np.cumsum(h["neg"][::-1]) / h["neg"].sum()]
     pro = np.r_[0.0, np.cumsum(h["pro"][::-1]) / h["regions"]]
@@ -160,6 +165,34 @@ def pro_curve(
     return np.r_[0.0, fpr[last]], np.r_[0.0, pro[last]]
 
 
+def region_overlaps(masks, maps, threshold: float) -> np.ndarray:
+    """The per-region overlap at one threshold: for each connected defect region (8-connectivity;
+    image by image, regions in :func:`scipy.ndimage.label` order) the fraction of its pixels whose
+    map value is >= ``threshold``. Empty when there is no defect region."""
+    out = []
+    for m, a in _valid_pairs(masks, maps):
+        labels, n = ndimage.label(m, structure=np.ones((3, 3), int))
+        if n:
+            lab = labels.ravel()
+            hits = np.bincount(lab, weights=(a >= threshold).ravel(), minlength=n + 1)
+            out.append(hits[1:] / np.bincount(lab, minlength=n + 1)[1:])
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def pro_at(masks, maps, threshold: float) -> tuple[float, float] | None:
+    """One point of the PRO curve, exact: (PRO, FPR) at ``threshold``. PRO is the mean of
+    :func:`region_overlaps`; FPR the fraction of normal pixels (outside every defect region, of
+    every image with a mask) whose map value is >= ``threshold``. None without defect regions or
+    without normal pixels. :func:`pro_curve` holds this point for every distinct map value."""
+    pairs = _valid_pairs(masks, maps)
+    overlaps = region_overlaps(masks, maps, threshold)
+    n_normal = sum(int((~m).sum()) for m, _ in pairs)
+    if not len(overlaps) or not n_normal:
+        return None
+    false_pos = sum(int((a[~m] >= threshold).sum()) for m, a in pairs)
+    return float(overlaps.mean()), false_pos / n_normal
+
+
 def aupro(masks, maps, max_fpr: float = 0.3) -> float | None:
     """Area under the PRO curve up to ``max_fpr``, divided by ``max_fpr`` (1.0 = perfect)."""
     hists = pixel_histograms(masks, maps)
@@ -200,10 +233,12 @@ def per_defect_auroc(defects: Sequence[str], scores: Sequence[float]) -> dict[st
     return out
 
 
-def pixel_metrics(defects: Sequence[str], masks, maps) -> dict:
+def pixel_metrics(defects: Sequence[str], masks, maps, max_fpr: float = 0.3) -> dict:
     """Pixel AUROC and AUPRO of the whole test set and of each defect type (its images with the
     good ones, so that a thin-defect class smeared by the blur shows on its own), from one pass
-    of :func:`pixel_histograms`."""
+    of :func:`pixel_histograms`. ``per_defect_pixel[type]`` also counts that type's connected
+    defect regions and defect pixels (a whole-part defect can outweigh all others in the pooled
+    pixel AUROC); its metrics are None where that type has no mask. AUPRO up to ``max_fpr``."""
     defects = list(defects)
     hists = pixel_histograms(masks, maps, groups=defects)
     if not hists:
@@ -212,10 +247,16 @@ def pixel_metrics(defects: Sequence[str], masks, maps) -> dict:
     per = {}
     for d in sorted(set(defects) - {"good"}):
         h = _merged(hists, ["good", d])
-        per[d] = {"pixel_auroc": auroc_from_histograms(h), "aupro": aupro_from_histograms(h)}
+        own = hists.get(d)
+        per[d] = {
+            "pixel_auroc": auroc_from_histograms(h),
+            "aupro": aupro_from_histograms(h, max_fpr),
+            "regions": int(own["regions"]) if own is not None else 0,
+            "defect_pixels": int(own["pos"].sum()) if own is not None else 0,
+        }
     return {
         "pixel_auroc": auroc_from_histograms(every),
-        "aupro": aupro_from_histograms(every),
+        "aupro": aupro_from_histograms(every, max_fpr),
         "per_defect_pixel": per,
     }
 

@@ -7,10 +7,14 @@ from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize
+from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
 
 from .viz_base import HEATMAP_CMAP, axes_off, mask_outline, new_figure, overlay
+
+# The gallery's predicted-defect pixels (map >= pixel threshold): fill, outline and legend word.
+# Magenta: far from the green ground-truth outline and from the grey metal.
+PIXEL_REGION_COLOUR = "magenta"
 
 
 # --------------------------------------------------------------------------- maps
@@ -249,7 +253,8 @@ def gallery(
 ) -> Figure:
     """One row per image: the image with its ground truth (green outline); the anomaly map over it
     with the verdict at the image ``threshold``; the pixels whose map value reaches
-    ``pixel_threshold`` (cyan) against the ground truth."""
+    ``pixel_threshold`` (filled and outlined in :data:`PIXEL_REGION_COLOUR`, the colour the title
+    names) against the ground truth."""
     n = len(images)
     fig = new_figure(11, 3.0 * n + 0.6)
     axes = fig.subplots(n, 3, squeeze=False)
@@ -265,14 +270,19 @@ def gallery(
         overlay(a1, img, amap, norm)
         mask_outline(a1, mask)
         a1.set_title(
-            f"score {scores[i]:.3g}  {verdict(scores[i], labels[i], threshold)}", fontsize=9
+            f"image score {scores[i]:#.3g}  {verdict(scores[i], labels[i], threshold)}",
+            fontsize=9,
         )
         a2.imshow(img)
         if pixel_threshold is not None and amap is not None:
             region = amap >= pixel_threshold
-            a2.imshow(np.where(region, 1.0, np.nan), cmap="cool", alpha=0.45, vmin=0, vmax=1)
-            mask_outline(a2, region, "cyan")
-            a2.set_title(f"map >= {pixel_threshold:.3g} (cyan) vs truth (green)", fontsize=9)
+            fill = ListedColormap([PIXEL_REGION_COLOUR])
+            a2.imshow(np.where(region, 1.0, np.nan), cmap=fill, alpha=0.45, vmin=0, vmax=1)
+            mask_outline(a2, region, PIXEL_REGION_COLOUR)
+            a2.set_title(
+                f"map >= {pixel_threshold:#.3g} ({PIXEL_REGION_COLOUR}) vs truth (green)",
+                fontsize=9,
+            )
         else:
             a2.set_title("no pixel threshold (no masks)", fontsize=9)
         mask_outline(a2, mask)
@@ -280,10 +290,10 @@ def gallery(
     fig.colorbar(
         ScalarMappable(norm, HEATMAP_CMAP),
         ax=axes.ravel().tolist(),
-        label="anomaly score (patch distance)",
+        label="map value (blurred patch distance)",
         shrink=min(0.9, 0.35 + 0.15 * n),
         aspect=30,
     )
-    thr = "" if threshold is None else f"image threshold {threshold:.3g}"
+    thr = "" if threshold is None else f"image threshold {threshold:#.3g}"
     fig.suptitle(f"{title or 'Heatmap gallery'}  ({thr})" if thr else (title or "Heatmap gallery"))
     return fig

@@ -138,3 +138,65 @@ def test_per_defect_pixel_metrics_use_that_type_with_the_good_images():
     alone_b = metrics.pixel_auroc([masks[0], masks[2]], [maps[0], maps[2]])
     assert out["per_defect_pixel"]["b"]["pixel_auroc"] == pytest.approx(alone_b)
     assert out["per_defect_pixel"]["b"]["pixel_auroc"] < 0.99
+
+
+def test_region_overlaps_and_pro_at_known_answers():
+    # two regions: a 2x2 square fully above 0.5, a 1x4 bar with one pixel above it
+    m = np.zeros((6, 6), bool)
+    m[0:2, 0:2] = True
+    m[4, 1:5] = True
+    a = np.zeros((6, 6), np.float32)
+    a[0:2, 0:2] = 1.0
+    a[4, 1] = 0.9
+    a[2, 5] = 0.7  # one normal pixel above 0.5
+    np.testing.assert_allclose(metrics.region_overlaps([m], [a], 0.5), [1.0, 0.25])
+    good = np.zeros((6, 6), bool)
+    pro, fpr = metrics.pro_at([m, good], [a, np.zeros((6, 6))], 0.5)
+    assert pro == pytest.approx(0.625) and fpr == pytest.approx(1 / (28 + 36))  # 8 defect pixels
+    assert metrics.pro_at([good], [a], 0.5) is None  # no defect region
+    assert metrics.region_overlaps([None], [a], 0.5).size == 0
+
+
+def test_pro_at_is_a_point_of_the_exact_pro_curve():
+    masks, maps = hand_made()
+    fpr, pro = metrics.pro_curve(masks, maps)
+    levels = np.unique(np.concatenate([a.ravel() for a in maps]))[::-1]  # descending
+    for k in (1, 7, 100, 900, len(levels)):
+        p, f = metrics.pro_at(masks, maps, float(levels[k - 1]))
+        assert p == pytest.approx(pro[k]) and f == pytest.approx(fpr[k])
+
+
+def test_aupro_is_the_area_under_pro_at():
+    """The binned AUPRO against the trapezoid area of exact pro_at points on a dense sweep."""
+    masks, maps = hand_made()
+    sweep = np.linspace(max(a.max() for a in maps) + 1e-6, min(a.min() for a in maps), 3000)
+    f, p = np.array([metrics.pro_at(masks, maps, t)[::-1] for t in sweep]).T
+    assert metrics.aupro(masks, maps) == pytest.approx(metrics._area(f, p, 0.3), abs=2e-3)
+
+
+def test_per_defect_pixel_known_answers_counts_and_nulls():
+    masks, maps = hand_made()
+    perfect = [m.astype(np.float32) for m in masks]
+    inverted = [1 - p for p in perfect]
+    out = metrics.pixel_metrics(
+        ["good", "a", "b", "c"],
+        [*masks, None],
+        [maps[0], perfect[1], inverted[2], maps[0]],
+    )["per_defect_pixel"]
+    assert out["a"]["pixel_auroc"] == pytest.approx(1.0) and out["a"]["aupro"] == pytest.approx(1.0)
+    assert out["b"]["pixel_auroc"] < 0.5 and out["b"]["aupro"] == pytest.approx(0.0)
+    assert out["a"]["regions"] == 2 and out["a"]["defect_pixels"] == int(masks[1].sum())
+    # a type without masks: its metrics are null, never made up
+    assert out["c"] == {"pixel_auroc": None, "aupro": None, "regions": 0, "defect_pixels": 0}
+    # no good image with a mask and a maskless type: still null, no crash
+    only = metrics.pixel_metrics(["a", "c"], [masks[1], None], [maps[1], maps[0]])
+    assert only["per_defect_pixel"]["c"]["pixel_auroc"] is None
+
+
+def test_pixel_metrics_fpr_limit():
+    masks, maps = hand_made()
+    for limit in (0.05, 0.3):
+        out = metrics.pixel_metrics(["good", "a", "a"], masks, maps, max_fpr=limit)
+        assert out["aupro"] == pytest.approx(metrics.aupro(masks, maps, max_fpr=limit))
+        assert out["per_defect_pixel"]["a"]["aupro"] == pytest.approx(out["aupro"])
+    assert metrics.aupro(masks, maps, max_fpr=0.05) < metrics.aupro(masks, maps, max_fpr=0.3)

@@ -127,6 +127,36 @@ def test_map_range_uses_percentiles():
     assert 0 <= lo < hi <= 99
 
 
+def test_gallery_legend_names_the_colour_of_the_predicted_pixels():
+    """Issue 12: the title said cyan where the fill was magenta. Fill, outline and title agree."""
+    from matplotlib.colors import to_rgba
+
+    from helpers.viz_scores import PIXEL_REGION_COLOUR
+
+    img = np.zeros((20, 20, 3), np.uint8)
+    amap = np.linspace(0, 1, 400, dtype=np.float32).reshape(20, 20)
+    fig = viz.gallery(
+        [img],
+        [amap],
+        [amap > 0.9],
+        scores=np.array([1.0]),
+        labels=np.array([1]),
+        titles=["x"],
+        vmin=0,
+        vmax=1,
+        threshold=0.5,
+        pixel_threshold=0.7,
+    )
+    ax = fig.axes[2]
+    assert f"({PIXEL_REGION_COLOUR})" in ax.get_title()
+    fill = ax.images[1]
+    assert fill.cmap(1.0)[:3] == to_rgba(PIXEL_REGION_COLOUR)[:3]
+    outline_colours = {
+        tuple(np.round(c[:3], 3)) for coll in ax.collections for c in coll.get_edgecolor()
+    }
+    assert tuple(np.round(to_rgba(PIXEL_REGION_COLOUR)[:3], 3)) in outline_colours
+
+
 def test_evaluation_figures():
     labels = np.array([0, 0, 1, 1])
     scores = np.array([0.1, 0.4, 0.35, 0.8])
