@@ -252,9 +252,10 @@ class PatchCore(BankScoring):
         """Bytes a fit of ``n_images`` needs (:func:`helpers.fit_memory.fit_memory_estimate`)."""
         return fit_memory.fit_memory_estimate(self.config, self.device, n_images)
 
-    def check_fit_memory(self, n_images: int) -> None:
-        """Refuse a fit larger than the free memory (see :mod:`helpers.fit_memory`)."""
-        fit_memory.check_fit_memory(self.config, self.device, n_images)
+    def check_fit_memory(self, n_images: int) -> dict[str, int]:
+        """Refuse a fit larger than the free memory (see :mod:`helpers.fit_memory`); returns the
+        estimate checked."""
+        return fit_memory.check_fit_memory(self.config, self.device, n_images)
 
     # ------------------------------------------------------------------ predict
     def predict(self, images, maps: bool = True, progress: bool = False) -> Prediction:
