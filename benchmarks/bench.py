@@ -89,7 +89,7 @@ def timed(fn, device, repeats: int) -> list[float]:
     return out
 
 
-def main() -> None:
+def parse_args() -> tuple[argparse.Namespace, argparse.ArgumentParser]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--backbone", default="wide_resnet50_2")
     p.add_argument(
@@ -119,12 +119,32 @@ def main() -> None:
     p.add_argument("--compare-coreset", action="store_true")
     p.add_argument("--reference-steps", type=int, default=300)
     p.add_argument("--json", help="also write the results here")
-    a = p.parse_args()
+    return p.parse_args(), p
 
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    batches = [int(b) for b in a.batches.split(",")]
-    warnings.simplefilter("ignore")
+
+class Table:
+    """The rows printed as they are measured (and as a markdown table at the end), and the
+    results written to ``--json``."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str]] = []
+        self.res: dict = {}
+
+    def row(self, name: str, value: str) -> None:
+        self.rows.append((name, value))
+        print(f"{name:58s} {value}", flush=True)
+
+    def finish(self, json_path: str | None) -> None:
+        print("\n| stage | value |\n|---|---|")
+        for name, value in self.rows:
+            print(f"| {name} | {value} |")
+        if json_path:
+            Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+            Path(json_path).write_text(json.dumps(self.res, indent=2, default=str))
+
+
+def make_model(a: argparse.Namespace, p: argparse.ArgumentParser) -> tuple[PatchCore, int]:
+    """The model under test and its bank size (``--bank-size``, else 10% of the patches)."""
     cfg = Config(
         backbone=a.backbone,
         weights=a.weights,
@@ -138,7 +158,6 @@ def main() -> None:
         train_rotations=1,
     )  # per-image cost; rotations multiply the fit work
     model = PatchCore(cfg)
-    dev = model.device
     grid = model.extractor.grid_size(a.input_size)
     n_patches = a.train_images * grid * grid
     bank_size = a.bank_size or max(1, n_patches // 10)
@@ -146,17 +165,15 @@ def main() -> None:
         p.error(f"--bank-size must be in [1, {n_patches}] for {a.train_images} images")
     # int(n * ratio) must land on bank_size exactly despite float rounding
     ratio = min(1.0, (bank_size + 0.5) / n_patches)
-    model.config = cfg = cfg.replace(coreset_ratio=ratio)
+    model.config = cfg.replace(coreset_ratio=ratio)
     if a.compile:
         model._extractor = torch.compile(model.extractor, dynamic=False)
+    return model, bank_size
 
-    rows: list[tuple[str, str]] = []
-    res: dict = {}
 
-    def row(name, value, key=None):
-        rows.append((name, value))
-        print(f"{name:58s} {value}", flush=True)
-
+def run_meta(a: argparse.Namespace, model: PatchCore) -> dict:
+    """The machine, versions and settings of this run, printed as ``# key: value`` lines."""
+    dev, cfg = model.device, model.config
     meta = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": platform.node(),
@@ -181,108 +198,126 @@ def main() -> None:
         print(f"# {k}: {v}")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     print(f"# load average before: {load}")
-    res["meta"] = meta
+    return meta
 
-    test = images(max(batches + [a.batch1_images]), a.input_size, a.images, salt=1)
-    train = images(a.train_images, a.input_size, a.images, salt=0)
 
-    # ---------------------------------------------------------------- feature extraction
+def bench_extraction(model: PatchCore, test, batches, repeats: int, t: Table) -> None:
     with torch.inference_mode():
         for b in batches:
             x = test[:b]
             model.embed(x)  # warm-up (cudnn autotune, compile)
-            t = statistics.median(timed(lambda: model.embed(x), dev, a.repeats))  # noqa: B023
-            res[f"extract_img_s_b{b}"] = b / t
-            row(f"feature extraction, batch {b} (img/s)", f"{b / t:.1f}")
+            sec = statistics.median(timed(lambda: model.embed(x), model.device, repeats))  # noqa: B023
+            t.res[f"extract_img_s_b{b}"] = b / sec
+            t.row(f"feature extraction, batch {b} (img/s)", f"{b / sec:.1f}")
 
-    # ---------------------------------------------------------------- fit
+
+def bench_fit(model: PatchCore, train, n_train: int, t: Table):
+    """Fit as ``fit`` does (extract, then build_bank); returns the training features."""
+    dev = model.device
     reset_cuda_peak(dev)
-    fit_features = model.extract(train)  # what fit does: extract, then build_bank
+    fit_features = model.extract(train)
     model.build_bank(fit_features)
     info = model.info
-    res.update(fit=info, fit_rss_peak_mb=rss_peak_mb(), fit_cuda_peak_mb=cuda_peak_mb(dev))
-    row(
-        f"fit: {a.train_images} images -> bank {tuple(model.memory_bank.shape)} (s)",
+    t.res.update(fit=info, fit_rss_peak_mb=rss_peak_mb(), fit_cuda_peak_mb=cuda_peak_mb(dev))
+    t.row(
+        f"fit: {n_train} images -> bank {tuple(model.memory_bank.shape)} (s)",
         f"{info['fit_s']:.2f}  (features {info['features_s']:.2f} = "
-        f"{a.train_images / info['features_s']:.1f} img/s, coreset {info['coreset_s']:.2f})",
+        f"{n_train / info['features_s']:.1f} img/s, coreset {info['coreset_s']:.2f})",
     )
-    row("peak RSS after fit (MB)", f"{res['fit_rss_peak_mb']:.0f}")
+    t.row("peak RSS after fit (MB)", f"{t.res['fit_rss_peak_mb']:.0f}")
     if dev.type == "cuda":
-        row("CUDA max allocated during fit (MB)", f"{res['fit_cuda_peak_mb']:.0f}")
+        t.row("CUDA max allocated during fit (MB)", f"{t.res['fit_cuda_peak_mb']:.0f}")
+    return fit_features
 
-    # ---------------------------------------------------------------- coreset comparison
-    if a.compare_coreset:
-        feats = fit_features.rows(torch.arange(fit_features.n_patches)).to(dev)
-        k = model.memory_bank.shape[0]
-        seed_args = dict(
-            projection_dim=cfg.coreset_projection_dim,
-            start_points=cfg.coreset_start_points,
-            seed=cfg.seed,
-        )
-        fast_idx = model.coreset_indices
-        kk = min(k, a.reference_steps)
-        t_ref = math.inf
-        # the reference at the run's thread count and at 1 thread (faster on a busy machine)
-        for th in [None, 1] if dev.type == "cpu" and torch.get_num_threads() > 1 else [None]:
-            with cpu_threads(th):
-                sync(dev)
-                t = time.perf_counter()
-                ref_idx = greedy_coreset_reference(feats, kk, **seed_args)
-                sync(dev)
-                t_ref = min(t_ref, (time.perf_counter() - t) * k / kk)
-        same = bool(torch.equal(ref_idx, fast_idx[:kk]))
-        kd = k if dev.type == "cuda" else kk  # on CPU the dense loop is timed on a prefix too
-        sync(dev)
-        t = time.perf_counter()
-        dense_idx = greedy_coreset(feats, kd, method="dense", **seed_args)
-        sync(dev)
-        t_dense = (time.perf_counter() - t) * k / kd
-        same_dense = bool(torch.equal(dense_idx, fast_idx[:kd]))
-        res.update(
-            coreset_reference_s_extrapolated=t_ref,
-            coreset_dense_s=t_dense,
-            coreset_fast_s=info["coreset_s"],
-            coreset_same_as_reference_prefix=same,
-            coreset_same_as_dense=same_dense,
-            reference_steps=kk,
-            dense_steps=kd,
-        )
-        row(
-            f"coreset reference loop, {kk} of {k} picks timed, extrapolated, best of "
-            f"1 and {torch.get_num_threads()} threads (s)",
-            f"{t_ref:.1f}",
-        )
-        row(
-            f"coreset dense fused loop, {kd} of {k} picks timed"
-            f"{', extrapolated' if kd < k else ''} (s)",
-            f"{t_dense:.1f}",
-        )
-        row("coreset default (as in fit) (s)", f"{info['coreset_s']:.2f}")
-        row(
-            "coreset speed-up vs reference / vs dense",
-            f"{t_ref / info['coreset_s']:.1f}x / {t_dense / info['coreset_s']:.1f}x",
-        )
-        row(
-            f"identical picks: first {kk} vs reference / first {kd} vs dense",
-            f"{same} / {same_dense}",
-        )
-        del feats
-    fit_features.close()
 
-    # ---------------------------------------------------------------- kNN + scoring
+def time_coreset_loops(model: PatchCore, feats: torch.Tensor, reference_steps: int) -> dict:
+    """Time the reference loop and the dense loop on the fit's features (each on a prefix of the
+    picks where it is slow, extrapolated) and compare their picks with the fit's."""
+    dev, cfg = model.device, model.config
+    k = model.memory_bank.shape[0]
+    seed_args = dict(
+        projection_dim=cfg.coreset_projection_dim,
+        start_points=cfg.coreset_start_points,
+        seed=cfg.seed,
+    )
+    fast_idx = model.coreset_indices
+    kk = min(k, reference_steps)
+    t_ref = math.inf
+    # the reference at the run's thread count and at 1 thread (faster on a busy machine)
+    for th in [None, 1] if dev.type == "cpu" and torch.get_num_threads() > 1 else [None]:
+        with cpu_threads(th):
+            sync(dev)
+            t = time.perf_counter()
+            ref_idx = greedy_coreset_reference(feats, kk, **seed_args)
+            sync(dev)
+            t_ref = min(t_ref, (time.perf_counter() - t) * k / kk)
+    kd = k if dev.type == "cuda" else kk  # on CPU the dense loop is timed on a prefix too
+    sync(dev)
+    t = time.perf_counter()
+    dense_idx = greedy_coreset(feats, kd, method="dense", **seed_args)
+    sync(dev)
+    t_dense = (time.perf_counter() - t) * k / kd
+    return dict(
+        coreset_reference_s_extrapolated=t_ref,
+        coreset_dense_s=t_dense,
+        coreset_fast_s=model.info["coreset_s"],
+        coreset_same_as_reference_prefix=bool(torch.equal(ref_idx, fast_idx[:kk])),
+        coreset_same_as_dense=bool(torch.equal(dense_idx, fast_idx[:kd])),
+        reference_steps=kk,
+        dense_steps=kd,
+    )
+
+
+def compare_coreset(model: PatchCore, fit_features, reference_steps: int, t: Table) -> None:
+    feats = fit_features.rows(torch.arange(fit_features.n_patches)).to(model.device)
+    r = time_coreset_loops(model, feats, reference_steps)
+    del feats
+    t.res.update(r)
+    k, kk, kd = model.memory_bank.shape[0], r["reference_steps"], r["dense_steps"]
+    t_ref, t_dense, t_fast = (
+        r["coreset_reference_s_extrapolated"],
+        r["coreset_dense_s"],
+        r["coreset_fast_s"],
+    )
+    t.row(
+        f"coreset reference loop, {kk} of {k} picks timed, extrapolated, best of "
+        f"1 and {torch.get_num_threads()} threads (s)",
+        f"{t_ref:.1f}",
+    )
+    t.row(
+        f"coreset dense fused loop, {kd} of {k} picks timed"
+        f"{', extrapolated' if kd < k else ''} (s)",
+        f"{t_dense:.1f}",
+    )
+    t.row("coreset default (as in fit) (s)", f"{t_fast:.2f}")
+    t.row(
+        "coreset speed-up vs reference / vs dense",
+        f"{t_ref / t_fast:.1f}x / {t_dense / t_fast:.1f}x",
+    )
+    t.row(
+        f"identical picks: first {kk} vs reference / first {kd} vs dense",
+        f"{r['coreset_same_as_reference_prefix']} / {r['coreset_same_as_dense']}",
+    )
+
+
+def bench_knn(model: PatchCore, test, batches, repeats: int, bank_size: int, t: Table) -> None:
     with torch.inference_mode():
         for b in batches:
             emb = model.embed(test[:b])
             model.score_embeddings(emb)
-            t = statistics.median(timed(lambda: model.score_embeddings(emb), dev, a.repeats))  # noqa: B023
-            res[f"knn_ms_per_image_b{b}"] = 1000 * t / b
-            row(
+            sec = statistics.median(
+                timed(lambda: model.score_embeddings(emb), model.device, repeats)  # noqa: B023
+            )
+            t.res[f"knn_ms_per_image_b{b}"] = 1000 * sec / b
+            t.row(
                 f"kNN + image score vs {bank_size} x {model.memory_bank.shape[1]} bank, "
                 f"batch {b} (ms/img)",
-                f"{1000 * t / b:.2f}",
+                f"{1000 * sec / b:.2f}",
             )
 
-    # ---------------------------------------------------------------- end to end
+
+def bench_predict(model: PatchCore, test, batches, a: argparse.Namespace, t: Table) -> None:
+    dev = model.device
     reset_cuda_peak(dev)
     for b in batches:
         if b == 1:
@@ -295,21 +330,36 @@ def main() -> None:
             x = test[:b]
             model.predict(x)
             per = statistics.median(timed(lambda: model.predict(x), dev, a.repeats)) / b  # noqa: B023
-        res[f"predict_ms_per_image_b{b}"] = 1000 * per
-        row(f"end-to-end predict with maps, batch {b} (ms/img)", f"{1000 * per:.2f}")
-    res["peak_rss_mb"] = rss_peak_mb()
-    res["predict_cuda_peak_mb"] = cuda_peak_mb(dev)
-    row("peak RSS of the whole run (MB)", f"{res['peak_rss_mb']:.0f}")
+        t.res[f"predict_ms_per_image_b{b}"] = 1000 * per
+        t.row(f"end-to-end predict with maps, batch {b} (ms/img)", f"{1000 * per:.2f}")
+    t.res["peak_rss_mb"] = rss_peak_mb()
+    t.res["predict_cuda_peak_mb"] = cuda_peak_mb(dev)
+    t.row("peak RSS of the whole run (MB)", f"{t.res['peak_rss_mb']:.0f}")
     if dev.type == "cuda":
-        row("CUDA max allocated during predict (MB)", f"{res['predict_cuda_peak_mb']:.0f}")
-    res["load_after"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        t.row("CUDA max allocated during predict (MB)", f"{t.res['predict_cuda_peak_mb']:.0f}")
 
-    print("\n| stage | value |\n|---|---|")
-    for name, value in rows:
-        print(f"| {name} | {value} |")
-    if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(res, indent=2, default=str))
+
+def main() -> None:
+    a, p = parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    batches = [int(b) for b in a.batches.split(",")]
+    warnings.simplefilter("ignore")
+    model, bank_size = make_model(a, p)
+    t = Table()
+    t.res["meta"] = run_meta(a, model)
+    test = images(max(batches + [a.batch1_images]), a.input_size, a.images, salt=1)
+    train = images(a.train_images, a.input_size, a.images, salt=0)
+
+    bench_extraction(model, test, batches, a.repeats, t)
+    fit_features = bench_fit(model, train, a.train_images, t)
+    if a.compare_coreset:
+        compare_coreset(model, fit_features, a.reference_steps, t)
+    fit_features.close()
+    bench_knn(model, test, batches, a.repeats, bank_size, t)
+    bench_predict(model, test, batches, a, t)
+    t.res["load_after"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    t.finish(a.json)
 
 
 if __name__ == "__main__":

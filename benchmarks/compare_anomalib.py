@@ -191,7 +191,7 @@ def run_worker(python: str, side: str, a, data: Path) -> dict:
     return res
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--train-images", type=int, default=220)
     p.add_argument("--test-images", type=int, default=20)
@@ -209,25 +209,11 @@ def main() -> None:
     p.add_argument("--json", help="write all results here")
     p.add_argument("--worker", choices=["ours", "anomalib"], help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
-    a = p.parse_args()
-    if a.worker:
-        res = worker_ours(a) if a.worker == "ours" else worker_anomalib(a)
-        print(json.dumps(res))
-        return
+    return p.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "images.pt"
-        make_data(data, a.train_images, a.test_images, a.input_size)
-        results = []
-        for side in a.order.split(","):
-            python = a.ours_python if side == "ours" else a.anomalib_python
-            if side == "anomalib" and not Path(python).exists():
-                results.append({"side": side, "error": f"{python} not found (see the module doc)"})
-                continue
-            r = run_worker(python, side, a, data)
-            results.append(r)
-            print(json.dumps({k: v for k, v in r.items() if k != "scores"}), flush=True)
 
+def print_summary(a: argparse.Namespace, results: list[dict]) -> None:
+    """The timings of the runs that worked as a table, the failures, and the speed ratio."""
     ok = [r for r in results if "error" not in r]
     print(
         f"\n{a.train_images} train + {a.test_images} test images, {a.input_size} px, "
@@ -254,6 +240,29 @@ def main() -> None:
             f"anomalib / ours (fit + predict): {min(theirs) / max(ours):.2f}x using our slowest "
             f"run, {min(theirs) / min(ours):.2f}x using our fastest"
         )
+
+
+def main() -> None:
+    a = parse_args()
+    if a.worker:
+        res = worker_ours(a) if a.worker == "ours" else worker_anomalib(a)
+        print(json.dumps(res))
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "images.pt"
+        make_data(data, a.train_images, a.test_images, a.input_size)
+        results = []
+        for side in a.order.split(","):
+            python = a.ours_python if side == "ours" else a.anomalib_python
+            if side == "anomalib" and not Path(python).exists():
+                results.append({"side": side, "error": f"{python} not found (see the module doc)"})
+                continue
+            r = run_worker(python, side, a, data)
+            results.append(r)
+            print(json.dumps({k: v for k, v in r.items() if k != "scores"}), flush=True)
+
+    print_summary(a, results)
     if a.json:
         Path(a.json).write_text(
             json.dumps(

@@ -56,6 +56,26 @@ def imgs(kinds, salt, size=224):
           - IMAGENET_MEAN) / IMAGENET_STD for i, k in enumerate(kinds)]
     return torch.from_numpy(np.stack(a)).permute(0, 3, 1, 2).contiguous()
 
+GPU = "cuda"
+
+def on_gpu(ref, cfg, precision):
+    """A model on the GPU with ``ref``'s (random) weights and ``ref``'s memory bank."""
+    g = PatchCore(Config(device=GPU, precision=precision, **cfg))
+    g.extractor.load_state_dict(ref.extractor.state_dict())  # the same random weights
+    g.memory_bank, g.grid = ref.memory_bank.to(g.device), ref.grid
+    return g
+
+def rel_diff(pred, ref):
+    return np.abs(pred.scores - ref.scores) / np.abs(ref.scores)
+
+def report(key, label, pred, ref):
+    """Print and record how far ``pred``'s image scores are from ``ref``'s (not asserted)."""
+    from scipy.stats import spearmanr  # scipy comes with scikit-learn
+    rel = rel_diff(pred, ref)
+    rho = spearmanr(pred.scores, ref.scores).correlation
+    print(f"INFO {label}: max rel {rel.max():.4f}, median {np.median(rel):.4f}, spearman {rho:.4f}")
+    out[key] = {"max_rel": float(rel.max()), "spearman": float(rho)}
+
 train = imgs(["good"] * 50, 0)
 test = imgs([(("good",) + DEFECTS)[i % 5] for i in range(16)], 1)
 cfg = dict(backbone="wide_resnet50_2", weights=None, input_size=224, resize=224, batch_size=32)
@@ -82,27 +102,18 @@ check("coreset identical cuda dense / cuda filtered / cpu", same,
 cpu.fit(train[:16])
 s_cpu = cpu.predict(test, maps=True)
 for prec, tol in (("bf16", 0.03), ("fp32", 0.01)):
-    g = PatchCore(Config(device="cuda", precision=prec, **cfg))
-    g.extractor.load_state_dict(cpu.extractor.state_dict())  # the same random weights
-    g.memory_bank, g.grid = cpu.memory_bank.cuda(), cpu.grid
-    s = g.predict(test, maps=True)
-    rel = np.abs(s.scores - s_cpu.scores) / np.abs(s_cpu.scores)
+    s = on_gpu(cpu, cfg, prec).predict(test, maps=True)
+    rel = rel_diff(s, s_cpu)
     mdiff = max(float(np.abs(a - b).max() / np.abs(b).max()) for a, b in zip(s.maps, s_cpu.maps))
     check(f"scores cuda {prec} vs cpu fp32, same bank (rtol {tol})", rel.max() <= tol,
           f"max rel {rel.max():.4f}, median {np.median(rel):.4f}; maps max |diff|/max {mdiff:.4f}")
 
 # --- whole pipeline on each device (bf16 on cuda), reported
-g = PatchCore(Config(device="cuda", **cfg))
+g = PatchCore(Config(device=GPU, **cfg))
 g.extractor.load_state_dict(cpu.extractor.state_dict())
 g.fit(train[:16])
-s = g.predict(test, maps=False)
-rel = np.abs(s.scores - s_cpu.scores) / np.abs(s_cpu.scores)
-from scipy.stats import spearmanr  # noqa: E402  (scipy comes with scikit-learn)
-rho = spearmanr(s.scores, s_cpu.scores).correlation
-print(f"INFO whole pipeline cuda bf16 (fit+predict) vs cpu fp32: max rel {rel.max():.4f}, "
-      f"median {np.median(rel):.4f}, spearman {rho:.4f}")
-out["pipeline_bf16_vs_cpu"] = {"max_rel": float(rel.max()), "spearman": float(rho)}
-GPU = "cuda"
+report("pipeline_bf16_vs_cpu", "whole pipeline cuda bf16 (fit+predict) vs cpu fp32",
+       g.predict(test, maps=False), s_cpu)
 # --- mobilenet_v2 defaults (288-d natural embedding, 320 px): bf16 vs fp32 on the same bank
 try:
     mcfg = dict(backbone="mobilenet_v2", weights=None, batch_size=32, train_rotations=1)
@@ -110,15 +121,9 @@ try:
     mtest = imgs([(("good",) + DEFECTS)[i % 5] for i in range(16)], 3, 320)
     mc = PatchCore(Config(device="cpu", precision="fp32", **mcfg)).fit(mtrain)
     ms_cpu = mc.predict(mtest, maps=False)
-    mg = PatchCore(Config(device=GPU, precision="bf16", **mcfg))
-    mg.extractor.load_state_dict(mc.extractor.state_dict())
-    mg.memory_bank, mg.grid = mc.memory_bank.to(mg.device), mc.grid
-    ms = mg.predict(mtest, maps=False)
-    mrel = np.abs(ms.scores - ms_cpu.scores) / np.abs(ms_cpu.scores)
-    mrho = spearmanr(ms.scores, ms_cpu.scores).correlation
-    print(f"INFO mobilenet_v2 defaults, bf16 on {GPU} vs cpu fp32, same bank: max rel "
-          f"{mrel.max():.4f}, median {np.median(mrel):.4f}, spearman {mrho:.4f}")
-    out["mobilenet_defaults_bf16_vs_cpu"] = {"max_rel": float(mrel.max()), "spearman": float(mrho)}
+    report("mobilenet_defaults_bf16_vs_cpu",
+           f"mobilenet_v2 defaults, bf16 on {GPU} vs cpu fp32, same bank",
+           on_gpu(mc, mcfg, "bf16").predict(mtest, maps=False), ms_cpu)
 except Exception as exc:  # report, never stop the rest of the check
     print(f"INFO mobilenet_v2 bf16 check did not run: {type(exc).__name__}: {exc}")
 json.dump(out, open(os.path.join(os.environ.get("OUT", "."), "correctness.json"), "w"), indent=2)

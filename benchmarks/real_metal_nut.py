@@ -247,65 +247,47 @@ def grid_settings() -> list[tuple[str, dict]]:
     def add(name, base=plain, **kw):
         rows.append((name, {**base, **kw}))
 
-    # plain PatchCore: resolution, crop, rotations, bank size, eq. 7 (L2, the paper's distance)
+    _plain_rows(add)
+    _default_rows(add, new)
+    return rows
+
+
+def _plain_rows(add) -> None:
+    """Plain PatchCore: resolution, crop, rotations, bank size, eq. 7 (L2, the paper's distance),
+    then cosine, CLAHE and layer taps at 320 px."""
+    n224 = dict(input_size=224, resize=224)  # no crop
+    n320 = dict(input_size=320, resize=320)
     add("224 crop256 (old default)", input_size=224, resize=256)
-    add("224 no-crop", input_size=224, resize=224)
-    add("224 no-crop rot8", input_size=224, resize=224, train_rotations=8)
-    add(
-        "224 no-crop rot8 bank100%",
-        input_size=224,
-        resize=224,
-        train_rotations=8,
-        coreset_ratio=1.0,
-    )
-    add("224 no-crop rot8 cosine", input_size=224, resize=224, train_rotations=8, distance="cosine")
+    add("224 no-crop", **n224)
+    add("224 no-crop rot8", **n224, train_rotations=8)
+    add("224 no-crop rot8 bank100%", **n224, train_rotations=8, coreset_ratio=1.0)
+    add("224 no-crop rot8 cosine", **n224, train_rotations=8, distance="cosine")
     add("320 crop366", input_size=320, resize=366)
-    add("320 no-crop", input_size=320, resize=320)
-    add("320 no-crop rot8", input_size=320, resize=320, train_rotations=8)
-    add(
-        "320 no-crop rot8 bank25%",
-        input_size=320,
-        resize=320,
-        train_rotations=8,
-        coreset_ratio=0.25,
-    )
-    add("320 no-crop rot8 nn1", input_size=320, resize=320, train_rotations=8, num_neighbors=1)
+    add("320 no-crop", **n320)
+    add("320 no-crop rot8", **n320, train_rotations=8)
+    add("320 no-crop rot8 bank25%", **n320, train_rotations=8, coreset_ratio=0.25)
+    add("320 no-crop rot8 nn1", **n320, train_rotations=8, num_neighbors=1)
     # distance (the issue asks for cosine vs L2)
-    add("320 no-crop cosine", input_size=320, resize=320, distance="cosine")
-    add("320 no-crop rot8 cosine", input_size=320, resize=320, train_rotations=8, distance="cosine")
-    add(
-        "320 no-crop rot8 cosine nn1",
-        input_size=320,
-        resize=320,
-        train_rotations=8,
-        distance="cosine",
-        num_neighbors=1,
-    )
+    add("320 no-crop cosine", **n320, distance="cosine")
+    cos8 = dict(n320, train_rotations=8, distance="cosine")
+    add("320 no-crop rot8 cosine", **cos8)
+    add("320 no-crop rot8 cosine nn1", **cos8, num_neighbors=1)
     # CLAHE (clip 2, tiles 8; the issue asks for it)
-    add("320 no-crop rot8 CLAHE", input_size=320, resize=320, train_rotations=8, clahe=True)
-    add(
-        "320 no-crop rot8 cosine CLAHE",
-        input_size=320,
-        resize=320,
-        train_rotations=8,
-        distance="cosine",
-        clahe=True,
-    )
+    add("320 no-crop rot8 CLAHE", **n320, train_rotations=8, clahe=True)
+    add("320 no-crop rot8 cosine CLAHE", **cos8, clahe=True)
     # layer taps
     for layers in (
         ["features.3", "features.6", "features.13"],
         ["features.6", "features.10", "features.13"],
         ["features.6", "features.13", "features.16"],
     ):
-        add(
-            f"320 no-crop rot8 cosine f{'+'.join(name.split('.')[1] for name in layers)}",
-            input_size=320,
-            resize=320,
-            train_rotations=8,
-            distance="cosine",
-            layers=layers,
-        )
-    # around the shipped default
+        taps = "+".join(name.split(".")[1] for name in layers)
+        add(f"320 no-crop rot8 cosine f{taps}", **cos8, layers=layers)
+
+
+def _default_rows(add, new: dict) -> None:
+    """Around the shipped default (``new``): floor, sigma, distance, rotations, b, size, taps,
+    CLAHE."""
     add("DEFAULT 352 rot8 cosine floor0.3 sigma8", new)
     add("default, plain cosine (floor 0)", new, cosine_floor=0.0)
     add("default, plain cosine, sigma 4", new, cosine_floor=0.0, sigma=4.0)
@@ -321,7 +303,6 @@ def grid_settings() -> list[tuple[str, dict]]:
     add("default, taps f6+13+16", new, layers=["features.6", "features.13", "features.16"])
     add("default + CLAHE", new, clahe=True)
     add("default + CLAHE, L2", new, clahe=True, distance="l2", cosine_floor=0.0)
-    return rows
 
 
 def fmt(r: dict) -> str:
@@ -361,7 +342,7 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=DEFAULT_DATA, help="folder with metal_nut/ and boxes.json")
     ap.add_argument("--out", default="benchmarks/out/real_metal_nut.json", help="JSON of results")
@@ -393,7 +374,62 @@ def main(argv=None) -> int:
         action="store_true",
         help="print the grid stored in --out as a markdown table and exit",
     )
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+SCORING_FIELDS = (
+    "input_size",
+    "resize",
+    "layers",
+    "coreset_ratio",
+    "train_rotations",
+    "num_neighbors",
+    "distance",
+    "cosine_floor",
+    "sigma",
+    "clahe",
+)
+
+
+def run_grid(args, defaults: Config, api: dict | None, data, result: dict, out: Path) -> list:
+    """The ablation grid on cached embeddings (rows already in ``result`` are reused), after
+    checking that the cached path reproduces the API numbers. Writes ``out`` after each row."""
+    good, test, boxes = data
+    cache = EmbeddingCache()
+    if api is not None:
+        check = run_cached(defaults, good, test, boxes, cache)
+        same = (
+            abs(check["image_auroc"] - api["image_auroc"]) < 1e-6
+            and abs(check["box_hit_rate"] - api["box_hit_rate"]) < 1e-9
+        )
+        print(f"cached path reproduces the API numbers: {same}", flush=True)
+        result["cached_path_matches_api"] = same
+    # rows recorded before sigma and cosine_floor were fields ran with sigma 4, plain cosine
+    done = {
+        json.dumps({"sigma": 4.0, "cosine_floor": 0.0, **r["settings"]}, sort_keys=True): r
+        for r in result.get("grid", [])
+    }
+    rows = []
+    for name, kw in grid_settings():
+        key = json.dumps(kw, sort_keys=True)
+        if key in done:
+            rows.append({**done[key], "name": name})
+            print(f"{name:45s} {fmt(done[key])}   [reused from {out}]", flush=True)
+            continue
+        if args.only and not re.search(args.only, name):
+            continue
+        cfg = Config(backbone="mobilenet_v2", device="cpu", **kw)
+        t1 = time.perf_counter()
+        r = run_cached(cfg, good, test, boxes, cache)
+        print(f"{name:45s} {fmt(r)}   [{time.perf_counter() - t1:.0f} s]", flush=True)
+        rows.append({"name": name, "settings": kw, **r})
+        result["grid"] = rows
+        out.write_text(json.dumps(result, indent=2))
+    return rows
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     if args.table:
         print(markdown_table(json.loads(Path(args.out).read_text())))
         return 0
@@ -409,24 +445,9 @@ def main(argv=None) -> int:
         "n_good": len(good),
         "n_test_defective": len(test),
     }
-
     overrides = {k: json.loads(v) for k, v in args.set}
     defaults = Config(backbone="mobilenet_v2", device="cpu", **overrides)
-    dfields = {
-        k: getattr(defaults, k)
-        for k in (
-            "input_size",
-            "resize",
-            "layers",
-            "coreset_ratio",
-            "train_rotations",
-            "num_neighbors",
-            "distance",
-            "cosine_floor",
-            "sigma",
-            "clahe",
-        )
-    }
+    dfields = {k: getattr(defaults, k) for k in SCORING_FIELDS}
     print(f"defaults of Config(backbone='mobilenet_v2'): {dfields}")
     previous = json.loads(out.read_text()) if out.is_file() and args.grid and not args.fresh else {}
     result = {**previous, "meta": meta}
@@ -442,39 +463,8 @@ def main(argv=None) -> int:
         )
         result["defaults"] = {"config": dfields, "overrides": overrides, **api}
         out.write_text(json.dumps(result, indent=2))
-
     if args.grid:
-        cache = EmbeddingCache()
-        if api is not None:
-            check = run_cached(defaults, good, test, boxes, cache)
-            same = (
-                abs(check["image_auroc"] - api["image_auroc"]) < 1e-6
-                and abs(check["box_hit_rate"] - api["box_hit_rate"]) < 1e-9
-            )
-            print(f"cached path reproduces the API numbers: {same}", flush=True)
-            result["cached_path_matches_api"] = same
-        # rows recorded before sigma and cosine_floor were fields ran with sigma 4, plain cosine
-        done = {
-            json.dumps({"sigma": 4.0, "cosine_floor": 0.0, **r["settings"]}, sort_keys=True): r
-            for r in result.get("grid", [])
-        }
-        rows = []
-        for name, kw in grid_settings():
-            key = json.dumps(kw, sort_keys=True)
-            if key in done:
-                rows.append({**done[key], "name": name})
-                print(f"{name:45s} {fmt(done[key])}   [reused from {out}]", flush=True)
-                continue
-            if args.only and not re.search(args.only, name):
-                continue
-            cfg = Config(backbone="mobilenet_v2", device="cpu", **kw)
-            t1 = time.perf_counter()
-            r = run_cached(cfg, good, test, boxes, cache)
-            print(f"{name:45s} {fmt(r)}   [{time.perf_counter() - t1:.0f} s]", flush=True)
-            rows.append({"name": name, "settings": kw, **r})
-            result["grid"] = rows
-            out.write_text(json.dumps(result, indent=2))
-        result["grid"] = rows
+        result["grid"] = run_grid(args, defaults, api, (good, test, boxes), result, out)
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")
     if api is not None:

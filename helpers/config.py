@@ -15,11 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from .backbones import BACKBONES
-
-DISTANCES = ("l2", "cosine")
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-KNN_BACKENDS = ("torch", "faiss")
+from .config_checks import (
+    ConfigError,
+    check_bank,
+    check_execution,
+    check_features,
+    check_preprocessing,
+    check_scoring,
+    int_range,
+)
 
 # Fields that change a saved artifact (memory bank, features). Two configs with the same values
 # here produce the same bank, whatever their batch size, device or dataset path.
@@ -58,10 +62,6 @@ FALLBACK_DEFAULTS = {
 # 8x the fit time.
 AUTO_ROTATIONS = 8
 AUTO_ROTATIONS_BELOW = 20  # training images
-
-
-class ConfigError(ValueError):
-    """A configuration field is out of range; the message names the field and the allowed values."""
 
 
 @dataclass
@@ -165,101 +165,20 @@ class Config:
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
-        spec = BACKBONES[self.backbone]
-        bad = [layer for layer in self.layers if layer not in spec.layers]
-        if not self.layers or bad:
-            raise ConfigError(
-                f"layers={self.layers!r}: unknown layer(s) {bad} for {self.backbone}; "
-                f"allowed: {list(spec.layers)}"
-            )
-        _int_range("input_size", self.input_size, 32, 2048)
-        if self.input_size % 8:
-            raise ConfigError(
-                f"input_size={self.input_size} must be a multiple of 8 "
-                f"(for example {8 * round(self.input_size / 8)})"
-            )
-        if self.resize != 0:
-            _int_range(
-                "resize",
-                self.resize,
-                self.input_size,
-                4096,
-                hint=f"resize is the shorter side before the centre crop, so >= input_size="
-                f"{self.input_size}; or 0 to squash the whole image to a square",
-            )
-        _int_range("patch_size", self.patch_size, 1, 9)
-        if self.patch_size % 2 == 0:
-            raise ConfigError(f"patch_size={self.patch_size} must be odd (1, 3, 5, ...)")
-        _int_range(
-            "pretrain_embed_dim",
-            self.pretrain_embed_dim,
-            0,
-            65536,
-            hint="0: each layer keeps its channel count",
-        )
-        _int_range(
-            "target_embed_dim",
-            self.target_embed_dim,
-            0,
-            65536,
-            hint="0: the concatenated layers' length",
-        )
-        if not isinstance(self.coreset_ratio, (int, float)) or not 0 < self.coreset_ratio <= 1:
-            raise ConfigError(
-                f"coreset_ratio={self.coreset_ratio!r} must be in (0, 1] "
-                "(0.1 keeps 10% of the training patches; 1 keeps all)"
-            )
-        _int_range(
-            "coreset_projection_dim",
-            self.coreset_projection_dim,
-            0,
-            65536,
-            hint="0 disables the random projection",
-        )
-        _int_range("coreset_start_points", self.coreset_start_points, 1, 10000)
-        _int_range(
+        """Raise :class:`ConfigError` naming the first field out of range (the checks are in
+        :mod:`helpers.config_checks`)."""
+        check_features(self)
+        check_bank(self)
+        int_range(
             "train_rotations",
             self.train_rotations,
             0,
             360,
             hint=f"0: {AUTO_ROTATIONS} below {AUTO_ROTATIONS_BELOW} training images, else 1",
         )
-        _int_range("num_neighbors", self.num_neighbors, 1, 1000)
-        _choice("distance", self.distance, DISTANCES)
-        if (
-            not isinstance(self.cosine_floor, (int, float))
-            or isinstance(self.cosine_floor, bool)
-            or not 0 <= self.cosine_floor <= 100
-        ):
-            raise ConfigError(
-                f"cosine_floor={self.cosine_floor!r} must be a number in [0, 100] "
-                "(0: plain cosine; 0.3: a floor at 30% of the median feature norm)"
-            )
-        if (
-            not isinstance(self.sigma, (int, float))
-            or isinstance(self.sigma, bool)
-            or self.sigma < 0
-        ):
-            raise ConfigError(f"sigma={self.sigma!r} must be >= 0 (0 disables the blur; paper: 4)")
-        if not isinstance(self.clahe, bool):
-            raise ConfigError(f"clahe={self.clahe!r} must be True or False")
-        if not isinstance(self.clahe_clip_limit, (int, float)) or self.clahe_clip_limit <= 0:
-            raise ConfigError(
-                f"clahe_clip_limit={self.clahe_clip_limit!r} must be > 0 (typical 1-4)"
-            )
-        _int_range("clahe_tile_grid", self.clahe_tile_grid, 1, 64)
-        _int_range("batch_size", self.batch_size, 1, 4096)
-        _choice("device", self.device, DEVICES)
-        _choice("precision", self.precision, PRECISIONS)
-        _choice("knn_backend", self.knn_backend, KNN_BACKENDS)
-        _int_range("knn_memory_mb", self.knn_memory_mb, 1, 1 << 20)
-        _int_range("num_workers", self.num_workers, 0, 64)
-        _int_range("seed", self.seed, 0, 2**63 - 1)
-        if self.weights is not None and not isinstance(self.weights, str):
-            raise ConfigError(
-                f"weights={self.weights!r} must be a torchvision weights name "
-                "such as 'IMAGENET1K_V1', or None for random weights"
-            )
+        check_scoring(self)
+        check_preprocessing(self)
+        check_execution(self)
 
     def rotations_for(self, n_train: int) -> int:
         """Training rotations used for ``n_train`` images (resolves ``train_rotations=0``)."""
@@ -328,14 +247,3 @@ class Config:
 
 def _norm(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
-
-
-def _int_range(name: str, value: Any, lo: int, hi: int, hint: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        extra = f" ({hint})" if hint else ""
-        raise ConfigError(f"{name}={value!r} must be an integer in [{lo}, {hi}]{extra}")
-
-
-def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{name}={value!r} is not allowed; choose one of {list(allowed)}")

@@ -4,23 +4,22 @@ The default source is the whole MVTec AD archive at the link anomalib's maintain
 (``DOWNLOAD_INFO`` of anomalib's MVTecAD datamodule), with its sha256 pinned. Only the requested
 category is extracted, streaming (the 4.9 GB archive is never unpacked as a whole), and safely:
 absolute paths, ``..``, links leading outside and special files are refused. The download resumes
-(HTTP Range) after a cut; nothing lands in ``<dest>/<category>`` until the archive's checksum and
-layout have been checked.
+(HTTP Range) after a cut (:mod:`helpers.http_download`); nothing lands in ``<dest>/<category>``
+until the archive's checksum and layout have been checked.
 MVTec AD: CC BY-NC-SA 4.0, https://www.mvtec.com/company/research/datasets/mvtec-ad
 """
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import os
-import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
+from . import http_download
 from .archive import BLOCK, DownloadError, byte_progress, checksum_error, extract_category  # noqa: F401
+from .http_download import sha256_file  # noqa: F401  (re-exported: it lived here)
 
 MVTEC_AD_URL = (
     "https://www.mydrive.ch/shares/150996/b52ecdcbf521176e9db9c731f2304b27/"
@@ -39,27 +38,16 @@ CATEGORY_URLS = {
 METAL_NUT_URL = CATEGORY_URLS["metal_nut"]
 KNOWN_SHA256: dict[str, str] = {MVTEC_AD_URL: MVTEC_AD_SHA256}
 CACHE_ENV = "PATCHCORE_DOWNLOAD_DIR"  # where archives are downloaded (resumable .partial files)
-
-
-def _refused(url: str, why: str) -> DownloadError:
-    return DownloadError(
-        f"The download of {url} was refused: {why}.\n"
-        f"MVTec AD is distributed from {MVTEC_PAGE} (licence CC BY-NC-SA 4.0).\n"
-        "Ways forward:\n"
-        "  1. download mvtec_anomaly_detection.tar.xz (or metal_nut.tar.xz) in a browser, put\n"
-        "     it on Google Drive and set download_url='/content/drive/MyDrive/<the archive>'\n"
-        "  2. or set dataset_path to a folder that already holds metal_nut/ (Drive works too)\n"
-        "  3. or set download_url to another link (file:///path/archive.tar.xz works too)\n"
-        "  4. or leave dataset_path empty to run on the synthetic set"
-    )
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(BLOCK), b""):
-            h.update(block)
-    return h.hexdigest()
+# what a refused download adds to its message
+REFUSED_ADVICE = (
+    f"MVTec AD is distributed from {MVTEC_PAGE} (licence CC BY-NC-SA 4.0).\n"
+    "Ways forward:\n"
+    "  1. download mvtec_anomaly_detection.tar.xz (or metal_nut.tar.xz) in a browser, put\n"
+    "     it on Google Drive and set download_url='/content/drive/MyDrive/<the archive>'\n"
+    "  2. or set dataset_path to a folder that already holds metal_nut/ (Drive works too)\n"
+    "  3. or set download_url to another link (file:///path/archive.tar.xz works too)\n"
+    "  4. or leave dataset_path empty to run on the synthetic set"
+)
 
 
 def default_cache_dir() -> Path:
@@ -69,82 +57,6 @@ def default_cache_dir() -> Path:
 
 
 # ------------------------------------------------------------------ download
-
-
-def _open(url: str, offset: int, opener: Callable, timeout: float):
-    request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
-    try:
-        return opener(request, timeout=timeout)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416 and offset:
-            return None  # the partial file is already complete (or longer): start over
-        raise _refused(url, f"HTTP {exc.code} {exc.reason}") from exc
-    except (urllib.error.URLError, OSError) as exc:
-        raise _refused(url, f"no connection ({getattr(exc, 'reason', exc)})") from exc
-
-
-def _total_size(response, offset: int) -> int | None:
-    headers = getattr(response, "headers", None) or {}
-    content_range = headers.get("Content-Range") or ""
-    if "/" in content_range and content_range.rsplit("/", 1)[1].strip().isdigit():
-        return int(content_range.rsplit("/", 1)[1])
-    length = headers.get("Content-Length")
-    return offset + int(length) if length and str(length).isdigit() else None
-
-
-def _copy_stream(response, tmp: Path, offset: int, h, *, url: str, progress: bool) -> int:
-    """Append the response body to ``tmp`` (``offset`` bytes already there, hashed into ``h``).
-    Returns the file's size; a connection lost midway raises ConnectionError."""
-    headers = getattr(response, "headers", None) or {}
-    if "text/html" in (headers.get("Content-Type") or "").lower():
-        raise _refused(
-            url, "the server sent a web page instead of the archive (a licence form or login page)"
-        )
-    total = _total_size(response, offset)
-    done = offset
-    with (
-        byte_progress(total, f"download {tmp.name[:-8]}", progress, offset) as bar,
-        open(tmp, "ab") as fh,
-    ):
-        while True:
-            try:
-                block = response.read(BLOCK)
-            except (OSError, ValueError, http.client.HTTPException) as exc:  # reset, timeout
-                raise ConnectionError(f"connection lost ({exc})") from exc
-            if not block:
-                break
-            fh.write(block)
-            h.update(block)
-            done += len(block)
-            bar.update(len(block))
-    if total is not None and done < total:
-        raise ConnectionError(f"got {done} of {total} bytes")
-    return done
-
-
-def _attempt(url: str, tmp: Path, *, opener: Callable, timeout: float, progress: bool) -> str:
-    """One try at completing ``tmp`` (resuming it when it exists); returns its sha256."""
-    offset = tmp.stat().st_size if tmp.exists() else 0
-    response = _open(url, offset, opener, timeout)
-    if response is None:
-        tmp.unlink()
-        offset = 0
-        response = _open(url, 0, opener, timeout)
-    with response:
-        if offset and getattr(response, "status", None) != 206:
-            tmp.unlink()  # the server ignored the Range header: it sends the whole file
-            offset = 0
-        h = hashlib.sha256()
-        if offset:
-            with open(tmp, "rb") as fh:
-                for block in iter(lambda: fh.read(BLOCK), b""):
-                    h.update(block)
-        try:
-            _copy_stream(response, tmp, offset, h, url=url, progress=progress)
-        except DownloadError:
-            tmp.unlink(missing_ok=True)
-            raise
-    return h.hexdigest()
 
 
 def download(
@@ -157,43 +69,19 @@ def download(
     retries: int = 3,
     progress: bool = True,
 ) -> Path:
-    """Download ``url`` to ``dest`` through ``dest.partial``, resuming it with HTTP Range after a
-    cut (``retries`` times here, and on the next call), then check ``sha256`` (else the one
-    pinned in :data:`KNOWN_SHA256`; else the digest is printed) and rename. ``opener``: a
-    ``urllib.request.urlopen``-like callable taking a Request (tests pass a fake)."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    expected = (sha256 or KNOWN_SHA256.get(url) or "").lower() or None
-    tmp = dest.with_name(dest.name + ".partial")
-    retries = max(1, retries)
-    for attempt in range(1, retries + 1):
-        try:
-            digest = _attempt(
-                url,
-                tmp,
-                opener=opener or urllib.request.urlopen,
-                timeout=timeout,
-                progress=progress,
-            )
-            break
-        except ConnectionError as exc:
-            have = tmp.stat().st_size / 2**20 if tmp.exists() else 0.0
-            if attempt == retries:
-                raise DownloadError(
-                    f"the download of {url} stopped after {have:.1f} MiB ({exc}), {retries} "
-                    f"tries. Run the same cell again: it resumes from {tmp}."
-                ) from exc
-            print(
-                f"download interrupted at {have:.1f} MiB ({exc}); resuming "
-                f"(try {attempt + 1} of {retries})"
-            )
-    if expected and digest != expected:
-        tmp.unlink(missing_ok=True)
-        raise checksum_error(f"{url} (downloaded to {tmp})", expected, digest, deleted=True)
-    os.replace(tmp, dest)
-    state = "verified" if expected else "not checked (pin it with download_sha256)"
-    print(f"downloaded {dest} ({dest.stat().st_size / 2**20:.1f} MiB), sha256 {digest}: {state}")
-    return dest
+    """Download ``url`` to ``dest``, resumably (:func:`helpers.http_download.download`), and check
+    ``sha256`` (else the one pinned in :data:`KNOWN_SHA256`; else the digest is printed). A refusal
+    says where MVTec AD comes from and what to do instead."""
+    return http_download.download(
+        url,
+        dest,
+        sha256=sha256 or KNOWN_SHA256.get(url),
+        opener=opener,
+        timeout=timeout,
+        retries=retries,
+        progress=progress,
+        advice=REFUSED_ADVICE,
+    )
 
 
 # ------------------------------------------------------------------ one category, one call

@@ -49,9 +49,10 @@ def fit_memory_estimate(config: Config, device: torch.device, n_images: int) -> 
     return est
 
 
-def check_fit_memory(config: Config, device: torch.device, n_images: int) -> None:
+def check_fit_memory(config: Config, device: torch.device, n_images: int) -> dict[str, int]:
     """Refuse, before any work, a fit whose estimated peak exceeds 90% of the free memory,
-    in one line naming the estimate, the free memory and the knobs to change."""
+    in one line naming the estimate, the free memory and the knobs to change. Returns the
+    estimate (:func:`fit_memory_estimate`) when the fit fits."""
     est = fit_memory_estimate(config, device, n_images)
     free = {"ram": available_ram()}
     if device.type == "cuda":
@@ -66,3 +67,4 @@ def check_fit_memory(config: Config, device: torch.device, n_images: int) -> Non
                 f"(now {c.input_size}) or coreset_projection_dim (now "
                 f"{c.coreset_projection_dim}), or fit on fewer images"
             )
+    return est

@@ -1,5 +1,6 @@
 """The PatchCore object: ``fit`` a memory bank on good images, ``predict`` image scores and
-anomaly maps in original image pixels, ``save`` / ``load`` the bank without pickle."""
+anomaly maps in original image pixels, ``save`` / ``load`` the bank without pickle. Scoring
+against the bank (kNN, eq. 7) is :class:`helpers.scoring.BankScoring`, which it inherits."""
 
 from __future__ import annotations
 
@@ -20,12 +21,12 @@ from .data import Geometry, Preprocessor
 from .features import FeatureExtractor
 from .fit_memory import available_ram
 from .images import as_list, image_batches, rotate_image
-from .knn import knn, pair_distance
 from .maps import grids_to_maps
 from .prediction import Prediction
 from .projection import Projection
 from .runtime import CPU_MICRO_BATCH, autocast, autocast_dtype, resolve_device, run_halving
 from .runtime import progress as show_progress
+from .scoring import BankScoring
 from .spill import FeatureSpill
 from .training import EmbeddedBatch, TrainingFeatures
 
@@ -42,7 +43,7 @@ __all__ = [
 ]
 
 
-class PatchCore:
+class PatchCore(BankScoring):
     """``PatchCore(Config(...)).fit(train_images)``; ``.predict(test_images)``.
 
     Images may be file paths, :class:`~helpers.data.Sample` objects, RGB uint8 arrays [H, W, 3]
@@ -60,10 +61,7 @@ class PatchCore:
         self.device = resolve_device(config.device)
         self.preprocess = Preprocessor.from_config(config)
         self._extractor: FeatureExtractor | None = None
-        self._memory_bank: torch.Tensor | None = None
-        self._bank_sqn: torch.Tensor | None = None  # |bank row|^2, made on first use
-        self._bank_norm: float | None = None  # median bank-row norm (cosine floor)
-        self.memory_bank = None
+        self.memory_bank = None  # with what is derived from it (helpers.scoring)
         self.grid: tuple[int, int] | None = None
         self.info: dict = {}
         self.coreset_indices: torch.Tensor | None = None  # rows of the fit's patches kept
@@ -117,7 +115,6 @@ class PatchCore:
             self._embed_cap = used
         return out
 
-    # ------------------------------------------------------------------ inputs
     # ------------------------------------------------------------------ seams
     def embed_images(
         self, images, rotations: int = 1, progress: bool = False, desc: str = "features"
@@ -255,92 +252,12 @@ class PatchCore:
         """Bytes a fit of ``n_images`` needs (:func:`helpers.fit_memory.fit_memory_estimate`)."""
         return fit_memory.fit_memory_estimate(self.config, self.device, n_images)
 
-    def check_fit_memory(self, n_images: int) -> None:
-        """Refuse a fit larger than the free memory (see :mod:`helpers.fit_memory`)."""
-        fit_memory.check_fit_memory(self.config, self.device, n_images)
+    def check_fit_memory(self, n_images: int) -> dict[str, int]:
+        """Refuse a fit larger than the free memory (see :mod:`helpers.fit_memory`); returns the
+        estimate checked."""
+        return fit_memory.check_fit_memory(self.config, self.device, n_images)
 
     # ------------------------------------------------------------------ predict
-    def _check_fitted(self) -> None:
-        if self.memory_bank is None:
-            raise RuntimeError(
-                "this PatchCore has no memory bank: call fit(train_images) or "
-                "PatchCore.load(path) first"
-            )
-
-    @property
-    def memory_bank(self) -> torch.Tensor | None:
-        """The kept training patch features [M, D]; setting it resets what is derived from it."""
-        return self._memory_bank
-
-    @memory_bank.setter
-    def memory_bank(self, bank: torch.Tensor | None) -> None:
-        self._memory_bank = bank
-        self._bank_sqn = None
-        self._bank_norm = None
-
-    @property
-    def bank_sqn(self) -> torch.Tensor:
-        if self._bank_sqn is None:
-            self._bank_sqn = (self.memory_bank.float() ** 2).sum(1)
-        return self._bank_sqn
-
-    @property
-    def norm_floor(self) -> float:
-        """The absolute norm floor of ``distance="cosine"``: ``cosine_floor`` times the median
-        norm of the memory bank's features (0 for L2 or plain cosine)."""
-        c = self.config
-        if c.distance != "cosine" or not c.cosine_floor:
-            return 0.0
-        if self._bank_norm is None:
-            self._bank_norm = float(self.memory_bank.float().norm(dim=1).median())
-        return c.cosine_floor * self._bank_norm
-
-    def _knn(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """kNN against the bank; halves the distance-block budget on out-of-memory."""
-        c = self.config
-
-        def run(memory_mb: int):
-            return knn(
-                queries,
-                self.memory_bank,
-                k,
-                distance=c.distance,
-                backend=c.knn_backend,
-                memory_mb=memory_mb,
-                bank_sqn=self.bank_sqn,
-                norm_floor=self.norm_floor,
-            )
-
-        out, self._knn_mb = run_halving(run, self._knn_mb, "nearest-neighbour search (memory_mb)")
-        return out
-
-    def score_embeddings(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Patch embeddings [B, h, w, D] -> (image scores [B], patch-score grid [B, h, w])."""
-        self._check_fitted()
-        c = self.config
-        b, h, w, d = emb.shape
-        if d != self.memory_bank.shape[1]:
-            raise ValueError(
-                f"embeddings have dimension {d}, the memory bank {self.memory_bank.shape[1]}"
-            )
-        flat = emb.reshape(b, h * w, d)
-        dist, idx = self._knn(flat.reshape(-1, d), 1)
-        dist, idx = dist.view(b, h * w), idx.view(b, h * w)
-        s_star, pos = dist.max(dim=1)
-        scores = s_star
-        k = min(c.num_neighbors, self.memory_bank.shape[0])
-        if k > 1:  # eq. 7: down-weight when m* sits in a dense region of the bank
-            rows = torch.arange(b, device=dist.device)
-            m_test = flat[rows, pos]  # [B, D]
-            m_star = idx[rows, pos]  # [B]
-            _, support = self._knn(self.memory_bank[m_star], k)
-            support[:, 0] = m_star  # the nearest neighbour of m* is m* (or an exact duplicate)
-            near = self.memory_bank[support].float()  # [B, k, D]
-            dd = pair_distance(m_test[:, None], near, c.distance, self.norm_floor)
-            weight = 1 - torch.softmax(dd.double(), dim=1)[:, 0].float()
-            scores = weight * s_star
-        return scores, dist.view(b, h, w)
-
     def predict(self, images, maps: bool = True, progress: bool = False) -> Prediction:
         """Image scores and anomaly maps (original pixels) for ``images``."""
         self._check_fitted()

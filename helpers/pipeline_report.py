@@ -55,10 +55,9 @@ def preflight(params: dict[str, Any]) -> str:
         raise PipelineError(f"data: no training images found under {run.data_root}")
     model = PatchCore(c)
     try:
-        model.check_fit_memory(n_train)
+        est = model.check_fit_memory(n_train)
     except MemoryError as exc:
         raise PipelineError(f"memory: {exc}") from exc
-    est = model.fit_memory_estimate(n_train)
     free = available_ram()
     out = Path(params["run_dir"])
     existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())

@@ -125,21 +125,42 @@ def prediction_browser(
 
     if not (interactive and available()):
         _fallback_note(interactive)
-        if defects is not None:
-            firsts = {}
-            for i, d in enumerate(defects):
-                firsts.setdefault(d, i)
-            indices = sorted(firsts.values())[:static_max]
-        else:
-            indices = list(range(min(n, static_max)))
-        _show(panel(indices, threshold, pixel_threshold), run, name)
+        _show(panel(_static_indices(n, defects, static_max), threshold, pixel_threshold), run, name)
         return None
     import ipywidgets as w
     from IPython.display import display
 
+    index = w.IntSlider(value=0, min=0, max=max(n - 1, 0), description="image")
+    thr, pix = _threshold_sliders(scores, threshold, pixel_threshold, vmin, vmax)
+    out = w.Output()
+
+    def update(*_):
+        with out:
+            out.clear_output(wait=True)
+            display(panel([index.value], thr.value, pix.value))
+
+    for control in (index, thr, pix):
+        control.observe(update, names="value")
+    update()
+    return w.VBox([w.HBox([index, thr, pix]), out])
+
+
+def _static_indices(n: int, defects: Sequence[str] | None, static_max: int) -> list[int]:
+    """The first image of each defect type when ``defects`` is given, else the first images."""
+    if defects is None:
+        return list(range(min(n, static_max)))
+    firsts = {}
+    for i, d in enumerate(defects):
+        firsts.setdefault(d, i)
+    return sorted(firsts.values())[:static_max]
+
+
+def _threshold_sliders(scores, threshold, pixel_threshold, vmin: float, vmax: float):
+    """The image-threshold slider (over the finite scores) and the pixel-threshold slider."""
+    import ipywidgets as w
+
     finite = scores[np.isfinite(scores)]
     lo, hi = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
-    index = w.IntSlider(value=0, min=0, max=max(n - 1, 0), description="image")
     thr = w.FloatSlider(
         value=float(threshold),
         min=lo,
@@ -156,14 +177,4 @@ def prediction_browser(
         description="pixel thr.",
         readout_format=".3g",
     )
-    out = w.Output()
-
-    def update(*_):
-        with out:
-            out.clear_output(wait=True)
-            display(panel([index.value], thr.value, pix.value))
-
-    for control in (index, thr, pix):
-        control.observe(update, names="value")
-    update()
-    return w.VBox([w.HBox([index, thr, pix]), out])
+    return thr, pix

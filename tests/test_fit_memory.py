@@ -19,7 +19,8 @@ def test_training_set_too_large_for_memory_is_refused_up_front(small_config, mon
         model.check_fit_memory(10**6)
     msg = str(err.value)
     assert "GiB of RAM" in msg and "8.0 GiB is free" in msg and "train_rotations" in msg
-    model.check_fit_memory(10)  # a small set passes
+    # a small set passes; the estimate checked comes back (the preflight prints it)
+    assert model.check_fit_memory(10) == model.fit_memory_estimate(10)
 
 
 def test_fit_memory_estimate_grows_linearly(small_config):

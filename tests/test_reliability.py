@@ -47,7 +47,7 @@ def test_oom_in_extraction_halves_the_batch_and_continues(fitted, samples, monke
 
 
 def test_oom_in_knn_halves_the_block_budget(fitted, samples, monkeypatch):
-    import helpers.model as hm
+    import helpers.scoring as hm
 
     model = PatchCore(fitted.config.replace(knn_memory_mb=64))
     model.memory_bank = fitted.memory_bank
