@@ -68,7 +68,12 @@ __all__ = [
 
 CONFIG_FIELDS = tuple(f.name for f in fields(Config))
 SCORING_FIELDS = ("num_neighbors", "distance", "cosine_floor", "sigma")
-FEATURE_FREE_FIELDS = ("coreset_ratio", "coreset_projection_dim", "coreset_start_points")
+FEATURE_FREE_FIELDS = (
+    "coreset_ratio",
+    "coreset_max_size",
+    "coreset_projection_dim",
+    "coreset_start_points",
+)
 
 
 def repo_root() -> Path:

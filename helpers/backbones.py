@@ -76,6 +76,7 @@ BACKBONES: dict[str, BackboneSpec] = {
             train_rotations=0,
             sigma=8.0,
             coreset_ratio=0.05,
+            coreset_max_size=16384,
         ),
         {
             "features.3": 24,

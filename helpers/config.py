@@ -40,6 +40,7 @@ ARTIFACT_FIELDS = (
     "clahe_clip_limit",
     "clahe_tile_grid",
     "coreset_ratio",
+    "coreset_max_size",
     "coreset_projection_dim",
     "coreset_start_points",
     "train_rotations",
@@ -54,6 +55,7 @@ FALLBACK_DEFAULTS = {
     "cosine_floor": 0.0,
     "sigma": 4.0,
     "coreset_ratio": 0.1,
+    "coreset_max_size": 0,  # no cap: the paper's 10 % of every training patch
 }
 
 # train_rotations=0 ("auto"): rotate the training images when they are few. Measured on real
@@ -87,6 +89,9 @@ class Config:
     coreset_ratio: float | None = (
         None  # fraction of training patches kept (None: backbone default, else 0.1)
     )
+    # largest bank (rows) whatever the ratio: above it the greedy selection's time grows linearly
+    # with the training set, not quadratically; 0: no cap (None: backbone default, else 0)
+    coreset_max_size: int | None = None
     coreset_projection_dim: int = 128
     coreset_start_points: int = 10
     train_rotations: int | None = None  # >1: also fit on copies rotated by 360/k degrees; 0: auto
@@ -148,6 +153,14 @@ class Config:
             else:
                 out[f.name] = "field default" if value == f.default else "set"
         return out
+
+    def coreset_size(self, n_patches: int) -> int:
+        """Rows the memory bank keeps of ``n_patches`` training patches: ``coreset_ratio`` of
+        them, at most ``coreset_max_size`` (when set), at least one."""
+        n = int(n_patches * self.coreset_ratio)
+        if self.coreset_max_size:
+            n = min(n, self.coreset_max_size)
+        return max(1, min(n_patches, n))
 
     def sources(self) -> dict[str, str]:
         """Field name -> where its value came from: "set", "backbone default (<name>)",

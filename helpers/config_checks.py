@@ -66,12 +66,14 @@ def check_features(c) -> None:
 
 
 def check_bank(c) -> None:
-    """The coreset: ratio kept, projection, start points."""
+    """The coreset: ratio kept, size cap, projection, start points."""
     if not isinstance(c.coreset_ratio, (int, float)) or not 0 < c.coreset_ratio <= 1:
         raise ConfigError(
             f"coreset_ratio={c.coreset_ratio!r} must be in (0, 1] "
             "(0.1 keeps 10% of the training patches; 1 keeps all)"
         )
+    hint = "the most rows the memory bank keeps; 0: no cap"
+    int_range("coreset_max_size", c.coreset_max_size, 0, 2**31 - 1, hint=hint)
     hint = "0 disables the random projection"
     int_range("coreset_projection_dim", c.coreset_projection_dim, 0, 65536, hint=hint)
     int_range("coreset_start_points", c.coreset_start_points, 1, 10000)

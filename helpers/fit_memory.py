@@ -38,7 +38,7 @@ def fit_memory_estimate(config: Config, device: torch.device, n_images: int) -> 
     dim = c.embed_dim
     p = dim if not 0 < c.coreset_projection_dim < dim else c.coreset_projection_dim
     work = patches * (p * 8 + 160)  # float64 projection + coreset arrays
-    bank = int(patches * c.coreset_ratio) * dim * 4
+    bank = c.coreset_size(patches) * dim * 4
     forward = min(c.batch_size, CPU_MICRO_BATCH) if device.type == "cpu" else c.batch_size
     batch = forward * 3 * c.input_size**2 * 4 * 24  # activations, roughly
     est = {"disk": patches * dim * 4 if p < dim else 0}

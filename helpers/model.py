@@ -204,7 +204,7 @@ class PatchCore(BankScoring):
         """Greedy coreset on ``feats``' projection; the bank is the kept patches' full features."""
         c = self.config
         t0 = time.perf_counter()
-        n_select = max(1, min(feats.n_patches, int(feats.n_patches * c.coreset_ratio)))
+        n_select = c.coreset_size(feats.n_patches)
         idx = greedy_coreset(
             None,
             n_select,

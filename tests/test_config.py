@@ -108,3 +108,16 @@ def test_sources_do_not_change_equality_hash_or_dict():
         Config.from_dict(Config(backbone="mobilenet_v2").to_dict()),
     )
     assert a == b and a.hash() == b.hash() and "_sources" not in a.to_dict()
+
+
+def test_coreset_size_is_the_ratio_capped_by_max_size():
+    c = Config(backbone="resnet18", coreset_ratio=0.1)
+    assert c.coreset_max_size == 0  # the paper's ResNets: no cap
+    assert c.coreset_size(100_000) == 10_000 and c.coreset_size(5) == 1
+    capped = c.replace(coreset_max_size=4000)
+    assert capped.coreset_size(100_000) == 4000 and capped.coreset_size(20_000) == 2000
+    assert capped.hash() != c.hash()  # a different bank, a different artifact
+    m = Config(backbone="mobilenet_v2")
+    assert m.coreset_max_size == 16384 and m.sources()["coreset_max_size"].startswith("backbone")
+    with pytest.raises(ConfigError, match="coreset_max_size"):
+        Config(backbone="mobilenet_v2", coreset_max_size=-1)

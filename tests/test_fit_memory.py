@@ -24,10 +24,14 @@ def test_training_set_too_large_for_memory_is_refused_up_front(small_config, mon
 
 
 def test_fit_memory_estimate_grows_linearly(small_config):
-    model = PatchCore(small_config)
+    model = PatchCore(small_config.replace(coreset_max_size=0))
     a, b = model.fit_memory_estimate(1000), model.fit_memory_estimate(2000)
     base = model.fit_memory_estimate(0)
     assert b["ram"] - base["ram"] == pytest.approx(2 * (a["ram"] - base["ram"]), rel=1e-3)
+    # a capped bank: the same working arrays, a smaller bank
+    capped = PatchCore(small_config.replace(coreset_max_size=1000)).fit_memory_estimate(2000)
+    bank = (model.config.coreset_size(2000 * 16 * 16) - 1000) * small_config.embed_dim * 4
+    assert b["ram"] - capped["ram"] == bank
 
 
 def test_estimate_is_a_function_of_config_and_device(small_config):

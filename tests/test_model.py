@@ -212,3 +212,19 @@ def test_natural_embedding_is_the_3x3_channel_mean(small_config, samples):
     taps = model.extractor.body(x[None])
     a = torch.nn.functional.avg_pool2d(taps["features.6"], 3, 1, 1)[0].permute(1, 2, 0)
     assert torch.allclose(emb[..., :32], a, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_coreset_max_size_keeps_the_first_greedy_picks(small_config, samples):
+    """A cap on the bank is the greedy selection stopped early: the capped bank is the first
+    ``coreset_max_size`` picks of the uncapped one, whatever the ratio asks for."""
+    ref = PatchCore(small_config.replace(coreset_max_size=0))
+    feats = torch.cat([b.embeddings.flatten(0, 2) for b in ref.embed_images(samples[0][:4])])
+    ref.grid = (1, feats.shape[0])
+    full = ref.select_bank(feats)
+    assert len(full) == int(feats.shape[0] * small_config.coreset_ratio)
+    capped = PatchCore(small_config.replace(coreset_max_size=len(full) // 3))
+    capped.grid = ref.grid
+    kept = capped.select_bank(feats)
+    assert len(kept) == len(full) // 3 and torch.equal(kept, full[: len(kept)])
+    assert torch.equal(capped.memory_bank, feats[kept])

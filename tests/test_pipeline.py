@@ -84,6 +84,7 @@ OTHER_VALUES = {
     "pretrain_embed_dim": 256,
     "target_embed_dim": 128,
     "coreset_ratio": 0.2,
+    "coreset_max_size": 5000,
     "coreset_projection_dim": 64,
     "coreset_start_points": 3,
     "train_rotations": 4,
