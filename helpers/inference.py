@@ -5,12 +5,13 @@ warm-up, halving the batch on CUDA out-of-memory."""
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from .runtime import autocast_dtype, has_native_bf16, run_halving
+from .runtime import autocast_dtype, has_native_bf16, resolve_device, run_halving
 
 A100_BATCH = 64  # fits an A100 (40 or 80 GB) with wide_resnet50_2 at 224 px in bf16
 OTHER_GPU_BATCH = 32
@@ -47,6 +48,15 @@ def cpu_fallback_note(device: torch.device) -> str:
         "works, only slower; timings below are CPU timings. In Colab choose Runtime > Change "
         "runtime type > A100 GPU (or any GPU) and run the notebook again."
     )
+
+
+def resolve_device_quietly(requested: str = "auto") -> torch.device:
+    """:func:`helpers.runtime.resolve_device` without its "no CUDA GPU found" warning, for a
+    notebook that prints :func:`cpu_fallback_note` instead (one CPU note, not two). That warning
+    is issued once per process, so models created later in the same kernel stay quiet too."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="no CUDA GPU found")
+        return resolve_device(requested)
 
 
 def pick_batch_size(requested: int, device: torch.device) -> int:

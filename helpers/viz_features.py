@@ -118,9 +118,13 @@ def coverage_figure(
     full_patches: int | None = None,
     chosen: float | None = None,
     run_patches: int | None = None,
+    run_label: str | None = None,
+    full_label: str | None = None,
 ) -> Figure:
     """Coverage radius vs coreset ratio (greedy vs random, on the ``cov`` sample) and memory-bank
-    size vs ratio for this run's ``run_patches`` training patches (and the full metal_nut set)."""
+    size vs ratio for this run's ``run_patches`` training patches (and the full metal_nut set,
+    ``full_patches``). ``run_label`` / ``full_label``: legend entries of the two bank-size lines
+    (say how the patch counts arise: images x rotations x patches per image)."""
     r = np.asarray(cov["ratios"])
     fig = new_figure(11, 3.8)
     ax1, ax2 = fig.subplots(1, 2)
@@ -135,25 +139,26 @@ def coverage_figure(
         r,
         [bank_megabytes(run_patches, dim, x) for x in r],
         "o-",
-        label=f"this run's training set ({run_patches} patches)",
+        label=run_label or f"this run's training set ({run_patches} patches)",
     )
     if full_patches:
         ax2.plot(
             r,
             [bank_megabytes(full_patches, dim, x) for x in r],
             "s--",
-            label=f"full metal_nut train set ({full_patches} patches)",
+            label=full_label or f"full metal_nut train set ({full_patches} patches)",
         )
     ax2.set_xscale("log")
     ax2.set_yscale("log")
     ax2.set_xlabel("coreset ratio")
     ax2.set_ylabel(f"memory bank size (MB, float32, D={dim})")
     ax2.set_title("Memory-bank size")
-    for ax in (ax1, ax2):
+    # the radius falls to the right, the bank grows to the right: legends in the empty corners
+    for ax, corner in ((ax1, "upper right"), (ax2, "lower right")):
         if chosen:
             ax.axvline(chosen, color="gray", linestyle=":", label=f"chosen ratio {chosen:g}")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc=corner)
     return fig
 
 

@@ -18,8 +18,18 @@ PIXEL_REGION_COLOUR = "magenta"
 
 
 # --------------------------------------------------------------------------- maps
-def maps_preview(images, maps, titles, *, vmin: float, vmax: float, title: str = "") -> Figure:
-    """Anomaly maps over the original images, one column per image, with a shared colour bar."""
+def maps_preview(
+    images,
+    maps,
+    titles,
+    *,
+    vmin: float,
+    vmax: float,
+    title: str = "",
+    label: str = "anomaly map\n(blurred patch distance)",
+) -> Figure:
+    """Anomaly maps over the original images, one column per image, with a shared colour bar
+    (``label``: its caption; two short lines, so that it fits beside the bar)."""
     n = len(images)
     fig = new_figure(2.6 * n + 0.8, 2.9)
     axes = fig.subplots(1, n, squeeze=False)[0]
@@ -27,12 +37,7 @@ def maps_preview(images, maps, titles, *, vmin: float, vmax: float, title: str =
     for ax, img, m, t in zip(axes, images, maps, titles):
         overlay(ax, img, m, norm)
         ax.set_title(t, fontsize=9)
-    fig.colorbar(
-        ScalarMappable(norm, HEATMAP_CMAP),
-        ax=list(axes),
-        label="anomaly score (patch distance)",
-        shrink=0.9,
-    )
+    fig.colorbar(ScalarMappable(norm, HEATMAP_CMAP), ax=list(axes), label=label, shrink=0.9)
     fig.suptitle(title or "Anomaly maps in original image pixels")
     return fig
 
@@ -47,7 +52,9 @@ def map_steps(
     original_map: np.ndarray,
     sigma: float,
 ) -> Figure:
-    """From patch distances to the anomaly map in original pixels, step by step."""
+    """From patch distances to the anomaly map in original pixels, step by step. Each step's
+    title gives its largest value: the blur lowers the peak, which is why an image score (taken
+    from the patch distances before any blur) can exceed every value of its map."""
     fig = new_figure(15, 3.4)
     axes = fig.subplots(1, 5)
     vmin, vmax = float(np.min(blurred)), float(np.max(patch_scores))
@@ -55,9 +62,13 @@ def map_steps(
     axes[0].imshow(crop)
     axes[0].set_title(f"network input {crop.shape[1]}x{crop.shape[0]}", fontsize=9)
     steps = (
-        (patch_scores, f"1. patch distances {patch_scores.shape[1]}x{patch_scores.shape[0]}"),
-        (upsampled, "2. bilinear upsampling"),
-        (blurred, f"3. Gaussian blur, sigma={sigma:g} px"),
+        (
+            patch_scores,
+            f"1. patch distances {patch_scores.shape[1]}x{patch_scores.shape[0]}"
+            f"\n(max {np.max(patch_scores):.2f})",
+        ),
+        (upsampled, f"2. bilinear upsampling\n(max {np.max(upsampled):.2f})"),
+        (blurred, f"3. Gaussian blur, sigma={sigma:g} px\n(max {np.max(blurred):.2f})"),
     )
     im = None
     for ax, (m, t) in zip(axes[1:4], steps):
@@ -214,16 +225,18 @@ def confusion_figure(labels, scores, threshold: float) -> Figure:
     return fig
 
 
-def select_cases(scores, labels, n: int = 3) -> dict[str, list[int]]:
-    """Indices of the best and worst cases: defects with the highest / lowest scores and good
-    parts with the lowest / highest scores (high-scoring good parts are false alarms)."""
+def select_cases(scores, labels, n: int = 3, n_good: int | None = None) -> dict[str, list[int]]:
+    """Indices of the best and worst cases: ``n`` defects with the highest / lowest scores, then
+    ``n_good`` (default ``max(1, n // 2)``) good parts with the lowest / highest scores
+    (high-scoring good parts are false alarms)."""
     scores, labels = np.asarray(scores, dtype=float), np.asarray(labels)
     ok = np.isfinite(scores)
     bad = [i for i in np.argsort(-scores, kind="stable") if labels[i] == 1 and ok[i]]
     good = [i for i in np.argsort(scores, kind="stable") if labels[i] == 0 and ok[i]]
+    g = max(1, n // 2) if n_good is None else n_good
     return {
-        "best": [int(i) for i in bad[:n]] + [int(i) for i in good[: max(1, n // 2)]],
-        "worst": [int(i) for i in bad[::-1][:n]] + [int(i) for i in good[::-1][: max(1, n // 2)]],
+        "best": [int(i) for i in bad[:n]] + [int(i) for i in good[:g]],
+        "worst": [int(i) for i in bad[::-1][:n]] + [int(i) for i in good[::-1][:g]],
     }
 
 

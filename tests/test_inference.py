@@ -78,3 +78,22 @@ def test_other_errors_are_not_swallowed():
 
     with pytest.raises(RuntimeError, match="shape mismatch"):
         inference.benchmark(fake_model(), torch.zeros(1, 3, 8, 8), 4, infer=infer)
+
+
+def test_resolve_device_quietly_silences_the_cpu_warning_for_the_kernel(monkeypatch):
+    """Notebook 04 prints its own CPU note; the generic warning would be a second one, and the
+    models created later (PatchCore resolves the device again) must stay quiet too."""
+    from helpers import runtime
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(runtime, "_WARNED_CPU", False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert inference.resolve_device_quietly("auto") == torch.device("cpu")
+        assert runtime.resolve_device("auto") == torch.device("cpu")
+    assert not [w for w in caught if "no CUDA GPU" in str(w.message)]
+    monkeypatch.setattr(runtime, "_WARNED_CPU", False)
+    with pytest.warns(UserWarning, match="no CUDA GPU found"):
+        runtime.resolve_device("auto")  # without it, the warning is still issued
+    with pytest.raises(RuntimeError, match="no CUDA GPU is visible"):
+        inference.resolve_device_quietly("cuda")  # an explicit request is still an error
