@@ -40,19 +40,9 @@ def device_report(device: torch.device, precision: str = "auto") -> dict:
     return info
 
 
-def cpu_fallback_note(device: torch.device) -> str:
-    if device.type == "cuda":
-        return ""
-    return (
-        "No CUDA GPU: running on the CPU in fp32 (no autocast, no channels_last). Everything "
-        "works, only slower; timings below are CPU timings. In Colab choose Runtime > Change "
-        "runtime type > A100 GPU (or any GPU) and run the notebook again."
-    )
-
-
 def resolve_device_quietly(requested: str = "auto") -> torch.device:
     """:func:`helpers.runtime.resolve_device` without its "no CUDA GPU found" warning, for a
-    notebook that prints :func:`cpu_fallback_note` instead (one CPU note, not two). That warning
+    notebook whose setup cell already said there is no GPU (one CPU note, not two). That warning
     is issued once per process, so models created later in the same kernel stay quiet too."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="no CUDA GPU found")

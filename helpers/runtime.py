@@ -37,6 +37,13 @@ def resolve_device(requested: str = "auto") -> torch.device:
 _WARNED_CPU = False
 
 
+def cpu_reported() -> None:
+    """Someone (the notebooks' setup cell) has told the user there is no GPU: from now on
+    :func:`resolve_device` does not warn about it again in this process."""
+    global _WARNED_CPU
+    _WARNED_CPU = True
+
+
 BF16_MIN_CAPABILITY = (8, 0)  # Ampere (A100) and newer: bf16 tensor cores; below, bf16 is emulated
 
 

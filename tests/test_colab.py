@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import types
+import warnings
 from pathlib import Path
 
 import nbformat
@@ -185,6 +186,24 @@ def test_setup_cell_in_a_local_clone_runs_nothing(monkeypatch, capsys):
     exec(compile(code, "setup-cell", "exec"), namespace)
     assert namespace["ROOT"] == ROOT and runner.calls == []
     assert "GPU:" in capsys.readouterr().out
+
+
+def test_setup_on_the_cpu_is_the_only_cpu_note(monkeypatch):
+    """The setup cell's GPU line tells a CPU user once; the model made later in the same kernel
+    does not warn again (issue 12: one CPU note per notebook)."""
+    import torch
+
+    from helpers import runtime
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(runtime, "_WARNED_CPU", False)
+    lines = []
+    colab.setup(None, colab=None, out=lines.append)
+    assert sum("CPU" in line for line in lines) == 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert runtime.resolve_device("auto").type == "cpu"
+    assert not [w for w in caught if "no CUDA GPU" in str(w.message)]
 
 
 def test_failed_install_is_one_clear_line(tmp_path, fake_colab):

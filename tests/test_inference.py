@@ -22,7 +22,7 @@ def test_batch_size_choice(monkeypatch):
     assert inference.pick_batch_size(0, torch.device("cuda")) == 32
 
 
-def test_cpu_report_and_fallback_note():
+def test_cpu_report():
     cpu = torch.device("cpu")
     report = inference.device_report(cpu)
     assert (
@@ -30,7 +30,6 @@ def test_cpu_report_and_fallback_note():
         and report["autocast"].startswith("fp32")
         and not report["channels_last"]
     )
-    assert "CPU" in inference.cpu_fallback_note(cpu) and "GPU" in inference.cpu_fallback_note(cpu)
 
 
 def test_timer_on_cpu():
