@@ -4,21 +4,8 @@ its own: :mod:`helpers.datasource` (the images), :mod:`helpers.cache` (the artif
 call :class:`~helpers.model.PatchCore`'s public seams (``extract``, ``build_bank``, ``predict``,
 ``maps_from_grids``, ``embed_images``) and re-implement none of its steps.
 
-Layout of a run folder (``run_dir``)::
-
-    run_dir/
-      run.json                      written by helpers.pipeline: parameters and notebook status
-      metrics.json                  written by notebook 05
-      timing.json                   latency / throughput table of notebook 04
-      figures/NN_name.png           every figure the notebooks show
-      notebooks/NN_*.ipynb (.html)  executed notebooks (helpers.pipeline)
-      data/metal_nut/...            the synthetic set, when no dataset_path is given
-      artifacts/
-        features-<hash>.safetensors     patch features of the good training images (notebook 02)
-        bank-<hash>.safetensors         the coreset memory bank, a PatchCore.save file (notebook 03)
-        coverage-<hash>.safetensors     coverage radius vs coreset ratio (notebook 03)
-        predictions-<hash>.safetensors  scores, patch scores, anomaly maps (notebook 04)
-        events.jsonl                    one line per artifact loaded or computed
+The run folder's layout (``run.json``, ``metrics.json``, ``figures/``, ``artifacts/<stage>-<hash>
+.safetensors``, ...) is in the README, "The run folder".
 
 ``<hash>`` is :meth:`Config.hash` (the settings that change an artifact; for features, with the
 coreset settings left out, since they do not change features). Each file also stores
@@ -52,7 +39,7 @@ from .datasource import SYNTHETIC_DEFAULTS, DataSource
 from .evaluation import METRIC_KEYS, pixel_f1_threshold
 from .figures import save_and_show
 from .io import atomic_write_json
-from .parameters import NOTEBOOK_PARAMETERS
+from .parameters import NOTEBOOK_PARAMETERS, config_from_params, repo_root, resolve_run_dir
 from .prediction import Prediction
 
 __all__ = [
@@ -66,7 +53,6 @@ __all__ = [
     "resolve_run_dir",
 ]
 
-CONFIG_FIELDS = tuple(f.name for f in fields(Config))
 SCORING_FIELDS = ("num_neighbors", "distance", "cosine_floor", "sigma")
 FEATURE_FREE_FIELDS = (
     "coreset_ratio",
@@ -74,37 +60,6 @@ FEATURE_FREE_FIELDS = (
     "coreset_projection_dim",
     "coreset_start_points",
 )
-
-
-def repo_root() -> Path:
-    """The folder holding ``helpers/`` (the repository root of a clone)."""
-    return Path(__file__).resolve().parent.parent
-
-
-def config_from_params(params: dict[str, Any]) -> Config:
-    """A :class:`Config` from a notebook's parameter variables (``globals()``): every Config field
-    found there is used, the rest keep their defaults. Empty strings mean None for
-    ``dataset_path``, ``weights`` and the backbone-dependent sizes."""
-    kw = {k: params[k] for k in CONFIG_FIELDS if k in params}
-    for name in (
-        "dataset_path",
-        "weights",
-        "layers",
-        "input_size",
-        "resize",
-        "pretrain_embed_dim",
-        "target_embed_dim",
-    ):
-        if name in kw and (kw[name] == "" or kw[name] == "None"):
-            kw[name] = None
-    return Config(**kw)
-
-
-def resolve_run_dir(run_dir: str | Path) -> Path:
-    """Relative run folders are taken from the repository root, so a notebook opened from
-    ``notebooks/`` and the pipeline agree on where ``runs/...`` is."""
-    path = Path(run_dir).expanduser()
-    return path if path.is_absolute() else repo_root() / path
 
 
 class Run:

@@ -5,9 +5,14 @@ so ``-p NAME`` is checked without reading notebook source), the presets, and ``-
 from __future__ import annotations
 
 import json
+from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
+from .config import Config
 from .datasource import SYNTHETIC_DEFAULTS
+
+CONFIG_FIELDS = tuple(f.name for f in fields(Config))
 
 # Pipeline runs are not interactive: widgets fall back to static figures saved in figures/.
 BASE_PARAMETERS: dict[str, Any] = {"interactive": False}
@@ -71,8 +76,35 @@ COMMON_PARAMETERS = ("dataset_path", "download", "backbone", "run_dir")
 
 def known_parameters() -> dict[str, Any]:
     """Every parameter a run accepts, with its default: the Config fields and the notebooks'."""
-    import dataclasses
+    return {**{f.name: f.default for f in fields(Config)}, **NOTEBOOK_PARAMETERS}
 
-    from .config import Config
 
-    return {**{f.name: f.default for f in dataclasses.fields(Config)}, **NOTEBOOK_PARAMETERS}
+def repo_root() -> Path:
+    """The folder holding ``helpers/`` (the repository root of a clone)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def config_from_params(params: dict[str, Any]) -> Config:
+    """A :class:`Config` from a notebook's parameter variables (``globals()``): every Config field
+    found there is used, the rest keep their defaults. Empty strings mean None for
+    ``dataset_path``, ``weights`` and the backbone-dependent sizes."""
+    kw = {k: params[k] for k in CONFIG_FIELDS if k in params}
+    for name in (
+        "dataset_path",
+        "weights",
+        "layers",
+        "input_size",
+        "resize",
+        "pretrain_embed_dim",
+        "target_embed_dim",
+    ):
+        if name in kw and (kw[name] == "" or kw[name] == "None"):
+            kw[name] = None
+    return Config(**kw)
+
+
+def resolve_run_dir(run_dir: str | Path) -> Path:
+    """Relative run folders are taken from the repository root, so a notebook opened from
+    ``notebooks/`` and the pipeline agree on where ``runs/...`` is."""
+    path = Path(run_dir).expanduser()
+    return path if path.is_absolute() else repo_root() / path
