@@ -166,16 +166,11 @@ def _check_names(params: dict[str, Any]) -> None:
         raise PipelineError("set the run folder with --out, not -p run_dir")
 
 
-def _run(out, data, params, overwrite, resume, html, log) -> dict:
-    import papermill
-
-    out = Path(out).expanduser().resolve()
-    params = dict(params or {})
-    _check_names(params)
-    _prepare_folder(out, overwrite, resume)
+def _merge(out: Path, data, params: dict, resume: bool) -> tuple[dict, dict]:
+    """The run's parameters (stored ones on --resume, then -p, then --data), checked by building
+    the Config before any notebook runs; and the stored state (empty without --resume)."""
     state = _load_state(out) if resume else {}
-    stored = state.get("parameters", {})
-    merged = {**BASE_PARAMETERS, **stored, **params}
+    merged = {**BASE_PARAMETERS, **state.get("parameters", {}), **params}
     if data is not None:
         merged["dataset_path"] = str(Path(data).expanduser().resolve())
     merged.setdefault("dataset_path", "")
@@ -183,6 +178,50 @@ def _run(out, data, params, overwrite, resume, html, log) -> dict:
         config_from_params(merged)  # fail before any notebook runs
     except (ConfigError, TypeError) as exc:
         raise PipelineError(f"invalid parameters: {exc}") from exc
+    return merged, state
+
+
+def _execute(nb: str, out: Path, merged: dict, state: dict, html: bool, log) -> None:
+    """Run one notebook into ``out/notebooks`` with papermill, its status kept in run.json."""
+    import papermill
+
+    target = out / "notebooks" / nb
+    state["notebooks"][nb] = {"status": "running"}
+    atomic_write_json(_state_path(out), state)
+    t0 = time.perf_counter()
+    log(f"running {nb} ...")
+    try:
+        papermill.execute_notebook(
+            str(notebook_dir() / nb),
+            str(target),
+            parameters={**merged, "run_dir": str(out)},
+            kernel_name="python3",
+            cwd=str(notebook_dir()),
+            progress_bar=False,
+            log_output=False,
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
+        )
+    except BaseException as exc:
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        state["notebooks"][nb] = {"status": status, "seconds": time.perf_counter() - t0}
+        atomic_write_json(_state_path(out), state)
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise PipelineError(failure_message(nb, exc, target, out)) from exc
+    seconds = time.perf_counter() - t0
+    state["notebooks"][nb] = {"status": "done", "seconds": round(seconds, 1)}
+    atomic_write_json(_state_path(out), state)
+    if html:
+        to_html(target)
+    log(f"  done in {seconds:.0f} s")
+
+
+def _run(out, data, params, overwrite, resume, html, log) -> dict:
+    out = Path(out).expanduser().resolve()
+    params = dict(params or {})
+    _check_names(params)
+    _prepare_folder(out, overwrite, resume)
+    merged, state = _merge(out, data, params, resume)
     log(preflight({**merged, "run_dir": str(out)}))
 
     start = resume_start(out, merged, state) if state else 0
@@ -200,35 +239,7 @@ def _run(out, data, params, overwrite, resume, html, log) -> dict:
     atomic_write_json(_state_path(out), state)
     (out / "notebooks").mkdir(exist_ok=True)
     for nb in NOTEBOOKS[start:]:
-        target = out / "notebooks" / nb
-        state["notebooks"][nb] = {"status": "running"}
-        atomic_write_json(_state_path(out), state)
-        t0 = time.perf_counter()
-        log(f"running {nb} ...")
-        try:
-            papermill.execute_notebook(
-                str(notebook_dir() / nb),
-                str(target),
-                parameters={**merged, "run_dir": str(out)},
-                kernel_name="python3",
-                cwd=str(notebook_dir()),
-                progress_bar=False,
-                log_output=False,
-                extra_arguments=["--IPKernelApp.log_level=ERROR"],
-            )
-        except BaseException as exc:
-            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            state["notebooks"][nb] = {"status": status, "seconds": time.perf_counter() - t0}
-            atomic_write_json(_state_path(out), state)
-            if isinstance(exc, KeyboardInterrupt):
-                raise
-            raise PipelineError(failure_message(nb, exc, target, out)) from exc
-        seconds = time.perf_counter() - t0
-        state["notebooks"][nb] = {"status": "done", "seconds": round(seconds, 1)}
-        atomic_write_json(_state_path(out), state)
-        if html:
-            to_html(target)
-        log(f"  done in {seconds:.0f} s")
+        _execute(nb, out, merged, state, html, log)
     metrics = (
         json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").is_file() else {}
     )
