@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -37,6 +38,15 @@ from .parameters import BASE_PARAMETERS, PRESETS, RESERVED, known_parameters, pa
 from .parameters import NOTEBOOK_PARAMETERS as NOTEBOOK_PARAMETERS  # re-exported
 from .pipeline_report import PipelineError, failure_message, preflight, summary
 from .runtime import PROGRESS_ENV
+
+
+def _not_unknown_parameter(record: logging.LogRecord) -> bool:
+    """A lesson's parameters cell shows only its own knobs, so papermill calls every other -p
+    name "unknown"; the names were checked against Config + NOTEBOOK_PARAMETERS already."""
+    return not record.getMessage().startswith("Passed unknown parameter")
+
+
+logging.getLogger("papermill").addFilter(_not_unknown_parameter)
 
 NOTEBOOKS = (
     "01_dataset_exploration_clahe.ipynb",

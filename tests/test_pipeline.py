@@ -302,3 +302,16 @@ def test_same_config_twice_gives_identical_metrics(ci, tmp_path):
     old = json.loads((ci / "metrics.json").read_text())
     assert {k: fresh[k] for k in NUMBERS} == {k: old[k] for k in NUMBERS}
     assert fresh["config"] == old["config"]
+
+
+def test_papermill_does_not_call_checked_parameters_unknown(caplog):
+    """Parameters a lesson's cell does not show are not "unknown": the pipeline checked them."""
+    import logging
+
+    log = logging.getLogger("papermill")
+    with caplog.at_level(logging.WARNING, logger="papermill"):
+        log.warning("Passed unknown parameter: %s", "interactive")
+        log.warning("Input notebook does not contain a cell with tag 'parameters'")
+    assert [r.getMessage() for r in caplog.records] == [
+        "Input notebook does not contain a cell with tag 'parameters'"
+    ]
