@@ -40,6 +40,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from real_metal_nut import SCORING_FIELDS  # noqa: E402  (the settings a row reports)
+
 from helpers import Config, PatchCore  # noqa: E402
 from helpers.data import list_samples, load_mask  # noqa: E402
 from helpers.metrics import evaluate_samples  # noqa: E402
@@ -135,21 +137,7 @@ def run(name: str, overrides: dict, train, test, threads: int) -> dict:
     return {
         "name": name,
         "overrides": overrides,
-        "config": {
-            k: getattr(cfg, k)
-            for k in (
-                "input_size",
-                "resize",
-                "layers",
-                "coreset_ratio",
-                "train_rotations",
-                "num_neighbors",
-                "distance",
-                "cosine_floor",
-                "sigma",
-                "clahe",
-            )
-        },
+        "config": {k: getattr(cfg, k) for k in SCORING_FIELDS},
         "bank_size": model.info["bank_size"],
         "n_train": len(train),
         "n_test": len(test),
