@@ -315,3 +315,35 @@ def test_papermill_does_not_call_checked_parameters_unknown(caplog):
     assert [r.getMessage() for r in caplog.records] == [
         "Input notebook does not contain a cell with tag 'parameters'"
     ]
+
+
+def test_the_five_notebooks_run_on_another_category(tmp_path):
+    """Nothing in the notebooks may assume metal_nut's defect names: a category named
+    differently, with two defect types and no `color`, runs end to end (the real transistor
+    category once failed in notebook 01's hue check)."""
+    from _nbrun import THREADS
+
+    from helpers.synthetic import generate_dataset
+
+    data = tmp_path / "data"
+    generate_dataset(
+        data,
+        "widget",
+        size=96,
+        n_train=6,
+        n_test_good=2,
+        n_per_defect=2,
+        defects=("bent", "scratch"),
+    )
+    params = {
+        **PRESETS["ci"],
+        "category": "widget",
+        "input_size": 96,
+        "resize": 96,
+        "coverage_max_patches": 300,
+    }
+    metrics = run_pipeline(
+        tmp_path / "run", data=data / "widget", params=params, threads=THREADS, log=lambda m: None
+    )
+    assert set(metrics["per_defect"]) == {"bent", "scratch"} and metrics["n_test"] == 6
+    assert metrics["config"]["category"] == "widget"
