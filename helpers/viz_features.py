@@ -120,11 +120,13 @@ def coverage_figure(
     run_patches: int | None = None,
     run_label: str | None = None,
     full_label: str | None = None,
+    max_rows: int = 0,
 ) -> Figure:
     """Coverage radius vs coreset ratio (greedy vs random, on the ``cov`` sample) and memory-bank
     size vs ratio for this run's ``run_patches`` training patches (and the full metal_nut set,
     ``full_patches``). ``run_label`` / ``full_label``: legend entries of the two bank-size lines
-    (say how the patch counts arise: images x rotations x patches per image)."""
+    (say how the patch counts arise: images x rotations x patches per image). ``max_rows``: the
+    bank's cap (``coreset_max_size``; 0: none), drawn as the most a bank can cost."""
     r = np.asarray(cov["ratios"])
     fig = new_figure(11, 3.8)
     ax1, ax2 = fig.subplots(1, 2)
@@ -147,6 +149,13 @@ def coverage_figure(
             [bank_megabytes(full_patches, dim, x) for x in r],
             "s--",
             label=full_label or f"full metal_nut train set ({full_patches} patches)",
+        )
+    if max_rows:
+        ax2.axhline(
+            bank_megabytes(max_rows, dim, 1.0),
+            color="black",
+            linestyle="-.",
+            label=f"cap: coreset_max_size = {max_rows} rows",
         )
     ax2.set_xscale("log")
     ax2.set_yscale("log")

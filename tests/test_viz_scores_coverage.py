@@ -83,3 +83,24 @@ def test_coverage_figure_legend_says_how_the_counts_arise():
     default = viz.coverage_figure(cov, 32, full_patches=1000)
     texts = [t.get_text() for t in default.axes[1].get_legend().get_texts()]
     assert "full metal_nut train set (1000 patches)" in texts
+
+
+def test_coverage_figure_draws_the_bank_cap_at_its_size():
+    cov = {
+        "ratios": np.array([0.1, 1.0]),
+        "greedy_radius": np.array([3.0, 0.0]),
+        "random_radius": np.array([4.0, 0.0]),
+        "n_patches": 300,
+    }
+    fig = viz.coverage_figure(cov, 32, max_rows=5000)
+    ax = fig.axes[1]
+    assert "cap: coreset_max_size = 5000 rows" in [
+        t.get_text() for t in ax.get_legend().get_texts()
+    ]
+    cap = [line for line in ax.get_lines() if line.get_linestyle() == "-."]
+    assert len(cap) == 1 and cap[0].get_ydata()[0] == 5000 * 32 * 4 / 2**20
+    assert not [
+        line
+        for line in viz.coverage_figure(cov, 32).axes[1].get_lines()
+        if line.get_linestyle() == "-."
+    ]
