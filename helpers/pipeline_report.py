@@ -43,6 +43,7 @@ def preflight(params: dict[str, Any]) -> str:
     free memory and the knob to change)."""
     from .data import DatasetError
     from .fit_memory import available_ram
+    from .inference import resolve_device_quietly
     from .model import PatchCore
 
     run = Run.from_params(params, verbose=False)
@@ -53,7 +54,7 @@ def preflight(params: dict[str, Any]) -> str:
         raise PipelineError(f"data: {exc}") from exc
     if n_train == 0:
         raise PipelineError(f"data: no training images found under {run.data_root}")
-    model = PatchCore(c)
+    model = PatchCore(c, device=resolve_device_quietly(c.device).type)  # the line says the device
     try:
         est = model.check_fit_memory(n_train)
     except MemoryError as exc:
@@ -70,7 +71,9 @@ def preflight(params: dict[str, Any]) -> str:
         )
     return (
         f"preflight: {n_train} training images x {c.rotations_for(n_train)} rotation(s) at "
-        f"{c.input_size} px; fit needs ~{est['ram'] / 2**30:.1f} GiB RAM"
+        f"{c.input_size} px on {model.device.type}"
+        + (" (no CUDA GPU: slower)" if model.device.type == "cpu" and c.device == "auto" else "")
+        + f"; fit needs ~{est['ram'] / 2**30:.1f} GiB RAM"
         + (f" of {free / 2**30:.1f} GiB free" if free else "")
         + (f", {est['disk'] / 2**30:.1f} GiB disk" if est["disk"] else "")
     )
