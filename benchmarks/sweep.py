@@ -203,6 +203,9 @@ def evaluate_row(name, overrides, root, category, n_train, cache, base) -> dict:
         "pixel_auroc": m["pixel_auroc"],
         "aupro": m["aupro"],
         "image_auroc_mapmax": mapmax,
+        # per test image, for the bootstrap intervals of benchmarks/auroc_noise.py
+        "labels": [int(s.label) for s in test],
+        "image_scores": [round(float(v), 6) for v in pred.scores],
         "per_defect": m["per_defect"],
         "per_defect_pixel": m["per_defect_pixel"],
         "bank": int(model.memory_bank.shape[0]),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from .backbones import BACKBONES
 from .config import Config
 from .runtime import CPU_MICRO_BATCH
 
@@ -40,7 +41,15 @@ def fit_memory_estimate(config: Config, device: torch.device, n_images: int) -> 
     work = patches * (p * 8 + 160)  # float64 projection + coreset arrays
     bank = c.coreset_size(patches) * dim * 4
     forward = min(c.batch_size, CPU_MICRO_BATCH) if device.type == "cpu" else c.batch_size
-    batch = forward * 3 * c.input_size**2 * 4 * 24  # activations, roughly
+    batch = forward * 3 * c.input_size**2 * 4 * 24  # backbone activations, roughly
+    # one batch of embeddings: the taps' pooled rows, the pooled-down rows, and the copies made
+    # by concatenating them (x1.5: wide_resnet50_2 at 224 px, 220 images, estimate 1.79 GiB vs
+    # 1.73 measured; mobilenet_v2 at 320 px, 320 images, 1.88 vs 1.82: benchmarks/RESULTS.md)
+    spec = BACKBONES[c.backbone]
+    stacked = sum(c.pretrain_embed_dim or spec.channels[layer] for layer in c.layers)
+    views = max(1, min(c.batch_size, n_images * c.rotations_for(n_images)))
+    rows = views * side * side * (stacked + (dim if dim != stacked else 0))
+    batch += int(rows * 4 * 1.5)
     est = {"disk": patches * dim * 4 if p < dim else 0}
     if device.type == "cuda":
         est.update(gpu=work + bank + batch, ram=BASE_RAM + bank)

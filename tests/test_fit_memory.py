@@ -25,9 +25,9 @@ def test_training_set_too_large_for_memory_is_refused_up_front(small_config, mon
 
 def test_fit_memory_estimate_grows_linearly(small_config):
     model = PatchCore(small_config.replace(coreset_max_size=0))
-    a, b = model.fit_memory_estimate(1000), model.fit_memory_estimate(2000)
-    base = model.fit_memory_estimate(0)
-    assert b["ram"] - base["ram"] == pytest.approx(2 * (a["ram"] - base["ram"]), rel=1e-3)
+    a, b, c = (model.fit_memory_estimate(n) for n in (1000, 2000, 3000))
+    assert c["ram"] - b["ram"] == pytest.approx(b["ram"] - a["ram"], rel=1e-3)
+    assert b["ram"] > a["ram"]
     # a capped bank: the same working arrays, a smaller bank
     capped = PatchCore(small_config.replace(coreset_max_size=1000)).fit_memory_estimate(2000)
     bank = (model.config.coreset_size(2000 * 16 * 16) - 1000) * small_config.embed_dim * 4
@@ -38,3 +38,14 @@ def test_estimate_is_a_function_of_config_and_device(small_config):
     assert fit_memory_estimate(small_config, torch.device("cpu"), 50) == PatchCore(
         small_config
     ).fit_memory_estimate(50)
+
+
+def test_estimate_counts_one_batch_of_embeddings_not_more_views_than_there_are(small_config):
+    # below one batch, each extra training image adds its embedding rows to the batch term
+    cfg = small_config.replace(coreset_max_size=0, train_rotations=1, batch_size=32)
+    est = [fit_memory_estimate(cfg, torch.device("cpu"), n)["ram"] for n in (1, 2, 32, 33, 34)]
+    per_patch_work = est[4] - est[3]  # past one batch: only the per-patch arrays grow
+    assert est[1] - est[0] > per_patch_work
+    # a bigger batch costs more memory once there are enough images to fill it
+    big = fit_memory_estimate(cfg.replace(batch_size=64), torch.device("cpu"), 64)["ram"]
+    assert big > fit_memory_estimate(cfg, torch.device("cpu"), 64)["ram"]
