@@ -1,8 +1,15 @@
 import hashlib
 
+import cv2
 import numpy as np
 
-from helpers.synthetic import DEFECTS, _radius_profile, generate_dataset, make_sample
+from helpers.synthetic import (
+    DEFECTS,
+    _radius_profile,
+    generate_dataset,
+    make_sample,
+    render_part,
+)
 
 
 def _digest(root):
@@ -45,3 +52,20 @@ def test_defect_masks_are_local_except_flip():
     assert flip_mask.sum() > 0.2 * flip_mask.size
     good, none = make_sample("good", 128, np.random.default_rng(1))
     assert none is None
+
+
+def test_bent_mask_is_the_one_region_where_the_outline_moved():
+    for size, seeds in ((128, range(12)), (256, range(12))):
+        for seed in seeds:
+            img, mask = make_sample("bent", size, np.random.default_rng(seed))
+            n, _ = cv2.connectedComponents(mask.astype(np.uint8))
+            assert n - 1 == 1, (size, seed, n - 1)  # no lone pixels far from the bend
+            # and the region holds (nearly) every pixel where the outline moved
+            rng = np.random.default_rng(seed)
+            angle, amount = rng.uniform(0, 2 * np.pi), rng.uniform(0.12, 0.18)
+            _, bent = render_part(size, rng, bend=(angle, amount))
+            rng = np.random.default_rng(seed)
+            rng.uniform(0, 2 * np.pi), rng.uniform(0.12, 0.18)
+            _, plain = render_part(size, rng)
+            moved = bent ^ plain
+            assert (moved & mask).sum() >= 0.9 * moved.sum(), (size, seed)
