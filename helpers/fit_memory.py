@@ -45,8 +45,7 @@ def fit_memory_estimate(config: Config, device: torch.device, n_images: int) -> 
     # one batch of embeddings: the taps' pooled rows, the pooled-down rows, and the copies made
     # by concatenating them (x1.5: wide_resnet50_2 at 224 px, 220 images, estimate 1.79 GiB vs
     # 1.73 measured; mobilenet_v2 at 320 px, 320 images, 1.88 vs 1.82: benchmarks/RESULTS.md)
-    spec = BACKBONES[c.backbone]
-    stacked = sum(c.pretrain_embed_dim or spec.channels[layer] for layer in c.layers)
+    stacked = BACKBONES[c.backbone].embed_dim(c.layers, c.pretrain_embed_dim, 0)  # before pooling
     views = max(1, min(c.batch_size, n_images * c.rotations_for(n_images)))
     rows = views * side * side * (stacked + (dim if dim != stacked else 0))
     batch += int(rows * 4 * 1.5)
