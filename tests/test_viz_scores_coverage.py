@@ -62,13 +62,18 @@ def test_map_steps_titles_give_each_steps_peak():
     assert any("sigma=8 px" in t and "max 7.50" in t for t in titles)
 
 
-def test_coverage_figure_legend_says_how_the_counts_arise():
-    cov = {
+def _coverage() -> dict:
+    """A two-ratio coverage result, the shape ``viz.coverage_figure`` draws."""
+    return {
         "ratios": np.array([0.1, 1.0]),
         "greedy_radius": np.array([3.0, 0.0]),
         "random_radius": np.array([4.0, 0.0]),
         "n_patches": 300,
     }
+
+
+def test_coverage_figure_legend_says_how_the_counts_arise():
+    cov = _coverage()
     fig = viz.coverage_figure(
         cov,
         32,
@@ -86,12 +91,7 @@ def test_coverage_figure_legend_says_how_the_counts_arise():
 
 
 def test_coverage_figure_draws_the_bank_cap_at_its_size():
-    cov = {
-        "ratios": np.array([0.1, 1.0]),
-        "greedy_radius": np.array([3.0, 0.0]),
-        "random_radius": np.array([4.0, 0.0]),
-        "n_patches": 300,
-    }
+    cov = _coverage()
     fig = viz.coverage_figure(cov, 32, max_rows=5000)
     ax = fig.axes[1]
     assert "cap: coreset_max_size = 5000 rows" in [
