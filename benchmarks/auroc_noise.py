@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers.metrics import image_auroc  # noqa: E402
+from helpers.evaluation.metrics import image_auroc  # noqa: E402
 
 
 def load_rows(path: Path, names: list[str]) -> list[dict]:

@@ -38,9 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from helpers import Config, PatchCore  # noqa: E402
-from helpers.coreset import greedy_coreset, greedy_coreset_reference  # noqa: E402
-from helpers.data import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from helpers.runtime import autocast_dtype, cpu_threads  # noqa: E402
+from helpers.core.coreset import greedy_coreset, greedy_coreset_reference  # noqa: E402
+from helpers.core.images import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from helpers.core.runtime import autocast_dtype, cpu_threads  # noqa: E402
 
 
 def rss_peak_mb() -> float:
@@ -64,7 +64,7 @@ def reset_cuda_peak(device: torch.device) -> None:
 def images(n: int, size: int, kind: str, salt: int) -> torch.Tensor:
     if kind == "noise":
         return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(salt))
-    from helpers.synthetic import DEFECTS, make_sample
+    from helpers.data.synthetic import DEFECTS, make_sample
 
     kinds = ("good",) * n if salt == 0 else [(("good",) + DEFECTS)[i % 5] for i in range(n)]
     out = [

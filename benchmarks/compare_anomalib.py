@@ -136,13 +136,13 @@ def worker_anomalib(a) -> dict:
 
 # ------------------------------------------------------------------------------ driver
 def make_data(path: Path, n_train: int, n_test: int, size: int) -> None:
-    """Synthetic metal nuts (helpers.synthetic), ImageNet-normalised float tensors."""
+    """Synthetic metal nuts (helpers.data.synthetic), ImageNet-normalised float tensors."""
     import numpy as np
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from helpers.data import IMAGENET_MEAN, IMAGENET_STD
-    from helpers.synthetic import DEFECTS, make_sample
+    from helpers.core.images import IMAGENET_MEAN, IMAGENET_STD
+    from helpers.data.synthetic import DEFECTS, make_sample
 
     def batch(kinds, salt):
         out = []

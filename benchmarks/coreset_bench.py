@@ -29,14 +29,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from helpers.coreset import greedy_coreset, greedy_coreset_reference  # noqa: E402
+from helpers.core.coreset import greedy_coreset, greedy_coreset_reference  # noqa: E402
 
 
 def features_from_images(
     root: str, category: str, size: int, limit: int | None, splits: str = "train"
 ) -> torch.Tensor:
     from helpers import Config, PatchCore
-    from helpers.data import list_samples
+    from helpers.data.mvtec import list_samples
 
     warnings.simplefilter("ignore")
     samples = [s for split in splits.split(",") for s in list_samples(root, category, split)][

@@ -37,9 +37,9 @@ import numpy as np
 import torch
 warnings.simplefilter("ignore")
 from helpers import Config, PatchCore
-from helpers.coreset import greedy_coreset
-from helpers.data import IMAGENET_MEAN, IMAGENET_STD
-from helpers.synthetic import DEFECTS, make_sample
+from helpers.core.coreset import greedy_coreset
+from helpers.core.images import IMAGENET_MEAN, IMAGENET_STD
+from helpers.data.synthetic import DEFECTS, make_sample
 
 assert torch.cuda.is_available(), "no CUDA device"
 out = {}

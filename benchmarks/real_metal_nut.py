@@ -44,7 +44,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from helpers import Config, PatchCore  # noqa: E402
-from helpers.metrics import image_auroc, per_defect_auroc  # noqa: E402
+from helpers.evaluation.metrics import image_auroc, per_defect_auroc  # noqa: E402
 
 DEFAULT_DATA = "/work/shared/data/metal_nut_partial"
 DEFECTS_WITH_BOXES = ("bent", "color", "scratch")  # flip: the whole part is the defect

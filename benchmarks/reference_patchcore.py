@@ -26,9 +26,10 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from helpers.data import list_samples, load_image  # noqa: E402
-from helpers.metrics import evaluate_samples  # noqa: E402
-from helpers.prediction import Prediction  # noqa: E402
+from helpers.core.images import load_image
+from helpers.core.model import Prediction  # noqa: E402
+from helpers.data.mvtec import list_samples  # noqa: E402
+from helpers.evaluation.metrics import evaluate_samples  # noqa: E402
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -38,7 +39,7 @@ def network():
     import torchvision
     from torchvision.models.feature_extraction import create_feature_extractor
 
-    from helpers.backbones import seed_offline_weights
+    from helpers.core.backbones import seed_offline_weights
 
     seed_offline_weights(verbose=False)
     net = torchvision.models.mobilenet_v2(weights="IMAGENET1K_V1").eval()

@@ -26,9 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import sweep  # noqa: E402
 
 from helpers import Config, PatchCore  # noqa: E402
-from helpers.backbones import BACKBONES  # noqa: E402
-from helpers.data import Geometry, list_samples  # noqa: E402
-from helpers.metrics import evaluate_samples  # noqa: E402
+from helpers.core.backbones import BACKBONES  # noqa: E402
+from helpers.core.images import Geometry  # noqa: E402
+from helpers.data.mvtec import list_samples
+from helpers.evaluation.metrics import evaluate_samples  # noqa: E402
 
 
 def tap_blocks(cfg: Config) -> list[tuple[int, int]]:

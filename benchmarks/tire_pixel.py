@@ -7,7 +7,7 @@ PROVENANCE.md). Images are read where they are, never copied.
 For each preprocessing geometry it fits ``mobilenet_v2`` (``Config(backbone="mobilenet_v2")``
 plus the named overrides), predicts every test image, and reports
 
-* image AUROC, pixel AUROC and AUPRO (to FPR 0.3) from ``helpers.metrics.evaluate_samples``, on maps
+* image AUROC, pixel AUROC and AUPRO (to FPR 0.3) from ``helpers.evaluation.metrics.evaluate_samples``, on maps
   in ORIGINAL pixels as ``PatchCore.predict`` returns them;
 * ``in view``: defect pixels inside the part of the photo the network saw (a square centre crop:
   even resize == input_size crops the long side of a portrait photo), and how many defective images
@@ -43,8 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from real_metal_nut import SCORING_FIELDS  # noqa: E402  (the settings a row reports)
 
 from helpers import Config, PatchCore  # noqa: E402
-from helpers.data import list_samples, load_mask  # noqa: E402
-from helpers.metrics import evaluate_samples  # noqa: E402
+from helpers.data.mvtec import list_samples, load_mask  # noqa: E402
+from helpers.evaluation.metrics import evaluate_samples  # noqa: E402
 
 DEFAULT_DATA = "/work/shared/data/mvtec3d_tire_rgb"
 

@@ -1,14 +1,54 @@
 """PatchCore for MVTec-style anomaly detection: the library behind the notebook series.
 
->>> from helpers import Config, PatchCore
->>> model = PatchCore(Config(backbone="mobilenet_v2")).fit(train_paths)
+The package is layered; each layer imports only the ones below it (``tests/test_layers.py``):
+
+==============  =====================================================================
+``core``        the algorithm: config, backbones, images, features, coreset, kNN,
+                memory bank, maps, :class:`PatchCore` (imports nothing else of helpers)
+``data``        the MVTec layout, the synthetic set, the download
+``evaluation``  metrics (AUROC, AUPRO, PRO) and the one ``metrics.json`` writer
+``run``         :class:`Run`: a run folder, its cached stages, the notebooks' parameters
+``lessons``     figures (``viz``), widgets, timing, the Colab setup
+``tools``       the command line: ``python -m helpers {run, demo, ...}``
+==============  =====================================================================
+
+>>> import helpers as H
+>>> model = H.PatchCore(H.Config(backbone="mobilenet_v2")).fit(train_paths)
 >>> pred = model.predict(test_paths)   # pred.scores, pred.maps (original pixels)
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from .config import Config, ConfigError  # noqa: E402
-from .model import BankMismatchError, PatchCore  # noqa: E402
-from .prediction import Prediction  # noqa: E402
+import importlib
 
-__all__ = ["Config", "ConfigError", "PatchCore", "Prediction", "BankMismatchError", "__version__"]
+from helpers.core import __version__  # noqa: E402, F401
+from helpers.core.config import Config, ConfigError  # noqa: E402
+from helpers.core.model import BankMismatchError, PatchCore, Prediction  # noqa: E402
+
+# loaded on first use (matplotlib, ipywidgets and the run folder are not needed by the core)
+_LAZY = {
+    "Run": ("helpers.run.run", "Run"),
+    "viz": ("helpers.lessons.viz", None),
+    "widgets": ("helpers.lessons.widgets", None),
+    "setup": ("helpers.lessons.colab", "setup"),
+}
+
+__all__ = [
+    "BankMismatchError",
+    "Config",
+    "ConfigError",
+    "PatchCore",
+    "Prediction",
+    "__version__",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        mod = importlib.import_module(module)
+        value = mod if attr is None else getattr(mod, attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'helpers' has no attribute {name!r}")

@@ -14,7 +14,7 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory):
-    from helpers.synthetic import generate_dataset
+    from helpers.data.synthetic import generate_dataset
 
     root = tmp_path_factory.mktemp("synthetic")
     return generate_dataset(root, size=128, n_train=10, n_test_good=4, n_per_defect=3, seed=0)
@@ -22,7 +22,7 @@ def synth_root(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def samples(synth_root):
-    from helpers.data import list_samples
+    from helpers.data.mvtec import list_samples
 
     return (
         list_samples(synth_root, "metal_nut", "train"),

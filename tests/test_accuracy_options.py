@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from helpers import Config, ConfigError, PatchCore
-from helpers.backbones import BACKBONES
-from helpers.config import FALLBACK_DEFAULTS
+from helpers.core.backbones import BACKBONES
+from helpers.core.config import FALLBACK_DEFAULTS
 
 
 def test_mobilenet_defaults_come_from_its_registry_entry():
@@ -147,21 +147,23 @@ def test_norm_floor_is_relative_to_the_bank_so_a_common_scale_changes_nothing():
         _tiny(train_rotations=1, distance="cosine", cosine_floor=0.3, coreset_ratio=0.5)
     ).fit([_image(0), _image(1)])
     median = float(model.memory_bank.norm(dim=1).median())
-    assert model.norm_floor == pytest.approx(0.3 * median)
+    assert model.bank.norm_floor == pytest.approx(0.3 * median)
     emb = model.embed(model.preprocess(_image(2))[0][None])
     s1, g1 = model.score_embeddings(emb)
     scaled = PatchCore(model.config)
-    scaled.memory_bank = 3.0 * model.memory_bank  # the setter recomputes the floor
-    assert scaled.norm_floor == pytest.approx(0.9 * median)
+    scaled.memory_bank = 3.0 * model.memory_bank  # a new MemoryBank: its own floor
+    assert scaled.bank.norm_floor == pytest.approx(0.9 * median)
     s2, g2 = scaled.score_embeddings(3.0 * emb)
     torch.testing.assert_close(g1, g2, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(s1, s2, atol=1e-5, rtol=1e-4)
     # the floor matters: the same bank without it scores differently, and L2 has no floor
     plain = PatchCore(model.config.replace(cosine_floor=0.0))
     plain.memory_bank = model.memory_bank
-    assert plain.norm_floor == 0.0
+    assert plain.bank.norm_floor == 0.0
     assert not torch.allclose(plain.score_embeddings(emb)[1], g1, atol=1e-3)
-    assert PatchCore(model.config.replace(distance="l2")).norm_floor == 0.0
+    l2 = PatchCore(model.config.replace(distance="l2"))
+    l2.memory_bank = model.memory_bank
+    assert l2.bank.norm_floor == 0.0
 
 
 def _part_on(background: int, seed: int, size: int = 192, defect: bool = False) -> np.ndarray:

@@ -1,11 +1,11 @@
-"""helpers.archive: one category out of a tar archive, and nothing unsafe."""
+"""helpers.data.archive: one category out of a tar archive, and nothing unsafe."""
 
 import io
 import tarfile
 
 import pytest
 
-from helpers.archive import DownloadError, extract_category
+from helpers.data.archive import DownloadError, extract_category
 
 
 def _tar(path, members):

@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from helpers import Config, PatchCore
-from helpers.artifacts import METRIC_KEYS, Run, config_from_params, repo_root, resolve_run_dir
-from helpers.backbones import BACKBONES
+from helpers.core.backbones import BACKBONES
+from helpers.evaluation.report import METRIC_KEYS
+from helpers.run.parameters import config_from_params, repo_root, resolve_run_dir
+from helpers.run.run import Run
 
 TINY = dict(
     backbone="mobilenet_v2",
@@ -92,7 +94,7 @@ def test_a_second_run_loads_instead_of_computing(built):
     feats = again.features()
     m2 = again.model()
     p2 = again.predictions()
-    assert [e["action"] for e in again.events] == ["loaded", "loaded", "loaded"]
+    assert [e["action"] for e in again.cache.events] == ["loaded", "loaded", "loaded"]
     assert torch.equal(m2.memory_bank, model.memory_bank.cpu())
     np.testing.assert_array_equal(p2.scores, pred.scores)
     for a, b in zip(p2.maps, pred.maps):
@@ -101,7 +103,7 @@ def test_a_second_run_loads_instead_of_computing(built):
     assert feats.n_patches == 4 * again.config.rotations_for(4) * grid[0] * grid[1]
     assert feats.sample(10).shape == (10, again.config.embed_dim)
     feats.close()
-    assert again.spill_path().is_file() == (feats.spill is not None)  # close keeps the cache
+    assert again.stages.spill_path().is_file() == (feats.spill is not None)  # close keeps the cache
 
 
 def test_features_are_recomputed_when_the_spill_file_is_gone(built, tmp_path):
@@ -109,13 +111,13 @@ def test_features_are_recomputed_when_the_spill_file_is_gone(built, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         first = run.features()
-        assert first.spill is not None and run.spill_path().is_file()
+        assert first.spill is not None and run.stages.spill_path().is_file()
         want = first.sample(5)
         first.close()
-        run.spill_path().unlink()
+        run.stages.spill_path().unlink()
         again = make_run(tmp_path, pretrain_embed_dim=256, target_embed_dim=256)
         feats = again.features()
-    assert [e["action"] for e in again.events] == ["computed"]
+    assert [e["action"] for e in again.cache.events] == ["computed"]
     assert torch.equal(feats.sample(5), want)
     feats.close()
 
@@ -130,7 +132,7 @@ def test_bank_equals_patchcore_fit(built):
 
 def test_maps_are_in_original_pixels(built):
     _, run, _, pred = built
-    from helpers.data import load_image
+    from helpers.core.images import load_image
 
     for s, m in zip(run.test_samples, pred.maps):
         assert m.shape == load_image(s.path).shape[:2]
@@ -140,12 +142,12 @@ def test_maps_are_in_original_pixels(built):
 def test_other_coreset_ratio_reuses_features_but_rebuilds_the_bank(built, tmp_path):
     root, run, *_ = built
     other = make_run(root, coreset_ratio=0.5)
-    assert other.stage_hash("features") == run.stage_hash("features")
-    assert other.stage_hash("bank") != run.stage_hash("bank")
+    assert other.stages.hash("features") == run.stages.hash("features")
+    assert other.stages.hash("bank") != run.stages.hash("bank")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         other.model()
-    assert [(e["stage"], e["action"]) for e in other.events] == [
+    assert [(e["stage"], e["action"]) for e in other.cache.events] == [
         ("features", "loaded"),
         ("bank", "computed"),
     ]
@@ -159,7 +161,7 @@ def test_scoring_change_recomputes_predictions_with_the_same_hash(built):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         blurrier.predictions()
-    assert blurrier.events[-1]["action"] == "computed"
+    assert blurrier.cache.events[-1]["action"] == "computed"
     assert not run.is_cached("predictions")  # replaced, so the sigma=4 run recomputes
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -180,7 +182,7 @@ def test_coverage_is_cached_and_greedy_radius_decreases(built):
     assert cov["greedy_radius"][0] >= cov["greedy_radius"][1] >= cov["greedy_radius"][2]
     again = make_run(root)
     cov2 = again.coverage([0.05, 0.25, 1.0], max_patches=200)
-    assert again.events[-1]["action"] == "loaded"
+    assert again.cache.events[-1]["action"] == "loaded"
     np.testing.assert_array_equal(cov["greedy_radius"], cov2["greedy_radius"])
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers.metrics import image_auroc
+from helpers.evaluation.metrics import image_auroc
 
 _spec = importlib.util.spec_from_file_location(
     "auroc_noise", Path(__file__).resolve().parents[1] / "benchmarks" / "auroc_noise.py"

@@ -3,7 +3,7 @@ import urllib.error
 import pytest
 import torch
 
-from helpers.backbones import (
+from helpers.core.backbones import (
     BACKBONES,
     WeightsUnavailableError,
     load_backbone,

@@ -1,10 +1,10 @@
-"""helpers.bank_file: the memory-bank file on its own."""
+"""helpers.core.bank: the memory-bank file on its own."""
 
 import pytest
 import torch
 
 from helpers import Config
-from helpers.bank_file import BankMismatchError, read_bank, save_bank
+from helpers.core.bank import BankMismatchError, read_bank, save_bank
 
 
 def test_round_trip_and_refusal_of_other_settings(tmp_path):

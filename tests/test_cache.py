@@ -1,9 +1,9 @@
-"""helpers.cache: the artifact cache on its own (no Run, no model)."""
+"""helpers.run.cache: the artifact cache on its own (no Run, no model)."""
 
 import pytest
 import torch
 
-from helpers.cache import ArtifactCache
+from helpers.run.cache import ArtifactCache
 
 
 def test_computes_once_then_loads_and_recomputes_when_meta_differs(tmp_path):

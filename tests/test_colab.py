@@ -16,7 +16,8 @@ import nbformat
 import pytest
 import torch
 
-from helpers import colab, download
+from helpers.data import download
+from helpers.lessons import colab, colab_repo
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -31,28 +32,30 @@ def check_agreement(root: Path, url: str) -> None:
     """Badges, setup cells, notebook metadata and README's Colab section all name ``url``."""
     for path in sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb")):
         nb = nbformat.read(str(path), as_version=4)
-        links = colab.BADGE_RE.findall(nb.cells[0].source)
+        links = colab_repo.BADGE_RE.findall(nb.cells[0].source)
         assert links == [path.name], f"{path.name}: one badge, opening this notebook"
-        assert colab.badge_link(path.name, url=url) in nb.cells[0].source, path.name
-        assert setup_cell(nb).source == colab.setup_cell_source(url), (
-            f"{path.name}: setup cell differs; run python -m helpers.colab sync"
+        assert colab_repo.badge_link(path.name, url=url) in nb.cells[0].source, path.name
+        assert setup_cell(nb).source == colab_repo.setup_cell_source(url), (
+            f"{path.name}: setup cell differs; run python -m helpers sync-colab"
         )
         assert nb.metadata["accelerator"] == "GPU" and nb.metadata["colab"]["gpuType"] == "A100"
     text = (root / "README.md").read_text()
-    start, end = colab.readme_section(text)
+    start, end = colab_repo.readme_section(text)
     section = text[start:end]
     for path in sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb")):
-        assert colab.badge_link(path.name, url=url) in section, f"README: no badge for {path.name}"
-    for match in colab.BADGE_RE.finditer(section):
-        assert match[0] == colab.badge_link(match["name"], url=url), match[0]
-    assert set(colab.GITHUB_RE.findall(section)) == {url}
+        assert colab_repo.badge_link(path.name, url=url) in section, (
+            f"README: no badge for {path.name}"
+        )
+    for match in colab_repo.BADGE_RE.finditer(section):
+        assert match[0] == colab_repo.badge_link(match["name"], url=url), match[0]
+    assert set(colab_repo.GITHUB_RE.findall(section)) == {url}
     assert "YOUR_GITHUB_USER" not in text
 
 
 def test_one_repository_url_in_badges_setup_cells_and_readme():
-    assert colab.REPO_URL == "https://github.com/patchcore-course/patchcore-metal-nut"
+    assert colab_repo.REPO_URL == "https://github.com/patchcore-course/patchcore-metal-nut"
     assert len(NOTEBOOKS) == 5
-    check_agreement(ROOT, colab.REPO_URL)
+    check_agreement(ROOT, colab_repo.REPO_URL)
 
 
 def copy_of_the_repo(tmp_path: Path) -> Path:
@@ -66,10 +69,10 @@ def copy_of_the_repo(tmp_path: Path) -> Path:
 
 def test_sync_follows_a_fork_and_touches_nothing_else(tmp_path):
     root = copy_of_the_repo(tmp_path)
-    assert colab.sync(root) == [], "the committed files are in sync"
+    assert colab_repo.sync(root) == [], "the committed files are in sync"
     before = {p.name: nbformat.read(str(p), as_version=4) for p in root.glob("notebooks/*.ipynb")}
     fork = "https://github.com/someone/my-fork"
-    assert len(colab.sync(root, url=fork)) == 6
+    assert len(colab_repo.sync(root, url=fork)) == 6
     check_agreement(root, fork)
     for path in root.glob("notebooks/*.ipynb"):
         old, new = before[path.name], nbformat.read(str(path), as_version=4)
@@ -77,9 +80,9 @@ def test_sync_follows_a_fork_and_touches_nothing_else(tmp_path):
             c.source for c in new.cells[1:] if c is not setup_cell(new)
         ]
     readme = (root / "README.md").read_text()
-    assert readme.replace(colab.repo_slug(fork), "X") == (ROOT / "README.md").read_text().replace(
-        colab.repo_slug(), "X"
-    )
+    assert readme.replace(colab_repo.repo_slug(fork), "X") == (
+        ROOT / "README.md"
+    ).read_text().replace(colab_repo.repo_slug(), "X")
 
 
 # ------------------------------------------------------------------ a fake Colab
@@ -127,8 +130,8 @@ def run_setup_cell(tmp_path, monkeypatch, runner: Runner, clone: Path) -> dict:
     """Execute notebook 01's setup cell from a folder outside the repository, with the clone
     folder moved from /content into ``tmp_path``."""
     source = setup_cell(nbformat.read(str(NOTEBOOKS[0]), as_version=4)).source
-    assert source.count(colab.CLONE_DIR) == 1
-    source = source.replace(colab.CLONE_DIR, str(clone))
+    assert source.count(colab_repo.CLONE_DIR) == 1
+    source = source.replace(colab_repo.CLONE_DIR, str(clone))
     code = "\n".join(line for line in source.splitlines() if not line.startswith("%"))
     monkeypatch.setattr(subprocess, "run", runner)
     monkeypatch.setattr(sys, "path", list(sys.path))
@@ -143,10 +146,10 @@ def test_setup_cell_in_colab_clones_installs_and_reports(tmp_path, monkeypatch, 
     namespace = run_setup_cell(tmp_path, monkeypatch, runner, clone)
     commands = [cmd for cmd, _ in runner.calls]
     assert commands == [
-        colab.clone_command(colab.REPO_URL, str(clone)),
+        colab_repo.clone_command(colab_repo.REPO_URL, str(clone)),
         colab.install_command(clone),
     ]
-    assert commands[0][:2] == ["git", "clone"] and colab.REPO_URL in commands[0]
+    assert commands[0][:2] == ["git", "clone"] and colab_repo.REPO_URL in commands[0]
     assert runner.calls[0][1]["env"]["GIT_TERMINAL_PROMPT"] == "0", "no credential prompt"
     pip = commands[1]
     assert pip[:4] == [sys.executable, "-m", "pip", "install"]
@@ -170,7 +173,7 @@ def test_setup_cell_clone_failure_is_one_clear_line(tmp_path, monkeypatch, fake_
     with pytest.raises(RuntimeError) as err:
         run_setup_cell(tmp_path, monkeypatch, runner, tmp_path / "clone")
     text = str(err.value)
-    assert "\n" not in text and colab.REPO_URL in text and "set REPO_URL" in text
+    assert "\n" not in text and colab_repo.REPO_URL in text and "set REPO_URL" in text
     assert "terminal prompts disabled" in text and len(runner.calls) == 1
 
 
@@ -193,7 +196,7 @@ def test_setup_on_the_cpu_is_the_only_cpu_note(monkeypatch):
     does not warn again (issue 12: one CPU note per notebook)."""
     import torch
 
-    from helpers import runtime
+    from helpers.core import runtime
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(runtime, "_WARNED_CPU", False)
@@ -231,7 +234,7 @@ def test_widget_manager_only_for_ipywidgets_8(monkeypatch, fake_colab, version, 
 
 
 def test_drive_paths_are_recognised():
-    found = colab.drive_paths(
+    found = download.drive_paths(
         dataset_path="/content/drive/MyDrive/mvtec",
         run_dir="runs/x",
         download_url="file:///content/drive/MyDrive/m.tar.xz",
@@ -248,16 +251,18 @@ def test_drive_paths_are_recognised():
 @pytest.mark.skipif(DRIVE_MOUNTED, reason="a Drive is mounted here")
 @pytest.mark.parametrize("field", ["dataset_path", "download_url", "run_dir"])
 def test_drive_is_mounted_for_any_path_on_it(fake_colab, field):
-    assert colab.mount_drive_for(**{field: "/content/drive/MyDrive/patchcore/x"})
+    assert download.mount_drive_for(**{field: "/content/drive/MyDrive/patchcore/x"})
     assert fake_colab.mounts == ["/content/drive"]
 
 
 def test_drive_is_not_mounted_without_a_drive_path_or_twice(fake_colab, tmp_path):
-    assert not colab.mount_drive_for(
+    assert not download.mount_drive_for(
         dataset_path="/content/data/mvtec", run_dir="runs/x", download_url=""
     )
     (tmp_path / "MyDrive").mkdir()  # already mounted
-    assert not colab.mount_drive_for(run_dir="/content/drive/MyDrive/r", mountpoint=str(tmp_path))
+    assert not download.mount_drive_for(
+        run_dir="/content/drive/MyDrive/r", mountpoint=str(tmp_path)
+    )
     assert fake_colab.mounts == []
 
 
@@ -270,8 +275,8 @@ def test_prepare_dataset_mounts_drive_for_the_data_and_the_archive(fake_colab):
 @pytest.mark.skipif(DRIVE_MOUNTED, reason="a Drive is mounted here")
 def test_a_drive_path_outside_colab_names_the_parameter(monkeypatch):
     monkeypatch.setitem(sys.modules, "google.colab", None)
-    with pytest.raises(colab.DriveError) as err:
-        colab.mount_drive_for(run_dir="/content/drive/MyDrive/runs/a", dataset_path="")
+    with pytest.raises(download.DriveError) as err:
+        download.mount_drive_for(run_dir="/content/drive/MyDrive/runs/a", dataset_path="")
     assert isinstance(err.value, FileNotFoundError)
     assert re.search(
         r"run_dir='/content/drive/MyDrive/runs/a'.*not Colab.*set run_dir", str(err.value)

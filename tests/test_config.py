@@ -3,7 +3,7 @@ import json
 import pytest
 
 from helpers import Config, ConfigError
-from helpers.backbones import BACKBONES
+from helpers.core.backbones import BACKBONES
 
 
 def test_defaults_follow_the_official_code():

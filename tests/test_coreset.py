@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.coreset import (
+from helpers.core.coreset import (
     covering_radius,
     greedy_coreset,
     greedy_coreset_reference,

@@ -1,13 +1,13 @@
-"""helpers.coreset_fast: the accelerated selections pick exactly what the plain greedy loop
-(helpers.coreset.greedy_coreset_reference) picks, index for index."""
+"""helpers.core.coreset_fast: the accelerated selections pick exactly what the plain greedy loop
+(helpers.core.coreset.greedy_coreset_reference) picks, index for index."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from helpers.coreset import greedy_coreset, greedy_coreset_reference
-from helpers.runtime import cpu_threads
+from helpers.core.coreset import greedy_coreset, greedy_coreset_reference
+from helpers.core.runtime import cpu_threads
 
 
 def _clustered(n, d, seed, dup_every=0):
@@ -48,7 +48,7 @@ def test_filtered_coreset_branches_all_match_the_reference(
     the full-pass bound on every pick, and a cluster-radius refresh on every pick."""
     import functools
 
-    import helpers.coreset_fast as cf
+    import helpers.core.coreset_fast as cf
 
     monkeypatch.setattr(
         cf,

@@ -3,17 +3,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers.data import (
-    DatasetError,
+from helpers.core.images import (
     Geometry,
     ImageReadError,
     Preprocessor,
     apply_clahe,
     denormalize,
-    list_samples,
     load_image,
-    load_mask,
 )
+from helpers.data.mvtec import DatasetError, list_samples, load_mask
 
 
 def test_lists_mvtec_layout(synth_root):

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import download
-from helpers.download import DownloadError
+from helpers.data import download
+from helpers.data.download import DownloadError
 
 CATEGORY_FILES = (
     "train/good/000.png",
@@ -154,7 +154,7 @@ def test_http_end_to_end_extracts_only_the_category(archive, tmp_path, serve, ca
     assert not list(cache.iterdir()), "the archive is deleted after extraction"
     out = capsys.readouterr()
     assert "verified" in out.out and "extract metal_nut" in out.err  # tqdm bars on stderr
-    from helpers.data import list_samples
+    from helpers.data.mvtec import list_samples
 
     assert len(list_samples(dest, "metal_nut", "train")) == 2
     assert len(list_samples(dest, "metal_nut", "test")) == 2

@@ -82,7 +82,7 @@ def test_requirements_colab_lists_only_what_colab_lacks():
 def test_notebook_setup_cells_install_requirements_colab():
     import nbformat
 
-    from helpers import colab
+    from helpers.lessons import colab
 
     assert colab.REQUIREMENTS == "requirements-colab.txt"
     assert colab.install_command(ROOT)[-2:] == ["-r", str(ROOT / "requirements-colab.txt")]
@@ -90,7 +90,7 @@ def test_notebook_setup_cells_install_requirements_colab():
         nb = nbformat.read(str(path), as_version=4)
         setup = next(c for c in nb.cells if c.cell_type == "code")
         assert "requirements-colab.txt" in setup.source, path.name
-        assert "colab.setup(ROOT)" in setup.source, f"{path.name}: the setup cell installs nothing"
+        assert "H.setup(ROOT)" in setup.source, f"{path.name}: the setup cell installs nothing"
 
 
 def floor(spec: str) -> tuple[int, ...]:
@@ -173,9 +173,9 @@ IPYWIDGETS_7 = {
 
 def test_ipywidgets_floor_works_with_colabs_7_7():
     """Colab ships ipywidgets 7.7.1 and renders it natively: the floor must allow it and
-    helpers/widgets.py may only use widgets that exist in 7.x."""
+    helpers/lessons/widgets.py may only use widgets that exist in 7.x."""
     assert floor(pyproject_requirements()["ipywidgets"]) <= (7, 7, 1)
-    tree = ast.parse((ROOT / "helpers" / "widgets.py").read_text())
+    tree = ast.parse((ROOT / "helpers" / "lessons" / "widgets.py").read_text())
     aliases = {
         a.asname or a.name
         for n in ast.walk(tree)
@@ -188,5 +188,5 @@ def test_ipywidgets_floor_works_with_colabs_7_7():
         for n in ast.walk(tree)
         if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id in aliases
     }
-    assert used, "helpers/widgets.py no longer uses ipywidgets? update this test"
+    assert used, "helpers/lessons/widgets.py no longer uses ipywidgets? update this test"
     assert used <= IPYWIDGETS_7, f"not in ipywidgets 7.7 (Colab): {sorted(used - IPYWIDGETS_7)}"

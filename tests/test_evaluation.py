@@ -4,8 +4,14 @@ import json
 
 import numpy as np
 
-from helpers.evaluation import METRIC_KEYS, finite, pixel_f1_threshold, timings, write_metrics
-from helpers.prediction import Prediction
+from helpers.evaluation.report import (
+    METRIC_KEYS,
+    finite,
+    pixel_f1_threshold,
+    timings,
+    write_metrics,
+)
+from helpers.run.stages import RunPrediction
 
 
 def test_pixel_f1_threshold():
@@ -25,7 +31,7 @@ def test_write_metrics_fills_the_contract_with_nulls(tmp_path):
 
 def test_finite_and_timings():
     assert finite({"a": [float("inf"), 1.0]}) == {"a": [None, 1.0]}
-    pred = Prediction(
+    pred = RunPrediction(
         np.zeros(4), [None] * 4, np.zeros((4, 1, 1)), seconds=2.0, batch_size=2, device="cpu"
     )
     t = timings({"fit_s": 1.0}, pred)

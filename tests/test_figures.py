@@ -1,8 +1,8 @@
-"""helpers.figures: one PNG rendering, saved to a file."""
+"""helpers.run.run: one PNG rendering, saved to a file."""
 
 from matplotlib.figure import Figure
 
-from helpers.figures import figure_png, save_and_show
+from helpers.run.run import figure_png, save_and_show
 
 
 def test_save_and_show_writes_the_png(tmp_path):

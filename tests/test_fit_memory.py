@@ -1,10 +1,10 @@
-"""helpers.fit_memory: the fit's memory estimate and the up-front refusal."""
+"""helpers.core.training: the fit's memory estimate and the up-front refusal."""
 
 import pytest
 import torch
 
 from helpers import PatchCore
-from helpers.fit_memory import fit_memory_estimate
+from helpers.core.training import fit_memory_estimate
 
 
 def test_training_set_too_large_for_memory_is_refused_up_front(small_config, monkeypatch):
@@ -14,7 +14,7 @@ def test_training_set_too_large_for_memory_is_refused_up_front(small_config, mon
     # the RAM estimate grows with the projection (8 bytes x 128 per patch), not the full features
     assert est["ram"] >= patches * 128 * 8
     assert est["disk"] == patches * small_config.embed_dim * 4
-    monkeypatch.setattr("helpers.fit_memory.available_ram", lambda: 8 << 30)
+    monkeypatch.setattr("helpers.core.training.available_ram", lambda: 8 << 30)
     with pytest.raises(MemoryError) as err:
         model.check_fit_memory(10**6)
     msg = str(err.value)

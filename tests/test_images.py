@@ -1,12 +1,11 @@
-"""helpers.images: what users pass as images becomes batches of views."""
+"""helpers.core.images: what users pass as images becomes batches of views."""
 
 import numpy as np
 import pytest
 import torch
 
 from helpers import Config
-from helpers.data import Preprocessor
-from helpers.images import as_list, image_batches, load_input, rotate_image
+from helpers.core.images import Preprocessor, as_list, image_batches, load_input, rotate_image
 
 
 def test_rotations_make_views_of_each_image_in_order():

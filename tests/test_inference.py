@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from helpers import inference
+from helpers.lessons import timing as inference
 
 
 def test_batch_size_choice(monkeypatch):
@@ -82,7 +82,7 @@ def test_other_errors_are_not_swallowed():
 def test_resolve_device_quietly_silences_the_cpu_warning_for_the_kernel(monkeypatch):
     """Notebook 04 prints its own CPU note; the generic warning would be a second one, and the
     models created later (PatchCore resolves the device again) must stay quiet too."""
-    from helpers import runtime
+    from helpers.core import runtime
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(runtime, "_WARNED_CPU", False)

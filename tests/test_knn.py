@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from helpers.knn import knn, knn_torch, pair_distance
+from helpers.core.knn import knn, knn_torch, pair_distance
 
 
 def brute(q, b, k, distance):
@@ -115,7 +115,7 @@ def test_norm_floor_damps_weak_vectors_but_keeps_strong_ones_cosine_like():
 
 def test_faiss_matches_torch_with_a_norm_floor():
     pytest.importorskip("faiss")
-    from helpers.knn import knn_faiss
+    from helpers.core.knn import knn_faiss
 
     g = torch.Generator().manual_seed(4)
     q, b = torch.randn(100, 24, generator=g), torch.randn(500, 24, generator=g)

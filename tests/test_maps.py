@@ -3,7 +3,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from helpers.maps import gaussian_blur, patch_scores_to_maps
+from helpers.core.maps import gaussian_blur, patch_scores_to_maps
 
 
 @pytest.mark.parametrize(

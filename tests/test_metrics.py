@@ -3,7 +3,7 @@ import warnings
 import numpy as np
 import pytest
 
-from helpers import metrics
+from helpers.evaluation import metrics
 
 
 def test_image_auroc_known_answers():

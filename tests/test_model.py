@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from helpers import BankMismatchError, PatchCore
-from helpers.metrics import evaluate_samples
+from helpers.core.images import load_image
+from helpers.evaluation.metrics import evaluate_samples
 
 
 def test_end_to_end_on_synthetic_set_is_well_above_chance(test_prediction, samples):
@@ -69,7 +70,7 @@ def test_load_refuses_tampered_truncated_and_pickle_files(fitted, tmp_path):
         PatchCore.load(tmp_path / "evil.safetensors")
     assert not marker.exists()
     # a valid safetensors file that is not a bank
-    from helpers.io import save_tensors
+    from helpers.core.io import save_tensors
 
     save_tensors(tmp_path / "other.safetensors", {"w": torch.zeros(2, 2)}, {"format": "something"})
     with pytest.raises(BankMismatchError, match="not a PatchCore memory bank"):
@@ -86,7 +87,7 @@ def test_load_refuses_tampered_truncated_and_pickle_files(fitted, tmp_path):
 
 
 def test_defect_pasted_at_known_place_peaks_there_in_original_coordinates(fitted, samples):
-    from helpers.data import load_image
+    from helpers.core.images import load_image
 
     img = load_image(samples[0][0].path)
     # a larger, non-square original so the map must undo a resize AND a centre crop
@@ -113,7 +114,7 @@ def test_num_neighbors_one_is_plain_max(fitted, samples):
 
 
 def _brute_distances(a: torch.Tensor, b: torch.Tensor, config, bank: torch.Tensor) -> torch.Tensor:
-    """All pairwise distances in float64, written out from the definitions (not helpers.knn)."""
+    """All pairwise distances in float64, written out from the definitions (not helpers.core.knn)."""
     if config.distance == "l2":
         return torch.cdist(a, b)
     floor = config.cosine_floor * float(bank.norm(dim=1).median())
@@ -126,11 +127,7 @@ def _brute_distances(a: torch.Tensor, b: torch.Tensor, config, bank: torch.Tenso
 def test_eq7_reweighting_against_brute_force(fitted, samples, scoring):
     model = PatchCore(fitted.config.replace(**scoring))
     model.memory_bank = fitted.memory_bank
-    emb = model.embed(
-        model.preprocess(np.asarray(__import__("helpers").data.load_image(samples[1][-1].path)))[0][
-            None
-        ]
-    )
+    emb = model.embed(model.preprocess(np.asarray(load_image(samples[1][-1].path)))[0][None])
     scores, grid = model.score_embeddings(emb)
     bank = model.memory_bank.double()
     flat = emb.reshape(-1, emb.shape[-1]).double()
@@ -163,7 +160,7 @@ def test_inputs_are_validated_with_clear_messages(fitted):
 
 
 def test_tensor_and_array_inputs_agree_with_paths(fitted, samples):
-    from helpers.data import load_image
+    from helpers.core.images import load_image
 
     paths = [s.path for s in samples[1][:3]]
     arrays = [load_image(p) for p in paths]
@@ -207,7 +204,7 @@ def test_natural_embedding_is_the_3x3_channel_mean(small_config, samples):
     )
     assert cfg.embed_dim == 32 + 96
     model = PatchCore(cfg)
-    x, _ = model.preprocess(__import__("helpers").data.load_image(samples[0][0].path))
+    x, _ = model.preprocess(load_image(samples[0][0].path))
     emb = model.embed(x[None])[0]
     taps = model.extractor.body(x[None])
     a = torch.nn.functional.avg_pool2d(taps["features.6"], 3, 1, 1)[0].permute(1, 2, 0)

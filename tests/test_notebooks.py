@@ -14,9 +14,8 @@ import pytest
 from _nbrun import ci_run
 
 from helpers import Config
-from helpers.artifacts import config_from_params
-from helpers.parameters import COMMON_PARAMETERS, known_parameters
-from helpers.pipeline import NOTEBOOKS
+from helpers.run.parameters import COMMON_PARAMETERS, config_from_params, known_parameters
+from helpers.tools.pipeline import NOTEBOOKS
 
 ROOT = Path(__file__).resolve().parent.parent
 NB_DIR = ROOT / "notebooks"

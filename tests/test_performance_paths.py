@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.knn import knn, knn_faiss, knn_torch
+from helpers.core.knn import knn, knn_faiss, knn_torch
 
 # bf16 features vs fp32: largest relative image-score difference allowed. Cosine distances
 # between near neighbours are small differences of nearly equal vectors, so the same bf16
@@ -87,7 +87,7 @@ def tiny():
     """A small fitted PatchCore (MobileNetV2, offline weights, 96 px synthetic parts) and test
     images: enough for numerical comparisons, a few seconds to build."""
     from helpers import Config, PatchCore
-    from helpers.synthetic import DEFECTS, make_sample
+    from helpers.data.synthetic import DEFECTS, make_sample
 
     rng = np.random.default_rng
     train = [make_sample("good", 96, rng((0, i)))[0] for i in range(4)]

@@ -13,10 +13,10 @@ import pytest
 import torch
 from _nbrun import THREADS, ci_run
 
-from helpers import Config, pipeline
-from helpers.artifacts import config_from_params
-from helpers.parameters import COMMON_PARAMETERS
-from helpers.pipeline import NOTEBOOKS, PRESETS, PipelineError, parse_value, run_pipeline
+from helpers import Config
+from helpers.run.parameters import COMMON_PARAMETERS, NOTEBOOK_PARAMETERS, config_from_params
+from helpers.tools import pipeline
+from helpers.tools.pipeline import NOTEBOOKS, PRESETS, PipelineError, parse_value, run_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 NUMBERS = (
@@ -64,8 +64,8 @@ def test_notebook_parameters_are_declared_not_parsed_from_notebooks():
         assert set(COMMON_PARAMETERS) <= set(found) <= set(known), nb
         for name, info in found.items():
             value = ast.literal_eval(info["default"])
-            if name in pipeline.NOTEBOOK_PARAMETERS:
-                assert value == pipeline.NOTEBOOK_PARAMETERS[name], (nb, name)
+            if name in NOTEBOOK_PARAMETERS:
+                assert value == NOTEBOOK_PARAMETERS[name], (nb, name)
             else:  # "" means None for the optional Config fields
                 assert config_from_params({name: value}) == Config(), (nb, name)
 
@@ -118,7 +118,7 @@ def test_every_config_field_can_be_set_from_a_notebooks_variables():
 
 
 def test_notebook_parameters_reach_run_params(tmp_path):
-    from helpers.artifacts import Run
+    from helpers.run.run import Run
 
     run = Run.from_params(
         {"run_dir": str(tmp_path), "n_examples": 7, "timing_repeats": 3, "seed": 2},
@@ -155,7 +155,7 @@ def test_preflight_prints_the_whole_data_error_naming_the_path(tmp_path, capsys)
 
 
 def test_preflight_refuses_a_fit_larger_than_free_memory_in_one_line(tmp_path, monkeypatch):
-    monkeypatch.setattr("helpers.fit_memory.available_ram", lambda: 2 << 30)
+    monkeypatch.setattr("helpers.core.training.available_ram", lambda: 2 << 30)
     with pytest.raises(PipelineError) as err:
         run_pipeline(
             tmp_path / "big",
@@ -214,8 +214,8 @@ def test_makefile_demo_and_run_use_the_pipeline():
     text = (ROOT / "Makefile").read_text()
     demo = text[text.index("\ndemo:") :].split("\n\n")[0]
     run = text[text.index("\nrun:") :].split("\n\n")[0]
-    assert "helpers.pipeline --preset demo --out runs/demo" in demo
-    assert "helpers.pipeline" in run and "$(DATA)" in run and "$(ARGS)" in run
+    assert "-m helpers demo --out runs/demo" in demo
+    assert "-m helpers run" in run and "$(DATA)" in run and "$(ARGS)" in run
 
 
 def test_main_job_writes_metrics_figures_and_notebooks(ci):
@@ -283,8 +283,8 @@ def test_resume_recomputes_only_what_is_missing(ci, tmp_path):
 
 def test_same_config_twice_gives_identical_metrics(ci, tmp_path):
     """The notebooks' computation repeated from scratch in a fresh folder (through the same
-    helpers.artifacts calls the notebooks make, without the kernels) gives the same numbers."""
-    from helpers.artifacts import Run
+    helpers.run.run calls the notebooks make, without the kernels) gives the same numbers."""
+    from helpers.run.run import Run
 
     params = dict(pipeline.known_parameters())
     params.update(PRESETS["ci"], run_dir=str(tmp_path / "again"))
@@ -298,7 +298,7 @@ def test_same_config_twice_gives_identical_metrics(ci, tmp_path):
             fresh = run.write_metrics(run.evaluate(pred), pred)
     finally:
         torch.set_num_threads(threads)
-    assert [e["action"] for e in run.events] == ["computed"] * 3
+    assert [e["action"] for e in run.cache.events] == ["computed"] * 3
     old = json.loads((ci / "metrics.json").read_text())
     assert {k: fresh[k] for k in NUMBERS} == {k: old[k] for k in NUMBERS}
     assert fresh["config"] == old["config"]
@@ -323,7 +323,7 @@ def test_the_five_notebooks_run_on_another_category(tmp_path):
     category once failed in notebook 01's hue check)."""
     from _nbrun import THREADS
 
-    from helpers.synthetic import generate_dataset
+    from helpers.data.synthetic import generate_dataset
 
     data = tmp_path / "data"
     generate_dataset(

@@ -1,6 +1,6 @@
-"""helpers.pipeline_report: what a run tells the user."""
+"""helpers.tools.report: what a run tells the user."""
 
-from helpers.pipeline_report import failure_message, summary
+from helpers.tools.report import failure_message, summary
 
 
 def test_failure_message_names_the_error_or_the_dead_kernel(tmp_path):
@@ -22,8 +22,8 @@ def test_summary_prints_null_metrics_as_not_available(tmp_path):
 
 def test_preflight_accepts_an_out_folder_whose_parents_do_not_exist_yet(tmp_path):
     """A fresh clone has no runs/ folder: `make demo` (--out runs/demo) must pass the disk check."""
-    from helpers.pipeline import BASE_PARAMETERS
-    from helpers.pipeline_report import preflight
+    from helpers.tools.pipeline import BASE_PARAMETERS
+    from helpers.tools.report import preflight
 
     out = tmp_path / "not" / "yet" / "run"
     line = preflight({**BASE_PARAMETERS, "backbone": "mobilenet_v2", "run_dir": str(out)})

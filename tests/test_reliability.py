@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from helpers import PatchCore
-from helpers.data import ImageReadError, list_samples
-from helpers.io import atomic_write_bytes
-from helpers.metrics import evaluate_samples
-from helpers.runtime import resolve_device
+from helpers.core.images import ImageReadError
+from helpers.core.io import atomic_write_bytes
+from helpers.core.runtime import resolve_device
+from helpers.data.mvtec import list_samples
+from helpers.evaluation.metrics import evaluate_samples
 
 
 @pytest.fixture()
@@ -47,7 +48,7 @@ def test_oom_in_extraction_halves_the_batch_and_continues(fitted, samples, monke
 
 
 def test_oom_in_knn_halves_the_block_budget(fitted, samples, monkeypatch):
-    import helpers.scoring as hm
+    import helpers.core.bank as hm
 
     model = PatchCore(fitted.config.replace(knn_memory_mb=64))
     model.memory_bank = fitted.memory_bank
@@ -78,7 +79,7 @@ def test_gpu_requested_but_absent(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match="no CUDA GPU"):
         resolve_device("cuda")
-    import helpers.runtime as rt
+    import helpers.core.runtime as rt
 
     monkeypatch.setattr(rt, "_WARNED_CPU", False)
     with pytest.warns(UserWarning, match="running on the CPU"):

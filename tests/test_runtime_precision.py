@@ -8,8 +8,8 @@ import warnings
 import pytest
 import torch
 
-from helpers import runtime
-from helpers.runtime import autocast_dtype
+from helpers.core import runtime
+from helpers.core.runtime import autocast_dtype
 
 CUDA = torch.device("cuda")
 CPU = torch.device("cpu")

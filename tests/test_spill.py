@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.spill import FeatureSpill
+from helpers.core.training import FeatureSpill
 
 
 def test_gather_returns_the_rows_in_the_order_asked(tmp_path):

@@ -3,7 +3,7 @@ import hashlib
 import cv2
 import numpy as np
 
-from helpers.synthetic import (
+from helpers.data.synthetic import (
     DEFECTS,
     _radius_profile,
     generate_dataset,

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from helpers import viz
-from helpers.data import load_image
+from helpers.core.images import load_image
+from helpers.lessons import viz
 
 
 def titled(fig: Figure) -> bool:
@@ -131,7 +131,7 @@ def test_gallery_legend_names_the_colour_of_the_predicted_pixels():
     """Issue 12: the title said cyan where the fill was magenta. Fill, outline and title agree."""
     from matplotlib.colors import to_rgba
 
-    from helpers.viz_scores import PIXEL_REGION_COLOUR
+    from helpers.lessons.viz_scores import PIXEL_REGION_COLOUR
 
     img = np.zeros((20, 20, 3), np.uint8)
     amap = np.linspace(0, 1, 400, dtype=np.float32).reshape(20, 20)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from helpers import viz
-from helpers.data import apply_clahe, load_image
-from helpers.viz_data import _brightness_reading
+from helpers.core.images import apply_clahe, load_image
+from helpers.lessons import viz
+from helpers.lessons.viz_data import _brightness_reading
 
 
 def test_brightness_baseline_is_the_auroc_of_the_mean_grey_level(samples):

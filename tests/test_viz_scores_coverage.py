@@ -9,7 +9,7 @@ import io
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from helpers import viz
+from helpers.lessons import viz
 
 
 def rendered(fig):

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import widgets
+from helpers.lessons import widgets
 
 
 class FakeRun:

@@ -1,0 +1,224 @@
+"""Greedy (k-center) coreset selection, as in PatchCore (Sec. 3.2, Alg. 1).
+
+Features are first mapped to ``projection_dim`` dimensions by a seeded Gaussian random projection
+(Johnson-Lindenstrauss, :class:`Projection` below). The running "distance to the nearest selected
+point" starts as the mean distance to ``start_points`` random points (the official code's
+approximation); each pick is the point with the largest running distance (first index on ties),
+after which every running distance becomes ``min(old, |x|^2 - 2 x.c + |c|^2)``.
+
+:func:`greedy_coreset_reference` below is that loop written plainly. :func:`greedy_coreset` (what
+the model uses) runs the same loop with the exact accelerated implementations of
+:mod:`helpers.core.coreset_fast`, which pick exactly the same points. Arithmetic is float64 throughout
+(projection included), so the selection does not depend on the device or on the summation order
+of a matrix kernel. Nothing of size N x N is ever built.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from helpers.core import coreset_fast
+from helpers.core.coreset_fast import ROWS
+from helpers.core.runtime import cpu_threads
+from helpers.core.runtime import progress as show_progress
+
+__all__ = [
+    "Projection",
+    "covering_radius",
+    "greedy_coreset",
+    "greedy_coreset_reference",
+    "random_projection",
+]
+
+
+def greedy_coreset_reference(
+    features: torch.Tensor,
+    n_select: int,
+    *,
+    projection_dim: int = 128,
+    start_points: int = 10,
+    seed: int = 0,
+) -> torch.Tensor:
+    """The plain greedy k-center loop, one pick per iteration as the official code writes it (a
+    new distance column, a concatenation and a min per step): the reference a reader checks
+    against the paper's Alg. 1, and the one :func:`greedy_coreset` must match pick for pick."""
+    n = features.shape[0]
+    _check(n, n_select)
+    if n_select == n:
+        return torch.arange(n, device=features.device)
+    x, n = projected(features, projection_dim, seed)
+    sqn = (x * x).sum(dim=1)
+    dist = _start_distances(x, sqn, n, min(start_points, n), seed)[:n].reshape(-1, 1)
+    picked = []
+    for _ in range(n_select):
+        idx = int(torch.argmax(dist))
+        picked.append(idx)
+        new = (sqn - 2 * (x @ x[idx]) + sqn[idx])[:n].reshape(-1, 1)
+        dist = torch.min(torch.cat([dist, new], dim=1), dim=1).values.reshape(-1, 1)
+    return torch.tensor(picked, dtype=torch.long, device=features.device)
+
+
+def _start_distances(
+    x: torch.Tensor, sqn: torch.Tensor, n: int, n_start: int, seed: int
+) -> torch.Tensor:
+    gen = torch.Generator(device="cpu").manual_seed(seed + 1)
+    start = torch.randperm(n, generator=gen)[:n_start].to(x.device)
+    d2 = (sqn[:, None] - 2 * x @ x[start].T + sqn[start][None, :]).clamp_min_(0)
+    # mean Euclidean distance to the start points, kept squared from here on
+    return d2.sqrt_().mean(dim=1).square_()
+
+
+def _check(n: int, n_select: int) -> None:
+    if not 1 <= n_select <= n:
+        raise ValueError(f"n_select={n_select} must be in [1, {n}]")
+
+
+def greedy_coreset(
+    features: torch.Tensor | Projection,
+    n_select: int,
+    *,
+    projection_dim: int = 128,
+    start_points: int = 10,
+    seed: int = 0,
+    progress: bool = False,
+    method: str = "auto",
+    filter_dim: int = 32,
+    block_rows: int = 16384,
+) -> torch.Tensor:
+    """Indices (int64, on the features' device) of ``n_select`` rows picked greedily so that each
+    pick is the row farthest from those already picked (approximate k-center).
+
+    On CPU the selection loop runs on one thread (the projection before it uses all of them).
+    ``method``: ``"auto"`` (``"filtered"`` on CPU for large inputs, else ``"dense"``), ``"dense"``
+    or ``"filtered"``; all return the same indices as :func:`greedy_coreset_reference`.
+
+    ``features``: rows [N, D], projected here (``block_rows`` rows per matrix product), or an
+    already filled :class:`Projection` (the streaming fit's), whose rows are used as they are."""
+    if method not in ("auto", "dense", "filtered"):
+        raise ValueError(f"method={method!r} must be 'auto', 'dense' or 'filtered'")
+    if isinstance(features, Projection):
+        x, n = features.result()
+    else:
+        x, n = projected(features, projection_dim, seed, block_rows)
+    _check(n, n_select)
+    if n_select == n:
+        return torch.arange(n, device=x.device)
+    d = x.shape[1]
+    if method == "auto":
+        method = (
+            "filtered" if x.device.type == "cpu" and n >= 8192 and d >= 2 * filter_dim else "dense"
+        )
+    sqn = (x * x).sum(dim=1)
+    min_d2 = _start_distances(x, sqn, n, min(start_points, n), seed)
+    min_d2[n:] = -math.inf  # padding rows are never picked
+    steps = range(n_select)
+    if progress:
+        steps = show_progress(steps, total=n_select, desc="coreset", unit="pick")
+    # the loop is thousands of small dependent steps: one CPU thread (see runtime.cpu_threads)
+    with cpu_threads(1 if x.device.type == "cpu" else None):
+        if method == "filtered" and 0 < filter_dim < d:
+            return coreset_fast.filtered(x, sqn, min_d2, n, steps, n_select, filter_dim)
+        return coreset_fast.dense(x, sqn, min_d2, steps, n_select)
+
+
+def covering_radius(features: torch.Tensor, selected: torch.Tensor, chunk: int = 4096) -> float:
+    """max over rows of the distance to the nearest selected row (computed in chunks)."""
+    centers = features[selected].float()
+    worst = 0.0
+    for i in range(0, features.shape[0], chunk):
+        d = torch.cdist(
+            features[i : i + chunk].float(), centers, compute_mode="donot_use_mm_for_euclid_dist"
+        )
+        worst = max(worst, float(d.min(dim=1).values.max()))
+    return worst
+
+
+def _projection_matrix(d: int, dim: int, seed: int, device, dtype) -> torch.Tensor | None:
+    """The seeded Gaussian matrix [d, dim] scaled by 1/sqrt(dim); None when no projection applies
+    (``dim <= 0`` or ``dim >= d``: the features are used as they are)."""
+    if dim <= 0 or dim >= d:
+        return None
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    return (torch.randn(d, dim, generator=gen) / dim**0.5).to(device, dtype)
+
+
+def random_projection(
+    features: torch.Tensor,
+    dim: int,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    chunk: int = 16384,
+) -> torch.Tensor:
+    """[N, D] -> [N, dim] with a seeded Gaussian matrix scaled by 1/sqrt(dim) (``dtype`` result,
+    computed in that dtype, in row chunks so a float64 copy of the features is never made).
+    ``dim <= 0`` or ``dim >= D`` returns the features unprojected."""
+    proj = Projection(
+        features.shape[1], dim, seed, features.shape[0], features.device, dtype, padded=False
+    )
+    proj.add(features, block_rows=chunk)
+    return proj.result()[0]
+
+
+class Projection:
+    """The coreset's projection, filled block by block (the streaming fit adds one image's patches
+    at a time): a preallocated [capacity + padding, dim] buffer whose rows after the last added
+    one are zero. The same blocks give the same numbers whether the features arrive in a stream
+    or from one tensor (the matrix product of a block depends only on that block)."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        dim: int,
+        seed: int,
+        capacity: int,
+        device=None,
+        dtype: torch.dtype = torch.float64,
+        padded: bool = True,
+    ):
+        self.matrix = _projection_matrix(in_dim, dim, seed, device, dtype)
+        self.dim = in_dim if self.matrix is None else dim
+        self.capacity, self.n, self.padded = int(capacity), 0, padded
+        self.buffer = torch.zeros(
+            capacity + (ROWS if padded else 0), self.dim, dtype=dtype, device=device
+        )
+
+    @classmethod
+    def of_rows(cls, rows: torch.Tensor, device=None) -> Projection:
+        """A filled projection from rows already projected (a saved one)."""
+        proj = cls(rows.shape[1], 0, 0, rows.shape[0], device, rows.dtype)
+        proj.add(rows)
+        return proj
+
+    def add(self, rows: torch.Tensor, block_rows: int | None = None) -> None:
+        """Append ``rows`` [k, in_dim], projected ``block_rows`` rows per matrix product (all at
+        once when None)."""
+        if block_rows is not None:
+            for start in range(0, rows.shape[0], block_rows):
+                self.add(rows[start : start + block_rows])
+            return
+        k = rows.shape[0]
+        if self.n + k > self.capacity:
+            raise ValueError(f"projection buffer holds {self.capacity} rows; got {self.n + k}")
+        part = rows.to(self.buffer.device, self.buffer.dtype)
+        if self.matrix is None:
+            self.buffer[self.n : self.n + k] = part
+        else:
+            torch.mm(part, self.matrix, out=self.buffer[self.n : self.n + k])
+        self.n += k
+
+    def result(self) -> tuple[torch.Tensor, int]:
+        """(rows [n + padding, dim] with zero padding rows, n); a view of the buffer."""
+        pad = (-self.n % ROWS or ROWS) if self.padded else 0
+        return self.buffer[: self.n + pad], self.n
+
+
+def projected(
+    features: torch.Tensor, projection_dim: int, seed: int, block_rows: int = 16384
+) -> tuple[torch.Tensor, int]:
+    """float64 projection zero-padded to a multiple of ROWS rows (at least one zero row, row
+    ``n``, which pads gathered row sets), and the real row count."""
+    proj = Projection(features.shape[1], projection_dim, seed, features.shape[0], features.device)
+    proj.add(features, block_rows=block_rows)
+    return proj.result()

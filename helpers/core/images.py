@@ -1,0 +1,294 @@
+"""Turning what a user passes as images into network input batches: file paths,
+samples (anything with a ``path``, such as :class:`helpers.data.mvtec.Sample`), RGB uint8 arrays (or a list of them), or an already
+normalised float tensor [N, 3, S, S]; each image optionally with rotated copies."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from helpers.core.config import Config
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+class ImageReadError(ValueError):
+    """An image file could not be decoded; the message names the file."""
+
+
+# --------------------------------------------------------------------------- decoding
+def load_image(path: str | Path) -> np.ndarray:
+    """Decode any common image file to RGB uint8 [H, W, 3]: grayscale, RGBA (composited on black),
+    palette, 16-bit and float images are all converted the same way. Truncated or corrupt files
+    raise :class:`ImageReadError` naming the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            arr = _to_rgb8(im)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(
+            f"cannot read image {path}: {exc}. Remove or replace the file, or "
+            "set skip_bad_images=True to skip unreadable files."
+        ) from exc
+    return arr
+
+
+def _to_rgb8(im) -> np.ndarray:
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(im).astype(np.float64)
+        if im.mode.startswith("I;16") or arr.max() > 255:
+            arr = arr / 257.0 if arr.max() <= 65535 else arr * (255.0 / max(arr.max(), 1))
+        arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=2) if arr.ndim == 2 else arr[..., :3]
+    if im.mode in ("RGBA", "LA"):
+        rgba = np.asarray(im.convert("RGBA")).astype(np.float32)
+        rgb = rgba[..., :3] * (rgba[..., 3:] / 255.0)
+        return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(np.asarray(im.convert("RGB")), dtype=np.uint8)
+
+
+# --------------------------------------------------------------------------- CLAHE
+def apply_clahe(image: np.ndarray, clip_limit: float = 2.0, tile_grid: int = 8) -> np.ndarray:
+    """Contrast-limited adaptive histogram equalisation on the L channel of LAB (RGB uint8 in and
+    out)."""
+    lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB)
+    clahe = cv2.createCLAHE(
+        clipLimit=float(clip_limit), tileGridSize=(int(tile_grid), int(tile_grid))
+    )
+    lab[..., 0] = clahe.apply(np.ascontiguousarray(lab[..., 0]))
+    return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+
+
+# --------------------------------------------------------------------------- geometry
+@dataclass(frozen=True)
+class Geometry:
+    """How an original image became the network input: shorter side resized to ``resize``, then a
+    centred ``crop`` x ``crop`` window at (top, left) of the resized image."""
+
+    orig_h: int
+    orig_w: int
+    res_h: int
+    res_w: int
+    top: int
+    left: int
+    crop: int
+
+    @classmethod
+    def for_shape(cls, h: int, w: int, resize: int, crop: int) -> Geometry:
+        if resize == 0:  # squash: the whole image, aspect ratio not kept
+            return cls(h, w, crop, crop, 0, 0, crop)
+        scale = resize / min(h, w)
+        res_h, res_w = max(crop, round(h * scale)), max(crop, round(w * scale))
+        # torchvision's CenterCrop convention
+        top, left = int(round((res_h - crop) / 2.0)), int(round((res_w - crop) / 2.0))
+        return cls(h, w, res_h, res_w, top, left, crop)
+
+    def to_original(self, amap: np.ndarray, fill: float | None = None) -> np.ndarray:
+        """Map a [crop, crop] map to the original [orig_h, orig_w] pixels. Pixels the crop never
+        saw get ``fill`` (default: the map's minimum)."""
+        if amap.shape != (self.crop, self.crop):
+            raise ValueError(f"map shape {amap.shape} != crop {(self.crop, self.crop)}")
+        canvas = np.full((self.res_h, self.res_w), amap.min() if fill is None else fill, np.float32)
+        canvas[self.top : self.top + self.crop, self.left : self.left + self.crop] = amap
+        if (self.res_h, self.res_w) == (self.orig_h, self.orig_w):
+            return canvas
+        return cv2.resize(canvas, (self.orig_w, self.orig_h), interpolation=cv2.INTER_LINEAR)
+
+    def from_original(self, yx: tuple[float, float]) -> tuple[float, float]:
+        """Original pixel (y, x) -> input (crop) pixel (y, x), pixel-centre convention."""
+        sy, sx = self.res_h / self.orig_h, self.res_w / self.orig_w
+        return ((yx[0] + 0.5) * sy - 0.5 - self.top, (yx[1] + 0.5) * sx - 0.5 - self.left)
+
+
+class Preprocessor:
+    """RGB uint8 image -> normalised float tensor [3, crop, crop] and its :class:`Geometry`."""
+
+    def __init__(
+        self,
+        input_size: int,
+        resize: int,
+        *,
+        clahe: bool = False,
+        clahe_clip_limit: float = 2.0,
+        clahe_tile_grid: int = 8,
+    ):
+        self.input_size, self.resize = input_size, resize
+        self.clahe, self.clip, self.tiles = clahe, clahe_clip_limit, clahe_tile_grid
+
+    @classmethod
+    def from_config(cls, cfg) -> Preprocessor:
+        return cls(
+            cfg.input_size,
+            cfg.resize,
+            clahe=cfg.clahe,
+            clahe_clip_limit=cfg.clahe_clip_limit,
+            clahe_tile_grid=cfg.clahe_tile_grid,
+        )
+
+    def crop_rgb(self, image: np.ndarray) -> tuple[np.ndarray, Geometry]:
+        """CLAHE (if on), resize and centre crop: RGB uint8 [crop, crop, 3]."""
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(
+                f"expected an RGB uint8 image [H, W, 3], got {image.dtype} {image.shape}"
+            )
+        if self.clahe:
+            image = apply_clahe(image, self.clip, self.tiles)
+        g = Geometry.for_shape(image.shape[0], image.shape[1], self.resize, self.input_size)
+        interp = cv2.INTER_AREA if g.res_h < g.orig_h else cv2.INTER_LINEAR
+        resized = cv2.resize(image, (g.res_w, g.res_h), interpolation=interp)
+        return resized[g.top : g.top + g.crop, g.left : g.left + g.crop], g
+
+    def __call__(self, image: np.ndarray) -> tuple[torch.Tensor, Geometry]:
+        crop, g = self.crop_rgb(image)
+        x = (crop.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))), g
+
+
+def denormalize(x: torch.Tensor) -> np.ndarray:
+    """Normalised tensor [3, H, W] -> RGB uint8 [H, W, 3] (for figures)."""
+    arr = x.detach().cpu().numpy().transpose(1, 2, 0) * IMAGENET_STD + IMAGENET_MEAN
+    return np.clip(arr * 255 + 0.5, 0, 255).astype(np.uint8)
+
+
+Batch = tuple[torch.Tensor, list[Geometry], list[int]]
+
+
+def rotate_image(image: np.ndarray, degrees: float) -> np.ndarray:
+    """Rotate about the centre, same size, border replicated (for train_rotations)."""
+    h, w = image.shape[:2]
+    m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), degrees, 1.0)
+    return cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def image_batches(
+    images, config: Config, preprocess: Preprocessor, rotations: int = 1
+) -> Iterator[Batch]:
+    """Yield (tensor batch, geometries, indices into the input) of ``config.batch_size`` images,
+    read from disk as they are needed; with ``rotations`` > 1 each image also gives its copies
+    rotated by 360/rotations degrees (one view each)."""
+    if isinstance(images, torch.Tensor):
+        yield from _tensor_batches(images, config)
+    else:
+        yield from _file_batches(as_list(images), config, preprocess, rotations)
+
+
+def _tensor_batches(images: torch.Tensor, c: Config) -> Iterator[Batch]:
+    if images.ndim == 3:
+        images = images.unsqueeze(0)
+    if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
+        raise ValueError(
+            f"a tensor input must be float [N, 3, {c.input_size}, {c.input_size}] "
+            f"ImageNet-normalised; got {images.dtype} {tuple(images.shape)}"
+        )
+    if tuple(images.shape[2:]) != (c.input_size, c.input_size):
+        raise ValueError(
+            f"tensor images are {tuple(images.shape[2:])} but input_size="
+            f"{c.input_size}; pass file paths or uint8 arrays to have them resized"
+        )
+    g = Geometry(c.input_size, c.input_size, c.input_size, c.input_size, 0, 0, c.input_size)
+    for i in range(0, images.shape[0], c.batch_size):
+        part = images[i : i + c.batch_size]
+        yield part, [g] * part.shape[0], list(range(i, i + part.shape[0]))
+
+
+def _file_batches(
+    items: list, c: Config, preprocess: Preprocessor, rotations: int
+) -> Iterator[Batch]:
+    if not items:
+        raise ValueError("no images given (an empty list or folder?)")
+
+    def load(item):
+        return load_input(item, c.skip_bad_images)
+
+    pool = ThreadPoolExecutor(max(1, c.num_workers)) if c.num_workers > 0 else None
+    try:
+        for start in range(0, len(items), c.batch_size):
+            chunk = list(enumerate(items[start : start + c.batch_size], start))
+            loaded = (
+                pool.map(load, [it for _, it in chunk])
+                if pool
+                else map(load, [it for _, it in chunk])
+            )
+            tensors, geoms, idx = [], [], []
+            for (i, _), img in zip(chunk, loaded):
+                if img is None:
+                    continue
+                for r in range(rotations):
+                    view = img if r == 0 else rotate_image(img, 360.0 * r / rotations)
+                    t, g = preprocess(view)
+                    tensors.append(t)
+                    geoms.append(g)
+                    idx.append(i)
+            if tensors:
+                yield torch.stack(tensors), geoms, idx
+    finally:
+        if pool:
+            pool.shutdown()
+
+
+def load_input(item, skip_bad_images: bool = False) -> np.ndarray | None:
+    """One image as RGB uint8 [H, W, 3]; None for an unreadable file with ``skip_bad_images``."""
+    if _is_sample(item):
+        item = item.path
+    if isinstance(item, (str, Path)):
+        try:
+            return load_image(item)
+        except ImageReadError as exc:
+            if skip_bad_images:
+                # points at PatchCore.embed_images (through load, the batches, image_batches)
+                warnings.warn(f"skipped: {exc}", stacklevel=5)
+                return None
+            raise
+    if isinstance(item, np.ndarray):
+        if item.ndim == 2:
+            item = np.repeat(item[..., None], 3, axis=2)
+        if item.ndim != 3 or item.shape[2] not in (3, 4):
+            raise ValueError(
+                f"image arrays must be [H, W, 3] RGB (or [H, W] gray), got {item.shape}"
+            )
+        if item.dtype != np.uint8:
+            raise ValueError(
+                f"image arrays must be uint8 0-255, got {item.dtype}; "
+                "convert with (x * 255).clip(0, 255).astype(np.uint8)"
+            )
+        return np.ascontiguousarray(item[..., :3])
+    raise TypeError(
+        f"cannot use {type(item).__name__} as an image: pass a file path, a Sample, "
+        "an RGB uint8 array or a normalised float tensor"
+    )
+
+
+def _is_sample(item) -> bool:
+    """A data sample (:class:`helpers.data.mvtec.Sample` or anything with a ``path``)."""
+    return isinstance(getattr(item, "path", None), (str, Path))
+
+
+def as_list(images) -> list:
+    """The images as a list (a tensor stays a tensor)."""
+    if isinstance(images, (str, Path)) or _is_sample(images):
+        return [images]
+    if isinstance(images, np.ndarray):
+        if images.ndim == 4:
+            return list(images)
+        return [images]
+    if isinstance(images, torch.Tensor):
+        return images
+    if isinstance(images, Iterable):
+        return list(images)
+    raise TypeError(
+        f"cannot use {type(images).__name__} as images: pass a list of file paths, "
+        "Samples or RGB uint8 arrays, or a normalised tensor [N, 3, S, S]"
+    )

@@ -1,0 +1,349 @@
+"""PatchCore (Roth et al., CVPR 2022) in one class, read top to bottom as the lessons teach it:
+
+1. ``embed``: an image -> a grid of patch features (notebook 02; :mod:`helpers.core.features`);
+2. ``fit``: every good training patch -> the memory bank M, a greedy coreset of them
+   (notebook 03; :mod:`helpers.core.coreset`, :class:`helpers.core.bank.MemoryBank`);
+3. ``predict``: each test patch's distance to its nearest neighbour in M (the patch-score grid),
+   the image score s* re-weighted by eq. 7, and the anomaly map in the ORIGINAL image's pixels
+   (notebook 04; :mod:`helpers.core.maps`);
+4. ``save`` / ``load``: the bank and its config in one .safetensors file, no pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from helpers.core import training
+from helpers.core.bank import BankMismatchError, MemoryBank, read_bank, save_bank
+from helpers.core.config import Config
+from helpers.core.coreset import Projection, greedy_coreset
+from helpers.core.features import FeatureExtractor
+from helpers.core.images import Geometry, Preprocessor, as_list, image_batches
+from helpers.core.maps import grids_to_maps
+from helpers.core.runtime import (
+    CPU_MICRO_BATCH,
+    autocast,
+    autocast_dtype,
+    resolve_device,
+    run_halving,
+)
+from helpers.core.runtime import progress as show_progress
+from helpers.core.training import FeatureSpill, TrainingFeatures
+
+__all__ = ["BankMismatchError", "EmbeddedBatch", "PatchCore", "Prediction"]
+
+
+@dataclass
+class Prediction:
+    """What :meth:`PatchCore.predict` returns for N images."""
+
+    scores: np.ndarray  # [N] image anomaly scores (NaN for skipped images)
+    maps: list[np.ndarray | None]  # per image, float32 [H, W] in ORIGINAL pixels
+    patch_scores: np.ndarray  # [N, h, w] nearest-neighbour distance per patch
+    geometries: list[Geometry | None] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+class EmbeddedBatch(NamedTuple):
+    """One batch of :meth:`PatchCore.embed_images`: the embeddings of each view (an image or a
+    rotated copy), how each view was made from its original, and the index of that original."""
+
+    embeddings: torch.Tensor  # [B, h, w, D] float32, on the model's device
+    geometries: list[Geometry]
+    indices: list[int]
+
+
+class PatchCore:
+    """``PatchCore(Config(...)).fit(train_images)``; ``.predict(test_images)``.
+
+    Images may be file paths, data samples (anything with a ``path``), RGB uint8 arrays
+    [H, W, 3] (or a list of them), or an already normalised float tensor [N, 3, S, S] with
+    S = input_size.
+    """
+
+    def __init__(self, config: Config | None = None, **overrides):
+        if config is None:
+            config = Config(**overrides)
+        elif overrides:
+            config = config.replace(**overrides)
+        if not isinstance(config, Config):
+            raise TypeError(f"config must be a helpers.Config, got {type(config).__name__}")
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.preprocess = Preprocessor.from_config(config)
+        self._extractor: FeatureExtractor | None = None
+        self.bank: MemoryBank | None = None  # M, set by fit or load
+        self.grid: tuple[int, int] | None = None  # patches per image (h, w)
+        self.info: dict = {}  # what the fit measured (sizes, seconds)
+        self.coreset_indices: torch.Tensor | None = None  # rows of the fit's patches kept
+        self.saved_versions: dict = {}  # library versions of a loaded bank
+        self._embed_cap: int | None = None  # micro-batch after a CUDA out-of-memory
+
+    @property
+    def memory_bank(self) -> torch.Tensor | None:
+        """The bank's features [M, D]; assigning a tensor makes a new :class:`MemoryBank`."""
+        return None if self.bank is None else self.bank.features
+
+    @memory_bank.setter
+    def memory_bank(self, features: torch.Tensor | None) -> None:
+        self.bank = None if features is None else MemoryBank.for_config(features, self.config)
+
+    # ------------------------------------------------------------------ 1. embed (notebook 02)
+    @property
+    def extractor(self) -> FeatureExtractor:
+        if self._extractor is None:
+            c = self.config
+            ext = FeatureExtractor(
+                c.backbone,
+                c.layers,
+                weights=c.weights,
+                patch_size=c.patch_size,
+                pretrain_embed_dim=c.pretrain_embed_dim,
+                target_embed_dim=c.target_embed_dim,
+            ).to(self.device)
+            if self.device.type == "cuda":
+                ext = ext.to(memory_format=torch.channels_last)
+            self._extractor = ext
+        return self._extractor
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised images [B, 3, S, S] -> patch embeddings [B, h, w, D] (float32, on device).
+        Halves the micro-batch on CUDA out-of-memory."""
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(
+                f"expected images as a tensor [B, 3, H, W], got shape {tuple(x.shape)}"
+            )
+        x = x.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        dtype = autocast_dtype(self.device, self.config.precision)
+
+        def run(step: int) -> torch.Tensor:
+            parts = []
+            for i in range(0, x.shape[0], step):
+                with torch.inference_mode(), autocast(self.device, dtype):
+                    parts.append(self.extractor(x[i : i + step]).float())
+            return torch.cat(parts)
+
+        cap = self._embed_cap  # set once an out-of-memory forced a smaller batch
+        if cap is None and self.device.type == "cpu":
+            cap = CPU_MICRO_BATCH
+        want = x.shape[0] if cap is None else min(cap, x.shape[0])
+        out, used = run_halving(run, want, "feature extraction (batch)")
+        if used < want:
+            self._embed_cap = used
+        return out
+
+    def embed_images(
+        self, images, rotations: int = 1, progress: bool = False, desc: str = "features"
+    ) -> Iterator[EmbeddedBatch]:
+        """Embed ``images`` batch by batch (read from disk as they are needed): each image, and
+        with ``rotations`` > 1 its copies rotated by 360/rotations degrees, becomes one view.
+        The one home of rotate -> preprocess -> embed (fit, predict and the notebooks use it)."""
+        n = images.shape[0] if isinstance(images, torch.Tensor) else len(as_list(images))
+        batches = image_batches(images, self.config, self.preprocess, rotations)
+        if progress:
+            batches = show_progress(
+                batches, total=math.ceil(n / self.config.batch_size), desc=desc, unit="batch"
+            )
+        for x, geoms, idx in batches:
+            yield EmbeddedBatch(self.embed(x), geoms, idx)
+
+    # ------------------------------------------------------------------ 2. fit (notebook 03)
+    def fit(self, images, progress: bool = False, spill_dir: str | Path | None = None) -> PatchCore:
+        """Build the memory bank from good training images: :meth:`extract` (streaming) then
+        :meth:`build_bank`. Memory grows with the coreset's projection (8 bytes x 128 per patch),
+        not with the full embeddings, which wait in a temporary file in ``spill_dir`` (default:
+        the system's temporary folder) and are read back only for the kept patches."""
+        feats = self.extract(images, progress=progress, spill_dir=spill_dir)
+        try:
+            return self.build_bank(feats, progress=progress)
+        finally:
+            feats.close()
+
+    def extract(
+        self, images, progress: bool = False, spill_dir: str | Path | None = None
+    ) -> TrainingFeatures:
+        """Embed the training images (and their ``train_rotations`` rotated copies) batch by batch,
+        keeping each patch's coreset projection in memory and, when that projection is not the
+        identity, the full embedding in a spill file. Checks the memory estimate first."""
+        c = self.config
+        items = images if isinstance(images, torch.Tensor) else as_list(images)
+        n = items.shape[0] if isinstance(items, torch.Tensor) else len(items)
+        if not isinstance(items, torch.Tensor):
+            self.check_fit_memory(n)
+        t0 = time.perf_counter()
+        views, proj, spill = 0, None, None
+        rotations = c.rotations_for(n)
+        try:
+            for batch in self.embed_images(items, rotations, progress):
+                emb = batch.embeddings
+                if proj is None:
+                    self.grid = tuple(emb.shape[1:3])
+                    proj = self._projection(n * rotations * self.grid[0] * self.grid[1], emb)
+                    if proj.matrix is not None:
+                        spill = FeatureSpill(emb.shape[-1], spill_dir)
+                for view in emb:
+                    proj.add(view.reshape(-1, emb.shape[-1]))
+                if spill is not None:
+                    spill.append(emb.reshape(-1, emb.shape[-1]))
+                views += emb.shape[0]
+        except BaseException:
+            if spill is not None:
+                spill.close()
+            raise
+        if proj is None:
+            raise ValueError("no training image could be read")
+        seconds = time.perf_counter() - t0
+        return TrainingFeatures(
+            proj, spill, grid=self.grid, n_views=views, rotations=rotations, seconds=seconds
+        )
+
+    def build_bank(self, feats: TrainingFeatures, progress: bool = False) -> PatchCore:
+        """M = the full features of the greedy coreset of ``feats``' projected patches."""
+        c = self.config
+        t0 = time.perf_counter()
+        idx = greedy_coreset(
+            feats.projection,
+            c.coreset_size(feats.n_patches),
+            start_points=c.coreset_start_points,
+            seed=c.seed,
+            progress=progress,
+        )
+        self.memory_bank = feats.rows(idx).to(self.device).contiguous()
+        self.coreset_indices = idx
+        self.grid = feats.grid
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        coreset_s = time.perf_counter() - t0
+        self.info = {
+            "n_train": feats.n_images,
+            "n_views": feats.n_views,
+            "n_patches": feats.n_patches,
+            "bank_size": len(self.bank),
+            "features_s": feats.seconds,
+            "coreset_s": coreset_s,
+            "fit_s": feats.seconds + coreset_s,
+        }
+        return self
+
+    def select_bank(self, features: torch.Tensor, progress: bool = False) -> torch.Tensor:
+        """Keep the greedy coreset of ``features`` [N, D] (all patches in memory, one view's
+        ``grid`` after another) as the memory bank: the rows :meth:`fit` keeps from the same
+        patches. Returns the kept indices (also in ``coreset_indices``)."""
+        self.grid = self.grid or (1, features.shape[0])
+        proj = self._projection(features.shape[0], features)
+        proj.add(features, block_rows=self.grid[0] * self.grid[1])
+        feats = TrainingFeatures.in_memory(proj, features, self.grid)
+        self.build_bank(feats, progress)
+        return self.coreset_indices
+
+    def _projection(self, capacity: int, like: torch.Tensor) -> Projection:
+        c = self.config
+        dim = like.shape[-1]
+        return Projection(dim, c.coreset_projection_dim, c.seed, capacity, self.device)
+
+    def fit_memory_estimate(self, n_images: int) -> dict[str, int]:
+        """Bytes a fit of ``n_images`` needs (:func:`helpers.core.training.fit_memory_estimate`)."""
+        return training.fit_memory_estimate(self.config, self.device, n_images)
+
+    def check_fit_memory(self, n_images: int) -> dict[str, int]:
+        """Refuse a fit larger than the free memory; returns the estimate checked."""
+        return training.check_fit_memory(self.config, self.device, n_images)
+
+    # ------------------------------------------------------------------ 3. predict (notebook 04)
+    def predict(self, images, maps: bool = True, progress: bool = False) -> Prediction:
+        """Image scores and anomaly maps (original pixels) for ``images``."""
+        self._check_fitted()
+        items = images if isinstance(images, torch.Tensor) else as_list(images)
+        n = items.shape[0] if isinstance(items, torch.Tensor) and items.ndim == 4 else len(items)
+        scores = np.full(n, np.nan, dtype=np.float32)
+        out_maps: list[np.ndarray | None] = [None] * n
+        geoms: list[Geometry | None] = [None] * n
+        grids = None
+        for emb, g, idx in self.embed_images(items, progress=progress, desc="predict"):
+            s, grid = self.score_embeddings(emb)
+            if grids is None:
+                grids = np.full((n, *grid.shape[1:]), np.nan, dtype=np.float32)
+            scores[idx] = s.cpu().numpy()
+            grids[idx] = grid.cpu().numpy()
+            if maps:
+                for i, amap in zip(idx, self.maps_from_grids(grid, g)):
+                    out_maps[i] = amap
+            for j, i in enumerate(idx):
+                geoms[i] = g[j]
+        if grids is None:
+            grids = np.zeros((n, 0, 0), dtype=np.float32)
+        return Prediction(scores, out_maps, grids, geoms)
+
+    def score_embeddings(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patch embeddings [B, h, w, D] -> (image scores s [B], patch-score grid [B, h, w])."""
+        self._check_fitted()
+        bank, c = self.bank, self.config
+        b, h, w, d = emb.shape
+        if d != bank.dim:
+            raise ValueError(f"embeddings have dimension {d}, the memory bank {bank.dim}")
+        patches = emb.reshape(b, h * w, d)  # P(x_test): the test image's patch features
+        dist, nn = bank.nearest(patches.reshape(-1, d), 1)  # each patch's nearest m in M
+        dist, nn = dist.view(b, h * w), nn.view(b, h * w)
+        s_star, pos = dist.max(dim=1)  # s* = max over patches of min over M (eq. 6)
+        rows = torch.arange(b, device=dist.device)
+        m_test = patches[rows, pos]  # m^test,*: the patch that gives s*
+        m_star = nn[rows, pos]  # m*: its nearest neighbour in M (a row index)
+        k = min(c.num_neighbors, len(bank))
+        if k == 1:  # no re-weighting asked for: s = s*
+            return s_star, dist.view(b, h, w)
+        _, n_b = bank.nearest(bank.features[m_star], k)  # N_b(m*): m*'s k nearest in M
+        n_b[:, 0] = m_star  # m*'s nearest neighbour is m* itself (or an exact duplicate)
+        d_n = bank.distance_to(m_test[:, None], n_b)  # ||m^test,* - m|| for m in N_b(m*)
+        weight = 1 - torch.softmax(d_n.double(), dim=1)[:, 0].float()  # eq. 7
+        return weight * s_star, dist.view(b, h, w)  # s = w * s*
+
+    def maps_from_grids(
+        self, grids: torch.Tensor | np.ndarray, geometries: list[Geometry | None]
+    ) -> list[np.ndarray | None]:
+        """Patch-score grids [B, h, w] -> anomaly maps in each image's ORIGINAL pixels, with this
+        model's ``input_size`` and ``sigma`` (see :func:`helpers.core.maps.grids_to_maps`)."""
+        c = self.config
+        return grids_to_maps(
+            grids, geometries, input_size=c.input_size, sigma=c.sigma, device=self.device
+        )
+
+    def _check_fitted(self) -> None:
+        if self.bank is None:
+            raise RuntimeError(
+                "this PatchCore has no memory bank: call fit(train_images) or "
+                "PatchCore.load(path) first"
+            )
+
+    # ------------------------------------------------------------------ 4. save / load
+    def save(self, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+        """Write the memory bank, config and versions to one .safetensors file, atomically;
+        ``metadata`` adds string entries to its header (a run's cache keys)."""
+        self._check_fitted()
+        return save_bank(path, self.memory_bank, self.config, self.grid, self.info, metadata)
+
+    @classmethod
+    def load(cls, path: str | Path, config: Config | None = None, **overrides) -> PatchCore:
+        """Load a bank written by :meth:`save`. With ``config``, refuse a bank built with other
+        artifact settings (backbone, layers, sizes...) and list the differences. Runtime fields
+        (device, batch_size, ...) may be overridden."""
+        cfg, bank, meta = read_bank(path, config, **overrides)
+        model = cls(cfg)
+        model.memory_bank = bank.float().to(model.device)
+        grid = json.loads(meta.get("grid", "null"))
+        model.grid = tuple(grid) if grid else None
+        model.info = json.loads(meta.get("info", "{}"))
+        model.saved_versions = json.loads(meta.get("versions", "{}"))
+        return model

@@ -1,0 +1,151 @@
+"""MVTec-layout datasets: list samples, decode images robustly, CLAHE, resize + centre crop, and
+the inverse geometry that puts anomaly maps back onto the original pixels.
+
+Layout expected under ``root``::
+
+    <root>/<category>/train/good/*.png
+    <root>/<category>/test/good/*.png            (optional)
+    <root>/<category>/test/<defect>/*.png
+    <root>/<category>/ground_truth/<defect>/<name>_mask.png   (optional)
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from helpers.core.images import ImageReadError, load_image
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+LAYOUT_HELP = """Expected MVTec AD layout:
+  <dataset_path>/<category>/train/good/000.png ...
+  <dataset_path>/<category>/test/good/000.png ...            (optional)
+  <dataset_path>/<category>/test/<defect>/000.png ...
+  <dataset_path>/<category>/ground_truth/<defect>/000_mask.png ...   (optional)"""
+
+
+class DatasetError(FileNotFoundError):
+    """The dataset folder is missing or not laid out like MVTec AD."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    split: str  # "train" or "test"
+    defect: str  # "good" or the defect folder name
+    mask_path: Path | None  # None for good images or when the mask is missing
+
+    @property
+    def label(self) -> int:
+        return 0 if self.defect == "good" else 1
+
+
+def _image_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    files, ignored = [], []
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("._"):
+            files.append(p)
+        elif p.is_file():
+            ignored.append(p)
+    return files, ignored
+
+
+def category_dir(root: str | Path, category: str) -> Path:
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"dataset path {root} does not exist or is not a folder.\n{LAYOUT_HELP}")
+    cat = root / category
+    if not cat.is_dir():
+        if (root / "train").is_dir():  # the user pointed at the category folder itself
+            return root
+        found = sorted(p.name for p in root.iterdir() if p.is_dir())
+        raise DatasetError(
+            f"category folder {cat} not found (folders in {root}: {found}).\n{LAYOUT_HELP}"
+        )
+    return cat
+
+
+def list_samples(root: str | Path, category: str, split: str) -> list[Sample]:
+    """Samples of one split, sorted by defect type then file name. Non-image files are ignored
+    with one warning that counts them. Raises :class:`DatasetError` naming the folder at fault."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split={split!r} must be 'train' or 'test'")
+    cat = category_dir(root, category)
+    split_dir = cat / split
+    if split == "train":
+        good = split_dir / "good"
+        if not good.is_dir():
+            raise DatasetError(f"training folder {good} is missing.\n{LAYOUT_HELP}")
+        defects = ["good"]
+    else:
+        if not split_dir.is_dir():
+            raise DatasetError(f"test folder {split_dir} is missing.\n{LAYOUT_HELP}")
+        defects = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+        defects = (["good"] if "good" in defects else []) + [d for d in defects if d != "good"]
+    samples, ignored, missing_masks = [], [], []
+    for defect in defects:
+        files, skipped = _image_files(split_dir / defect)
+        ignored += skipped
+        for f in files:
+            mask = None
+            if defect != "good":
+                mask = cat / "ground_truth" / defect / f"{f.stem}_mask.png"
+                if not mask.is_file():
+                    alt = cat / "ground_truth" / defect / f"{f.stem}.png"
+                    mask = alt if alt.is_file() else None
+                if mask is None:
+                    missing_masks.append(f)
+            samples.append(Sample(f, split, defect, mask))
+    if ignored:
+        warnings.warn(
+            f"ignored {len(ignored)} non-image file(s) under {split_dir}, e.g. {ignored[0].name}",
+            stacklevel=2,
+        )
+    if split == "train" and not samples:
+        raise DatasetError(f"training folder {split_dir / 'good'} holds no images.\n{LAYOUT_HELP}")
+    if split == "test" and missing_masks and (cat / "ground_truth").is_dir():
+        warnings.warn(
+            f"{len(missing_masks)} defective test image(s) have no mask, e.g. "
+            f"{missing_masks[0]}; pixel metrics skip them",
+            stacklevel=2,
+        )
+    return samples
+
+
+def load_mask(path: str | Path | None, shape: tuple[int, int]) -> np.ndarray | None:
+    """Binary mask (bool [H, W]) resized with nearest neighbour to ``shape`` when it differs;
+    None (with a warning naming the file) when it is missing or unreadable."""
+    if path is None:
+        return None
+    try:
+        arr = load_image(path)[..., 0]
+    except ImageReadError as exc:
+        warnings.warn(f"mask skipped: {exc}", stacklevel=2)
+        return None
+    if arr.shape != tuple(shape):
+        warnings.warn(
+            f"mask {path} is {arr.shape[1]}x{arr.shape[0]} but its image is "
+            f"{shape[1]}x{shape[0]}; resized with nearest neighbour",
+            stacklevel=2,
+        )
+        arr = cv2.resize(arr, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+    return arr > 127
+
+
+def masks_like(samples: list[Sample], maps: list) -> list[np.ndarray | None]:
+    """Ground-truth masks of test ``samples`` at each map's size: all False for good images,
+    None where the map is None or a defective image has no readable mask."""
+    out = []
+    for s, amap in zip(samples, maps):
+        if amap is None:
+            out.append(None)
+        elif s.defect == "good":
+            out.append(np.zeros(amap.shape, bool))
+        else:
+            out.append(load_mask(s.mask_path, amap.shape) if s.mask_path is not None else None)
+    return out

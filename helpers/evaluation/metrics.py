@@ -1,0 +1,309 @@
+"""Image AUROC, pixel AUROC, AUPRO (to FPR 0.3), the PRO at one threshold, F1-optimal threshold,
+per-defect image AUROC and per-defect pixel AUROC / AUPRO.
+
+Every metric returns ``None`` with a warning when the data cannot support it (one class only, no
+masks), never a made-up number.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage
+from sklearn.metrics import precision_recall_curve, roc_auc_score
+
+
+def image_auroc(labels: Sequence[int], scores: Sequence[float]) -> float | None:
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+    keep = np.isfinite(scores)
+    labels, scores = labels[keep], scores[keep]
+    if len(np.unique(labels)) < 2:
+        warnings.warn(
+            "image AUROC needs both good and defective test images; reporting null", stacklevel=2
+        )
+        return None
+    return float(roc_auc_score(labels, scores))
+
+
+def _valid_pairs(masks, maps):
+    pairs = [
+        (np.asarray(m, bool), np.asarray(a, np.float32))
+        for m, a in zip(masks, maps)
+        if m is not None and a is not None
+    ]
+    for m, a in pairs:
+        if m.shape != a.shape:
+            raise ValueError(f"mask shape {m.shape} != anomaly map shape {a.shape}")
+    return pairs
+
+
+BINS = (
+    1 << 18
+)  # thresholds of the pixel metrics: 262144 levels between the lowest and highest map value
+
+
+def _bins(pairs, bins: int) -> tuple[float, float]:
+    lo = min(float(a.min()) for _, a in pairs)
+    hi = max(float(a.max()) for _, a in pairs)
+    return lo, (bins - 1) / (hi - lo) if hi > lo else 0.0
+
+
+def pixel_histograms(masks, maps, bins: int = BINS, groups: Sequence[str] | None = None) -> dict:
+    """Counts of map values in ``bins`` levels, per group of images (default: one group ""):
+    ``neg`` (normal pixels), ``pos`` (defect pixels), ``pro`` (defect pixels weighted by 1 / the
+    size of their connected region, 8-connectivity) and ``regions``. One pass, memory independent
+    of the number of images: the pixel metrics of a whole category at 1024 px need a few MB."""
+    pairs = _valid_pairs(masks, maps)
+    keep = [i for i, (m, a) in enumerate(zip(masks, maps)) if m is not None and a is not None]
+    names = [groups[i] if groups is not None else "" for i in keep]
+    out: dict = {}
+    if not pairs:
+        return out
+    lo, scale = _bins(pairs, bins)
+    for name, (m, a) in zip(names, pairs):
+        h = out.setdefault(
+            name,
+            {"neg": np.zeros(bins), "pos": np.zeros(bins), "pro": np.zeros(bins), "regions": 0},
+        )
+        idx = np.clip(((a.astype(np.float64) - lo) * scale).astype(np.int64), 0, bins - 1).ravel()
+        labels, n = ndimage.label(m, structure=np.ones((3, 3), int))
+        lab = labels.ravel()
+        inside = lab > 0
+        h["neg"] += np.bincount(idx[~inside], minlength=bins)
+        if n:
+            sizes = np.bincount(lab, minlength=n + 1).astype(np.float64)
+            idx_in, lab_in = idx[inside], lab[inside]
+            h["pos"] += np.bincount(idx_in, minlength=bins)
+            h["pro"] += np.bincount(idx_in, weights=1.0 / sizes[lab_in], minlength=bins)
+            h["regions"] += n
+    return out
+
+
+def _merged(hists: dict, names) -> dict | None:
+    parts = [hists[n] for n in names if n in hists]
+    if not parts:
+        return None
+    return {k: sum(p[k] for p in parts) for k in ("neg", "pos", "pro", "regions")}
+
+
+def auroc_from_histograms(h: dict | None) -> float | None:
+    """P(defect pixel > normal pixel), pixels in the same level counting one half."""
+    if h is None:
+        return None
+    neg, pos = h["neg"], h["pos"]
+    if not neg.sum() or not pos.sum():
+        return None
+    below = np.cumsum(neg) - neg
+    return float((pos * (below + 0.5 * neg)).sum() / (pos.sum() * neg.sum()))
+
+
+def aupro_from_histograms(h: dict | None, max_fpr: float = 0.3) -> float | None:
+    """Normalised area under PRO(FPR) up to ``max_fpr``, thresholds at the histogram levels."""
+    if h is None or not h["regions"] or not h["neg"].sum():
+        return None
+    fpr = np.r_[0.0, np.cumsum(h["neg"][::-1]) / h["neg"].sum()]
+    pro = np.r_[0.0, np.cumsum(h["pro"][::-1]) / h["regions"]]
+    return _area(fpr, pro, max_fpr)
+
+
+def _area(fpr: np.ndarray, pro: np.ndarray, max_fpr: float) -> float:
+    pro_at = np.interp(max_fpr, fpr, pro)
+    keep = fpr <= max_fpr
+    x, y = np.r_[fpr[keep], max_fpr], np.r_[pro[keep], pro_at]
+    return float(((x[1:] - x[:-1]) * (y[1:] + y[:-1])).sum() / 2 / max_fpr)
+
+
+def pixel_auroc(
+    masks: Sequence[np.ndarray | None], maps: Sequence[np.ndarray | None]
+) -> float | None:
+    """AUROC over all pixels of the images that have a mask (good images: an all-False mask)."""
+    hists = pixel_histograms(masks, maps)
+    if not hists:
+        warnings.warn("no ground-truth masks: pixel AUROC is null", stacklevel=2)
+        return None
+    value = auroc_from_histograms(hists[""])
+    if value is None:
+        warnings.warn(
+            "pixel AUROC needs both defect and normal pixels; reporting null", stacklevel=2
+        )
+    return value
+
+
+def pro_curve(
+    masks: Sequence[np.ndarray | None], maps: Sequence[np.ndarray | None]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(FPR, PRO) at every distinct threshold, exact. PRO is the mean over connected defect regions
+    (8-connectivity) of the fraction of the region above the threshold; FPR is over all pixels
+    outside any defect."""
+    pairs = _valid_pairs(masks, maps)
+    if not pairs:
+        return None
+    scores, weights_pro, is_normal = [], [], []
+    n_regions = 0
+    for m, a in pairs:
+        labels, n = ndimage.label(m, structure=np.ones((3, 3), int))
+        sizes = np.bincount(labels.ravel(), minlength=n + 1).astype(np.float64)
+        scores.append(a.ravel())
+        lab = labels.ravel()
+        w = np.zeros(lab.shape, np.float64)
+        w[lab > 0] = 1.0 / sizes[lab[lab > 0]]
+        weights_pro.append(w)
+        is_normal.append(lab == 0)
+        n_regions += n
+    s = np.concatenate(scores)
+    normal = np.concatenate(is_normal)
+    if n_regions == 0 or normal.sum() == 0:
+        return None
+    w_pro = np.concatenate(weights_pro) / n_regions
+    w_fpr = normal / normal.sum()
+    order = np.argsort(-s, kind="stable")
+    s, w_pro, w_fpr = s[order], w_pro[order], w_fpr[order]
+    pro, fpr = np.cumsum(w_pro), np.cumsum(w_fpr)
+    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # last index of each tied group
+    return np.r_[0.0, fpr[last]], np.r_[0.0, pro[last]]
+
+
+def region_overlaps(masks, maps, threshold: float) -> np.ndarray:
+    """The per-region overlap at one threshold: for each connected defect region (8-connectivity;
+    image by image, regions in :func:`scipy.ndimage.label` order) the fraction of its pixels whose
+    map value is >= ``threshold``. Empty when there is no defect region."""
+    out = []
+    for m, a in _valid_pairs(masks, maps):
+        labels, n = ndimage.label(m, structure=np.ones((3, 3), int))
+        if n:
+            lab = labels.ravel()
+            hits = np.bincount(lab, weights=(a >= threshold).ravel(), minlength=n + 1)
+            out.append(hits[1:] / np.bincount(lab, minlength=n + 1)[1:])
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def pro_at(masks, maps, threshold: float) -> tuple[float, float] | None:
+    """One point of the PRO curve, exact: (PRO, FPR) at ``threshold``. PRO is the mean of
+    :func:`region_overlaps`; FPR the fraction of normal pixels (outside every defect region, of
+    every image with a mask) whose map value is >= ``threshold``. None without defect regions or
+    without normal pixels. :func:`pro_curve` holds this point for every distinct map value."""
+    pairs = _valid_pairs(masks, maps)
+    overlaps = region_overlaps(masks, maps, threshold)
+    n_normal = sum(int((~m).sum()) for m, _ in pairs)
+    if not len(overlaps) or not n_normal:
+        return None
+    false_pos = sum(int((a[~m] >= threshold).sum()) for m, a in pairs)
+    return float(overlaps.mean()), false_pos / n_normal
+
+
+def aupro(masks, maps, max_fpr: float = 0.3) -> float | None:
+    """Area under the PRO curve up to ``max_fpr``, divided by ``max_fpr`` (1.0 = perfect)."""
+    hists = pixel_histograms(masks, maps)
+    value = aupro_from_histograms(hists[""], max_fpr) if hists else None
+    if value is None:
+        warnings.warn("no ground-truth defect regions: AUPRO is null", stacklevel=2)
+    return value
+
+
+def f1_threshold(labels: Sequence[int], scores: Sequence[float]) -> tuple[float, float] | None:
+    """(threshold, F1) maximising F1 of "score >= threshold means defective"."""
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+    keep = np.isfinite(scores)
+    labels, scores = labels[keep], scores[keep]
+    if len(np.unique(labels)) < 2:
+        warnings.warn(
+            "F1 threshold needs both good and defective images; reporting null", stacklevel=2
+        )
+        return None
+    precision, recall, thresholds = precision_recall_curve(labels, scores)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    best = int(np.argmax(f1[:-1]))
+    return float(thresholds[best]), float(f1[best])
+
+
+def per_defect_auroc(defects: Sequence[str], scores: Sequence[float]) -> dict[str, float | None]:
+    """Image AUROC of each defect type against the good test images."""
+    defects, scores = np.asarray(defects), np.asarray(scores, dtype=np.float64)
+    good = defects == "good"
+    out = {}
+    for d in sorted(set(defects.tolist()) - {"good"}):
+        sel = good | (defects == d)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out[d] = image_auroc((defects[sel] != "good").astype(int), scores[sel])
+    if not good.any() and out:
+        warnings.warn("no good test images: per-defect AUROC is null", stacklevel=2)
+    return out
+
+
+def pixel_metrics(defects: Sequence[str], masks, maps, max_fpr: float = 0.3) -> dict:
+    """Pixel AUROC and AUPRO of the whole test set and of each defect type (its images with the
+    good ones, so that a thin-defect class smeared by the blur shows on its own), from one pass
+    of :func:`pixel_histograms`. ``per_defect_pixel[type]`` also counts that type's connected
+    defect regions and defect pixels (a whole-part defect can outweigh all others in the pooled
+    pixel AUROC); its metrics are None where that type has no mask. AUPRO up to ``max_fpr``."""
+    defects = list(defects)
+    hists = pixel_histograms(masks, maps, groups=defects)
+    if not hists:
+        return {"pixel_auroc": None, "aupro": None, "per_defect_pixel": None}
+    every = _merged(hists, hists)
+    per = {}
+    for d in sorted(set(defects) - {"good"}):
+        h = _merged(hists, ["good", d])
+        own = hists.get(d)
+        per[d] = {
+            "pixel_auroc": auroc_from_histograms(h),
+            "aupro": aupro_from_histograms(h, max_fpr),
+            "regions": int(own["regions"]) if own is not None else 0,
+            "defect_pixels": int(own["pos"].sum()) if own is not None else 0,
+        }
+    return {
+        "pixel_auroc": auroc_from_histograms(every),
+        "aupro": aupro_from_histograms(every, max_fpr),
+        "per_defect_pixel": per,
+    }
+
+
+def evaluate(labels, scores, defects, *, masks=None, maps=None) -> dict:
+    """All metrics in one dict (the metrics.json contract, without timings/config)."""
+    thr = f1_threshold(labels, scores)
+    pixel = (
+        pixel_metrics(defects, masks, maps)
+        if masks is not None
+        else {"pixel_auroc": None, "aupro": None, "per_defect_pixel": None}
+    )
+    return {
+        "image_auroc": image_auroc(labels, scores),
+        **pixel,
+        "f1_threshold": None if thr is None else thr[0],
+        "f1": None if thr is None else thr[1],
+        "per_defect": per_defect_auroc(defects, scores),
+    }
+
+
+def evaluate_samples(samples, prediction) -> dict:
+    """Metrics for MVTec test ``samples`` scored by ``prediction`` (a :class:`helpers.Prediction`).
+    Good images count as all-normal masks; defective images without a mask are left out of the
+    pixel metrics (with a warning naming them)."""
+    from helpers.data.mvtec import masks_like
+
+    masks = masks_like(samples, prediction.maps)
+    missing = [
+        str(s.path)
+        for s, amap, m in zip(samples, prediction.maps, masks)
+        if amap is not None and s.defect != "good" and m is None
+    ]
+    if missing and len(missing) < sum(s.defect != "good" for s in samples):
+        warnings.warn(
+            f"pixel metrics skip {len(missing)} defective image(s) without a mask: "
+            f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}",
+            stacklevel=2,
+        )
+    has_masks = any(m is not None and m.any() for m in masks)
+    result = evaluate(
+        [s.label for s in samples],
+        prediction.scores,
+        [s.defect for s in samples],
+        masks=masks if has_masks else None,
+        maps=prediction.maps if has_masks else None,
+    )
+    if not has_masks:
+        warnings.warn("no ground-truth masks found: pixel AUROC and AUPRO are null", stacklevel=2)
+    return result

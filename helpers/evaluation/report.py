@@ -1,0 +1,103 @@
+"""Evaluating a run's predictions and writing ``metrics.json``: every metric of the contract
+(:data:`METRIC_KEYS`, null when unavailable), the pixel threshold used to draw regions, timings,
+config, data and library versions.
+
+Usable on its own::
+
+    metrics = evaluate(test_samples, prediction)
+    write_metrics("metrics.json", metrics, metrics_record(...))
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from helpers.core.io import atomic_write_json
+from helpers.core.model import Prediction
+from helpers.data.mvtec import Sample, masks_like
+
+# Results of notebook 05 that metrics.json must always hold (null when unavailable).
+METRIC_KEYS = (
+    "image_auroc",
+    "pixel_auroc",
+    "aupro",
+    "f1_threshold",
+    "per_defect",
+    "per_defect_pixel",
+    "n_train",
+    "n_test",
+    "timings",
+    "config",
+    "versions",
+)
+
+
+def evaluate(samples: list[Sample], pred: Prediction) -> dict[str, Any]:
+    """Every metric of metrics.json except timings, config and versions, plus
+    ``pixel_f1_threshold`` (the map value maximising pixel F1, for drawing regions)."""
+    from helpers.evaluation.metrics import evaluate_samples
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nulls are reported in the table instead
+        out = evaluate_samples(samples, pred)
+        out["pixel_f1_threshold"] = pixel_f1_threshold(masks_like(samples, pred.maps), pred.maps)
+    return out
+
+
+def pixel_f1_threshold(masks, maps, step: int = 4) -> float | None:
+    """The anomaly-map value that maximises pixel-level F1 (every ``step``-th pixel in each
+    direction, for speed); None without defect pixels."""
+    from helpers.evaluation.metrics import f1_threshold
+
+    pairs = [
+        (m[::step, ::step].ravel(), a[::step, ::step].ravel())
+        for m, a in zip(masks, maps)
+        if m is not None and a is not None
+    ]
+    if not pairs:
+        return None
+    y = np.concatenate([p[0] for p in pairs])
+    if y.all() or not y.any():
+        return None
+    best = f1_threshold(y.astype(int), np.concatenate([p[1] for p in pairs]))
+    return None if best is None else best[0]
+
+
+def timings(fit_info: dict, pred: Prediction) -> dict[str, Any]:
+    """The timings entry of metrics.json: the fit's (from the bank's info) and inference's."""
+    return {
+        "fit_s": fit_info.get("fit_s"),
+        "features_s": fit_info.get("features_s"),
+        "coreset_s": fit_info.get("coreset_s"),
+        "infer_ms_per_image": 1000 * pred.seconds / max(len(pred), 1),
+        "batch_size": pred.batch_size,
+        "device": pred.device,
+    }
+
+
+def write_metrics(
+    path: str | Path, metrics: dict[str, Any], record: dict[str, Any]
+) -> dict[str, Any]:
+    """Write ``metrics`` updated with ``record`` (n_train, timings, config, ...) to ``path``
+    atomically, every key of :data:`METRIC_KEYS` present (NaN -> null); returns it."""
+    out = {**metrics, **record}
+    for key in METRIC_KEYS:
+        out.setdefault(key, None)
+    atomic_write_json(path, finite(out))
+    return out
+
+
+def finite(obj: Any) -> Any:
+    """NaN / inf -> None, so metrics.json holds valid JSON (null), never a made-up number."""
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    if isinstance(obj, (float, np.floating)) and not math.isfinite(float(obj)):
+        return None
+    return obj

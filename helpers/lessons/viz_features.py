@@ -1,0 +1,223 @@
+"""Figures of notebooks 02 and 03: patch features (PCA colours), the random projection, the
+coreset (coverage radius, scatter) and the memory-bank size."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from helpers.lessons.viz_base import axes_off, new_figure
+
+
+# --------------------------------------------------------------------------- notebook 02
+def pca_rgb(fit_features, embeddings, seed: int = 0) -> list[np.ndarray]:
+    """Project patch embeddings [n, h, w, D] to 3 principal components fitted on ``fit_features``
+    [N, D] and scale to RGB in [0, 1] (1st-99th percentile of the fitted features)."""
+    from sklearn.decomposition import PCA
+
+    fit = np.asarray(fit_features, dtype=np.float32)
+    pca = PCA(n_components=3, random_state=seed).fit(fit)
+    ref = pca.transform(fit)
+    lo, hi = np.percentile(ref, 1, axis=0), np.percentile(ref, 99, axis=0)
+    emb = np.asarray(embeddings, dtype=np.float32)
+    out = pca.transform(emb.reshape(-1, emb.shape[-1])).reshape(*emb.shape[:-1], 3)
+    return list(np.clip((out - lo) / np.maximum(hi - lo, 1e-8), 0, 1))
+
+
+def pca_figure(
+    crops: Sequence[np.ndarray], rgb: Sequence[np.ndarray], titles: Sequence[str]
+) -> Figure:
+    """Network-input crops (top) and their patch features as PCA colours (bottom)."""
+    n = len(crops)
+    fig = new_figure(max(8.0, 2.3 * n), 5.0)
+    axes = fig.subplots(2, n, squeeze=False)
+    for j in range(n):
+        axes[0][j].imshow(crops[j])
+        axes[0][j].set_title(titles[j], fontsize=9)
+        axes[1][j].imshow(rgb[j], interpolation="nearest")
+        axes[1][j].set_title(f"features {rgb[j].shape[0]}x{rgb[j].shape[1]}", fontsize=8)
+        axes_off(axes[0][j])
+        axes_off(axes[1][j])
+    axes[0][0].set_ylabel("input crop")
+    axes[1][0].set_ylabel("3 principal\ncomponents as RGB")
+    fig.suptitle(
+        "Patch features as colours: similar colour, similar feature\n"
+        "(3 principal components fitted on the good training patches)",
+        fontsize=11,
+    )
+    return fig
+
+
+class TurnedView(NamedTuple):
+    """One image and the same image turned by 90 degrees, embedded (see :func:`turned_view`)."""
+
+    crop: np.ndarray  # the network input (RGB uint8)
+    crop_turned: np.ndarray  # the turned image's network input
+    features: np.ndarray  # [h, w, D] patch embeddings of the image
+    features_back: np.ndarray  # [h, w, D] of the turned image, turned back onto the image's grid
+    cosine: np.ndarray  # [h, w] cosine similarity of the two at each spot
+
+
+def turned_view(model, image: np.ndarray, quarter_turns: int = 1) -> TurnedView:
+    """Embed ``image`` and the image turned by ``quarter_turns`` x 90 degrees (counter-clockwise,
+    an exact pixel permutation), turn the second feature grid back, and compare them spot by spot:
+    a rotation-invariant feature would give cosine similarity 1 everywhere."""
+    turned = np.ascontiguousarray(np.rot90(image, quarter_turns))
+    grids = [b.embeddings.cpu() for b in model.embed_images([image, turned])]
+    emb = np.concatenate([g.numpy() for g in grids]).astype(np.float32)
+    a, back = emb[0], np.rot90(emb[1], -quarter_turns, axes=(0, 1))
+    dot = (a * back).sum(-1)
+    cosine = dot / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(back, axis=-1), 1e-12)
+    crops = [model.preprocess.crop_rgb(im)[0] for im in (image, turned)]
+    return TurnedView(crops[0], crops[1], a, np.ascontiguousarray(back), cosine)
+
+
+def rotation_figure(view: TurnedView, rgb: Sequence[np.ndarray], degrees: int = 90) -> Figure:
+    """The rotation test: an image, the image turned by ``degrees``, the PCA colours of both
+    feature grids (``rgb``: [image, turned-and-turned-back], one PCA basis) on the image's grid,
+    and the cosine similarity of the two at each spot."""
+    fig = new_figure(14, 3.6)
+    axes = fig.subplots(1, 5, width_ratios=[1, 1, 1, 1, 1.2])
+    axes[0].imshow(view.crop)
+    axes[0].set_title("input crop", fontsize=9)
+    axes[1].imshow(view.crop_turned)
+    axes[1].set_title(f"the same image turned {degrees} degrees", fontsize=9)
+    axes[2].imshow(rgb[0], interpolation="nearest")
+    axes[2].set_title("features of the image", fontsize=9)
+    axes[3].imshow(rgb[1], interpolation="nearest")
+    axes[3].set_title(f"features of the turned image,\nturned back {degrees} degrees", fontsize=9)
+    low = min(0.0, float(view.cosine.min()))  # 0 unless some spots point in opposite directions
+    im = axes[4].imshow(view.cosine, cmap="viridis", vmin=low, vmax=1)
+    axes[4].set_title(
+        f"cosine similarity at each spot\n(median {np.median(view.cosine):.2f}; invariant: 1)",
+        fontsize=9,
+    )
+    fig.colorbar(im, ax=axes[4], fraction=0.046, label="cosine similarity")
+    for ax in axes:
+        axes_off(ax)
+    fig.suptitle(
+        "Are patch features rotation-invariant? Same part, same spots, image turned "
+        f"{degrees} degrees (PCA colours: one basis)",
+        fontsize=11,
+    )
+    return fig
+
+
+# --------------------------------------------------------------------------- notebook 03
+def bank_megabytes(n_patches: int, dim: int, ratio: float) -> float:
+    return max(1, int(n_patches * ratio)) * dim * 4 / 2**20
+
+
+def coverage_figure(
+    cov: dict,
+    dim: int,
+    *,
+    full_patches: int | None = None,
+    chosen: float | None = None,
+    run_patches: int | None = None,
+    run_label: str | None = None,
+    full_label: str | None = None,
+    max_rows: int = 0,
+) -> Figure:
+    """Coverage radius vs coreset ratio (greedy vs random, on the ``cov`` sample) and memory-bank
+    size vs ratio for this run's ``run_patches`` training patches (and the full metal_nut set,
+    ``full_patches``). ``run_label`` / ``full_label``: legend entries of the two bank-size lines
+    (say how the patch counts arise: images x rotations x patches per image). ``max_rows``: the
+    bank's cap (``coreset_max_size``; 0: none), drawn as the most a bank can cost."""
+    r = np.asarray(cov["ratios"])
+    fig = new_figure(11, 3.8)
+    ax1, ax2 = fig.subplots(1, 2)
+    ax1.plot(r, cov["greedy_radius"], "o-", label="greedy coreset")
+    ax1.plot(r, cov["random_radius"], "s--", label="random subset")
+    ax1.set_xscale("log")
+    ax1.set_xlabel("coreset ratio (fraction of training patches kept)")
+    ax1.set_ylabel("coverage radius (max distance\nto nearest kept patch)")
+    ax1.set_title(f"Coverage of {cov['n_patches']} training patches")
+    run_patches = run_patches or cov["n_patches"]
+    ax2.plot(
+        r,
+        [bank_megabytes(run_patches, dim, x) for x in r],
+        "o-",
+        label=run_label or f"this run's training set ({run_patches} patches)",
+    )
+    if full_patches:
+        ax2.plot(
+            r,
+            [bank_megabytes(full_patches, dim, x) for x in r],
+            "s--",
+            label=full_label or f"full metal_nut train set ({full_patches} patches)",
+        )
+    if max_rows:
+        ax2.axhline(
+            bank_megabytes(max_rows, dim, 1.0),
+            color="black",
+            linestyle="-.",
+            label=f"cap: coreset_max_size = {max_rows} rows",
+        )
+    ax2.set_xscale("log")
+    ax2.set_yscale("log")
+    ax2.set_xlabel("coreset ratio")
+    ax2.set_ylabel(f"memory bank size (MB, float32, D={dim})")
+    ax2.set_title("Memory-bank size")
+    # the radius falls to the right, the bank grows to the right: legends in the empty corners
+    for ax, corner in ((ax1, "upper right"), (ax2, "lower right")):
+        if chosen:
+            ax.axvline(chosen, color="gray", linestyle=":", label=f"chosen ratio {chosen:g}")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8, loc=corner)
+    return fig
+
+
+def coreset_scatter(features, picked, n_show: int = 4000, seed: int = 0) -> Figure:
+    """Training patches in 2-D (first two principal components): greedy coreset vs a random
+    subset of the same size. The greedy picks spread to the rare, outlying patches."""
+    from sklearn.decomposition import PCA
+
+    x = np.asarray(features, dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    picked = np.asarray(picked)
+    rand = rng.choice(len(x), size=len(picked), replace=False)
+    show = rng.choice(len(x), size=min(n_show, len(x)), replace=False)
+    xy = PCA(n_components=2, random_state=seed).fit(x).transform(x)
+    fig = new_figure(11, 4.2)
+    axes = fig.subplots(1, 2, sharex=True, sharey=True)
+    for ax, idx, name in ((axes[0], picked, "greedy coreset"), (axes[1], rand, "random subset")):
+        ax.scatter(xy[show, 0], xy[show, 1], s=3, c="lightgray", label="training patches")
+        ax.scatter(xy[idx, 0], xy[idx, 1], s=9, c="tab:red", label=f"{name} ({len(idx)})")
+        ax.set_xlabel("principal component 1")
+        ax.set_ylabel("principal component 2")
+        ax.set_title(name)
+        ax.legend(fontsize=8, loc="upper right")
+    fig.suptitle("Which patches are kept? (2-D PCA view of the patch features)")
+    return fig
+
+
+def projection_figure(features, projected, n_pairs: int = 3000, seed: int = 0) -> Figure:
+    """Pairwise distances before vs after the random projection (Johnson-Lindenstrauss: they are
+    kept up to a small relative error, so farthest-point selection can use the cheap copy)."""
+    x = np.asarray(features, dtype=np.float32)
+    p = np.asarray(projected, dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    i, j = rng.integers(0, len(x), n_pairs), rng.integers(0, len(x), n_pairs)
+    keep = i != j
+    d = np.linalg.norm(x[i[keep]] - x[j[keep]], axis=1)
+    dp = np.linalg.norm(p[i[keep]] - p[j[keep]], axis=1)
+    fig = new_figure(5.2, 4.4)
+    ax = fig.add_subplot()
+    ax.scatter(d, dp, s=4, alpha=0.4)
+    top = float(max(d.max(), dp.max())) if len(d) else 1.0
+    ax.plot([0, top], [0, top], "k--", lw=1, label="equal distance")
+    ratio = dp / np.maximum(d, 1e-12)
+    ax.set_title(
+        f"Random projection {x.shape[1]} -> {p.shape[1]} dims\n"
+        f"projected / original distance: median {np.median(ratio):.2f}, "
+        f"5-95% {np.percentile(ratio, 5):.2f}-{np.percentile(ratio, 95):.2f}",
+        fontsize=9,
+    )
+    ax.set_xlabel(f"distance between two patches ({x.shape[1]}-D)")
+    ax.set_ylabel(f"distance after projection ({p.shape[1]}-D)")
+    ax.legend(fontsize=8)
+    return fig

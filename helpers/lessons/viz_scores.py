@@ -1,0 +1,312 @@
+"""Figures of notebooks 04 and 05: anomaly maps (preview, the steps from patch scores to a map),
+ROC / PRO curves, score histograms, the confusion matrix and the best / worst-case gallery."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import ListedColormap, Normalize
+from matplotlib.figure import Figure
+
+from helpers.lessons.viz_base import HEATMAP_CMAP, axes_off, mask_outline, new_figure, overlay
+
+# The gallery's predicted-defect pixels (map >= pixel threshold): fill, outline and legend word.
+# Magenta: far from the green ground-truth outline and from the grey metal.
+PIXEL_REGION_COLOUR = "magenta"
+
+
+# --------------------------------------------------------------------------- maps
+def maps_preview(
+    images,
+    maps,
+    titles,
+    *,
+    vmin: float,
+    vmax: float,
+    title: str = "",
+    label: str = "anomaly map\n(blurred patch distance)",
+) -> Figure:
+    """Anomaly maps over the original images, one column per image, with a shared colour bar
+    (``label``: its caption; two short lines, so that it fits beside the bar)."""
+    n = len(images)
+    fig = new_figure(2.6 * n + 0.8, 2.9)
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    norm = Normalize(vmin, vmax)
+    for ax, img, m, t in zip(axes, images, maps, titles):
+        overlay(ax, img, m, norm)
+        ax.set_title(t, fontsize=9)
+    fig.colorbar(ScalarMappable(norm, HEATMAP_CMAP), ax=list(axes), label=label, shrink=0.9)
+    fig.suptitle(title or "Anomaly maps in original image pixels")
+    return fig
+
+
+def map_steps(
+    crop: np.ndarray,
+    patch_scores: np.ndarray,
+    *,
+    upsampled: np.ndarray,
+    blurred: np.ndarray,
+    image: np.ndarray,
+    original_map: np.ndarray,
+    sigma: float,
+) -> Figure:
+    """From patch distances to the anomaly map in original pixels, step by step. Each step's
+    title gives its largest value: the blur lowers the peak, which is why an image score (taken
+    from the patch distances before any blur) can exceed every value of its map."""
+    fig = new_figure(15, 3.4)
+    axes = fig.subplots(1, 5)
+    vmin, vmax = float(np.min(blurred)), float(np.max(patch_scores))
+    norm = Normalize(vmin, vmax)
+    axes[0].imshow(crop)
+    axes[0].set_title(f"network input {crop.shape[1]}x{crop.shape[0]}", fontsize=9)
+    steps = (
+        (
+            patch_scores,
+            f"1. patch distances {patch_scores.shape[1]}x{patch_scores.shape[0]}"
+            f"\n(max {np.max(patch_scores):.2f})",
+        ),
+        (upsampled, f"2. bilinear upsampling\n(max {np.max(upsampled):.2f})"),
+        (blurred, f"3. Gaussian blur, sigma={sigma:g} px\n(max {np.max(blurred):.2f})"),
+    )
+    im = None
+    for ax, (m, t) in zip(axes[1:4], steps):
+        im = ax.imshow(m, cmap=HEATMAP_CMAP, norm=norm, interpolation="nearest")
+        ax.set_title(t, fontsize=9)
+    fig.colorbar(im, ax=list(axes[1:4]), label="distance to nearest memory-bank patch", shrink=0.85)
+    overlay(axes[4], image, original_map, norm)
+    axes[4].set_title(f"4. back to the original {image.shape[1]}x{image.shape[0]} px", fontsize=9)
+    for ax in axes:
+        axes_off(ax)
+    fig.suptitle("How an anomaly map is made")
+    return fig
+
+
+# --------------------------------------------------------------------------- notebook 05
+def _downsample(maps, masks, side: int = 192):
+    out_maps, out_masks = [], []
+    for a, m in zip(maps, masks):
+        if a is None or m is None:
+            continue
+        f = max(1, max(a.shape) // side)
+        out_maps.append(a[::f, ::f])
+        out_masks.append(m[::f, ::f])
+    return out_maps, out_masks
+
+
+def roc_figure(labels, scores, masks=None, maps=None) -> Figure:
+    """Image ROC, pixel ROC and the PRO curve (to FPR 0.3). The pixel curves use every
+    n-th pixel so they draw quickly; the numbers in the titles are the exact metrics."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    from helpers.evaluation.metrics import pro_curve
+
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=float)
+    keep = np.isfinite(scores)
+    fig = new_figure(13, 4.0)
+    axes = fig.subplots(1, 3)
+    ax = axes[0]
+    if len(np.unique(labels[keep])) == 2:
+        fpr, tpr, _ = roc_curve(labels[keep], scores[keep])
+        ax.plot(fpr, tpr, lw=2, label=f"AUROC {roc_auc_score(labels[keep], scores[keep]):.3f}")
+        ax.legend(loc="lower right")
+    else:
+        ax.text(0.5, 0.5, "needs good and defective images", ha="center")
+    ax.plot([0, 1], [0, 1], ":", color="gray")
+    ax.set_title("Image-level ROC")
+    ax.set_xlabel("false positive rate (good parts flagged)")
+    ax.set_ylabel("true positive rate (defects caught)")
+    small_maps, small_masks = _downsample(maps or [], masks or [])
+    ax = axes[1]
+    if small_maps and any(m.any() for m in small_masks):
+        y = np.concatenate([m.ravel() for m in small_masks])
+        s = np.concatenate([a.ravel() for a in small_maps])
+        fpr, tpr, _ = roc_curve(y, s)
+        ax.plot(
+            fpr,
+            tpr,
+            lw=2,
+            color="tab:orange",
+            label=f"AUROC {roc_auc_score(y, s):.3f} (subsampled)",
+        )
+        ax.legend(loc="lower right")
+    else:
+        ax.text(0.5, 0.5, "no ground-truth masks", ha="center")
+    ax.plot([0, 1], [0, 1], ":", color="gray")
+    ax.set_title("Pixel-level ROC")
+    ax.set_xlabel("false positive rate (normal pixels)")
+    ax.set_ylabel("true positive rate (defect pixels)")
+    ax = axes[2]
+    curve = pro_curve(small_masks, small_maps) if small_maps else None
+    if curve is not None:
+        fpr, pro = curve
+        sel = fpr <= 0.3
+        ax.plot(fpr[sel], pro[sel], lw=2, color="tab:green")
+        ax.fill_between(
+            fpr[sel], pro[sel], alpha=0.2, color="tab:green", label="area = AUPRO x 0.3"
+        )
+        ax.legend(loc="lower right")
+    else:
+        ax.text(0.15, 0.5, "no ground-truth masks", ha="center")
+    ax.set_xlim(0, 0.3)
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Per-region overlap (PRO) curve")
+    ax.set_xlabel("false positive rate (up to 0.3)")
+    ax.set_ylabel("mean fraction of each defect region found")
+    for a in axes[:2]:
+        a.set_xlim(0, 1)
+        a.set_ylim(0, 1.02)
+    return fig
+
+
+def score_histogram(scores, defects: Sequence[str], threshold: float | None = None) -> Figure:
+    """Image scores per defect type, as dots on one axis per type, with the threshold."""
+    scores = np.asarray(scores, dtype=float)
+    names = ["good"] + sorted(set(defects) - {"good"})
+    names = [n for n in names if n in set(defects)]
+    fig = new_figure(9, 0.5 * len(names) + 1.6)
+    ax = fig.add_subplot()
+    rng = np.random.default_rng(0)
+    for i, n in enumerate(names):
+        s = scores[[d == n for d in defects]]
+        ax.scatter(
+            s,
+            i + rng.uniform(-0.15, 0.15, len(s)),
+            s=22,
+            color="tab:green" if n == "good" else "tab:red",
+            alpha=0.8,
+        )
+    if threshold is not None:
+        ax.axvline(
+            threshold, color="black", linestyle="--", label=f"F1-optimal threshold {threshold:.3g}"
+        )
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_ylim(-0.6, len(names) - 0.4)
+    ax.set_xlabel("image anomaly score")
+    ax.set_ylabel("defect type")
+    ax.set_title("Image scores per defect type (right of the line = flagged as defective)")
+    return fig
+
+
+def confusion_counts(labels, scores, threshold: float) -> np.ndarray:
+    """[[TN, FP], [FN, TP]] for "score >= threshold means defective"."""
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=float)
+    keep = np.isfinite(scores)
+    pred = scores[keep] >= threshold
+    y = labels[keep].astype(bool)
+    return np.array(
+        [[np.sum(~y & ~pred), np.sum(~y & pred)], [np.sum(y & ~pred), np.sum(y & pred)]]
+    )
+
+
+def confusion_figure(labels, scores, threshold: float) -> Figure:
+    cm = confusion_counts(labels, scores, threshold)
+    fig = new_figure(4.6, 3.9)
+    ax = fig.add_subplot()
+    im = ax.imshow(cm, cmap="Blues")
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(
+            j,
+            i,
+            str(v),
+            ha="center",
+            va="center",
+            fontsize=14,
+            color="white" if v > cm.max() / 2 else "black",
+        )
+    ax.set_xticks([0, 1], ["good", "defective"])
+    ax.set_yticks([0, 1], ["good", "defective"])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"Confusion matrix at threshold {threshold:.3g}")
+    fig.colorbar(im, ax=ax, label="images")
+    return fig
+
+
+def select_cases(scores, labels, n: int = 3, n_good: int | None = None) -> dict[str, list[int]]:
+    """Indices of the best and worst cases: ``n`` defects with the highest / lowest scores, then
+    ``n_good`` (default ``max(1, n // 2)``) good parts with the lowest / highest scores
+    (high-scoring good parts are false alarms)."""
+    scores, labels = np.asarray(scores, dtype=float), np.asarray(labels)
+    ok = np.isfinite(scores)
+    bad = [i for i in np.argsort(-scores, kind="stable") if labels[i] == 1 and ok[i]]
+    good = [i for i in np.argsort(scores, kind="stable") if labels[i] == 0 and ok[i]]
+    g = max(1, n // 2) if n_good is None else n_good
+    return {
+        "best": [int(i) for i in bad[:n]] + [int(i) for i in good[:g]],
+        "worst": [int(i) for i in bad[::-1][:n]] + [int(i) for i in good[::-1][:g]],
+    }
+
+
+def verdict(score: float, label: int, threshold: float | None) -> str:
+    """'caught', 'MISSED', 'FALSE ALARM' or 'correct' (no threshold: '')."""
+    if threshold is None or not np.isfinite(score):
+        return ""
+    flagged = score >= threshold
+    if label:
+        return "flagged: caught" if flagged else "passed: MISSED"
+    return "flagged: FALSE ALARM" if flagged else "passed: correct"
+
+
+def gallery(
+    images,
+    maps,
+    masks,
+    *,
+    scores,
+    labels,
+    titles,
+    vmin: float,
+    vmax: float,
+    threshold: float | None = None,
+    pixel_threshold: float | None = None,
+    title: str = "",
+) -> Figure:
+    """One row per image: the image with its ground truth (green outline); the anomaly map over it
+    with the verdict at the image ``threshold``; the pixels whose map value reaches
+    ``pixel_threshold`` (filled and outlined in :data:`PIXEL_REGION_COLOUR`, the colour the title
+    names) against the ground truth."""
+    n = len(images)
+    fig = new_figure(11, 3.0 * n + 0.6)
+    axes = fig.subplots(n, 3, squeeze=False)
+    norm = Normalize(vmin, vmax)
+    for i in range(n):
+        img, amap, mask = images[i], maps[i], masks[i]
+        truth = "defective" if labels[i] else "good"
+        a0, a1, a2 = axes[i]
+        a0.imshow(img)
+        mask_outline(a0, mask)
+        axes_off(a0)
+        a0.set_title(f"{titles[i]} (true: {truth})", fontsize=9)
+        overlay(a1, img, amap, norm)
+        mask_outline(a1, mask)
+        a1.set_title(
+            f"image score {scores[i]:#.3g}  {verdict(scores[i], labels[i], threshold)}",
+            fontsize=9,
+        )
+        a2.imshow(img)
+        if pixel_threshold is not None and amap is not None:
+            region = amap >= pixel_threshold
+            fill = ListedColormap([PIXEL_REGION_COLOUR])
+            a2.imshow(np.where(region, 1.0, np.nan), cmap=fill, alpha=0.45, vmin=0, vmax=1)
+            mask_outline(a2, region, PIXEL_REGION_COLOUR)
+            a2.set_title(
+                f"map >= {pixel_threshold:#.3g} ({PIXEL_REGION_COLOUR}) vs truth (green)",
+                fontsize=9,
+            )
+        else:
+            a2.set_title("no pixel threshold (no masks)", fontsize=9)
+        mask_outline(a2, mask)
+        axes_off(a2)
+    fig.colorbar(
+        ScalarMappable(norm, HEATMAP_CMAP),
+        ax=axes.ravel().tolist(),
+        label="map value (blurred patch distance)",
+        shrink=min(0.9, 0.35 + 0.15 * n),
+        aspect=30,
+    )
+    thr = "" if threshold is None else f"image threshold {threshold:#.3g}"
+    fig.suptitle(f"{title or 'Heatmap gallery'}  ({thr})" if thr else (title or "Heatmap gallery"))
+    return fig

@@ -1,0 +1,180 @@
+"""Interactive explorers for the notebooks (ipywidgets), each with a static fallback: when
+ipywidgets is missing, or ``interactive=False`` (papermill, CI), the same information is drawn as
+ordinary figures, saved with the run's other figures."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from helpers.lessons import viz
+
+
+def available() -> bool:
+    """True when ipywidgets can be imported."""
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _show(fig, run=None, name: str = "") -> None:
+    if run is not None and name:
+        run.show(fig, name)
+    else:
+        from IPython.display import display
+
+        display(fig)
+
+
+def _fallback_note(interactive: bool) -> None:
+    if interactive:
+        print(
+            "ipywidgets is not installed: showing static figures instead "
+            "(pip install ipywidgets for the interactive explorer)."
+        )
+
+
+def clahe_explorer(
+    images: dict[str, np.ndarray],
+    clip_limit: float = 2.0,
+    tile_grid: int = 8,
+    *,
+    interactive: bool = True,
+    run=None,
+    name: str = "",
+    clip_limits: Sequence[float] = (1.0, 2.0, 4.0),
+    tile_grids: Sequence[int] = (4, 8, 16),
+):
+    """Pick an image, a clip limit and a tile grid, and see CLAHE before / after with histograms.
+    Returns the widget, or None after drawing the static grid of settings."""
+    if not (interactive and available()):
+        _fallback_note(interactive)
+        first = next(iter(images))
+        _show(
+            viz.clahe_grid(
+                images[first],
+                clip_limits,
+                tile_grids,
+                f"CLAHE settings on {first}: clip limit (columns) x tile grid (rows)",
+            ),
+            run,
+            name,
+        )
+        return None
+    import ipywidgets as w
+    from IPython.display import display
+
+    picker = w.Dropdown(options=list(images), description="image")
+    clip = w.FloatSlider(value=clip_limit, min=0.5, max=8.0, step=0.5, description="clip limit")
+    tiles = w.IntSlider(value=tile_grid, min=1, max=32, step=1, description="tile grid")
+    out = w.Output()
+
+    def update(*_):
+        with out:
+            out.clear_output(wait=True)
+            display(viz.clahe_figure(images[picker.value], clip.value, tiles.value, picker.value))
+
+    for control in (picker, clip, tiles):
+        control.observe(update, names="value")
+    update()
+    return w.VBox([w.HBox([picker, clip, tiles]), out])
+
+
+def prediction_browser(
+    load_image: Callable[[int], np.ndarray],
+    scores,
+    labels,
+    *,
+    maps,
+    masks,
+    titles: Sequence[str],
+    threshold: float,
+    vmin: float,
+    vmax: float,
+    pixel_threshold: float | None = None,
+    interactive: bool = True,
+    run=None,
+    name: str = "",
+    static_max: int = 5,
+    defects: Sequence[str] | None = None,
+):
+    """Browse every test image with its anomaly map. Sliders move the image threshold (the
+    verdict follows) and the pixel threshold (the outlined region follows). Static fallback:
+    the first image of each defect type when ``defects`` is given (else the first images), at
+    most ``static_max``."""
+    scores = np.asarray(scores, dtype=float)
+    n = len(scores)
+
+    def panel(indices, thr, pix):
+        return viz.gallery(
+            [load_image(i) for i in indices],
+            [maps[i] for i in indices],
+            [masks[i] for i in indices],
+            scores=scores[indices],
+            labels=np.asarray(labels)[indices],
+            titles=[titles[i] for i in indices],
+            vmin=vmin,
+            vmax=vmax,
+            threshold=thr,
+            pixel_threshold=pix,
+            title="Test image browser",
+        )
+
+    if not (interactive and available()):
+        _fallback_note(interactive)
+        _show(panel(_static_indices(n, defects, static_max), threshold, pixel_threshold), run, name)
+        return None
+    import ipywidgets as w
+    from IPython.display import display
+
+    index = w.IntSlider(value=0, min=0, max=max(n - 1, 0), description="image")
+    thr, pix = _threshold_sliders(scores, threshold, pixel_threshold, vmin, vmax)
+    out = w.Output()
+
+    def update(*_):
+        with out:
+            out.clear_output(wait=True)
+            display(panel([index.value], thr.value, pix.value))
+
+    for control in (index, thr, pix):
+        control.observe(update, names="value")
+    update()
+    return w.VBox([w.HBox([index, thr, pix]), out])
+
+
+def _static_indices(n: int, defects: Sequence[str] | None, static_max: int) -> list[int]:
+    """The first image of each defect type when ``defects`` is given, else the first images."""
+    if defects is None:
+        return list(range(min(n, static_max)))
+    firsts = {}
+    for i, d in enumerate(defects):
+        firsts.setdefault(d, i)
+    return sorted(firsts.values())[:static_max]
+
+
+def _threshold_sliders(scores, threshold, pixel_threshold, vmin: float, vmax: float):
+    """The image-threshold slider (over the finite scores) and the pixel-threshold slider."""
+    import ipywidgets as w
+
+    finite = scores[np.isfinite(scores)]
+    lo, hi = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
+    thr = w.FloatSlider(
+        value=float(threshold),
+        min=lo,
+        max=max(hi, lo + 1e-6),
+        step=(hi - lo) / 200 or 0.01,
+        description="image thr.",
+        readout_format=".3g",
+    )
+    pix = w.FloatSlider(
+        value=float(pixel_threshold if pixel_threshold is not None else vmax),
+        min=vmin,
+        max=vmax,
+        step=(vmax - vmin) / 200 or 0.01,
+        description="pixel thr.",
+        readout_format=".3g",
+    )
+    return thr, pix

@@ -1,0 +1,104 @@
+"""The artifact cache of a run folder: ``<stage>-<hash>.safetensors`` files whose header records
+what they were made from, loaded when that matches and otherwise computed and saved atomically,
+with one line per load or computation in ``events.jsonl``.
+
+Usable on its own::
+
+    cache = ArtifactCache(Path("runs/x/artifacts"))
+    tensors, info = cache.cached("features", "ab12", {"data_id": "..."}, compute)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from helpers.core.io import load_tensors, save_tensors
+
+STAGES = ("features", "bank", "coverage", "predictions")
+
+
+class ArtifactCache:
+    """The ``artifacts/`` folder. ``stage`` names a file kind (one of :data:`STAGES`), ``key``
+    the settings hash in its name, and ``meta`` (str -> str) what must match for a file to be
+    reused. ``root`` is only used to print paths relative to the run folder."""
+
+    def __init__(self, folder: str | Path, root: str | Path | None = None, verbose: bool = True):
+        self.folder = Path(folder)
+        self.root = Path(root) if root is not None else self.folder.parent
+        self.verbose = verbose
+        self.events: list[dict] = []
+        self.depth = 0  # > 0 while a stage computes the stages it needs (logged, not printed)
+
+    def path(self, stage: str, key: str) -> Path:
+        if stage not in STAGES:
+            raise ValueError(f"unknown artifact {stage!r}; one of {STAGES}")
+        return self.folder / f"{stage}-{key}.safetensors"
+
+    def rel(self, path: Path) -> str:
+        try:
+            return str(path.relative_to(self.root))
+        except ValueError:
+            return str(path)
+
+    def metadata(self, path: Path) -> dict[str, str] | None:
+        """The header metadata of ``path`` (tensors are not read); None if missing or unreadable."""
+        if not path.is_file():
+            return None
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as fh:
+                return fh.metadata() or {}
+        except Exception:
+            return None
+
+    def info(self, path: Path) -> dict:
+        """The ``info`` dict saved with ``path`` (empty when there is none)."""
+        return json.loads((self.metadata(path) or {}).get("info", "{}"))
+
+    def matches(self, path: Path, meta: dict[str, str]) -> bool:
+        """True when ``path`` exists and its header holds every item of ``meta``."""
+        saved = self.metadata(path)
+        return saved is not None and all(saved.get(k) == v for k, v in meta.items())
+
+    def log(self, stage: str, action: str, path: Path, note: str = "") -> None:
+        event = {"stage": stage, "action": action, "file": self.rel(path), "time": time.time()}
+        self.events.append(event)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / "events.jsonl", "a") as fh:
+            fh.write(json.dumps(event) + "\n")
+        if self.verbose and self.depth == 0:
+            print(f"[cache: {action}] {stage}: {self.rel(path)}{note}")
+
+    def nested(self, compute: Callable[[], Any]) -> Any:
+        """Run ``compute`` as part of another stage (its cache lines are logged, not printed)."""
+        self.depth += 1
+        try:
+            return compute()
+        finally:
+            self.depth -= 1
+
+    def cached(
+        self,
+        stage: str,
+        key: str,
+        meta: dict[str, str],
+        compute: Callable[[], tuple[dict, dict]],
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Load ``stage`` (tensors, info) when its file matches ``meta``; otherwise call
+        ``compute() -> (tensors, info)`` and save the result atomically."""
+        path = self.path(stage, key)
+        if self.matches(path, meta):
+            tensors, saved = load_tensors(path)
+            self.log(stage, "loaded", path)
+            return tensors, json.loads(saved.get("info", "{}"))
+        tensors, info = self.nested(compute)
+        save_tensors(path, tensors, {**meta, "info": json.dumps(info, sort_keys=True)})
+        self.log(stage, "computed", path)
+        return tensors, info

@@ -1,0 +1,245 @@
+"""``Run``: one run folder, the object every notebook starts from. It holds the config, the data
+(:class:`helpers.data.source.DataSource`), the artifact cache (:mod:`helpers.run.cache`) and the
+notebooks' own parameters; each cached stage is a function of :mod:`helpers.run.stages`, handed
+the run's parts (never the run). The folder's layout is in the README, "The run folder".
+
+In a notebook::
+
+    run = Run.from_params(globals())   # the parameters cell's variables
+    model = run.model()                 # loads bank-<hash>.safetensors or builds it
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+
+from helpers.core.bank import versions
+from helpers.core.config import Config
+from helpers.core.images import load_image
+from helpers.core.io import atomic_write_bytes, atomic_write_json
+from helpers.core.model import PatchCore
+from helpers.data.download import mount_drive_for
+from helpers.data.mvtec import Sample, masks_like
+from helpers.data.source import SYNTHETIC_DEFAULTS, DataSource
+from helpers.evaluation import report
+from helpers.run import stages
+from helpers.run.cache import ArtifactCache
+from helpers.run.parameters import (
+    NOTEBOOK_PARAMETERS,
+    config_from_params,
+    resolve_run_dir,
+)
+from helpers.run.stages import Stages, RunPrediction
+
+
+class Run:
+    """One run folder: its config, its data and its cached artifacts."""
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        config: Config,
+        *,
+        synthetic: dict | None = None,
+        download: bool = False,
+        download_url: str = "",
+        download_sha256: str = "",
+        params: dict[str, Any] | None = None,
+        verbose: bool = True,
+    ):
+        # in Colab, a run folder, data folder or archive on /content/drive mounts Drive first
+        mount_drive_for(
+            run_dir=str(run_dir), dataset_path=config.dataset_path, download_url=download_url
+        )
+        self.root = resolve_run_dir(run_dir)
+        self.config = config
+        unknown = set(params or {}) - set(NOTEBOOK_PARAMETERS)
+        if unknown:
+            raise ValueError(
+                f"unknown notebook parameter(s) {sorted(unknown)}: the notebooks' own parameters "
+                f"are {sorted(NOTEBOOK_PARAMETERS)} (helpers/run/parameters.py)"
+            )
+        # the notebooks' own settings (figure sizes, timing repeats, ...): their defaults, with
+        # whatever the lesson's parameters cell or papermill's -p set
+        self.params = SimpleNamespace(
+            **{**NOTEBOOK_PARAMETERS, **(params or {}), "run_dir": run_dir}
+        )
+        self.verbose = verbose
+        self.data = DataSource(
+            config,
+            self.root / "data",
+            synthetic=synthetic,
+            download=download,
+            download_url=download_url,
+            download_sha256=download_sha256,
+        )
+        self.cache = ArtifactCache(self.root / "artifacts", self.root, verbose)
+        self.stages = Stages(self.cache, self.data, config, verbose)  # what the stages work with
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], verbose: bool = True) -> Run:
+        """Build from a notebook's variables (``globals()``): every ``Config`` field and every
+        notebook parameter (:data:`helpers.run.parameters.NOTEBOOK_PARAMETERS`) found there is used;
+        the rest keep their defaults. So a lesson's parameters cell declares only its own knobs,
+        and papermill's ``-p`` (which adds a cell of assignments) can still set any of them.
+        The notebook parameters end up in ``run.params`` (``run.params.n_examples``, ...)."""
+        synthetic = {
+            k: params[f"synthetic_{k}"] for k in SYNTHETIC_DEFAULTS if f"synthetic_{k}" in params
+        }
+        own = {k: params[k] for k in NOTEBOOK_PARAMETERS if k in params and k != "run_dir"}
+        return cls(
+            params.get("run_dir", NOTEBOOK_PARAMETERS["run_dir"]),
+            config_from_params(params),
+            synthetic=synthetic,
+            download=bool(params.get("download", False)),
+            download_url=params.get("download_url", "") or "",
+            download_sha256=params.get("download_sha256", "") or "",
+            params=own,
+            verbose=verbose,
+        )
+
+    # ------------------------------------------------------------------ folder and data
+    @property
+    def figures_dir(self) -> Path:
+        return self.root / "figures"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def data_root(self) -> Path:
+        """The MVTec-layout folder in use: generated (synthetic), downloaded or given."""
+        return self.data.root
+
+    @property
+    def is_synthetic(self) -> bool:
+        return self.data.is_synthetic
+
+    @property
+    def train_samples(self) -> list[Sample]:
+        return self.data.train_samples
+
+    @property
+    def test_samples(self) -> list[Sample]:
+        return self.data.test_samples
+
+    def describe(self) -> str:
+        c = self.config
+        source = (
+            f"synthetic set ({self.data.synthetic['size']} px), generated in <run folder>/"
+            f"{self.cache.rel(self.data_root)}"
+            if self.is_synthetic
+            else str(self.data_root)
+        )
+        return (
+            f"run folder : {self.root}\n"
+            f"data       : {source}\n"
+            f"config hash: {c.hash()}  (backbone {c.backbone}, layers {c.layers}, "
+            f"input {c.input_size} px, coreset {c.coreset_ratio:g})"
+        )
+
+    # ------------------------------------------------------------------ cached stages
+    def path(self, stage: str) -> Path:
+        """The cache file of ``stage`` (see :class:`helpers.run.stages.Stages`)."""
+        return self.stages.path(stage)
+
+    def is_cached(self, stage: str) -> bool:
+        """True when ``stage``'s file was made with the current settings and data."""
+        return self.stages.is_cached(stage)
+
+    def new_model(self, **overrides) -> PatchCore:
+        """A PatchCore for this config (no bank yet); ``overrides`` are runtime fields."""
+        return PatchCore(self.config.replace(**overrides) if overrides else self.config)
+
+    def embed_samples(
+        self, model: PatchCore, samples: list[Sample]
+    ) -> tuple[torch.Tensor, list[np.ndarray]]:
+        """Patch embeddings [n, h, w, D] (CPU) of a few ``samples`` (for figures) and the crops
+        the network saw (RGB uint8)."""
+        emb = torch.cat([b.embeddings.cpu() for b in model.embed_images(samples)])
+        crops = [model.preprocess.crop_rgb(load_image(s.path))[0] for s in samples]
+        return emb, crops
+
+    def features(self, model: PatchCore | None = None):
+        """Patch features of all good training images (notebook 02), cached
+        (:func:`helpers.run.stages.features`)."""
+        return stages.features(self.stages, model)
+
+    def model(self, **overrides) -> PatchCore:
+        """The fitted PatchCore (notebook 03): the cached bank, or built and saved
+        (:func:`helpers.run.stages.fitted_model`). ``overrides``: runtime fields only."""
+        return stages.fitted_model(self.stages, **overrides)
+
+    def coverage(self, ratios: list[float], max_patches: int = 2000) -> dict[str, np.ndarray]:
+        """Coverage radius of greedy and of random subsets for each coreset ratio (cached)."""
+        return stages.coverage(self.stages, ratios, max_patches)
+
+    def predictions(self, model=None, batch_size: int | None = None) -> RunPrediction:
+        """Scores and anomaly maps of every test image (notebook 04), cached."""
+        return stages.predictions(self.stages, model, batch_size)
+
+    # ------------------------------------------------------------------ evaluation
+    def masks(self, pred: RunPrediction) -> list[np.ndarray | None]:
+        """Ground-truth masks at each map's size (all False for good images, None when missing)."""
+        return masks_like(self.test_samples, pred.maps)
+
+    def evaluate(self, pred: RunPrediction) -> dict[str, Any]:
+        """Every metric of metrics.json except timings, config and versions, plus
+        ``pixel_f1_threshold`` (see :func:`helpers.report.evaluate`)."""
+        return report.evaluate(self.test_samples, pred)
+
+    def timings(self, pred: RunPrediction) -> dict[str, Any]:
+        return report.timings(self.cache.info(self.path("bank")), pred)
+
+    def write_metrics(self, metrics: dict[str, Any], pred: RunPrediction) -> dict[str, Any]:
+        """Write metrics.json (atomically) with every key of the contract; returns it."""
+        record = dict(
+            n_train=len(self.train_samples),
+            n_test=len(self.test_samples),
+            timings=self.timings(pred),
+            config=self.config.to_dict(),
+            data=self.data.record(),
+            config_hash=self.config.hash(),
+            versions=versions(),
+        )
+        return report.write_metrics(self.metrics_path, metrics, record)
+
+    def save_json(self, name: str, obj: Any) -> Path:
+        """Write ``run_dir/<name>`` atomically (NaN -> null)."""
+        return atomic_write_json(self.root / name, report.finite(obj))
+
+    # ------------------------------------------------------------------ figures
+    def figure_path(self, name: str) -> Path:
+        return self.figures_dir / f"{name}.png"
+
+    def show(self, fig, name: str, display: bool = True, dpi: int = 100) -> None:
+        """Save ``fig`` as figures/<name>.png (atomically) and show that PNG in the notebook
+        (rendered once, so the notebook and the file show the same picture)."""
+        save_and_show(fig, self.figure_path(name), display=display, dpi=dpi)
+
+
+def figure_png(fig, dpi: int = 100) -> bytes:
+    """``fig`` rendered once as PNG bytes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def save_and_show(fig, path: str | Path, display: bool = True, dpi: int = 100) -> Path:
+    """Save ``fig`` as ``path`` (atomically) and show that PNG in the notebook (rendered once, so
+    the notebook and the file show the same picture)."""
+    png = figure_png(fig, dpi)
+    out = atomic_write_bytes(Path(path), png)
+    if display:
+        from IPython.display import Image
+        from IPython.display import display as _display
+
+        _display(Image(data=png, format="png"))
+    return out

@@ -1,0 +1,274 @@
+"""The cached stages of a run, one function each: training features (notebook 02), the fitted
+model (03), the coverage curve (03) and the test-set predictions (04). Each takes a
+:class:`Stages` context (the run's cache, data and config), calls PatchCore's public seams
+(``extract``, ``build_bank``, ``predict``) and stores its result in the cache; nothing here calls
+back into :class:`~helpers.run.run.Run`, which only hands its parts over.
+
+Cache keys: a stage's file is ``<stage>-<hash>.safetensors`` with ``<hash>`` =
+:meth:`Config.hash` (for features, with the coreset settings at their defaults, since they do
+not change features). Its header also stores the data it was made from and, for predictions,
+the scoring settings; a file whose stored values differ is recomputed, never silently reused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from helpers.core.config import Config
+from helpers.core.coreset import Projection, covering_radius, greedy_coreset
+from helpers.core.images import Geometry
+from helpers.core.maps import grids_to_maps
+from helpers.core.model import PatchCore, Prediction
+from helpers.core.training import FeatureSpill, TrainingFeatures
+from helpers.data.source import DataSource
+from helpers.run.cache import ArtifactCache
+
+SCORING_FIELDS = ("num_neighbors", "distance", "cosine_floor", "sigma")
+FEATURE_FREE_FIELDS = (
+    "coreset_ratio",
+    "coreset_max_size",
+    "coreset_projection_dim",
+    "coreset_start_points",
+)
+
+
+@dataclass
+class RunPrediction(Prediction):
+    """A :class:`~helpers.core.model.Prediction` of a run's whole test set, with what the run
+    knows about it: labels, defect names, paths and how the scores were timed."""
+
+    labels: np.ndarray | None = None  # [N] 0 good, 1 defective
+    defects: list[str] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    seconds: float = math.nan  # wall time of predict + maps when computed
+    batch_size: int | None = None
+    device: str = ""
+
+
+@dataclass
+class Stages:
+    """What every stage works with: the run's artifact cache, its data and its config."""
+
+    cache: ArtifactCache
+    data: DataSource
+    config: Config
+    verbose: bool = True
+
+    def hash(self, stage: str) -> str:
+        """:meth:`Config.hash` of the config that made ``stage``. Features do not depend on the
+        coreset settings, so those are set to their defaults first: trying another
+        ``coreset_ratio`` reuses the extracted features."""
+        if stage == "features":
+            defaults = {f.name: f.default for f in fields(Config) if f.name in FEATURE_FREE_FIELDS}
+            return self.config.replace(**defaults).hash()
+        return self.config.hash()
+
+    def path(self, stage: str) -> Path:
+        return self.cache.path(stage, self.hash(stage))
+
+    def spill_path(self) -> Path:
+        """The full training features (float32 rows) next to ``features-<hash>.safetensors``."""
+        return self.path("features").with_suffix(".f32")
+
+    def meta(self, stage: str) -> dict[str, str]:
+        """What a stage's file must hold to be reused: the settings hash and the data."""
+        c = self.config
+        extra = {k: getattr(c, k) for k in SCORING_FIELDS} if stage == "predictions" else {}
+        return {
+            "stage": stage,
+            "config_hash": self.hash(stage),
+            "data_id": self.data.data_id(),
+            "extra": json.dumps(extra, sort_keys=True),
+        }
+
+    def is_cached(self, stage: str) -> bool:
+        """True when the stage's file exists and was made with the current settings and data."""
+        return self.cache.matches(self.path(stage), self.meta(stage))
+
+    def cached(self, stage: str, compute):
+        """(tensors, info) of ``stage``: loaded when cached, else ``compute()`` and saved."""
+        return self.cache.cached(stage, self.hash(stage), self.meta(stage), compute)
+
+
+def features(st: Stages, model: PatchCore | None = None) -> TrainingFeatures:
+    """Patch features of all good training images (notebook 02), cached: the coreset
+    projection in ``features-<hash>.safetensors`` and, unless the projection is the identity,
+    the full embeddings in ``features-<hash>.f32`` (float32 rows), both in artifacts/."""
+    m = model or PatchCore(st.config)
+
+    def compute():
+        st.cache.folder.mkdir(parents=True, exist_ok=True)
+        feats = m.extract(st.data.train_samples, progress=st.verbose, spill_dir=st.cache.folder)
+        if feats.spill is not None:
+            feats.spill.persist(st.spill_path())
+            feats.spill.close()
+        rows, n = feats.projection.result()
+        info = {
+            "grid": list(feats.grid),
+            "n_images": feats.n_images,
+            "n_views": feats.n_views,
+            "seconds": feats.seconds,
+            "device": str(m.device),
+            "dim": feats.dim,
+            "spill": feats.spill is not None,
+        }
+        return {"projection": rows[:n].cpu()}, info
+
+    path = st.path("features")
+    if st.is_cached("features") and st.cache.info(path).get("spill"):
+        if not st.spill_path().is_file():
+            path.unlink()  # the spill file was deleted: recompute
+    tensors, info = st.cached("features", compute)
+    proj = Projection.of_rows(tensors["projection"], m.device)
+    spill = FeatureSpill.open(st.spill_path(), info["dim"]) if info["spill"] else None
+    n_views = info.get("n_views", info["n_images"])
+    return TrainingFeatures(
+        proj,
+        spill,
+        grid=tuple(info["grid"]),
+        n_views=n_views,
+        rotations=max(1, n_views // max(1, info["n_images"])),
+        seconds=info["seconds"],
+    )
+
+
+def fitted_model(st: Stages, **overrides) -> PatchCore:
+    """The fitted PatchCore (notebook 03): loads the bank when cached, else runs the greedy
+    coreset on the cached (or freshly extracted) features and saves the bank with the cache's
+    keys in its header. ``overrides`` change runtime fields only (device, batch_size, ...)."""
+    path = st.path("bank")
+    if st.is_cached("bank"):
+        model = PatchCore.load(path, st.config, **overrides)
+        st.cache.log("bank", "loaded", path, _bank_note(model))
+        return model
+    model = PatchCore(st.config.replace(**overrides) if overrides else st.config)
+    feats = st.cache.nested(lambda: features(st, model))
+    try:
+        model.build_bank(feats, progress=st.verbose)
+    finally:
+        feats.close()
+    model.save(path, metadata=st.meta("bank"))
+    st.cache.log("bank", "computed", path, _bank_note(model))
+    return model
+
+
+def coverage(st: Stages, ratios: list[float], max_patches: int = 2000) -> dict[str, np.ndarray]:
+    """Coverage radius (max distance of a training patch to its nearest kept patch, in the
+    full feature space) of greedy and of random subsets, for each coreset ratio."""
+    ratios = sorted(float(r) for r in ratios)
+    c = st.config
+
+    def compute():
+        all_feats = features(st)
+        try:
+            feats = all_feats.sample(max_patches)
+        finally:
+            all_feats.close()
+        gen = torch.Generator().manual_seed(c.seed)
+        n = feats.shape[0]
+        sizes = [max(1, min(n, int(n * r))) for r in ratios]
+        picks = greedy_coreset(
+            feats,
+            max(sizes),
+            projection_dim=c.coreset_projection_dim,
+            start_points=c.coreset_start_points,
+            seed=c.seed,
+        )
+        perm = torch.randperm(n, generator=gen)
+        tensors = {
+            "ratios": torch.tensor(ratios, dtype=torch.float64),
+            "sizes": torch.tensor(sizes),
+            "greedy_radius": torch.tensor(
+                [covering_radius(feats, picks[:k]) for k in sizes], dtype=torch.float64
+            ),
+            "random_radius": torch.tensor(
+                [covering_radius(feats, perm[:k]) for k in sizes], dtype=torch.float64
+            ),
+        }
+        return tensors, {"n_patches": n, "max_patches": max_patches}
+
+    tensors, info = st.cached("coverage", compute)
+    if tensors["ratios"].tolist() != ratios or info.get("max_patches") != max_patches:
+        st.path("coverage").unlink()  # asked for other ratios: recompute
+        tensors, info = st.cached("coverage", compute)
+    out = {k: v.numpy() for k, v in tensors.items()}
+    out["n_patches"] = info["n_patches"]
+    return out
+
+
+def predictions(
+    st: Stages, model: PatchCore | None = None, batch_size: int | None = None
+) -> RunPrediction:
+    """Scores and anomaly maps of every test image (notebook 04), cached. The patch-score
+    grids are saved; maps in original pixels are made from them on load."""
+    test = st.data.test_samples
+    c = st.config
+
+    def compute():
+        m = model or fitted_model(st, **({"batch_size": batch_size} if batch_size else {}))
+        t0 = time.perf_counter()
+        pred = m.predict(test, maps=False, progress=st.verbose)
+        for start in range(0, len(test), 16):  # timed with the scores, then dropped
+            m.maps_from_grids(
+                pred.patch_scores[start : start + 16], pred.geometries[start : start + 16]
+            )
+        if m.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        geoms = np.array(
+            [
+                [-1] * 7
+                if g is None
+                else [g.orig_h, g.orig_w, g.res_h, g.res_w, g.top, g.left, g.crop]
+                for g in pred.geometries
+            ],
+            dtype=np.int64,
+        )
+        tensors = {
+            "scores": torch.from_numpy(pred.scores),
+            "patch_scores": torch.from_numpy(pred.patch_scores),
+            "geometries": torch.from_numpy(geoms),
+        }
+        info = {
+            "seconds": seconds,
+            "paths": [str(s.path.relative_to(st.data.root)) for s in test],
+            "defects": [s.defect for s in test],
+            "device": str(m.device),
+            "batch_size": m.config.batch_size,
+        }
+        return tensors, info
+
+    tensors, info = st.cached("predictions", compute)
+    scores = tensors["scores"].numpy()
+    geoms = [
+        None if row[0] < 0 or not np.isfinite(s) else Geometry(*map(int, row))
+        for row, s in zip(tensors["geometries"].numpy(), scores)
+    ]
+    # maps from the saved grids, on the CPU, as they were saved
+    maps = grids_to_maps(
+        tensors["patch_scores"], geoms, input_size=c.input_size, sigma=c.sigma, device="cpu"
+    )
+    defects = info["defects"]
+    return RunPrediction(
+        scores,
+        maps,
+        tensors["patch_scores"].numpy(),
+        geoms,
+        labels=np.array([0 if d == "good" else 1 for d in defects]),
+        defects=defects,
+        paths=info["paths"],
+        seconds=info["seconds"],
+        batch_size=info["batch_size"],
+        device=info["device"],
+    )
+
+
+def _bank_note(model: PatchCore) -> str:
+    return f"  ({len(model.bank)} x {model.bank.dim})"

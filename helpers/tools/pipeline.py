@@ -1,0 +1,330 @@
+"""Run the five notebooks in order with papermill into one run folder.
+
+    python -m helpers.tools.pipeline --out runs/x                     # synthetic set
+    python -m helpers.tools.pipeline --data /path/to/mvtec --out runs/x \\
+        -p backbone mobilenet_v2 -p coreset_ratio 0.1
+    python -m helpers.tools.pipeline --out runs/x --resume            # continue an interrupted run
+
+``-p NAME VALUE`` sets any parameter of the notebooks' ``parameters`` cell (every Config field,
+plus synthetic_*, n_examples, coverage_*, inference_batch_size, timing_repeats, interactive...).
+VALUE is read as JSON when it parses (0.1, 8, true, null, [0.05, 0.1]), else as a string; None,
+True and False are accepted too.
+
+An existing run folder is never overwritten: ``--overwrite`` deletes it first (only when it is a
+run folder this tool made), ``--resume`` keeps it. On resume, the parameters saved in run.json are
+used again (new ``-p`` values override them); notebooks that finished and whose outputs are still
+there with the same config hash are skipped; from the first one that is not, every notebook is
+executed again, and each of them loads the artifacts whose hash matches and computes the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from helpers.core.config import ConfigError
+from helpers.core.io import atomic_write_json
+from helpers.core.runtime import PROGRESS_ENV
+from helpers.run.parameters import (
+    BASE_PARAMETERS,
+    PRESETS,
+    RESERVED,
+    config_from_params,
+    known_parameters,
+    parse_value,
+    repo_root,
+)
+from helpers.run.run import Run
+from helpers.tools.report import PipelineError, failure_message, preflight, summary
+
+
+def _not_unknown_parameter(record: logging.LogRecord) -> bool:
+    """A lesson's parameters cell shows only its own knobs, so papermill calls every other -p
+    name "unknown"; the names were checked against Config + NOTEBOOK_PARAMETERS already."""
+    return not record.getMessage().startswith("Passed unknown parameter")
+
+
+logging.getLogger("papermill").addFilter(_not_unknown_parameter)
+
+NOTEBOOKS = (
+    "01_dataset_exploration_clahe.ipynb",
+    "02_feature_extraction.ipynb",
+    "03_coreset_construction.ipynb",
+    "04_a100_inference.ipynb",
+    "05_evaluation_auroc_heatmaps.ipynb",
+)
+# The artifact each notebook leaves behind (checked on --resume); None: the executed notebook.
+PRODUCES = (None, "features", "bank", "predictions", "metrics")
+
+
+def notebook_dir() -> Path:
+    return repo_root() / "notebooks"
+
+
+def _state_path(out: Path) -> Path:
+    return out / "run.json"
+
+
+def _load_state(out: Path) -> dict:
+    path = _state_path(out)
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _is_run_folder(out: Path) -> bool:
+    return any((out / n).exists() for n in ("run.json", "artifacts", "metrics.json"))
+
+
+def _prepare_folder(out: Path, overwrite: bool, resume: bool) -> None:
+    if overwrite and resume:
+        raise PipelineError("choose one of --overwrite (start again) and --resume (continue)")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if resume:
+        return
+    if not overwrite:
+        raise PipelineError(
+            f"run folder {out} already holds results; pass --resume to continue it, "
+            "--overwrite to delete it and start again, or choose another --out"
+        )
+    if not _is_run_folder(out):
+        raise PipelineError(
+            f"{out} is not empty and is not a run folder made by this tool (no "
+            "run.json, artifacts/ or metrics.json); not deleting it. Choose another --out"
+        )
+    shutil.rmtree(out)
+
+
+def _outputs_present(i: int, run: Run, state: dict, out: Path) -> bool:
+    nb = NOTEBOOKS[i]
+    done = state.get("notebooks", {}).get(nb, {}).get("status") == "done"
+    if not done or not (out / "notebooks" / nb).is_file():
+        return False
+    what = PRODUCES[i]
+    if what is None:
+        return True
+    if what == "metrics":
+        return run.metrics_path.is_file()
+    return run.is_cached(what)
+
+
+def resume_start(out: Path, params: dict, state: dict) -> int:
+    """Index of the first notebook to execute again when resuming."""
+    if state.get("parameters") != params:
+        return 0
+    run = Run.from_params({**params, "run_dir": str(out)}, verbose=False)
+    for i in range(len(NOTEBOOKS)):
+        if not _outputs_present(i, run, state, out):
+            return i
+    return len(NOTEBOOKS)
+
+
+def to_html(notebook: Path) -> Path:
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter().from_notebook_node(nbformat.read(str(notebook), as_version=4))
+    target = notebook.with_suffix(".html")
+    target.write_text(body, encoding="utf-8")
+    return target
+
+
+@contextlib.contextmanager
+def _threads(n: int | None):
+    """Limit the kernels' CPU threads (they inherit the environment). On a shared, busy machine
+    one thread per kernel is much faster than OpenMP threads fighting for cores."""
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", PROGRESS_ENV)
+    old = {k: os.environ.get(k) for k in names}
+    os.environ[PROGRESS_ENV] = "stderr"  # kernels draw progress bars in this terminal
+    if n:
+        os.environ.update({k: str(n) for k in names[:3]})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def run_pipeline(
+    out: str | Path,
+    data: str | None = None,
+    *,
+    params: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    html: bool = False,
+    threads: int | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Execute the notebooks into ``out``; returns the metrics.json contents. ``threads``: CPU
+    threads per notebook kernel (default: the library's choice)."""
+    with _threads(threads):
+        return _run(out, data, params, overwrite, resume, html, log)
+
+
+def _check_names(params: dict[str, Any]) -> None:
+    """``-p`` names must be Config fields or declared notebook parameters (NOTEBOOK_PARAMETERS)."""
+    known = known_parameters()
+    bad = sorted(set(params) - set(known) - set(RESERVED))
+    if bad:
+        raise PipelineError(f"unknown parameter(s) {bad}; known: {sorted(known)}")
+    if any(k in params for k in RESERVED):
+        raise PipelineError("set the run folder with --out, not -p run_dir")
+
+
+def _merge(out: Path, data, params: dict, resume: bool) -> tuple[dict, dict]:
+    """The run's parameters (stored ones on --resume, then -p, then --data), checked by building
+    the Config before any notebook runs; and the stored state (empty without --resume)."""
+    state = _load_state(out) if resume else {}
+    merged = {**BASE_PARAMETERS, **state.get("parameters", {}), **params}
+    if data is not None:
+        merged["dataset_path"] = str(Path(data).expanduser().resolve())
+    merged.setdefault("dataset_path", "")
+    try:
+        config_from_params(merged)  # fail before any notebook runs
+    except (ConfigError, TypeError) as exc:
+        raise PipelineError(f"invalid parameters: {exc}") from exc
+    return merged, state
+
+
+def _execute(nb: str, out: Path, merged: dict, state: dict, html: bool, log) -> None:
+    """Run one notebook into ``out/notebooks`` with papermill, its status kept in run.json."""
+    import papermill
+
+    target = out / "notebooks" / nb
+    state["notebooks"][nb] = {"status": "running"}
+    atomic_write_json(_state_path(out), state)
+    t0 = time.perf_counter()
+    log(f"running {nb} ...")
+    try:
+        papermill.execute_notebook(
+            str(notebook_dir() / nb),
+            str(target),
+            parameters={**merged, "run_dir": str(out)},
+            kernel_name="python3",
+            cwd=str(notebook_dir()),
+            progress_bar=False,
+            log_output=False,
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
+        )
+    except BaseException as exc:
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        state["notebooks"][nb] = {"status": status, "seconds": time.perf_counter() - t0}
+        atomic_write_json(_state_path(out), state)
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise PipelineError(failure_message(nb, exc, target, out)) from exc
+    seconds = time.perf_counter() - t0
+    state["notebooks"][nb] = {"status": "done", "seconds": round(seconds, 1)}
+    atomic_write_json(_state_path(out), state)
+    if html:
+        to_html(target)
+    log(f"  done in {seconds:.0f} s")
+
+
+def _run(out, data, params, overwrite, resume, html, log) -> dict:
+    out = Path(out).expanduser().resolve()
+    params = dict(params or {})
+    _check_names(params)
+    _prepare_folder(out, overwrite, resume)
+    merged, state = _merge(out, data, params, resume)
+    log(preflight({**merged, "run_dir": str(out)}))
+
+    start = resume_start(out, merged, state) if state else 0
+    if state and start == len(NOTEBOOKS):
+        log(f"{out}: every notebook finished with these parameters; nothing to resume")
+    elif state:
+        log(f"resuming {out} from {NOTEBOOKS[start]}")
+    out.mkdir(parents=True, exist_ok=True)
+    state = {
+        "parameters": merged,
+        "notebooks": state.get("notebooks", {}) if start else {},
+        "command": sys.argv,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    atomic_write_json(_state_path(out), state)
+    (out / "notebooks").mkdir(exist_ok=True)
+    for nb in NOTEBOOKS[start:]:
+        _execute(nb, out, merged, state, html, log)
+    metrics = (
+        json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").is_file() else {}
+    )
+    log(summary(out, metrics))
+    return metrics
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m helpers.tools.pipeline") -> int:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="MVTec-layout folder (holding metal_nut/ or the category folder itself); "
+        "default: the synthetic set",
+    )
+    parser.add_argument(
+        "--out", required=True, help="run folder (created; never overwritten silently)"
+    )
+    parser.add_argument(
+        "-p",
+        "--param",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="set a notebook parameter (repeatable)",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="start from a parameter preset (demo: MobileNetV2 on the synthetic set)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="delete an existing run folder first"
+    )
+    parser.add_argument("--resume", action="store_true", help="continue an existing run folder")
+    parser.add_argument(
+        "--html", action="store_true", help="also write each executed notebook as HTML"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads per notebook kernel (1 is fastest on a busy shared machine)",
+    )
+    args = parser.parse_args(argv)
+    params = dict(PRESETS.get(args.preset, {}))
+    params.update({name: parse_value(value) for name, value in args.param})
+    try:
+        run_pipeline(
+            args.out,
+            args.data,
+            params=params,
+            overwrite=args.overwrite,
+            resume=args.resume,
+            html=args.html,
+            threads=args.threads,
+        )
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
