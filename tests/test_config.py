@@ -121,3 +121,21 @@ def test_coreset_size_is_the_ratio_capped_by_max_size():
     assert m.coreset_max_size == 16384 and m.sources()["coreset_max_size"].startswith("backbone")
     with pytest.raises(ConfigError, match="coreset_max_size"):
         Config(backbone="mobilenet_v2", coreset_max_size=-1)
+
+
+@pytest.mark.parametrize(
+    "first, then, set_fields",
+    [
+        ("mobilenet_v2", "resnet18", {}),
+        ("wide_resnet50_2", "mobilenet_v2", {}),
+        ("mobilenet_v2", "wide_resnet50_2", {"coreset_ratio": 0.05, "sigma": 2.0}),
+        ("resnet18", "mobilenet_v2", {"seed": 3, "sigma": 2.0}),
+    ],
+)
+def test_replace_across_backbones_equals_a_fresh_config(first, then, set_fields):
+    """The backbone's defaults were written into the fields, so switching backbones kept the old
+    backbone's values (and could fail validation); now only fields that were set survive."""
+    moved = Config(backbone=first, **set_fields).replace(backbone=then)
+    fresh = Config(backbone=then, **set_fields)
+    assert moved.to_dict() == fresh.to_dict() and moved.hash() == fresh.hash()
+    assert moved.sources() == fresh.sources()

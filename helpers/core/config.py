@@ -246,10 +246,20 @@ class Config:
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed (validated again). Unchanged fields keep their source
-        (see :meth:`describe`) while the backbone stays the same."""
-        new = Config.from_dict({**self.to_dict(), **changes})
-        if new.backbone == self.backbone:
-            new._sources.update({k: v for k, v in self._sources.items() if k not in changes})
+        (see :meth:`describe`). When the backbone changes, every field that was not ``set``
+        (a default of the old backbone, a fallback, ``= input_size``) takes the new backbone's
+        default instead; fields that were set keep their values."""
+        data = {**self.to_dict(), **changes}
+        same = data["backbone"] == self.backbone
+        if not same:
+            nullable = {f.name for f in fields(self) if f.default is None}
+            for name, source in self._sources.items():
+                if name in nullable and name not in changes and source != "set":
+                    data[name] = None
+        new = Config.from_dict(data)
+        new._sources.update(
+            {k: v for k, v in self._sources.items() if k not in changes and (same or v == "set")}
+        )
         return new
 
     def differences(self, other: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
