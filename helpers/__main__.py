@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         print(generate_dataset(args.out, size=args.size, seed=args.seed))
         return 0
     if args.cmd == "sync-colab":
-        from helpers.lessons.colab_repo import REPO_URL, sync
+        from helpers.lessons.colab import REPO_URL, sync
 
         changed = sync()
         print("\n".join(f"updated {p}" for p in changed) or f"already in sync with {REPO_URL}")

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from helpers.data import download
-from helpers.lessons import colab, colab_repo
+from helpers.lessons import colab
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -32,30 +32,28 @@ def check_agreement(root: Path, url: str) -> None:
     """Badges, setup cells, notebook metadata and README's Colab section all name ``url``."""
     for path in sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb")):
         nb = nbformat.read(str(path), as_version=4)
-        links = colab_repo.BADGE_RE.findall(nb.cells[0].source)
+        links = colab.BADGE_RE.findall(nb.cells[0].source)
         assert links == [path.name], f"{path.name}: one badge, opening this notebook"
-        assert colab_repo.badge_link(path.name, url=url) in nb.cells[0].source, path.name
-        assert setup_cell(nb).source == colab_repo.setup_cell_source(url), (
+        assert colab.badge_link(path.name, url=url) in nb.cells[0].source, path.name
+        assert setup_cell(nb).source == colab.setup_cell_source(url), (
             f"{path.name}: setup cell differs; run python -m helpers sync-colab"
         )
         assert nb.metadata["accelerator"] == "GPU" and nb.metadata["colab"]["gpuType"] == "A100"
     text = (root / "README.md").read_text()
-    start, end = colab_repo.readme_section(text)
+    start, end = colab.readme_section(text)
     section = text[start:end]
     for path in sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb")):
-        assert colab_repo.badge_link(path.name, url=url) in section, (
-            f"README: no badge for {path.name}"
-        )
-    for match in colab_repo.BADGE_RE.finditer(section):
-        assert match[0] == colab_repo.badge_link(match["name"], url=url), match[0]
-    assert set(colab_repo.GITHUB_RE.findall(section)) == {url}
+        assert colab.badge_link(path.name, url=url) in section, f"README: no badge for {path.name}"
+    for match in colab.BADGE_RE.finditer(section):
+        assert match[0] == colab.badge_link(match["name"], url=url), match[0]
+    assert set(colab.GITHUB_RE.findall(section)) == {url}
     assert "YOUR_GITHUB_USER" not in text
 
 
 def test_one_repository_url_in_badges_setup_cells_and_readme():
-    assert colab_repo.REPO_URL == "https://github.com/patchcore-course/patchcore-metal-nut"
+    assert colab.REPO_URL == "https://github.com/patchcore-course/patchcore-metal-nut"
     assert len(NOTEBOOKS) == 5
-    check_agreement(ROOT, colab_repo.REPO_URL)
+    check_agreement(ROOT, colab.REPO_URL)
 
 
 def copy_of_the_repo(tmp_path: Path) -> Path:
@@ -69,10 +67,10 @@ def copy_of_the_repo(tmp_path: Path) -> Path:
 
 def test_sync_follows_a_fork_and_touches_nothing_else(tmp_path):
     root = copy_of_the_repo(tmp_path)
-    assert colab_repo.sync(root) == [], "the committed files are in sync"
+    assert colab.sync(root) == [], "the committed files are in sync"
     before = {p.name: nbformat.read(str(p), as_version=4) for p in root.glob("notebooks/*.ipynb")}
     fork = "https://github.com/someone/my-fork"
-    assert len(colab_repo.sync(root, url=fork)) == 6
+    assert len(colab.sync(root, url=fork)) == 6
     check_agreement(root, fork)
     for path in root.glob("notebooks/*.ipynb"):
         old, new = before[path.name], nbformat.read(str(path), as_version=4)
@@ -80,9 +78,9 @@ def test_sync_follows_a_fork_and_touches_nothing_else(tmp_path):
             c.source for c in new.cells[1:] if c is not setup_cell(new)
         ]
     readme = (root / "README.md").read_text()
-    assert readme.replace(colab_repo.repo_slug(fork), "X") == (
-        ROOT / "README.md"
-    ).read_text().replace(colab_repo.repo_slug(), "X")
+    assert readme.replace(colab.repo_slug(fork), "X") == (ROOT / "README.md").read_text().replace(
+        colab.repo_slug(), "X"
+    )
 
 
 # ------------------------------------------------------------------ a fake Colab
@@ -130,8 +128,8 @@ def run_setup_cell(tmp_path, monkeypatch, runner: Runner, clone: Path) -> dict:
     """Execute notebook 01's setup cell from a folder outside the repository, with the clone
     folder moved from /content into ``tmp_path``."""
     source = setup_cell(nbformat.read(str(NOTEBOOKS[0]), as_version=4)).source
-    assert source.count(colab_repo.CLONE_DIR) == 1
-    source = source.replace(colab_repo.CLONE_DIR, str(clone))
+    assert source.count(colab.CLONE_DIR) == 1
+    source = source.replace(colab.CLONE_DIR, str(clone))
     code = "\n".join(line for line in source.splitlines() if not line.startswith("%"))
     monkeypatch.setattr(subprocess, "run", runner)
     monkeypatch.setattr(sys, "path", list(sys.path))
@@ -146,10 +144,10 @@ def test_setup_cell_in_colab_clones_installs_and_reports(tmp_path, monkeypatch, 
     namespace = run_setup_cell(tmp_path, monkeypatch, runner, clone)
     commands = [cmd for cmd, _ in runner.calls]
     assert commands == [
-        colab_repo.clone_command(colab_repo.REPO_URL, str(clone)),
+        colab.clone_command(colab.REPO_URL, str(clone)),
         colab.install_command(clone),
     ]
-    assert commands[0][:2] == ["git", "clone"] and colab_repo.REPO_URL in commands[0]
+    assert commands[0][:2] == ["git", "clone"] and colab.REPO_URL in commands[0]
     assert runner.calls[0][1]["env"]["GIT_TERMINAL_PROMPT"] == "0", "no credential prompt"
     pip = commands[1]
     assert pip[:4] == [sys.executable, "-m", "pip", "install"]
@@ -173,7 +171,7 @@ def test_setup_cell_clone_failure_is_one_clear_line(tmp_path, monkeypatch, fake_
     with pytest.raises(RuntimeError) as err:
         run_setup_cell(tmp_path, monkeypatch, runner, tmp_path / "clone")
     text = str(err.value)
-    assert "\n" not in text and colab_repo.REPO_URL in text and "set REPO_URL" in text
+    assert "\n" not in text and colab.REPO_URL in text and "set REPO_URL" in text
     assert "terminal prompts disabled" in text and len(runner.calls) == 1
 
 

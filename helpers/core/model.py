@@ -22,7 +22,6 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from helpers.core import training
 from helpers.core.bank import BankMismatchError, MemoryBank, read_bank, save_bank
 from helpers.core.config import Config
 from helpers.core.coreset import Projection, greedy_coreset
@@ -37,7 +36,7 @@ from helpers.core.runtime import (
     run_halving,
 )
 from helpers.core.runtime import progress as show_progress
-from helpers.core.training import FeatureSpill, TrainingFeatures
+from helpers.core.training import FeatureSpill, TrainingFeatures, check_fit_memory
 
 __all__ = ["BankMismatchError", "EmbeddedBatch", "PatchCore", "Prediction"]
 
@@ -182,7 +181,7 @@ class PatchCore:
         items = images if isinstance(images, torch.Tensor) else as_list(images)
         n = items.shape[0] if isinstance(items, torch.Tensor) else len(items)
         if not isinstance(items, torch.Tensor):
-            self.check_fit_memory(n)
+            check_fit_memory(c, self.device, n)  # refuse a fit larger than free memory
         t0 = time.perf_counter()
         views, proj, spill = 0, None, None
         rotations = c.rotations_for(n)
@@ -253,14 +252,6 @@ class PatchCore:
         c = self.config
         dim = like.shape[-1]
         return Projection(dim, c.coreset_projection_dim, c.seed, capacity, self.device)
-
-    def fit_memory_estimate(self, n_images: int) -> dict[str, int]:
-        """Bytes a fit of ``n_images`` needs (:func:`helpers.core.training.fit_memory_estimate`)."""
-        return training.fit_memory_estimate(self.config, self.device, n_images)
-
-    def check_fit_memory(self, n_images: int) -> dict[str, int]:
-        """Refuse a fit larger than the free memory; returns the estimate checked."""
-        return training.check_fit_memory(self.config, self.device, n_images)
 
     # ------------------------------------------------------------------ 3. predict (notebook 04)
     def predict(self, images, maps: bool = True, progress: bool = False) -> Prediction:

@@ -35,7 +35,7 @@ from helpers.run.parameters import (
     config_from_params,
     resolve_run_dir,
 )
-from helpers.run.stages import Stages, RunPrediction
+from helpers.run.stages import RunPrediction, Stages
 
 
 class Run:

@@ -42,7 +42,7 @@ def preflight(params: dict[str, Any]) -> str:
     summary; raises PipelineError with the whole message (path at fault, layout, or estimate,
     free memory and the knob to change)."""
     from helpers.core.model import PatchCore
-    from helpers.core.training import available_ram
+    from helpers.core.training import available_ram, check_fit_memory
     from helpers.data.mvtec import DatasetError
     from helpers.lessons.timing import resolve_device_quietly
 
@@ -56,7 +56,7 @@ def preflight(params: dict[str, Any]) -> str:
         raise PipelineError(f"data: no training images found under {run.data_root}")
     model = PatchCore(c, device=resolve_device_quietly(c.device).type)  # the line says the device
     try:
-        est = model.check_fit_memory(n_train)
+        est = check_fit_memory(c, model.device, n_train)
     except MemoryError as exc:
         raise PipelineError(f"memory: {exc}") from exc
     free = available_ram()
