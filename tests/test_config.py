@@ -37,6 +37,8 @@ def test_backbone_defaults_fill_only_unset_fields():
         ("input_size", 225, "multiple of 8"),
         ("batch_size", 0, "batch_size"),
         ("sigma", -1.0, "sigma"),
+        ("false_alarm_rate", 0, "(0, 1)"),
+        ("false_alarm_rate", 1.0, "(0, 1)"),
         ("distance", "manhattan", "cosine"),
         ("device", "tpu", "cuda"),
         ("resize", 100, "input_size"),

@@ -92,6 +92,7 @@ OTHER_VALUES = {
     "distance": "cosine",
     "cosine_floor": 0.3,
     "sigma": 2,
+    "false_alarm_rate": 0.01,
     "clahe": True,
     "clahe_clip_limit": 3.0,
     "clahe_tile_grid": 4,

@@ -29,3 +29,20 @@ def test_preflight_accepts_an_out_folder_whose_parents_do_not_exist_yet(tmp_path
     line = preflight({**BASE_PARAMETERS, "backbone": "mobilenet_v2", "run_dir": str(out)})
     assert line.startswith("preflight: 24 training images")
     assert not (tmp_path / "not").exists()  # the check creates nothing
+
+
+def test_summary_puts_the_thresholds_side_by_side(tmp_path):
+    t = {
+        "f1_optimal": {"value": 0.8, "false_alarm_rate": 0.1, "miss_rate": 0.05},
+        "good_only": {
+            "value": 0.9,
+            "target_false_alarm_rate": 0.05,
+            "false_alarm_rate": 0.0333,
+            "miss_rate": 0.25,
+        },
+        "max_of_good": None,
+    }
+    line = next(x for x in summary(tmp_path, {"thresholds": t}).splitlines() if "thresholds" in x)
+    assert "F1-optimal 0.800 (false alarms 10%, misses 5%)" in line
+    assert "good-only at 5% 0.900 (false alarms 3%, misses 25%)" in line
+    assert "max of good" not in line

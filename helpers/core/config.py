@@ -104,6 +104,8 @@ class Config:
     sigma: float | None = (
         None  # Gaussian blur of the anomaly map, in input pixels (None: backbone default, else 4)
     )
+    # the good-only threshold (helpers.core.threshold): the share of good parts it may flag
+    false_alarm_rate: float = 0.05
     # preprocessing
     clahe: bool = False
     clahe_clip_limit: float = 2.0

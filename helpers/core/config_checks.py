@@ -80,7 +80,7 @@ def check_bank(c) -> None:
 
 
 def check_scoring(c) -> None:
-    """Neighbours, distance, cosine floor, map blur."""
+    """Neighbours, distance, cosine floor, map blur, the good-only threshold's rate."""
     int_range("num_neighbors", c.num_neighbors, 1, 1000)
     choice("distance", c.distance, DISTANCES)
     if not _number(c.cosine_floor) or not 0 <= c.cosine_floor <= 100:
@@ -90,6 +90,12 @@ def check_scoring(c) -> None:
         )
     if not _number(c.sigma) or c.sigma < 0:
         raise ConfigError(f"sigma={c.sigma!r} must be >= 0 (0 disables the blur; paper: 4)")
+    rate = c.false_alarm_rate
+    if not _number(rate) or not 0 < rate < 1:
+        raise ConfigError(
+            f"false_alarm_rate={rate!r} must be in (0, 1): the share of good parts the good-only "
+            "threshold may flag (0.05: one in twenty)"
+        )
 
 
 def check_preprocessing(c) -> None:

@@ -6,7 +6,9 @@
 3. ``predict``: each test patch's distance to its nearest neighbour in M (the patch-score grid),
    the image score s* re-weighted by eq. 7, and the anomaly map in the ORIGINAL image's pixels
    (notebook 04; :mod:`helpers.core.maps`);
-4. ``save`` / ``load``: the bank and its config in one .safetensors file, no pickle.
+4. ``save`` / ``load``: the bank and its config in one .safetensors file, no pickle;
+5. ``calibrate``: a decision threshold from the good training images alone, at a stated
+   false-alarm rate (:mod:`helpers.core.threshold`), saved with the bank.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from helpers.core.runtime import (
     run_halving,
 )
 from helpers.core.runtime import progress as show_progress
+from helpers.core.threshold import bank_digest, good_only_threshold, held_out_scores
 from helpers.core.training import FeatureSpill, TrainingFeatures, check_fit_memory
 
 __all__ = ["BankMismatchError", "EmbeddedBatch", "PatchCore", "Prediction"]
@@ -87,6 +90,7 @@ class PatchCore:
         self.info: dict = {}  # what the fit measured (sizes, seconds)
         self.coreset_indices: torch.Tensor | None = None  # rows of the fit's patches kept
         self.saved_versions: dict = {}  # library versions of a loaded bank
+        self.threshold: dict | None = None  # the good-only threshold (calibrate), saved with M
         self._embed_cap: int | None = None  # micro-batch after a CUDA out-of-memory
 
     @property
@@ -160,14 +164,25 @@ class PatchCore:
             yield EmbeddedBatch(self.embed(x), geoms, idx)
 
     # ------------------------------------------------------------------ 2. fit (notebook 03)
-    def fit(self, images, progress: bool = False, spill_dir: str | Path | None = None) -> PatchCore:
+    def fit(
+        self,
+        images,
+        progress: bool = False,
+        spill_dir: str | Path | None = None,
+        threshold: bool = False,
+    ) -> PatchCore:
         """Build the memory bank from good training images: :meth:`extract` (streaming) then
         :meth:`build_bank`. Memory grows with the coreset's projection (8 bytes x 128 per patch),
         not with the full embeddings, which wait in a temporary file in ``spill_dir`` (default:
-        the system's temporary folder) and are read back only for the kept patches."""
+        the system's temporary folder) and are read back only for the kept patches. With
+        ``threshold``, also :meth:`calibrate` on the same features (one more scoring pass over
+        the training set)."""
         feats = self.extract(images, progress=progress, spill_dir=spill_dir)
         try:
-            return self.build_bank(feats, progress=progress)
+            self.build_bank(feats, progress=progress)
+            if threshold:
+                self.calibrate(feats, progress=progress)
+            return self
         finally:
             feats.close()
 
@@ -237,6 +252,31 @@ class PatchCore:
         }
         return self
 
+    def calibrate(
+        self,
+        feats: TrainingFeatures,
+        false_alarm_rate: float | None = None,
+        progress: bool = False,
+        scores: np.ndarray | None = None,
+    ) -> dict:
+        """Set :attr:`threshold` from the good training images alone: each one scored against
+        the bank without its own rows (:func:`helpers.core.threshold.held_out_scores`), the
+        threshold at ``false_alarm_rate`` (default ``config.false_alarm_rate``) of those scores
+        and the max-of-good one (:func:`helpers.core.threshold.good_only_threshold`). Pass
+        ``scores`` (held-out scores computed before) to skip the scoring pass. Returns it."""
+        self._check_fitted()
+        rate = self.config.false_alarm_rate if false_alarm_rate is None else false_alarm_rate
+        info = {"method": "given", "n_images": None if scores is None else len(scores)}
+        if scores is None:
+            scores, info = held_out_scores(self, feats, progress=progress)
+        self.threshold = {
+            **good_only_threshold(scores, rate),
+            "computed_on": f"{info['n_images']} good training images, {info['method']}",
+            "config_hash": self.config.hash(),
+            "bank_sha256": bank_digest(self.bank.features),
+        }
+        return self.threshold
+
     def select_bank(self, features: torch.Tensor, progress: bool = False) -> torch.Tensor:
         """Keep the greedy coreset of ``features`` [N, D] (all patches in memory, one view's
         ``grid`` after another) as the memory bank: the rows :meth:`fit` keeps from the same
@@ -278,10 +318,13 @@ class PatchCore:
             grids = np.zeros((n, 0, 0), dtype=np.float32)
         return Prediction(scores, out_maps, grids, geoms)
 
-    def score_embeddings(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Patch embeddings [B, h, w, D] -> (image scores s [B], patch-score grid [B, h, w])."""
+    def score_embeddings(
+        self, emb: torch.Tensor, bank: MemoryBank | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patch embeddings [B, h, w, D] -> (image scores s [B], patch-score grid [B, h, w]),
+        against this model's bank (or ``bank``: the held-out scores use M without some rows)."""
         self._check_fitted()
-        bank, c = self.bank, self.config
+        bank, c = (self.bank if bank is None else bank), self.config
         b, h, w, d = emb.shape
         if d != bank.dim:
             raise ValueError(f"embeddings have dimension {d}, the memory bank {bank.dim}")
@@ -321,9 +364,13 @@ class PatchCore:
     # ------------------------------------------------------------------ 4. save / load
     def save(self, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
         """Write the memory bank, config and versions to one .safetensors file, atomically;
-        ``metadata`` adds string entries to its header (a run's cache keys)."""
+        ``metadata`` adds string entries to its header (a run's cache keys). A threshold set by
+        :meth:`calibrate` is saved in the header too (``threshold``, JSON)."""
         self._check_fitted()
-        return save_bank(path, self.memory_bank, self.config, self.grid, self.info, metadata)
+        meta = dict(metadata or {})
+        if self.threshold is not None:
+            meta.setdefault("threshold", json.dumps(self.threshold, sort_keys=True))
+        return save_bank(path, self.memory_bank, self.config, self.grid, self.info, meta)
 
     @classmethod
     def load(cls, path: str | Path, config: Config | None = None, **overrides) -> PatchCore:
@@ -337,4 +384,5 @@ class PatchCore:
         model.grid = tuple(grid) if grid else None
         model.info = json.loads(meta.get("info", "{}"))
         model.saved_versions = json.loads(meta.get("versions", "{}"))
+        model.threshold = json.loads(meta["threshold"]) if meta.get("threshold") else None
         return model

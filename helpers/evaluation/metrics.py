@@ -218,6 +218,31 @@ def f1_threshold(labels: Sequence[int], scores: Sequence[float]) -> tuple[float,
     return float(thresholds[best]), float(f1[best])
 
 
+def threshold_rates(
+    labels: Sequence[int], scores: Sequence[float], threshold: float | None
+) -> dict:
+    """What one image threshold does on labelled images ("score >= threshold means defective"):
+    ``false_alarm_rate`` (good images flagged / good images), ``miss_rate`` (defective images
+    passed / defective images) and the counts behind them; a rate is None without images of
+    its class, every rate None without a threshold. Images with a NaN score are left out."""
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+    keep = np.isfinite(scores)
+    labels, scores = labels[keep], scores[keep]
+    good, bad = labels == 0, labels == 1
+    out = {"value": threshold, "n_good": int(good.sum()), "n_defective": int(bad.sum())}
+    if threshold is None:
+        return {**out, **dict.fromkeys(("false_alarm_rate", "miss_rate", "false_alarms", "misses"))}
+    flagged = scores >= threshold
+    false_alarms, misses = int((flagged & good).sum()), int((~flagged & bad).sum())
+    return {
+        **out,
+        "false_alarm_rate": false_alarms / out["n_good"] if out["n_good"] else None,
+        "miss_rate": misses / out["n_defective"] if out["n_defective"] else None,
+        "false_alarms": false_alarms,
+        "misses": misses,
+    }
+
+
 def per_defect_auroc(defects: Sequence[str], scores: Sequence[float]) -> dict[str, float | None]:
     """Image AUROC of each defect type against the good test images."""
     defects, scores = np.asarray(defects), np.asarray(scores, dtype=np.float64)

@@ -27,6 +27,7 @@ METRIC_KEYS = (
     "pixel_auroc",
     "aupro",
     "f1_threshold",
+    "thresholds",
     "per_defect",
     "per_defect_pixel",
     "n_train",
@@ -66,6 +67,45 @@ def pixel_f1_threshold(masks, maps, step: int = 4) -> float | None:
         return None
     best = f1_threshold(y.astype(int), np.concatenate([p[1] for p in pairs]))
     return None if best is None else best[0]
+
+
+def thresholds(
+    labels, scores, f1_threshold: float | None, good_only: dict | None
+) -> dict[str, Any]:
+    """The ``thresholds`` entry of metrics.json: the F1-optimal image threshold (chosen with the
+    test labels: the best any threshold does here, not available in production) and the
+    good-only ones (``good_only``, from :meth:`helpers.core.model.PatchCore.calibrate`: at the
+    stated false-alarm rate, and the max of the held-out good scores), each with the false-alarm
+    and miss rates it gives on these test images. ``false_alarm_rate_se`` is the binomial
+    sampling error of a false-alarm rate measured on this many good test images, at the rate
+    asked for."""
+    from helpers.evaluation.metrics import threshold_rates
+
+    out = {
+        "f1_optimal": {
+            **threshold_rates(labels, scores, f1_threshold),
+            "chosen_on": "the test set's labels (optimistic)",
+        }
+    }
+    if good_only is None:
+        return {**out, "good_only": None, "max_of_good": None}
+    rate = good_only["false_alarm_rate"]
+    common = {"chosen_on": good_only.get("computed_on", good_only.get("method"))}
+    good = threshold_rates(labels, scores, good_only["value"])
+    n_good = good["n_good"]
+    out["good_only"] = {
+        **good,
+        **common,
+        "target_false_alarm_rate": rate,
+        "expected_false_alarm_rate": good_only["expected_false_alarm_rate"],
+        "false_alarm_rate_se": math.sqrt(rate * (1 - rate) / n_good) if n_good else None,
+    }
+    out["max_of_good"] = {
+        **threshold_rates(labels, scores, good_only["max_of_good"]),
+        **common,
+        "expected_false_alarm_rate": good_only["max_of_good_expected_false_alarm_rate"],
+    }
+    return out
 
 
 def timings(fit_info: dict, pred: Prediction) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import torch
 
 from helpers.core.io import load_tensors, save_tensors
 
-STAGES = ("features", "bank", "coverage", "predictions")
+STAGES = ("features", "bank", "coverage", "predictions", "heldout")
 
 
 class ArtifactCache:

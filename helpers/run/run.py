@@ -12,6 +12,7 @@ In a notebook::
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -28,7 +29,7 @@ from helpers.data.download import mount_drive_for
 from helpers.data.mvtec import Sample, masks_like
 from helpers.data.source import SYNTHETIC_DEFAULTS, DataSource
 from helpers.evaluation import report
-from helpers.run import stages
+from helpers.run import calibration, stages
 from helpers.run.cache import ArtifactCache
 from helpers.run.parameters import (
     NOTEBOOK_PARAMETERS,
@@ -185,6 +186,12 @@ class Run:
         """Scores and anomaly maps of every test image (notebook 04), cached."""
         return stages.predictions(self.stages, model, batch_size)
 
+    def threshold(self, model: PatchCore | None = None) -> dict:
+        """The good-only threshold at ``config.false_alarm_rate`` (and the max-of-good one) from
+        the training images' held-out scores (cached), written beside the bank as
+        ``bank-<hash>.threshold.json`` (:mod:`helpers.run.calibration`)."""
+        return calibration.good_only_threshold(self.stages, model)
+
     # ------------------------------------------------------------------ evaluation
     def masks(self, pred: RunPrediction) -> list[np.ndarray | None]:
         """Ground-truth masks at each map's size (all False for good images, None when missing)."""
@@ -192,8 +199,19 @@ class Run:
 
     def evaluate(self, pred: RunPrediction) -> dict[str, Any]:
         """Every metric of metrics.json except timings, config and versions, plus
-        ``pixel_f1_threshold`` (see :func:`helpers.report.evaluate`)."""
-        return report.evaluate(self.test_samples, pred)
+        ``pixel_f1_threshold`` (see :func:`helpers.report.evaluate`). ``thresholds`` puts the
+        F1-optimal threshold (chosen with the test labels) and the good-only ones (chosen on
+        held-out training images, :meth:`threshold`) side by side, each with the false-alarm
+        and miss rates it gives on the test set."""
+        out = report.evaluate(self.test_samples, pred)
+        try:
+            good_only = self.threshold()
+        except ValueError as exc:  # a bank not made from the cached features: say so, go on
+            warnings.warn(f"no good-only threshold: {exc}", stacklevel=2)
+            good_only = None
+        labels = [s.label for s in self.test_samples]
+        out["thresholds"] = report.thresholds(labels, pred.scores, out["f1_threshold"], good_only)
+        return out
 
     def timings(self, pred: RunPrediction) -> dict[str, Any]:
         return report.timings(self.cache.info(self.path("bank")), pred)

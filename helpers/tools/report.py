@@ -83,6 +83,29 @@ def _fmt(v: Any) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
+def _pct(v: Any) -> str:
+    return "n/a" if v is None else f"{100 * v:.0f}%"
+
+
+def _thresholds(t: dict) -> str:
+    """F1-optimal and good-only thresholds with the false-alarm and miss rates on the test set."""
+    parts = []
+    for key, name in (
+        ("f1_optimal", "F1-optimal"),
+        ("good_only", "good-only"),
+        ("max_of_good", "max of good"),
+    ):
+        e = t.get(key)
+        if not e or e.get("value") is None:
+            continue
+        at = f" at {_pct(e['target_false_alarm_rate'])}" if "target_false_alarm_rate" in e else ""
+        parts.append(
+            f"{name}{at} {_fmt(e['value'])} (false alarms {_pct(e['false_alarm_rate'])}, "
+            f"misses {_pct(e['miss_rate'])})"
+        )
+    return " | ".join(parts) or "n/a"
+
+
 def summary(out: Path, metrics: dict) -> str:
     figures = sorted((out / "figures").glob("*.png"))
     t = metrics.get("timings") or {}
@@ -91,6 +114,7 @@ def summary(out: Path, metrics: dict) -> str:
         f"  metrics.json : image AUROC {_fmt(metrics.get('image_auroc'))} | pixel AUROC "
         f"{_fmt(metrics.get('pixel_auroc'))} | AUPRO {_fmt(metrics.get('aupro'))} | "
         f"F1 threshold {_fmt(metrics.get('f1_threshold'))}",
+        "  thresholds   : " + _thresholds(metrics.get("thresholds") or {}),
         "  per defect   : "
         + ", ".join(f"{k} {_fmt(v)}" for k, v in (metrics.get("per_defect") or {}).items()),
         f"  timings      : fit {_fmt(t.get('fit_s'))} s, "

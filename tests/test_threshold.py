@@ -1,0 +1,111 @@
+"""The good-only threshold: the quantile rule on known scores, the held-out (leave-one-image-out)
+scores against a bank truly built without each image, and the threshold saved with the bank."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import PatchCore
+from helpers.core.threshold import bank_digest, good_only_threshold, held_out_scores
+
+
+def test_quantile_rule_on_known_scores():
+    scores = np.arange(1, 20, dtype=np.float32)[::-1]  # 19 held-out scores 1..19, any order
+    t = good_only_threshold(scores, 0.1)
+    # k = ceil(20 * 0.9) = 18: just above the 18th smallest (18), so only 19 is flagged
+    assert t["rank"] == 18 and t["n_images"] == 19 and t["reachable"]
+    assert 18 < t["value"] <= 18.00001 and t["held_out_flagged"] == 1
+    assert t["expected_false_alarm_rate"] == pytest.approx(2 / 20)
+    assert 19 < t["max_of_good"] <= 19.00001
+    assert t["max_of_good_expected_false_alarm_rate"] == pytest.approx(1 / 20)
+    flagged = scores >= t["value"]
+    assert flagged.sum() == 1 and not (scores >= t["max_of_good"]).any()
+    # NaN scores (unreadable images) are left out
+    same = good_only_threshold(np.r_[scores, np.nan], 0.1)
+    assert same["value"] == t["value"] and same["n_images"] == 19
+
+
+def test_a_rate_too_small_for_the_images_falls_back_to_the_max_with_a_warning():
+    with pytest.warns(UserWarning, match="at least 99 good images"):
+        t = good_only_threshold(np.arange(10.0), 0.01)
+    assert not t["reachable"] and t["value"] == t["max_of_good"] and t["rank"] == 10
+    for bad in (0, 1, -0.5):
+        with pytest.raises(ValueError, match="false_alarm_rate"):
+            good_only_threshold(np.arange(10.0), bad)
+    with pytest.raises(ValueError, match="at least one"):
+        good_only_threshold([np.nan], 0.1)
+
+
+def test_the_conformal_rate_holds_on_exchangeable_scores():
+    """Over many draws, a new score from the same distribution is flagged at most at the rate
+    asked for (and close to it)."""
+    rng = np.random.default_rng(0)
+    hits = []
+    for _ in range(4000):
+        draw = rng.normal(size=41)
+        hits.append(draw[40] >= good_only_threshold(draw[:40], 0.1)["value"])
+    assert np.mean(hits) == pytest.approx(4 / 41, abs=0.015)  # k = ceil(41 * 0.9) = 37
+
+
+@pytest.fixture(scope="module")
+def fit_with_features(small_config, samples):
+    """A fit on 5 images (8 rotations each: the auto rule below 20) that keeps its features."""
+    model = PatchCore(small_config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        feats = model.extract(samples[0][:5])
+    model.build_bank(feats)
+    yield model, feats
+    feats.close()
+
+
+def test_held_out_scores_equal_a_bank_built_without_each_image(fit_with_features, samples):
+    model, feats = fit_with_features
+    scores, info = held_out_scores(model, feats)
+    assert info["n_images"] == 5 and info["views_per_image"] == 8
+    # which image each bank row came from, from the fit's own indices (not from the rows)
+    owner = (model.coreset_indices // (8 * feats.per_image)).cpu()
+    full = model.predict(samples[0][:5], maps=False).scores
+    for i in range(5):
+        without = PatchCore(model.config)
+        without.memory_bank = model.memory_bank[owner != i]
+        expected = without.predict([samples[0][i]], maps=False).scores[0]
+        assert scores[i] == pytest.approx(expected, rel=1e-5), i
+    assert (scores > full).all()  # its own patches, kept in M, made each image look normal
+
+
+def test_held_out_scores_refuse_a_bank_not_built_from_these_features(fit_with_features):
+    model, feats = fit_with_features
+    other = PatchCore(model.config)
+    other.memory_bank = model.memory_bank + 1e-3
+    with pytest.raises(ValueError, match="copies of no training patch"):
+        held_out_scores(other, feats)
+
+
+def test_calibrate_saves_the_threshold_with_the_bank(fit_with_features, tmp_path):
+    model, feats = fit_with_features
+    t = model.calibrate(feats, false_alarm_rate=0.2)
+    scores, _ = held_out_scores(model, feats)
+    assert t["value"] == good_only_threshold(scores, 0.2)["value"]
+    assert t["computed_on"] == "5 good training images, leave-one-image-out"
+    assert t["config_hash"] == model.config.hash()
+    assert t["bank_sha256"] == bank_digest(model.memory_bank)
+    loaded = PatchCore.load(model.save(tmp_path / "bank.safetensors"), model.config)
+    assert loaded.threshold == t
+    # given scores: no scoring pass, the same rule
+    again = PatchCore.load(tmp_path / "bank.safetensors")
+    assert again.calibrate(None, 0.2, scores=scores)["value"] == t["value"]
+
+
+def test_fit_with_threshold_uses_the_config_rate(small_config, samples):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = PatchCore(small_config.replace(false_alarm_rate=0.25)).fit(
+            samples[0][:4], threshold=True
+        )
+    assert model.threshold["false_alarm_rate"] == 0.25 and model.threshold["n_images"] == 4
+    assert torch.isfinite(torch.tensor(model.threshold["value"]))
