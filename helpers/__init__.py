@@ -9,7 +9,7 @@ The package is layered; each layer imports only the ones below it (``tests/test_
 ``evaluation``  metrics (AUROC, AUPRO, PRO) and the one ``metrics.json`` writer
 ``run``         :class:`Run`: a run folder, its cached stages, the notebooks' parameters
 ``lessons``     figures (``viz``), widgets, timing, the Colab setup
-``tools``       the command line: ``python -m helpers {run, demo, ...}``
+``tools``       the command line: ``python -m helpers {run, demo, predict, ...}``
 ==============  =====================================================================
 
 >>> import helpers as H
@@ -31,6 +31,7 @@ _LAZY = {
     "viz": ("helpers.lessons.viz", None),
     "widgets": ("helpers.lessons.widgets", None),
     "setup": ("helpers.lessons.colab", "setup"),
+    "predict": ("helpers.tools.predict", "predict"),
 }
 
 __all__ = [

@@ -2,6 +2,7 @@
 
 run          the five notebooks with papermill into one run folder (``run --help``)
 demo         ``run`` with the demo preset (MobileNetV2, synthetic set) into runs/demo
+predict      score new images with a saved run or bank: CSV, verdicts, overlays (``predict --help``)
 synthetic    write the synthetic metal-nut set in the MVTec layout
 seed-weights copy the offline MobileNetV2 ImageNet file into the torch hub cache
 sync-colab   rewrite the badges, setup cells and README section from REPO_URL
@@ -22,6 +23,10 @@ def main(argv: list[str] | None = None) -> int:
             return pipeline(argv[1:], prog="python -m helpers run")
         out = [] if "--out" in argv else ["--out", "runs/demo"]
         return pipeline(["--preset", "demo", "--overwrite", "--html", *out, *argv[1:]])
+    if argv and argv[0] == "predict":
+        from helpers.tools.predict import main as predict
+
+        return predict(argv[1:])
     parser = argparse.ArgumentParser(
         prog="python -m helpers",
         description=__doc__,
@@ -30,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("run", help="the five notebooks into one run folder (run --help)")
     sub.add_parser("demo", help="run with the demo preset into runs/demo")
+    sub.add_parser("predict", help="score new images with a saved run or bank (predict --help)")
     syn = sub.add_parser("synthetic", help="write the synthetic metal-nut set in MVTec layout")
     syn.add_argument("--out", default="data/synthetic")
     syn.add_argument("--size", type=int, default=256)
