@@ -3,6 +3,7 @@
 run          the five notebooks with papermill into one run folder (``run --help``)
 demo         ``run`` with the demo preset (MobileNetV2, synthetic set) into runs/demo
 predict      score new images with a saved run or bank: CSV, verdicts, overlays (``predict --help``)
+export       the whole scoring path of a saved run or bank to ONNX (``export --help``)
 synthetic    write the synthetic metal-nut set in the MVTec layout
 seed-weights copy the offline MobileNetV2 ImageNet file into the torch hub cache
 sync-colab   rewrite the badges, setup cells and README section from REPO_URL
@@ -27,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
         from helpers.tools.predict import main as predict
 
         return predict(argv[1:])
+    if argv and argv[0] == "export":
+        from helpers.tools.export import main as export
+
+        return export(argv[1:])
     parser = argparse.ArgumentParser(
         prog="python -m helpers",
         description=__doc__,
@@ -36,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("run", help="the five notebooks into one run folder (run --help)")
     sub.add_parser("demo", help="run with the demo preset into runs/demo")
     sub.add_parser("predict", help="score new images with a saved run or bank (predict --help)")
+    sub.add_parser("export", help="a saved run or bank to ONNX (export --help)")
     syn = sub.add_parser("synthetic", help="write the synthetic metal-nut set in MVTec layout")
     syn.add_argument("--out", default="data/synthetic")
     syn.add_argument("--size", type=int, default=256)

@@ -18,7 +18,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 
 ROOT = Path(__file__).resolve().parent.parent
 CONDA_NAMES = {"torch": "pytorch", "opencv-python-headless": "opencv"}  # pip -> conda-forge name
-NOT_IN_CONDA_ENV = {"faiss-cpu"}  # optional extra, left to the user
+NOT_IN_CONDA_ENV = {"faiss-cpu", "onnx", "onnxruntime"}  # optional extras, left to the user
 
 
 def split(req: str) -> tuple[str, str]:
