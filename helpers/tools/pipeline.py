@@ -280,6 +280,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m helpers.tools.pip
         "--out", required=True, help="run folder (created; never overwritten silently)"
     )
     parser.add_argument(
+        "--category",
+        default=None,
+        help="one category (as -p category), or several: a comma-separated list or all (every "
+        "folder of --data with train/good), each into OUT/<category>, with OUT/summary.csv/.md",
+    )
+    parser.add_argument(
         "-p",
         "--param",
         nargs=2,
@@ -310,6 +316,27 @@ def main(argv: list[str] | None = None, prog: str = "python -m helpers.tools.pip
     args = parser.parse_args(argv)
     params = dict(PRESETS.get(args.preset, {}))
     params.update({name: parse_value(value) for name, value in args.param})
+    if args.category is not None and ("," in args.category or args.category.strip() == "all"):
+        from helpers.tools.batch import parse_categories, run_categories
+
+        try:
+            names = parse_categories(args.category, args.data)
+            rows = run_categories(
+                args.out,
+                args.data,
+                names,
+                params=params,
+                overwrite=args.overwrite,
+                resume=args.resume,
+                html=args.html,
+                threads=args.threads,
+            )
+        except PipelineError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        return 0 if all(r["status"] == "done" for r in rows) else 1
+    if args.category is not None:
+        params["category"] = args.category.strip()
     try:
         run_pipeline(
             args.out,
