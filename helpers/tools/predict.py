@@ -30,7 +30,7 @@ import numpy as np
 
 from helpers.core.bank import BankMismatchError
 from helpers.core.config import Config, ConfigError
-from helpers.core.images import load_image
+from helpers.core.images import ImageReadError, load_image
 from helpers.core.io import atomic_write_bytes, atomic_write_text
 from helpers.core.model import PatchCore
 from helpers.core.threshold import bank_digest
@@ -173,7 +173,7 @@ def list_images(items) -> list[tuple[Path, str]]:
                 raise PredictError(f"{p} holds no image files ({', '.join(IMAGE_EXTS)})")
             found += [(f, str(Path(p.name) / f.relative_to(p))) for f in files]
         elif p.is_file():
-            found.append((p, p.name))
+            found.append((p, str(Path(p.parent.name) / p.name)))
         else:
             raise PredictError(f"{p} does not exist")
     if not found:
@@ -255,7 +255,9 @@ def predict(
                 arrays.append(load_image(path))
                 keep.append((row, name))
             except Exception as exc:  # unreadable, not an image: its row says so
-                row.verdict, row.error = "error", " ".join(str(exc).split())
+                cause = exc.__cause__ if isinstance(exc, ImageReadError) else None
+                text = f"cannot read image: {cause}" if cause else str(exc)
+                row.verdict, row.error = "error", " ".join(text.split())
         if arrays:
             pred = model.predict(arrays, maps=overlays)
             for j, (row, name) in enumerate(keep):
