@@ -3,6 +3,7 @@ the library versions and the fit's info; read back only for a matching config (n
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 from pathlib import Path
@@ -50,8 +51,9 @@ def save_bank(
     info: dict,
     extra: dict[str, str] | None = None,
 ) -> Path:
-    """Write ``bank`` with ``config``, ``grid``, ``info``, the versions and ``extra`` header
-    entries, atomically."""
+    """Write ``bank`` with ``config``, ``grid``, ``info``, the versions, the checksum of its
+    values (checked by :func:`read_bank`) and ``extra`` header entries, atomically."""
+    bank = bank.detach().float().cpu().contiguous()
     meta = {
         "format": BANK_FORMAT,
         "format_version": BANK_FORMAT_VERSION,
@@ -61,8 +63,27 @@ def save_bank(
         "grid": json.dumps(list(grid) if grid else None),
         "info": json.dumps(info),
         **(extra or {}),
+        "checksum": checksum(bank),
     }
-    return save_tensors(path, {"memory_bank": bank.float()}, meta)
+    return save_tensors(path, {"memory_bank": bank}, meta)
+
+
+def checksum(bank: torch.Tensor) -> str:
+    """``"sha256:<hex>"`` of the bank's float32 values (row-major bytes)."""
+    data = bank.detach().float().cpu().contiguous().numpy().tobytes()
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def header_field(path: str | Path, meta: dict, name: str, default: str = "null") -> Any:
+    """The JSON header entry ``name`` of the bank file ``path``, parsed; a damaged one raises
+    :class:`BankMismatchError` naming the file and the entry."""
+    try:
+        return json.loads(meta.get(name, default))
+    except ValueError as exc:
+        raise BankMismatchError(
+            f"{path}: its header entry {name!r} is damaged ({exc}); rebuild the bank with "
+            "PatchCore.fit(...).save(...)"
+        ) from exc
 
 
 def read_bank(
@@ -91,8 +112,19 @@ def read_bank(
             f"{None if bank is None else tuple(bank.shape)}, expected "
             f"[M, {cfg.embed_dim}]"
         )
+    saved_sum = meta.get("checksum")
+    if saved_sum is not None and checksum(bank) != saved_sum:
+        raise BankMismatchError(
+            f"{path}: the memory bank's values do not match the checksum in its header (the "
+            "file was damaged after it was written); rebuild it with PatchCore.fit(...).save(...)"
+        )
     if not torch.isfinite(bank).all():
-        raise BankMismatchError(f"{path}: memory bank holds NaN or infinite values")
+        raise BankMismatchError(
+            f"{path}: memory bank holds NaN or infinite values; rebuild it with "
+            "PatchCore.fit(...).save(...)"
+        )
+    for name in ("grid", "info", "versions"):
+        header_field(path, meta, name)  # every entry PatchCore.load reads parses
     return cfg, bank, meta
 
 

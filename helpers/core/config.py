@@ -18,6 +18,7 @@ from helpers.core.backbones import BACKBONES
 from helpers.core.config_checks import (
     ConfigError,
     check_bank,
+    check_data,
     check_execution,
     check_features,
     check_preprocessing,
@@ -180,6 +181,7 @@ class Config:
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first field out of range (the checks are in
         :mod:`helpers.core.config_checks`)."""
+        check_data(self)
         check_features(self)
         check_bank(self)
         int_range(

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from helpers.core.bank import BankMismatchError, MemoryBank, read_bank, save_bank
+from helpers.core.bank import BankMismatchError, MemoryBank, header_field, read_bank, save_bank
 from helpers.core.config import Config
 from helpers.core.coreset import Projection, greedy_coreset
 from helpers.core.features import FeatureExtractor
@@ -220,7 +219,14 @@ class PatchCore:
             seed=c.seed,
             progress=progress,
         )
-        self.memory_bank = feats.rows(idx).to(self.device).contiguous()
+        bank = feats.rows(idx).to(self.device).contiguous()
+        if not torch.isfinite(bank).all():
+            raise ValueError(
+                "the memory bank holds NaN or infinite values: the backbone's features of the "
+                f"training images are not finite (precision={c.precision!r}); set "
+                "precision='fp32', and check the training images"
+            )
+        self.memory_bank = bank
         self.coreset_indices = idx
         self.grid = feats.grid
         if self.device.type == "cuda":
@@ -333,8 +339,8 @@ class PatchCore:
         cfg, bank, meta = read_bank(path, config, **overrides)
         model = cls(cfg)
         model.memory_bank = bank.float().to(model.device)
-        grid = json.loads(meta.get("grid", "null"))
+        grid = header_field(path, meta, "grid")
         model.grid = tuple(grid) if grid else None
-        model.info = json.loads(meta.get("info", "{}"))
-        model.saved_versions = json.loads(meta.get("versions", "{}"))
+        model.info = header_field(path, meta, "info", "{}")
+        model.saved_versions = header_field(path, meta, "versions", "{}")
         return model
