@@ -32,6 +32,7 @@ from helpers.run import stages
 from helpers.run.cache import ArtifactCache
 from helpers.run.parameters import (
     NOTEBOOK_PARAMETERS,
+    check_notebook_parameters,
     config_from_params,
     resolve_run_dir,
 )
@@ -65,6 +66,7 @@ class Run:
                 f"unknown notebook parameter(s) {sorted(unknown)}: the notebooks' own parameters "
                 f"are {sorted(NOTEBOOK_PARAMETERS)} (helpers/run/parameters.py)"
             )
+        check_notebook_parameters(params or {})
         # the notebooks' own settings (figure sizes, timing repeats, ...): their defaults, with
         # whatever the lesson's parameters cell or papermill's -p set
         self.params = SimpleNamespace(
