@@ -39,6 +39,11 @@ from helpers.core.training import FeatureSpill, TrainingFeatures, check_fit_memo
 
 __all__ = ["BankMismatchError", "EmbeddedBatch", "PatchCore", "Prediction"]
 
+_NOT_FINITE = (
+    "the training features hold NaN or infinite values (precision={precision!r}; fp16 can "
+    "overflow): nothing is saved; set precision='fp32' and fit again"
+)
+
 
 @dataclass
 class Prediction:
@@ -203,6 +208,11 @@ class PatchCore:
             raise
         if proj is None:
             raise ValueError("no training image could be read")
+        rows, n_rows = proj.result()
+        if not torch.isfinite(rows[:n_rows]).all():
+            if spill is not None:
+                spill.close()
+            raise ValueError(_NOT_FINITE.format(precision=c.precision))
         seconds = time.perf_counter() - t0
         return TrainingFeatures(
             proj, spill, grid=self.grid, n_views=views, rotations=rotations, seconds=seconds
@@ -221,11 +231,7 @@ class PatchCore:
         )
         bank = feats.rows(idx).to(self.device).contiguous()
         if not torch.isfinite(bank).all():
-            raise ValueError(
-                "the memory bank holds NaN or infinite values: the backbone's features of the "
-                f"training images are not finite (precision={c.precision!r}); set "
-                "precision='fp32', and check the training images"
-            )
+            raise ValueError(_NOT_FINITE.format(precision=c.precision))
         self.memory_bank = bank
         self.coreset_indices = idx
         self.grid = feats.grid
