@@ -122,7 +122,8 @@ def fingerprint(files, root: str | Path) -> str:
     """What the content of ``files`` is taken to be: ``"<n> files #<12 hex>"``, the hex a sha256 of
     each file's path relative to ``root``, size and modification time (ns). Renaming, adding,
     removing, rewriting or touching a file changes it; reading no pixel, it costs one ``stat`` per
-    file (about 1 ms for MVTec's 353 transistor files)."""
+    file (measured: 22-26 ms for the 353 files of MVTec's transistor, train + test + masks, on a
+    busy 2-core machine)."""
     root = Path(root)
     h = hashlib.sha256()
     n = 0
@@ -167,7 +168,7 @@ def load_mask(
             warnings.warn(f"mask {path}: {detail}", stacklevel=3)
 
     try:
-        arr = load_image(path).max(axis=2)  # any channel: white, red or green masks alike
+        arr = _mask_values(path)
     except ImageReadError as exc:
         note("unreadable", f"skipped: {exc}")
         return None
@@ -204,6 +205,21 @@ def check_masks(samples: list[Sample]) -> list:
             continue
         load_mask(s.mask_path, (h, w), issues)
     return issues
+
+
+def _mask_values(path: str | Path) -> np.ndarray:
+    """uint8 [H, W]: a gray mask's values, or a coloured mask's largest channel (white, red or
+    green masks alike)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if im.mode in ("L", "1"):
+                im.load()
+                return np.asarray(im.convert("L"))
+    except (OSError, SyntaxError, ValueError):
+        pass  # load_image names the file and the problem
+    return load_image(path).max(axis=2)
 
 
 def warn_mask_issues(issues: list) -> None:

@@ -47,6 +47,7 @@ class DataSource:
         self._listed: dict[str, list[Sample]] = {}  # every image file of a split
         self._usable: dict[str, list[Sample]] = {}  # less the unreadable ones (skip_bad_images)
         self._fingerprints: dict[str, str] = {}
+        self._unreadable: dict[str, list[tuple[Sample, str]]] = {}
         self.skipped: dict[str, list[tuple[Sample, str]]] = {}  # split -> [(sample, reason)]
 
     @property
@@ -94,7 +95,12 @@ class DataSource:
         """(sample, reason) of each image of ``split`` that cannot be used (truncated, corrupt,
         too large): a header and checksum check, no decoding (see
         :func:`helpers.core.images.check_image_file`)."""
-        return [(s, why) for s in self.listed(split) if (why := check_image_file(s.path))]
+        if split not in self._unreadable:
+            listed = self.listed(split)
+            self._unreadable[split] = [
+                (s, why) for s in listed if (why := check_image_file(s.path))
+            ]
+        return self._unreadable[split]
 
     def samples(self, split: str) -> list[Sample]:
         """The images of ``split`` a run uses: every listed one, or with ``skip_bad_images`` the
