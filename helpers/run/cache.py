@@ -84,9 +84,13 @@ class ArtifactCache:
         when it matches (:meth:`matches`)."""
         if not path.exists():
             return "new"
-        saved = self.metadata(path)
-        if saved is None:
-            return "its header is unreadable"
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as fh:
+                saved = fh.metadata() or {}
+        except Exception as exc:  # safetensors' own error types: cut short, not safetensors
+            return f"unreadable ({exc})"
         for key, value in meta.items():
             if saved.get(key) != value:
                 label = LABELS.get(key, key)

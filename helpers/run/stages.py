@@ -156,12 +156,14 @@ def features(st: Stages, model: PatchCore | None = None) -> TrainingFeatures:
 def _spill_problem(st: Stages) -> str | None:
     """Why the cached features' spill file (the full embeddings) cannot be used, or None."""
     info = st.cache.info(st.path("features"))
-    if not info.get("spill"):
+    if not all(k in info for k in ("grid", "dim", "n_images", "spill")):
+        return "its info entry is incomplete"
+    if not info["spill"]:
         return None
     spill = st.spill_path()
     if not spill.is_file():
         return f"{spill.name} is missing"
-    rows = info.get("n_views", info.get("n_images", 0)) * info["grid"][0] * info["grid"][1]
+    rows = info.get("n_views", info["n_images"]) * info["grid"][0] * info["grid"][1]
     size, want = spill.stat().st_size, rows * info["dim"] * 4
     if size != want:
         return f"{spill.name} holds {size} bytes, not {want} (cut short?)"
