@@ -30,6 +30,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -214,11 +215,14 @@ def resume_start(
     the data (``data``: :meth:`DataSource.fingerprints`) differ from the stored run's (said
     through ``log``), else the first notebook whose outputs are not all there."""
     say = log or (lambda msg: None)
+    changed = False
     if state.get("parameters") != params:
         say(f"parameters changed ({_changed(state.get('parameters', {}), params)})")
-        return 0
+        changed = True
     if data is not None and state.get("data") != data:
         say(f"data changed since the last run ({_changed(state.get('data') or {}, data)})")
+        changed = True
+    if changed:
         return 0
     run = Run.from_params({**params, "run_dir": str(out)}, verbose=False)
     for i in range(len(NOTEBOOKS)):
@@ -370,9 +374,11 @@ def _run(out, data, params, overwrite, resume, html, log) -> dict:
     log(preflight({**merged, "run_dir": str(out)}))
 
     _make_folder(out)
-    run = Run.from_params({**merged, "run_dir": str(out)}, verbose=False)
-    fingerprints = run.data.fingerprints()  # what the images are now (the synthetic set made)
-    start = resume_start(out, merged, state, fingerprints, log) if state else 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the data's warnings: said once, by the preflight
+        run = Run.from_params({**merged, "run_dir": str(out)}, verbose=False)
+        fingerprints = run.data.fingerprints()  # what the images are now (synthetic set made)
+        start = resume_start(out, merged, state, fingerprints, log) if state else 0
     if state and start == len(NOTEBOOKS):
         log(f"{out}: every notebook finished with these parameters; nothing to resume")
     elif state:
