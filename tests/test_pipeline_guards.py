@@ -146,7 +146,9 @@ def test_threads_must_be_positive(tmp_path, capsys):
 
 def test_cuda_without_a_gpu_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
-    err = error_line(capsys, ["--out", str(tmp_path / "r"), "--preset", "ci", "-p", "device", "cuda"])
+    err = error_line(
+        capsys, ["--out", str(tmp_path / "r"), "--preset", "ci", "-p", "device", "cuda"]
+    )
     assert "device" in err and "no CUDA GPU" in err and not (tmp_path / "r").exists()
 
 
