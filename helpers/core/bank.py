@@ -15,7 +15,7 @@ import torch
 
 from helpers.core.config import Config
 from helpers.core.io import load_tensors, save_tensors
-from helpers.core.knn import knn, pair_distance
+from helpers.core.knn import faiss_index, knn_faiss, knn_torch, pair_distance, resolve_backend
 from helpers.core.runtime import run_halving
 
 BANK_FORMAT = "patchcore-memory-bank"
@@ -169,6 +169,7 @@ class MemoryBank:
         self.norm_floor = 0.0  # cosine_floor x the median row norm (see helpers.core.knn)
         if distance == "cosine" and cosine_floor:
             self.norm_floor = cosine_floor * float(features.float().norm(dim=1).median())
+        self._faiss = None  # the faiss index of these rows, made on first use
 
     @classmethod
     def for_config(cls, features: torch.Tensor, config: Config) -> MemoryBank:
@@ -191,17 +192,21 @@ class MemoryBank:
         """(distances [Q, k] ascending, row indices [Q, k]) of each query's k nearest rows."""
 
         def run(memory_mb: int):
-            return knn(
+            return knn_torch(
                 queries,
                 self.features,
                 k,
                 distance=self.distance,
-                backend=self.backend,
                 memory_mb=memory_mb,
                 bank_sqn=self.sqn,
                 norm_floor=self.norm_floor,
             )
 
+        if resolve_backend(self.backend, queries.device) == "faiss":
+            if self._faiss is None:  # built once: it copies the whole bank
+                self._faiss = faiss_index(self.features, self.distance, self.norm_floor)
+            d = dict(distance=self.distance, norm_floor=self.norm_floor, index=self._faiss)
+            return knn_faiss(queries, self.features, k, **d)
         out, self.memory_mb = run_halving(
             run, self.memory_mb, "nearest-neighbour search (memory_mb)"
         )

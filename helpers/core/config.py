@@ -113,7 +113,7 @@ class Config:
     batch_size: int = 32
     device: str = "auto"
     precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
-    knn_backend: str = "torch"
+    knn_backend: str = "auto"  # auto: faiss on the CPU when installed (exact, faster), else torch
     knn_memory_mb: int = 256  # bound on one kNN distance block
     num_workers: int = 0
     skip_bad_images: bool = False

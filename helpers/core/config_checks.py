@@ -11,7 +11,7 @@ from helpers.core.backbones import BACKBONES
 DISTANCES = ("l2", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-KNN_BACKENDS = ("torch", "faiss")
+KNN_BACKENDS = ("auto", "torch", "faiss")
 
 
 class ConfigError(ValueError):

@@ -1,6 +1,8 @@
-"""Turning what a user passes as images into network input batches: file paths,
-samples (anything with a ``path``, such as :class:`helpers.data.mvtec.Sample`), RGB uint8 arrays (or a list of them), or an already
-normalised float tensor [N, 3, S, S]; each image optionally with rotated copies."""
+"""From a file to the network's input (notebook 01): decoding any image to RGB uint8, CLAHE,
+resize + centre crop with the inverse :class:`Geometry` that puts maps back on the original
+pixels, and batches of what a user passes as images: file paths, samples (anything with a
+``path``, such as :class:`helpers.data.mvtec.Sample`), RGB uint8 arrays (or a list of them), or
+an already normalised float tensor [N, 3, S, S]; each image optionally with rotated copies."""
 
 from __future__ import annotations
 
