@@ -112,7 +112,7 @@ def parse_args() -> tuple[argparse.Namespace, argparse.ArgumentParser]:
         "--batch1-images", type=int, default=10, help="images timed one by one at batch 1"
     )
     p.add_argument("--images", default="synthetic", choices=["synthetic", "noise"])
-    p.add_argument("--knn-backend", default="torch", choices=["torch", "faiss"])
+    p.add_argument("--knn-backend", default="auto", choices=["auto", "torch", "faiss"])
     p.add_argument("--knn-memory-mb", type=int, default=256)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--compile", action="store_true", help="torch.compile the backbone")

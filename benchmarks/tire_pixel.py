@@ -7,7 +7,8 @@ PROVENANCE.md). Images are read where they are, never copied.
 For each preprocessing geometry it fits ``mobilenet_v2`` (``Config(backbone="mobilenet_v2")``
 plus the named overrides), predicts every test image, and reports
 
-* image AUROC, pixel AUROC and AUPRO (to FPR 0.3) from ``helpers.evaluation.metrics.evaluate_samples``, on maps
+* image AUROC, pixel AUROC and AUPRO (to FPR 0.3) from
+  ``helpers.evaluation.metrics.evaluate_samples``, on maps
   in ORIGINAL pixels as ``PatchCore.predict`` returns them;
 * ``in view``: defect pixels inside the part of the photo the network saw (a square centre crop:
   even resize == input_size crops the long side of a portrait photo), and how many defective images

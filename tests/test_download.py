@@ -1,5 +1,6 @@
-"""The download path, offline: a small .tar.xz with the MVTec AD layout served from a local HTTP
-server (with Range support) or a file:// URL; checksums, resume, refusals, unsafe archives."""
+"""helpers.data.download, offline: small archives in the MVTec AD layout served from a local HTTP
+server (with Range support), fake openers or local files; resume, checksums, refusals, hostile
+archives (nothing written outside), and only the category extracted."""
 
 from __future__ import annotations
 
@@ -33,9 +34,9 @@ def png_bytes() -> bytes:
     return buf.getvalue()
 
 
-def make_archive(path: Path, members: dict[str, bytes | tarfile.TarInfo]) -> Path:
-    """A .tar.xz; a member given as TarInfo is added as is (links, devices, folders)."""
-    with tarfile.open(path, "w:xz") as tar:
+def make_archive(path: Path, members: dict[str, bytes | tarfile.TarInfo], mode="w:xz") -> Path:
+    """A .tar.xz (or ``mode``); a member given as TarInfo is added as is (links, devices)."""
+    with tarfile.open(path, mode) as tar:
         for name, data in members.items():
             if isinstance(data, tarfile.TarInfo):
                 tar.addfile(data)
@@ -128,9 +129,17 @@ def serve():
 
 
 class FakeResponse(io.BytesIO):
-    def __init__(self, data: bytes, headers: dict, status: int = 200):
+    def __init__(self, data: bytes, headers: dict | None = None, status: int = 200):
         super().__init__(data)
-        self.headers, self.status = headers, status
+        self.headers, self.status = headers or {"Content-Length": str(len(data))}, status
+
+
+def fetch(dest: Path, **kwargs) -> Path:
+    """One category into ``dest`` as a run asks for it (download when missing)."""
+    return download.prepare_dataset(dest, "metal_nut", download_missing=True, **kwargs)
+
+
+# ------------------------------------------------------------------ sources
 
 
 def test_pinned_source_is_the_maintained_whole_archive():
@@ -141,15 +150,12 @@ def test_pinned_source_is_the_maintained_whole_archive():
     assert download.MVTEC_AD_SHA256 == (
         "cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d"
     )
-    assert download.KNOWN_SHA256[download.MVTEC_AD_URL] == download.MVTEC_AD_SHA256
-    assert "38536" not in download.METAL_NUT_URL  # the share that answers 404
 
 
 def test_http_end_to_end_extracts_only_the_category(archive, tmp_path, serve, capsys):
     server = serve(archive.read_bytes())
     dest, cache = tmp_path / "mvtec", tmp_path / "cache"
-    root = download.fetch_mvtec(dest, url=server.url, sha256=sha(archive), cache_dir=cache)
-    assert root == dest
+    assert fetch(dest, url=server.url, sha256=sha(archive), cache_dir=cache) == dest
     assert_mvtec_layout(dest)
     assert not list(cache.iterdir()), "the archive is deleted after extraction"
     out = capsys.readouterr()
@@ -158,119 +164,197 @@ def test_http_end_to_end_extracts_only_the_category(archive, tmp_path, serve, ca
 
     assert len(list_samples(dest, "metal_nut", "train")) == 2
     assert len(list_samples(dest, "metal_nut", "test")) == 2
-    download.fetch_mvtec(dest, url=server.url, cache_dir=cache, progress=False)
+    fetch(dest, url=server.url, cache_dir=cache, progress=False)
     assert len(server.ranges) == 1, "already there: no second download"
 
 
 def test_default_source_is_the_whole_archive_with_its_pinned_checksum(
-    archive, tmp_path, monkeypatch
+    archive, tmp_path, monkeypatch, capsys
 ):
     data, calls = archive.read_bytes(), []
 
     def opener(request, timeout):
         calls.append(request.full_url)
-        return FakeResponse(data, {"Content-Length": str(len(data))})
+        return FakeResponse(data)
 
     monkeypatch.setattr(download, "MVTEC_AD_SHA256", sha(archive))
-    dest = download.fetch_mvtec(
-        tmp_path / "d", opener=opener, cache_dir=tmp_path / "c", progress=False
-    )
+    dest = fetch(tmp_path / "d", opener=opener, cache_dir=tmp_path / "c", progress=False)
     assert calls == [download.MVTEC_AD_URL]
     assert_mvtec_layout(dest)
+    assert f"sha256 {sha(archive)}: verified" in capsys.readouterr().out
+
+
+def test_the_pinned_checksum_is_checked_on_the_default_source(archive, tmp_path):
+    data = archive.read_bytes()  # not the real 4.9 GB archive: its digest differs from the pin
+    with pytest.raises(DownloadError, match="checksum mismatch") as err:
+        fetch(
+            tmp_path / "d", opener=lambda r, timeout: FakeResponse(data), cache_dir=tmp_path / "c"
+        )
+    assert download.MVTEC_AD_SHA256 in str(err.value)
+    assert not (tmp_path / "d" / "metal_nut").exists()
+
+
+@pytest.mark.parametrize("prefix", ["", "./", "mvtec_anomaly_detection/"])
+@pytest.mark.parametrize("mode", ["w:xz", "w:gz", "w:bz2", "w"])
+def test_local_archives_in_any_compression_and_folder(tmp_path, prefix, mode):
+    archive = make_archive(tmp_path / "a.tar", mvtec_members(prefix), mode)
+    dest = fetch(tmp_path / "d", url=archive.as_uri(), cache_dir=tmp_path / "c", progress=False)
+    assert_mvtec_layout(dest)
+    assert (dest / "metal_nut" / CATEGORY_FILES[0]).read_bytes() == png_bytes()
+    assert not (tmp_path / "c").exists(), "a local archive is read in place, not copied"
+    assert archive.exists(), "the user's archive is never deleted"
+
+
+def test_local_archive_path_is_used_in_place(archive, tmp_path):
+    assert_mvtec_layout(fetch(tmp_path / "d", url=str(archive), sha256=sha(archive)))
+    assert archive.exists()
+
+
+def test_missing_local_archive_is_named(tmp_path):
+    with pytest.raises(DownloadError, match="download_url=.*nope.tar.xz.*no such file"):
+        fetch(tmp_path / "d", url=str(tmp_path / "nope.tar.xz"))
+
+
+def test_prepare_dataset_downloads_only_when_asked(archive, tmp_path):
+    root = download.prepare_dataset(tmp_path / "d", "metal_nut", url=str(archive))
+    assert root == tmp_path / "d" and not root.exists()
+    root = download.prepare_dataset(
+        tmp_path / "d", "metal_nut", download_missing=True, url=str(archive)
+    )
+    assert download.has_category(root, "metal_nut")
+
+
+# ------------------------------------------------------------------ checksums
 
 
 def test_wrong_checksum_fails_clearly_and_leaves_nothing(archive, tmp_path, serve):
     server = serve(archive.read_bytes())
     dest, cache = tmp_path / "mvtec", tmp_path / "cache"
     with pytest.raises(DownloadError) as err:
-        download.fetch_mvtec(dest, url=server.url, sha256="0" * 64, cache_dir=cache, progress=False)
+        fetch(dest, url=server.url, sha256="0" * 64, cache_dir=cache, progress=False)
     text = str(err.value)
     assert "checksum mismatch" in text and "mvtec_anomaly_detection.tar.xz" in text
-    assert "0" * 64 in text and sha(archive) in text
+    assert "0" * 64 in text and sha(archive) in text and "\n" not in text
     assert not (dest / "metal_nut").exists() and not list(dest.glob(".*partial*"))
-    assert not list(cache.iterdir()), "the corrupt download is not kept"
+    assert not list(cache.iterdir()), "neither the corrupt download nor a .partial is kept"
 
 
 def test_wrong_checksum_of_a_local_archive_extracts_nothing(archive, tmp_path):
     dest = tmp_path / "mvtec"
     with pytest.raises(DownloadError, match="checksum mismatch.*expected sha256 0{64}"):
-        download.fetch_mvtec(dest, url=str(archive), sha256="0" * 64, progress=False)
+        fetch(dest, url=str(archive), sha256="0" * 64, progress=False)
     assert not dest.exists() or not list(dest.iterdir())
     assert archive.exists(), "the user's archive is never deleted"
 
 
-@pytest.mark.parametrize("prefix", ["./", "mvtec_anomaly_detection/"])
-def test_file_url_and_a_folder_around_the_categories(tmp_path, prefix):
-    archive = make_archive(tmp_path / "wrapped.tar.xz", mvtec_members(prefix))
-    dest = download.fetch_mvtec(
-        tmp_path / "d", url=archive.as_uri(), cache_dir=tmp_path / "c", progress=False
-    )
-    assert_mvtec_layout(dest)
+def test_the_checksum_covers_the_whole_file(tmp_path):
+    """tarfile stops reading at the end-of-archive blocks; the bytes after them count too."""
+    plain = make_archive(tmp_path / "a.tar", mvtec_members(), "w")
+    longer = tmp_path / "longer.tar"
+    longer.write_bytes(plain.read_bytes() + bytes(3 * download.BLOCK))  # more than tarfile reads
+    with pytest.raises(DownloadError, match="checksum mismatch"):
+        download.extract_category(longer, tmp_path / "d", sha256=sha(plain), progress=False)
+    download.extract_category(longer, tmp_path / "d", sha256=sha(longer), progress=False)
+    assert_mvtec_layout(tmp_path / "d")
 
 
-def test_local_archive_path_is_used_in_place(archive, tmp_path):
-    dest = download.fetch_mvtec(
-        tmp_path / "d", url=str(archive), sha256=sha(archive), progress=False
-    )
-    assert_mvtec_layout(dest)
-    assert archive.exists()
-
-
-def test_missing_local_archive_is_named(tmp_path):
-    with pytest.raises(DownloadError, match="download_url=.*no such file"):
-        download.fetch_mvtec(tmp_path / "d", url=str(tmp_path / "nope.tar.xz"), progress=False)
+# ------------------------------------------------------------------ resume
 
 
 def test_a_cut_download_resumes_with_a_range_request(archive, tmp_path, serve):
     data = archive.read_bytes()
     server = serve(data, cut_first=len(data) // 3)
-    dest = download.download(server.url, tmp_path / "a.tar.xz", sha256=sha(archive), progress=False)
+    dest = download.download(server.url, tmp_path / "a.tar.xz", progress=False)
     assert dest.read_bytes() == data
     assert server.ranges == [None, f"bytes={len(data) // 3}-"]
+    assert not (tmp_path / "a.tar.xz.partial").exists()
 
 
-def test_a_cut_download_says_how_to_resume_and_keeps_the_partial_file(archive, tmp_path, serve):
+def test_a_cut_download_says_how_to_resume_and_the_next_call_does(archive, tmp_path, serve):
     data = archive.read_bytes()
     server = serve(data, cut_first=100)
     with pytest.raises(DownloadError, match=r"Run the same cell again: it resumes from .*partial"):
         download.download(server.url, tmp_path / "a.tar.xz", retries=1, progress=False)
-    assert (tmp_path / "a.tar.xz.partial").stat().st_size == 100
-    download.download(server.url, tmp_path / "a.tar.xz", sha256=sha(archive), progress=False)
-    assert server.ranges[-1] == "bytes=100-" and (tmp_path / "a.tar.xz").read_bytes() == data
+    assert (tmp_path / "a.tar.xz.partial").read_bytes() == data[:100]
+    download.download(server.url, tmp_path / "a.tar.xz", progress=False)
+    assert server.ranges == [None, "bytes=100-"] and (tmp_path / "a.tar.xz").read_bytes() == data
+
+
+def test_a_cut_during_a_run_is_resumed_and_the_result_verified(archive, tmp_path, serve):
+    data = archive.read_bytes()
+    server = serve(data, cut_first=len(data) // 2)
+    dest = fetch(tmp_path / "d", url=server.url, sha256=sha(archive), cache_dir=tmp_path / "c")
+    assert_mvtec_layout(dest)
+    assert server.ranges == [None, f"bytes={len(data) // 2}-"]
+
+
+def test_a_connection_reset_midway_is_resumed(archive, tmp_path):
+    data, requests = archive.read_bytes(), []
+
+    class Resetting(FakeResponse):
+        def read(self, size=-1):
+            if self.tell() >= 50:
+                raise ConnectionResetError("Connection reset by peer")
+            return super().read(min(size, 50 - self.tell()))
+
+    def opener(request, timeout):
+        requests.append(request.get_header("Range"))
+        if len(requests) == 1:
+            return Resetting(data)
+        start = int(request.get_header("Range").split("=")[1].rstrip("-"))
+        headers = {"Content-Length": str(len(data) - start)}
+        return FakeResponse(data[start:], headers, status=206)
+
+    dest = download.download("https://x/a.tar.xz", tmp_path / "a.tar.xz", opener=opener)
+    assert requests == [None, "bytes=50-"] and dest.read_bytes() == data
 
 
 def test_a_server_ignoring_range_restarts_from_zero(archive, tmp_path):
-    data = archive.read_bytes()
+    data, ranges = archive.read_bytes(), []
     (tmp_path / "a.tar.xz.partial").write_bytes(b"garbage")
-    opener = lambda request, timeout: FakeResponse(data, {"Content-Length": str(len(data))})
-    download.download(
-        "https://x/a.tar.xz",
-        tmp_path / "a.tar.xz",
-        sha256=sha(archive),
-        opener=opener,
-        progress=False,
-    )
+
+    def opener(request, timeout):
+        ranges.append(request.get_header("Range"))
+        return FakeResponse(data)  # 200 and the whole file, Range or not
+
+    download.download("https://x/a.tar.xz", tmp_path / "a.tar.xz", opener=opener, progress=False)
+    assert ranges == ["bytes=7-"] and (tmp_path / "a.tar.xz").read_bytes() == data
+
+
+def test_a_partial_file_the_server_cannot_extend_is_restarted(archive, tmp_path):
+    data, ranges = archive.read_bytes(), []
+    (tmp_path / "a.tar.xz.partial").write_bytes(b"x" * (len(data) + 10))
+
+    def opener(request, timeout):
+        ranges.append(request.get_header("Range"))
+        if request.get_header("Range"):
+            raise urllib.error.HTTPError(request.full_url, 416, "Range Not Satisfiable", {}, None)
+        return FakeResponse(data)
+
+    download.download("https://x/a.tar.xz", tmp_path / "a.tar.xz", opener=opener, progress=False)
+    assert ranges == [f"bytes={len(data) + 10}-", None]
     assert (tmp_path / "a.tar.xz").read_bytes() == data
 
 
-def test_refused_download_says_what_to_do(tmp_path):
+# ------------------------------------------------------------------ refusals
+
+
+def test_refused_download_says_what_to_do_in_one_line(tmp_path):
     def opener(request, timeout):
         raise urllib.error.HTTPError(request.full_url, 404, "Not Found", {}, None)
 
     with pytest.raises(DownloadError) as err:
-        download.fetch_mvtec(
-            tmp_path / "d", opener=opener, cache_dir=tmp_path / "c", progress=False
-        )
+        fetch(tmp_path / "d", opener=opener, cache_dir=tmp_path / "c", progress=False)
     text = str(err.value)
-    assert "refused" in text and "HTTP 404" in text and "Drive" in text
-    assert download.MVTEC_AD_URL in text and "download_url" in text
+    assert "refused" in text and "HTTP 404" in text and "Drive" in text and "\n" not in text
+    assert download.MVTEC_AD_URL in text and "download_url" in text and "dataset_path" in text
 
 
 def test_no_connection_is_reported(tmp_path):
     def opener(request, timeout):
         raise urllib.error.URLError("Name or service not known")
 
-    with pytest.raises(DownloadError, match="no connection"):
+    with pytest.raises(DownloadError, match="x.tar.xz was refused: no connection"):
         download.download(
             "https://example.invalid/x.tar.xz", tmp_path / "x", opener=opener, progress=False
         )
@@ -278,34 +362,47 @@ def test_no_connection_is_reported(tmp_path):
 
 def test_html_page_instead_of_archive_is_refused(tmp_path):
     opener = lambda request, timeout: FakeResponse(
-        b"<html>licence form</html>", {"Content-Type": "text/html"}
+        b"<html>licence form</html>", {"Content-Type": "text/html; charset=utf-8"}
     )
-    with pytest.raises(DownloadError, match="web page"):
+    with pytest.raises(DownloadError, match="https://x/a.tar.xz was refused: .*web page"):
         download.download(
             "https://x/a.tar.xz", tmp_path / "a.tar.xz", opener=opener, progress=False
         )
     assert not list(tmp_path.iterdir())
 
 
-def test_category_url_is_only_an_optional_first_try(archive, tmp_path, monkeypatch):
-    data, calls = archive.read_bytes(), []
+def test_an_archive_without_the_category_is_explained(tmp_path):
+    other = make_archive(tmp_path / "o.tar.xz", {"bottle/train/good/000.png": png_bytes()})
+    with pytest.raises(DownloadError, match=r"o.tar.xz holds no metal_nut/train/good"):
+        download.extract_category(other, tmp_path / "d", progress=False)
+    assert not list((tmp_path / "d").iterdir())
 
-    def opener(request, timeout):
-        calls.append(request.full_url)
-        if request.full_url == download.CATEGORY_URLS["metal_nut"]:
-            raise urllib.error.HTTPError(request.full_url, 404, "Not Found", {}, None)
-        return FakeResponse(data, {"Content-Length": str(len(data))})
 
-    monkeypatch.setattr(download, "MVTEC_AD_SHA256", sha(archive))
-    dest = download.fetch_mvtec(
-        tmp_path / "d",
-        opener=opener,
-        cache_dir=tmp_path / "c",
-        try_category_url=True,
-        progress=False,
-    )
-    assert calls == [download.CATEGORY_URLS["metal_nut"], download.MVTEC_AD_URL]
-    assert_mvtec_layout(dest)
+def test_a_truncated_archive_is_refused_without_leftovers(archive, tmp_path):
+    cut = tmp_path / "cut.tar.xz"
+    cut.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    with pytest.raises(DownloadError, match="cut.tar.xz is not a complete tar archive"):
+        download.extract_category(cut, tmp_path / "d", progress=False)
+    assert not list((tmp_path / "d").iterdir())
+
+
+def test_a_leftover_category_folder_is_not_overwritten_nor_downloaded_for(archive, tmp_path):
+    (tmp_path / "d" / "metal_nut" / "test").mkdir(parents=True)
+    with pytest.raises(DownloadError, match="exists but has no train/good"):
+        fetch(tmp_path / "d", url=str(archive), progress=False)
+    opener = lambda request, timeout: pytest.fail("no download for a folder that cannot be used")
+    with pytest.raises(DownloadError, match="exists but has no train/good"):
+        fetch(tmp_path / "d", opener=opener, cache_dir=tmp_path / "c")
+
+
+def test_a_python_without_the_data_filter_is_refused(archive, tmp_path, monkeypatch):
+    monkeypatch.delattr(tarfile, "data_filter")
+    with pytest.raises(DownloadError, match="data filter.*extract metal_nut/ of .*yourself"):
+        download.extract_category(archive, tmp_path / "d", progress=False)
+    assert not (tmp_path / "d").exists()
+
+
+# ------------------------------------------------------------------ hostile archives
 
 
 def _link(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tarfile.TarInfo:
@@ -314,80 +411,64 @@ def _link(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tarfile.TarI
     return info
 
 
+GOOD = "metal_nut/train/good/"
+
+
 @pytest.mark.parametrize(
     "bad",
     [
         {"../evil.txt": b"x"},
         {"/tmp/evil.txt": b"x"},
         {"metal_nut/../../evil.txt": b"x"},
-        {
-            "metal_nut/train/good/link.png": _link(
-                "metal_nut/train/good/link.png", "../../../../evil"
-            )
-        },
-        {
-            "metal_nut/train/good/hard.png": _link(
-                "metal_nut/train/good/hard.png", "/etc/passwd", tarfile.LNKTYPE
-            )
-        },
-        {"metal_nut/train/good/dev": _link("metal_nut/train/good/dev", "", tarfile.CHRTYPE)},
+        {"../evil/metal_nut/train/good/0.png": b"x"},
+        {"link": _link(GOOD + "link.png", "../../../../evil")},
+        {"abs-link": _link(GOOD + "abs.png", "/tmp/evil")},
+        {"sibling": _link(GOOD + "s.png", "../../../bottle/train/good/000.png")},
+        {"hard": _link(GOOD + "hard.png", "/etc/passwd", tarfile.LNKTYPE)},
+        {"hard-sibling": _link(GOOD + "h.png", "bottle/train/good/000.png", tarfile.LNKTYPE)},
+        {"device": _link(GOOD + "dev", "", tarfile.CHRTYPE)},
+        {"fifo": _link(GOOD + "fifo", "", tarfile.FIFOTYPE)},
     ],
-    ids=["dotdot", "absolute", "inner-dotdot", "symlink-out", "hardlink-out", "device"],
+    ids=[
+        "dotdot",
+        "absolute",
+        "inner-dotdot",
+        "dotdot-before-category",
+        "symlink-out",
+        "symlink-absolute",
+        "symlink-to-another-category",
+        "hardlink-absolute",
+        "hardlink-to-another-category",
+        "device",
+        "fifo",
+    ],
 )
-def test_unsafe_members_refuse_the_archive(tmp_path, bad):
-    members = {f"metal_nut/{f}": png_bytes() for f in CATEGORY_FILES}
-    bad_archive = make_archive(tmp_path / "bad.tar.xz", {**members, **bad})
+def test_hostile_members_refuse_the_archive_and_nothing_is_written(tmp_path, bad):
+    members = {**mvtec_members(), **bad}
+    hostile = make_archive(tmp_path / "bad.tar.xz", members)
     out = tmp_path / "out" / "data"
-    with pytest.raises(DownloadError, match="unsafe|outside|not a regular"):
-        download.extract_category(bad_archive, out, "metal_nut", progress=False)
+    with pytest.raises(DownloadError) as err:
+        fetch(out, url=str(hostile), progress=False)
+    text = str(err.value)
+    assert "bad.tar.xz" in text and "unsafe member" in text and "refused" in text
+    assert "\n" not in text
     assert not (out / "metal_nut").exists() and not list(out.glob(".*"))
     assert not list(tmp_path.rglob("evil*"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.tar.xz", "out"]
 
 
-def test_links_inside_the_category_are_copied(tmp_path):
-    members = {f"metal_nut/{f}": png_bytes() for f in CATEGORY_FILES}
-    members["metal_nut/test/good/copy.png"] = _link(
-        "metal_nut/test/good/copy.png", "../../train/good/000.png"
-    )
-    members["metal_nut/test/good/hard.png"] = _link(
-        "metal_nut/test/good/hard.png", "metal_nut/train/good/001.png", tarfile.LNKTYPE
+def test_links_inside_the_category_are_kept(tmp_path):
+    members = mvtec_members()
+    members["copy"] = _link("metal_nut/test/good/copy.png", "../../train/good/000.png")
+    members["hard"] = _link("metal_nut/test/good/hard.png", GOOD + "001.png", tarfile.LNKTYPE)
+    members["wrapped"] = _link(
+        "metal_nut/test/good/hard2.png", "./metal_nut/train/good/000.png", tarfile.LNKTYPE
     )
     dest = download.extract_category(
         make_archive(tmp_path / "a.tar.xz", members), tmp_path / "d", progress=False
     )
-    for name in ("copy.png", "hard.png"):
-        path = dest / "metal_nut" / "test" / "good" / name
-        assert path.is_file() and not path.is_symlink()
-
-
-def test_an_archive_without_the_category_is_explained(tmp_path):
-    other = make_archive(tmp_path / "o.tar.xz", {"bottle/train/good/000.png": png_bytes()})
-    with pytest.raises(DownloadError, match=r"no metal_nut/train/good.*\['bottle'\]"):
-        download.extract_category(other, tmp_path / "d", progress=False)
-    assert not list((tmp_path / "d").iterdir())
-
-
-def test_a_truncated_archive_is_refused_without_leftovers(archive, tmp_path):
-    cut = tmp_path / "cut.tar.xz"
-    cut.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
-    with pytest.raises(DownloadError, match="not a complete tar archive"):
-        download.extract_category(cut, tmp_path / "d", progress=False)
-    assert not list((tmp_path / "d").iterdir())
-
-
-def test_a_leftover_category_folder_is_not_overwritten(archive, tmp_path):
-    (tmp_path / "d" / "metal_nut" / "test").mkdir(parents=True)
-    with pytest.raises(DownloadError, match="exists but has no train/good"):
-        download.fetch_mvtec(tmp_path / "d", url=str(archive), progress=False)
-
-
-def test_prepare_dataset_downloads_only_when_asked(archive, tmp_path):
-    root = download.prepare_dataset(tmp_path / "d", "metal_nut")
-    assert root == tmp_path / "d" and not root.exists()
-    root = download.prepare_dataset(
-        tmp_path / "d", "metal_nut", download_missing=True, url=str(archive)
-    )
-    assert download.has_category(root, "metal_nut")
+    for name in ("copy.png", "hard.png", "hard2.png"):
+        assert (dest / "metal_nut" / "test" / "good" / name).read_bytes() == png_bytes()
 
 
 def test_drive_path_outside_colab_is_explained(monkeypatch):

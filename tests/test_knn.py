@@ -123,3 +123,31 @@ def test_faiss_matches_torch_with_a_norm_floor():
     fd, fi = knn_faiss(q, b, 3, distance="cosine", norm_floor=1.5)
     assert torch.allclose(d, fd, atol=1e-4)
     assert ((i == fi) | torch.isclose(d, fd, atol=1e-4)).all()
+
+
+def test_auto_backend_is_faiss_on_the_cpu_when_installed_and_torch_otherwise(monkeypatch):
+    from helpers.core import knn as knn_module
+
+    q, b = torch.randn(300, 16), torch.randn(500, 16)
+    expected = "faiss" if knn_module.faiss_available() else "torch"
+    assert knn_module.resolve_backend("auto", q.device) == expected
+    assert knn_module.resolve_backend("torch", q.device) == "torch"
+    assert knn_module.resolve_backend("auto", torch.device("cuda")) == "torch"
+    monkeypatch.setattr(knn_module, "faiss_available", lambda: False)
+    assert knn_module.resolve_backend("auto", q.device) == "torch"
+    d_auto, i_auto = knn_module.knn(q, b, 3, backend="auto")
+    d_torch, i_torch = knn_module.knn(q, b, 3, backend="torch")
+    assert torch.equal(i_auto, i_torch) and torch.equal(d_auto, d_torch)
+
+
+def test_faiss_and_torch_give_the_same_neighbours_and_distances():
+    pytest.importorskip("faiss")
+    from helpers.core.knn import knn_faiss
+
+    torch.manual_seed(0)
+    q, b = torch.randn(400, 64).abs(), torch.randn(3000, 64).abs()
+    for distance in ("l2", "cosine"):
+        td, ti = knn_torch(q, b, 1, distance=distance)
+        fd, fi = knn_faiss(q, b, 1, distance=distance)
+        assert (ti == fi).float().mean() > 0.999  # ties aside, the same row
+        torch.testing.assert_close(fd, td, rtol=1e-4, atol=1e-4)

@@ -114,7 +114,7 @@ def test_num_neighbors_one_is_plain_max(fitted, samples):
 
 
 def _brute_distances(a: torch.Tensor, b: torch.Tensor, config, bank: torch.Tensor) -> torch.Tensor:
-    """All pairwise distances in float64, written out from the definitions (not helpers.core.knn)."""
+    """All pairwise distances in float64, written out from the definitions (not core.knn)."""
     if config.distance == "l2":
         return torch.cdist(a, b)
     floor = config.cosine_floor * float(bank.norm(dim=1).median())

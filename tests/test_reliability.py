@@ -50,17 +50,17 @@ def test_oom_in_extraction_halves_the_batch_and_continues(fitted, samples, monke
 def test_oom_in_knn_halves_the_block_budget(fitted, samples, monkeypatch):
     import helpers.core.bank as hm
 
-    model = PatchCore(fitted.config.replace(knn_memory_mb=64))
+    model = PatchCore(fitted.config.replace(knn_memory_mb=64, knn_backend="torch"))
     model.memory_bank = fitted.memory_bank
     expected = model.predict(samples[1][:3]).scores
-    real = hm.knn
+    real = hm.knn_torch
 
     def limited(*args, **kw):
         if kw["memory_mb"] > 16:
             _fake_oom()
         return real(*args, **kw)
 
-    monkeypatch.setattr(hm, "knn", limited)
+    monkeypatch.setattr(hm, "knn_torch", limited)
     with pytest.warns(UserWarning, match="nearest-neighbour search"):
         got = model.predict(samples[1][:3]).scores
     assert np.allclose(got, expected, atol=1e-5)

@@ -3,6 +3,7 @@ the library versions and the fit's info; read back only for a matching config (n
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 
 from helpers.core.config import Config
 from helpers.core.io import load_tensors, save_tensors
-from helpers.core.knn import knn, pair_distance
+from helpers.core.knn import faiss_index, knn_faiss, knn_torch, pair_distance, resolve_backend
 from helpers.core.runtime import run_halving
 
 BANK_FORMAT = "patchcore-memory-bank"
@@ -50,8 +51,9 @@ def save_bank(
     info: dict,
     extra: dict[str, str] | None = None,
 ) -> Path:
-    """Write ``bank`` with ``config``, ``grid``, ``info``, the versions and ``extra`` header
-    entries, atomically."""
+    """Write ``bank`` with ``config``, ``grid``, ``info``, the versions, the checksum of its
+    values (checked by :func:`read_bank`) and ``extra`` header entries, atomically."""
+    bank = bank.detach().float().cpu().contiguous()
     meta = {
         "format": BANK_FORMAT,
         "format_version": BANK_FORMAT_VERSION,
@@ -61,8 +63,27 @@ def save_bank(
         "grid": json.dumps(list(grid) if grid else None),
         "info": json.dumps(info),
         **(extra or {}),
+        "checksum": checksum(bank),
     }
-    return save_tensors(path, {"memory_bank": bank.float()}, meta)
+    return save_tensors(path, {"memory_bank": bank}, meta)
+
+
+def checksum(bank: torch.Tensor) -> str:
+    """``"sha256:<hex>"`` of the bank's float32 values (row-major bytes)."""
+    data = bank.detach().float().cpu().contiguous().numpy().tobytes()
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def header_field(path: str | Path, meta: dict, name: str, default: str = "null") -> Any:
+    """The JSON header entry ``name`` of the bank file ``path``, parsed; a damaged one raises
+    :class:`BankMismatchError` naming the file and the entry."""
+    try:
+        return json.loads(meta.get(name, default))
+    except ValueError as exc:
+        raise BankMismatchError(
+            f"{path}: its header entry {name!r} is damaged ({exc}); rebuild the bank with "
+            "PatchCore.fit(...).save(...)"
+        ) from exc
 
 
 def read_bank(
@@ -91,8 +112,19 @@ def read_bank(
             f"{None if bank is None else tuple(bank.shape)}, expected "
             f"[M, {cfg.embed_dim}]"
         )
+    saved_sum = meta.get("checksum")
+    if saved_sum is not None and checksum(bank) != saved_sum:
+        raise BankMismatchError(
+            f"{path}: the memory bank's values do not match the checksum in its header (the "
+            "file was damaged after it was written); rebuild it with PatchCore.fit(...).save(...)"
+        )
     if not torch.isfinite(bank).all():
-        raise BankMismatchError(f"{path}: memory bank holds NaN or infinite values")
+        raise BankMismatchError(
+            f"{path}: memory bank holds NaN or infinite values; rebuild it with "
+            "PatchCore.fit(...).save(...)"
+        )
+    for name in ("grid", "info", "versions"):
+        header_field(path, meta, name)  # every entry PatchCore.load reads parses
     return cfg, bank, meta
 
 
@@ -137,6 +169,7 @@ class MemoryBank:
         self.norm_floor = 0.0  # cosine_floor x the median row norm (see helpers.core.knn)
         if distance == "cosine" and cosine_floor:
             self.norm_floor = cosine_floor * float(features.float().norm(dim=1).median())
+        self._faiss = None  # the faiss index of these rows, made on first use
 
     @classmethod
     def for_config(cls, features: torch.Tensor, config: Config) -> MemoryBank:
@@ -159,17 +192,21 @@ class MemoryBank:
         """(distances [Q, k] ascending, row indices [Q, k]) of each query's k nearest rows."""
 
         def run(memory_mb: int):
-            return knn(
+            return knn_torch(
                 queries,
                 self.features,
                 k,
                 distance=self.distance,
-                backend=self.backend,
                 memory_mb=memory_mb,
                 bank_sqn=self.sqn,
                 norm_floor=self.norm_floor,
             )
 
+        if resolve_backend(self.backend, queries.device) == "faiss":
+            if self._faiss is None:  # built once: it copies the whole bank
+                self._faiss = faiss_index(self.features, self.distance, self.norm_floor)
+            d = dict(distance=self.distance, norm_floor=self.norm_floor, index=self._faiss)
+            return knn_faiss(queries, self.features, k, **d)
         out, self.memory_mb = run_halving(
             run, self.memory_mb, "nearest-neighbour search (memory_mb)"
         )

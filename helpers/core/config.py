@@ -18,6 +18,7 @@ from helpers.core.backbones import BACKBONES
 from helpers.core.config_checks import (
     ConfigError,
     check_bank,
+    check_data,
     check_execution,
     check_features,
     check_preprocessing,
@@ -114,7 +115,7 @@ class Config:
     batch_size: int = 32
     device: str = "auto"
     precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
-    knn_backend: str = "torch"
+    knn_backend: str = "auto"  # auto: faiss on the CPU when installed (exact, faster), else torch
     knn_memory_mb: int = 256  # bound on one kNN distance block
     num_workers: int = 0
     skip_bad_images: bool = False
@@ -182,6 +183,7 @@ class Config:
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first field out of range (the checks are in
         :mod:`helpers.core.config_checks`)."""
+        check_data(self)
         check_features(self)
         check_bank(self)
         int_range(

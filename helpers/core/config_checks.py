@@ -3,6 +3,7 @@ fields; each :class:`ConfigError` names the field, its value and what is allowed
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from helpers.core.backbones import BACKBONES
@@ -10,7 +11,7 @@ from helpers.core.backbones import BACKBONES
 DISTANCES = ("l2", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-KNN_BACKENDS = ("torch", "faiss")
+KNN_BACKENDS = ("auto", "torch", "faiss")
 
 
 class ConfigError(ValueError):
@@ -29,7 +30,13 @@ def choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float (not a bool, not NaN or infinity)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}={value!r} must be True or False")
 
 
 def check_features(c) -> None:
@@ -67,7 +74,7 @@ def check_features(c) -> None:
 
 def check_bank(c) -> None:
     """The coreset: ratio kept, size cap, projection, start points."""
-    if not isinstance(c.coreset_ratio, (int, float)) or not 0 < c.coreset_ratio <= 1:
+    if not _number(c.coreset_ratio) or not 0 < c.coreset_ratio <= 1:
         raise ConfigError(
             f"coreset_ratio={c.coreset_ratio!r} must be in (0, 1] "
             "(0.1 keeps 10% of the training patches; 1 keeps all)"
@@ -89,7 +96,9 @@ def check_scoring(c) -> None:
             "(0: plain cosine; 0.3: a floor at 30% of the median feature norm)"
         )
     if not _number(c.sigma) or c.sigma < 0:
-        raise ConfigError(f"sigma={c.sigma!r} must be >= 0 (0 disables the blur; paper: 4)")
+        raise ConfigError(
+            f"sigma={c.sigma!r} must be a finite number >= 0 (0 disables the blur; paper: 4)"
+        )
     rate = c.false_alarm_rate
     if not _number(rate) or not 0 < rate < 1:
         raise ConfigError(
@@ -100,10 +109,11 @@ def check_scoring(c) -> None:
 
 def check_preprocessing(c) -> None:
     """CLAHE on the L channel."""
-    if not isinstance(c.clahe, bool):
-        raise ConfigError(f"clahe={c.clahe!r} must be True or False")
-    if not isinstance(c.clahe_clip_limit, (int, float)) or c.clahe_clip_limit <= 0:
-        raise ConfigError(f"clahe_clip_limit={c.clahe_clip_limit!r} must be > 0 (typical 1-4)")
+    flag("clahe", c.clahe)
+    if not _number(c.clahe_clip_limit) or c.clahe_clip_limit <= 0:
+        raise ConfigError(
+            f"clahe_clip_limit={c.clahe_clip_limit!r} must be a finite number > 0 (typical 1-4)"
+        )
     int_range("clahe_tile_grid", c.clahe_tile_grid, 1, 64)
 
 
@@ -116,8 +126,33 @@ def check_execution(c) -> None:
     int_range("knn_memory_mb", c.knn_memory_mb, 1, 1 << 20)
     int_range("num_workers", c.num_workers, 0, 64)
     int_range("seed", c.seed, 0, 2**63 - 1)
-    if c.weights is not None and not isinstance(c.weights, str):
+    flag("skip_bad_images", c.skip_bad_images)
+    if c.weights is not None:
+        names = weights_names(c.backbone)
+        if not isinstance(c.weights, str) or (names and c.weights not in names):
+            raise ConfigError(
+                f"weights={c.weights!r} is not a torchvision weights name of {c.backbone}; "
+                f"choose one of {names or ['IMAGENET1K_V1']}, or None for random weights"
+            )
+
+
+def check_data(c) -> None:
+    """The data folder and the category (a folder name inside it)."""
+    if c.dataset_path is not None and not isinstance(c.dataset_path, str):
+        raise ConfigError(f"dataset_path={c.dataset_path!r} must be a folder path or None")
+    cat = c.category
+    if not isinstance(cat, str) or not cat or cat in (".", "..") or "/" in cat or "\\" in cat:
         raise ConfigError(
-            f"weights={c.weights!r} must be a torchvision weights name "
-            "such as 'IMAGENET1K_V1', or None for random weights"
+            f"category={cat!r} must be the name of a folder inside dataset_path, such as "
+            "'metal_nut' (not a path)"
         )
+
+
+def weights_names(backbone: str) -> list[str]:
+    """The weights names torchvision knows for ``backbone`` (empty when it cannot say)."""
+    try:
+        import torchvision
+
+        return sorted(torchvision.models.get_model_weights(backbone).__members__)
+    except (ImportError, ValueError, KeyError, AttributeError):
+        return []

@@ -6,11 +6,11 @@ point" starts as the mean distance to ``start_points`` random points (the offici
 approximation); each pick is the point with the largest running distance (first index on ties),
 after which every running distance becomes ``min(old, |x|^2 - 2 x.c + |c|^2)``.
 
-:func:`greedy_coreset_reference` below is that loop written plainly. :func:`greedy_coreset` (what
-the model uses) runs the same loop with the exact accelerated implementations of
-:mod:`helpers.core.coreset_fast`, which pick exactly the same points. Arithmetic is float64 throughout
-(projection included), so the selection does not depend on the device or on the summation order
-of a matrix kernel. Nothing of size N x N is ever built.
+:func:`greedy_coreset_reference` below is that loop written plainly. :func:`greedy_coreset`
+(what the model uses) runs the same loop with the exact accelerated implementations of
+:mod:`helpers.core.coreset_fast`, which pick exactly the same points. Arithmetic is float64
+throughout (projection included), so the selection does not depend on the device or on the
+summation order of a matrix kernel. Nothing of size N x N is ever built.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
-"""Turning what a user passes as images into network input batches: file paths,
-samples (anything with a ``path``, such as :class:`helpers.data.mvtec.Sample`), RGB uint8 arrays (or a list of them), or an already
-normalised float tensor [N, 3, S, S]; each image optionally with rotated copies."""
+"""From a file to the network's input (notebook 01): decoding any image to RGB uint8, CLAHE,
+resize + centre crop with the inverse :class:`Geometry` that puts maps back on the original
+pixels, and batches of what a user passes as images: file paths, samples (anything with a
+``path``, such as :class:`helpers.data.mvtec.Sample`), RGB uint8 arrays (or a list of them), or
+an already normalised float tensor [N, 3, S, S]; each image optionally with rotated copies."""
 
 from __future__ import annotations
 
@@ -27,21 +29,62 @@ class ImageReadError(ValueError):
 # --------------------------------------------------------------------------- decoding
 def load_image(path: str | Path) -> np.ndarray:
     """Decode any common image file to RGB uint8 [H, W, 3]: grayscale, RGBA (composited on black),
-    palette, 16-bit and float images are all converted the same way. Truncated or corrupt files
-    raise :class:`ImageReadError` naming the file."""
+    palette, 16-bit and float images are all converted the same way. Truncated or corrupt files,
+    and images above Pillow's decompression-bomb limit, raise :class:`ImageReadError` naming the
+    file."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     try:
-        with Image.open(path) as im:
-            im.load()
-            arr = _to_rgb8(im)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                arr = _to_rgb8(im)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ImageReadError(
+            f"image {path} is {_too_large(exc)}. Downscale or remove the file, or set "
+            "skip_bad_images=True to skip it."
+        ) from exc
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
         raise ImageReadError(
             f"cannot read image {path}: {exc}. Remove or replace the file, or "
             "set skip_bad_images=True to skip unreadable files."
         ) from exc
     return arr
+
+
+def _too_large(exc: BaseException) -> str:
+    size = str(exc).split(", could be")[0].rstrip(".")  # "Image size (N pixels) exceeds limit..."
+    return f"too large to decode safely: {size} (Pillow's guard against decompression bombs)"
+
+
+def check_image_file(path: str | Path) -> str | None:
+    """Why ``path`` cannot be used as an image (a short reason), or None when it looks whole.
+    Cheaper than decoding: the header (and the decompression-bomb limit) always; for PNG every
+    chunk's CRC up to IEND, for JPEG the end-of-image marker; other formats are decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                fmt = im.format
+                if fmt == "PNG":
+                    im.verify()  # reads every chunk and checks its CRC, decodes nothing
+                elif fmt != "JPEG":
+                    im.load()
+        if fmt == "JPEG":
+            with open(path, "rb") as fh:
+                fh.seek(max(0, path.stat().st_size - 64))
+                if b"\xff\xd9" not in fh.read():
+                    return "truncated JPEG file (no end-of-image marker)"
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        return _too_large(exc)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return None
 
 
 def _to_rgb8(im) -> np.ndarray:

@@ -84,6 +84,12 @@ def load_tensors(path: str | Path) -> tuple[dict, dict[str, str]]:
     from safetensors import safe_open
 
     path = Path(path)
+    if path.is_dir():
+        found = sorted(path.glob("*.safetensors")) + sorted(path.glob("artifacts/*.safetensors"))
+        hint = f", e.g. {found[0]}" if found else ""
+        raise IsADirectoryError(
+            f"{path} is a folder, not a .safetensors file: pass the file itself{hint}"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
     try:

@@ -95,30 +95,16 @@ def knn_torch(
     return _finish(best_d, distance), best_i
 
 
-_FAISS_INDEX: dict = {}
-
-
-def _faiss_index(bank: torch.Tensor, distance: str, norm_floor: float = 0.0):
-    """An exact flat index over ``bank``, cached for the last bank seen (predict calls kNN once
-    per batch against the same bank; rebuilding the index each time copied the whole bank)."""
+def faiss_index(bank: torch.Tensor, distance: str = "l2", norm_floor: float = 0.0):
+    """An exact flat faiss index over ``bank`` (its rows prepared for ``distance``). Build it once
+    per bank and pass it to :func:`knn_faiss` (:class:`helpers.core.bank.MemoryBank` keeps its
+    own): building copies the whole bank."""
     import faiss
 
-    key = (
-        bank.data_ptr(),
-        tuple(bank.shape),
-        bank.dtype,
-        bank.device,
-        bank._version,
-        distance,
-        float(norm_floor),
-    )
-    if _FAISS_INDEX.get("key") != key:
-        b = prepare(bank, distance, norm_floor).detach().cpu().contiguous().numpy()
-        index = faiss.IndexFlatL2(b.shape[1])
-        index.add(b)
-        _FAISS_INDEX.clear()
-        _FAISS_INDEX.update(key=key, index=index)
-    return _FAISS_INDEX["index"]
+    b = prepare(bank, distance, norm_floor).detach().cpu().contiguous().numpy()
+    index = faiss.IndexFlatL2(b.shape[1])
+    index.add(b)
+    return index
 
 
 def knn_faiss(
@@ -128,8 +114,10 @@ def knn_faiss(
     *,
     distance: str = "l2",
     norm_floor: float = 0.0,
+    index=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same contract as :func:`knn_torch`, with an exact faiss flat index."""
+    """Same contract as :func:`knn_torch`, with an exact faiss flat index over ``bank``
+    (``index``: one already built by :func:`faiss_index` for this bank, distance and floor)."""
     try:
         import faiss  # noqa: F401
     except ImportError as exc:
@@ -144,9 +132,28 @@ def knn_faiss(
     if not 1 <= k <= bank.shape[0]:
         raise ValueError(f"k={k} must be in [1, bank size {bank.shape[0]}]")
     q = prepare(queries, distance, norm_floor).detach().cpu().contiguous().numpy()
-    d2, idx = _faiss_index(bank, distance, norm_floor).search(q, k)
+    if index is None:
+        index = faiss_index(bank, distance, norm_floor)
+    d2, idx = index.search(q, k)
     d = _finish(torch.from_numpy(d2), distance)
     return d.to(queries.device), torch.from_numpy(idx).to(queries.device)
+
+
+def faiss_available() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """``"auto"``: faiss for queries on the CPU when it is installed (an exact flat index whose
+    sgemm ran the transistor category's kNN 1.4x faster than the torch blocks on 2 cores, with
+    the same metrics; benchmarks/RESULTS.md), else torch (on a GPU the torch blocks stay there)."""
+    if backend != "auto":
+        return backend
+    return "faiss" if device.type == "cpu" and faiss_available() else "torch"
 
 
 def knn(
@@ -155,11 +162,14 @@ def knn(
     k: int = 1,
     *,
     distance: str = "l2",
-    backend: str = "torch",
+    backend: str = "auto",
     memory_mb: int = 256,
     bank_sqn: torch.Tensor | None = None,
     norm_floor: float = 0.0,
 ):
+    """(distances [Q, k] ascending, indices [Q, k]) with ``backend`` "torch", "faiss" or "auto"
+    (:func:`resolve_backend`); both backends are exact and agree to float32 rounding."""
+    backend = resolve_backend(backend, queries.device)
     if backend == "faiss":
         return knn_faiss(queries, bank, k, distance=distance, norm_floor=norm_floor)
     return knn_torch(

@@ -56,7 +56,8 @@ def grids_to_maps(
 ) -> list:
     """Patch-score grids [B, h, w] -> anomaly maps in each image's ORIGINAL pixels (bilinear
     upsampling to the input size, Gaussian blur ``sigma``, resize/crop undone by its
-    :class:`~helpers.core.images.Geometry`); None where the geometry is None (an unreadable image)."""
+    :class:`~helpers.core.images.Geometry`); None where the geometry is None (an unreadable
+    image)."""
     import numpy as np
 
     grids = torch.as_tensor(

@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from helpers.core.bank import BankMismatchError, MemoryBank, read_bank, save_bank
+from helpers.core.bank import BankMismatchError, MemoryBank, header_field, read_bank, save_bank
 from helpers.core.config import Config
 from helpers.core.coreset import Projection, greedy_coreset
 from helpers.core.features import FeatureExtractor
@@ -42,6 +42,11 @@ from helpers.core.threshold import bank_digest, good_only_threshold, held_out_sc
 from helpers.core.training import FeatureSpill, TrainingFeatures, check_fit_memory
 
 __all__ = ["BankMismatchError", "EmbeddedBatch", "PatchCore", "Prediction"]
+
+_NOT_FINITE = (
+    "the training features hold NaN or infinite values (precision={precision!r}; fp16 can "
+    "overflow): nothing is saved; set precision='fp32' and fit again"
+)
 
 
 @dataclass
@@ -219,6 +224,11 @@ class PatchCore:
             raise
         if proj is None:
             raise ValueError("no training image could be read")
+        rows, n_rows = proj.result()
+        if not torch.isfinite(rows[:n_rows]).all():
+            if spill is not None:
+                spill.close()
+            raise ValueError(_NOT_FINITE.format(precision=c.precision))
         seconds = time.perf_counter() - t0
         return TrainingFeatures(
             proj, spill, grid=self.grid, n_views=views, rotations=rotations, seconds=seconds
@@ -235,7 +245,10 @@ class PatchCore:
             seed=c.seed,
             progress=progress,
         )
-        self.memory_bank = feats.rows(idx).to(self.device).contiguous()
+        bank = feats.rows(idx).to(self.device).contiguous()
+        if not torch.isfinite(bank).all():
+            raise ValueError(_NOT_FINITE.format(precision=c.precision))
+        self.memory_bank = bank
         self.coreset_indices = idx
         self.grid = feats.grid
         if self.device.type == "cuda":
@@ -380,9 +393,9 @@ class PatchCore:
         cfg, bank, meta = read_bank(path, config, **overrides)
         model = cls(cfg)
         model.memory_bank = bank.float().to(model.device)
-        grid = json.loads(meta.get("grid", "null"))
+        grid = header_field(path, meta, "grid")
         model.grid = tuple(grid) if grid else None
-        model.info = json.loads(meta.get("info", "{}"))
-        model.saved_versions = json.loads(meta.get("versions", "{}"))
-        model.threshold = json.loads(meta["threshold"]) if meta.get("threshold") else None
+        model.info = header_field(path, meta, "info", "{}")
+        model.saved_versions = header_field(path, meta, "versions", "{}")
+        model.threshold = header_field(path, meta, "threshold", "null")
         return model

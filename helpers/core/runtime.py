@@ -153,7 +153,7 @@ PROGRESS_ENV = "PATCHCORE_PROGRESS"  # "stderr": bars go to the process's own st
 
 def progress(iterable, *, total: int | None = None, desc: str = "", unit: str = "it"):
     """A tqdm bar over ``iterable``. In a notebook: the notebook's own bar. Under
-    ``python -m helpers.tools.pipeline`` (which sets PATCHCORE_PROGRESS=stderr for its kernels): a text
+    ``python -m helpers run`` (which sets PATCHCORE_PROGRESS=stderr for its kernels): a text
     bar on the kernel process's real stderr, i.e. the pipeline's terminal, so executed notebooks
     stay free of timing output and nbval re-execution compares equal."""
     import os

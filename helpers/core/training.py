@@ -94,14 +94,18 @@ class FeatureSpill:
         self._fh = os.fdopen(fd, "w+b")
 
     @classmethod
-    def open(cls, path: str | Path, dim: int, chunk_rows: int = 16384) -> FeatureSpill:
-        """An existing spill file (written by :meth:`persist`), read-only; kept on close."""
+    def open(
+        cls, path: str | Path, dim: int, rows: int | None = None, chunk_rows: int = 16384
+    ) -> FeatureSpill:
+        """An existing spill file (written by :meth:`persist`), read-only; kept on close. With
+        ``rows``, the file must hold exactly that many rows."""
         path = Path(path)
         size = path.stat().st_size
-        if size % (4 * dim):
+        if size % (4 * dim) or (rows is not None and size != rows * dim * 4):
+            expected = f"{rows} rows of" if rows is not None else "a whole number of"
             raise ValueError(
-                f"{path}: {size} bytes is not a whole number of {dim}-d float32 "
-                "rows (a truncated file?); delete it to have it recomputed"
+                f"{path}: {size} bytes is not {expected} {dim}-d float32 rows (a truncated "
+                "file?); delete it to have it recomputed"
             )
         spill = cls.__new__(cls)
         spill.dim, spill.rows, spill.chunk_rows = int(dim), size // (4 * dim), int(chunk_rows)

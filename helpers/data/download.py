@@ -1,32 +1,35 @@
-"""Get one MVTec AD category (metal_nut) into a folder in the MVTec layout.
+"""One MVTec AD category (metal_nut) into a folder in the MVTec layout; Google Drive in Colab.
 
-The default source is the whole MVTec AD archive at the link anomalib's maintainers keep current
-(``DOWNLOAD_INFO`` of anomalib's MVTecAD datamodule), with its sha256 pinned. Only the requested
-category is extracted, streaming (the 4.9 GB archive is never unpacked as a whole), and safely:
-absolute paths, ``..``, links leading outside and special files are refused. The download resumes
-(HTTP Range) after a cut (:mod:`helpers.data.http`); nothing lands in ``<dest>/<category>``
-until the archive's checksum and layout have been checked.
+The default source is the whole MVTec AD archive (4.9 GB) at the link anomalib's ``DOWNLOAD_INFO``
+uses, its sha256 pinned. What this module guarantees:
+
+* **resume**: :func:`download` writes ``<archive>.partial`` and, after a cut, asks for the rest
+  with an HTTP ``Range`` header (on a retry here, and on the next call);
+* **nothing lands unchecked**: :func:`extract_category` reads the archive once, streaming, hashing
+  it on the way, and writes only ``<category>/`` into a staging folder that becomes
+  ``<dest>/<category>`` only when the sha256 and the layout are right;
+* **nothing is written outside**: a member with an absolute path or ``..``, a link leading out of
+  the category or a special file refuses the whole archive (tarfile's ``data`` filter);
+* **every refusal is one line** naming the URL or file and what to do instead.
+
 MVTec AD: CC BY-NC-SA 4.0, https://www.mvtec.com/company/research/datasets/mvtec-ad
 """
 
 from __future__ import annotations
 
+import hashlib
+import http.client
 import importlib
 import os
+import shutil
+import sys
+import tarfile
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from types import ModuleType
-
-from helpers.data import http as http_download
-from helpers.data.archive import (  # noqa: F401
-    BLOCK,
-    DownloadError,
-    byte_progress,
-    checksum_error,
-    extract_category,
-)
 
 MVTEC_AD_URL = (
     "https://www.mydrive.ch/shares/150996/b52ecdcbf521176e9db9c731f2304b27/"
@@ -34,27 +37,12 @@ MVTEC_AD_URL = (
 )
 MVTEC_AD_SHA256 = "cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d"
 MVTEC_PAGE = "https://www.mvtec.com/company/research/datasets/mvtec-ad"
-# Per-category archives on MVTec's current shares: smaller (metal_nut ~160 MB), but their digests
-# are not published, so they are only an optional first try (fetch_mvtec(try_category_url=True)).
-CATEGORY_URLS = {
-    "metal_nut": (
-        "https://www.mydrive.ch/shares/150459/c68856a21dca589b0f8ff6d4ee0f18f4/"
-        "download/420937637-1629959294/metal_nut.tar.xz"
-    ),
-}
-METAL_NUT_URL = CATEGORY_URLS["metal_nut"]
-KNOWN_SHA256: dict[str, str] = {MVTEC_AD_URL: MVTEC_AD_SHA256}
 CACHE_ENV = "PATCHCORE_DOWNLOAD_DIR"  # where archives are downloaded (resumable .partial files)
-# what a refused download adds to its message
-REFUSED_ADVICE = (
-    f"MVTec AD is distributed from {MVTEC_PAGE} (licence CC BY-NC-SA 4.0).\n"
-    "Ways forward:\n"
-    "  1. download mvtec_anomaly_detection.tar.xz (or metal_nut.tar.xz) in a browser, put\n"
-    "     it on Google Drive and set download_url='/content/drive/MyDrive/<the archive>'\n"
-    "  2. or set dataset_path to a folder that already holds metal_nut/ (Drive works too)\n"
-    "  3. or set download_url to another link (file:///path/archive.tar.xz works too)\n"
-    "  4. or leave dataset_path empty to run on the synthetic set"
-)
+BLOCK, TIMEOUT = 1 << 20, 60  # read size, seconds a stalled connection may wait
+
+
+class DownloadError(RuntimeError):
+    """The archive could not be had or is not the one expected; the message says what to do."""
 
 
 def default_cache_dir() -> Path:
@@ -63,32 +51,195 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or "~/.cache/patchcore-helpers").expanduser()
 
 
-# ------------------------------------------------------------------ download
+def _bar(total: int | None, desc: str, enabled: bool, initial: int = 0):
+    from tqdm.auto import tqdm
+
+    units = {"unit": "B", "unit_scale": True, "unit_divisor": 1024, "mininterval": 0.5}
+    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, **units)
+
+
+# ------------------------------------------------------------------ resumable download
+
+
+def _refused(url: str, why: str) -> DownloadError:
+    return DownloadError(
+        f"The download of {url} was refused: {why}. Instead, download the archive from "
+        f"{MVTEC_PAGE} in a browser and set download_url to its path (on Drive: "
+        "/content/drive/MyDrive/...), or set dataset_path to a folder holding the category."
+    )
+
+
+def _resume(url: str, part: Path, opener: Callable, progress: bool) -> None:
+    """One try at completing ``part`` from where it stopped; a cut raises ConnectionError."""
+    offset = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
+    try:
+        response = opener(request, timeout=TIMEOUT)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and offset:  # nothing after offset: not a prefix of this file, restart
+            part.unlink()
+            return _resume(url, part, opener, progress)
+        raise _refused(url, f"HTTP {exc.code} {exc.reason}") from exc
+    except OSError as exc:  # URLError, timeouts
+        raise _refused(url, f"no connection ({getattr(exc, 'reason', exc)})") from exc
+    with response:
+        headers = response.headers
+        if "text/html" in (headers.get("Content-Type") or "").lower():
+            why = "the server sent a web page instead of the archive (a licence form or login page)"
+            raise _refused(url, why)
+        if response.status != 206:
+            offset = 0  # no Range sent, or the server ignored it: the whole file comes
+        length = str(headers.get("Content-Length") or "")
+        total = offset + int(length) if length.isdigit() else None
+        name = f"download {part.name.removesuffix('.partial')}"
+        with open(part, "ab" if offset else "wb") as fh, _bar(total, name, progress, offset) as bar:
+            while True:
+                try:
+                    block = response.read(BLOCK)
+                except (OSError, ValueError, http.client.HTTPException) as exc:  # reset, timeout
+                    raise ConnectionError(f"connection lost ({exc})") from exc
+                if not block:
+                    break
+                fh.write(block)
+                bar.update(len(block))
+    if total is not None and part.stat().st_size < total:
+        raise ConnectionError(f"got {part.stat().st_size} of {total} bytes")
 
 
 def download(
     url: str,
     dest: str | Path,
     *,
-    sha256: str | None = None,
     opener: Callable | None = None,
-    timeout: float = 60,
     retries: int = 3,
     progress: bool = True,
 ) -> Path:
-    """Download ``url`` to ``dest``, resumably (:func:`helpers.data.http.download`), and check
-    ``sha256`` (else the one pinned in :data:`KNOWN_SHA256`; else the digest is printed). A refusal
-    says where MVTec AD comes from and what to do instead."""
-    return http_download.download(
-        url,
-        dest,
-        sha256=sha256 or KNOWN_SHA256.get(url),
-        opener=opener,
-        timeout=timeout,
-        retries=retries,
-        progress=progress,
-        advice=REFUSED_ADVICE,
-    )
+    """Download ``url`` to ``dest`` through ``dest.partial``, which a cut leaves in place and the
+    next try (``retries`` here, then the next call) resumes with an HTTP Range request. The
+    checksum is checked where the archive is read, by :func:`extract_category`. ``opener``: a
+    ``urllib.request.urlopen``-like callable taking a Request (tests pass a fake)."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".partial")
+    for attempt in range(1, max(1, retries) + 1):
+        try:
+            _resume(url, part, opener or urllib.request.urlopen, progress)
+            break
+        except ConnectionError as exc:
+            have = part.stat().st_size / 2**20 if part.exists() else 0.0
+            if attempt >= retries:
+                raise DownloadError(
+                    f"The download of {url} stopped after {have:.1f} MiB ({exc}), {attempt} "
+                    f"tries. Run the same cell again: it resumes from {part}."
+                ) from exc
+            print(f"download interrupted at {have:.1f} MiB ({exc}); resuming (try {attempt + 1})")
+    os.replace(part, dest)
+    print(f"downloaded {dest} ({dest.stat().st_size / 2**20:.1f} MiB)")
+    return dest
+
+
+# ------------------------------------------------------------------ safe extraction of one category
+
+
+class _Hashing:
+    """The archive as tarfile reads it: every byte hashed and counted on the way."""
+
+    def __init__(self, fh, bar):
+        self.fh, self.bar, self.sha = fh, bar, hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        block = self.fh.read(size)
+        self.sha.update(block)
+        self.bar.update(len(block))
+        return block
+
+
+REFUSED = "the archive was refused and nothing was extracted: use the original MVTec AD archive"
+
+
+def _in_category(name: str, category: str) -> str | None:
+    """``name`` relative to the category folder, for ``<category>/...`` and
+    ``<one folder>/<category>/...``; None for anything else (other categories, licence files)."""
+    parts = PurePosixPath(name).parts
+    for depth in (1, 2):
+        if parts[:1] != ("/",) and len(parts) > depth and parts[depth - 1] == category:
+            return "/".join(parts[depth:])
+    return None
+
+
+def _stream(archive: Path, staging: Path, category: str, progress: bool) -> str:
+    """Write the category's members into ``staging`` in one pass; returns the archive's sha256."""
+    size = archive.stat().st_size
+    with open(archive, "rb") as fh, _bar(size, f"extract {category}", progress) as bar:
+        reader = _Hashing(fh, bar)
+        with tarfile.open(fileobj=reader, mode="r|*", bufsize=BLOCK) as tar:
+            for member in tar:
+                path = PurePosixPath(member.name)
+                if path.is_absolute() or ".." in path.parts:
+                    raise DownloadError(f"{archive}: unsafe member {member.name!r}; {REFUSED}")
+                rel = _in_category(member.name, category)
+                if rel is None:
+                    continue
+                if member.islnk():  # a hard link names its target from the archive's root
+                    target = _in_category(member.linkname, category)
+                    if target is None:
+                        raise tarfile.LinkOutsideDestinationError(member, member.linkname)
+                    member = member.replace(linkname=target, deep=False)
+                # the data filter refuses links leading out of staging and special files
+                tar.extract(member.replace(name=rel, deep=False), staging, filter="data")
+        while reader.read(BLOCK):  # what tarfile left unread (end-of-archive padding)
+            pass
+    return reader.sha.hexdigest()
+
+
+def _leftover(dest: Path, category: str) -> None:
+    if (dest / category).exists():
+        raise DownloadError(f"{dest / category} exists but has no train/good folder: move it away")
+
+
+def extract_category(
+    archive: str | Path,
+    dest: str | Path,
+    category: str = "metal_nut",
+    *,
+    sha256: str | None = None,
+    progress: bool = True,
+) -> Path:
+    """Extract only ``<category>/`` of a .tar(.xz/.gz/.bz2) archive into ``dest/<category>`` in one
+    streaming pass, through a staging folder that is renamed into place only when the archive's
+    sha256 (when given; else printed) and the layout are right. Returns ``dest``."""
+    archive, dest = Path(archive), Path(dest)
+    if not hasattr(tarfile, "data_filter"):  # PEP 706: Python 3.12, 3.11.4+, 3.10.12+
+        raise DownloadError(
+            f"Python {sys.version.split()[0]} lacks tarfile's data filter (safe extraction): use "
+            f"3.10.12+, or extract {category}/ of {archive} yourself and set dataset_path to it"
+        )
+    _leftover(dest, category)
+    staging = dest / f".{category}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        try:
+            digest = _stream(archive, staging, category, progress)
+        except tarfile.FilterError as exc:
+            raise DownloadError(f"{archive}: unsafe member ({exc}); {REFUSED}") from exc
+        except (tarfile.TarError, EOFError) as exc:
+            why = f"is not a complete tar archive ({exc}): download it again"
+            raise DownloadError(f"{archive} {why}") from exc
+        if sha256 and digest != sha256.lower():
+            raise DownloadError(
+                f"checksum mismatch for {archive}: expected sha256 {sha256.lower()}, got {digest}; "
+                "nothing was extracted. Run again to download it afresh, or fix download_sha256."
+            )
+        if not (staging / "train" / "good").is_dir():
+            why = f"holds no {category}/train/good: is it the MVTec AD archive?"
+            raise DownloadError(f"{archive} {why}")
+        os.replace(staging, dest / category)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    state = "verified" if sha256 else "not checked (pin it with download_sha256)"
+    print(f"extracted {dest / category}; archive sha256 {digest}: {state}")
+    return dest
 
 
 # ------------------------------------------------------------------ one category, one call
@@ -101,98 +252,6 @@ def has_category(root: str | Path, category: str) -> bool:
     )
 
 
-def _local_path(url: str) -> Path | None:
-    """The file a local path or file:// URL names; None for remote URLs."""
-    if url.startswith("file://"):
-        return Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
-    if "://" in url:
-        return None
-    return Path(url).expanduser()
-
-
-def _sources(
-    category: str, url: str | None, sha256: str | None, try_category_url: bool
-) -> list[tuple[str, str | None]]:
-    if url:
-        return [(url, sha256 or KNOWN_SHA256.get(url))]
-    first = (
-        [(CATEGORY_URLS[category], None)] if try_category_url and category in CATEGORY_URLS else []
-    )
-    return first + [(MVTEC_AD_URL, MVTEC_AD_SHA256)]
-
-
-def _fetch_one(
-    url: str,
-    sha256: str | None,
-    dest: Path,
-    category: str,
-    *,
-    cache: Path,
-    opener: Callable | None,
-    keep_archive: bool,
-    progress: bool,
-) -> None:
-    local = _local_path(url)
-    if local is not None and not url.startswith("file://"):
-        if not local.is_file():
-            raise DownloadError(
-                f"download_url={url!r}: no such file. Give the path of a .tar.xz "
-                "archive (on Drive: /content/drive/MyDrive/...) or an http(s) URL"
-            )
-        extract_category(local, dest, category, sha256=sha256, progress=progress)
-        return
-    name = PurePosixPath(urllib.parse.urlparse(url).path).name or f"{category}.tar.xz"
-    archive = download(url, cache / name, sha256=sha256, opener=opener, progress=progress)
-    try:
-        extract_category(archive, dest, category, sha256=sha256, progress=progress)
-    finally:
-        if not keep_archive:
-            archive.unlink(missing_ok=True)
-
-
-def fetch_mvtec(
-    dest: str | Path,
-    category: str = "metal_nut",
-    *,
-    url: str | None = None,
-    sha256: str | None = None,
-    opener: Callable | None = None,
-    cache_dir: str | Path | None = None,
-    keep_archive: bool = False,
-    try_category_url: bool = False,
-    progress: bool = True,
-) -> Path:
-    """Make sure ``dest/<category>/`` holds the MVTec category; download and extract it when
-    missing. ``url``: any http(s) or file:// URL or a local archive path (default: the whole
-    MVTec AD archive, sha256 pinned). ``try_category_url``: first try the smaller per-category
-    archive (digest not published: printed, not checked), then the whole archive. Archives are
-    downloaded into ``cache_dir`` (:func:`default_cache_dir`) and deleted after extraction
-    unless ``keep_archive``. Returns ``dest``."""
-    dest = Path(dest).expanduser()
-    if has_category(dest, category):
-        return dest
-    cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    sources = _sources(category, url, sha256, try_category_url)
-    for i, (source, digest) in enumerate(sources):
-        try:
-            _fetch_one(
-                source,
-                digest,
-                dest,
-                category,
-                cache=cache,
-                opener=opener,
-                keep_archive=keep_archive,
-                progress=progress,
-            )
-            return dest
-        except DownloadError as exc:
-            if i == len(sources) - 1:
-                raise
-            print(f"{source} did not work ({str(exc).splitlines()[0]}); trying {sources[i + 1][0]}")
-    return dest
-
-
 def prepare_dataset(
     dataset_path: str | Path,
     category: str = "metal_nut",
@@ -200,25 +259,45 @@ def prepare_dataset(
     download_missing: bool = False,
     url: str | None = None,
     sha256: str | None = None,
+    opener: Callable | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
 ) -> Path:
-    """The data folder for a run: mounts Drive when ``dataset_path`` or ``url`` is on it and,
-    with ``download_missing``, downloads the category into ``dataset_path`` when it is not
-    there."""
+    """The data folder for a run: mounts Drive when ``dataset_path`` or ``url`` is on it; with
+    ``download_missing``, gets the category into it when missing, from ``url``: http(s), or a
+    local archive (path or file://) used in place (default: the whole MVTec AD archive, sha256
+    pinned). A download goes to ``cache_dir`` and is deleted once extracted or refused."""
     mount_drive_for(dataset_path=dataset_path, download_url=url)
-    root = Path(dataset_path).expanduser()
-    if download_missing and not has_category(root, category):
-        fetch_mvtec(root, category, url=url, sha256=sha256)
-    return root
+    dest = Path(dataset_path).expanduser()
+    if not download_missing or has_category(dest, category):
+        return dest
+    _leftover(dest, category)
+    url = url or MVTEC_AD_URL
+    sha256 = sha256 or (MVTEC_AD_SHA256 if url == MVTEC_AD_URL else None)
+    if url.startswith("file://") or "://" not in url:
+        local = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path)).expanduser()
+        if not local.is_file():
+            raise DownloadError(
+                f"download_url={url!r}: no such file. Give the path of a .tar.xz archive "
+                "(on Drive: /content/drive/MyDrive/...) or an http(s) URL"
+            )
+        return extract_category(local, dest, category, sha256=sha256, progress=progress)
+    cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    name = PurePosixPath(urllib.parse.urlparse(url).path).name or f"{category}.tar.xz"
+    archive = download(url, cache / name, opener=opener, progress=progress)
+    try:
+        return extract_category(archive, dest, category, sha256=sha256, progress=progress)
+    finally:
+        archive.unlink(missing_ok=True)
 
+
+# ------------------------------------------------------------------ Google Drive (Colab)
 
 DRIVE_ROOT = "/content/drive"
 
 
 class DriveError(FileNotFoundError):
     """A path on Google Drive was given where Drive cannot be mounted (not Colab)."""
-
-
-# ------------------------------------------------------------------ Google Drive (Colab)
 
 
 def colab_module() -> ModuleType | None:
@@ -250,10 +329,9 @@ def drive_paths(**paths: str | Path | None) -> dict[str, str]:
 def mount_drive_for(
     *, colab: ModuleType | None = None, mountpoint: str = DRIVE_ROOT, **paths: str | Path | None
 ) -> bool:
-    """Mount Google Drive when one of ``paths`` (given by their parameter names:
-    ``dataset_path=``, ``download_url=``, ``run_dir=``) is under /content/drive and Drive is not
-    mounted yet. Outside Colab such a path is a :class:`DriveError` naming the parameter.
-    ``colab``: the ``google.colab`` module (tests pass a fake). Returns True when it mounted."""
+    """Mount Google Drive when one of ``paths`` (by parameter name: ``dataset_path=``,
+    ``download_url=``, ``run_dir=``) is under /content/drive and Drive is not mounted yet; outside
+    Colab that is a :class:`DriveError` naming the parameter. ``colab``: a fake in tests."""
     on_drive = drive_paths(**paths)
     if not on_drive or (Path(mountpoint) / "MyDrive").is_dir():
         return False
@@ -261,9 +339,8 @@ def mount_drive_for(
     listed = ", ".join(f"{name}={value!r}" for name, value in on_drive.items())
     if module is None:
         raise DriveError(
-            f"{listed} is on Google Drive ({DRIVE_ROOT}), but this is not Colab and "
-            f"Drive cannot be mounted here: copy the files to a local folder and "
-            f"set {next(iter(on_drive))} to it"
+            f"{listed} is on Google Drive ({DRIVE_ROOT}), but this is not Colab and Drive cannot be"
+            f" mounted here: copy the files to a local folder and set {next(iter(on_drive))} to it"
         )
     print(f"mounting Google Drive at {mountpoint} for {listed}: allow access in the pop-up")
     _submodule(module, "drive").mount(mountpoint)

@@ -11,6 +11,7 @@ Layout expected under ``root``::
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,35 +118,131 @@ def list_samples(root: str | Path, category: str, split: str) -> list[Sample]:
     return samples
 
 
-def load_mask(path: str | Path | None, shape: tuple[int, int]) -> np.ndarray | None:
+def fingerprint(files, root: str | Path) -> str:
+    """What the content of ``files`` is taken to be: ``"<n> files #<12 hex>"``, the hex a sha256 of
+    each file's path relative to ``root``, size and modification time (ns). Renaming, adding,
+    removing, rewriting or touching a file changes it; reading no pixel, it costs one ``stat`` per
+    file (measured: 22-26 ms for the 353 files of MVTec's transistor, train + test + masks, on a
+    busy 2-core machine)."""
+    root = Path(root)
+    h = hashlib.sha256()
+    n = 0
+    for f in sorted(Path(f) for f in files):
+        st = f.stat()
+        try:
+            name = f.relative_to(root).as_posix()
+        except ValueError:
+            name = f.as_posix()
+        h.update(f"{name}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        n += 1
+    return f"{n} files #{h.hexdigest()[:12]}"
+
+
+# what can be wrong with a mask, and what load_mask then does (one warning per kind, counted)
+MASK_ISSUES = {
+    "resized": "differ in size from their image; resized with nearest neighbour",
+    "low_values": "hold values 1-127 only (not 0/255, e.g. a 0/1 label image); every nonzero "
+    "pixel is taken as defect",
+    "empty": "are empty (no defect pixel) although their image is defective; pixel metrics count "
+    "those images as defect-free",
+    "unreadable": "cannot be read; pixel metrics skip their images",
+}
+
+
+def load_mask(
+    path: str | Path | None, shape: tuple[int, int], issues: list | None = None
+) -> np.ndarray | None:
     """Binary mask (bool [H, W]) resized with nearest neighbour to ``shape`` when it differs;
-    None (with a warning naming the file) when it is missing or unreadable."""
+    None when it is missing or unreadable. A pixel is defect when any channel is above 127 (so a
+    coloured mask works); a mask whose values stay in 1-127 (a 0/1 label image) counts every
+    nonzero pixel. What was odd about the mask (:data:`MASK_ISSUES`) is warned about naming the
+    file, or, with ``issues``, appended there as ``(kind, path, detail)`` for one counted warning
+    (:func:`masks_like`)."""
     if path is None:
         return None
+
+    def note(kind: str, detail: str) -> None:
+        if issues is not None:
+            issues.append((kind, str(path), detail))
+        else:
+            warnings.warn(f"mask {path}: {detail}", stacklevel=3)
+
     try:
-        arr = load_image(path)[..., 0]
+        arr = _mask_values(path)
     except ImageReadError as exc:
-        warnings.warn(f"mask skipped: {exc}", stacklevel=2)
+        note("unreadable", f"skipped: {exc}")
         return None
     if arr.shape != tuple(shape):
-        warnings.warn(
-            f"mask {path} is {arr.shape[1]}x{arr.shape[0]} but its image is "
-            f"{shape[1]}x{shape[0]}; resized with nearest neighbour",
-            stacklevel=2,
+        note(
+            "resized",
+            f"is {arr.shape[1]}x{arr.shape[0]} but its image is {shape[1]}x{shape[0]}; "
+            "resized with nearest neighbour",
         )
         arr = cv2.resize(arr, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+    top = int(arr.max())
+    if top == 0:
+        note("empty", "is empty (no defect pixel) although its image is defective")
+        return np.zeros(arr.shape, bool)
+    if top <= 127:
+        note("low_values", f"holds values 0-{top}, not 0/255; every nonzero pixel taken as defect")
+        return arr > 0
     return arr > 127
+
+
+def check_masks(samples: list[Sample]) -> list:
+    """The mask issues (:data:`MASK_ISSUES`, as ``(kind, path, detail)``) of the defective
+    ``samples``, each mask read against its image's size (from the image's header)."""
+    from PIL import Image
+
+    issues: list = []
+    for s in samples:
+        if s.defect == "good" or s.mask_path is None:
+            continue
+        try:
+            with Image.open(s.path) as im:
+                w, h = im.size
+        except Exception:  # an unreadable image is reported by the image check
+            continue
+        load_mask(s.mask_path, (h, w), issues)
+    return issues
+
+
+def _mask_values(path: str | Path) -> np.ndarray:
+    """uint8 [H, W]: a gray mask's values, or a coloured mask's largest channel (white, red or
+    green masks alike)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if im.mode in ("L", "1"):
+                im.load()
+                return np.asarray(im.convert("L"))
+    except (OSError, SyntaxError, ValueError):
+        pass  # load_image names the file and the problem
+    return load_image(path).max(axis=2)
+
+
+def warn_mask_issues(issues: list) -> None:
+    """One warning per kind of mask issue, counted, naming the first file."""
+    for kind, text in MASK_ISSUES.items():
+        hits = [i for i in issues if i[0] == kind]
+        if hits:
+            warnings.warn(f"{len(hits)} mask(s) {text}, e.g. {hits[0][1]}", stacklevel=3)
 
 
 def masks_like(samples: list[Sample], maps: list) -> list[np.ndarray | None]:
     """Ground-truth masks of test ``samples`` at each map's size: all False for good images,
-    None where the map is None or a defective image has no readable mask."""
-    out = []
+    None where the map is None or a defective image has no readable mask. Odd masks (0/1
+    values, other sizes, empty, unreadable) give one counted warning per kind."""
+    out, issues = [], []
     for s, amap in zip(samples, maps):
         if amap is None:
             out.append(None)
         elif s.defect == "good":
             out.append(np.zeros(amap.shape, bool))
+        elif s.mask_path is None:
+            out.append(None)
         else:
-            out.append(load_mask(s.mask_path, amap.shape) if s.mask_path is not None else None)
+            out.append(load_mask(s.mask_path, amap.shape, issues))
+    warn_mask_issues(issues)
     return out

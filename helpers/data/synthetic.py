@@ -158,8 +158,19 @@ def generate_dataset(
         defects=list(defects),
     )
     stamp = cat / "synthetic.json"
-    if stamp.is_file() and json.loads(stamp.read_text()) == params:
-        return root
+    if stamp.is_file():
+        try:
+            old = json.loads(stamp.read_text())
+        except ValueError:
+            old = None
+        if old == params:
+            return root
+        # another synthetic set was generated here: remove its images and masks first, so that
+        # a smaller set does not keep the old set's extra files
+        for sub in ("train", "test", "ground_truth"):
+            for f in (cat / sub).glob("*/*.png"):
+                f.unlink()
+        stamp.unlink()
     plan = [("train", "good", n_train), ("test", "good", n_test_good)]
     plan += [("test", d, n_per_defect) for d in defects]
     jobs = []

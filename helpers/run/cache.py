@@ -21,6 +21,14 @@ import torch
 from helpers.core.io import load_tensors, save_tensors
 
 STAGES = ("features", "bank", "coverage", "predictions", "heldout")
+# how a reason for recomputing names a header entry (others are named by their key)
+LABELS = {
+    "data_id": "data source",
+    "data_train": "training images",
+    "data_test": "test images",
+    "config_hash": "settings",
+    "extra": "scoring settings",
+}
 
 
 class ArtifactCache:
@@ -59,22 +67,51 @@ class ArtifactCache:
             return None
 
     def info(self, path: Path) -> dict:
-        """The ``info`` dict saved with ``path`` (empty when there is none)."""
-        return json.loads((self.metadata(path) or {}).get("info", "{}"))
+        """The ``info`` dict saved with ``path`` (empty when there is none or it is unreadable)."""
+        try:
+            info = json.loads((self.metadata(path) or {}).get("info", "{}"))
+        except ValueError:
+            return {}
+        return info if isinstance(info, dict) else {}
 
     def matches(self, path: Path, meta: dict[str, str]) -> bool:
         """True when ``path`` exists and its header holds every item of ``meta``."""
         saved = self.metadata(path)
         return saved is not None and all(saved.get(k) == v for k, v in meta.items())
 
-    def log(self, stage: str, action: str, path: Path, note: str = "") -> None:
+    def stale_reason(self, path: Path, meta: dict[str, str]) -> str | None:
+        """Why ``path`` cannot be reused for ``meta`` ("new": there is no such file yet), or None
+        when it matches (:meth:`matches`)."""
+        if not path.exists():
+            return "new"
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as fh:
+                saved = fh.metadata() or {}
+        except Exception as exc:  # safetensors' own error types: cut short, not safetensors
+            return f"unreadable ({exc})"
+        for key, value in meta.items():
+            if saved.get(key) != value:
+                label = LABELS.get(key, key)
+                if key not in saved:
+                    return f"made before {label} were recorded"
+                return f"{label} changed: {saved[key]} -> {value}"
+        return None
+
+    def log(self, stage: str, action: str, path: Path, note: str = "", reason: str = "") -> None:
+        """One line in events.jsonl (and printed, for a top-level stage); ``reason``: why a
+        file was computed ("new", or what made the old one stale)."""
         event = {"stage": stage, "action": action, "file": self.rel(path), "time": time.time()}
+        if reason:
+            event["reason"] = reason
         self.events.append(event)
         self.folder.mkdir(parents=True, exist_ok=True)
         with open(self.folder / "events.jsonl", "a") as fh:
             fh.write(json.dumps(event) + "\n")
         if self.verbose and self.depth == 0:
-            print(f"[cache: {action}] {stage}: {self.rel(path)}{note}")
+            why = f" ({reason})" if reason and reason != "new" else ""
+            print(f"[cache: {action}] {stage}: {self.rel(path)}{note}{why}")
 
     def nested(self, compute: Callable[[], Any]) -> Any:
         """Run ``compute`` as part of another stage (its cache lines are logged, not printed)."""
@@ -90,15 +127,23 @@ class ArtifactCache:
         key: str,
         meta: dict[str, str],
         compute: Callable[[], tuple[dict, dict]],
+        stale: str | None = None,
     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Load ``stage`` (tensors, info) when its file matches ``meta``; otherwise call
-        ``compute() -> (tensors, info)`` and save the result atomically."""
+        """Load ``stage`` (tensors, info) when its file matches ``meta`` and reads back whole;
+        otherwise call ``compute() -> (tensors, info)`` and save the result atomically. ``stale``
+        (a reason) forces the computation. events.jsonl says why a file was computed."""
         path = self.path(stage, key)
-        if self.matches(path, meta):
-            tensors, saved = load_tensors(path)
-            self.log(stage, "loaded", path)
-            return tensors, json.loads(saved.get("info", "{}"))
+        reason = stale or self.stale_reason(path, meta)
+        if reason is None:
+            try:
+                tensors, saved = load_tensors(path)
+                info = json.loads(saved.get("info", "{}"))
+            except ValueError as exc:  # a truncated or damaged file (JSONDecodeError included)
+                reason = f"unreadable ({exc})"
+            else:
+                self.log(stage, "loaded", path)
+                return tensors, info
         tensors, info = self.nested(compute)
         save_tensors(path, tensors, {**meta, "info": json.dumps(info, sort_keys=True)})
-        self.log(stage, "computed", path)
+        self.log(stage, "computed", path, reason=reason)
         return tensors, info

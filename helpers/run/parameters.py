@@ -5,11 +5,13 @@ so ``-p NAME`` is checked without reading notebook source), the presets, and ``-
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from helpers.core.config import Config
+from helpers.core.config import Config, ConfigError
 from helpers.data.source import SYNTHETIC_DEFAULTS
 
 CONFIG_FIELDS = tuple(f.name for f in fields(Config))
@@ -67,6 +69,73 @@ NOTEBOOK_PARAMETERS: dict[str, Any] = {
     "timing_repeats": 0,
     "interactive": True,
 }
+
+
+class ParameterError(ConfigError):
+    """A notebook parameter (not a Config field) has a value it cannot take; the message names
+    the parameter, its value and what is allowed."""
+
+
+def _int(lo: int, hi: int, what: str):
+    def check(name: str, v: Any) -> None:
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise ParameterError(f"{name}={v!r} must be an integer in [{lo}, {hi}] ({what})")
+
+    return check
+
+
+def _bool(name: str, v: Any) -> None:
+    if not isinstance(v, bool):
+        raise ParameterError(f"{name}={v!r} must be true or false")
+
+
+def _text(name: str, v: Any) -> None:
+    if not isinstance(v, str):
+        raise ParameterError(f"{name}={v!r} must be a string")
+
+
+def _sha256(name: str, v: Any) -> None:
+    if not isinstance(v, str) or (v and not re.fullmatch(r"[0-9a-fA-F]{64}", v)):
+        raise ParameterError(f"{name}={v!r} must be empty or 64 hexadecimal digits (a sha256)")
+
+
+def _ratios(name: str, v: Any) -> None:
+    ok = isinstance(v, (list, tuple)) and len(v) > 0
+    ok = ok and all(
+        isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) and 0 < r <= 1
+        for r in v
+    )
+    if not ok:
+        raise ParameterError(
+            f"{name}={v!r} must be a list of ratios in (0, 1], e.g. [0.01, 0.1, 0.5]"
+        )
+
+
+# what each notebook parameter may be (checked before any notebook runs, and by Run)
+NOTEBOOK_CHECKS = {
+    "run_dir": _text,
+    "download": _bool,
+    "download_url": _text,
+    "download_sha256": _sha256,
+    "synthetic_size": _int(32, 4096, "side of the synthetic images in pixels"),
+    "synthetic_n_train": _int(1, 100000, "synthetic training images"),
+    "synthetic_n_test_good": _int(0, 100000, "synthetic good test images"),
+    "synthetic_n_per_defect": _int(0, 100000, "synthetic test images per defect type"),
+    "n_examples": _int(1, 1000, "images shown in the example figures"),
+    "coverage_ratios": _ratios,
+    "coverage_max_patches": _int(2, 10**7, "training patches the coverage curve samples"),
+    "inference_batch_size": _int(0, 4096, "0: chosen for the device"),
+    "timing_repeats": _int(0, 10000, "0: 10 on a GPU, 2 on the CPU"),
+    "interactive": _bool,
+}
+
+
+def check_notebook_parameters(params: dict[str, Any]) -> None:
+    """Raise :class:`ParameterError` naming the first notebook parameter in ``params`` whose
+    value is out of range (Config fields are checked by :class:`Config`)."""
+    for name, check in NOTEBOOK_CHECKS.items():
+        if name in params:
+            check(name, params[name])
 
 
 # Every notebook's parameters cell declares these, then the few knobs its lesson is about (as

@@ -33,6 +33,7 @@ from helpers.run import calibration, stages
 from helpers.run.cache import ArtifactCache
 from helpers.run.parameters import (
     NOTEBOOK_PARAMETERS,
+    check_notebook_parameters,
     config_from_params,
     resolve_run_dir,
 )
@@ -66,6 +67,7 @@ class Run:
                 f"unknown notebook parameter(s) {sorted(unknown)}: the notebooks' own parameters "
                 f"are {sorted(NOTEBOOK_PARAMETERS)} (helpers/run/parameters.py)"
             )
+        check_notebook_parameters(params or {})
         # the notebooks' own settings (figure sizes, timing repeats, ...): their defaults, with
         # whatever the lesson's parameters cell or papermill's -p set
         self.params = SimpleNamespace(

@@ -6,8 +6,11 @@ back into :class:`~helpers.run.run.Run`, which only hands its parts over.
 
 Cache keys: a stage's file is ``<stage>-<hash>.safetensors`` with ``<hash>`` =
 :meth:`Config.hash` (for features, with the coreset settings at their defaults, since they do
-not change features). Its header also stores the data it was made from and, for predictions,
-the scoring settings; a file whose stored values differ is recomputed, never silently reused.
+not change features). Its header also stores the data it was made from (the source and a
+fingerprint of the training images' names, sizes and modification times; for predictions, of
+the test images too) and, for predictions, the scoring settings; a file whose stored values
+differ, or that does not read back whole, is recomputed, never silently reused, and
+events.jsonl says why.
 """
 
 from __future__ import annotations
@@ -78,23 +81,34 @@ class Stages:
         return self.path("features").with_suffix(".f32")
 
     def meta(self, stage: str) -> dict[str, str]:
-        """What a stage's file must hold to be reused: the settings hash and the data."""
+        """What a stage's file must hold to be reused: the settings hash, the data source and
+        the fingerprint of the images it was made from (training; for predictions, test too)."""
         c = self.config
         extra = {k: getattr(c, k) for k in SCORING_FIELDS} if stage == "predictions" else {}
-        return {
+        meta = {
             "stage": stage,
             "config_hash": self.hash(stage),
             "data_id": self.data.data_id(),
-            "extra": json.dumps(extra, sort_keys=True),
+            "data_train": self.data.fingerprint("train"),
         }
+        if stage == "predictions":
+            meta["data_test"] = self.data.fingerprint("test")
+        meta["extra"] = json.dumps(extra, sort_keys=True)
+        return meta
 
     def is_cached(self, stage: str) -> bool:
-        """True when the stage's file exists and was made with the current settings and data."""
-        return self.cache.matches(self.path(stage), self.meta(stage))
+        """True when the stage's file exists and was made with the current settings and data
+        (and, for features, its spill file is whole)."""
+        saved = self.cache.metadata(self.path(stage)) or {}
+        if saved.get("data_id") != self.data.data_id():  # cheap first: no data listed or made
+            return False
+        if self.cache.stale_reason(self.path(stage), self.meta(stage)) is not None:
+            return False
+        return stage != "features" or _spill_problem(self) is None
 
-    def cached(self, stage: str, compute):
+    def cached(self, stage: str, compute, stale: str | None = None):
         """(tensors, info) of ``stage``: loaded when cached, else ``compute()`` and saved."""
-        return self.cache.cached(stage, self.hash(stage), self.meta(stage), compute)
+        return self.cache.cached(stage, self.hash(stage), self.meta(stage), compute, stale)
 
 
 def features(st: Stages, model: PatchCore | None = None) -> TrainingFeatures:
@@ -121,14 +135,14 @@ def features(st: Stages, model: PatchCore | None = None) -> TrainingFeatures:
         }
         return {"projection": rows[:n].cpu()}, info
 
-    path = st.path("features")
-    if st.is_cached("features") and st.cache.info(path).get("spill"):
-        if not st.spill_path().is_file():
-            path.unlink()  # the spill file was deleted: recompute
-    tensors, info = st.cached("features", compute)
-    proj = Projection.of_rows(tensors["projection"], m.device)
-    spill = FeatureSpill.open(st.spill_path(), info["dim"]) if info["spill"] else None
+    stale = None
+    if st.cache.stale_reason(st.path("features"), st.meta("features")) is None:
+        stale = _spill_problem(st)  # the .f32 file deleted or cut short: recompute both
+    tensors, info = st.cached("features", compute, stale)
     n_views = info.get("n_views", info["n_images"])
+    rows = n_views * info["grid"][0] * info["grid"][1]
+    proj = Projection.of_rows(tensors["projection"], m.device)
+    spill = FeatureSpill.open(st.spill_path(), info["dim"], rows) if info["spill"] else None
     return TrainingFeatures(
         proj,
         spill,
@@ -139,15 +153,37 @@ def features(st: Stages, model: PatchCore | None = None) -> TrainingFeatures:
     )
 
 
+def _spill_problem(st: Stages) -> str | None:
+    """Why the cached features' spill file (the full embeddings) cannot be used, or None."""
+    info = st.cache.info(st.path("features"))
+    if not all(k in info for k in ("grid", "dim", "n_images", "spill")):
+        return "its info entry is incomplete"
+    if not info["spill"]:
+        return None
+    spill = st.spill_path()
+    if not spill.is_file():
+        return f"{spill.name} is missing"
+    rows = info.get("n_views", info["n_images"]) * info["grid"][0] * info["grid"][1]
+    size, want = spill.stat().st_size, rows * info["dim"] * 4
+    if size != want:
+        return f"{spill.name} holds {size} bytes, not {want} (cut short?)"
+    return None
+
+
 def fitted_model(st: Stages, **overrides) -> PatchCore:
     """The fitted PatchCore (notebook 03): loads the bank when cached, else runs the greedy
     coreset on the cached (or freshly extracted) features and saves the bank with the cache's
     keys in its header. ``overrides`` change runtime fields only (device, batch_size, ...)."""
     path = st.path("bank")
-    if st.is_cached("bank"):
-        model = PatchCore.load(path, st.config, **overrides)
-        st.cache.log("bank", "loaded", path, _bank_note(model))
-        return model
+    reason = st.cache.stale_reason(path, st.meta("bank"))
+    if reason is None:
+        try:
+            model = PatchCore.load(path, st.config, **overrides)
+        except ValueError as exc:  # damaged (checksum, NaN, truncated): built again below
+            reason = f"unreadable ({exc})"
+        else:
+            st.cache.log("bank", "loaded", path, _bank_note(model))
+            return model
     model = PatchCore(st.config.replace(**overrides) if overrides else st.config)
     feats = st.cache.nested(lambda: features(st, model))
     try:
@@ -155,7 +191,7 @@ def fitted_model(st: Stages, **overrides) -> PatchCore:
     finally:
         feats.close()
     model.save(path, metadata=st.meta("bank"))
-    st.cache.log("bank", "computed", path, _bank_note(model))
+    st.cache.log("bank", "computed", path, _bank_note(model), reason=reason)
     return model
 
 
@@ -196,8 +232,8 @@ def coverage(st: Stages, ratios: list[float], max_patches: int = 2000) -> dict[s
 
     tensors, info = st.cached("coverage", compute)
     if tensors["ratios"].tolist() != ratios or info.get("max_patches") != max_patches:
-        st.path("coverage").unlink()  # asked for other ratios: recompute
-        tensors, info = st.cached("coverage", compute)
+        why = "other coverage_ratios or coverage_max_patches asked for"
+        tensors, info = st.cached("coverage", compute, stale=why)
     out = {k: v.numpy() for k, v in tensors.items()}
     out["n_patches"] = info["n_patches"]
     return out
@@ -246,6 +282,9 @@ def predictions(
         return tensors, info
 
     tensors, info = st.cached("predictions", compute)
+    if len(info.get("paths", [])) != len(test) or tensors["scores"].shape[0] != len(test):
+        why = f"made for {len(info.get('paths', []))} test images, the test set has {len(test)}"
+        tensors, info = st.cached("predictions", compute, stale=why)
     scores = tensors["scores"].numpy()
     geoms = [
         None if row[0] < 0 or not np.isfinite(s) else Geometry(*map(int, row))

@@ -1,1 +1,2 @@
-""""""
+"""The command line's work: the main job over the five notebooks (``pipeline``, ``python -m
+helpers run``) and what it reports (``report``)."""

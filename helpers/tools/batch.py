@@ -146,6 +146,7 @@ def write_summary(out: Path, rows: list[dict]) -> tuple[Path, Path]:
 
 
 def run_categories(
+    runner: Callable[..., dict],
     out: str | Path,
     data: str | None,
     categories: list[str],
@@ -157,17 +158,16 @@ def run_categories(
     threads: int | None = None,
     log: Callable[[str], None] = print,
 ) -> list[dict]:
-    """The main job for each of ``categories`` into ``out/<category>``; returns the summary
-    rows (also written to ``out/summary.csv`` and ``out/summary.md``)."""
-    from helpers.tools.pipeline import run_pipeline
-
+    """The main job (``runner``: :func:`helpers.tools.pipeline.run_pipeline`) for each of
+    ``categories`` into ``out/<category>``; returns the summary rows (also written to
+    ``out/summary.csv`` and ``out/summary.md``)."""
     out = Path(out).expanduser().resolve()
     rows = []
     for i, category in enumerate(categories, 1):
         log(f"[{i}/{len(categories)}] {category}")
         folder = out / category
         try:
-            metrics = run_pipeline(
+            metrics = runner(
                 folder,
                 data,
                 params={**(params or {}), "category": category},

@@ -4,6 +4,7 @@ disk), the message when a notebook failed, and the closing summary of a run."""
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -37,24 +38,42 @@ def failure_message(nb: str, exc: BaseException, target: Path, out: Path) -> str
 
 
 def preflight(params: dict[str, Any]) -> str:
-    """Before any notebook runs: find the data (download it when asked), count the training
-    images and compare the fit's estimated peak memory with what is free. Returns a one-line
-    summary; raises PipelineError with the whole message (path at fault, layout, or estimate,
-    free memory and the knob to change)."""
+    """Before any notebook runs: find the data (download it when asked), check every image
+    (unreadable ones stop the run unless ``skip_bad_images``) and mask, say what the test set
+    allows to be computed, and compare the fit's estimated peak memory with what is free.
+    Returns the lines to print (the first one the summary, then the test set, then one line per
+    kind of data warning, counted); raises PipelineError with the whole message (path at fault,
+    layout, or estimate, free memory and the knob to change)."""
     from helpers.core.model import PatchCore
     from helpers.core.training import available_ram, check_fit_memory
-    from helpers.data.mvtec import DatasetError
     from helpers.lessons.timing import resolve_device_quietly
 
-    run = Run.from_params(params, verbose=False)
-    c = run.config
     try:
-        n_train = run.data.synthetic["n_train"] if run.is_synthetic else len(run.train_samples)
-    except (DatasetError, OSError, RuntimeError) as exc:
+        run = Run.from_params(params, verbose=False)
+    except OSError as exc:  # a Drive path outside Colab, an unreadable folder
         raise PipelineError(f"data: {exc}") from exc
+    c = run.config
+    notes: list[str] = []
+    if run.is_synthetic:
+        syn = run.data.synthetic
+        n_train = syn["n_train"]
+        n_good, n_bad = syn["n_test_good"], 4 * syn["n_per_defect"]
+        n_masks, n_types = n_bad, 4 if n_bad else 0
+    else:
+        n_train, (n_good, n_bad, n_masks, n_types), notes = _check_folder(run)
     if n_train == 0:
         raise PipelineError(f"data: no training images found under {run.data_root}")
-    model = PatchCore(c, device=resolve_device_quietly(c.device).type)  # the line says the device
+    if n_good + n_bad == 0:
+        raise PipelineError(
+            f"data: no test images under {run.data_root} (every folder of test/ is empty); "
+            "notebooks 04 and 05 score the test set: add test images (test/good/, "
+            "test/<defect>/)"
+        )
+    try:
+        device = resolve_device_quietly(c.device)
+    except RuntimeError as exc:
+        raise PipelineError(f"device: {exc}") from exc
+    model = PatchCore(c, device=device.type)  # the line says the device
     try:
         est = check_fit_memory(c, model.device, n_train)
     except MemoryError as exc:
@@ -69,7 +88,7 @@ def preflight(params: dict[str, Any]) -> str:
             f"{out} but {disk / 2**30:.1f} GiB is free; choose another --out, or "
             f"lower input_size or train_rotations"
         )
-    return (
+    first = (
         f"preflight: {n_train} training images x {c.rotations_for(n_train)} rotation(s) at "
         f"{c.input_size} px on {model.device.type}"
         + (" (no CUDA GPU: slower)" if model.device.type == "cpu" and c.device == "auto" else "")
@@ -77,6 +96,67 @@ def preflight(params: dict[str, Any]) -> str:
         + (f" of {free / 2**30:.1f} GiB free" if free else "")
         + (f", {est['disk'] / 2**30:.1f} GiB disk" if est["disk"] else "")
     )
+    return "\n".join([first, test_set_line(n_good, n_bad, n_masks, n_types), *notes])
+
+
+def test_set_line(n_good: int, n_bad: int, n_masks: int, n_types: int) -> str:
+    """What the test set allows notebook 05 to compute (the rest is null in metrics.json)."""
+    head = (
+        f"preflight: test set of {n_good} good + {n_bad} defective image(s)"
+        + (f" ({n_types} defect type(s), {n_masks} with a mask)" if n_bad else "")
+        + ": "
+    )
+    if n_good and n_bad:
+        image = "image AUROC, F1 threshold and per-defect AUROC"
+    else:
+        missing = "no good" if not n_good else "no defective"
+        image = f"image AUROC, F1 threshold and per-defect AUROC null ({missing} test images)"
+    pixel = (
+        "pixel AUROC and AUPRO"
+        if n_masks
+        else "pixel AUROC and AUPRO null (no defective image with a mask)"
+    )
+    if n_good and n_bad and n_masks:
+        return head + f"{image}, {pixel} will be computed"
+    return head + "; ".join(p if "null" in p else p + " will be computed" for p in (image, pixel))
+
+
+def _check_folder(run: Run) -> tuple[int, tuple[int, int, int, int], list[str]]:
+    """Training images, (good, defective, masked, defect types) test images and the data
+    warnings (one line per kind, counted) of a data folder; an unreadable image stops here
+    unless ``skip_bad_images``."""
+    from helpers.data.mvtec import DatasetError, check_masks, warn_mask_issues
+
+    data = run.data
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            listed = data.listed("train") + data.listed("test")
+        except (DatasetError, OSError, RuntimeError) as exc:
+            raise PipelineError(f"data: {exc}") from exc
+        bad = data.unreadable("train") + data.unreadable("test")
+        if bad and not run.config.skip_bad_images:
+            s, why = bad[0]
+            raise PipelineError(
+                f"data: {len(bad)} of {len(listed)} image(s) cannot be read, e.g. {s.path} "
+                f"({why}); replace or remove them, or pass -p skip_bad_images true to leave "
+                "them out"
+            )
+        train, test = data.train_samples, data.test_samples  # less the unreadable (skip)
+        warn_mask_issues(check_masks(test))
+    notes = []
+    for w in caught:
+        line = f"data: {str(w.message).splitlines()[0]}"
+        if line not in notes:
+            notes.append(line)
+    bad_test = [s for s in test if s.defect != "good"]
+    counts = (
+        len(test) - len(bad_test),
+        len(bad_test),
+        sum(s.mask_path is not None for s in bad_test),
+        len({s.defect for s in bad_test}),
+    )
+    return len(train), counts, notes
 
 
 def _fmt(v: Any) -> str:
