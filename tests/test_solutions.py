@@ -161,3 +161,15 @@ def test_every_solution_prints_what_its_text_quotes(demo_solutions):
             if absent:
                 missing.append(f"{ex}: the text quotes {absent}, the solution printed:\n{output}")
     assert not missing, "\n\n".join(missing)
+
+
+def test_the_check_reads_results_not_parameters():
+    ex = Exercise(
+        "nb",
+        0,
+        1,
+        "**Exercise 1: x.** Up to 0.05, at 224 px?",
+        "for size in (224, 320): print(size)",
+        "In `make demo` 0.812 at 0.05, 18816 vectors at 224 and 320 px, 12 images, `features.16`.",
+    )
+    assert ex.checked_numbers() == ["0.812", "18816"]
