@@ -297,8 +297,8 @@ def gallery(
     pixel_threshold: float | None = None,
     title: str = "",
 ) -> Figure:
-    """One row per image: the image with its ground truth (green outline); the anomaly map over it
-    with the verdict at the image ``threshold``; the pixels whose map value reaches
+    """One row per image: the image as it is; its anomaly map with the ground truth (green outline)
+    and the verdict at the image ``threshold``; the pixels whose map value reaches
     ``pixel_threshold`` (filled and outlined in :data:`PIXEL_REGION_COLOUR`, the colour the title
     names) against the ground truth."""
     n = len(images)
@@ -309,8 +309,7 @@ def gallery(
         img, amap, mask = images[i], maps[i], masks[i]
         truth = "defective" if labels[i] else "good"
         a0, a1, a2 = axes[i]
-        a0.imshow(img)
-        mask_outline(a0, mask)
+        a0.imshow(img)  # as it is: an outline would cover a thin defect
         axes_off(a0)
         a0.set_title(f"{titles[i]} (true: {truth})", fontsize=9)
         heatmap(a1, amap, norm, mask)
