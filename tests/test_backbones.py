@@ -53,3 +53,23 @@ def test_random_weights_only_when_asked_and_warned():
         load_backbone("resnet18", None)
     with pytest.raises(ValueError, match="unknown backbone"):
         load_backbone("vgg", None)
+
+
+def test_random_weights_are_the_same_network_every_time():
+    """weights=None: one fixed random network, so features, bank and test features computed in
+    different processes (notebooks 02-04) compare like with like; the global RNG is untouched."""
+    import warnings
+
+    import torch
+
+    from helpers.core.backbones import load_backbone
+
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a, b = load_backbone("resnet18", None), load_backbone("resnet18", None)
+    assert torch.equal(torch.rand(1), expected_next)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)

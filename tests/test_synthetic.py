@@ -6,6 +6,7 @@ import numpy as np
 from helpers.data.synthetic import (
     DEFECTS,
     _radius_profile,
+    draw_bend,
     generate_dataset,
     make_sample,
     render_part,
@@ -62,10 +63,20 @@ def test_bent_mask_is_the_one_region_where_the_outline_moved():
             assert n - 1 == 1, (size, seed, n - 1)  # no lone pixels far from the bend
             # and the region holds (nearly) every pixel where the outline moved
             rng = np.random.default_rng(seed)
-            angle, amount = rng.uniform(0, 2 * np.pi), rng.uniform(0.12, 0.18)
-            _, bent = render_part(size, rng, bend=(angle, amount))
+            _, bent = render_part(size, rng, bend=draw_bend(rng))
             rng = np.random.default_rng(seed)
-            rng.uniform(0, 2 * np.pi), rng.uniform(0.12, 0.18)
+            draw_bend(rng)
             _, plain = render_part(size, rng)
             moved = bent ^ plain
             assert (moved & mask).sum() >= 0.9 * moved.sum(), (size, seed)
+
+
+def test_levels_differ_and_unknown_level_is_refused(tmp_path):
+    import pytest
+
+    rng = np.random.default_rng
+    hard, _ = make_sample("good", 64, rng(3))
+    easy, _ = make_sample("good", 64, rng(3), difficulty="easy")
+    assert not np.array_equal(hard, easy)
+    with pytest.raises(ValueError, match="difficulty"):
+        generate_dataset(tmp_path, size=32, n_train=1, difficulty="medium")

@@ -150,7 +150,11 @@ def load_backbone(name: str, weights: str | None = "IMAGENET1K_V1") -> nn.Module
             "benchmarks; anomaly scores will be poor)",
             stacklevel=2,
         )
-        model = torchvision.models.get_model(name, weights=None)
+        # the same random network every time: a bank and the test features it is compared with
+        # are computed by different processes (notebooks 02-04), and must come from one network
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            model = torchvision.models.get_model(name, weights=None)
     else:
         if name == "mobilenet_v2":
             seed_offline_weights(verbose=False)

@@ -151,13 +151,29 @@ CPU_MICRO_BATCH = 8
 PROGRESS_ENV = "PATCHCORE_PROGRESS"  # "stderr": bars go to the process's own stderr (pipeline)
 
 
+def _terminal():
+    """The terminal the process was started from. In a Jupyter kernel whatever is written to file
+    descriptor 2 lands in the notebook (ipykernel forwards it, so a bar drawn on
+    ``sys.__stderr__`` showed up frozen in executed notebooks); the kernel's ``sys.stderr.fileno()``
+    is its copy of the original descriptor, the terminal."""
+    import sys
+
+    stream = sys.stderr
+    if stream is sys.__stderr__:
+        return sys.__stderr__
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return sys.__stderr__
+    return open(fd, "w", buffering=1, closefd=False)  # the descriptor stays open
+
+
 def progress(iterable, *, total: int | None = None, desc: str = "", unit: str = "it"):
     """A tqdm bar over ``iterable``. In a notebook: the notebook's own bar. Under
-    ``python -m helpers run`` (which sets PATCHCORE_PROGRESS=stderr for its kernels): a text
-    bar on the kernel process's real stderr, i.e. the pipeline's terminal, so executed notebooks
-    stay free of timing output and nbval re-execution compares equal."""
+    ``python -m helpers run`` (which sets PATCHCORE_PROGRESS=stderr for its kernels):
+    a text bar on the kernel process's terminal, i.e. the pipeline's, so executed notebooks stay
+    free of timing output and nbval re-execution compares equal."""
     import os
-    import sys
 
     if os.environ.get(PROGRESS_ENV) == "stderr":
         from tqdm import tqdm
@@ -167,7 +183,7 @@ def progress(iterable, *, total: int | None = None, desc: str = "", unit: str = 
             total=total,
             desc=desc,
             unit=unit,
-            file=sys.__stderr__,
+            file=_terminal(),
             mininterval=2.0,
             dynamic_ncols=False,
             ncols=100,

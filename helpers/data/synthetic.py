@@ -4,6 +4,12 @@ Each part is a brushed-metal ring whose outer edge has four saw-tooth lobes (slo
 so the part is chiral: a mirrored part (``flip``) cannot be rotated back onto a good one. Parts are
 rotated at random. Defects: ``scratch`` (thin bright/dark line), ``color`` (a stain), ``bent`` (one
 lobe pushed out of shape) and ``flip`` (the mirror image, masked as the whole part).
+
+Two difficulty levels (:data:`LEVELS`). ``"hard"``, the default and the lessons' set: good parts
+also differ in position, size and lighting, and each defect's severity is drawn from clearly
+visible down to barely there (faint scratches, pale stains, slightly bent lobes), so a detector
+makes real mistakes on it. ``"easy"``: fixed lighting, every defect clearly visible (for tests
+that need a detector to separate the classes on a handful of tiny images).
 """
 
 from __future__ import annotations
@@ -17,7 +23,35 @@ import cv2
 import numpy as np
 
 DEFECTS = ("bent", "color", "flip", "scratch")
-_VERSION = 4
+_VERSION = 5
+
+# Per level: how much good parts differ besides their angle (``jitter``: the centre's offset as a
+# fraction of the image, standard deviation; the radius, +- a fraction; the light's direction,
+# standard deviation in radians; its brightness, a gain of 1 +- this) and the defects' severity
+# ranges (``bend``: how far the lobe is pushed out, in part radii; ``scratch_opacity``: the line
+# over the metal; ``scratch_length``: in image sides; ``stain_opacity``: the stain's largest).
+LEVELS = {
+    "hard": dict(
+        jitter=dict(offset=0.02, scale=0.03, light_angle=0.3, gain=0.08),
+        bend=(0.06, 0.18),
+        scratch_opacity=(0.06, 1.0),
+        scratch_length=(0.06, 0.2),
+        stain_opacity=(0.1, 0.75),
+    ),
+    "easy": dict(
+        jitter=dict(offset=0.01, scale=0.0, light_angle=0.0, gain=0.0),
+        bend=(0.12, 0.18),
+        scratch_opacity=(1.0, 1.0),
+        scratch_length=(0.12, 0.22),
+        stain_opacity=(0.75, 0.75),
+    ),
+}
+
+
+def _level(difficulty: str) -> dict:
+    if difficulty not in LEVELS:
+        raise ValueError(f"unknown difficulty {difficulty!r}; choose one of {sorted(LEVELS)}")
+    return LEVELS[difficulty]
 
 
 def _radius_profile(
@@ -40,14 +74,19 @@ def render_part(
     rng: np.random.Generator,
     mirrored: bool = False,
     bend: tuple[float, float] | None = None,
+    difficulty: str = "hard",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """RGB uint8 image [size, size, 3] and the part's boolean mask."""
+    """RGB uint8 image [size, size, 3] and the part's boolean mask. Every part lies at its own
+    angle and, within its level's ``jitter``, its own position, size and lighting."""
     # render at 2x, then area-downsample for smooth edges (above 512 px edges are smooth enough
     # at 1x, and 2x would cost 4x the time of a 1024-px set)
     ss = 2 * size if size <= 512 else size
+    j = _level(difficulty)["jitter"]
     rot = rng.uniform(0, 2 * np.pi)
-    cx, cy = ss / 2 + rng.normal(0, ss * 0.01, 2)
-    radius = ss * 0.36
+    cx, cy = ss / 2 + np.clip(rng.normal(0, j["offset"], 2), -2 * j["offset"], 2 * j["offset"]) * ss
+    radius = ss * 0.36 * rng.uniform(1 - j["scale"], 1 + j["scale"])
+    light_dir = 0.8 + rng.normal(0, j["light_angle"])
+    gain = rng.uniform(1 - j["gain"], 1 + j["gain"])
     yy, xx = np.mgrid[0:ss, 0:ss].astype(np.float32)
     dx, dy = xx - cx, yy - cy
     rr = np.hypot(dx, dy) / radius
@@ -57,7 +96,7 @@ def render_part(
     # brushed metal: concentric grain + fine noise + directional light
     grain = 0.06 * np.sin(rr * 90 + rng.uniform(0, 6.28)) + 0.04 * rng.standard_normal((ss, ss))
     grain = cv2.GaussianBlur(grain.astype(np.float32), (0, 0), 1.2)
-    light = 0.55 + 0.25 * np.cos(np.arctan2(dy, dx) - 0.8) * np.clip(rr, 0, 1)
+    light = gain * (0.55 + 0.25 * np.cos(np.arctan2(dy, dx) - light_dir) * np.clip(rr, 0, 1))
     bevel = np.clip((outer - rr) * 6, 0, 1) * np.clip((rr - 0.32) * 8, 0, 1)
     base = light * (0.6 + 0.4 * bevel) + grain
     # a darker inner ring (the nut's collar)
@@ -80,23 +119,28 @@ def _point_on_part(mask: np.ndarray, rng: np.random.Generator, margin: int) -> t
     return int(xs[i]), int(ys[i])
 
 
+def draw_bend(rng: np.random.Generator, difficulty: str = "hard") -> tuple[float, float]:
+    """Where a ``bent`` part's lobe is pushed out (angle) and how far (in part radii)."""
+    return rng.uniform(0, 2 * np.pi), rng.uniform(*_level(difficulty)["bend"])
+
+
 def make_sample(
-    defect: str, size: int, rng: np.random.Generator
+    defect: str, size: int, rng: np.random.Generator, difficulty: str = "hard"
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """One image and its defect mask (None for good)."""
+    level = _level(difficulty)
     if defect == "good":
-        return render_part(size, rng)[0], None
+        return render_part(size, rng, difficulty=difficulty)[0], None
     if defect == "flip":
-        img, part = render_part(size, rng, mirrored=True)
+        img, part = render_part(size, rng, mirrored=True, difficulty=difficulty)
         return img, part
     if defect == "bent":
         state = rng.bit_generator.state
-        angle = rng.uniform(0, 2 * np.pi)
-        amount = rng.uniform(0.12, 0.18)
-        img, part = render_part(size, rng, bend=(angle, amount))
+        bend = draw_bend(rng, difficulty)
+        img, part = render_part(size, rng, bend=bend, difficulty=difficulty)
         rng.bit_generator.state = state  # same part without the bend, for the mask
-        rng.uniform(0, 2 * np.pi), rng.uniform(0.12, 0.18)
-        _, plain = render_part(size, rng)
+        draw_bend(rng, difficulty)
+        _, plain = render_part(size, rng, difficulty=difficulty)
         diff = (part ^ plain).astype(np.uint8)
         mask = cv2.dilate(diff, np.ones((5, 5), np.uint8))
         # the bump's far tails move the outline by a fraction of a pixel, which flips lone edge
@@ -105,19 +149,21 @@ def make_sample(
         if n > 2:
             mask = labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
         return img, mask > 0
-    img, part = render_part(size, rng)
+    img, part = render_part(size, rng, difficulty=difficulty)
     mask = np.zeros(part.shape, np.uint8)
     if defect == "scratch":
         x0, y0 = _point_on_part(part, rng, size // 16)
-        ang, length = rng.uniform(0, np.pi), rng.uniform(0.12, 0.22) * size
+        ang, length = rng.uniform(0, np.pi), rng.uniform(*level["scratch_length"]) * size
         x1, y1 = int(x0 + length * np.cos(ang)), int(y0 + length * np.sin(ang))
-        shade = (235, 235, 240) if rng.random() < 0.5 else (25, 25, 30)
+        shade = np.array((235, 235, 240) if rng.random() < 0.5 else (25, 25, 30), np.float32)
+        opacity = rng.uniform(*level["scratch_opacity"])
         width = max(1, size // 128)
-        canvas = img.copy()
-        cv2.line(canvas, (x0, y0), (x1, y1), shade, width, cv2.LINE_AA)
+        line = np.zeros(part.shape, np.uint8)
+        cv2.line(line, (x0, y0), (x1, y1), 255, width, cv2.LINE_AA)
         cv2.line(mask, (x0, y0), (x1, y1), 255, width + 2)
         m = (mask > 0) & part
-        img = np.where(part[..., None], canvas, img)
+        alpha = (line.astype(np.float32) / 255 * opacity * part)[..., None]
+        img = (img * (1 - alpha) + shade * alpha).round().astype(np.uint8)
     elif defect == "color":
         x0, y0 = _point_on_part(part, rng, size // 12)
         axes = (int(rng.uniform(0.04, 0.08) * size), int(rng.uniform(0.03, 0.06) * size))
@@ -126,7 +172,8 @@ def make_sample(
         colour = np.array(
             [(190, 60, 40), (60, 90, 200), (200, 160, 40)][rng.integers(3)], np.float32
         )
-        alpha = cv2.GaussianBlur(m.astype(np.float32), (0, 0), 1.5)[..., None] * 0.75
+        opacity = rng.uniform(*level["stain_opacity"])
+        alpha = cv2.GaussianBlur(m.astype(np.float32), (0, 0), 1.5)[..., None] * opacity
         img = (img * (1 - alpha) + colour * alpha).astype(np.uint8)
     else:
         raise ValueError(f"unknown defect {defect!r}; choose one of {DEFECTS}")
@@ -143,9 +190,11 @@ def generate_dataset(
     n_per_defect: int = 6,
     seed: int = 0,
     defects: tuple[str, ...] = DEFECTS,
+    difficulty: str = "hard",
 ) -> Path:
     """Write the set under ``root/category`` (skipped when an identical set is already there).
-    Returns ``root``."""
+    ``difficulty``: a key of :data:`LEVELS`. Returns ``root``."""
+    _level(difficulty)
     root = Path(root)
     cat = root / category
     params = dict(
@@ -156,6 +205,7 @@ def generate_dataset(
         n_per_defect=n_per_defect,
         seed=seed,
         defects=list(defects),
+        difficulty=difficulty,
     )
     stamp = cat / "synthetic.json"
     if stamp.is_file():
@@ -189,7 +239,7 @@ def generate_dataset(
 
     def write(job) -> None:
         cat, split, defect, i, key = job
-        img, mask = make_sample(defect, size, np.random.default_rng(key))
+        img, mask = make_sample(defect, size, np.random.default_rng(key), difficulty)
         cv2.imwrite(
             str(cat / split / defect / f"{i:03d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
         )

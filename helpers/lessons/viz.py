@@ -3,7 +3,7 @@
 here so that notebooks write ``H.viz.<name>``. Every function returns a matplotlib ``Figure``
 (built without pyplot, so nothing is shown twice and tests need no display) or a ``Table`` that
 renders as HTML in Jupyter and as aligned text elsewhere. Figures have titles, axis labels and
-colour bars; anomaly maps are drawn over the ORIGINAL image pixels."""
+colour bars; anomaly maps are in the ORIGINAL image pixels, drawn beside the image."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from helpers.lessons.viz_base import (  # noqa: F401
     HEATMAP_CMAP,
     MASK_COLOUR,
     Table,
+    heatmap,
     map_range,
-    overlay,
 )
 from helpers.lessons.viz_data import (  # noqa: F401
     brightness_baseline,

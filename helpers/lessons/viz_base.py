@@ -11,7 +11,9 @@ import numpy as np
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-HEATMAP_CMAP = "jet"
+# Anomaly maps: perceptually uniform (equal steps in value look like equal steps in colour, dark =
+# low, bright = high), drawn opaque beside the image so that every colour reads off the colour bar
+HEATMAP_CMAP = "inferno"
 MASK_COLOUR = "lime"
 
 
@@ -85,8 +87,11 @@ def map_range(
     return float(vmin), float(max(vmax, vmin + 1e-6))
 
 
-def overlay(ax, image: np.ndarray, amap: np.ndarray, norm: Normalize, alpha: float = 0.5):
-    ax.imshow(image)
-    im = ax.imshow(amap, cmap=HEATMAP_CMAP, norm=norm, alpha=alpha)
+def heatmap(ax, amap: np.ndarray, norm: Normalize, mask: np.ndarray | None = None):
+    """The anomaly map, opaque (its colours are the colour bar's; a map blended over the image
+    would match no colour of the bar), with the ground truth outlined. Show the image in the
+    panel beside it."""
+    im = ax.imshow(amap, cmap=HEATMAP_CMAP, norm=norm)
+    mask_outline(ax, mask)
     axes_off(ax)
     return im

@@ -63,7 +63,9 @@ def counts_figure(train, test) -> Figure:
 
 
 def sample_grid(samples, per_defect: int = 2) -> Figure:
-    """Examples of each defect type (columns) with the ground-truth mask outlined and tinted."""
+    """Examples of each defect type (columns): each image as it is, and below it the same image
+    with its ground-truth mask tinted red and outlined green (the tint hides what it covers, so
+    the defect is seen in the plain copy)."""
     from helpers.core.images import load_image
     from helpers.data.mvtec import load_mask
 
@@ -73,27 +75,30 @@ def sample_grid(samples, per_defect: int = 2) -> Figure:
         if len(groups[s.defect]) < per_defect:
             groups[s.defect].append(s)
     cols = list(groups)
-    fig = new_figure(2.4 * len(cols), 2.5 * per_defect + 0.4)
-    axes = fig.subplots(per_defect, len(cols), squeeze=False)
+    fig = new_figure(2.3 * len(cols), 4.6 * per_defect + 0.4)
+    axes = fig.subplots(2 * per_defect, len(cols), squeeze=False)
     for j, d in enumerate(cols):
         for i in range(per_defect):
-            ax = axes[i][j]
-            axes_off(ax)
+            top, below = axes[2 * i][j], axes[2 * i + 1][j]
+            for ax in (top, below):
+                axes_off(ax)
             if i >= len(groups[d]):
-                ax.set_axis_off()
+                top.set_axis_off()
+                below.set_axis_off()
                 continue
             s = groups[d][i]
             img = load_image(s.path)
             mask = load_mask(s.mask_path, img.shape[:2]) if s.mask_path else None
+            top.imshow(img)
+            top.set_title(f"{d}  ({s.path.name})", fontsize=9)
+            tint = img.copy()
             if mask is not None:
-                tint = img.copy()
                 tint[mask] = (0.5 * tint[mask] + 0.5 * np.array([255, 0, 0])).astype(np.uint8)
-                img = tint
-            ax.imshow(img)
-            mask_outline(ax, mask)
-            ax.set_title(f"{d}  ({s.path.name})", fontsize=9)
+            below.imshow(tint)
+            mask_outline(below, mask)
+            below.set_title("its ground truth" if mask is not None else "no defect", fontsize=8)
     fig.suptitle(
-        "Test images per defect type; ground-truth defect regions tinted red, outlined green"
+        "Test images per defect type, each above its ground truth (tinted red, outlined green)"
     )
     return fig
 
@@ -144,7 +149,8 @@ def image_statistics(samples) -> tuple[Table, Figure]:
 def brightness_baseline(samples, transform=None) -> Table:
     """A brightness-only detector as a baseline: the image AUROC of each test image's mean grey
     level, each defect type against the good test images (0.5: brightness says nothing; 1: every
-    defective image is brighter than every good one; 0: every one is darker). ``transform``
+    defective image is brighter than every good one; 0: every one is darker); the table's
+    ``aurocs`` holds them as {defect type: AUROC} (with "all defects"). ``transform``
     (RGB uint8 -> RGB uint8, e.g. CLAHE) is applied first. A value far from 0.5 means one global
     number already separates that defect type: a shortcut in the data, not a local defect."""
     from helpers.core.images import load_image
@@ -163,13 +169,15 @@ def brightness_baseline(samples, transform=None) -> Table:
     for name, values in groups:
         auroc = image_auroc([0] * len(good) + [1] * len(values), good + values) if good else None
         rows.append((name, len(values), float(np.mean(values)), auroc, _brightness_reading(auroc)))
-    return Table(
+    table = Table(
         rows,
         ["defect type", "images", "mean brightness", "AUROC (brighter = defective)", "reading"],
         f"Brightness-only detector: mean grey level vs the {len(good)} good test images "
         f"(their mean {np.mean(good) if good else float('nan'):.1f})",
         floatfmt=".2f",
     )
+    table.aurocs = {row[0]: row[3] for row in rows}  # {defect type or "all defects": AUROC}
+    return table
 
 
 def _brightness_reading(auroc: float | None) -> str:

@@ -10,7 +10,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
 
-from helpers.lessons.viz_base import HEATMAP_CMAP, axes_off, mask_outline, new_figure, overlay
+from helpers.lessons.viz_base import HEATMAP_CMAP, axes_off, heatmap, mask_outline, new_figure
 
 # The gallery's predicted-defect pixels (map >= pixel threshold): fill, outline and legend word.
 # Magenta: far from the green ground-truth outline and from the grey metal.
@@ -27,17 +27,29 @@ def maps_preview(
     vmax: float,
     title: str = "",
     label: str = "anomaly map\n(blurred patch distance)",
+    masks=None,
 ) -> Figure:
-    """Anomaly maps over the original images, one column per image, with a shared colour bar
-    (``label``: its caption; two short lines, so that it fits beside the bar)."""
+    """Each image above its anomaly map (one image: side by side), the maps on one colour scale
+    with the colour bar beside them (``label``: its caption; two short lines, so that it fits
+    beside the bar); ``masks``: ground truth outlined on the maps."""
     n = len(images)
-    fig = new_figure(2.6 * n + 0.8, 2.9)
-    axes = fig.subplots(1, n, squeeze=False)[0]
+    masks = list(masks) if masks is not None else [None] * n
     norm = Normalize(vmin, vmax)
-    for ax, img, m, t in zip(axes, images, maps, titles):
-        overlay(ax, img, m, norm)
-        ax.set_title(t, fontsize=9)
-    fig.colorbar(ScalarMappable(norm, HEATMAP_CMAP), ax=list(axes), label=label, shrink=0.9)
+    if n == 1:
+        fig = new_figure(6.4, 3.0)
+        pairs = [fig.subplots(1, 2)]
+    else:
+        fig = new_figure(2.4 * n + 0.9, 5.0)
+        axes = fig.subplots(2, n, squeeze=False)
+        pairs = list(zip(axes[0], axes[1]))
+    for (a_img, a_map), img, m, mask, t in zip(pairs, images, maps, masks, titles):
+        a_img.imshow(img)
+        axes_off(a_img)
+        a_img.set_title(t, fontsize=9)
+        heatmap(a_map, m, norm, mask)
+    fig.colorbar(
+        ScalarMappable(norm, HEATMAP_CMAP), ax=[p[1] for p in pairs], label=label, shrink=0.9
+    )
     fig.suptitle(title or "Anomaly maps in original image pixels")
     return fig
 
@@ -70,15 +82,20 @@ def map_steps(
         (upsampled, f"2. bilinear upsampling\n(max {np.max(upsampled):.2f})"),
         (blurred, f"3. Gaussian blur, sigma={sigma:g} px\n(max {np.max(blurred):.2f})"),
     )
-    im = None
     for ax, (m, t) in zip(axes[1:4], steps):
-        im = ax.imshow(m, cmap=HEATMAP_CMAP, norm=norm, interpolation="nearest")
+        ax.imshow(m, cmap=HEATMAP_CMAP, norm=norm, interpolation="nearest")
         ax.set_title(t, fontsize=9)
-    fig.colorbar(im, ax=list(axes[1:4]), label="distance to nearest memory-bank patch", shrink=0.85)
-    overlay(axes[4], image, original_map, norm)
+    heatmap(axes[4], original_map, norm)
     axes[4].set_title(f"4. back to the original {image.shape[1]}x{image.shape[0]} px", fontsize=9)
     for ax in axes:
         axes_off(ax)
+    # one colour scale for the four maps, its bar after the last of them
+    fig.colorbar(
+        ScalarMappable(norm, HEATMAP_CMAP),
+        ax=list(axes[1:]),
+        label="distance to nearest\nmemory-bank patch",
+        shrink=0.85,
+    )
     fig.suptitle("How an anomaly map is made")
     return fig
 
@@ -95,9 +112,11 @@ def _downsample(maps, masks, side: int = 192):
     return out_maps, out_masks
 
 
-def roc_figure(labels, scores, masks=None, maps=None) -> Figure:
+def roc_figure(labels, scores, masks=None, maps=None, threshold: float | None = None) -> Figure:
     """Image ROC, pixel ROC and the PRO curve (to FPR 0.3). The pixel curves use every
-    n-th pixel so they draw quickly; the numbers in the titles are the exact metrics."""
+    n-th pixel so they draw quickly; the numbers in the titles are the exact metrics. With an
+    image ``threshold``, the image ROC marks the point it operates at (score >= threshold:
+    flagged)."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
     from helpers.evaluation.metrics import pro_curve
@@ -110,7 +129,17 @@ def roc_figure(labels, scores, masks=None, maps=None) -> Figure:
     if len(np.unique(labels[keep])) == 2:
         fpr, tpr, _ = roc_curve(labels[keep], scores[keep])
         ax.plot(fpr, tpr, lw=2, label=f"AUROC {roc_auc_score(labels[keep], scores[keep]):.3f}")
-        ax.legend(loc="lower right")
+        if threshold is not None:
+            (tn, fp), (fn, tp) = confusion_counts(labels, scores, threshold)
+            ax.plot(
+                fp / max(tn + fp, 1),
+                tp / max(tp + fn, 1),
+                "o",
+                color="black",
+                label=f"threshold {threshold:.3g}: {tp} of {tp + fn} defects,\n"
+                f"{fp} of {tn + fp} good parts flagged",
+            )
+        ax.legend(loc="lower right", fontsize=8)
     else:
         ax.text(0.5, 0.5, "needs good and defective images", ha="center")
     ax.plot([0, 1], [0, 1], ":", color="gray")
@@ -161,32 +190,36 @@ def roc_figure(labels, scores, masks=None, maps=None) -> Figure:
 
 
 def score_histogram(scores, defects: Sequence[str], threshold: float | None = None) -> Figure:
-    """Image scores per defect type, as dots on one axis per type, with the threshold."""
+    """Image scores per defect type, as dots on one axis per type, with the threshold; images on
+    the wrong side of it (a defect below it: missed; a good part at or above it: a false alarm)
+    are ringed."""
     scores = np.asarray(scores, dtype=float)
     names = ["good"] + sorted(set(defects) - {"good"})
     names = [n for n in names if n in set(defects)]
-    fig = new_figure(9, 0.5 * len(names) + 1.6)
+    fig = new_figure(9, 0.5 * len(names) + 1.8)
     ax = fig.add_subplot()
     rng = np.random.default_rng(0)
+    wrong_label = None
     for i, n in enumerate(names):
         s = scores[[d == n for d in defects]]
-        ax.scatter(
-            s,
-            i + rng.uniform(-0.15, 0.15, len(s)),
-            s=22,
-            color="tab:green" if n == "good" else "tab:red",
-            alpha=0.8,
-        )
+        y = i + rng.uniform(-0.15, 0.15, len(s))
+        ax.scatter(s, y, s=22, color="tab:green" if n == "good" else "tab:red", alpha=0.8)
+        if threshold is not None:
+            wrong = (s >= threshold) if n == "good" else (s < threshold)
+            wrong_label = "missed (defect below) or\nfalse alarm (good at or above)"
+            ax.scatter(
+                s[wrong], y[wrong], s=110, facecolors="none", edgecolors="black", label=wrong_label
+            )
     if threshold is not None:
-        ax.axvline(
-            threshold, color="black", linestyle="--", label=f"F1-optimal threshold {threshold:.3g}"
-        )
-        ax.legend(loc="lower right", fontsize=8)
+        ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3g}")
+        handles, labels = ax.get_legend_handles_labels()
+        unique = dict(zip(labels, handles))
+        ax.legend(unique.values(), unique.keys(), loc="lower right", fontsize=8)
     ax.set_yticks(range(len(names)), names)
     ax.set_ylim(-0.6, len(names) - 0.4)
     ax.set_xlabel("image anomaly score")
     ax.set_ylabel("defect type")
-    ax.set_title("Image scores per defect type (right of the line = flagged as defective)")
+    ax.set_title("Image scores per defect type (at or right of the line: flagged as defective)")
     return fig
 
 
@@ -264,8 +297,8 @@ def gallery(
     pixel_threshold: float | None = None,
     title: str = "",
 ) -> Figure:
-    """One row per image: the image with its ground truth (green outline); the anomaly map over it
-    with the verdict at the image ``threshold``; the pixels whose map value reaches
+    """One row per image: the image as it is; its anomaly map with the ground truth (green outline)
+    and the verdict at the image ``threshold``; the pixels whose map value reaches
     ``pixel_threshold`` (filled and outlined in :data:`PIXEL_REGION_COLOUR`, the colour the title
     names) against the ground truth."""
     n = len(images)
@@ -276,12 +309,10 @@ def gallery(
         img, amap, mask = images[i], maps[i], masks[i]
         truth = "defective" if labels[i] else "good"
         a0, a1, a2 = axes[i]
-        a0.imshow(img)
-        mask_outline(a0, mask)
+        a0.imshow(img)  # as it is: an outline would cover a thin defect
         axes_off(a0)
         a0.set_title(f"{titles[i]} (true: {truth})", fontsize=9)
-        overlay(a1, img, amap, norm)
-        mask_outline(a1, mask)
+        heatmap(a1, amap, norm, mask)
         a1.set_title(
             f"image score {scores[i]:#.3g}  {verdict(scores[i], labels[i], threshold)}",
             fontsize=9,
