@@ -129,10 +129,8 @@ def test_resume_after_the_data_changed_never_loads_the_old_features(quirky, tmp_
 
 @pytest.mark.xfail(
     strict=True,
-    reason="notebook 05's 'AUROC by counting pairs' cell asserts np.isclose(auroc_pairs, "
-    "metrics['image_auroc']) also when image_auroc is null (TypeError); it needs `if "
-    "metrics['image_auroc'] is not None:` (notebooks are rewritten elsewhere). The library "
-    "side is tested in test_bad_data.py::test_a_one_class_test_set_gives_null_image_metrics",
+    reason="the library, the preflight and notebook 05 handle a one-class test set; notebook 01's "
+    "brightness-baseline cell (max() of an empty per-defect table) still assumes good test images",
 )
 def test_a_test_set_without_good_images_completes_with_null_image_auroc(tmp_path):
     data = generate_dataset(
