@@ -129,8 +129,8 @@ def test_resume_after_the_data_changed_never_loads_the_old_features(quirky, tmp_
 
 @pytest.mark.xfail(
     strict=True,
-    reason="the library, the preflight and notebook 05 handle a one-class test set; notebook 01's "
-    "brightness-baseline cell (max() of an empty per-defect table) still assumes good test images",
+    reason="the library, the preflight and notebooks 01-04 handle a one-class test set; notebook "
+    "05's lesson cells still format the image metrics as numbers (they are null here)",
 )
 def test_a_test_set_without_good_images_completes_with_null_image_auroc(tmp_path):
     data = generate_dataset(
