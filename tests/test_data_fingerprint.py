@@ -101,7 +101,8 @@ def test_adding_test_images_recomputes_the_predictions(data, tmp_path):
     last = [e for e in events(out) if e["stage"] == "predictions"][-1]
     assert last["action"] == "computed" and last["reason"].startswith("test images changed: 6 ")
     bank = [e for e in events(out) if e["stage"] == "bank"]
-    assert [e["action"] for e in bank] == ["computed", "loaded"]  # the training set is the same
+    actions = [e["action"] for e in bank]  # the training set is the same: built once, then loaded
+    assert actions[0] == "computed" and set(actions[1:]) == {"loaded"} and len(actions) > 1
 
 
 def test_a_file_rewritten_in_place_is_a_change(data, tmp_path):
