@@ -124,6 +124,7 @@ def test_resume_after_the_data_changed_never_loads_the_old_features(quirky, tmp_
         "bank": "computed",  # coreset_ratio 0.2: another hash (a new file)
         "coverage": "computed",
         "predictions": "computed",
+        "heldout": "computed",  # the good-only threshold's held-out scores (notebook 05)
     }
 
 
