@@ -19,7 +19,12 @@ import sys
 from pathlib import Path
 
 from helpers.core.images import load_image
-from helpers.tools.predict import THRESHOLD_NAMES, PredictError, choose_threshold, load_model
+from helpers.tools.predict import (
+    PredictError,
+    choose_threshold,
+    load_model,
+    threshold_arg,
+)
 
 
 def export(
@@ -59,13 +64,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m helpers export") 
     )
     ap.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "V"))
     args = ap.parse_args(argv)
-    wanted = args.threshold
-    if wanted is not None and wanted not in THRESHOLD_NAMES:
-        try:
-            wanted = float(wanted)
-        except ValueError:
-            print(f"error: --threshold {wanted!r}: a number or one of {THRESHOLD_NAMES}")
-            return 2
+    wanted = threshold_arg(args.threshold)
+    if wanted is False:
+        return 2
     from helpers.run.parameters import parse_value
 
     overrides = {k: parse_value(v) for k, v in args.param}

@@ -44,6 +44,18 @@ COLUMNS = ("path", "score", "verdict", "threshold", "error")
 THRESHOLD_NAMES = ("good_only", "max_of_good")
 
 
+def threshold_arg(text: str | None) -> str | float | None | bool:
+    """``--threshold`` of predict and export: None, a saved threshold's name or a number; False
+    (after one error line) for anything else."""
+    if text is None or text in THRESHOLD_NAMES:
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        print(f"error: --threshold {text!r}: a number or one of {THRESHOLD_NAMES}")
+        return False
+
+
 class PredictError(RuntimeError):
     """Nothing could be scored; the message (one line) says why and what to do."""
 
@@ -336,13 +348,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m helpers predict")
     )
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
-    wanted = args.threshold
-    if wanted is not None and wanted not in THRESHOLD_NAMES:
-        try:
-            wanted = float(wanted)
-        except ValueError:
-            print(f"error: --threshold {wanted!r}: a number or one of {THRESHOLD_NAMES}")
-            return 2
+    wanted = threshold_arg(args.threshold)
+    if wanted is False:
+        return 2
     overrides = {name: parse_value(value) for name, value in args.param}
     try:
         result = predict(
