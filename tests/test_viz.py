@@ -169,6 +169,21 @@ def test_evaluation_figures():
     assert titled(viz.confusion_figure(labels, scores, 0.3))
 
 
+def test_score_histogram_draws_held_out_good_scores_as_one_more_good_row():
+    scores = np.array([0.1, 0.4, 0.35, 0.8])
+    fig = viz.score_histogram(scores, ["good", "good", "bent", "bent"], 0.5, held_out=[0.2, 0.6])
+    ax = fig.axes[0]
+    names = [t.get_text() for t in ax.get_yticklabels()]
+    assert names == ["good (training,\nheld out)", "good", "bent"]
+    filled = [c for c in ax.collections if len(c.get_facecolor())]  # the dots
+    rings = [c for c in ax.collections if not len(c.get_facecolor())]  # rings round the wrong
+    dots = np.concatenate([c.get_offsets()[:, 0] for c in filled])
+    assert sorted(dots.tolist()) == sorted([0.2, 0.6, 0.1, 0.4, 0.35, 0.8])
+    # ringed: the held-out score 0.6 >= 0.5 (a false alarm) and the bent 0.35 < 0.5 (a miss)
+    ringed = np.concatenate([c.get_offsets()[:, 0] for c in rings if len(c.get_offsets())])
+    assert sorted(ringed.tolist()) == [0.35, 0.6]
+
+
 def test_confusion_counts_and_verdicts():
     cm = viz.confusion_counts([0, 0, 1, 1, 1], [0.1, 0.9, 0.8, 0.2, np.nan], 0.5)
     assert cm.tolist() == [[1, 1], [1, 1]]

@@ -189,12 +189,22 @@ def roc_figure(labels, scores, masks=None, maps=None, threshold: float | None = 
     return fig
 
 
-def score_histogram(scores, defects: Sequence[str], threshold: float | None = None) -> Figure:
+HELD_OUT = "good (training,\nheld out)"
+
+
+def score_histogram(
+    scores, defects: Sequence[str], threshold: float | None = None, held_out=None
+) -> Figure:
     """Image scores per defect type, as dots on one axis per type, with the threshold; images on
     the wrong side of it (a defect below it: missed; a good part at or above it: a false alarm)
-    are ringed."""
+    are ringed. ``held_out``: the good training images' held-out scores (the good-only
+    threshold's data), drawn as one more row of good parts, below the test set's."""
     scores = np.asarray(scores, dtype=float)
-    names = ["good"] + sorted(set(defects) - {"good"})
+    defects = list(defects)
+    if held_out is not None:
+        scores = np.concatenate([np.asarray(held_out, dtype=float), scores])
+        defects = [HELD_OUT] * len(held_out) + defects
+    names = [HELD_OUT, "good"] + sorted(set(defects) - {"good", HELD_OUT})
     names = [n for n in names if n in set(defects)]
     fig = new_figure(9, 0.5 * len(names) + 1.8)
     ax = fig.add_subplot()
@@ -203,9 +213,10 @@ def score_histogram(scores, defects: Sequence[str], threshold: float | None = No
     for i, n in enumerate(names):
         s = scores[[d == n for d in defects]]
         y = i + rng.uniform(-0.15, 0.15, len(s))
-        ax.scatter(s, y, s=22, color="tab:green" if n == "good" else "tab:red", alpha=0.8)
+        is_good = n in ("good", HELD_OUT)
+        ax.scatter(s, y, s=22, color="tab:green" if is_good else "tab:red", alpha=0.8)
         if threshold is not None:
-            wrong = (s >= threshold) if n == "good" else (s < threshold)
+            wrong = (s >= threshold) if is_good else (s < threshold)
             wrong_label = "missed (defect below) or\nfalse alarm (good at or above)"
             ax.scatter(
                 s[wrong], y[wrong], s=110, facecolors="none", edgecolors="black", label=wrong_label
