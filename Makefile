@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml requirements-dev.txt
 
 setup: $(STAMP)
 
-# The five notebooks with papermill on the synthetic set (MobileNetV2) into runs/demo/.
+# The six notebooks with papermill on the synthetic set (MobileNetV2) into runs/demo/.
 demo: setup
 	$(BIN)/python -m helpers demo --out runs/demo $(ARGS)
 

@@ -1,6 +1,6 @@
 """The command line, ``python -m helpers COMMAND``:
 
-run          the five notebooks with papermill into one run folder (``run --help``)
+run          the six notebooks with papermill into one run folder (``run --help``)
 demo         ``run`` with the demo preset (MobileNetV2, synthetic set) into runs/demo
 predict      score new images with a saved run or bank: CSV, verdicts, overlays (``predict --help``)
 export       the whole scoring path of a saved run or bank to ONNX (``export --help``)
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("run", help="the five notebooks into one run folder (run --help)")
+    sub.add_parser("run", help="the six notebooks into one run folder (run --help)")
     sub.add_parser("demo", help="run with the demo preset into runs/demo")
     sub.add_parser("predict", help="score new images with a saved run or bank (predict --help)")
     sub.add_parser("export", help="a saved run or bank to ONNX (export --help)")

@@ -1,4 +1,4 @@
-"""One papermill run of the five notebooks with the CI preset, shared by test_notebooks.py and
+"""One papermill run of the six notebooks with the CI preset, shared by test_notebooks.py and
 test_pipeline.py (computed once per pytest session)."""
 
 from __future__ import annotations

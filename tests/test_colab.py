@@ -52,7 +52,7 @@ def check_agreement(root: Path, url: str) -> None:
 
 def test_one_repository_url_in_badges_setup_cells_and_readme():
     assert colab.REPO_URL == "https://github.com/patchcore-course/patchcore-metal-nut"
-    assert len(NOTEBOOKS) == 5
+    assert len(NOTEBOOKS) == 6
     check_agreement(ROOT, colab.REPO_URL)
 
 
@@ -70,7 +70,7 @@ def test_sync_follows_a_fork_and_touches_nothing_else(tmp_path):
     assert colab.sync(root) == [], "the committed files are in sync"
     before = {p.name: nbformat.read(str(p), as_version=4) for p in root.glob("notebooks/*.ipynb")}
     fork = "https://github.com/someone/my-fork"
-    assert len(colab.sync(root, url=fork)) == 6
+    assert len(colab.sync(root, url=fork)) == 7  # six notebooks and the README
     check_agreement(root, fork)
     for path in root.glob("notebooks/*.ipynb"):
         old, new = before[path.name], nbformat.read(str(path), as_version=4)

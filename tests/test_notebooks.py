@@ -146,3 +146,22 @@ def test_nbval_reexecution_matches(tmp_path_factory):
         timeout=1800,
     )
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+
+
+def test_the_capstone_is_patchcore_in_about_forty_lines():
+    """Notebook 06 promises PatchCore "in about forty-five lines" of plain torch: its three parts,
+    counted without blank and comment-only lines, and nothing imported from helpers in them."""
+    parts = [
+        c
+        for c in code_cells(load("06_patchcore_from_scratch.ipynb"))
+        if c.source.startswith("# PatchCore from scratch, part")
+    ]
+    assert [c.source.splitlines()[0][-60:] for c in parts] and len(parts) == 3
+    lines = [
+        line
+        for c in parts
+        for line in c.source.splitlines()
+        if line.strip() and not line.strip().startswith("#") and not line.startswith("print(")
+    ]
+    assert 35 <= len(lines) <= 48, len(lines)
+    assert not any("helpers" in line or "H." in line for line in lines)

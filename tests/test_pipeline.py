@@ -269,7 +269,7 @@ def test_resume_recomputes_only_what_is_missing(ci, tmp_path):
     run_pipeline(out, params=dict(PRESETS["ci"]), resume=True, threads=THREADS, log=logs.append)
     assert any("resuming" in line and NOTEBOOKS[3] in line for line in logs)
     after = {nb: (out / "notebooks" / nb).stat().st_mtime_ns for nb in NOTEBOOKS}
-    assert [before[nb] == after[nb] for nb in NOTEBOOKS] == [True, True, True, False, False]
+    assert [before[nb] == after[nb] for nb in NOTEBOOKS] == [True, True, True, False, False, False]
     events = [
         json.loads(line) for line in (out / "artifacts" / "events.jsonl").read_text().splitlines()
     ]

@@ -1,7 +1,7 @@
 """The main job (`python -m helpers run --data DIR`) on data as users have it: a truncated
 training PNG, a decompression-bomb-sized test image, masks stored as 0/1, missing or of another
 size; then the same folder changed (images removed and added) under --resume. These run the
-five notebooks (slow)."""
+six notebooks (slow)."""
 
 from __future__ import annotations
 
@@ -128,11 +128,6 @@ def test_resume_after_the_data_changed_never_loads_the_old_features(quirky, tmp_
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the library, the preflight and notebooks 01-04 handle a one-class test set; notebook "
-    "05's lesson cells still format the image metrics as numbers (they are null here)",
-)
 def test_a_test_set_without_good_images_completes_with_null_image_auroc(tmp_path):
     data = generate_dataset(
         tmp_path / "mvtec", size=128, n_train=8, n_test_good=1, n_per_defect=2, seed=2
@@ -142,3 +137,19 @@ def test_a_test_set_without_good_images_completes_with_null_image_auroc(tmp_path
     metrics = run_pipeline(tmp_path / "run", data=data, params=CI, threads=THREADS, log=logs.append)
     assert "(no good test images)" in logs[0].splitlines()[1]
     assert metrics["image_auroc"] is None and metrics["pixel_auroc"] is not None
+
+
+def test_a_test_set_without_defective_images_completes_with_null_image_metrics(tmp_path):
+    data = generate_dataset(
+        tmp_path / "mvtec", size=128, n_train=8, n_test_good=3, n_per_defect=1, seed=2
+    )
+    test = data / "metal_nut" / "test"
+    for folder in [p for p in test.iterdir() if p.name != "good"]:
+        shutil.rmtree(folder)
+    shutil.rmtree(data / "metal_nut" / "ground_truth", ignore_errors=True)
+    metrics = run_pipeline(tmp_path / "run", data=data, params=CI, threads=THREADS, log=[].append)
+    assert metrics["n_test"] == 3
+    assert metrics["image_auroc"] is None and metrics["f1_threshold"] is None
+    assert metrics["pixel_auroc"] is None and metrics["aupro"] is None
+    # the good-only threshold needs no defective image: its false alarms are measured
+    assert metrics["thresholds"]["good_only"]["n_good"] == 3

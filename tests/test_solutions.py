@@ -123,7 +123,7 @@ def _text(cell) -> str:
 
 @pytest.fixture(scope="module")
 def demo_solutions(tmp_path_factory) -> dict[str, list[tuple[Exercise, str]]]:
-    """The five notebooks with their solutions, executed in order with the demo preset into one
+    """The six notebooks with their solutions, executed in order with the demo preset into one
     run folder (each loads what the one before saved): {notebook: [(exercise, output)]}."""
     import papermill
 

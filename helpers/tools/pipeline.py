@@ -1,4 +1,4 @@
-"""Run the five notebooks in order with papermill into one run folder.
+"""Run the six notebooks in order with papermill into one run folder.
 
     python -m helpers.tools.pipeline --out runs/x                     # synthetic set
     python -m helpers.tools.pipeline --data /path/to/mvtec --out runs/x \\
@@ -66,9 +66,10 @@ NOTEBOOKS = (
     "03_coreset_construction.ipynb",
     "04_a100_inference.ipynb",
     "05_evaluation_auroc_heatmaps.ipynb",
+    "06_patchcore_from_scratch.ipynb",
 )
 # The artifact each notebook leaves behind (checked on --resume); None: the executed notebook.
-PRODUCES = (None, "features", "bank", "predictions", "metrics")
+PRODUCES = (None, "features", "bank", "predictions", "metrics", None)
 
 
 def notebook_dir() -> Path:
