@@ -322,7 +322,7 @@ def test_papermill_does_not_call_checked_parameters_unknown(caplog):
     ]
 
 
-def test_the_five_notebooks_run_on_another_category(tmp_path):
+def test_the_six_notebooks_run_on_another_category(tmp_path):
     """Nothing in the notebooks may assume metal_nut's defect names: a category named
     differently, with two defect types and no `color`, runs end to end (the real transistor
     category once failed in notebook 01's hue check)."""
