@@ -225,7 +225,7 @@ def score_histogram(
         ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3g}")
         handles, labels = ax.get_legend_handles_labels()
         unique = dict(zip(labels, handles))
-        ax.legend(unique.values(), unique.keys(), loc="lower right", fontsize=8)
+        ax.legend(unique.values(), unique.keys(), loc="best", fontsize=8)
     ax.set_yticks(range(len(names)), names)
     ax.set_ylim(-0.6, len(names) - 0.4)
     ax.set_xlabel("image anomaly score")
