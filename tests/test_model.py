@@ -70,7 +70,7 @@ def test_load_refuses_tampered_truncated_and_pickle_files(fitted, tmp_path):
         PatchCore.load(tmp_path / "evil.safetensors")
     assert not marker.exists()
     # a valid safetensors file that is not a bank
-    from helpers.core.io import save_tensors
+    from helpers.core.runtime import save_tensors
 
     save_tensors(tmp_path / "other.safetensors", {"w": torch.zeros(2, 2)}, {"format": "something"})
     with pytest.raises(BankMismatchError, match="not a PatchCore memory bank"):

@@ -12,7 +12,7 @@ import torch
 
 from helpers import BankMismatchError, Config, PatchCore
 from helpers.core.bank import read_bank, save_bank
-from helpers.core.io import load_tensors, save_tensors
+from helpers.core.runtime import load_tensors, save_tensors
 from helpers.run.run import Run
 
 TINY = dict(

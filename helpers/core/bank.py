@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from helpers.core.config import Config
-from helpers.core.io import load_tensors, save_tensors
+from helpers.core.runtime import load_tensors, save_tensors
 from helpers.core.knn import faiss_index, knn_faiss, knn_torch, pair_distance, resolve_backend
 from helpers.core.runtime import run_halving
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from helpers.core.io import atomic_write_json
+from helpers.core.runtime import atomic_write_json
 from helpers.core.model import Prediction
 from helpers.data.mvtec import Sample, masks_like
 

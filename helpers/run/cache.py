@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from helpers.core.io import load_tensors, save_tensors
+from helpers.core.runtime import load_tensors, save_tensors
 
 STAGES = ("features", "bank", "coverage", "predictions", "heldout")
 # how a reason for recomputing names a header entry (others are named by their key)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from helpers.core.io import atomic_write_json
+from helpers.core.runtime import atomic_write_json
 from helpers.core.model import PatchCore
 from helpers.core.threshold import bank_digest, held_out_scores
 from helpers.run import stages

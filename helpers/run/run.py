@@ -23,7 +23,7 @@ import torch
 from helpers.core.bank import versions
 from helpers.core.config import Config
 from helpers.core.images import load_image
-from helpers.core.io import atomic_write_bytes, atomic_write_json
+from helpers.core.runtime import atomic_write_bytes, atomic_write_json
 from helpers.core.model import PatchCore
 from helpers.data.download import mount_drive_for
 from helpers.data.mvtec import Sample, masks_like

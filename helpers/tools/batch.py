@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from helpers.core.io import atomic_write_text
+from helpers.core.runtime import atomic_write_text
 from helpers.tools.report import PipelineError
 
 COLUMNS = (

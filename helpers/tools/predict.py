@@ -31,7 +31,7 @@ import numpy as np
 from helpers.core.bank import BankMismatchError
 from helpers.core.config import Config, ConfigError
 from helpers.core.images import ImageReadError, load_image
-from helpers.core.io import atomic_write_bytes, atomic_write_text
+from helpers.core.runtime import atomic_write_bytes, atomic_write_text
 from helpers.core.model import PatchCore
 from helpers.core.threshold import bank_digest
 from helpers.data.mvtec import IMAGE_EXTS
