@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from helpers import Config, PatchCore
-from helpers.core.threshold import good_only_threshold, held_out_scores
+from helpers.core.bank import good_only_threshold, held_out_scores
 from helpers.data.mvtec import list_samples
 from helpers.evaluation.metrics import f1_threshold, threshold_rates
 from helpers.run.parameters import parse_value

@@ -12,8 +12,7 @@ import torch
 
 from helpers import PatchCore
 from helpers.core.images import ImageReadError
-from helpers.core.runtime import atomic_write_bytes
-from helpers.core.runtime import resolve_device
+from helpers.core.runtime import atomic_write_bytes, resolve_device
 from helpers.data.mvtec import list_samples
 from helpers.evaluation.metrics import evaluate_samples
 

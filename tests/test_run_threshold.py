@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
-from helpers.core.threshold import good_only_threshold
+from helpers.core.bank import good_only_threshold
 from helpers.run.calibration import threshold_path
 from helpers.run.run import Run
 

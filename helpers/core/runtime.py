@@ -97,7 +97,9 @@ def precision_note(device: torch.device, precision: str = "auto") -> str:
     if cap is None:
         return f"{name} ({device.type}, precision={precision!r})"
     need = ".".join(map(str, BF16_MIN_CAPABILITY))
-    return f"{name} (compute capability {cap[0]}.{cap[1]}; bf16 needs >= {need}, precision={precision!r})"
+    return f"{name} (compute capability {cap[0]}.{cap[1]}; bf16 needs >= {need}, " + (
+        f"precision={precision!r})"
+    )
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

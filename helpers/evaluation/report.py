@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from helpers.core.runtime import atomic_write_json
 from helpers.core.model import Prediction
+from helpers.core.runtime import atomic_write_json
 from helpers.data.mvtec import Sample, masks_like
 
 # Results of notebook 05 that metrics.json must always hold (null when unavailable).

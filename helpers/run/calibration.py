@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from helpers.core.runtime import atomic_write_json
+from helpers.core.bank import bank_digest, held_out_scores
 from helpers.core.model import PatchCore
-from helpers.core.threshold import bank_digest, held_out_scores
+from helpers.core.runtime import atomic_write_json
 from helpers.run import stages
 from helpers.run.stages import Stages
 

@@ -23,8 +23,8 @@ import torch
 from helpers.core.bank import versions
 from helpers.core.config import Config
 from helpers.core.images import load_image
-from helpers.core.runtime import atomic_write_bytes, atomic_write_json
 from helpers.core.model import PatchCore
+from helpers.core.runtime import atomic_write_bytes, atomic_write_json
 from helpers.data.download import mount_drive_for
 from helpers.data.mvtec import Sample, masks_like
 from helpers.data.source import SYNTHETIC_DEFAULTS, DataSource

@@ -36,8 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from helpers.core.config import ConfigError
-from helpers.core.runtime import atomic_write_json
-from helpers.core.runtime import PROGRESS_ENV
+from helpers.core.runtime import PROGRESS_ENV, atomic_write_json
 from helpers.run.parameters import (
     BASE_PARAMETERS,
     PRESETS,

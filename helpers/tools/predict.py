@@ -28,12 +28,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from helpers.core.bank import BankMismatchError
+from helpers.core.bank import BankMismatchError, bank_digest
 from helpers.core.config import Config, ConfigError
 from helpers.core.images import ImageReadError, load_image
-from helpers.core.runtime import atomic_write_bytes, atomic_write_text
 from helpers.core.model import PatchCore
-from helpers.core.threshold import bank_digest
+from helpers.core.runtime import atomic_write_bytes, atomic_write_text
 from helpers.data.mvtec import IMAGE_EXTS
 from helpers.run.cache import ArtifactCache
 from helpers.run.calibration import threshold_path
