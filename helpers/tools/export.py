@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers.core.images import IMAGENET_MEAN, IMAGENET_STD, Geometry, load_image
-from helpers.core.knn import prepare
+from helpers.core.knn import finish, prepare
 from helpers.core.maps import patch_scores_to_maps
 from helpers.run.parameters import parse_value
 from helpers.tools.predict import PredictError, choose_threshold, load_model, threshold_arg
@@ -156,7 +156,7 @@ class ScoringGraph(nn.Module):
         # |b|^2 - 2 q.b + |q|^2 in the order of helpers.core.knn (addmm, then + |q|^2)
         d2 = (self.bank_sqn - 2 * torch.matmul(q, self.bank_prep.T)) + (q * q).sum(-1, keepdim=True)
         d2min, nn_idx = d2.min(dim=2)
-        dist = self._finish(d2min)
+        dist = finish(d2min, self.distance)
         s_star, pos = dist.max(dim=1)
         m_test = torch.gather(patches, 1, pos.view(n, 1, 1).expand(n, 1, d))  # [N, 1, D]
         m_star = torch.gather(nn_idx, 1, pos.view(n, 1)).view(n)
@@ -165,12 +165,9 @@ class ScoringGraph(nn.Module):
         n_b = torch.cat([m_star.view(n, 1), self.neighbours[m_star][:, 1:]], dim=1)  # [N, k]
         m_prep = prepare(m_test, self.distance, self.norm_floor)
         b_prep = prepare(self.bank[n_b], self.distance, self.norm_floor)
-        d_n = self._finish(((m_prep - b_prep) ** 2).sum(-1))  # [N, k]
+        d_n = finish(((m_prep - b_prep) ** 2).sum(-1), self.distance)  # [N, k]
         weight = 1 - torch.softmax(d_n.double(), dim=1)[:, 0].float()
         return weight * s_star, dist.view(n, h, w)
-
-    def _finish(self, d2: torch.Tensor) -> torch.Tensor:
-        return d2.clamp_min(0).sqrt() if self.distance == "l2" else (d2 / 2).clamp_min(0)
 
     def to_original(self, grid: torch.Tensor) -> torch.Tensor:
         """Patch-score grids [N, h, w] -> maps [N, H, W] in the original pixels."""
