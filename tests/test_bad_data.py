@@ -18,8 +18,8 @@ import pytest
 from helpers import Config, PatchCore
 from helpers.core.images import ImageReadError, check_image_file, load_image
 from helpers.data.mvtec import list_samples, load_mask, masks_like
-from helpers.data.source import DataSource
 from helpers.data.synthetic import generate_dataset
+from helpers.run.parameters import DataSource
 from helpers.run.run import Run
 from helpers.tools.pipeline import BASE_PARAMETERS, PipelineError
 from helpers.tools.report import preflight

@@ -13,8 +13,8 @@ import pytest
 
 from helpers import Config
 from helpers.data.mvtec import fingerprint
-from helpers.data.source import DataSource
 from helpers.data.synthetic import generate_dataset
+from helpers.run.parameters import DataSource
 from helpers.run.run import Run
 
 TINY = dict(

@@ -12,8 +12,8 @@ import pytest
 
 from helpers.__main__ import main as cli
 from helpers.core.images import load_image
-from helpers.run.calibration import threshold_path
 from helpers.run.run import Run
+from helpers.run.stages import threshold_path
 from helpers.tools.predict import PredictError, predict, read_csv
 
 TINY = dict(

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from helpers.core.bank import good_only_threshold
-from helpers.run.calibration import threshold_path
 from helpers.run.run import Run
+from helpers.run.stages import threshold_path
 
 TINY = dict(
     backbone="mobilenet_v2",

@@ -1,15 +1,10 @@
 """A deterministic synthetic "metal nut" set in MVTec AD layout, small enough for a 2-core demo.
 
-Each part is a brushed-metal ring whose outer edge has four saw-tooth lobes (slow rise, sharp drop),
-so the part is chiral: a mirrored part (``flip``) cannot be rotated back onto a good one. Parts are
-rotated at random. Defects: ``scratch`` (thin bright/dark line), ``color`` (a stain), ``bent`` (one
-lobe pushed out of shape) and ``flip`` (the mirror image, masked as the whole part).
-
-Two difficulty levels (:data:`LEVELS`). ``"hard"``, the default and the lessons' set: good parts
-also differ in position, size and lighting, and each defect's severity is drawn from clearly
-visible down to barely there (faint scratches, pale stains, slightly bent lobes), so a detector
-makes real mistakes on it. ``"easy"``: fixed lighting, every defect clearly visible (for tests
-that need a detector to separate the classes on a handful of tiny images).
+Each part is a brushed-metal ring, rotated at random, whose edge has four saw-tooth lobes, so a
+mirrored part (``flip``) cannot be turned back onto a good one. Defects: ``scratch``, ``color`` (a
+stain), ``bent`` (a lobe pushed out) and ``flip`` (masked as the whole part). ``"hard"`` (the
+lessons'): parts also vary in position, size and light, defects from clear to barely there, so a
+detector makes real mistakes; ``"easy"``: every defect clearly visible (for tests).
 """
 
 from __future__ import annotations

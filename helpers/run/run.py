@@ -1,13 +1,8 @@
-"""``Run``: one run folder, the object every notebook starts from. It holds the config, the data
-(:class:`helpers.data.source.DataSource`), the artifact cache (:mod:`helpers.run.cache`) and the
+"""``Run``: one run folder, the object every notebook starts from (``run =
+Run.from_params(globals())``, then ``run.model()``, ``run.predictions()``...). It holds the
+config, the data (:class:`~helpers.run.parameters.DataSource`), the artifact cache and the
 notebooks' own parameters; each cached stage is a function of :mod:`helpers.run.stages`, handed
-the run's parts (never the run). The folder's layout is in the README, "The run folder".
-
-In a notebook::
-
-    run = Run.from_params(globals())   # the parameters cell's variables
-    model = run.model()                 # loads bank-<hash>.safetensors or builds it
-"""
+the run's parts (never the run). The folder's layout: README, "The run folder"."""
 
 from __future__ import annotations
 
@@ -27,12 +22,13 @@ from helpers.core.model import PatchCore
 from helpers.core.runtime import atomic_write_bytes, atomic_write_json
 from helpers.data.download import mount_drive_for
 from helpers.data.mvtec import Sample, masks_like
-from helpers.data.source import SYNTHETIC_DEFAULTS, DataSource
 from helpers.evaluation import report
-from helpers.run import calibration, stages
+from helpers.run import stages
 from helpers.run.cache import ArtifactCache
 from helpers.run.parameters import (
     NOTEBOOK_PARAMETERS,
+    SYNTHETIC_DEFAULTS,
+    DataSource,
     check_notebook_parameters,
     config_from_params,
     resolve_run_dir,
@@ -87,11 +83,10 @@ class Run:
 
     @classmethod
     def from_params(cls, params: dict[str, Any], verbose: bool = True) -> Run:
-        """Build from a notebook's variables (``globals()``): every ``Config`` field and every
-        notebook parameter (:data:`helpers.run.parameters.NOTEBOOK_PARAMETERS`) found there is used;
-        the rest keep their defaults. So a lesson's parameters cell declares only its own knobs,
-        and papermill's ``-p`` (which adds a cell of assignments) can still set any of them.
-        The notebook parameters end up in ``run.params`` (``run.params.n_examples``, ...)."""
+        """Build from a notebook's variables (``globals()``): every ``Config`` field and notebook
+        parameter (:data:`~helpers.run.parameters.NOTEBOOK_PARAMETERS`) found there is used, the
+        rest keep their defaults (so papermill's ``-p`` can set any). Notebook parameters end up
+        in ``run.params`` (``run.params.n_examples``, ...)."""
         synthetic = {
             k: params[f"synthetic_{k}"] for k in SYNTHETIC_DEFAULTS if f"synthetic_{k}" in params
         }
@@ -189,10 +184,9 @@ class Run:
         return stages.predictions(self.stages, model, batch_size)
 
     def threshold(self, model: PatchCore | None = None) -> dict:
-        """The good-only threshold at ``config.false_alarm_rate`` (and the max-of-good one) from
-        the training images' held-out scores (cached), written beside the bank as
-        ``bank-<hash>.threshold.json`` (:mod:`helpers.run.calibration`)."""
-        return calibration.good_only_threshold(self.stages, model)
+        """The good-only threshold at ``config.false_alarm_rate`` (and the max of good) from the
+        training images' held-out scores (cached), written beside the bank."""
+        return stages.good_only_threshold(self.stages, model)
 
     # ------------------------------------------------------------------ evaluation
     def masks(self, pred: RunPrediction) -> list[np.ndarray | None]:
@@ -200,11 +194,9 @@ class Run:
         return masks_like(self.test_samples, pred.maps)
 
     def evaluate(self, pred: RunPrediction) -> dict[str, Any]:
-        """Every metric of metrics.json except timings, config and versions, plus
-        ``pixel_f1_threshold`` (see :func:`helpers.report.evaluate`). ``thresholds`` puts the
-        F1-optimal threshold (chosen with the test labels) and the good-only ones (chosen on
-        held-out training images, :meth:`threshold`) side by side, each with the false-alarm
-        and miss rates it gives on the test set."""
+        """:func:`helpers.evaluation.report.evaluate` of the test set, plus ``thresholds``: the
+        F1-optimal one (test labels) beside the good-only ones (:meth:`threshold`), each with the
+        false-alarm and miss rates it gives on the test set."""
         out = report.evaluate(self.test_samples, pred)
         try:
             good_only = self.threshold()
@@ -220,15 +212,10 @@ class Run:
 
     def write_metrics(self, metrics: dict[str, Any], pred: RunPrediction) -> dict[str, Any]:
         """Write metrics.json (atomically) with every key of the contract; returns it."""
-        record = dict(
-            n_train=len(self.train_samples),
-            n_test=len(self.test_samples),
-            timings=self.timings(pred),
-            config=self.config.to_dict(),
-            data=self.data.record(),
-            config_hash=self.config.hash(),
-            versions=versions(),
-        )
+        c = self.config
+        record = dict(n_train=len(self.train_samples), n_test=len(self.test_samples),
+                      timings=self.timings(pred), config=c.to_dict(), data=self.data.record(),
+                      config_hash=c.hash(), versions=versions())  # fmt: skip
         return report.write_metrics(self.metrics_path, metrics, record)
 
     def save_json(self, name: str, obj: Any) -> Path:
@@ -240,22 +227,16 @@ class Run:
         return self.figures_dir / f"{name}.png"
 
     def show(self, fig, name: str, display: bool = True, dpi: int = 100) -> None:
-        """Save ``fig`` as figures/<name>.png (atomically) and show that PNG in the notebook
-        (rendered once, so the notebook and the file show the same picture)."""
+        """Save ``fig`` as figures/<name>.png and show that PNG (:func:`save_and_show`)."""
         save_and_show(fig, self.figure_path(name), display=display, dpi=dpi)
-
-
-def figure_png(fig, dpi: int = 100) -> bytes:
-    """``fig`` rendered once as PNG bytes."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    return buf.getvalue()
 
 
 def save_and_show(fig, path: str | Path, display: bool = True, dpi: int = 100) -> Path:
     """Save ``fig`` as ``path`` (atomically) and show that PNG in the notebook (rendered once, so
     the notebook and the file show the same picture)."""
-    png = figure_png(fig, dpi)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    png = buf.getvalue()
     out = atomic_write_bytes(Path(path), png)
     if display:
         from IPython.display import Image
