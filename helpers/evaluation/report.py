@@ -1,12 +1,6 @@
-"""Evaluating a run's predictions and writing ``metrics.json``: every metric of the contract
-(:data:`METRIC_KEYS`, null when unavailable), the pixel threshold used to draw regions, timings,
-config, data and library versions.
-
-Usable on its own::
-
-    metrics = evaluate(test_samples, prediction)
-    write_metrics("metrics.json", metrics, metrics_record(...))
-"""
+"""A test set's metrics and ``metrics.json`` (notebook 05): :func:`evaluate` (every metric of
+the contract, :data:`METRIC_KEYS`, null when unavailable), the thresholds entry, timings, and the
+one writer of the file (:func:`write_metrics`)."""
 
 from __future__ import annotations
 
@@ -38,16 +32,47 @@ METRIC_KEYS = (
 )
 
 
-def evaluate(samples: list[Sample], pred: Prediction) -> dict[str, Any]:
-    """Every metric of metrics.json except timings, config and versions, plus
-    ``pixel_f1_threshold`` (the map value maximising pixel F1, for drawing regions)."""
-    from helpers.evaluation.metrics import evaluate_samples
+def evaluate(samples: list[Sample], pred: Prediction, *, quiet: bool = True) -> dict[str, Any]:
+    """Every metric of metrics.json for test ``samples`` scored by ``pred`` (a
+    :class:`~helpers.core.model.Prediction`) but timings, config and versions, plus
+    ``pixel_f1_threshold`` (the map value maximising pixel F1, for drawing regions). Good images
+    count as all-normal masks; defective ones without a mask are left out of the pixel metrics.
+    ``quiet=False``: warn about what is null and why, naming the images without a mask."""
+    from helpers.evaluation import metrics
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # nulls are reported in the table instead
-        out = evaluate_samples(samples, pred)
-        out["pixel_f1_threshold"] = pixel_f1_threshold(masks_like(samples, pred.maps), pred.maps)
-    return out
+        if quiet:
+            warnings.simplefilter("ignore")  # the nulls speak for themselves in the table
+        masks = masks_like(samples, pred.maps)
+        missing = [
+            str(s.path)
+            for s, amap, m in zip(samples, pred.maps, masks)
+            if amap is not None and s.defect != "good" and m is None
+        ]
+        if missing and len(missing) < sum(s.defect != "good" for s in samples):
+            more = " ..." if len(missing) > 3 else ""
+            warnings.warn(
+                f"pixel metrics skip {len(missing)} defective image(s) without a mask: "
+                f"{', '.join(missing[:3])}{more}",
+                stacklevel=2,
+            )
+        labels, defects = [s.label for s in samples], [s.defect for s in samples]
+        if any(m is not None and m.any() for m in masks):
+            pixel = metrics.pixel_metrics(defects, masks, pred.maps)
+        else:
+            warnings.warn(
+                "no ground-truth masks found: pixel AUROC and AUPRO are null", stacklevel=2
+            )
+            pixel = {"pixel_auroc": None, "aupro": None, "per_defect_pixel": None}
+        thr = metrics.f1_threshold(labels, pred.scores)
+        return {
+            "image_auroc": metrics.image_auroc(labels, pred.scores),
+            **pixel,
+            "f1_threshold": None if thr is None else thr[0],
+            "f1": None if thr is None else thr[1],
+            "per_defect": metrics.per_defect_auroc(defects, pred.scores),
+            "pixel_f1_threshold": pixel_f1_threshold(masks, pred.maps),
+        }
 
 
 def pixel_f1_threshold(masks, maps, step: int = 4) -> float | None:
