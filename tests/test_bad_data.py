@@ -19,9 +19,9 @@ from helpers import Config, PatchCore
 from helpers.core.images import ImageReadError, check_image_file, load_image
 from helpers.data.mvtec import list_samples, load_mask, masks_like
 from helpers.data.synthetic import generate_dataset
-from helpers.run.parameters import DataSource
+from helpers.run.parameters import BASE_PARAMETERS, DataSource
 from helpers.run.run import Run
-from helpers.tools.pipeline import BASE_PARAMETERS, PipelineError
+from helpers.tools.pipeline import PipelineError
 from helpers.tools.report import preflight
 
 SMALL = dict(

@@ -4,6 +4,8 @@ one writer of the file (:func:`write_metrics`)."""
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 import warnings
 from pathlib import Path
@@ -12,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from helpers.core.model import Prediction
-from helpers.core.runtime import atomic_write_json
+from helpers.core.runtime import atomic_write_json, atomic_write_text
 from helpers.data.mvtec import Sample, masks_like
 
 # Results of notebook 05 that metrics.json must always hold (null when unavailable).
@@ -166,3 +168,101 @@ def finite(obj: Any) -> Any:
     if isinstance(obj, (float, np.floating)) and not math.isfinite(float(obj)):
         return None
     return obj
+
+
+def metrics_lines(metrics: dict) -> list[str]:
+    """The headline of metrics.json (AUROCs, AUPRO, each threshold with its false-alarm and miss
+    rates, per-defect AUROC, timings) as the lines of a run's closing summary."""
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
+    pct = lambda v: "n/a" if v is None else f"{100 * v:.0f}%"
+    parts = []
+    for key, name in (
+        ("f1_optimal", "F1-optimal"),
+        ("good_only", "good-only"),
+        ("max_of_good", "max of good"),
+    ):
+        e = (metrics.get("thresholds") or {}).get(key)
+        if e and e.get("value") is not None:
+            at = (
+                f" at {pct(e['target_false_alarm_rate'])}" if "target_false_alarm_rate" in e else ""
+            )
+            rates = f"false alarms {pct(e['false_alarm_rate'])}, misses {pct(e['miss_rate'])}"
+            parts.append(f"{name}{at} {fmt(e['value'])} ({rates})")
+    t, m = metrics.get("timings") or {}, metrics
+    return [
+        f"  metrics.json : image AUROC {fmt(m.get('image_auroc'))} | pixel AUROC "
+        f"{fmt(m.get('pixel_auroc'))} | AUPRO {fmt(m.get('aupro'))} | "
+        f"F1 threshold {fmt(m.get('f1_threshold'))}",
+        "  thresholds   : " + (" | ".join(parts) or "n/a"),
+        "  per defect   : "
+        + ", ".join(f"{k} {fmt(v)}" for k, v in (m.get("per_defect") or {}).items()),
+        f"  timings      : fit {fmt(t.get('fit_s'))} s, "
+        f"{fmt(t.get('infer_ms_per_image'))} ms/image on {t.get('device')} "
+        f"(batch {t.get('batch_size')})",
+    ]
+
+
+# ------------------------------------------------------------------ several runs side by side
+# summary.csv's columns after category and status: where each is in metrics.json, and its header
+# in summary.md ("": left out of the .md table)
+SUMMARY_COLUMNS = {
+    "image_auroc": ("image_auroc", "image AUROC"),
+    "pixel_auroc": ("pixel_auroc", "pixel AUROC"),
+    "aupro": ("aupro", "AUPRO"),
+    "f1_threshold": ("f1_threshold", "F1 thr."),
+    "f1_false_alarm_rate": ("thresholds.f1_optimal.false_alarm_rate", "F1: false alarms"),
+    "f1_miss_rate": ("thresholds.f1_optimal.miss_rate", "F1: misses"),
+    "good_only_threshold": ("thresholds.good_only.value", "good-only thr."),
+    "good_only_target_rate": ("thresholds.good_only.target_false_alarm_rate", ""),
+    "good_only_false_alarm_rate": (
+        "thresholds.good_only.false_alarm_rate",
+        "good-only: false alarms",
+    ),
+    "good_only_miss_rate": ("thresholds.good_only.miss_rate", "good-only: misses"),
+    "n_train": ("n_train", "train"),
+    "n_test": ("n_test", "test"),
+    "fit_s": ("timings.fit_s", ""),
+}
+MEANS = ("image_auroc", "pixel_auroc", "aupro")
+
+
+def summary_row(name: str, status: str, metrics: dict) -> dict[str, Any]:
+    """One run's row of :data:`SUMMARY_COLUMNS` from its metrics.json contents."""
+    row = {"category": name, "status": status}
+    for column, (where, _) in SUMMARY_COLUMNS.items():
+        value = metrics
+        for key in where.split("."):
+            value = (value or {}).get(key)
+        row[column] = value
+    return row
+
+
+def write_summary(out: Path, rows: list[dict]) -> tuple[Path, Path]:
+    """``summary.csv`` (every column, full precision) and ``summary.md`` (a table to read) of
+    ``rows``, with a last row of the means over the finished runs."""
+    done = [r for r in rows if r["status"] == "done"]
+    mean = {**dict.fromkeys(rows[0] if rows else ()), "category": "mean"}
+    mean["status"] = f"{len(done)} of {len(rows)} done"
+    for key in MEANS:
+        values = [r[key] for r in done if r[key] is not None]
+        mean[key] = sum(values) / len(values) if values else None
+    table, columns = [*rows, mean], ["category", "status", *SUMMARY_COLUMNS]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    w.writeheader()
+    w.writerows({k: "" if r.get(k) is None else r[k] for k in columns} for r in table)
+    csv_path = atomic_write_text(out / "summary.csv", buf.getvalue())
+    shown = {"category": "category", "status": "status"}
+    shown.update({k: head for k, (_, head) in SUMMARY_COLUMNS.items() if head})
+    cell = lambda v: "" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+    lines = ["| " + " | ".join(shown.values()) + " |", "|" + "---|" * len(shown)]
+    lines += ["| " + " | ".join(cell(r.get(k)) for k in shown) + " |" for r in table]
+    rates = sorted({r["good_only_target_rate"] for r in rows if r["good_only_target_rate"]})
+    note = (
+        f"\nGood-only threshold: chosen on held-out good training images at a false-alarm rate "
+        f"of {', '.join(f'{x:g}' for x in rates)}; F1 threshold: chosen with the test labels.\n"
+        if rates
+        else "\n"
+    )
+    md_path = atomic_write_text(out / "summary.md", "\n".join(lines) + "\n" + note)
+    return csv_path, md_path

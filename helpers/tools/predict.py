@@ -35,9 +35,8 @@ from helpers.core.model import PatchCore
 from helpers.core.runtime import atomic_write_bytes, atomic_write_text
 from helpers.data.mvtec import IMAGE_EXTS
 from helpers.run.cache import ArtifactCache
-from helpers.run.stages import threshold_path
 from helpers.run.parameters import config_from_params, parse_value
-from helpers.run.stages import Stages
+from helpers.run.stages import Stages, threshold_path
 
 COLUMNS = ("path", "score", "verdict", "threshold", "error")
 THRESHOLD_NAMES = ("good_only", "max_of_good")
