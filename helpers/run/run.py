@@ -7,6 +7,7 @@ the run's parts (never the run). The folder's layout: README, "The run folder"."
 from __future__ import annotations
 
 import io
+import json
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from helpers.core.bank import versions
-from helpers.core.config import Config
+from helpers.core.bank import BankMismatchError, bank_digest, versions
+from helpers.core.config import Config, ConfigError
 from helpers.core.images import load_image
 from helpers.core.model import PatchCore
 from helpers.core.runtime import atomic_write_bytes, atomic_write_json
@@ -33,7 +34,7 @@ from helpers.run.parameters import (
     config_from_params,
     resolve_run_dir,
 )
-from helpers.run.stages import RunPrediction, Stages
+from helpers.run.stages import RunPrediction, Stages, threshold_path
 
 
 class Run:
@@ -244,3 +245,52 @@ def save_and_show(fig, path: str | Path, display: bool = True, dpi: int = 100) -
 
         _display(Image(data=png, format="png"))
     return out
+
+
+def saved_model(source: str | Path, **overrides) -> tuple[PatchCore, dict | None]:
+    """(model, saved good-only threshold or None) of a run folder (its run.json's config, the
+    bank and threshold in artifacts/) or a bank file (the threshold in its header or beside it).
+    Runtime ``overrides`` (device, batch_size...) are allowed; an artifact setting that differs
+    from the bank's is refused. Every refusal is a ValueError of one line saying what to do."""
+    source = Path(source).expanduser()
+    if not source.exists():
+        raise ValueError(f"{source} does not exist: give a run folder or a bank file")
+    try:
+        if source.is_dir():
+            if not (source / "run.json").is_file():
+                why = "give a run folder made by python -m helpers run, or a .safetensors bank file"
+                raise ValueError(f"{source} is not a run folder (no run.json); {why}")
+            params = json.loads((source / "run.json").read_text()).get("parameters", {})
+            try:
+                cfg = config_from_params({**params, **overrides})
+            except (ConfigError, TypeError) as exc:
+                raise ValueError(f"{source}/run.json gives no valid config ({exc})") from exc
+            bank = Stages(ArtifactCache(source / "artifacts", source), None, cfg).path("bank")
+            if not bank.is_file():
+                raise ValueError(
+                    f"{source} has no memory bank for its config ({bank.name} is missing): "
+                    "finish the run first (python -m helpers run ... --resume)"
+                )
+            model = PatchCore.load(bank, cfg)
+        else:
+            bank, model = source, PatchCore.load(source, **overrides)
+            if overrides:  # an artifact override must match the bank, as for a run folder
+                PatchCore.load(bank, model.config)
+    except BankMismatchError as exc:
+        raise ValueError(" ".join(str(exc).split())) from exc
+    except ConfigError as exc:
+        raise ValueError(f"invalid setting: {exc}") from exc
+    except ValueError as exc:  # not a safetensors file, truncated; or said above
+        raise ValueError(str(exc).splitlines()[0]) from exc
+    side = threshold_path(bank)  # the run's threshold, or one written beside a bank file
+    threshold = json.loads(side.read_text()) if side.is_file() else model.threshold
+    if threshold is not None and threshold.get("bank_sha256") not in (
+        None,
+        bank_digest(model.memory_bank),
+    ):
+        raise ValueError(
+            f"the saved threshold ({side if side.is_file() else bank}) was computed for another "
+            "memory bank; recompute it (run the main job again, or PatchCore.calibrate) or pass "
+            "--threshold VALUE"
+        )
+    return model, threshold

@@ -269,16 +269,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m helpers export") 
     ap.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), help="input image size")
     ap.add_argument("--like", help="an image whose size the exported model takes")
     ap.add_argument(
-        "--threshold", default=None, help="good_only (default), max_of_good, or a number"
+        "--threshold", type=threshold_arg, help="good_only (default), max_of_good, or a number"
     )
     ap.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "V"))
     args = ap.parse_args(argv)
-    wanted = threshold_arg(args.threshold)
-    if wanted is False:
-        return 2
     overrides = {k: parse_value(v) for k, v in args.param}
     try:
-        path = export(args.source, args.out, args.size, args.like, wanted, **overrides)
+        path = export(args.source, args.out, args.size, args.like, args.threshold, **overrides)
     except ImportError as exc:
         print(f"error: {exc}; pip install onnx onnxruntime", file=sys.stderr)
         return 1
