@@ -17,7 +17,6 @@ from helpers.lessons.viz_base import HEATMAP_CMAP, axes_off, heatmap, mask_outli
 PIXEL_REGION_COLOUR = "magenta"
 
 
-# --------------------------------------------------------------------------- maps
 def maps_preview(
     images,
     maps,
@@ -30,8 +29,7 @@ def maps_preview(
     masks=None,
 ) -> Figure:
     """Each image above its anomaly map (one image: side by side), the maps on one colour scale
-    with the colour bar beside them (``label``: its caption; two short lines, so that it fits
-    beside the bar); ``masks``: ground truth outlined on the maps."""
+    (``label``: the bar's caption, two short lines), ``masks`` outlined on the maps."""
     n = len(images)
     masks = list(masks) if masks is not None else [None] * n
     norm = Normalize(vmin, vmax)
@@ -47,9 +45,8 @@ def maps_preview(
         axes_off(a_img)
         a_img.set_title(t, fontsize=9)
         heatmap(a_map, m, norm, mask)
-    fig.colorbar(
-        ScalarMappable(norm, HEATMAP_CMAP), ax=[p[1] for p in pairs], label=label, shrink=0.9
-    )
+    bar = ScalarMappable(norm, HEATMAP_CMAP)
+    fig.colorbar(bar, ax=[p[1] for p in pairs], label=label, shrink=0.9)
     fig.suptitle(title or "Anomaly maps in original image pixels")
     return fig
 
@@ -64,21 +61,17 @@ def map_steps(
     original_map: np.ndarray,
     sigma: float,
 ) -> Figure:
-    """From patch distances to the anomaly map in original pixels, step by step. Each step's
-    title gives its largest value: the blur lowers the peak, which is why an image score (taken
-    from the patch distances before any blur) can exceed every value of its map."""
+    """From patch distances to the anomaly map in original pixels, step by step, each titled with
+    its largest value (the blur lowers the peak: an image score can exceed every map value)."""
     fig = new_figure(15, 3.4)
     axes = fig.subplots(1, 5)
     vmin, vmax = float(np.min(blurred)), float(np.max(patch_scores))
     norm = Normalize(vmin, vmax)
     axes[0].imshow(crop)
     axes[0].set_title(f"network input {crop.shape[1]}x{crop.shape[0]}", fontsize=9)
+    h, w = patch_scores.shape[:2]
     steps = (
-        (
-            patch_scores,
-            f"1. patch distances {patch_scores.shape[1]}x{patch_scores.shape[0]}"
-            f"\n(max {np.max(patch_scores):.2f})",
-        ),
+        (patch_scores, f"1. patch distances {w}x{h}\n(max {np.max(patch_scores):.2f})"),
         (upsampled, f"2. bilinear upsampling\n(max {np.max(upsampled):.2f})"),
         (blurred, f"3. Gaussian blur, sigma={sigma:g} px\n(max {np.max(blurred):.2f})"),
     )
@@ -90,17 +83,12 @@ def map_steps(
     for ax in axes:
         axes_off(ax)
     # one colour scale for the four maps, its bar after the last of them
-    fig.colorbar(
-        ScalarMappable(norm, HEATMAP_CMAP),
-        ax=list(axes[1:]),
-        label="distance to nearest\nmemory-bank patch",
-        shrink=0.85,
-    )
+    label = "distance to nearest\nmemory-bank patch"
+    fig.colorbar(ScalarMappable(norm, HEATMAP_CMAP), ax=list(axes[1:]), label=label, shrink=0.85)
     fig.suptitle("How an anomaly map is made")
     return fig
 
 
-# --------------------------------------------------------------------------- notebook 05
 def _downsample(maps, masks, side: int = 192):
     out_maps, out_masks = [], []
     for a, m in zip(maps, masks):
@@ -113,10 +101,8 @@ def _downsample(maps, masks, side: int = 192):
 
 
 def roc_figure(labels, scores, masks=None, maps=None, threshold: float | None = None) -> Figure:
-    """Image ROC, pixel ROC and the PRO curve (to FPR 0.3). The pixel curves use every
-    n-th pixel so they draw quickly; the numbers in the titles are the exact metrics. With an
-    image ``threshold``, the image ROC marks the point it operates at (score >= threshold:
-    flagged)."""
+    """Image ROC, pixel ROC and the PRO curve (to FPR 0.3; pixel curves on every n-th pixel, so
+    they draw quickly); with an image ``threshold``, the point it operates at on the image ROC."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
     from helpers.evaluation.metrics import pro_curve
@@ -131,14 +117,9 @@ def roc_figure(labels, scores, masks=None, maps=None, threshold: float | None = 
         ax.plot(fpr, tpr, lw=2, label=f"AUROC {roc_auc_score(labels[keep], scores[keep]):.3f}")
         if threshold is not None:
             (tn, fp), (fn, tp) = confusion_counts(labels, scores, threshold)
-            ax.plot(
-                fp / max(tn + fp, 1),
-                tp / max(tp + fn, 1),
-                "o",
-                color="black",
-                label=f"threshold {threshold:.3g}: {tp} of {tp + fn} defects,\n"
-                f"{fp} of {tn + fp} good parts flagged",
-            )
+            point = f"threshold {threshold:.3g}: {tp} of {tp + fn} defects,\n"
+            point += f"{fp} of {tn + fp} good parts flagged"
+            ax.plot(fp / max(tn + fp, 1), tp / max(tp + fn, 1), "o", color="black", label=point)
         ax.legend(loc="lower right", fontsize=8)
     else:
         ax.text(0.5, 0.5, "needs good and defective images", ha="center")
@@ -152,13 +133,8 @@ def roc_figure(labels, scores, masks=None, maps=None, threshold: float | None = 
         y = np.concatenate([m.ravel() for m in small_masks])
         s = np.concatenate([a.ravel() for a in small_maps])
         fpr, tpr, _ = roc_curve(y, s)
-        ax.plot(
-            fpr,
-            tpr,
-            lw=2,
-            color="tab:orange",
-            label=f"AUROC {roc_auc_score(y, s):.3f} (subsampled)",
-        )
+        auroc = f"AUROC {roc_auc_score(y, s):.3f} (subsampled)"
+        ax.plot(fpr, tpr, lw=2, color="tab:orange", label=auroc)
         ax.legend(loc="lower right")
     else:
         ax.text(0.5, 0.5, "no ground-truth masks", ha="center")
@@ -190,9 +166,8 @@ def roc_figure(labels, scores, masks=None, maps=None, threshold: float | None = 
 
 
 def score_histogram(scores, defects: Sequence[str], threshold: float | None = None) -> Figure:
-    """Image scores per defect type, as dots on one axis per type, with the threshold; images on
-    the wrong side of it (a defect below it: missed; a good part at or above it: a false alarm)
-    are ringed."""
+    """Image scores per defect type, one row of dots each, with the threshold; images on its wrong
+    side (a missed defect, a false alarm) are ringed."""
     scores = np.asarray(scores, dtype=float)
     names = ["good"] + sorted(set(defects) - {"good"})
     names = [n for n in names if n in set(defects)]
@@ -207,9 +182,8 @@ def score_histogram(scores, defects: Sequence[str], threshold: float | None = No
         if threshold is not None:
             wrong = (s >= threshold) if n == "good" else (s < threshold)
             wrong_label = "missed (defect below) or\nfalse alarm (good at or above)"
-            ax.scatter(
-                s[wrong], y[wrong], s=110, facecolors="none", edgecolors="black", label=wrong_label
-            )
+            ring = dict(s=110, facecolors="none", edgecolors="black", label=wrong_label)
+            ax.scatter(s[wrong], y[wrong], **ring)
     if threshold is not None:
         ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3g}")
         handles, labels = ax.get_legend_handles_labels()
@@ -240,15 +214,8 @@ def confusion_figure(labels, scores, threshold: float) -> Figure:
     ax = fig.add_subplot()
     im = ax.imshow(cm, cmap="Blues")
     for (i, j), v in np.ndenumerate(cm):
-        ax.text(
-            j,
-            i,
-            str(v),
-            ha="center",
-            va="center",
-            fontsize=14,
-            color="white" if v > cm.max() / 2 else "black",
-        )
+        colour = "white" if v > cm.max() / 2 else "black"
+        ax.text(j, i, str(v), ha="center", va="center", fontsize=14, color=colour)
     ax.set_xticks([0, 1], ["good", "defective"])
     ax.set_yticks([0, 1], ["good", "defective"])
     ax.set_xlabel("predicted")
@@ -297,10 +264,8 @@ def gallery(
     pixel_threshold: float | None = None,
     title: str = "",
 ) -> Figure:
-    """One row per image: the image as it is; its anomaly map with the ground truth (green outline)
-    and the verdict at the image ``threshold``; the pixels whose map value reaches
-    ``pixel_threshold`` (filled and outlined in :data:`PIXEL_REGION_COLOUR`, the colour the title
-    names) against the ground truth."""
+    """One row per image: the image; its map with the ground truth (green) and the verdict at
+    ``threshold``; the pixels at or above ``pixel_threshold`` (:data:`PIXEL_REGION_COLOUR`)."""
     n = len(images)
     fig = new_figure(11, 3.0 * n + 0.6)
     axes = fig.subplots(n, 3, squeeze=False)
@@ -314,8 +279,7 @@ def gallery(
         a0.set_title(f"{titles[i]} (true: {truth})", fontsize=9)
         heatmap(a1, amap, norm, mask)
         a1.set_title(
-            f"image score {scores[i]:#.3g}  {verdict(scores[i], labels[i], threshold)}",
-            fontsize=9,
+            f"image score {scores[i]:#.3g}  {verdict(scores[i], labels[i], threshold)}", fontsize=9
         )
         a2.imshow(img)
         if pixel_threshold is not None and amap is not None:
@@ -323,21 +287,14 @@ def gallery(
             fill = ListedColormap([PIXEL_REGION_COLOUR])
             a2.imshow(np.where(region, 1.0, np.nan), cmap=fill, alpha=0.45, vmin=0, vmax=1)
             mask_outline(a2, region, PIXEL_REGION_COLOUR)
-            a2.set_title(
-                f"map >= {pixel_threshold:#.3g} ({PIXEL_REGION_COLOUR}) vs truth (green)",
-                fontsize=9,
-            )
+            title = f"map >= {pixel_threshold:#.3g} ({PIXEL_REGION_COLOUR}) vs truth (green)"
+            a2.set_title(title, fontsize=9)
         else:
             a2.set_title("no pixel threshold (no masks)", fontsize=9)
         mask_outline(a2, mask)
         axes_off(a2)
-    fig.colorbar(
-        ScalarMappable(norm, HEATMAP_CMAP),
-        ax=axes.ravel().tolist(),
-        label="map value (blurred patch distance)",
-        shrink=min(0.9, 0.35 + 0.15 * n),
-        aspect=30,
-    )
+    bar = dict(label="map value (blurred patch distance)", shrink=min(0.9, 0.35 + 0.15 * n))
+    fig.colorbar(ScalarMappable(norm, HEATMAP_CMAP), ax=axes.ravel().tolist(), aspect=30, **bar)
     thr = "" if threshold is None else f"image threshold {threshold:#.3g}"
     fig.suptitle(f"{title or 'Heatmap gallery'}  ({thr})" if thr else (title or "Heatmap gallery"))
     return fig
