@@ -11,6 +11,7 @@ import struct
 import warnings
 import zlib
 
+import conftest
 import cv2
 import numpy as np
 import pytest
@@ -24,15 +25,7 @@ from helpers.run.run import Run
 from helpers.tools.pipeline import PipelineError
 from helpers.tools.report import preflight
 
-SMALL = dict(
-    backbone="mobilenet_v2",
-    input_size=64,
-    resize=64,
-    batch_size=4,
-    device="cpu",
-    coreset_ratio=0.25,
-    train_rotations=1,
-)
+SMALL = dict(conftest.SMALL, train_rotations=1)
 
 
 def bomb_png(path, side: int = 30000):

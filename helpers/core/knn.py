@@ -43,16 +43,8 @@ def _check(queries: torch.Tensor, bank: torch.Tensor, k: int) -> None:
         raise ValueError(f"k={k} must be in [1, bank size {bank.shape[0]}]")
 
 
-def knn_torch(
-    queries: torch.Tensor,
-    bank: torch.Tensor,
-    k: int = 1,
-    *,
-    distance: str = "l2",
-    memory_mb: int = 256,
-    bank_sqn: torch.Tensor | None = None,
-    norm_floor: float = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def knn_torch(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, *, distance: str = "l2",
+              memory_mb: int = 256, bank_sqn=None, norm_floor: float = 0.0) -> tuple:  # fmt: skip
     """(distances [Q, k] ascending, indices [Q, k]) of each query's k nearest bank rows."""
     _check(queries, bank, k)
     q = prepare(queries, distance, norm_floor)
@@ -103,15 +95,8 @@ def faiss_index(bank: torch.Tensor, distance: str = "l2", norm_floor: float = 0.
     return index
 
 
-def knn_faiss(
-    queries: torch.Tensor,
-    bank: torch.Tensor,
-    k: int = 1,
-    *,
-    distance: str = "l2",
-    norm_floor: float = 0.0,
-    index=None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def knn_faiss(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, *, distance: str = "l2",
+              norm_floor: float = 0.0, index=None) -> tuple:  # fmt: skip
     """Same contract as :func:`knn_torch`, with an exact faiss flat index (``index``: one built
     by :func:`faiss_index` for this bank, distance and floor)."""
     try:

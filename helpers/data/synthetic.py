@@ -26,21 +26,13 @@ _VERSION = 5
 # ranges (``bend``: how far the lobe is pushed out, in part radii; ``scratch_opacity``: the line
 # over the metal; ``scratch_length``: in image sides; ``stain_opacity``: the stain's largest).
 LEVELS = {
-    "hard": dict(
-        jitter=dict(offset=0.02, scale=0.03, light_angle=0.3, gain=0.08),
-        bend=(0.06, 0.18),
-        scratch_opacity=(0.06, 1.0),
-        scratch_length=(0.06, 0.2),
-        stain_opacity=(0.1, 0.75),
-    ),
-    "easy": dict(
-        jitter=dict(offset=0.01, scale=0.0, light_angle=0.0, gain=0.0),
-        bend=(0.12, 0.18),
-        scratch_opacity=(1.0, 1.0),
-        scratch_length=(0.12, 0.22),
-        stain_opacity=(0.75, 0.75),
-    ),
-}
+    "hard": dict(jitter=dict(offset=0.02, scale=0.03, light_angle=0.3, gain=0.08),
+                 bend=(0.06, 0.18), scratch_opacity=(0.06, 1.0), scratch_length=(0.06, 0.2),
+                 stain_opacity=(0.1, 0.75)),
+    "easy": dict(jitter=dict(offset=0.01, scale=0.0, light_angle=0.0, gain=0.0),
+                 bend=(0.12, 0.18), scratch_opacity=(1.0, 1.0), scratch_length=(0.12, 0.22),
+                 stain_opacity=(0.75, 0.75)),
+}  # fmt: skip
 
 
 def _level(difficulty: str) -> dict:

@@ -100,6 +100,13 @@ def _downsample(maps, masks, side: int = 192):
     return out_maps, out_masks
 
 
+def _roc_axes(ax, title: str, negatives: str, positives: str) -> None:
+    ax.plot([0, 1], [0, 1], ":", color="gray")
+    ax.set_title(title)
+    ax.set_xlabel(f"false positive rate ({negatives})")
+    ax.set_ylabel(f"true positive rate ({positives})")
+
+
 def roc_figure(labels, scores, masks=None, maps=None, threshold: float | None = None) -> Figure:
     """Image ROC, pixel ROC and the PRO curve (to FPR 0.3; pixel curves on every n-th pixel, so
     they draw quickly); with an image ``threshold``, the point it operates at on the image ROC."""
@@ -123,10 +130,7 @@ def roc_figure(labels, scores, masks=None, maps=None, threshold: float | None = 
         ax.legend(loc="lower right", fontsize=8)
     else:
         ax.text(0.5, 0.5, "needs good and defective images", ha="center")
-    ax.plot([0, 1], [0, 1], ":", color="gray")
-    ax.set_title("Image-level ROC")
-    ax.set_xlabel("false positive rate (good parts flagged)")
-    ax.set_ylabel("true positive rate (defects caught)")
+    _roc_axes(ax, "Image-level ROC", "good parts flagged", "defects caught")
     small_maps, small_masks = _downsample(maps or [], masks or [])
     ax = axes[1]
     if small_maps and any(m.any() for m in small_masks):
@@ -138,10 +142,7 @@ def roc_figure(labels, scores, masks=None, maps=None, threshold: float | None = 
         ax.legend(loc="lower right")
     else:
         ax.text(0.5, 0.5, "no ground-truth masks", ha="center")
-    ax.plot([0, 1], [0, 1], ":", color="gray")
-    ax.set_title("Pixel-level ROC")
-    ax.set_xlabel("false positive rate (normal pixels)")
-    ax.set_ylabel("true positive rate (defect pixels)")
+    _roc_axes(ax, "Pixel-level ROC", "normal pixels", "defect pixels")
     ax = axes[2]
     curve = pro_curve(small_masks, small_maps) if small_maps else None
     if curve is not None:
