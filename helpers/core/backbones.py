@@ -1,13 +1,8 @@
-"""Backbones and patch features (notebook 02): the registry over torchvision's weights API (every
-backbone's defaults in one place; MobileNetV2 installs offline), and :class:`FeatureExtractor`,
-which turns the backbone's taps into one embedding per patch as the official PatchCore code does.
-
-Each tapped layer's 3x3 neighbourhood (zero padded, stride 1; C*9 values, channel-major) is
-adaptive-average-pooled to ``pretrain_embed_dim`` (0: C, which is exactly the 3x3 mean of each
-channel); deeper taps are upsampled bilinearly to the first tap's grid; the concatenation is
-pooled to ``target_embed_dim`` (0: kept as it is). Pooling before upsampling (to save memory)
-gives the official order's numbers: both are linear and act on different axes. Weights always
-come through torchvision, which checks the file's hash; random weights only when asked for.
+"""Backbones and patch features (notebook 02): the registry over torchvision's weights (every
+backbone's defaults in one place; MobileNetV2 installs offline; random weights only when asked)
+and :class:`FeatureExtractor`, as the official code: each tap's 3x3 neighbourhood (C*9 values)
+pooled to ``pretrain_embed_dim`` (0: C, the 3x3 mean), deeper taps upsampled to the first's grid,
+the concatenation pooled to ``target_embed_dim`` (0: kept).
 """
 
 from __future__ import annotations

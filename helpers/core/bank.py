@@ -1,15 +1,9 @@
 """The memory bank M (notebooks 03-04): :class:`MemoryBank` (the coreset's rows and their
-nearest-neighbour search), its file (one .safetensors file with the config it was built with,
-read back only for a matching config; no pickle) and the good-only threshold computed from it.
-
-The good-only threshold needs no defect and no test label. Each good training image is scored
-against M *without the rows copied from its own patches* (leave-one-image-out, one scoring pass
-instead of k refits), and the threshold sits just above the k-th smallest of these held-out
-scores, k = ceil((n + 1)(1 - alpha)): a new good part exchangeable with them is flagged with
-probability <= alpha (split-conformal; approximately, since the held-out images shaped the
-coreset). "Max of good" sits just above the largest (expected false alarms 1 / (n + 1)). On real
-transistor it matched a true 5-fold refit (benchmarks/RESULTS.md, "A threshold from good parts
-only").
+nearest-neighbour search), its file (a .safetensors file with the config it was built with; no
+pickle) and the good-only threshold: each good training image scored against M without the rows
+copied from its own patches, the threshold just above the k-th smallest of these scores, k =
+ceil((n + 1)(1 - alpha)), so a new good part is flagged with probability <= alpha (split
+conformal, approximately; benchmarks/RESULTS.md, "A threshold from good parts only").
 """
 
 from __future__ import annotations

@@ -1,13 +1,8 @@
-"""Greedy (k-center) coreset selection, PatchCore's Sec. 3.2 / Alg. 1 (notebook 03).
-
-Features go through a seeded Gaussian random projection to ``projection_dim`` dimensions
-(Johnson-Lindenstrauss, :class:`Projection`). The running distance to the nearest pick starts as
-the mean distance to ``start_points`` random points (the official code's approximation); each pick
-is the point with the largest running distance (first on ties), then every running distance
-becomes ``min(old, |x|^2 - 2 x.c + |c|^2)``. :func:`greedy_coreset_reference` is that loop written
-plainly; :func:`greedy_coreset` runs the exact fast loops of :mod:`helpers.core.coreset_fast`,
-which pick the same points. float64 throughout, so picks do not depend on the device; nothing of
-size N x N is built.
+"""Greedy (k-center) coreset selection, PatchCore's Sec. 3.2 / Alg. 1 (notebook 03): a seeded
+random projection (:class:`Projection`), then each pick is the point farthest from the picks so
+far (running distances start as the mean distance to ``start_points`` random points, as in the
+official code). :func:`greedy_coreset_reference` is the plain loop; :func:`greedy_coreset` runs
+the exact fast loops of :mod:`helpers.core.coreset_fast`, same picks. float64 throughout.
 """
 
 from __future__ import annotations

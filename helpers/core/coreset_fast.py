@@ -1,13 +1,8 @@
-"""The greedy loop of :mod:`helpers.core.coreset`, exact and fast: both functions return exactly
-the indices of ``greedy_coreset_reference`` (tests/test_coreset_fast.py), computing every running
-distance with its float64 formula ``|x|^2 - 2 x.c + |c|^2``; only which rows get it differs.
-
-* :func:`dense` (CUDA default): one fused float64 matrix-vector product per pick into
-  preallocated buffers, no host synchronisation per step.
-* :func:`filtered` (CPU default for large inputs): conservative float32 tests find the few rows
-  whose running distance can change, and only those get the exact distance (margins >= 20x every
-  rounding error, so the picks are identical). 16.7x faster than ``dense`` for a 220-image WRN50
-  fit on 2 CPU cores (benchmarks/RESULTS.md, "Coreset selection").
+"""The greedy loop of :mod:`helpers.core.coreset` (notebook 03), exact and fast: both return the
+indices of ``greedy_coreset_reference`` (tests/test_coreset_fast.py). :func:`dense` (CUDA): one
+fused float64 matrix-vector product per pick, no host sync. :func:`filtered` (CPU, large inputs):
+conservative float32 tests find the few rows whose running distance can change, and only those
+get the exact distance; 16.7x faster than ``dense`` for a 220-image WRN50 fit on 2 CPU cores.
 """
 
 from __future__ import annotations

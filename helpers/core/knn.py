@@ -1,10 +1,7 @@
-"""Nearest neighbours of query patches in the memory bank (notebook 04), exact, in bounded
-memory: the torch backend walks the bank in blocks of at most ``memory_mb`` of distances keeping
-a running top-k; the optional faiss backend (``pip install faiss-cpu``) uses an exact flat index.
-
-Distances: Euclidean (``l2``) or ``1 - cosine similarity``. ``norm_floor`` (cosine only) divides
-each vector by ``|x| + norm_floor``: weak vectors (dark background, whose direction is noise)
-shrink towards the origin instead of looking far apart; floor 0 gives exactly ``1 - cos``.
+"""Exact nearest neighbours in the memory bank (notebook 04), in bounded memory: torch blocks of
+at most ``memory_mb`` of distances, or faiss's flat index (``pip install faiss-cpu``). Distances:
+``l2`` or ``1 - cos``; ``norm_floor`` (cosine) divides by ``|x| + norm_floor``, so weak vectors
+(dark background, noisy direction) shrink towards the origin instead of looking far apart.
 """
 
 from __future__ import annotations

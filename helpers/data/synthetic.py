@@ -20,11 +20,8 @@ import numpy as np
 DEFECTS = ("bent", "color", "flip", "scratch")
 _VERSION = 5
 
-# Per level: how much good parts differ besides their angle (``jitter``: the centre's offset as a
-# fraction of the image, standard deviation; the radius, +- a fraction; the light's direction,
-# standard deviation in radians; its brightness, a gain of 1 +- this) and the defects' severity
-# ranges (``bend``: how far the lobe is pushed out, in part radii; ``scratch_opacity``: the line
-# over the metal; ``scratch_length``: in image sides; ``stain_opacity``: the stain's largest).
+# Per level: how good parts vary besides their angle (``jitter``: centre offset and radius as
+# fractions, light direction in radians, brightness gain) and the defects' severity ranges.
 LEVELS = {
     "hard": dict(jitter=dict(offset=0.02, scale=0.03, light_angle=0.3, gain=0.08),
                  bend=(0.06, 0.18), scratch_opacity=(0.06, 1.0), scratch_length=(0.06, 0.2),

@@ -160,11 +160,8 @@ class DataSource:
         self.config = config
         self.data_dir = Path(data_dir)
         self.synthetic = {**SYNTHETIC_DEFAULTS, **(synthetic or {})}
-        self.download, self.download_url, self.download_sha256 = (
-            download,
-            download_url,
-            download_sha256,
-        )
+        self.download = dict(download_missing=download, url=download_url or None,
+                             sha256=download_sha256 or None)  # fmt: skip
         self._root: Path | None = None
         self._listed: dict[str, list[Sample]] = {}  # every image file of a split
         self._usable: dict[str, list[Sample]] = {}  # less the unreadable ones (skip_bad_images)
@@ -198,13 +195,7 @@ class DataSource:
             else:
                 from helpers.data.download import prepare_dataset
 
-                self._root = prepare_dataset(
-                    c.dataset_path,
-                    c.category,
-                    download_missing=self.download,
-                    url=self.download_url or None,
-                    sha256=self.download_sha256 or None,
-                )
+                self._root = prepare_dataset(c.dataset_path, c.category, **self.download)
         return self._root
 
     def listed(self, split: str) -> list[Sample]:
@@ -215,13 +206,10 @@ class DataSource:
 
     def unreadable(self, split: str) -> list[tuple[Sample, str]]:
         """(sample, reason) of each image of ``split`` that cannot be used (truncated, corrupt,
-        too large): a header and checksum check, no decoding (see
-        :func:`helpers.core.images.check_image_file`)."""
+        too large), by :func:`helpers.core.images.check_image_file` (no decoding)."""
         if split not in self._unreadable:
-            listed = self.listed(split)
-            self._unreadable[split] = [
-                (s, why) for s in listed if (why := check_image_file(s.path))
-            ]
+            checked = [(s, check_image_file(s.path)) for s in self.listed(split)]
+            self._unreadable[split] = [(s, why) for s, why in checked if why]
         return self._unreadable[split]
 
     def samples(self, split: str) -> list[Sample]:
@@ -233,9 +221,9 @@ class DataSource:
                 bad = self.unreadable(split)
                 self.skipped[split] = bad
                 if bad:
+                    e_g = f"e.g. {bad[0][0].path}: {bad[0][1]}"
                     warnings.warn(
-                        f"skipped {len(bad)} unreadable {split} image(s) (skip_bad_images), "
-                        f"e.g. {bad[0][0].path}: {bad[0][1]}",
+                        f"skipped {len(bad)} unreadable {split} image(s) (skip_bad_images), {e_g}",
                         stacklevel=2,
                     )
                 gone = {s.path for s, _ in bad}
@@ -252,9 +240,8 @@ class DataSource:
         return self.samples("test")
 
     def fingerprint(self, split: str) -> str:
-        """What the artifacts of ``split`` are made from: ``"<n> files #<hex>"`` over the names,
-        sizes and modification times of its files (:func:`helpers.data.mvtec.fingerprint`).
-        ``split``: "train" (training images), "test" (test images) or "masks"."""
+        """What the artifacts of ``split`` ("train", "test" or "masks") are made from: the
+        :func:`~helpers.data.mvtec.fingerprint` of its files."""
         if split not in self._fingerprints:
             if split == "masks":
                 files = [s.mask_path for s in self.listed("test") if s.mask_path is not None]
@@ -269,11 +256,8 @@ class DataSource:
 
     def record(self) -> dict:
         """The data entry of metrics.json."""
-        out = (
-            {"source": "synthetic", **self.synthetic}
-            if self.is_synthetic
-            else {"source": "folder", "path": str(self.root)}
-        )
+        folder = {"source": "folder", "path": str(self.root)}
+        out = {"source": "synthetic", **self.synthetic} if self.is_synthetic else folder
         out["files"] = self.fingerprints()
         if any(self.skipped.values()):
             out["skipped"] = {

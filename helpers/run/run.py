@@ -40,26 +40,16 @@ from helpers.run.stages import RunPrediction, Stages, threshold_path
 class Run:
     """One run folder: its config, its data and its cached artifacts."""
 
-    def __init__(
-        self,
-        run_dir: str | Path,
-        config: Config,
-        *,
-        synthetic: dict | None = None,
-        download: bool = False,
-        download_url: str = "",
-        download_sha256: str = "",
-        params: dict[str, Any] | None = None,
-        verbose: bool = True,
-    ):
+    def __init__(self, run_dir: str | Path, config: Config, *, synthetic: dict | None = None,
+                 download=False, download_url="", download_sha256="", params=None,
+                 verbose=True):  # fmt: skip
         # in Colab, a run folder, data folder or archive on /content/drive mounts Drive first
         mount_drive_for(
             run_dir=str(run_dir), dataset_path=config.dataset_path, download_url=download_url
         )
         self.root = resolve_run_dir(run_dir)
         self.config = config
-        unknown = set(params or {}) - set(NOTEBOOK_PARAMETERS)
-        if unknown:
+        if unknown := set(params or {}) - set(NOTEBOOK_PARAMETERS):
             raise ValueError(
                 f"unknown notebook parameter(s) {sorted(unknown)}: the notebooks' own parameters "
                 f"are {sorted(NOTEBOOK_PARAMETERS)} (helpers/run/parameters.py)"
@@ -131,12 +121,8 @@ class Run:
 
     def describe(self) -> str:
         c = self.config
-        source = (
-            f"synthetic set ({self.data.synthetic['size']} px), generated in <run folder>/"
-            f"{self.cache.rel(self.data_root)}"
-            if self.is_synthetic
-            else str(self.data_root)
-        )
+        made = f"synthetic set ({self.data.synthetic['size']} px), generated in <run folder>/"
+        source = made + self.cache.rel(self.data_root) if self.is_synthetic else str(self.data_root)
         return (
             f"run folder : {self.root}\n"
             f"data       : {source}\n"
@@ -157,9 +143,7 @@ class Run:
         """A PatchCore for this config (no bank yet); ``overrides`` are runtime fields."""
         return PatchCore(self.config.replace(**overrides) if overrides else self.config)
 
-    def embed_samples(
-        self, model: PatchCore, samples: list[Sample]
-    ) -> tuple[torch.Tensor, list[np.ndarray]]:
+    def embed_samples(self, model: PatchCore, samples: list[Sample]) -> tuple:
         """Patch embeddings [n, h, w, D] (CPU) of a few ``samples`` (for figures) and the crops
         the network saw (RGB uint8)."""
         emb = torch.cat([b.embeddings.cpu() for b in model.embed_images(samples)])
@@ -167,13 +151,12 @@ class Run:
         return emb, crops
 
     def features(self, model: PatchCore | None = None):
-        """Patch features of all good training images (notebook 02), cached
-        (:func:`helpers.run.stages.features`)."""
+        """Patch features of all good training images (notebook 02), cached."""
         return stages.features(self.stages, model)
 
     def model(self, **overrides) -> PatchCore:
-        """The fitted PatchCore (notebook 03): the cached bank, or built and saved
-        (:func:`helpers.run.stages.fitted_model`). ``overrides``: runtime fields only."""
+        """The fitted PatchCore (notebook 03): the cached bank, or built and saved; ``overrides``:
+        runtime fields only."""
         return stages.fitted_model(self.stages, **overrides)
 
     def coverage(self, ratios: list[float], max_patches: int = 2000) -> dict[str, np.ndarray]:

@@ -1,13 +1,8 @@
-"""The cached stages of a run, one function each: training features (notebook 02), the fitted
-model and the coverage curve (03), the test-set predictions (04) and the good-only threshold
-(held-out scores, written beside the bank as ``bank-<hash>.threshold.json`` for ``predict``).
-Each takes a :class:`Stages` context (the run's cache, data and config) and PatchCore's public
-seams; nothing here calls back into :class:`~helpers.run.run.Run`.
-
-A stage's file is ``<stage>-<hash>.safetensors`` (:meth:`Config.hash`; for features with the
-coreset settings at their defaults, which do not change them). Its header records the data it
-was made from (fingerprints of the images) and the settings it depends on; a file whose record
-differs, or that does not read back whole, is recomputed, and events.jsonl says why.
+"""A run's cached stages, one function each, handed a :class:`Stages` context (cache, data,
+config; never the Run): features (notebook 02), the fitted model and coverage curve (03),
+predictions (04) and the good-only threshold (written beside the bank for ``predict``). A
+stage's file ``<stage>-<hash>.safetensors`` records the settings and the images' fingerprints it
+was made from; one that differs or does not read back whole is recomputed (events.jsonl: why).
 """
 
 from __future__ import annotations

@@ -1,18 +1,12 @@
-"""Export a saved model to ONNX: ``python -m helpers export SOURCE --out model.onnx --like IMAGE``
-(SOURCE: a run folder or a bank file, as for ``predict``). The file holds the whole scoring path
-and runs with onnxruntime and numpy alone::
+"""Export a saved model (a run folder or bank file) to ONNX: ``python -m helpers export SOURCE
+--out model.onnx --like IMAGE``. The file holds the whole scoring path, each step computed as
+:class:`~helpers.core.model.PatchCore` does (OpenCV's resize as matrices, the backbone, the
+patch pooling as fixed matrices, the nearest row of M, eq. 7, the map in the image's pixels, the
+verdict at the saved threshold), and runs with onnxruntime and numpy alone::
 
     sess = onnxruntime.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
     image = np.asarray(PIL.Image.open("part.png").convert("RGB"))[None]  # uint8 [1, H, W, 3]
     score, amap, defective = sess.run(None, {"image": image})
-
-Inside, each step the same computation as :class:`helpers.core.model.PatchCore`: OpenCV's
-resize as matrices (taken from OpenCV itself, rounded to uint8 as OpenCV does), centre crop,
-normalisation; the backbone's taps, the 3x3 local pooling (a fixed convolution), the upsampling
-and the pooling to the embedding size (a fixed matrix); each patch's nearest row of M (in the
-file), s* and eq. 7 (each bank row's b neighbours precomputed); the map upsampled, blurred and
-put back in the image's pixels; ``defective`` (score >= the saved threshold) when there is one.
-The metadata holds the config, the threshold and the rule. CLAHE is not exported (refused).
 """
 
 from __future__ import annotations
