@@ -61,20 +61,23 @@ class ScoringGraph(nn.Module):
         g = Geometry.for_shape(height, width, c.resize, c.input_size)
         self.geometry, self.threshold = g, threshold
         interp = cv2.INTER_AREA if g.res_h < g.orig_h else cv2.INTER_LINEAR
-        self.register_buffer("rows_in", torch.from_numpy(_resize_operator(height, g.res_h, interp)))
-        self.register_buffer("cols_in", torch.from_numpy(_resize_operator(width, g.res_w, interp)))
-        self.register_buffer("mean", torch.from_numpy(IMAGENET_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.from_numpy(IMAGENET_STD).view(1, 3, 1, 1))
+        same = (g.res_h, g.res_w) == (g.orig_h, g.orig_w)
+        resize = lambda n_in, n_out, how: torch.from_numpy(_resize_operator(n_in, n_out, how))
+        buffers = dict(
+            rows_in=resize(height, g.res_h, interp), cols_in=resize(width, g.res_w, interp),
+            mean=torch.from_numpy(IMAGENET_MEAN).view(1, 3, 1, 1),
+            std=torch.from_numpy(IMAGENET_STD).view(1, 3, 1, 1),
+            rows_out=None if same else resize(g.res_h, height, cv2.INTER_LINEAR),  # map back
+            cols_out=None if same else resize(g.res_w, width, cv2.INTER_LINEAR),
+        )  # fmt: skip
+        for name, value in buffers.items():
+            self.register_buffer(name, value)
         ext = model.extractor.cpu().float()
         self.body, self.layers = ext.body, list(ext.layers)
         self.patch = ext.patch_size
-        self.pools = nn.ModuleList()
-        dims = []
         channels = self._channels(ext, c.input_size)
-        for ch in channels:
-            dim = ext.pretrain_embed_dim or ch
-            self.pools.append(self._local_pool(ch, dim))
-            dims.append(dim)
+        dims = [ext.pretrain_embed_dim or ch for ch in channels]
+        self.pools = nn.ModuleList([self._local_pool(ch, dim) for ch, dim in zip(channels, dims)])
         total, target = sum(dims), ext.target_embed_dim or sum(dims)
         self.register_buffer("target", _pool_matrix(total, target) if target != total else None)
         bank = model.bank
@@ -83,8 +86,7 @@ class ScoringGraph(nn.Module):
         self.register_buffer("bank", feats)
         self.register_buffer("bank_prep", prepare(feats, bank.distance, bank.norm_floor))
         self.register_buffer("bank_sqn", (self.bank_prep**2).sum(1))
-        k = min(c.num_neighbors, len(bank))
-        self.k = k
+        self.k = k = min(c.num_neighbors, len(bank))
         if k > 1:  # N_b(m) of every bank row m, as PatchCore.score_embeddings finds it
             _, nb = bank.nearest(bank.features, k)
             self.register_buffer("neighbours", nb.cpu())
@@ -93,14 +95,6 @@ class ScoringGraph(nn.Module):
         outside = torch.ones(g.res_h, g.res_w)
         outside[g.top : g.top + g.crop, g.left : g.left + g.crop] = 0
         self.register_buffer("outside", outside)
-        same = (g.res_h, g.res_w) == (g.orig_h, g.orig_w)
-        lin = cv2.INTER_LINEAR
-        self.register_buffer(
-            "rows_out", None if same else torch.from_numpy(_resize_operator(g.res_h, height, lin))
-        )
-        self.register_buffer(
-            "cols_out", None if same else torch.from_numpy(_resize_operator(g.res_w, width, lin))
-        )
 
     def _channels(self, ext, size: int) -> list[int]:
         with torch.no_grad():
