@@ -1,4 +1,4 @@
-"""helpers.data.source: the synthetic set or a data folder, on its own."""
+"""helpers.run.parameters.DataSource: the synthetic set or a data folder, on its own."""
 
 from helpers import Config
 from helpers.run.parameters import SYNTHETIC_DEFAULTS, DataSource

@@ -121,7 +121,7 @@ class ScoringGraph(nn.Module):
         return (x / 255.0 - self.mean) / self.std
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised crops -> patch embeddings [N, h, w, D] (as helpers.core.features)."""
+        """Normalised crops -> patch embeddings [N, h, w, D] (as helpers.core.backbones)."""
         taps = self.body(x)
         maps = [taps[name].float() for name in self.layers]
         h, w = maps[0].shape[-2:]
