@@ -288,8 +288,8 @@ def gallery(
             fill = ListedColormap([PIXEL_REGION_COLOUR])
             a2.imshow(np.where(region, 1.0, np.nan), cmap=fill, alpha=0.45, vmin=0, vmax=1)
             mask_outline(a2, region, PIXEL_REGION_COLOUR)
-            title = f"map >= {pixel_threshold:#.3g} ({PIXEL_REGION_COLOUR}) vs truth (green)"
-            a2.set_title(title, fontsize=9)
+            region_title = f"map >= {pixel_threshold:#.3g} ({PIXEL_REGION_COLOUR}) vs truth (green)"
+            a2.set_title(region_title, fontsize=9)
         else:
             a2.set_title("no pixel threshold (no masks)", fontsize=9)
         mask_outline(a2, mask)
