@@ -100,7 +100,7 @@ def _downsample(maps, masks, side: int = 192):
     return out_maps, out_masks
 
 
-def _roc_axes(ax, title: str, negatives: str, positives: str) -> None:
+def _roc_axes(ax, title: str, negatives: str, positives: str) -> None:  # diagonal, titles
     ax.plot([0, 1], [0, 1], ":", color="gray")
     ax.set_title(title)
     ax.set_xlabel(f"false positive rate ({negatives})")
@@ -228,8 +228,7 @@ def confusion_figure(labels, scores, threshold: float) -> Figure:
 
 def select_cases(scores, labels, n: int = 3, n_good: int | None = None) -> dict[str, list[int]]:
     """Indices of the best and worst cases: ``n`` defects with the highest / lowest scores, then
-    ``n_good`` (default ``max(1, n // 2)``) good parts with the lowest / highest scores
-    (high-scoring good parts are false alarms)."""
+    ``n_good`` (default ``max(1, n // 2)``) good parts with the lowest / highest (false alarms)."""
     scores, labels = np.asarray(scores, dtype=float), np.asarray(labels)
     ok = np.isfinite(scores)
     bad = [i for i in np.argsort(-scores, kind="stable") if labels[i] == 1 and ok[i]]
