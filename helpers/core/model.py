@@ -63,12 +63,9 @@ class EmbeddedBatch(NamedTuple):
 
 
 class PatchCore:
-    """``PatchCore(Config(...)).fit(train_images)``; ``.predict(test_images)``.
-
-    Images may be file paths, data samples (anything with a ``path``), RGB uint8 arrays
-    [H, W, 3] (or a list of them), or an already normalised float tensor [N, 3, S, S] with
-    S = input_size.
-    """
+    """``PatchCore(Config(...)).fit(train_images)``; ``.predict(test_images)``. Images: file
+    paths, samples (anything with a ``path``), RGB uint8 arrays, or a normalised float tensor
+    [N, 3, S, S] with S = input_size."""
 
     def __init__(self, config: Config | None = None, **overrides):
         if config is None:

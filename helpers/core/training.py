@@ -133,11 +133,8 @@ class TrainingFeatures:
 
 
 class FeatureSpill:
-    """Append [n, dim] float32 rows; ``gather(indices)`` returns those rows in the order given.
-
-    The file lives in ``directory`` (default: the system temporary folder) and is deleted on
-    ``close()`` / leaving the ``with`` block. Reads are sequential chunks of ``chunk_rows`` rows,
-    never a memory map, so the process's resident memory stays bounded by one chunk."""
+    """Append [n, dim] float32 rows to a temporary file in ``directory`` (deleted on ``close()``);
+    ``gather(indices)`` reads them back in order, in chunks of ``chunk_rows`` (no memory map)."""
 
     def __init__(self, dim: int, directory: str | Path | None = None, chunk_rows: int = 16384):
         self.dim, self.rows, self.chunk_rows = int(dim), 0, int(chunk_rows)

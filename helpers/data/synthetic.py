@@ -1,11 +1,7 @@
-"""A deterministic synthetic "metal nut" set in MVTec AD layout, small enough for a 2-core demo.
-
-Each part is a brushed-metal ring, rotated at random, whose edge has four saw-tooth lobes, so a
-mirrored part (``flip``) cannot be turned back onto a good one. Defects: ``scratch``, ``color`` (a
-stain), ``bent`` (a lobe pushed out) and ``flip`` (masked as the whole part). ``"hard"`` (the
-lessons'): parts also vary in position, size and light, defects from clear to barely there, so a
-detector makes real mistakes; ``"easy"``: every defect clearly visible (for tests).
-"""
+"""A deterministic synthetic "metal nut" set in MVTec AD layout (notebook 01's data offline): a
+brushed-metal ring, rotated at random, with four saw-tooth lobes (so a mirrored ``flip`` cannot be
+turned back); defects ``scratch``, ``color``, ``bent``, ``flip``. ``"hard"`` (the lessons'): parts
+vary in position, size and light, defects from clear to faint; ``"easy"``: all clear (tests)."""
 
 from __future__ import annotations
 

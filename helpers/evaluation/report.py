@@ -99,13 +99,10 @@ def pixel_f1_threshold(masks, maps, step: int = 4) -> float | None:
 def thresholds(
     labels, scores, f1_threshold: float | None, good_only: dict | None
 ) -> dict[str, Any]:
-    """The ``thresholds`` entry of metrics.json: the F1-optimal image threshold (chosen with the
-    test labels: the best any threshold does here, not available in production) and the
-    good-only ones (``good_only``, from :meth:`helpers.core.model.PatchCore.calibrate`: at the
-    stated false-alarm rate, and the max of the held-out good scores), each with the false-alarm
-    and miss rates it gives on these test images. ``false_alarm_rate_se`` is the binomial
-    sampling error of a false-alarm rate measured on this many good test images, at the rate
-    asked for."""
+    """metrics.json's ``thresholds``: the F1-optimal one (chosen with the test labels, not possible
+    in production) and the good-only ones (``good_only``: :meth:`PatchCore.calibrate`'s), each
+    with its false-alarm and miss rates here; ``false_alarm_rate_se``: the binomial sampling error
+    of a false-alarm rate measured on this many good images."""
     from helpers.evaluation.metrics import threshold_rates
 
     out = {

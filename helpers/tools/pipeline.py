@@ -4,14 +4,11 @@
     python -m helpers run --data /path/to/mvtec --out runs/x -p backbone mobilenet_v2
     python -m helpers run --out runs/x --resume                          # continue a run
 
-``-p NAME VALUE`` sets any parameter of the notebooks (every Config field, synthetic_*,
-n_examples, coverage_*, inference_batch_size, timing_repeats, interactive...); VALUE is read as
-JSON when it parses (0.1, 8, true, null, [0.05, 0.1]), else as a string. An existing run folder
-is never overwritten: ``--overwrite`` deletes it first, ``--resume`` continues it (the stored
-parameters, then new -p values); both only touch a folder this tool made (it holds
-``.patchcore-run``). On resume, finished notebooks whose outputs still match the config hash
-and the data (names, sizes and modification times of the images) are skipped; from the first
-one that does not, every notebook runs again, reusing the artifacts that still match.
+``-p NAME VALUE`` sets any notebook parameter (a Config field, synthetic_*, n_examples...;
+VALUE read as JSON when it parses). A run folder is never overwritten: ``--overwrite`` deletes,
+``--resume`` continues (stored parameters, then -p) only a folder this tool made (it holds
+``.patchcore-run``); on resume, finished notebooks whose outputs still match the settings and
+the images are skipped, the rest run again, reusing the artifacts that still match.
 """
 
 from __future__ import annotations

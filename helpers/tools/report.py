@@ -118,12 +118,9 @@ def failure_message(nb: str, exc: BaseException, target: Path, out: Path) -> str
 
 
 def preflight(params: dict[str, Any]) -> str:
-    """Before any notebook runs: find the data (download it when asked), check every image
-    (unreadable ones stop the run unless ``skip_bad_images``) and mask, say what the test set
-    allows to be computed, and compare the fit's estimated peak memory with what is free.
-    Returns the lines to print (the first one the summary, then the test set, then one line per
-    kind of data warning, counted); raises PipelineError with the whole message (path at fault,
-    layout, or estimate, free memory and the knob to change)."""
+    """Before any notebook runs: find (or download) the data, check every image and mask, say what
+    the test set allows, compare the fit's memory estimate with what is free. Returns the lines to
+    print; a PipelineError names the path, estimate or knob at fault."""
     from helpers.core.model import PatchCore
     from helpers.core.training import available_ram, check_fit_memory
     from helpers.lessons.timing import resolve_device_quietly
