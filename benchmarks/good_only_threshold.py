@@ -6,7 +6,7 @@ gives on the test set next to the F1-optimal threshold (chosen with the test lab
         --out /tmp/threshold.json [--folds 5] [-p backbone mobilenet_v2]
 
 Steps, each timed: extract the training features once; build the bank; the held-out scores
-(:func:`helpers.core.threshold.held_out_scores`: each image against M without its own rows);
+(:func:`helpers.core.bank.held_out_scores`: each image against M without its own rows);
 then, as the reference, ``--folds`` true refits (the coreset selected again on the other folds'
 patches) scoring their held-out images; finally the test set's scores.
 """
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from helpers import Config, PatchCore
-from helpers.core.threshold import good_only_threshold, held_out_scores
+from helpers.core.bank import good_only_threshold, held_out_scores
 from helpers.data.mvtec import list_samples
 from helpers.evaluation.metrics import f1_threshold, threshold_rates
 from helpers.run.parameters import parse_value

@@ -22,7 +22,7 @@ import helpers as H  # noqa: E402
 from helpers.core.images import load_image  # noqa: E402
 from helpers.core.knn import faiss_available  # noqa: E402
 from helpers.data.mvtec import list_samples  # noqa: E402
-from helpers.evaluation.metrics import evaluate_samples  # noqa: E402
+from helpers.evaluation.report import evaluate  # noqa: E402
 
 
 def stages(model, test, batch: int = 8) -> dict[str, float]:
@@ -66,7 +66,7 @@ def main() -> None:
         s = time.perf_counter()
         preds[backend] = pred = model.predict(test)
         ms = (time.perf_counter() - s) / len(test) * 1000
-        m = evaluate_samples(test, pred)
+        m = evaluate(test, pred)
         keys = ("image_auroc", "pixel_auroc", "aupro")
         print(f"{backend} predict(): {ms:.0f} ms/image;", {k: m[k] for k in keys})
     if len(preds) == 2:

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers.core.images import load_image
 from helpers.core.model import Prediction  # noqa: E402
 from helpers.data.mvtec import list_samples  # noqa: E402
-from helpers.evaluation.metrics import evaluate_samples  # noqa: E402
+from helpers.evaluation.report import evaluate  # noqa: E402
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -109,7 +109,7 @@ def run(
         h, w = load_image(s.path).shape[:2]
         maps.append(cv2.resize(gaussian_filter(up, sigma), (w, h), interpolation=cv2.INTER_LINEAR))
     t2 = time.perf_counter()
-    m = evaluate_samples(
+    m = evaluate(
         test,
         Prediction(np.array(scores, np.float32), maps, np.zeros((len(maps), 0, 0), np.float32)),
     )

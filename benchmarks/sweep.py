@@ -6,7 +6,7 @@ share the feature settings (input size, resize, taps, embedding sizes, rotations
 extraction, cached in ``--cache``; the bank, the coreset, the kNN scoring and the maps are the
 engine's own code (``PatchCore.select_bank``, ``score_embeddings``, ``maps_from_grids``), so a
 row equals ``PatchCore(cfg).fit(train).predict(test)`` (``--check`` verifies this for the first
-row). Metrics: ``helpers.evaluation.metrics.evaluate_samples`` in original image pixels.
+row). Metrics: ``helpers.evaluation.report.evaluate`` in original image pixels.
 
     python benchmarks/sweep.py --data /work/data --category transistor --rows ref224 l2-224
     python benchmarks/sweep.py --table benchmarks/out/sweep-transistor.json
@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers import Config, PatchCore  # noqa: E402
 from helpers.core.images import Geometry  # noqa: E402
 from helpers.data.mvtec import list_samples
-from helpers.evaluation.metrics import evaluate_samples, image_auroc  # noqa: E402
+from helpers.evaluation.metrics import image_auroc
+from helpers.evaluation.report import evaluate  # noqa: E402
 
 # taps .6 + .13 at their natural 32 + 96 = 128 dims, no rotations (the plain reference's features)
 NAT = dict(
@@ -193,7 +194,7 @@ def evaluate_row(name, overrides, root, category, n_train, cache, base) -> dict:
     geoms = [Geometry.for_shape(*shape_of(s.path), cfg.resize, cfg.input_size) for s in test]
     maps = model.maps_from_grids(torch.cat(grids), geoms)
     pred = type("P", (), {"scores": torch.cat(scores).numpy(), "maps": maps})
-    m = evaluate_samples(test, pred)
+    m = evaluate(test, pred)
     mapmax = image_auroc([s.label for s in test], [float(a.max()) for a in maps])
     return {
         "row": name,

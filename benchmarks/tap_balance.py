@@ -29,7 +29,7 @@ from helpers import Config, PatchCore  # noqa: E402
 from helpers.core.backbones import BACKBONES  # noqa: E402
 from helpers.core.images import Geometry  # noqa: E402
 from helpers.data.mvtec import list_samples
-from helpers.evaluation.metrics import evaluate_samples  # noqa: E402
+from helpers.evaluation.report import evaluate  # noqa: E402
 
 
 def tap_blocks(cfg: Config) -> list[tuple[int, int]]:
@@ -54,7 +54,7 @@ def score(cfg, train_f, grid, test_e, test, scale) -> dict:
     geoms = [Geometry.for_shape(*sweep.shape_of(s.path), cfg.resize, cfg.input_size) for s in test]
     maps = model.maps_from_grids(torch.cat(grids), geoms)
     pred = type("P", (), {"scores": torch.cat(scores).numpy(), "maps": maps})
-    return evaluate_samples(test, pred)
+    return evaluate(test, pred)
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ For each preprocessing geometry it fits ``mobilenet_v2`` (``Config(backbone="mob
 plus the named overrides), predicts every test image, and reports
 
 * image AUROC, pixel AUROC and AUPRO (to FPR 0.3) from
-  ``helpers.evaluation.metrics.evaluate_samples``, on maps
+  ``helpers.evaluation.report.evaluate``, on maps
   in ORIGINAL pixels as ``PatchCore.predict`` returns them;
 * ``in view``: defect pixels inside the part of the photo the network saw (a square centre crop:
   even resize == input_size crops the long side of a portrait photo), and how many defective images
@@ -45,7 +45,7 @@ from real_metal_nut import SCORING_FIELDS  # noqa: E402  (the settings a row rep
 
 from helpers import Config, PatchCore  # noqa: E402
 from helpers.data.mvtec import list_samples, load_mask  # noqa: E402
-from helpers.evaluation.metrics import evaluate_samples  # noqa: E402
+from helpers.evaluation.report import evaluate  # noqa: E402
 
 DEFAULT_DATA = "/work/shared/data/mvtec3d_tire_rgb"
 
@@ -132,7 +132,7 @@ def run(name: str, overrides: dict, train, test, threads: int) -> dict:
     t2 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        metrics = evaluate_samples(test, pred)
+        metrics = evaluate(test, pred)
     align = alignment(test, pred)
     t3 = time.perf_counter()
     return {

@@ -1,16 +1,8 @@
-"""PatchCore for MVTec-style anomaly detection: the library behind the notebook series.
-
-The package is layered; each layer imports only the ones below it (``tests/test_layers.py``):
-
-==============  =====================================================================
-``core``        the algorithm: config, backbones, images, features, coreset, kNN,
-                memory bank, maps, :class:`PatchCore` (imports nothing else of helpers)
-``data``        the MVTec layout, the synthetic set, the download
-``evaluation``  metrics (AUROC, AUPRO, PRO) and the one ``metrics.json`` writer
-``run``         :class:`Run`: a run folder, its cached stages, the notebooks' parameters
-``lessons``     figures (``viz``), widgets, timing, the Colab setup
-``tools``       the command line: ``python -m helpers {run, demo, predict, ...}``
-==============  =====================================================================
+"""PatchCore for MVTec-style anomaly detection: the library behind the notebook series, in six
+layers, each importing only the ones before it (``tests/test_layers.py``): ``core`` (the
+algorithm, closed), ``data`` (MVTec layout, synthetic set, download), ``evaluation`` (metrics,
+``metrics.json``), ``run`` (:class:`Run`: a run folder and its cached stages), ``lessons``
+(figures, widgets, timing, the Colab setup) and ``tools`` (``python -m helpers ...``).
 
 >>> import helpers as H
 >>> model = H.PatchCore(H.Config(backbone="mobilenet_v2")).fit(train_paths)

@@ -11,7 +11,8 @@ THREADS = 1  # one OpenMP thread per kernel: far faster than two on a busy 2-cor
 
 @functools.cache
 def ci_run(base: str) -> Path:
-    from helpers.tools.pipeline import PRESETS, run_pipeline
+    from helpers.run.parameters import PRESETS
+    from helpers.tools.pipeline import run_pipeline
 
     out = Path(base) / "ci-run"
     run_pipeline(out, params=dict(PRESETS["ci"]), threads=THREADS, log=lambda msg: None)

@@ -13,6 +13,27 @@ import torch
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+# The run-folder tests' smallest settings: MobileNetV2 at 64 px on the CPU, a quarter of the
+# patches kept; TINY adds a 64 px synthetic set of 4 training and 3 test images.
+SMALL = dict(
+    backbone="mobilenet_v2",
+    input_size=64,
+    resize=64,
+    batch_size=4,
+    device="cpu",
+    coreset_ratio=0.25,
+)
+TINY = dict(
+    SMALL, synthetic_size=64, synthetic_n_train=4, synthetic_n_test_good=2, synthetic_n_per_defect=1
+)
+
+
+def make_run(run_dir, **params):
+    """A :class:`helpers.run.run.Run` of TINY in ``run_dir``, ``params`` changed."""
+    from helpers.run.run import Run
+
+    return Run.from_params({**TINY, **params, "run_dir": str(run_dir)}, verbose=False)
+
 
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory):

@@ -9,29 +9,12 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import make_run
 
 from helpers import Config, PatchCore
 from helpers.core.backbones import BACKBONES
 from helpers.evaluation.report import METRIC_KEYS
 from helpers.run.parameters import config_from_params, repo_root, resolve_run_dir
-from helpers.run.run import Run
-
-TINY = dict(
-    backbone="mobilenet_v2",
-    input_size=64,
-    resize=64,
-    synthetic_size=64,
-    synthetic_n_train=4,
-    synthetic_n_test_good=2,
-    synthetic_n_per_defect=1,
-    batch_size=4,
-    device="cpu",
-    coreset_ratio=0.25,
-)
-
-
-def make_run(tmp_path, **changes) -> Run:
-    return Run.from_params({**TINY, **changes, "run_dir": str(tmp_path)}, verbose=False)
 
 
 @pytest.fixture(scope="module")

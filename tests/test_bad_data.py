@@ -11,6 +11,7 @@ import struct
 import warnings
 import zlib
 
+import conftest
 import cv2
 import numpy as np
 import pytest
@@ -18,21 +19,13 @@ import pytest
 from helpers import Config, PatchCore
 from helpers.core.images import ImageReadError, check_image_file, load_image
 from helpers.data.mvtec import list_samples, load_mask, masks_like
-from helpers.data.source import DataSource
 from helpers.data.synthetic import generate_dataset
+from helpers.run.parameters import BASE_PARAMETERS, DataSource
 from helpers.run.run import Run
-from helpers.tools.pipeline import BASE_PARAMETERS, PipelineError
+from helpers.tools.pipeline import PipelineError
 from helpers.tools.report import preflight
 
-SMALL = dict(
-    backbone="mobilenet_v2",
-    input_size=64,
-    resize=64,
-    batch_size=4,
-    device="cpu",
-    coreset_ratio=0.25,
-    train_rotations=1,
-)
+SMALL = dict(conftest.SMALL, train_rotations=1)
 
 
 def bomb_png(path, side: int = 30000):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 
+import conftest
 import pytest
 
 from helpers.data.synthetic import generate_dataset
@@ -14,15 +15,7 @@ from helpers.run.run import Run
 from helpers.tools import pipeline
 from helpers.tools.pipeline import NOTEBOOKS
 
-PARAMS = dict(
-    backbone="mobilenet_v2",
-    input_size=64,
-    resize=64,
-    batch_size=4,
-    device="cpu",
-    coreset_ratio=0.25,
-    false_alarm_rate=0.2,
-)
+PARAMS = dict(conftest.SMALL, false_alarm_rate=0.2)
 
 
 @pytest.fixture

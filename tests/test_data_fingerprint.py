@@ -9,23 +9,16 @@ import os
 import shutil
 import warnings
 
+import conftest
 import pytest
 
 from helpers import Config
 from helpers.data.mvtec import fingerprint
-from helpers.data.source import DataSource
 from helpers.data.synthetic import generate_dataset
+from helpers.run.parameters import DataSource
 from helpers.run.run import Run
 
-TINY = dict(
-    backbone="mobilenet_v2",
-    input_size=64,
-    resize=64,
-    batch_size=4,
-    device="cpu",
-    coreset_ratio=0.25,
-    train_rotations=1,
-)
+TINY = dict(conftest.SMALL, train_rotations=1)
 
 
 def make_run(run_dir, data, **changes) -> Run:

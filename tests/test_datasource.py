@@ -1,7 +1,7 @@
-"""helpers.data.source: the synthetic set or a data folder, on its own."""
+"""helpers.run.parameters.DataSource: the synthetic set or a data folder, on its own."""
 
 from helpers import Config
-from helpers.data.source import SYNTHETIC_DEFAULTS, DataSource
+from helpers.run.parameters import SYNTHETIC_DEFAULTS, DataSource
 
 
 def test_synthetic_source_is_generated_in_its_folder(tmp_path):

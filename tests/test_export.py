@@ -18,8 +18,8 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from helpers import Config, PatchCore  # noqa: E402
-from helpers.core.export import ScoringGraph, export_onnx  # noqa: E402
 from helpers.core.images import load_image  # noqa: E402
+from helpers.tools.export import ScoringGraph, export_onnx  # noqa: E402
 
 SCORE_RTOL = 1e-4  # relative, on image scores
 MAP_TOL = 1e-4  # absolute, as a fraction of the largest map value

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers.core.features import FeatureExtractor, local_patch_pool
+from helpers.core.backbones import FeatureExtractor, local_patch_pool
 
 
 def official_order(maps, patch_size, pre_dim, target_dim):

@@ -104,10 +104,21 @@ def test_per_defect_auroc():
 
 
 def test_evaluate_without_masks_reports_nulls():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        r = metrics.evaluate([0, 1], [0.1, 0.9], ["good", "x"])
+    from pathlib import Path
+
+    from helpers.core.model import Prediction
+    from helpers.data.mvtec import Sample
+    from helpers.evaluation.report import evaluate
+
+    samples = [
+        Sample(Path("a.png"), "test", "good", None),
+        Sample(Path("b.png"), "test", "x", None),
+    ]
+    pred = Prediction(np.array([0.1, 0.9]), [np.zeros((4, 4))] * 2, np.zeros((2, 1, 1)))
+    with pytest.warns(UserWarning, match="no ground-truth masks"):
+        r = evaluate(samples, pred, quiet=False)
     assert r["image_auroc"] == 1.0 and r["pixel_auroc"] is None and r["aupro"] is None
+    assert r["pixel_f1_threshold"] is None and r["per_defect"] == {"x": 1.0}
 
 
 def test_binned_pixel_metrics_match_the_exact_ones_on_continuous_maps():

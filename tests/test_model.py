@@ -7,13 +7,13 @@ import torch
 
 from helpers import BankMismatchError, PatchCore
 from helpers.core.images import load_image
-from helpers.evaluation.metrics import evaluate_samples
+from helpers.evaluation.report import evaluate
 
 
 def test_end_to_end_on_synthetic_set_is_well_above_chance(test_prediction, samples):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        m = evaluate_samples(samples[1], test_prediction)
+        m = evaluate(samples[1], test_prediction)
     assert m["image_auroc"] > 0.85
     assert m["pixel_auroc"] > 0.75
     assert 0.3 < m["aupro"] <= 1.0
@@ -70,7 +70,7 @@ def test_load_refuses_tampered_truncated_and_pickle_files(fitted, tmp_path):
         PatchCore.load(tmp_path / "evil.safetensors")
     assert not marker.exists()
     # a valid safetensors file that is not a bank
-    from helpers.core.io import save_tensors
+    from helpers.core.runtime import save_tensors
 
     save_tensors(tmp_path / "other.safetensors", {"w": torch.zeros(2, 2)}, {"format": "something"})
     with pytest.raises(BankMismatchError, match="not a PatchCore memory bank"):

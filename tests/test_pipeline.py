@@ -14,9 +14,16 @@ import torch
 from _nbrun import THREADS, ci_run
 
 from helpers import Config
-from helpers.run.parameters import COMMON_PARAMETERS, NOTEBOOK_PARAMETERS, config_from_params
+from helpers.run.parameters import (
+    COMMON_PARAMETERS,
+    NOTEBOOK_PARAMETERS,
+    PRESETS,
+    config_from_params,
+    known_parameters,
+    parse_value,
+)
 from helpers.tools import pipeline
-from helpers.tools.pipeline import NOTEBOOKS, PRESETS, PipelineError, parse_value, run_pipeline
+from helpers.tools.pipeline import NOTEBOOKS, PipelineError, run_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 NUMBERS = (
@@ -47,7 +54,7 @@ def test_parse_value():
 
 
 def test_every_config_field_is_a_notebook_parameter():
-    known = pipeline.known_parameters()
+    known = known_parameters()
     missing = {f for f in Config().to_dict()} - set(known)
     assert not missing and "run_dir" in known
 
@@ -58,7 +65,7 @@ def test_notebook_parameters_are_declared_not_parsed_from_notebooks():
     defaults."""
     import papermill
 
-    known = pipeline.known_parameters()
+    known = known_parameters()
     for nb in pipeline.NOTEBOOKS:
         found = papermill.inspect_notebook(str(pipeline.notebook_dir() / nb))
         assert set(COMMON_PARAMETERS) <= set(found) <= set(known), nb
@@ -289,7 +296,7 @@ def test_same_config_twice_gives_identical_metrics(ci, tmp_path):
     helpers.run.run calls the notebooks make, without the kernels) gives the same numbers."""
     from helpers.run.run import Run
 
-    params = dict(pipeline.known_parameters())
+    params = dict(known_parameters())
     params.update(PRESETS["ci"], run_dir=str(tmp_path / "again"))
     run = Run.from_params(params, verbose=False)
     threads = torch.get_num_threads()

@@ -18,8 +18,9 @@ from _nbrun import THREADS
 from test_bad_data import bomb_png, truncate
 
 from helpers.data.synthetic import generate_dataset
+from helpers.run.parameters import PRESETS
 from helpers.tools import pipeline
-from helpers.tools.pipeline import PRESETS, run_pipeline
+from helpers.tools.pipeline import run_pipeline
 
 CI = {k: v for k, v in PRESETS["ci"].items() if not k.startswith("synthetic_")}
 

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from helpers.run.parameters import PRESETS
 from helpers.tools import pipeline
 from helpers.tools.pipeline import MARKER, PipelineError, run_pipeline
 
-CI = dict(pipeline.PRESETS["ci"])
+CI = dict(PRESETS["ci"])
 
 
 def error_line(capsys, argv: list[str]) -> str:

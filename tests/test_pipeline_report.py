@@ -22,7 +22,7 @@ def test_summary_prints_null_metrics_as_not_available(tmp_path):
 
 def test_preflight_accepts_an_out_folder_whose_parents_do_not_exist_yet(tmp_path):
     """A fresh clone has no runs/ folder: `make demo` (--out runs/demo) must pass the disk check."""
-    from helpers.tools.pipeline import BASE_PARAMETERS
+    from helpers.run.parameters import BASE_PARAMETERS
     from helpers.tools.report import preflight
 
     out = tmp_path / "not" / "yet" / "run"

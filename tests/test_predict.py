@@ -7,28 +7,19 @@ import json
 import shutil
 import warnings
 
+import conftest
 import numpy as np
 import pytest
 
 from helpers.__main__ import main as cli
 from helpers.core.images import load_image
-from helpers.run.calibration import threshold_path
 from helpers.run.run import Run
+from helpers.run.stages import threshold_path
 from helpers.tools.predict import PredictError, predict, read_csv
 
-TINY = dict(
-    backbone="mobilenet_v2",
-    input_size=64,
-    resize=64,
-    synthetic_size=64,
-    synthetic_n_train=6,
-    synthetic_n_test_good=3,
-    synthetic_n_per_defect=1,
-    batch_size=3,
-    device="cpu",
-    coreset_ratio=0.25,
-    false_alarm_rate=0.2,
-)
+# six good training images (a 0.2 false-alarm threshold is reachable), scored 3 at a time
+TINY = dict(conftest.TINY, synthetic_n_train=6, synthetic_n_test_good=3, false_alarm_rate=0.2)
+TINY["batch_size"] = 3
 
 
 @pytest.fixture(scope="module")
@@ -91,31 +82,21 @@ def test_nothing_scored_missing_paths_and_other_configs_give_one_line(run_folder
     root, run, *_ = run_folder
     text = tmp_path / "notes.txt"
     text.write_text("hello")
+    SMALLER = [
+        "-p",
+        "input_size",
+        "96",
+        "-p",
+        "resize",
+        "96",
+    ]  # settings the bank was not built with
     cases = {
         "could be scored": [str(root), str(text)],
         "does not exist": [str(root), str(tmp_path / "nowhere")],
         "holds no image files": [str(root), str(tmp_path / "empty")],
         "not a run folder": [str(tmp_path), str(text)],
-        "input_size": [
-            str(run.path("bank")),
-            str(text),
-            "-p",
-            "input_size",
-            "96",
-            "-p",
-            "resize",
-            "96",
-        ],
-        "no memory bank for its config": [
-            str(root),
-            str(text),
-            "-p",
-            "input_size",
-            "96",
-            "-p",
-            "resize",
-            "96",
-        ],
+        "input_size": [str(run.path("bank")), str(text), *SMALLER],
+        "no memory bank for its config": [str(root), str(text), *SMALLER],
     }
     (tmp_path / "empty").mkdir()
     for words, args in cases.items():

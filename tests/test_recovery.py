@@ -4,34 +4,19 @@ line naming the file and the entry."""
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 
+import conftest
 import pytest
 import torch
 
 from helpers import BankMismatchError, Config, PatchCore
 from helpers.core.bank import read_bank, save_bank
-from helpers.core.io import load_tensors, save_tensors
-from helpers.run.run import Run
+from helpers.core.runtime import load_tensors, save_tensors
 
-TINY = dict(
-    backbone="mobilenet_v2",
-    input_size=64,
-    resize=64,
-    synthetic_size=64,
-    synthetic_n_train=4,
-    synthetic_n_test_good=2,
-    synthetic_n_per_defect=1,
-    batch_size=4,
-    device="cpu",
-    coreset_ratio=0.25,
-    train_rotations=1,
-)
-
-
-def make_run(tmp_path, **changes) -> Run:
-    return Run.from_params({**TINY, **changes, "run_dir": str(tmp_path)}, verbose=False)
+make_run = functools.partial(conftest.make_run, train_rotations=1)
 
 
 def last_event(run_dir, stage):

@@ -12,10 +12,9 @@ import torch
 
 from helpers import PatchCore
 from helpers.core.images import ImageReadError
-from helpers.core.io import atomic_write_bytes
-from helpers.core.runtime import resolve_device
+from helpers.core.runtime import atomic_write_bytes, resolve_device
 from helpers.data.mvtec import list_samples
-from helpers.evaluation.metrics import evaluate_samples
+from helpers.evaluation.report import evaluate
 
 
 @pytest.fixture()
@@ -144,15 +143,15 @@ def test_missing_masks_no_ground_truth_no_test_good(fitted, synth_root, tmp_path
     test = list_samples(root, "metal_nut", "test")
     pred = fitted.predict(test)
     with pytest.warns(UserWarning, match="scratch/000.png"):
-        m = evaluate_samples(test, pred)
+        m = evaluate(test, pred, quiet=False)
     assert m["pixel_auroc"] is not None and m["aupro"] is not None
     shutil.rmtree(cat / "ground_truth")
     test = list_samples(root, "metal_nut", "test")
-    m = evaluate_samples(test, fitted.predict(test))
+    m = evaluate(test, fitted.predict(test))
     assert m["pixel_auroc"] is None and m["aupro"] is None and m["image_auroc"] > 0.5
     shutil.rmtree(cat / "test/good")
     test = list_samples(root, "metal_nut", "test")
-    m = evaluate_samples(test, fitted.predict(test))
+    m = evaluate(test, fitted.predict(test))
     assert m["image_auroc"] is None and m["f1_threshold"] is None
     assert all(v is None for v in m["per_defect"].values())
 

@@ -3,44 +3,30 @@ and metrics.json's ``thresholds`` (F1-optimal and good-only side by side with th
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 
+import conftest
 import numpy as np
 import pytest
 
-from helpers.core.threshold import good_only_threshold
-from helpers.run.calibration import threshold_path
-from helpers.run.run import Run
+from helpers.core.bank import good_only_threshold
+from helpers.run.stages import threshold_path
 
-TINY = dict(
-    backbone="mobilenet_v2",
-    input_size=64,
-    resize=64,
-    synthetic_size=64,
-    synthetic_n_train=6,
-    synthetic_n_test_good=3,
-    synthetic_n_per_defect=1,
-    batch_size=8,
-    device="cpu",
-    coreset_ratio=0.25,
-    false_alarm_rate=0.2,
+# six good training images: a held-out threshold at a 0.2 false-alarm rate is reachable
+make_run = functools.partial(
+    conftest.make_run, synthetic_n_train=6, synthetic_n_test_good=3, false_alarm_rate=0.2
 )
-
-
-def make_run(root, **changes) -> Run:
-    return Run.from_params({**TINY, **changes, "run_dir": str(root)}, verbose=False)
 
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
-    root = tmp_path_factory.mktemp("run")
-    run = make_run(root)
+    """A run's predictions and metrics (with the thresholds), computed once."""
+    run = make_run(root := tmp_path_factory.mktemp("run"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pred = run.predictions()
-        metrics = run.evaluate(pred)
-    return root, run, pred, metrics
+        return root, run, (pred := run.predictions()), run.evaluate(pred)
 
 
 def test_thresholds_side_by_side_with_their_rates(evaluated):

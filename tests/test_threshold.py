@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from helpers import PatchCore
-from helpers.core.threshold import bank_digest, good_only_threshold, held_out_scores
+from helpers.core.bank import bank_digest, good_only_threshold, held_out_scores
 
 
 def test_quantile_rule_on_known_scores():

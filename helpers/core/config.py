@@ -1,54 +1,26 @@
-"""One validated, JSON-serialisable configuration for a PatchCore run.
-
-Every notebook's ``parameters`` cell maps one-to-one onto :class:`Config`. Fields left as ``None``
-are filled from the chosen backbone's defaults (see :mod:`helpers.core.backbones`), so that
-``Config(backbone="mobilenet_v2")`` gives settings that suit that network.
-"""
+"""One validated, JSON-serialisable configuration: every knob of a run, each notebook's parameters
+cell maps onto it (notebook 01 introduces it). Fields left as ``None`` take the chosen backbone's
+defaults (:mod:`helpers.core.backbones`), so ``Config(backbone="mobilenet_v2")`` suits that net."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from helpers.core.backbones import BACKBONES
-from helpers.core.config_checks import (
-    ConfigError,
-    check_bank,
-    check_data,
-    check_execution,
-    check_features,
-    check_preprocessing,
-    check_scoring,
-    int_range,
-)
 
-# Fields that change a saved artifact (memory bank, features). Two configs with the same values
+# Fields that change a saved artifact (memory bank, features): two configs with the same values
 # here produce the same bank, whatever their batch size, device or dataset path.
 ARTIFACT_FIELDS = (
-    "backbone",
-    "weights",
-    "layers",
-    "input_size",
-    "resize",
-    "patch_size",
-    "pretrain_embed_dim",
-    "target_embed_dim",
-    "clahe",
-    "clahe_clip_limit",
-    "clahe_tile_grid",
-    "coreset_ratio",
-    "coreset_max_size",
-    "coreset_projection_dim",
-    "coreset_start_points",
-    "train_rotations",
-    "seed",
-)
-
-
+    "backbone", "weights", "layers", "input_size", "resize", "patch_size", "pretrain_embed_dim",
+    "target_embed_dim", "clahe", "clahe_clip_limit", "clahe_tile_grid", "coreset_ratio",
+    "coreset_max_size", "coreset_projection_dim", "coreset_start_points", "train_rotations", "seed",
+)  # fmt: skip
 # Fields that a backbone may set (BackboneSpec.defaults); these values apply when it does not.
 FALLBACK_DEFAULTS = {
     "train_rotations": 1,
@@ -58,65 +30,91 @@ FALLBACK_DEFAULTS = {
     "coreset_ratio": 0.1,
     "coreset_max_size": 0,  # no cap: the paper's 10 % of every training patch
 }
+# train_rotations=0 ("auto"): rotate the training images when they are few. Measured on real sets
+# (benchmarks/RESULTS.md, issue 10): at 5 metal_nut images 8 rotations lift image AUROC 0.899 ->
+# 0.956; on tire (5-60 images) they change nothing; at 213 transistor images they cost 8x the fit.
+AUTO_ROTATIONS, AUTO_ROTATIONS_BELOW = 8, 20
 
-# train_rotations=0 ("auto"): rotate the training images when they are few. Measured on real
-# sets (benchmarks/RESULTS.md, issue 10): at 5 metal_nut images 8 rotations lift image AUROC
-# 0.899 -> 0.956; on tire (5-60 images) they change nothing; at 213 transistor images they cost
-# 8x the fit time.
-AUTO_ROTATIONS = 8
-AUTO_ROTATIONS_BELOW = 20  # training images
+# Config.validate's checks: integers in [lo, hi] (hint), finite numbers (test, allowed), choices.
+INTS = {
+    "input_size": (32, 2048, ""),
+    "resize": (0, 4096, "0: squash the whole image to a square"),
+    "patch_size": (1, 9, ""),
+    "pretrain_embed_dim": (0, 65536, "0: each layer keeps its channel count"),
+    "target_embed_dim": (0, 65536, "0: the concatenated layers' length"),
+    "coreset_max_size": (0, 2**31 - 1, "the most rows the memory bank keeps; 0: no cap"),
+    "coreset_projection_dim": (0, 65536, "0 disables the random projection"),
+    "coreset_start_points": (1, 10000, ""),
+    "train_rotations": (0, 360, f"0: {AUTO_ROTATIONS} below {AUTO_ROTATIONS_BELOW} images, else 1"),
+    "num_neighbors": (1, 1000, "b of eq. 7; 1: no re-weighting"),
+    "clahe_tile_grid": (1, 64, ""),
+    "batch_size": (1, 4096, ""),
+    "knn_memory_mb": (1, 1 << 20, ""),
+    "num_workers": (0, 64, ""),
+    "seed": (0, 2**63 - 1, ""),
+}
+NUMBERS = {
+    "coreset_ratio": (lambda v: 0 < v <= 1, "in (0, 1] (0.1 keeps 10% of the patches; 1: all)"),
+    "cosine_floor": (lambda v: 0 <= v <= 100, "a number in [0, 100] (0: plain cosine; 0.3: a "
+                     "floor at 30% of the median feature norm)"),
+    "sigma": (lambda v: v >= 0, "a finite number >= 0 (0 disables the blur; paper: 4)"),
+    "false_alarm_rate": (lambda v: 0 < v < 1, "in (0, 1): the share of good parts the good-only "
+                         "threshold may flag (0.05: one in twenty)"),
+    "clahe_clip_limit": (lambda v: v > 0, "a finite number > 0 (typical 1-4)"),
+}  # fmt: skip
+CHOICES = {
+    "distance": ("l2", "cosine"),
+    "device": ("auto", "cpu", "cuda"),
+    "precision": ("auto", "fp32", "bf16", "fp16"),
+    "knn_backend": ("auto", "torch", "faiss"),
+}
+FLAGS = ("clahe", "skip_bad_images")
+
+
+class ConfigError(ValueError):
+    """A configuration field is out of range; the message names the field and the allowed values."""
 
 
 @dataclass
 class Config:
-    # data
-    dataset_path: str | None = None  # MVTec-layout folder holding <category>/; None = synthetic set
+    dataset_path: str | None = None  # MVTec-layout folder with <category>/; None: synthetic
     category: str = "metal_nut"
-    # backbone and features
+    # backbone and features (None: the backbone's default)
     backbone: str = "wide_resnet50_2"
-    weights: str | None = (
-        "IMAGENET1K_V1"  # torchvision weights name; None = random (benchmarks only)
-    )
-    layers: list[str] | None = None  # None = backbone default
+    weights: str | None = "IMAGENET1K_V1"  # torchvision weights name; None: random (benchmarks)
+    layers: list[str] | None = None
     input_size: int | None = None  # side of the square crop fed to the network
-    resize: int | None = None  # shorter side before the centre crop (== input_size: crop
-    # only the longer side; 0: squash the whole image to a square)
+    # shorter side before the centre crop (== input_size: crop only the longer side; 0: squash)
+    resize: int | None = None
     patch_size: int = 3  # local neighbourhood aggregation (3x3, stride 1)
-    pretrain_embed_dim: int | None = (
-        None  # per-layer pooled length; 0: the layer's channels (3x3 mean)
-    )
+    pretrain_embed_dim: int | None = None  # per-layer pooled length; 0: the layer's channels
     target_embed_dim: int | None = None  # final length; 0: the concatenation (see embed_dim)
-    # memory bank
-    coreset_ratio: float | None = (
-        None  # fraction of training patches kept (None: backbone default, else 0.1)
-    )
-    # largest bank (rows) whatever the ratio: above it the greedy selection's time grows linearly
-    # with the training set, not quadratically; 0: no cap (None: backbone default, else 0)
+    # memory bank: the fraction of training patches kept (else 0.1), at most coreset_max_size
+    # rows (0: no cap; above it the coreset's time grows linearly with the training set)
+    coreset_ratio: float | None = None
     coreset_max_size: int | None = None
     coreset_projection_dim: int = 128
     coreset_start_points: int = 10
-    train_rotations: int | None = None  # >1: also fit on copies rotated by 360/k degrees; 0: auto
-    # (8 below 20 training images, else 1); None: backbone default
-    # scoring
-    num_neighbors: int = 9  # b of eq. 7 re-weighting; 1 = plain max
-    distance: str | None = None  # "l2" or "cosine" (None: backbone default, else "l2")
-    # cosine only: divide by |f| + floor * median bank norm (None: backbone default, else 0)
+    # >1: also fit on copies rotated by 360/k degrees; 0: auto (8 below 20 images, else 1)
+    train_rotations: int | None = None
+    # scoring: b of eq. 7 (1: plain max), "l2" or "cosine", the cosine's norm floor (x the median
+    # bank norm), the map's Gaussian blur in input pixels (else 4)
+    num_neighbors: int = 9
+    distance: str | None = None
     cosine_floor: float | None = None
-    sigma: float | None = (
-        None  # Gaussian blur of the anomaly map, in input pixels (None: backbone default, else 4)
-    )
-    # the good-only threshold (helpers.core.threshold): the share of good parts it may flag
-    false_alarm_rate: float = 0.05
+    sigma: float | None = None
+    false_alarm_rate: float = 0.05  # the good-only threshold: share of good parts it may flag
     # preprocessing
     clahe: bool = False
     clahe_clip_limit: float = 2.0
     clahe_tile_grid: int = 8
-    # execution
+    # execution (precision auto: bf16 autocast on CUDA, fp32 on CPU; knn_backend auto: faiss on
+    # the CPU when installed, else torch; knn_memory_mb bounds one kNN distance block)
     batch_size: int = 32
     device: str = "auto"
-    precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
-    knn_backend: str = "auto"  # auto: faiss on the CPU when installed (exact, faster), else torch
-    knn_memory_mb: int = 256  # bound on one kNN distance block
+    precision: str = "auto"
+    knn_backend: str = "auto"
+    knn_memory_mb: int = 256
     num_workers: int = 0
     skip_bad_images: bool = False
     seed: int = 0
@@ -141,7 +139,6 @@ class Config:
         self.validate()
 
     def _field_sources(self, spec) -> dict[str, str]:
-        """Where each field's value comes from, decided before the None fields are filled."""
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
@@ -158,16 +155,15 @@ class Config:
         return out
 
     def coreset_size(self, n_patches: int) -> int:
-        """Rows the memory bank keeps of ``n_patches`` training patches: ``coreset_ratio`` of
-        them, at most ``coreset_max_size`` (when set), at least one."""
+        """Rows the bank keeps of ``n_patches``: ``coreset_ratio``, capped, at least one."""
         n = int(n_patches * self.coreset_ratio)
         if self.coreset_max_size:
             n = min(n, self.coreset_max_size)
         return max(1, min(n_patches, n))
 
     def sources(self) -> dict[str, str]:
-        """Field name -> where its value came from: "set", "backbone default (<name>)",
-        "fallback default" (:data:`FALLBACK_DEFAULTS`), "field default" or "= input_size"."""
+        """Field -> "set", "backbone default (<name>)", "fallback default", "field default" or
+        "= input_size"."""
         return dict(self._sources)
 
     def describe(self) -> str:
@@ -179,23 +175,59 @@ class Config:
         lines += [f"{a:<{w0}}  {b:<{w1}}  {c}" for a, b, c in rows]
         return "\n".join(lines)
 
-    # ------------------------------------------------------------------ validation
     def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first field out of range (the checks are in
-        :mod:`helpers.core.config_checks`)."""
-        check_data(self)
-        check_features(self)
-        check_bank(self)
-        int_range(
-            "train_rotations",
-            self.train_rotations,
-            0,
-            360,
-            hint=f"0: {AUTO_ROTATIONS} below {AUTO_ROTATIONS_BELOW} training images, else 1",
-        )
-        check_scoring(self)
-        check_preprocessing(self)
-        check_execution(self)
+        """Raise :class:`ConfigError` naming the first field out of range and what is allowed."""
+        if self.dataset_path is not None and not isinstance(self.dataset_path, str):
+            raise ConfigError(f"dataset_path={self.dataset_path!r} must be a folder path or None")
+        cat = self.category
+        if not isinstance(cat, str) or cat in ("", ".", "..") or "/" in cat or "\\" in cat:
+            raise ConfigError(f"category={cat!r} must be a folder name (not a path): 'metal_nut'")
+        spec = BACKBONES[self.backbone]
+        bad = [layer for layer in self.layers if layer not in spec.layers]
+        if not self.layers or bad:
+            raise ConfigError(
+                f"layers={self.layers!r}: unknown layer(s) {bad} for {self.backbone}; "
+                f"allowed: {list(spec.layers)}"
+            )
+        for name, (lo, hi, hint) in INTS.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                extra = f" ({hint})" if hint else ""
+                raise ConfigError(f"{name}={v!r} must be an integer in [{lo}, {hi}]{extra}")
+        if self.input_size % 8:
+            near = 8 * round(self.input_size / 8)
+            raise ConfigError(f"input_size={self.input_size} must be a multiple of 8 (e.g. {near})")
+        if 0 < self.resize < self.input_size:
+            raise ConfigError(
+                f"resize={self.resize} must be >= input_size={self.input_size} (the shorter side "
+                "before the centre crop), or 0 to squash the whole image to a square"
+            )
+        if self.patch_size % 2 == 0:
+            raise ConfigError(f"patch_size={self.patch_size} must be odd (1, 3, 5, ...)")
+        for name, (ok, allowed) in NUMBERS.items():
+            v = getattr(self, name)
+            number = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            if not number or not ok(v):
+                raise ConfigError(f"{name}={v!r} must be {allowed}")
+        for name, allowed in CHOICES.items():
+            if (v := getattr(self, name)) not in allowed:
+                raise ConfigError(f"{name}={v!r} is not allowed; choose one of {list(allowed)}")
+        for name in FLAGS:
+            if not isinstance(v := getattr(self, name), bool):
+                raise ConfigError(f"{name}={v!r} must be True or False")
+        if self.weights is not None:
+            try:
+                import torchvision
+
+                names = sorted(torchvision.models.get_model_weights(self.backbone).__members__)
+            except (ImportError, ValueError, KeyError, AttributeError):
+                names = []  # torchvision cannot say
+            if not isinstance(self.weights, str) or (names and self.weights not in names):
+                raise ConfigError(
+                    f"weights={self.weights!r} is not a torchvision weights name of "
+                    f"{self.backbone}; choose one of {names or ['IMAGENET1K_V1']}, or None "
+                    "for random weights"
+                )
 
     def rotations_for(self, n_train: int) -> int:
         """Training rotations used for ``n_train`` images (resolves ``train_rotations=0``)."""
@@ -206,11 +238,9 @@ class Config:
     @property
     def embed_dim(self) -> int:
         """Length of one patch embedding (the memory bank's row length)."""
-        return BACKBONES[self.backbone].embed_dim(
-            self.layers, self.pretrain_embed_dim, self.target_embed_dim
-        )
+        spec = BACKBONES[self.backbone]
+        return spec.embed_dim(self.layers, self.pretrain_embed_dim, self.target_embed_dim)
 
-    # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -225,7 +255,7 @@ class Config:
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps({**self.to_dict(), "config_hash": self.hash()}, indent=2, sort_keys=True)
         if path is not None:
-            from helpers.core.io import atomic_write_text
+            from helpers.core.runtime import atomic_write_text
 
             atomic_write_text(path, text + "\n")
         return text
@@ -241,18 +271,14 @@ class Config:
 
     @classmethod
     def from_json(cls, path: str | Path) -> Config:
-        path = Path(path)
         try:
-            data = json.loads(path.read_text())
+            return cls.from_dict(json.loads(Path(path).read_text()))
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"cannot read config file {path}: {exc}") from exc
-        return cls.from_dict(data)
 
     def replace(self, **changes: Any) -> Config:
-        """A copy with some fields changed (validated again). Unchanged fields keep their source
-        (see :meth:`describe`). When the backbone changes, every field that was not ``set``
-        (a default of the old backbone, a fallback, ``= input_size``) takes the new backbone's
-        default instead; fields that were set keep their values."""
+        """A copy with some fields changed, validated again; on a new backbone every field that
+        was not ``set`` takes the new backbone's default (fields that were set keep values)."""
         data = {**self.to_dict(), **changes}
         same = data["backbone"] == self.backbone
         if not same:
@@ -268,9 +294,6 @@ class Config:
 
     def differences(self, other: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
         """Artifact fields whose value differs from ``other`` (a dict): name -> (mine, other)."""
+        norm = lambda v: list(v) if isinstance(v, tuple) else v
         mine = self.artifact_dict()
-        return {k: (mine[k], other.get(k)) for k in mine if _norm(mine[k]) != _norm(other.get(k))}
-
-
-def _norm(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
+        return {k: (mine[k], other.get(k)) for k in mine if norm(mine[k]) != norm(other.get(k))}

@@ -1,16 +1,8 @@
-"""Greedy (k-center) coreset selection, as in PatchCore (Sec. 3.2, Alg. 1).
-
-Features are first mapped to ``projection_dim`` dimensions by a seeded Gaussian random projection
-(Johnson-Lindenstrauss, :class:`Projection` below). The running "distance to the nearest selected
-point" starts as the mean distance to ``start_points`` random points (the official code's
-approximation); each pick is the point with the largest running distance (first index on ties),
-after which every running distance becomes ``min(old, |x|^2 - 2 x.c + |c|^2)``.
-
-:func:`greedy_coreset_reference` below is that loop written plainly. :func:`greedy_coreset`
-(what the model uses) runs the same loop with the exact accelerated implementations of
-:mod:`helpers.core.coreset_fast`, which pick exactly the same points. Arithmetic is float64
-throughout (projection included), so the selection does not depend on the device or on the
-summation order of a matrix kernel. Nothing of size N x N is ever built.
+"""Greedy (k-center) coreset selection, PatchCore's Sec. 3.2 / Alg. 1 (notebook 03): a seeded
+random projection (:class:`Projection`), then each pick is the point farthest from the picks so
+far (running distances start as the mean distance to ``start_points`` random points, as in the
+official code). :func:`greedy_coreset_reference` is the plain loop; :func:`greedy_coreset` runs
+the exact fast loops of :mod:`helpers.core.coreset_fast`, same picks. float64 throughout.
 """
 
 from __future__ import annotations
@@ -24,14 +16,6 @@ from helpers.core.coreset_fast import ROWS
 from helpers.core.runtime import cpu_threads
 from helpers.core.runtime import progress as show_progress
 
-__all__ = [
-    "Projection",
-    "covering_radius",
-    "greedy_coreset",
-    "greedy_coreset_reference",
-    "random_projection",
-]
-
 
 def greedy_coreset_reference(
     features: torch.Tensor,
@@ -41,9 +25,8 @@ def greedy_coreset_reference(
     start_points: int = 10,
     seed: int = 0,
 ) -> torch.Tensor:
-    """The plain greedy k-center loop, one pick per iteration as the official code writes it (a
-    new distance column, a concatenation and a min per step): the reference a reader checks
-    against the paper's Alg. 1, and the one :func:`greedy_coreset` must match pick for pick."""
+    """The plain greedy loop as the official code writes it (a distance column, a concatenation
+    and a min per pick): Alg. 1 to read, and what :func:`greedy_coreset` matches pick for pick."""
     n = features.shape[0]
     _check(n, n_select)
     if n_select == n:
@@ -87,15 +70,10 @@ def greedy_coreset(
     filter_dim: int = 32,
     block_rows: int = 16384,
 ) -> torch.Tensor:
-    """Indices (int64, on the features' device) of ``n_select`` rows picked greedily so that each
-    pick is the row farthest from those already picked (approximate k-center).
-
-    On CPU the selection loop runs on one thread (the projection before it uses all of them).
-    ``method``: ``"auto"`` (``"filtered"`` on CPU for large inputs, else ``"dense"``), ``"dense"``
-    or ``"filtered"``; all return the same indices as :func:`greedy_coreset_reference`.
-
-    ``features``: rows [N, D], projected here (``block_rows`` rows per matrix product), or an
-    already filled :class:`Projection` (the streaming fit's), whose rows are used as they are."""
+    """Indices (int64) of ``n_select`` rows, each the row farthest from those picked before it.
+    ``features``: rows [N, D] (projected here, ``block_rows`` at a time) or a filled
+    :class:`Projection` (the streaming fit's). ``method``: "auto" ("filtered" on the CPU for large
+    inputs, else "dense"), "dense" or "filtered": the same indices as the reference loop."""
     if method not in ("auto", "dense", "filtered"):
         raise ValueError(f"method={method!r} must be 'auto', 'dense' or 'filtered'")
     if isinstance(features, Projection):
@@ -151,9 +129,8 @@ def random_projection(
     dtype: torch.dtype = torch.float32,
     chunk: int = 16384,
 ) -> torch.Tensor:
-    """[N, D] -> [N, dim] with a seeded Gaussian matrix scaled by 1/sqrt(dim) (``dtype`` result,
-    computed in that dtype, in row chunks so a float64 copy of the features is never made).
-    ``dim <= 0`` or ``dim >= D`` returns the features unprojected."""
+    """[N, D] -> [N, dim] with a seeded Gaussian matrix / sqrt(dim), in ``dtype``, ``chunk`` rows at
+    a time; ``dim <= 0`` or ``dim >= D`` returns the features unprojected."""
     proj = Projection(
         features.shape[1], dim, seed, features.shape[0], features.device, dtype, padded=False
     )
@@ -162,21 +139,12 @@ def random_projection(
 
 
 class Projection:
-    """The coreset's projection, filled block by block (the streaming fit adds one image's patches
-    at a time): a preallocated [capacity + padding, dim] buffer whose rows after the last added
-    one are zero. The same blocks give the same numbers whether the features arrive in a stream
-    or from one tensor (the matrix product of a block depends only on that block)."""
+    """The coreset's projection, filled block by block (the streaming fit adds one view at a time)
+    into a preallocated [capacity + padding, dim] buffer, zero after the last row added. A block
+    gives the same numbers whether the features arrive in a stream or as one tensor."""
 
-    def __init__(
-        self,
-        in_dim: int,
-        dim: int,
-        seed: int,
-        capacity: int,
-        device=None,
-        dtype: torch.dtype = torch.float64,
-        padded: bool = True,
-    ):
+    def __init__(self, in_dim: int, dim: int, seed: int, capacity: int, device=None,
+                 dtype: torch.dtype = torch.float64, padded: bool = True):  # fmt: skip
         self.matrix = _projection_matrix(in_dim, dim, seed, device, dtype)
         self.dim = in_dim if self.matrix is None else dim
         self.capacity, self.n, self.padded = int(capacity), 0, padded

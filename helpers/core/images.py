@@ -1,8 +1,6 @@
-"""From a file to the network's input (notebook 01): decoding any image to RGB uint8, CLAHE,
-resize + centre crop with the inverse :class:`Geometry` that puts maps back on the original
-pixels, and batches of what a user passes as images: file paths, samples (anything with a
-``path``, such as :class:`helpers.data.mvtec.Sample`), RGB uint8 arrays (or a list of them), or
-an already normalised float tensor [N, 3, S, S]; each image optionally with rotated copies."""
+"""From a file to the network's input (notebook 01): any image decoded to RGB uint8, CLAHE, resize
++ centre crop with the inverse :class:`Geometry` that puts maps back on the original pixels, and
+batches of what users pass as images (paths, samples, RGB uint8 arrays, a normalised tensor)."""
 
 from __future__ import annotations
 
@@ -26,12 +24,9 @@ class ImageReadError(ValueError):
     """An image file could not be decoded; the message names the file."""
 
 
-# --------------------------------------------------------------------------- decoding
 def load_image(path: str | Path) -> np.ndarray:
-    """Decode any common image file to RGB uint8 [H, W, 3]: grayscale, RGBA (composited on black),
-    palette, 16-bit and float images are all converted the same way. Truncated or corrupt files,
-    and images above Pillow's decompression-bomb limit, raise :class:`ImageReadError` naming the
-    file."""
+    """Any common image file as RGB uint8 [H, W, 3] (gray, RGBA on black, palette, 16-bit, float);
+    a corrupt or truncated file, or one above Pillow's bomb limit: :class:`ImageReadError`."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -60,9 +55,8 @@ def _too_large(exc: BaseException) -> str:
 
 
 def check_image_file(path: str | Path) -> str | None:
-    """Why ``path`` cannot be used as an image (a short reason), or None when it looks whole.
-    Cheaper than decoding: the header (and the decompression-bomb limit) always; for PNG every
-    chunk's CRC up to IEND, for JPEG the end-of-image marker; other formats are decoded."""
+    """Why ``path`` cannot be used as an image (a short reason), or None. Cheaper than decoding:
+    the header always; PNG: every chunk's CRC; JPEG: the end marker; other formats: decoded."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -103,19 +97,14 @@ def _to_rgb8(im) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(im.convert("RGB")), dtype=np.uint8)
 
 
-# --------------------------------------------------------------------------- CLAHE
 def apply_clahe(image: np.ndarray, clip_limit: float = 2.0, tile_grid: int = 8) -> np.ndarray:
-    """Contrast-limited adaptive histogram equalisation on the L channel of LAB (RGB uint8 in and
-    out)."""
+    """Contrast-limited adaptive histogram equalisation of LAB's L channel (RGB uint8 in, out)."""
     lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB)
-    clahe = cv2.createCLAHE(
-        clipLimit=float(clip_limit), tileGridSize=(int(tile_grid), int(tile_grid))
-    )
+    clahe = cv2.createCLAHE(clipLimit=float(clip_limit), tileGridSize=(int(tile_grid),) * 2)
     lab[..., 0] = clahe.apply(np.ascontiguousarray(lab[..., 0]))
     return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
 
 
-# --------------------------------------------------------------------------- geometry
 @dataclass(frozen=True)
 class Geometry:
     """How an original image became the network input: shorter side resized to ``resize``, then a
@@ -159,34 +148,19 @@ class Geometry:
 class Preprocessor:
     """RGB uint8 image -> normalised float tensor [3, crop, crop] and its :class:`Geometry`."""
 
-    def __init__(
-        self,
-        input_size: int,
-        resize: int,
-        *,
-        clahe: bool = False,
-        clahe_clip_limit: float = 2.0,
-        clahe_tile_grid: int = 8,
-    ):
+    def __init__(self, input_size: int, resize: int, *, clahe=False, clip=2.0, tiles=8):
         self.input_size, self.resize = input_size, resize
-        self.clahe, self.clip, self.tiles = clahe, clahe_clip_limit, clahe_tile_grid
+        self.clahe, self.clip, self.tiles = clahe, clip, tiles
 
     @classmethod
-    def from_config(cls, cfg) -> Preprocessor:
-        return cls(
-            cfg.input_size,
-            cfg.resize,
-            clahe=cfg.clahe,
-            clahe_clip_limit=cfg.clahe_clip_limit,
-            clahe_tile_grid=cfg.clahe_tile_grid,
-        )
+    def from_config(cls, c) -> Preprocessor:
+        clahe = dict(clahe=c.clahe, clip=c.clahe_clip_limit, tiles=c.clahe_tile_grid)
+        return cls(c.input_size, c.resize, **clahe)
 
     def crop_rgb(self, image: np.ndarray) -> tuple[np.ndarray, Geometry]:
         """CLAHE (if on), resize and centre crop: RGB uint8 [crop, crop, 3]."""
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(
-                f"expected an RGB uint8 image [H, W, 3], got {image.dtype} {image.shape}"
-            )
+            raise ValueError(f"expected RGB uint8 [H, W, 3], got {image.dtype} {image.shape}")
         if self.clahe:
             image = apply_clahe(image, self.clip, self.tiles)
         g = Geometry.for_shape(image.shape[0], image.shape[1], self.resize, self.input_size)
@@ -219,9 +193,8 @@ def rotate_image(image: np.ndarray, degrees: float) -> np.ndarray:
 def image_batches(
     images, config: Config, preprocess: Preprocessor, rotations: int = 1
 ) -> Iterator[Batch]:
-    """Yield (tensor batch, geometries, indices into the input) of ``config.batch_size`` images,
-    read from disk as they are needed; with ``rotations`` > 1 each image also gives its copies
-    rotated by 360/rotations degrees (one view each)."""
+    """(tensor batch, geometries, indices into the input) of ``config.batch_size`` images, read
+    as they are needed; with ``rotations`` > 1 also each image's copies turned by 360/rotations."""
     if isinstance(images, torch.Tensor):
         yield from _tensor_batches(images, config)
     else:
@@ -253,18 +226,12 @@ def _file_batches(
     if not items:
         raise ValueError("no images given (an empty list or folder?)")
 
-    def load(item):
-        return load_input(item, c.skip_bad_images)
-
+    load = lambda item: load_input(item, c.skip_bad_images)
     pool = ThreadPoolExecutor(max(1, c.num_workers)) if c.num_workers > 0 else None
     try:
         for start in range(0, len(items), c.batch_size):
             chunk = list(enumerate(items[start : start + c.batch_size], start))
-            loaded = (
-                pool.map(load, [it for _, it in chunk])
-                if pool
-                else map(load, [it for _, it in chunk])
-            )
+            loaded = (pool.map if pool else map)(load, [it for _, it in chunk])
             tensors, geoms, idx = [], [], []
             for (i, _), img in zip(chunk, loaded):
                 if img is None:
@@ -299,9 +266,7 @@ def load_input(item, skip_bad_images: bool = False) -> np.ndarray | None:
         if item.ndim == 2:
             item = np.repeat(item[..., None], 3, axis=2)
         if item.ndim != 3 or item.shape[2] not in (3, 4):
-            raise ValueError(
-                f"image arrays must be [H, W, 3] RGB (or [H, W] gray), got {item.shape}"
-            )
+            raise ValueError(f"image arrays must be [H, W, 3] RGB or [H, W] gray, got {item.shape}")
         if item.dtype != np.uint8:
             raise ValueError(
                 f"image arrays must be uint8 0-255, got {item.dtype}; "
@@ -314,8 +279,7 @@ def load_input(item, skip_bad_images: bool = False) -> np.ndarray | None:
     )
 
 
-def _is_sample(item) -> bool:
-    """A data sample (:class:`helpers.data.mvtec.Sample` or anything with a ``path``)."""
+def _is_sample(item) -> bool:  # a helpers.data.mvtec.Sample, or anything with a path
     return isinstance(getattr(item, "path", None), (str, Path))
 
 
@@ -324,9 +288,7 @@ def as_list(images) -> list:
     if isinstance(images, (str, Path)) or _is_sample(images):
         return [images]
     if isinstance(images, np.ndarray):
-        if images.ndim == 4:
-            return list(images)
-        return [images]
+        return list(images) if images.ndim == 4 else [images]
     if isinstance(images, torch.Tensor):
         return images
     if isinstance(images, Iterable):

@@ -1,15 +1,7 @@
-"""Nearest neighbours of query patches in the memory bank, in bounded memory.
-
-The torch backend walks the bank in blocks so that no distance block exceeds ``memory_mb``
-(queries x bank-block x 4 bytes), keeping a running top-k. Distances are Euclidean (``l2``) or
-``1 - cosine similarity`` (``cosine``). The optional faiss backend (``pip install faiss-cpu``)
-answers the same question with an exact flat index.
-
-``norm_floor`` (cosine only) divides each vector by ``|x| + norm_floor`` instead of ``|x|``:
-vectors much longer than the floor are compared by direction, as with plain cosine, while weak
-vectors (dark background patches, whose direction is mostly noise) shrink towards the origin and
-stop looking far from each other. The distance is then ``|p(q) - p(b)|^2 / 2`` with
-``p(x) = x / (|x| + norm_floor)``, which is exactly ``1 - cos`` when the floor is 0.
+"""Exact nearest neighbours in the memory bank (notebook 04), in bounded memory: torch blocks of
+at most ``memory_mb`` of distances, or faiss's flat index (``pip install faiss-cpu``). Distances:
+``l2`` or ``1 - cos``; ``norm_floor`` (cosine) divides by ``|x| + norm_floor``, so weak vectors
+(dark background, noisy direction) shrink towards the origin instead of looking far apart.
 """
 
 from __future__ import annotations
@@ -32,32 +24,26 @@ def pair_distance(
 ) -> torch.Tensor:
     """Distance between rows of ``a`` and ``b`` (broadcast over leading dims), as kNN reports it."""
     d2 = ((prepare(a, distance, norm_floor) - prepare(b, distance, norm_floor)) ** 2).sum(-1)
-    return _finish(d2, distance)
+    return finish(d2, distance)
 
 
-def _finish(d2: torch.Tensor, distance: str) -> torch.Tensor:
-    # for unit vectors |q - b|^2 = 2 - 2 cos, so 1 - cos = d2 / 2
+def finish(d2: torch.Tensor, distance: str) -> torch.Tensor:
+    """Squared distances of prepared vectors -> the distance (unit vectors: 1 - cos = d2 / 2)."""
     return d2.clamp_min(0).sqrt() if distance == "l2" else (d2 / 2).clamp_min(0)
 
 
-def knn_torch(
-    queries: torch.Tensor,
-    bank: torch.Tensor,
-    k: int = 1,
-    *,
-    distance: str = "l2",
-    memory_mb: int = 256,
-    bank_sqn: torch.Tensor | None = None,
-    norm_floor: float = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(distances [Q, k] ascending, indices [Q, k]) of each query's k nearest bank rows."""
+def _check(queries: torch.Tensor, bank: torch.Tensor, k: int) -> None:
     if queries.ndim != 2 or bank.ndim != 2 or queries.shape[1] != bank.shape[1]:
-        raise ValueError(
-            f"queries {tuple(queries.shape)} and bank {tuple(bank.shape)} must be "
-            "2-D with the same feature dimension"
-        )
+        shapes = f"queries {tuple(queries.shape)} and bank {tuple(bank.shape)}"
+        raise ValueError(f"{shapes} must be 2-D with the same feature dimension")
     if not 1 <= k <= bank.shape[0]:
         raise ValueError(f"k={k} must be in [1, bank size {bank.shape[0]}]")
+
+
+def knn_torch(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, *, distance: str = "l2",
+              memory_mb: int = 256, bank_sqn=None, norm_floor: float = 0.0) -> tuple:  # fmt: skip
+    """(distances [Q, k] ascending, indices [Q, k]) of each query's k nearest bank rows."""
+    _check(queries, bank, k)
     q = prepare(queries, distance, norm_floor)
     b = prepare(bank, distance, norm_floor)
     qn = (q * q).sum(1, keepdim=True)
@@ -92,13 +78,12 @@ def knn_torch(
                 run_d, order = torch.topk(cat_d, k, dim=1, largest=False)
                 run_i = torch.gather(cat_i, 1, order)
         best_d[qs : qs + q_step], best_i[qs : qs + q_step] = run_d, run_i
-    return _finish(best_d, distance), best_i
+    return finish(best_d, distance), best_i
 
 
 def faiss_index(bank: torch.Tensor, distance: str = "l2", norm_floor: float = 0.0):
-    """An exact flat faiss index over ``bank`` (its rows prepared for ``distance``). Build it once
-    per bank and pass it to :func:`knn_faiss` (:class:`helpers.core.bank.MemoryBank` keeps its
-    own): building copies the whole bank."""
+    """An exact flat faiss index over ``bank`` prepared for ``distance`` (it copies the bank: build
+    it once, as :class:`helpers.core.bank.MemoryBank` does, and pass it to :func:`knn_faiss`)."""
     import faiss
 
     b = prepare(bank, distance, norm_floor).detach().cpu().contiguous().numpy()
@@ -107,35 +92,22 @@ def faiss_index(bank: torch.Tensor, distance: str = "l2", norm_floor: float = 0.
     return index
 
 
-def knn_faiss(
-    queries: torch.Tensor,
-    bank: torch.Tensor,
-    k: int = 1,
-    *,
-    distance: str = "l2",
-    norm_floor: float = 0.0,
-    index=None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same contract as :func:`knn_torch`, with an exact faiss flat index over ``bank``
-    (``index``: one already built by :func:`faiss_index` for this bank, distance and floor)."""
+def knn_faiss(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, *, distance: str = "l2",
+              norm_floor: float = 0.0, index=None) -> tuple:  # fmt: skip
+    """Same contract as :func:`knn_torch`, with an exact faiss flat index (``index``: one built
+    by :func:`faiss_index` for this bank, distance and floor)."""
     try:
         import faiss  # noqa: F401
     except ImportError as exc:
         raise ImportError(
             "knn_backend='faiss' needs faiss: pip install faiss-cpu (or use knn_backend='torch')"
         ) from exc
-    if queries.ndim != 2 or bank.ndim != 2 or queries.shape[1] != bank.shape[1]:
-        raise ValueError(
-            f"queries {tuple(queries.shape)} and bank {tuple(bank.shape)} must be "
-            "2-D with the same feature dimension"
-        )
-    if not 1 <= k <= bank.shape[0]:
-        raise ValueError(f"k={k} must be in [1, bank size {bank.shape[0]}]")
+    _check(queries, bank, k)
     q = prepare(queries, distance, norm_floor).detach().cpu().contiguous().numpy()
     if index is None:
         index = faiss_index(bank, distance, norm_floor)
     d2, idx = index.search(q, k)
-    d = _finish(torch.from_numpy(d2), distance)
+    d = finish(torch.from_numpy(d2), distance)
     return d.to(queries.device), torch.from_numpy(idx).to(queries.device)
 
 
@@ -148,36 +120,18 @@ def faiss_available() -> bool:
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """``"auto"``: faiss for queries on the CPU when it is installed (an exact flat index whose
-    sgemm ran the transistor category's kNN 1.4x faster than the torch blocks on 2 cores, with
-    the same metrics; benchmarks/RESULTS.md), else torch (on a GPU the torch blocks stay there)."""
+    """``"auto"``: faiss for queries on the CPU when installed (1.4x faster than the torch blocks
+    on real transistor, same metrics; benchmarks/RESULTS.md), else torch (GPU queries stay)."""
     if backend != "auto":
         return backend
     return "faiss" if device.type == "cpu" and faiss_available() else "torch"
 
 
-def knn(
-    queries: torch.Tensor,
-    bank: torch.Tensor,
-    k: int = 1,
-    *,
-    distance: str = "l2",
-    backend: str = "auto",
-    memory_mb: int = 256,
-    bank_sqn: torch.Tensor | None = None,
-    norm_floor: float = 0.0,
-):
+def knn(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, *, distance: str = "l2",
+        backend="auto", memory_mb: int = 256, bank_sqn=None, norm_floor: float = 0.0):  # fmt: skip
     """(distances [Q, k] ascending, indices [Q, k]) with ``backend`` "torch", "faiss" or "auto"
     (:func:`resolve_backend`); both backends are exact and agree to float32 rounding."""
-    backend = resolve_backend(backend, queries.device)
-    if backend == "faiss":
+    if resolve_backend(backend, queries.device) == "faiss":
         return knn_faiss(queries, bank, k, distance=distance, norm_floor=norm_floor)
-    return knn_torch(
-        queries,
-        bank,
-        k,
-        distance=distance,
-        memory_mb=memory_mb,
-        bank_sqn=bank_sqn,
-        norm_floor=norm_floor,
-    )
+    kw = dict(memory_mb=memory_mb, bank_sqn=bank_sqn, norm_floor=norm_floor)
+    return knn_torch(queries, bank, k, distance=distance, **kw)

@@ -1,14 +1,9 @@
 """PatchCore (Roth et al., CVPR 2022) in one class, read top to bottom as the lessons teach it:
-
-1. ``embed``: an image -> a grid of patch features (notebook 02; :mod:`helpers.core.features`);
-2. ``fit``: every good training patch -> the memory bank M, a greedy coreset of them
-   (notebook 03; :mod:`helpers.core.coreset`, :class:`helpers.core.bank.MemoryBank`);
-3. ``predict``: each test patch's distance to its nearest neighbour in M (the patch-score grid),
-   the image score s* re-weighted by eq. 7, and the anomaly map in the ORIGINAL image's pixels
-   (notebook 04; :mod:`helpers.core.maps`);
-4. ``save`` / ``load``: the bank and its config in one .safetensors file, no pickle;
-5. ``calibrate``: a decision threshold from the good training images alone, at a stated
-   false-alarm rate (:mod:`helpers.core.threshold`), saved with the bank.
+``embed`` (an image -> a grid of patch features; notebook 02), ``fit`` (every good training
+patch -> the memory bank M, a greedy coreset of them; notebook 03), ``predict`` (each test
+patch's nearest neighbour in M, the image score s* re-weighted by eq. 7, the anomaly map in the
+ORIGINAL image's pixels; notebook 04), ``save`` / ``load`` (one .safetensors file, no pickle) and
+``calibrate`` (a threshold from good images alone, :mod:`helpers.core.bank`).
 """
 
 from __future__ import annotations
@@ -24,29 +19,25 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from helpers.core.bank import BankMismatchError, MemoryBank, header_field, read_bank, save_bank
+from helpers.core import runtime
+from helpers.core.backbones import FeatureExtractor
+from helpers.core.bank import (
+    BankMismatchError,
+    MemoryBank,
+    bank_digest,
+    good_only_threshold,
+    header_field,
+    held_out_scores,
+    read_bank,
+    save_bank,
+)
 from helpers.core.config import Config
-from helpers.core.coreset import Projection, greedy_coreset
-from helpers.core.features import FeatureExtractor
+from helpers.core.coreset import greedy_coreset
 from helpers.core.images import Geometry, Preprocessor, as_list, image_batches
 from helpers.core.maps import grids_to_maps
-from helpers.core.runtime import (
-    CPU_MICRO_BATCH,
-    autocast,
-    autocast_dtype,
-    resolve_device,
-    run_halving,
-)
-from helpers.core.runtime import progress as show_progress
-from helpers.core.threshold import bank_digest, good_only_threshold, held_out_scores
-from helpers.core.training import FeatureSpill, TrainingFeatures, check_fit_memory
+from helpers.core.training import NOT_FINITE, TrainingFeatures, extract, projection_for
 
 __all__ = ["BankMismatchError", "EmbeddedBatch", "PatchCore", "Prediction"]
-
-_NOT_FINITE = (
-    "the training features hold NaN or infinite values (precision={precision!r}; fp16 can "
-    "overflow): nothing is saved; set precision='fp32' and fit again"
-)
 
 
 @dataclass
@@ -72,12 +63,9 @@ class EmbeddedBatch(NamedTuple):
 
 
 class PatchCore:
-    """``PatchCore(Config(...)).fit(train_images)``; ``.predict(test_images)``.
-
-    Images may be file paths, data samples (anything with a ``path``), RGB uint8 arrays
-    [H, W, 3] (or a list of them), or an already normalised float tensor [N, 3, S, S] with
-    S = input_size.
-    """
+    """``PatchCore(Config(...)).fit(train_images)``; ``.predict(test_images)``. Images: file
+    paths, samples (anything with a ``path``), RGB uint8 arrays, or a normalised float tensor
+    [N, 3, S, S] with S = input_size."""
 
     def __init__(self, config: Config | None = None, **overrides):
         if config is None:
@@ -87,7 +75,7 @@ class PatchCore:
         if not isinstance(config, Config):
             raise TypeError(f"config must be a helpers.Config, got {type(config).__name__}")
         self.config = config
-        self.device = resolve_device(config.device)
+        self.device = runtime.resolve_device(config.device)
         self.preprocess = Preprocessor.from_config(config)
         self._extractor: FeatureExtractor | None = None
         self.bank: MemoryBank | None = None  # M, set by fit or load
@@ -111,15 +99,7 @@ class PatchCore:
     @property
     def extractor(self) -> FeatureExtractor:
         if self._extractor is None:
-            c = self.config
-            ext = FeatureExtractor(
-                c.backbone,
-                c.layers,
-                weights=c.weights,
-                patch_size=c.patch_size,
-                pretrain_embed_dim=c.pretrain_embed_dim,
-                target_embed_dim=c.target_embed_dim,
-            ).to(self.device)
+            ext = FeatureExtractor.for_config(self.config).to(self.device)
             if self.device.type == "cuda":
                 ext = ext.to(memory_format=torch.channels_last)
             self._extractor = ext
@@ -129,26 +109,24 @@ class PatchCore:
         """Normalised images [B, 3, S, S] -> patch embeddings [B, h, w, D] (float32, on device).
         Halves the micro-batch on CUDA out-of-memory."""
         if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(
-                f"expected images as a tensor [B, 3, H, W], got shape {tuple(x.shape)}"
-            )
+            raise ValueError(f"expected images as a tensor [B, 3, H, W], got {tuple(x.shape)}")
         x = x.to(self.device, non_blocking=True)
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        dtype = autocast_dtype(self.device, self.config.precision)
+        dtype = runtime.autocast_dtype(self.device, self.config.precision)
 
         def run(step: int) -> torch.Tensor:
             parts = []
             for i in range(0, x.shape[0], step):
-                with torch.inference_mode(), autocast(self.device, dtype):
+                with torch.inference_mode(), runtime.autocast(self.device, dtype):
                     parts.append(self.extractor(x[i : i + step]).float())
             return torch.cat(parts)
 
         cap = self._embed_cap  # set once an out-of-memory forced a smaller batch
         if cap is None and self.device.type == "cpu":
-            cap = CPU_MICRO_BATCH
+            cap = runtime.CPU_MICRO_BATCH
         want = x.shape[0] if cap is None else min(cap, x.shape[0])
-        out, used = run_halving(run, want, "feature extraction (batch)")
+        out, used = runtime.run_halving(run, want, "feature extraction (batch)")
         if used < want:
             self._embed_cap = used
         return out
@@ -162,26 +140,16 @@ class PatchCore:
         n = images.shape[0] if isinstance(images, torch.Tensor) else len(as_list(images))
         batches = image_batches(images, self.config, self.preprocess, rotations)
         if progress:
-            batches = show_progress(
-                batches, total=math.ceil(n / self.config.batch_size), desc=desc, unit="batch"
-            )
+            total = math.ceil(n / self.config.batch_size)
+            batches = runtime.progress(batches, total=total, desc=desc, unit="batch")
         for x, geoms, idx in batches:
             yield EmbeddedBatch(self.embed(x), geoms, idx)
 
     # ------------------------------------------------------------------ 2. fit (notebook 03)
-    def fit(
-        self,
-        images,
-        progress: bool = False,
-        spill_dir: str | Path | None = None,
-        threshold: bool = False,
-    ) -> PatchCore:
-        """Build the memory bank from good training images: :meth:`extract` (streaming) then
-        :meth:`build_bank`. Memory grows with the coreset's projection (8 bytes x 128 per patch),
-        not with the full embeddings, which wait in a temporary file in ``spill_dir`` (default:
-        the system's temporary folder) and are read back only for the kept patches. With
-        ``threshold``, also :meth:`calibrate` on the same features (one more scoring pass over
-        the training set)."""
+    def fit(self, images, progress: bool = False, spill_dir=None, threshold=False) -> PatchCore:
+        """Build the memory bank from good training images: :meth:`extract` then
+        :meth:`build_bank`. The full embeddings wait in a temporary file in ``spill_dir`` (memory
+        holds only their 128-d projections); ``threshold``: also :meth:`calibrate` on them."""
         feats = self.extract(images, progress=progress, spill_dir=spill_dir)
         try:
             self.build_bank(feats, progress=progress)
@@ -191,92 +159,38 @@ class PatchCore:
         finally:
             feats.close()
 
-    def extract(
-        self, images, progress: bool = False, spill_dir: str | Path | None = None
-    ) -> TrainingFeatures:
-        """Embed the training images (and their ``train_rotations`` rotated copies) batch by batch,
-        keeping each patch's coreset projection in memory and, when that projection is not the
-        identity, the full embedding in a spill file. Checks the memory estimate first."""
-        c = self.config
-        items = images if isinstance(images, torch.Tensor) else as_list(images)
-        n = items.shape[0] if isinstance(items, torch.Tensor) else len(items)
-        if not isinstance(items, torch.Tensor):
-            check_fit_memory(c, self.device, n)  # refuse a fit larger than free memory
-        t0 = time.perf_counter()
-        views, proj, spill = 0, None, None
-        rotations = c.rotations_for(n)
-        try:
-            for batch in self.embed_images(items, rotations, progress):
-                emb = batch.embeddings
-                if proj is None:
-                    self.grid = tuple(emb.shape[1:3])
-                    proj = self._projection(n * rotations * self.grid[0] * self.grid[1], emb)
-                    if proj.matrix is not None:
-                        spill = FeatureSpill(emb.shape[-1], spill_dir)
-                for view in emb:
-                    proj.add(view.reshape(-1, emb.shape[-1]))
-                if spill is not None:
-                    spill.append(emb.reshape(-1, emb.shape[-1]))
-                views += emb.shape[0]
-        except BaseException:
-            if spill is not None:
-                spill.close()
-            raise
-        if proj is None:
-            raise ValueError("no training image could be read")
-        rows, n_rows = proj.result()
-        if not torch.isfinite(rows[:n_rows]).all():
-            if spill is not None:
-                spill.close()
-            raise ValueError(_NOT_FINITE.format(precision=c.precision))
-        seconds = time.perf_counter() - t0
-        return TrainingFeatures(
-            proj, spill, grid=self.grid, n_views=views, rotations=rotations, seconds=seconds
-        )
+    def extract(self, images, progress: bool = False, spill_dir=None) -> TrainingFeatures:
+        """Embed the training images and their rotated copies batch by batch: each patch's
+        coreset projection in memory, its full embedding in a spill file in ``spill_dir``
+        (:func:`helpers.core.training.extract`; the memory estimate is checked first)."""
+        feats = extract(self, images, progress, spill_dir)
+        self.grid = feats.grid
+        return feats
 
     def build_bank(self, feats: TrainingFeatures, progress: bool = False) -> PatchCore:
         """M = the full features of the greedy coreset of ``feats``' projected patches."""
         c = self.config
         t0 = time.perf_counter()
-        idx = greedy_coreset(
-            feats.projection,
-            c.coreset_size(feats.n_patches),
-            start_points=c.coreset_start_points,
-            seed=c.seed,
-            progress=progress,
-        )
+        n, kw = c.coreset_size(feats.n_patches), dict(seed=c.seed, progress=progress)
+        idx = greedy_coreset(feats.projection, n, start_points=c.coreset_start_points, **kw)
         bank = feats.rows(idx).to(self.device).contiguous()
         if not torch.isfinite(bank).all():
-            raise ValueError(_NOT_FINITE.format(precision=c.precision))
+            raise ValueError(NOT_FINITE.format(precision=c.precision))
         self.memory_bank = bank
         self.coreset_indices = idx
         self.grid = feats.grid
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         coreset_s = time.perf_counter() - t0
-        self.info = {
-            "n_train": feats.n_images,
-            "n_views": feats.n_views,
-            "n_patches": feats.n_patches,
-            "bank_size": len(self.bank),
-            "features_s": feats.seconds,
-            "coreset_s": coreset_s,
-            "fit_s": feats.seconds + coreset_s,
-        }
+        self.info = dict(n_train=feats.n_images, n_views=feats.n_views, n_patches=feats.n_patches,
+                         bank_size=len(self.bank), features_s=feats.seconds, coreset_s=coreset_s,
+                         fit_s=feats.seconds + coreset_s)  # fmt: skip
         return self
 
-    def calibrate(
-        self,
-        feats: TrainingFeatures,
-        false_alarm_rate: float | None = None,
-        progress: bool = False,
-        scores: np.ndarray | None = None,
-    ) -> dict:
-        """Set :attr:`threshold` from the good training images alone: each one scored against
-        the bank without its own rows (:func:`helpers.core.threshold.held_out_scores`), the
-        threshold at ``false_alarm_rate`` (default ``config.false_alarm_rate``) of those scores
-        and the max-of-good one (:func:`helpers.core.threshold.good_only_threshold`). Pass
-        ``scores`` (held-out scores computed before) to skip the scoring pass. Returns it."""
+    def calibrate(self, feats, false_alarm_rate=None, progress=False, scores=None) -> dict:
+        """Set and return :attr:`threshold` from the good training images alone: their held-out
+        scores (or ``scores`` computed before), the threshold at ``false_alarm_rate`` (default
+        ``config.false_alarm_rate``) and the max of good (:mod:`helpers.core.bank`)."""
         self._check_fitted()
         rate = self.config.false_alarm_rate if false_alarm_rate is None else false_alarm_rate
         info = {"method": "given", "n_images": None if scores is None else len(scores)}
@@ -291,20 +205,13 @@ class PatchCore:
         return self.threshold
 
     def select_bank(self, features: torch.Tensor, progress: bool = False) -> torch.Tensor:
-        """Keep the greedy coreset of ``features`` [N, D] (all patches in memory, one view's
-        ``grid`` after another) as the memory bank: the rows :meth:`fit` keeps from the same
-        patches. Returns the kept indices (also in ``coreset_indices``)."""
+        """Keep the greedy coreset of ``features`` [N, D] (in memory, one ``grid`` of patches
+        after another) as the bank: the rows :meth:`fit` keeps. Returns the kept indices."""
         self.grid = self.grid or (1, features.shape[0])
-        proj = self._projection(features.shape[0], features)
+        proj = projection_for(self.config, features.shape[0], features.shape[1], self.device)
         proj.add(features, block_rows=self.grid[0] * self.grid[1])
-        feats = TrainingFeatures.in_memory(proj, features, self.grid)
-        self.build_bank(feats, progress)
+        self.build_bank(TrainingFeatures.in_memory(proj, features, self.grid), progress)
         return self.coreset_indices
-
-    def _projection(self, capacity: int, like: torch.Tensor) -> Projection:
-        c = self.config
-        dim = like.shape[-1]
-        return Projection(dim, c.coreset_projection_dim, c.seed, capacity, self.device)
 
     # ------------------------------------------------------------------ 3. predict (notebook 04)
     def predict(self, images, maps: bool = True, progress: bool = False) -> Prediction:
@@ -331,9 +238,7 @@ class PatchCore:
             grids = np.zeros((n, 0, 0), dtype=np.float32)
         return Prediction(scores, out_maps, grids, geoms)
 
-    def score_embeddings(
-        self, emb: torch.Tensor, bank: MemoryBank | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def score_embeddings(self, emb: torch.Tensor, bank: MemoryBank | None = None) -> tuple:
         """Patch embeddings [B, h, w, D] -> (image scores s [B], patch-score grid [B, h, w]),
         against this model's bank (or ``bank``: the held-out scores use M without some rows)."""
         self._check_fitted()
@@ -357,28 +262,20 @@ class PatchCore:
         weight = 1 - torch.softmax(d_n.double(), dim=1)[:, 0].float()  # eq. 7
         return weight * s_star, dist.view(b, h, w)  # s = w * s*
 
-    def maps_from_grids(
-        self, grids: torch.Tensor | np.ndarray, geometries: list[Geometry | None]
-    ) -> list[np.ndarray | None]:
+    def maps_from_grids(self, grids, geometries: list) -> list[np.ndarray | None]:
         """Patch-score grids [B, h, w] -> anomaly maps in each image's ORIGINAL pixels, with this
-        model's ``input_size`` and ``sigma`` (see :func:`helpers.core.maps.grids_to_maps`)."""
-        c = self.config
-        return grids_to_maps(
-            grids, geometries, input_size=c.input_size, sigma=c.sigma, device=self.device
-        )
+        model's ``input_size`` and ``sigma`` (:func:`helpers.core.maps.grids_to_maps`)."""
+        c, dev = self.config, self.device
+        return grids_to_maps(grids, geometries, input_size=c.input_size, sigma=c.sigma, device=dev)
 
     def _check_fitted(self) -> None:
         if self.bank is None:
-            raise RuntimeError(
-                "this PatchCore has no memory bank: call fit(train_images) or "
-                "PatchCore.load(path) first"
-            )
+            raise RuntimeError("this PatchCore has no memory bank: fit(train_images) or load(path)")
 
     # ------------------------------------------------------------------ 4. save / load
     def save(self, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
-        """Write the memory bank, config and versions to one .safetensors file, atomically;
-        ``metadata`` adds string entries to its header (a run's cache keys). A threshold set by
-        :meth:`calibrate` is saved in the header too (``threshold``, JSON)."""
+        """Write the bank, config, versions and :attr:`threshold` to one .safetensors file,
+        atomically; ``metadata`` adds string entries to its header (a run's cache keys)."""
         self._check_fitted()
         meta = dict(metadata or {})
         if self.threshold is not None:
@@ -387,9 +284,8 @@ class PatchCore:
 
     @classmethod
     def load(cls, path: str | Path, config: Config | None = None, **overrides) -> PatchCore:
-        """Load a bank written by :meth:`save`. With ``config``, refuse a bank built with other
-        artifact settings (backbone, layers, sizes...) and list the differences. Runtime fields
-        (device, batch_size, ...) may be overridden."""
+        """Load a bank written by :meth:`save`; with ``config``, refuse one built with other
+        artifact settings (listing them). Runtime fields (device, batch_size) may be overridden."""
         cfg, bank, meta = read_bank(path, config, **overrides)
         model = cls(cfg)
         model.memory_bank = bank.float().to(model.device)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,59 @@ import torch
 from helpers.core.backbones import BACKBONES
 from helpers.core.config import Config
 from helpers.core.coreset import Projection
+from helpers.core.images import as_list
 from helpers.core.runtime import CPU_MICRO_BATCH
+
+NOT_FINITE = (
+    "the training features hold NaN or infinite values (precision={precision!r}; fp16 can "
+    "overflow): nothing is saved; set precision='fp32' and fit again"
+)
+
+
+def projection_for(config: Config, capacity: int, dim: int, device) -> Projection:
+    """The coreset's seeded random projection of ``capacity`` patches of length ``dim``."""
+    return Projection(dim, config.coreset_projection_dim, config.seed, capacity, device)
+
+
+def extract(model, images, progress: bool = False, spill_dir=None) -> TrainingFeatures:
+    """Every training patch of ``images`` (and their ``train_rotations`` rotated copies) embedded
+    by ``model`` (a :class:`~helpers.core.model.PatchCore`) batch by batch: its coreset projection
+    in memory and, unless that is the identity, its full embedding in a spill file."""
+    c = model.config
+    items = images if isinstance(images, torch.Tensor) else as_list(images)
+    n = items.shape[0] if isinstance(items, torch.Tensor) else len(items)
+    if not isinstance(items, torch.Tensor):
+        check_fit_memory(c, model.device, n)  # refuse a fit larger than free memory
+    t0 = time.perf_counter()
+    views, proj, spill, grid = 0, None, None, None
+    rotations = c.rotations_for(n)
+    try:
+        for batch in model.embed_images(items, rotations, progress):
+            emb = batch.embeddings
+            if proj is None:
+                grid = tuple(emb.shape[1:3])
+                proj = projection_for(
+                    c, n * rotations * grid[0] * grid[1], emb.shape[-1], model.device
+                )
+                spill = FeatureSpill(emb.shape[-1], spill_dir) if proj.matrix is not None else None
+            for view in emb:
+                proj.add(view.reshape(-1, emb.shape[-1]))
+            if spill is not None:
+                spill.append(emb.reshape(-1, emb.shape[-1]))
+            views += emb.shape[0]
+        if proj is None:
+            raise ValueError("no training image could be read")
+        rows, n_rows = proj.result()
+        if not torch.isfinite(rows[:n_rows]).all():
+            raise ValueError(NOT_FINITE.format(precision=c.precision))
+    except BaseException:
+        if spill is not None:
+            spill.close()
+        raise
+    seconds = time.perf_counter() - t0
+    return TrainingFeatures(
+        proj, spill, grid=grid, n_views=views, rotations=rotations, seconds=seconds
+    )
 
 
 class TrainingFeatures:
@@ -80,11 +133,8 @@ class TrainingFeatures:
 
 
 class FeatureSpill:
-    """Append [n, dim] float32 rows; ``gather(indices)`` returns those rows in the order given.
-
-    The file lives in ``directory`` (default: the system temporary folder) and is deleted on
-    ``close()`` / leaving the ``with`` block. Reads are sequential chunks of ``chunk_rows`` rows,
-    never a memory map, so the process's resident memory stays bounded by one chunk."""
+    """Append [n, dim] float32 rows to a temporary file in ``directory`` (deleted on ``close()``);
+    ``gather(indices)`` reads them back in order, in chunks of ``chunk_rows`` (no memory map)."""
 
     def __init__(self, dim: int, directory: str | Path | None = None, chunk_rows: int = 16384):
         self.dim, self.rows, self.chunk_rows = int(dim), 0, int(chunk_rows)

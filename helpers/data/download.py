@@ -1,17 +1,10 @@
-"""One MVTec AD category (metal_nut) into a folder in the MVTec layout; Google Drive in Colab.
-
-The default source is the whole MVTec AD archive (4.9 GB) at the link anomalib's ``DOWNLOAD_INFO``
-uses, its sha256 pinned. What this module guarantees:
-
-* **resume**: :func:`download` writes ``<archive>.partial`` and, after a cut, asks for the rest
-  with an HTTP ``Range`` header (on a retry here, and on the next call);
-* **nothing lands unchecked**: :func:`extract_category` reads the archive once, streaming, hashing
-  it on the way, and writes only ``<category>/`` into a staging folder that becomes
-  ``<dest>/<category>`` only when the sha256 and the layout are right;
-* **nothing is written outside**: a member with an absolute path or ``..``, a link leading out of
-  the category or a special file refuses the whole archive (tarfile's ``data`` filter);
-* **every refusal is one line** naming the URL or file and what to do instead.
-
+"""One MVTec AD category (metal_nut) into a folder in the MVTec layout, and Google Drive in Colab.
+The source is the whole 4.9 GB MVTec AD archive (anomalib's link, sha256 pinned). Guarantees:
+**resume** (a cut leaves ``<archive>.partial``, the next try asks for the rest with HTTP Range);
+**nothing lands unchecked** (one streaming pass hashes the archive and extracts ``<category>/``
+into a staging folder, renamed into place only when the sha256 and layout are right); **nothing
+is written outside** (absolute paths, ``..``, links leading out, special files refuse the whole
+archive: tarfile's ``data`` filter); **every refusal is one line** saying what to do instead.
 MVTec AD: CC BY-NC-SA 4.0, https://www.mvtec.com/company/research/datasets/mvtec-ad
 """
 
@@ -31,10 +24,8 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from types import ModuleType
 
-MVTEC_AD_URL = (
-    "https://www.mydrive.ch/shares/150996/b52ecdcbf521176e9db9c731f2304b27/"
-    "download/420938113-1629960298/mvtec_anomaly_detection.tar.xz"
-)
+_SHARE = "https://www.mydrive.ch/shares/150996/b52ecdcbf521176e9db9c731f2304b27/download/"
+MVTEC_AD_URL = _SHARE + "420938113-1629960298/mvtec_anomaly_detection.tar.xz"
 MVTEC_AD_SHA256 = "cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d"
 MVTEC_PAGE = "https://www.mvtec.com/company/research/datasets/mvtec-ad"
 CACHE_ENV = "PATCHCORE_DOWNLOAD_DIR"  # where archives are downloaded (resumable .partial files)
@@ -45,12 +36,6 @@ class DownloadError(RuntimeError):
     """The archive could not be had or is not the one expected; the message says what to do."""
 
 
-def default_cache_dir() -> Path:
-    """``$PATCHCORE_DOWNLOAD_DIR``, else ``~/.cache/patchcore-helpers`` (the VM's disk in Colab:
-    the 4.9 GB archive never goes to Drive)."""
-    return Path(os.environ.get(CACHE_ENV) or "~/.cache/patchcore-helpers").expanduser()
-
-
 def _bar(total: int | None, desc: str, enabled: bool, initial: int = 0):
     from tqdm.auto import tqdm
 
@@ -59,8 +44,6 @@ def _bar(total: int | None, desc: str, enabled: bool, initial: int = 0):
 
 
 # ------------------------------------------------------------------ resumable download
-
-
 def _refused(url: str, why: str) -> DownloadError:
     return DownloadError(
         f"The download of {url} was refused: {why}. Instead, download the archive from "
@@ -106,18 +89,11 @@ def _resume(url: str, part: Path, opener: Callable, progress: bool) -> None:
         raise ConnectionError(f"got {part.stat().st_size} of {total} bytes")
 
 
-def download(
-    url: str,
-    dest: str | Path,
-    *,
-    opener: Callable | None = None,
-    retries: int = 3,
-    progress: bool = True,
-) -> Path:
+def download(url: str, dest: str | Path, *, opener: Callable | None = None, retries: int = 3,
+             progress: bool = True) -> Path:  # fmt: skip
     """Download ``url`` to ``dest`` through ``dest.partial``, which a cut leaves in place and the
-    next try (``retries`` here, then the next call) resumes with an HTTP Range request. The
-    checksum is checked where the archive is read, by :func:`extract_category`. ``opener``: a
-    ``urllib.request.urlopen``-like callable taking a Request (tests pass a fake)."""
+    next try (``retries`` here, then the next call) resumes with a Range request. ``opener``: a
+    ``urlopen``-like callable (tests pass a fake). The checksum is checked on extraction."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".partial")
@@ -139,11 +115,7 @@ def download(
 
 
 # ------------------------------------------------------------------ safe extraction of one category
-
-
-class _Hashing:
-    """The archive as tarfile reads it: every byte hashed and counted on the way."""
-
+class _Hashing:  # the archive as tarfile reads it: every byte hashed and counted on the way
     def __init__(self, fh, bar):
         self.fh, self.bar, self.sha = fh, bar, hashlib.sha256()
 
@@ -158,8 +130,7 @@ REFUSED = "the archive was refused and nothing was extracted: use the original M
 
 
 def _in_category(name: str, category: str) -> str | None:
-    """``name`` relative to the category folder, for ``<category>/...`` and
-    ``<one folder>/<category>/...``; None for anything else (other categories, licence files)."""
+    """``name`` relative to the category folder (``[<folder>/]<category>/...``), else None."""
     parts = PurePosixPath(name).parts
     for depth in (1, 2):
         if parts[:1] != ("/",) and len(parts) > depth and parts[depth - 1] == category:
@@ -192,22 +163,16 @@ def _stream(archive: Path, staging: Path, category: str, progress: bool) -> str:
     return reader.sha.hexdigest()
 
 
-def _leftover(dest: Path, category: str) -> None:
+def _leftover(dest: Path, category: str) -> None:  # a half-made category folder: never touched
     if (dest / category).exists():
         raise DownloadError(f"{dest / category} exists but has no train/good folder: move it away")
 
 
-def extract_category(
-    archive: str | Path,
-    dest: str | Path,
-    category: str = "metal_nut",
-    *,
-    sha256: str | None = None,
-    progress: bool = True,
-) -> Path:
-    """Extract only ``<category>/`` of a .tar(.xz/.gz/.bz2) archive into ``dest/<category>`` in one
-    streaming pass, through a staging folder that is renamed into place only when the archive's
-    sha256 (when given; else printed) and the layout are right. Returns ``dest``."""
+def extract_category(archive: str | Path, dest: str | Path, category: str = "metal_nut", *,
+                     sha256: str | None = None, progress: bool = True) -> Path:  # fmt: skip
+    """Extract only ``<category>/`` of a .tar(.xz/.gz/.bz2) archive into ``dest/<category>``, in
+    one streaming pass through a staging folder renamed into place when the sha256 (when given;
+    else printed) and the layout are right. Returns ``dest``."""
     archive, dest = Path(archive), Path(dest)
     if not hasattr(tarfile, "data_filter"):  # PEP 706: Python 3.12, 3.11.4+, 3.10.12+
         raise DownloadError(
@@ -243,30 +208,18 @@ def extract_category(
 
 
 # ------------------------------------------------------------------ one category, one call
-
-
 def has_category(root: str | Path, category: str) -> bool:
     root = Path(root)
-    return (root / category / "train" / "good").is_dir() or (
-        root.name == category and (root / "train" / "good").is_dir()
-    )
+    good = Path("train", "good")
+    return (root / category / good).is_dir() or (root.name == category and (root / good).is_dir())
 
 
-def prepare_dataset(
-    dataset_path: str | Path,
-    category: str = "metal_nut",
-    *,
-    download_missing: bool = False,
-    url: str | None = None,
-    sha256: str | None = None,
-    opener: Callable | None = None,
-    cache_dir: str | Path | None = None,
-    progress: bool = True,
-) -> Path:
-    """The data folder for a run: mounts Drive when ``dataset_path`` or ``url`` is on it; with
-    ``download_missing``, gets the category into it when missing, from ``url``: http(s), or a
-    local archive (path or file://) used in place (default: the whole MVTec AD archive, sha256
-    pinned). A download goes to ``cache_dir`` and is deleted once extracted or refused."""
+def prepare_dataset(dataset_path: str | Path, category: str = "metal_nut", *,
+                    download_missing: bool = False, url: str | None = None, sha256=None,
+                    opener=None, cache_dir=None, progress=True) -> Path:  # fmt: skip
+    """The data folder for a run (Drive mounted when it or ``url`` is on it); with
+    ``download_missing``, the category is fetched into it when missing from ``url``: http(s)
+    (to ``cache_dir``, deleted once extracted or refused) or a local archive (path or file://)."""
     mount_drive_for(dataset_path=dataset_path, download_url=url)
     dest = Path(dataset_path).expanduser()
     if not download_missing or has_category(dest, category):
@@ -282,7 +235,10 @@ def prepare_dataset(
                 "(on Drive: /content/drive/MyDrive/...) or an http(s) URL"
             )
         return extract_category(local, dest, category, sha256=sha256, progress=progress)
-    cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    # $PATCHCORE_DOWNLOAD_DIR or ~/.cache (in Colab the VM's disk: the archive never goes to Drive)
+    cache = Path(
+        cache_dir or os.environ.get(CACHE_ENV) or "~/.cache/patchcore-helpers"
+    ).expanduser()
     name = PurePosixPath(urllib.parse.urlparse(url).path).name or f"{category}.tar.xz"
     archive = download(url, cache / name, opener=opener, progress=progress)
     try:
@@ -292,7 +248,6 @@ def prepare_dataset(
 
 
 # ------------------------------------------------------------------ Google Drive (Colab)
-
 DRIVE_ROOT = "/content/drive"
 
 
@@ -300,8 +255,7 @@ class DriveError(FileNotFoundError):
     """A path on Google Drive was given where Drive cannot be mounted (not Colab)."""
 
 
-def colab_module() -> ModuleType | None:
-    """``google.colab`` when running in Colab, else None."""
+def colab_module() -> ModuleType | None:  # google.colab in Colab, else None
     try:
         return importlib.import_module("google.colab")
     except ImportError:
@@ -327,11 +281,10 @@ def drive_paths(**paths: str | Path | None) -> dict[str, str]:
 
 
 def mount_drive_for(
-    *, colab: ModuleType | None = None, mountpoint: str = DRIVE_ROOT, **paths: str | Path | None
+    *, colab: ModuleType | None = None, mountpoint: str = DRIVE_ROOT, **paths
 ) -> bool:
-    """Mount Google Drive when one of ``paths`` (by parameter name: ``dataset_path=``,
-    ``download_url=``, ``run_dir=``) is under /content/drive and Drive is not mounted yet; outside
-    Colab that is a :class:`DriveError` naming the parameter. ``colab``: a fake in tests."""
+    """Mount Google Drive when one of ``paths`` (by name: ``dataset_path=``, ``run_dir=``, ...) is
+    under /content/drive and Drive is not mounted; outside Colab a :class:`DriveError` names it."""
     on_drive = drive_paths(**paths)
     if not on_drive or (Path(mountpoint) / "MyDrive").is_dir():
         return False

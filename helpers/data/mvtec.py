@@ -1,13 +1,5 @@
-"""MVTec-layout datasets: list samples, decode images robustly, CLAHE, resize + centre crop, and
-the inverse geometry that puts anomaly maps back onto the original pixels.
-
-Layout expected under ``root``::
-
-    <root>/<category>/train/good/*.png
-    <root>/<category>/test/good/*.png            (optional)
-    <root>/<category>/test/<defect>/*.png
-    <root>/<category>/ground_truth/<defect>/<name>_mask.png   (optional)
-"""
+"""The MVTec AD layout (notebook 01): listing a category's samples (:data:`LAYOUT_HELP`), its
+ground-truth masks read robustly, and a fingerprint of the files artifacts are made from."""
 
 from __future__ import annotations
 
@@ -119,11 +111,9 @@ def list_samples(root: str | Path, category: str, split: str) -> list[Sample]:
 
 
 def fingerprint(files, root: str | Path) -> str:
-    """What the content of ``files`` is taken to be: ``"<n> files #<12 hex>"``, the hex a sha256 of
-    each file's path relative to ``root``, size and modification time (ns). Renaming, adding,
-    removing, rewriting or touching a file changes it; reading no pixel, it costs one ``stat`` per
-    file (measured: 22-26 ms for the 353 files of MVTec's transistor, train + test + masks, on a
-    busy 2-core machine)."""
+    """``"<n> files #<12 hex>"``: a sha256 of each file's path relative to ``root``, size and
+    modification time. Renaming, adding, removing, rewriting or touching a file changes it; one
+    ``stat`` per file, no pixel read (22-26 ms for the 353 files of MVTec's transistor)."""
     root = Path(root)
     h = hashlib.sha256()
     n = 0
@@ -152,12 +142,9 @@ MASK_ISSUES = {
 def load_mask(
     path: str | Path | None, shape: tuple[int, int], issues: list | None = None
 ) -> np.ndarray | None:
-    """Binary mask (bool [H, W]) resized with nearest neighbour to ``shape`` when it differs;
-    None when it is missing or unreadable. A pixel is defect when any channel is above 127 (so a
-    coloured mask works); a mask whose values stay in 1-127 (a 0/1 label image) counts every
-    nonzero pixel. What was odd about the mask (:data:`MASK_ISSUES`) is warned about naming the
-    file, or, with ``issues``, appended there as ``(kind, path, detail)`` for one counted warning
-    (:func:`masks_like`)."""
+    """Binary mask (bool [H, W]) at ``shape`` (nearest neighbour); None when missing or unreadable.
+    A pixel is defect when any channel is above 127, or, for a mask in 1-127 (a 0/1 label image),
+    nonzero. Odd masks (:data:`MASK_ISSUES`) are warned about, or appended to ``issues``."""
     if path is None:
         return None
 
@@ -208,8 +195,7 @@ def check_masks(samples: list[Sample]) -> list:
 
 
 def _mask_values(path: str | Path) -> np.ndarray:
-    """uint8 [H, W]: a gray mask's values, or a coloured mask's largest channel (white, red or
-    green masks alike)."""
+    """uint8 [H, W]: a gray mask's values, or a coloured mask's largest channel."""
     from PIL import Image
 
     try:
@@ -231,9 +217,8 @@ def warn_mask_issues(issues: list) -> None:
 
 
 def masks_like(samples: list[Sample], maps: list) -> list[np.ndarray | None]:
-    """Ground-truth masks of test ``samples`` at each map's size: all False for good images,
-    None where the map is None or a defective image has no readable mask. Odd masks (0/1
-    values, other sizes, empty, unreadable) give one counted warning per kind."""
+    """Ground-truth masks of test ``samples`` at each map's size: all False for good images, None
+    where the map is None or there is no readable mask; one counted warning per kind of odd mask."""
     out, issues = [], []
     for s, amap in zip(samples, maps):
         if amap is None:

@@ -1,16 +1,7 @@
-"""A deterministic synthetic "metal nut" set in MVTec AD layout, small enough for a 2-core demo.
-
-Each part is a brushed-metal ring whose outer edge has four saw-tooth lobes (slow rise, sharp drop),
-so the part is chiral: a mirrored part (``flip``) cannot be rotated back onto a good one. Parts are
-rotated at random. Defects: ``scratch`` (thin bright/dark line), ``color`` (a stain), ``bent`` (one
-lobe pushed out of shape) and ``flip`` (the mirror image, masked as the whole part).
-
-Two difficulty levels (:data:`LEVELS`). ``"hard"``, the default and the lessons' set: good parts
-also differ in position, size and lighting, and each defect's severity is drawn from clearly
-visible down to barely there (faint scratches, pale stains, slightly bent lobes), so a detector
-makes real mistakes on it. ``"easy"``: fixed lighting, every defect clearly visible (for tests
-that need a detector to separate the classes on a handful of tiny images).
-"""
+"""A deterministic synthetic "metal nut" set in MVTec AD layout (notebook 01's data offline): a
+brushed-metal ring, rotated at random, with four saw-tooth lobes (so a mirrored ``flip`` cannot be
+turned back); defects ``scratch``, ``color``, ``bent``, ``flip``. ``"hard"`` (the lessons'): parts
+vary in position, size and light, defects from clear to faint; ``"easy"``: all clear (tests)."""
 
 from __future__ import annotations
 
@@ -25,27 +16,16 @@ import numpy as np
 DEFECTS = ("bent", "color", "flip", "scratch")
 _VERSION = 5
 
-# Per level: how much good parts differ besides their angle (``jitter``: the centre's offset as a
-# fraction of the image, standard deviation; the radius, +- a fraction; the light's direction,
-# standard deviation in radians; its brightness, a gain of 1 +- this) and the defects' severity
-# ranges (``bend``: how far the lobe is pushed out, in part radii; ``scratch_opacity``: the line
-# over the metal; ``scratch_length``: in image sides; ``stain_opacity``: the stain's largest).
+# Per level: how good parts vary besides their angle (``jitter``: centre offset and radius as
+# fractions, light direction in radians, brightness gain) and the defects' severity ranges.
 LEVELS = {
-    "hard": dict(
-        jitter=dict(offset=0.02, scale=0.03, light_angle=0.3, gain=0.08),
-        bend=(0.06, 0.18),
-        scratch_opacity=(0.06, 1.0),
-        scratch_length=(0.06, 0.2),
-        stain_opacity=(0.1, 0.75),
-    ),
-    "easy": dict(
-        jitter=dict(offset=0.01, scale=0.0, light_angle=0.0, gain=0.0),
-        bend=(0.12, 0.18),
-        scratch_opacity=(1.0, 1.0),
-        scratch_length=(0.12, 0.22),
-        stain_opacity=(0.75, 0.75),
-    ),
-}
+    "hard": dict(jitter=dict(offset=0.02, scale=0.03, light_angle=0.3, gain=0.08),
+                 bend=(0.06, 0.18), scratch_opacity=(0.06, 1.0), scratch_length=(0.06, 0.2),
+                 stain_opacity=(0.1, 0.75)),
+    "easy": dict(jitter=dict(offset=0.01, scale=0.0, light_angle=0.0, gain=0.0),
+                 bend=(0.12, 0.18), scratch_opacity=(1.0, 1.0), scratch_length=(0.12, 0.22),
+                 stain_opacity=(0.75, 0.75)),
+}  # fmt: skip
 
 
 def _level(difficulty: str) -> dict:

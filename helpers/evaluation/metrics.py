@@ -1,9 +1,8 @@
-"""Image AUROC, pixel AUROC, AUPRO (to FPR 0.3), the PRO at one threshold, F1-optimal threshold,
-per-defect image AUROC and per-defect pixel AUROC / AUPRO.
-
-Every metric returns ``None`` with a warning when the data cannot support it (one class only, no
-masks), never a made-up number.
-"""
+"""The metrics of notebook 05, on labels, scores, masks and maps: image AUROC, pixel AUROC, AUPRO
+(to FPR 0.3), the PRO at one threshold, the F1-optimal threshold and what a threshold does,
+per-defect image and pixel metrics. Each returns ``None`` with a warning when the data cannot
+support it (one class only, no masks), never a made-up number. A whole test set:
+:func:`helpers.evaluation.report.evaluate`."""
 
 from __future__ import annotations
 
@@ -15,10 +14,15 @@ from scipy import ndimage
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 
 
-def image_auroc(labels: Sequence[int], scores: Sequence[float]) -> float | None:
+def _finite(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and scores of the images with a finite score (a skipped image has NaN)."""
     labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
     keep = np.isfinite(scores)
-    labels, scores = labels[keep], scores[keep]
+    return labels[keep], scores[keep]
+
+
+def image_auroc(labels: Sequence[int], scores: Sequence[float]) -> float | None:
+    labels, scores = _finite(labels, scores)
     if len(np.unique(labels)) < 2:
         warnings.warn(
             "image AUROC needs both good and defective test images; reporting null", stacklevel=2
@@ -39,9 +43,7 @@ def _valid_pairs(masks, maps):
     return pairs
 
 
-BINS = (
-    1 << 18
-)  # thresholds of the pixel metrics: 262144 levels between the lowest and highest map value
+BINS = 1 << 18  # the pixel metrics' thresholds: levels between the lowest and highest map value
 
 
 def _bins(pairs, bins: int) -> tuple[float, float]:
@@ -204,9 +206,7 @@ def aupro(masks, maps, max_fpr: float = 0.3) -> float | None:
 
 def f1_threshold(labels: Sequence[int], scores: Sequence[float]) -> tuple[float, float] | None:
     """(threshold, F1) maximising F1 of "score >= threshold means defective"."""
-    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
-    keep = np.isfinite(scores)
-    labels, scores = labels[keep], scores[keep]
+    labels, scores = _finite(labels, scores)
     if len(np.unique(labels)) < 2:
         warnings.warn(
             "F1 threshold needs both good and defective images; reporting null", stacklevel=2
@@ -225,9 +225,7 @@ def threshold_rates(
     ``false_alarm_rate`` (good images flagged / good images), ``miss_rate`` (defective images
     passed / defective images) and the counts behind them; a rate is None without images of
     its class, every rate None without a threshold. Images with a NaN score are left out."""
-    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
-    keep = np.isfinite(scores)
-    labels, scores = labels[keep], scores[keep]
+    labels, scores = _finite(labels, scores)
     good, bad = labels == 0, labels == 1
     out = {"value": threshold, "n_good": int(good.sum()), "n_defective": int(bad.sum())}
     if threshold is None:
@@ -284,51 +282,3 @@ def pixel_metrics(defects: Sequence[str], masks, maps, max_fpr: float = 0.3) -> 
         "aupro": aupro_from_histograms(every, max_fpr),
         "per_defect_pixel": per,
     }
-
-
-def evaluate(labels, scores, defects, *, masks=None, maps=None) -> dict:
-    """All metrics in one dict (the metrics.json contract, without timings/config)."""
-    thr = f1_threshold(labels, scores)
-    pixel = (
-        pixel_metrics(defects, masks, maps)
-        if masks is not None
-        else {"pixel_auroc": None, "aupro": None, "per_defect_pixel": None}
-    )
-    return {
-        "image_auroc": image_auroc(labels, scores),
-        **pixel,
-        "f1_threshold": None if thr is None else thr[0],
-        "f1": None if thr is None else thr[1],
-        "per_defect": per_defect_auroc(defects, scores),
-    }
-
-
-def evaluate_samples(samples, prediction) -> dict:
-    """Metrics for MVTec test ``samples`` scored by ``prediction`` (a :class:`helpers.Prediction`).
-    Good images count as all-normal masks; defective images without a mask are left out of the
-    pixel metrics (with a warning naming them)."""
-    from helpers.data.mvtec import masks_like
-
-    masks = masks_like(samples, prediction.maps)
-    missing = [
-        str(s.path)
-        for s, amap, m in zip(samples, prediction.maps, masks)
-        if amap is not None and s.defect != "good" and m is None
-    ]
-    if missing and len(missing) < sum(s.defect != "good" for s in samples):
-        warnings.warn(
-            f"pixel metrics skip {len(missing)} defective image(s) without a mask: "
-            f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}",
-            stacklevel=2,
-        )
-    has_masks = any(m is not None and m.any() for m in masks)
-    result = evaluate(
-        [s.label for s in samples],
-        prediction.scores,
-        [s.defect for s in samples],
-        masks=masks if has_masks else None,
-        maps=prediction.maps if has_masks else None,
-    )
-    if not has_masks:
-        warnings.warn("no ground-truth masks found: pixel AUROC and AUPRO are null", stacklevel=2)
-    return result

@@ -1,15 +1,11 @@
-"""Evaluating a run's predictions and writing ``metrics.json``: every metric of the contract
-(:data:`METRIC_KEYS`, null when unavailable), the pixel threshold used to draw regions, timings,
-config, data and library versions.
-
-Usable on its own::
-
-    metrics = evaluate(test_samples, prediction)
-    write_metrics("metrics.json", metrics, metrics_record(...))
-"""
+"""A test set's metrics and ``metrics.json`` (notebook 05): :func:`evaluate` (every metric of
+the contract, :data:`METRIC_KEYS`, null when unavailable), the thresholds entry, timings, and the
+one writer of the file (:func:`write_metrics`)."""
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 import warnings
 from pathlib import Path
@@ -17,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from helpers.core.io import atomic_write_json
 from helpers.core.model import Prediction
+from helpers.core.runtime import atomic_write_json, atomic_write_text
 from helpers.data.mvtec import Sample, masks_like
 
 # Results of notebook 05 that metrics.json must always hold (null when unavailable).
@@ -38,16 +34,47 @@ METRIC_KEYS = (
 )
 
 
-def evaluate(samples: list[Sample], pred: Prediction) -> dict[str, Any]:
-    """Every metric of metrics.json except timings, config and versions, plus
-    ``pixel_f1_threshold`` (the map value maximising pixel F1, for drawing regions)."""
-    from helpers.evaluation.metrics import evaluate_samples
+def evaluate(samples: list[Sample], pred: Prediction, *, quiet: bool = True) -> dict[str, Any]:
+    """Every metric of metrics.json for test ``samples`` scored by ``pred`` (a
+    :class:`~helpers.core.model.Prediction`) but timings, config and versions, plus
+    ``pixel_f1_threshold`` (the map value maximising pixel F1, for drawing regions). Good images
+    count as all-normal masks; defective ones without a mask are left out of the pixel metrics.
+    ``quiet=False``: warn about what is null and why, naming the images without a mask."""
+    from helpers.evaluation import metrics
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # nulls are reported in the table instead
-        out = evaluate_samples(samples, pred)
-        out["pixel_f1_threshold"] = pixel_f1_threshold(masks_like(samples, pred.maps), pred.maps)
-    return out
+        if quiet:
+            warnings.simplefilter("ignore")  # the nulls speak for themselves in the table
+        masks = masks_like(samples, pred.maps)
+        missing = [
+            str(s.path)
+            for s, amap, m in zip(samples, pred.maps, masks)
+            if amap is not None and s.defect != "good" and m is None
+        ]
+        if missing and len(missing) < sum(s.defect != "good" for s in samples):
+            more = " ..." if len(missing) > 3 else ""
+            warnings.warn(
+                f"pixel metrics skip {len(missing)} defective image(s) without a mask: "
+                f"{', '.join(missing[:3])}{more}",
+                stacklevel=2,
+            )
+        labels, defects = [s.label for s in samples], [s.defect for s in samples]
+        if any(m is not None and m.any() for m in masks):
+            pixel = metrics.pixel_metrics(defects, masks, pred.maps)
+        else:
+            warnings.warn(
+                "no ground-truth masks found: pixel AUROC and AUPRO are null", stacklevel=2
+            )
+            pixel = {"pixel_auroc": None, "aupro": None, "per_defect_pixel": None}
+        thr = metrics.f1_threshold(labels, pred.scores)
+        return {
+            "image_auroc": metrics.image_auroc(labels, pred.scores),
+            **pixel,
+            "f1_threshold": None if thr is None else thr[0],
+            "f1": None if thr is None else thr[1],
+            "per_defect": metrics.per_defect_auroc(defects, pred.scores),
+            "pixel_f1_threshold": pixel_f1_threshold(masks, pred.maps),
+        }
 
 
 def pixel_f1_threshold(masks, maps, step: int = 4) -> float | None:
@@ -72,13 +99,10 @@ def pixel_f1_threshold(masks, maps, step: int = 4) -> float | None:
 def thresholds(
     labels, scores, f1_threshold: float | None, good_only: dict | None
 ) -> dict[str, Any]:
-    """The ``thresholds`` entry of metrics.json: the F1-optimal image threshold (chosen with the
-    test labels: the best any threshold does here, not available in production) and the
-    good-only ones (``good_only``, from :meth:`helpers.core.model.PatchCore.calibrate`: at the
-    stated false-alarm rate, and the max of the held-out good scores), each with the false-alarm
-    and miss rates it gives on these test images. ``false_alarm_rate_se`` is the binomial
-    sampling error of a false-alarm rate measured on this many good test images, at the rate
-    asked for."""
+    """metrics.json's ``thresholds``: the F1-optimal one (chosen with the test labels, not possible
+    in production) and the good-only ones (``good_only``: :meth:`PatchCore.calibrate`'s), each
+    with its false-alarm and miss rates here; ``false_alarm_rate_se``: the binomial sampling error
+    of a false-alarm rate measured on this many good images."""
     from helpers.evaluation.metrics import threshold_rates
 
     out = {
@@ -141,3 +165,101 @@ def finite(obj: Any) -> Any:
     if isinstance(obj, (float, np.floating)) and not math.isfinite(float(obj)):
         return None
     return obj
+
+
+def metrics_lines(metrics: dict) -> list[str]:
+    """The headline of metrics.json (AUROCs, AUPRO, each threshold with its false-alarm and miss
+    rates, per-defect AUROC, timings) as the lines of a run's closing summary."""
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
+    pct = lambda v: "n/a" if v is None else f"{100 * v:.0f}%"
+    parts = []
+    for key, name in (
+        ("f1_optimal", "F1-optimal"),
+        ("good_only", "good-only"),
+        ("max_of_good", "max of good"),
+    ):
+        e = (metrics.get("thresholds") or {}).get(key)
+        if e and e.get("value") is not None:
+            at = (
+                f" at {pct(e['target_false_alarm_rate'])}" if "target_false_alarm_rate" in e else ""
+            )
+            rates = f"false alarms {pct(e['false_alarm_rate'])}, misses {pct(e['miss_rate'])}"
+            parts.append(f"{name}{at} {fmt(e['value'])} ({rates})")
+    t, m = metrics.get("timings") or {}, metrics
+    return [
+        f"  metrics.json : image AUROC {fmt(m.get('image_auroc'))} | pixel AUROC "
+        f"{fmt(m.get('pixel_auroc'))} | AUPRO {fmt(m.get('aupro'))} | "
+        f"F1 threshold {fmt(m.get('f1_threshold'))}",
+        "  thresholds   : " + (" | ".join(parts) or "n/a"),
+        "  per defect   : "
+        + ", ".join(f"{k} {fmt(v)}" for k, v in (m.get("per_defect") or {}).items()),
+        f"  timings      : fit {fmt(t.get('fit_s'))} s, "
+        f"{fmt(t.get('infer_ms_per_image'))} ms/image on {t.get('device')} "
+        f"(batch {t.get('batch_size')})",
+    ]
+
+
+# ------------------------------------------------------------------ several runs side by side
+# summary.csv's columns after category and status: where each is in metrics.json, and its header
+# in summary.md ("": left out of the .md table)
+SUMMARY_COLUMNS = {
+    "image_auroc": ("image_auroc", "image AUROC"),
+    "pixel_auroc": ("pixel_auroc", "pixel AUROC"),
+    "aupro": ("aupro", "AUPRO"),
+    "f1_threshold": ("f1_threshold", "F1 thr."),
+    "f1_false_alarm_rate": ("thresholds.f1_optimal.false_alarm_rate", "F1: false alarms"),
+    "f1_miss_rate": ("thresholds.f1_optimal.miss_rate", "F1: misses"),
+    "good_only_threshold": ("thresholds.good_only.value", "good-only thr."),
+    "good_only_target_rate": ("thresholds.good_only.target_false_alarm_rate", ""),
+    "good_only_false_alarm_rate": (
+        "thresholds.good_only.false_alarm_rate",
+        "good-only: false alarms",
+    ),
+    "good_only_miss_rate": ("thresholds.good_only.miss_rate", "good-only: misses"),
+    "n_train": ("n_train", "train"),
+    "n_test": ("n_test", "test"),
+    "fit_s": ("timings.fit_s", ""),
+}
+MEANS = ("image_auroc", "pixel_auroc", "aupro")
+
+
+def summary_row(name: str, status: str, metrics: dict) -> dict[str, Any]:
+    """One run's row of :data:`SUMMARY_COLUMNS` from its metrics.json contents."""
+    row = {"category": name, "status": status}
+    for column, (where, _) in SUMMARY_COLUMNS.items():
+        value = metrics
+        for key in where.split("."):
+            value = (value or {}).get(key)
+        row[column] = value
+    return row
+
+
+def write_summary(out: Path, rows: list[dict]) -> tuple[Path, Path]:
+    """``summary.csv`` (every column, full precision) and ``summary.md`` (a table to read) of
+    ``rows``, with a last row of the means over the finished runs."""
+    done = [r for r in rows if r["status"] == "done"]
+    mean = {**dict.fromkeys(rows[0] if rows else ()), "category": "mean"}
+    mean["status"] = f"{len(done)} of {len(rows)} done"
+    for key in MEANS:
+        values = [r[key] for r in done if r[key] is not None]
+        mean[key] = sum(values) / len(values) if values else None
+    table, columns = [*rows, mean], ["category", "status", *SUMMARY_COLUMNS]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    w.writeheader()
+    w.writerows({k: "" if r.get(k) is None else r[k] for k in columns} for r in table)
+    csv_path = atomic_write_text(out / "summary.csv", buf.getvalue())
+    shown = {"category": "category", "status": "status"}
+    shown.update({k: head for k, (_, head) in SUMMARY_COLUMNS.items() if head})
+    cell = lambda v: "" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+    lines = ["| " + " | ".join(shown.values()) + " |", "|" + "---|" * len(shown)]
+    lines += ["| " + " | ".join(cell(r.get(k)) for k in shown) + " |" for r in table]
+    rates = sorted({r["good_only_target_rate"] for r in rows if r["good_only_target_rate"]})
+    note = (
+        f"\nGood-only threshold: chosen on held-out good training images at a false-alarm rate "
+        f"of {', '.join(f'{x:g}' for x in rates)}; F1 threshold: chosen with the test labels.\n"
+        if rates
+        else "\n"
+    )
+    md_path = atomic_write_text(out / "summary.md", "\n".join(lines) + "\n" + note)
+    return csv_path, md_path

@@ -1,9 +1,7 @@
-"""The Colab path (every notebook's setup cell): the repository the notebooks clone
-(:data:`REPO_URL`, the one place that names it), installing what Colab lacks, and a report of the
-GPU and library versions (:func:`setup`). The badges, setup cells and README's Colab section are
-derived from :data:`REPO_URL`: a fork changes it here and runs ``python -m helpers sync-colab``
-(:func:`sync`; tests/test_colab.py fails while they disagree). Google Drive is mounted by
-:func:`helpers.data.download.mount_drive_for`, where the data is found."""
+"""Every notebook's setup cell (:func:`setup`: install what Colab lacks, report the GPU and the
+library versions) and the repository it clones, :data:`REPO_URL`, the one place that names it:
+a fork changes it and runs ``python -m helpers sync-colab`` (:func:`sync` rewrites the badges,
+setup cells and README's Colab section; tests/test_colab.py fails while they disagree)."""
 
 from __future__ import annotations
 
@@ -43,8 +41,6 @@ H.setup(ROOT)  # Colab: pip install -r requirements-colab.txt (never torch); pri
 
 
 # ------------------------------------------------------------------ the repository
-
-
 def repo_slug(url: str = REPO_URL) -> str:
     """``owner/name`` of a GitHub URL."""
     path = urllib.parse.urlparse(url).path.strip("/")
@@ -53,10 +49,8 @@ def repo_slug(url: str = REPO_URL) -> str:
 
 def badge_link(notebook: str, *, url: str = REPO_URL, branch: str = REPO_BRANCH) -> str:
     """The "Open in Colab" link of ``notebooks/<notebook>`` in the repository."""
-    return (
-        f"https://colab.research.google.com/github/{repo_slug(url)}/blob/{branch}/"
-        f"notebooks/{notebook}"
-    )
+    slug = f"{repo_slug(url)}/blob/{branch}"
+    return f"https://colab.research.google.com/github/{slug}/notebooks/{notebook}"
 
 
 def setup_cell_source(url: str = REPO_URL, clone_dir: str = CLONE_DIR) -> str:
@@ -70,14 +64,7 @@ def clone_command(url: str = REPO_URL, dest: str = CLONE_DIR) -> list[str]:
 
 
 # ------------------------------------------------------------------ keeping the copies in sync
-
-
-def notebook_paths(root: Path) -> list[Path]:
-    return sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-
-
-def readme_section(text: str) -> tuple[int, int]:
-    """Start and end offsets of README's Colab section."""
+def readme_section(text: str) -> tuple[int, int]:  # start and end of README's Colab section
     start = text.index(README_SECTION[0])
     return start, text.index(README_SECTION[1], start)
 
@@ -120,7 +107,8 @@ def sync(root: str | Path | None = None, url: str = REPO_URL) -> list[Path]:
     """Make the badges, setup cells, notebook metadata and README's Colab section name ``url``.
     Returns the files changed."""
     root = Path(root) if root else Path(__file__).resolve().parents[2]
-    changed = [p for p in notebook_paths(root) if _sync_notebook(p, url)]
+    notebooks = sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    changed = [p for p in notebooks if _sync_notebook(p, url)]
     if _sync_readme(root / "README.md", url):
         changed.append(root / "README.md")
     return changed
@@ -142,23 +130,15 @@ def install_command(root: str | Path) -> list[str]:
 def colab_requirements(root: str | Path) -> list[str]:
     """Package names listed in ``requirements-colab.txt``; refuses torch / torchvision."""
     path = Path(root) / REQUIREMENTS
-    names = [
-        re.split(r"[<>=!~\[; ]", line.split("#")[0].strip(), maxsplit=1)[0]
-        for line in path.read_text().splitlines()
-        if line.split("#")[0].strip()
-    ]
-    banned = [n for n in names if n.lower() in NEVER_INSTALL]
-    if banned:
-        raise ColabSetupError(
-            f"{path} lists {banned}: Colab's torch matches its CUDA driver; "
-            "remove them from the file"
-        )
+    lines = [line.split("#")[0].strip() for line in path.read_text().splitlines()]
+    names = [re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0] for line in lines if line]
+    if banned := [n for n in names if n.lower() in NEVER_INSTALL]:
+        why = "Colab's torch matches its CUDA driver; remove them from the file"
+        raise ColabSetupError(f"{path} lists {banned}: {why}")
     return names
 
 
 # ------------------------------------------------------------------ the setup cell
-
-
 def install_requirements(root: str | Path, *, runner: Callable = subprocess.run) -> list[str]:
     """pip-install ``requirements-colab.txt``; returns "name version" of each package in it."""
     names = colab_requirements(root)
@@ -196,11 +176,8 @@ def gpu_line(precision: str = "auto", *, in_colab: bool = False) -> str:
     from helpers.core.runtime import BF16_MIN_CAPABILITY, cuda_capability, precision_note
 
     if not torch.cuda.is_available():
-        tip = (
-            " In Colab: Runtime > Change runtime type > A100 GPU, then run all cells again."
-            if in_colab
-            else ""
-        )
+        tip = " In Colab: Runtime > Change runtime type > A100 GPU, then run all cells again."
+        tip = tip if in_colab else ""
         return (
             "GPU: none. Everything runs on the CPU in fp32 (no autocast, no channels_last): "
             "seconds per notebook for mobilenet_v2 on the synthetic set, minutes for "
@@ -208,10 +185,8 @@ def gpu_line(precision: str = "auto", *, in_colab: bool = False) -> str:
         )
     device = torch.device("cuda")
     props = torch.cuda.get_device_properties(device)
-    line = (
-        f"GPU: {props.name}, {props.total_memory / 2**30:.0f} GiB, "
-        f"{precision_note(device, precision)}"
-    )
+    memory = f"{props.total_memory / 2**30:.0f} GiB"
+    line = f"GPU: {props.name}, {memory}, {precision_note(device, precision)}"
     if cuda_capability(device) < BF16_MIN_CAPABILITY:
         line += "; an A100 runs bf16: Runtime > Change runtime type > A100 GPU"
     return line
@@ -229,13 +204,8 @@ def version_line() -> str:
     return ", ".join(f"{name} {version}" for name, version in v.items())
 
 
-def setup(
-    root: str | Path | None,
-    *,
-    runner: Callable | None = None,
-    colab: ModuleType | None = None,
-    out: Callable[[str], None] = print,
-) -> dict:
+def setup(root: str | Path | None, *, runner: Callable | None = None,
+          colab: ModuleType | None = None, out: Callable[[str], None] = print) -> dict:  # fmt: skip
     """The setup cell after the clone. In Colab (``colab``: the ``google.colab`` module, found
     when None): install ``requirements-colab.txt`` (``runner``: ``subprocess.run``-like) and
     enable the widget manager ipywidgets 8 needs. Everywhere: print the GPU and versions."""
@@ -243,10 +213,8 @@ def setup(
     report: dict = {"colab": module is not None, "installed": [], "widget_manager": False}
     if module is not None and root is not None:
         report["installed"] = install_requirements(root, runner=runner or subprocess.run)
-        out(
-            f"installed from {REQUIREMENTS}: {', '.join(report['installed'])} "
-            "(torch and torchvision: Colab's own)"
-        )
+        installed = ", ".join(report["installed"])
+        out(f"installed from {REQUIREMENTS}: {installed} (torch and torchvision: Colab's own)")
         report["widget_manager"] = enable_widgets(module)
     report["gpu"] = gpu_line(in_colab=module is not None)
     report["versions"] = version_line()

@@ -13,7 +13,6 @@ from matplotlib.patches import Patch
 from helpers.lessons.viz_base import Table, axes_off, mask_outline, new_figure
 
 
-# --------------------------------------------------------------------------- notebook 01
 def examples(samples, per_defect: int = 1) -> list:
     """The first ``per_defect`` samples of each defect type, in the samples' order."""
     seen: Counter = Counter()
@@ -32,9 +31,8 @@ def counts_table(train, test) -> Table:
     masks = Counter(s.defect for s in test if s.mask_path is not None)
     rows += [("test", d, n, masks.get(d, 0)) for d, n in by_defect.items()]
     rows.append(("total", "", len(train) + len(test), sum(masks.values())))
-    return Table(
-        rows, ["split", "defect type", "images", "with mask"], "Images per split and defect type"
-    )
+    headers = ["split", "defect type", "images", "with mask"]
+    return Table(rows, headers, "Images per split and defect type")
 
 
 def counts_figure(train, test) -> Figure:
@@ -50,14 +48,12 @@ def counts_figure(train, test) -> Figure:
     ax.set_xlabel("split / defect type")
     ax.set_title("Images per split and defect type")
     ax.tick_params(axis="x", rotation=30)
-    ax.legend(
-        handles=[
-            Patch(color="tab:blue", label="training (good only)"),
-            Patch(color="tab:green", label="test, good"),
-            Patch(color="tab:red", label="test, defective"),
-        ],
-        fontsize=8,
+    kinds = (
+        ("tab:blue", "training (good only)"),
+        ("tab:green", "test, good"),
+        ("tab:red", "test, defective"),
     )
+    ax.legend(handles=[Patch(color=c, label=text) for c, text in kinds], fontsize=8)
     ax.margins(y=0.12)
     return fig
 
@@ -118,13 +114,10 @@ def image_statistics(samples) -> tuple[Table, Figure]:
             hist[key][c] += np.histogram(img[..., c], bins=64, range=(0, 256))[0]
     for d, values in bright.items():
         rows.append((d, len(values), float(np.mean(values)), float(np.std(values))))
-    table = Table(
-        rows,
-        ["defect type", "images", "mean brightness", "std between images"],
-        "Mean grey level (0-255) per defect type; sizes: "
-        + ", ".join(f"{k} ({v})" for k, v in sizes.items()),
-        floatfmt=".1f",
-    )
+    title = "Mean grey level (0-255) per defect type; sizes: "
+    title += ", ".join(f"{k} ({v})" for k, v in sizes.items())
+    headers = ["defect type", "images", "mean brightness", "std between images"]
+    table = Table(rows, headers, title, floatfmt=".1f")
     fig = new_figure(11, 3.6)
     ax1, ax2 = fig.subplots(1, 2)
     names = list(bright)
@@ -148,11 +141,9 @@ def image_statistics(samples) -> tuple[Table, Figure]:
 
 def brightness_baseline(samples, transform=None) -> Table:
     """A brightness-only detector as a baseline: the image AUROC of each test image's mean grey
-    level, each defect type against the good test images (0.5: brightness says nothing; 1: every
-    defective image is brighter than every good one; 0: every one is darker); the table's
-    ``aurocs`` holds them as {defect type: AUROC} (with "all defects"). ``transform``
-    (RGB uint8 -> RGB uint8, e.g. CLAHE) is applied first. A value far from 0.5 means one global
-    number already separates that defect type: a shortcut in the data, not a local defect."""
+    level, each defect type against the good test images (0.5: brightness says nothing; 1 or 0:
+    it separates them, a shortcut in the data), in the table's ``aurocs`` too ({type: AUROC},
+    with "all defects"). ``transform`` (RGB uint8 -> RGB uint8, e.g. CLAHE) is applied first."""
     from helpers.core.images import load_image
     from helpers.evaluation.metrics import image_auroc
 
@@ -221,9 +212,8 @@ def clahe_figure(
     twin.set_ylabel("cumulative fraction")
     ax.set_yscale("log")
     ax.set_title("Lightness before and after")
-    lines = ax.get_legend_handles_labels()
-    lines2 = twin.get_legend_handles_labels()
-    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=7, loc="lower center", ncol=2)
+    (h1, l1), (h2, l2) = ax.get_legend_handles_labels(), twin.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="lower center", ncol=2)
     fig.suptitle(
         title or "Contrast-limited adaptive histogram equalisation (CLAHE) on the L channel"
     )

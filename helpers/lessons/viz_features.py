@@ -12,7 +12,6 @@ from matplotlib.figure import Figure
 from helpers.lessons.viz_base import axes_off, new_figure
 
 
-# --------------------------------------------------------------------------- notebook 02
 def pca_rgb(fit_features, embeddings, seed: int = 0) -> list[np.ndarray]:
     """Project patch embeddings [n, h, w, D] to 3 principal components fitted on ``fit_features``
     [N, D] and scale to RGB in [0, 1] (1st-99th percentile of the fitted features)."""
@@ -43,10 +42,9 @@ def pca_figure(
         axes_off(axes[1][j])
     axes[0][0].set_ylabel("input crop")
     axes[1][0].set_ylabel("3 principal\ncomponents as RGB")
+    title = "Patch features as colours: similar colour, similar feature\n"
     fig.suptitle(
-        "Patch features as colours: similar colour, similar feature\n"
-        "(3 principal components fitted on the good training patches)",
-        fontsize=11,
+        title + "(3 principal components fitted on the good training patches)", fontsize=11
     )
     return fig
 
@@ -91,22 +89,16 @@ def rotation_figure(view: TurnedView, rgb: Sequence[np.ndarray], degrees: int = 
     axes[3].set_title(f"features of the turned image,\nturned back {degrees} degrees", fontsize=9)
     low = min(0.0, float(view.cosine.min()))  # 0 unless some spots point in opposite directions
     im = axes[4].imshow(view.cosine, cmap="viridis", vmin=low, vmax=1)
-    axes[4].set_title(
-        f"cosine similarity at each spot\n(median {np.median(view.cosine):.2f}; invariant: 1)",
-        fontsize=9,
-    )
+    median = f"median {np.median(view.cosine):.2f}"
+    axes[4].set_title(f"cosine similarity at each spot\n({median}; invariant: 1)", fontsize=9)
     fig.colorbar(im, ax=axes[4], fraction=0.046, label="cosine similarity")
     for ax in axes:
         axes_off(ax)
-    fig.suptitle(
-        "Are patch features rotation-invariant? Same part, same spots, image turned "
-        f"{degrees} degrees (PCA colours: one basis)",
-        fontsize=11,
-    )
+    title = "Are patch features rotation-invariant? Same part, same spots, image turned "
+    fig.suptitle(title + f"{degrees} degrees (PCA colours: one basis)", fontsize=11)
     return fig
 
 
-# --------------------------------------------------------------------------- notebook 03
 def bank_megabytes(n_patches: int, dim: int, ratio: float) -> float:
     return max(1, int(n_patches * ratio)) * dim * 4 / 2**20
 
@@ -137,26 +129,19 @@ def coverage_figure(
     ax1.set_ylabel("coverage radius (max distance\nto nearest kept patch)")
     ax1.set_title(f"Coverage of {cov['n_patches']} training patches")
     run_patches = run_patches or cov["n_patches"]
+    megabytes = lambda patches: [bank_megabytes(patches, dim, x) for x in r]
     ax2.plot(
         r,
-        [bank_megabytes(run_patches, dim, x) for x in r],
+        megabytes(run_patches),
         "o-",
         label=run_label or f"this run's training set ({run_patches} patches)",
     )
     if full_patches:
-        ax2.plot(
-            r,
-            [bank_megabytes(full_patches, dim, x) for x in r],
-            "s--",
-            label=full_label or f"full metal_nut train set ({full_patches} patches)",
-        )
+        full = full_label or f"full metal_nut train set ({full_patches} patches)"
+        ax2.plot(r, megabytes(full_patches), "s--", label=full)
     if max_rows:
-        ax2.axhline(
-            bank_megabytes(max_rows, dim, 1.0),
-            color="black",
-            linestyle="-.",
-            label=f"cap: coreset_max_size = {max_rows} rows",
-        )
+        cap = f"cap: coreset_max_size = {max_rows} rows"
+        ax2.axhline(bank_megabytes(max_rows, dim, 1.0), color="black", linestyle="-.", label=cap)
     ax2.set_xscale("log")
     ax2.set_yscale("log")
     ax2.set_xlabel("coreset ratio")
@@ -211,10 +196,10 @@ def projection_figure(features, projected, n_pairs: int = 3000, seed: int = 0) -
     top = float(max(d.max(), dp.max())) if len(d) else 1.0
     ax.plot([0, top], [0, top], "k--", lw=1, label="equal distance")
     ratio = dp / np.maximum(d, 1e-12)
+    spread = f"5-95% {np.percentile(ratio, 5):.2f}-{np.percentile(ratio, 95):.2f}"
+    title = f"Random projection {x.shape[1]} -> {p.shape[1]} dims\n"
     ax.set_title(
-        f"Random projection {x.shape[1]} -> {p.shape[1]} dims\n"
-        f"projected / original distance: median {np.median(ratio):.2f}, "
-        f"5-95% {np.percentile(ratio, 5):.2f}-{np.percentile(ratio, 95):.2f}",
+        title + f"projected / original distance: median {np.median(ratio):.2f}, {spread}",
         fontsize=9,
     )
     ax.set_xlabel(f"distance between two patches ({x.shape[1]}-D)")

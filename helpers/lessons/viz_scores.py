@@ -17,7 +17,6 @@ from helpers.lessons.viz_base import HEATMAP_CMAP, axes_off, heatmap, mask_outli
 PIXEL_REGION_COLOUR = "magenta"
 
 
-# --------------------------------------------------------------------------- maps
 def maps_preview(
     images,
     maps,
@@ -30,8 +29,7 @@ def maps_preview(
     masks=None,
 ) -> Figure:
     """Each image above its anomaly map (one image: side by side), the maps on one colour scale
-    with the colour bar beside them (``label``: its caption; two short lines, so that it fits
-    beside the bar); ``masks``: ground truth outlined on the maps."""
+    (``label``: the bar's caption, two short lines), ``masks`` outlined on the maps."""
     n = len(images)
     masks = list(masks) if masks is not None else [None] * n
     norm = Normalize(vmin, vmax)
@@ -47,9 +45,8 @@ def maps_preview(
         axes_off(a_img)
         a_img.set_title(t, fontsize=9)
         heatmap(a_map, m, norm, mask)
-    fig.colorbar(
-        ScalarMappable(norm, HEATMAP_CMAP), ax=[p[1] for p in pairs], label=label, shrink=0.9
-    )
+    bar = ScalarMappable(norm, HEATMAP_CMAP)
+    fig.colorbar(bar, ax=[p[1] for p in pairs], label=label, shrink=0.9)
     fig.suptitle(title or "Anomaly maps in original image pixels")
     return fig
 
@@ -64,21 +61,17 @@ def map_steps(
     original_map: np.ndarray,
     sigma: float,
 ) -> Figure:
-    """From patch distances to the anomaly map in original pixels, step by step. Each step's
-    title gives its largest value: the blur lowers the peak, which is why an image score (taken
-    from the patch distances before any blur) can exceed every value of its map."""
+    """From patch distances to the anomaly map in original pixels, step by step, each titled with
+    its largest value (the blur lowers the peak: an image score can exceed every map value)."""
     fig = new_figure(15, 3.4)
     axes = fig.subplots(1, 5)
     vmin, vmax = float(np.min(blurred)), float(np.max(patch_scores))
     norm = Normalize(vmin, vmax)
     axes[0].imshow(crop)
     axes[0].set_title(f"network input {crop.shape[1]}x{crop.shape[0]}", fontsize=9)
+    h, w = patch_scores.shape[:2]
     steps = (
-        (
-            patch_scores,
-            f"1. patch distances {patch_scores.shape[1]}x{patch_scores.shape[0]}"
-            f"\n(max {np.max(patch_scores):.2f})",
-        ),
+        (patch_scores, f"1. patch distances {w}x{h}\n(max {np.max(patch_scores):.2f})"),
         (upsampled, f"2. bilinear upsampling\n(max {np.max(upsampled):.2f})"),
         (blurred, f"3. Gaussian blur, sigma={sigma:g} px\n(max {np.max(blurred):.2f})"),
     )
@@ -90,17 +83,12 @@ def map_steps(
     for ax in axes:
         axes_off(ax)
     # one colour scale for the four maps, its bar after the last of them
-    fig.colorbar(
-        ScalarMappable(norm, HEATMAP_CMAP),
-        ax=list(axes[1:]),
-        label="distance to nearest\nmemory-bank patch",
-        shrink=0.85,
-    )
+    label = "distance to nearest\nmemory-bank patch"
+    fig.colorbar(ScalarMappable(norm, HEATMAP_CMAP), ax=list(axes[1:]), label=label, shrink=0.85)
     fig.suptitle("How an anomaly map is made")
     return fig
 
 
-# --------------------------------------------------------------------------- notebook 05
 def _downsample(maps, masks, side: int = 192):
     out_maps, out_masks = [], []
     for a, m in zip(maps, masks):
@@ -112,11 +100,16 @@ def _downsample(maps, masks, side: int = 192):
     return out_maps, out_masks
 
 
+def _roc_axes(ax, title: str, negatives: str, positives: str) -> None:  # diagonal, titles
+    ax.plot([0, 1], [0, 1], ":", color="gray")
+    ax.set_title(title)
+    ax.set_xlabel(f"false positive rate ({negatives})")
+    ax.set_ylabel(f"true positive rate ({positives})")
+
+
 def roc_figure(labels, scores, masks=None, maps=None, threshold: float | None = None) -> Figure:
-    """Image ROC, pixel ROC and the PRO curve (to FPR 0.3). The pixel curves use every
-    n-th pixel so they draw quickly; the numbers in the titles are the exact metrics. With an
-    image ``threshold``, the image ROC marks the point it operates at (score >= threshold:
-    flagged)."""
+    """Image ROC, pixel ROC and the PRO curve (to FPR 0.3; pixel curves on every n-th pixel, so
+    they draw quickly); with an image ``threshold``, the point it operates at on the image ROC."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
     from helpers.evaluation.metrics import pro_curve
@@ -131,41 +124,25 @@ def roc_figure(labels, scores, masks=None, maps=None, threshold: float | None = 
         ax.plot(fpr, tpr, lw=2, label=f"AUROC {roc_auc_score(labels[keep], scores[keep]):.3f}")
         if threshold is not None:
             (tn, fp), (fn, tp) = confusion_counts(labels, scores, threshold)
-            ax.plot(
-                fp / max(tn + fp, 1),
-                tp / max(tp + fn, 1),
-                "o",
-                color="black",
-                label=f"threshold {threshold:.3g}: {tp} of {tp + fn} defects,\n"
-                f"{fp} of {tn + fp} good parts flagged",
-            )
+            point = f"threshold {threshold:.3g}: {tp} of {tp + fn} defects,\n"
+            point += f"{fp} of {tn + fp} good parts flagged"
+            ax.plot(fp / max(tn + fp, 1), tp / max(tp + fn, 1), "o", color="black", label=point)
         ax.legend(loc="lower right", fontsize=8)
     else:
         ax.text(0.5, 0.5, "needs good and defective images", ha="center")
-    ax.plot([0, 1], [0, 1], ":", color="gray")
-    ax.set_title("Image-level ROC")
-    ax.set_xlabel("false positive rate (good parts flagged)")
-    ax.set_ylabel("true positive rate (defects caught)")
+    _roc_axes(ax, "Image-level ROC", "good parts flagged", "defects caught")
     small_maps, small_masks = _downsample(maps or [], masks or [])
     ax = axes[1]
     if small_maps and any(m.any() for m in small_masks):
         y = np.concatenate([m.ravel() for m in small_masks])
         s = np.concatenate([a.ravel() for a in small_maps])
         fpr, tpr, _ = roc_curve(y, s)
-        ax.plot(
-            fpr,
-            tpr,
-            lw=2,
-            color="tab:orange",
-            label=f"AUROC {roc_auc_score(y, s):.3f} (subsampled)",
-        )
+        auroc = f"AUROC {roc_auc_score(y, s):.3f} (subsampled)"
+        ax.plot(fpr, tpr, lw=2, color="tab:orange", label=auroc)
         ax.legend(loc="lower right")
     else:
         ax.text(0.5, 0.5, "no ground-truth masks", ha="center")
-    ax.plot([0, 1], [0, 1], ":", color="gray")
-    ax.set_title("Pixel-level ROC")
-    ax.set_xlabel("false positive rate (normal pixels)")
-    ax.set_ylabel("true positive rate (defect pixels)")
+    _roc_axes(ax, "Pixel-level ROC", "normal pixels", "defect pixels")
     ax = axes[2]
     curve = pro_curve(small_masks, small_maps) if small_maps else None
     if curve is not None:
@@ -195,10 +172,9 @@ HELD_OUT = "good (training,\nheld out)"
 def score_histogram(
     scores, defects: Sequence[str], threshold: float | None = None, held_out=None
 ) -> Figure:
-    """Image scores per defect type, as dots on one axis per type, with the threshold; images on
-    the wrong side of it (a defect below it: missed; a good part at or above it: a false alarm)
-    are ringed. ``held_out``: the good training images' held-out scores (the good-only
-    threshold's data), drawn as one more row of good parts, below the test set's."""
+    """Image scores per defect type, one row of dots each, with the threshold; images on its wrong
+    side (a missed defect, a false alarm) are ringed. ``held_out``: the good training images'
+    held-out scores (the good-only threshold's data), one more row of good parts."""
     scores = np.asarray(scores, dtype=float)
     defects = list(defects)
     if held_out is not None:
@@ -218,9 +194,8 @@ def score_histogram(
         if threshold is not None:
             wrong = (s >= threshold) if is_good else (s < threshold)
             wrong_label = "missed (defect below) or\nfalse alarm (good at or above)"
-            ax.scatter(
-                s[wrong], y[wrong], s=110, facecolors="none", edgecolors="black", label=wrong_label
-            )
+            ring = dict(s=110, facecolors="none", edgecolors="black", label=wrong_label)
+            ax.scatter(s[wrong], y[wrong], **ring)
     if threshold is not None:
         ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3g}")
         handles, labels = ax.get_legend_handles_labels()
@@ -251,15 +226,8 @@ def confusion_figure(labels, scores, threshold: float) -> Figure:
     ax = fig.add_subplot()
     im = ax.imshow(cm, cmap="Blues")
     for (i, j), v in np.ndenumerate(cm):
-        ax.text(
-            j,
-            i,
-            str(v),
-            ha="center",
-            va="center",
-            fontsize=14,
-            color="white" if v > cm.max() / 2 else "black",
-        )
+        colour = "white" if v > cm.max() / 2 else "black"
+        ax.text(j, i, str(v), ha="center", va="center", fontsize=14, color=colour)
     ax.set_xticks([0, 1], ["good", "defective"])
     ax.set_yticks([0, 1], ["good", "defective"])
     ax.set_xlabel("predicted")
@@ -271,8 +239,7 @@ def confusion_figure(labels, scores, threshold: float) -> Figure:
 
 def select_cases(scores, labels, n: int = 3, n_good: int | None = None) -> dict[str, list[int]]:
     """Indices of the best and worst cases: ``n`` defects with the highest / lowest scores, then
-    ``n_good`` (default ``max(1, n // 2)``) good parts with the lowest / highest scores
-    (high-scoring good parts are false alarms)."""
+    ``n_good`` (default ``max(1, n // 2)``) good parts with the lowest / highest (false alarms)."""
     scores, labels = np.asarray(scores, dtype=float), np.asarray(labels)
     ok = np.isfinite(scores)
     bad = [i for i in np.argsort(-scores, kind="stable") if labels[i] == 1 and ok[i]]
@@ -308,10 +275,8 @@ def gallery(
     pixel_threshold: float | None = None,
     title: str = "",
 ) -> Figure:
-    """One row per image: the image as it is; its anomaly map with the ground truth (green outline)
-    and the verdict at the image ``threshold``; the pixels whose map value reaches
-    ``pixel_threshold`` (filled and outlined in :data:`PIXEL_REGION_COLOUR`, the colour the title
-    names) against the ground truth."""
+    """One row per image: the image; its map with the ground truth (green) and the verdict at
+    ``threshold``; the pixels at or above ``pixel_threshold`` (:data:`PIXEL_REGION_COLOUR`)."""
     n = len(images)
     fig = new_figure(11, 3.0 * n + 0.6)
     axes = fig.subplots(n, 3, squeeze=False)
@@ -325,8 +290,7 @@ def gallery(
         a0.set_title(f"{titles[i]} (true: {truth})", fontsize=9)
         heatmap(a1, amap, norm, mask)
         a1.set_title(
-            f"image score {scores[i]:#.3g}  {verdict(scores[i], labels[i], threshold)}",
-            fontsize=9,
+            f"image score {scores[i]:#.3g}  {verdict(scores[i], labels[i], threshold)}", fontsize=9
         )
         a2.imshow(img)
         if pixel_threshold is not None and amap is not None:
@@ -334,21 +298,14 @@ def gallery(
             fill = ListedColormap([PIXEL_REGION_COLOUR])
             a2.imshow(np.where(region, 1.0, np.nan), cmap=fill, alpha=0.45, vmin=0, vmax=1)
             mask_outline(a2, region, PIXEL_REGION_COLOUR)
-            a2.set_title(
-                f"map >= {pixel_threshold:#.3g} ({PIXEL_REGION_COLOUR}) vs truth (green)",
-                fontsize=9,
-            )
+            region_title = f"map >= {pixel_threshold:#.3g} ({PIXEL_REGION_COLOUR}) vs truth (green)"
+            a2.set_title(region_title, fontsize=9)
         else:
             a2.set_title("no pixel threshold (no masks)", fontsize=9)
         mask_outline(a2, mask)
         axes_off(a2)
-    fig.colorbar(
-        ScalarMappable(norm, HEATMAP_CMAP),
-        ax=axes.ravel().tolist(),
-        label="map value (blurred patch distance)",
-        shrink=min(0.9, 0.35 + 0.15 * n),
-        aspect=30,
-    )
+    bar = dict(label="map value (blurred patch distance)", shrink=min(0.9, 0.35 + 0.15 * n))
+    fig.colorbar(ScalarMappable(norm, HEATMAP_CMAP), ax=axes.ravel().tolist(), aspect=30, **bar)
     thr = "" if threshold is None else f"image threshold {threshold:#.3g}"
     fig.suptitle(f"{title or 'Heatmap gallery'}  ({thr})" if thr else (title or "Heatmap gallery"))
     return fig

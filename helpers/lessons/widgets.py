@@ -20,21 +20,18 @@ def available() -> bool:
     return True
 
 
-def _show(fig, run=None, name: str = "") -> None:
+def _static(fig, interactive: bool, run=None, name: str = "") -> None:
+    """Show ``fig`` in place of an explorer (saved as the run's figure ``name`` when given)."""
+    if interactive:
+        print(
+            "ipywidgets is not installed: showing static figures instead (pip install ipywidgets)"
+        )
     if run is not None and name:
         run.show(fig, name)
     else:
         from IPython.display import display
 
         display(fig)
-
-
-def _fallback_note(interactive: bool) -> None:
-    if interactive:
-        print(
-            "ipywidgets is not installed: showing static figures instead "
-            "(pip install ipywidgets for the interactive explorer)."
-        )
 
 
 def clahe_explorer(
@@ -51,17 +48,10 @@ def clahe_explorer(
     """Pick an image, a clip limit and a tile grid, and see CLAHE before / after with histograms.
     Returns the widget, or None after drawing the static grid of settings."""
     if not (interactive and available()):
-        _fallback_note(interactive)
         first = next(iter(images))
-        _show(
-            viz.clahe_grid(
-                images[first],
-                clip_limits,
-                tile_grids,
-                f"CLAHE settings on {first}: clip limit (columns) x tile grid (rows)",
-            ),
-            run,
-            name,
+        title = f"CLAHE settings on {first}: clip limit (columns) x tile grid (rows)"
+        _static(
+            viz.clahe_grid(images[first], clip_limits, tile_grids, title), interactive, run, name
         )
         return None
     import ipywidgets as w
@@ -109,23 +99,15 @@ def prediction_browser(
     n = len(scores)
 
     def panel(indices, thr, pix):
-        return viz.gallery(
-            [load_image(i) for i in indices],
-            [maps[i] for i in indices],
-            [masks[i] for i in indices],
-            scores=scores[indices],
-            labels=np.asarray(labels)[indices],
-            titles=[titles[i] for i in indices],
-            vmin=vmin,
-            vmax=vmax,
-            threshold=thr,
-            pixel_threshold=pix,
-            title="Test image browser",
-        )
+        pick = lambda seq: [seq[i] for i in indices]
+        return viz.gallery([load_image(i) for i in indices], pick(maps), pick(masks),
+                           scores=scores[indices], labels=np.asarray(labels)[indices],
+                           titles=pick(titles), vmin=vmin, vmax=vmax, threshold=thr,
+                           pixel_threshold=pix, title="Test image browser")  # fmt: skip
 
     if not (interactive and available()):
-        _fallback_note(interactive)
-        _show(panel(_static_indices(n, defects, static_max), threshold, pixel_threshold), run, name)
+        shown = _static_indices(n, defects, static_max)
+        _static(panel(shown, threshold, pixel_threshold), interactive, run, name)
         return None
     import ipywidgets as w
     from IPython.display import display
@@ -161,20 +143,11 @@ def _threshold_sliders(scores, threshold, pixel_threshold, vmin: float, vmax: fl
 
     finite = scores[np.isfinite(scores)]
     lo, hi = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
-    thr = w.FloatSlider(
-        value=float(threshold),
-        min=lo,
-        max=max(hi, lo + 1e-6),
-        step=(hi - lo) / 200 or 0.01,
-        description="image thr.",
+    slider = lambda value, lo, hi, name: w.FloatSlider(
+        value=float(value), min=lo, max=hi, step=(hi - lo) / 200 or 0.01, description=name,
         readout_format=".3g",
+    )  # fmt: skip
+    pix = vmax if pixel_threshold is None else pixel_threshold
+    return slider(threshold, lo, max(hi, lo + 1e-6), "image thr."), slider(
+        pix, vmin, vmax, "pixel thr."
     )
-    pix = w.FloatSlider(
-        value=float(pixel_threshold if pixel_threshold is not None else vmax),
-        min=vmin,
-        max=vmax,
-        step=(vmax - vmin) / 200 or 0.01,
-        description="pixel thr.",
-        readout_format=".3g",
-    )
-    return thr, pix

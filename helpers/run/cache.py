@@ -1,12 +1,6 @@
-"""The artifact cache of a run folder: ``<stage>-<hash>.safetensors`` files whose header records
-what they were made from, loaded when that matches and otherwise computed and saved atomically,
-with one line per load or computation in ``events.jsonl``.
-
-Usable on its own::
-
-    cache = ArtifactCache(Path("runs/x/artifacts"))
-    tensors, info = cache.cached("features", "ab12", {"data_id": "..."}, compute)
-"""
+"""A run folder's artifact cache: ``<stage>-<hash>.safetensors`` files whose header records what
+they were made from, loaded when that matches, else computed and saved atomically; one line per
+load or computation in ``events.jsonl``."""
 
 from __future__ import annotations
 
@@ -18,7 +12,7 @@ from typing import Any
 
 import torch
 
-from helpers.core.io import load_tensors, save_tensors
+from helpers.core.runtime import load_tensors, save_tensors
 
 STAGES = ("features", "bank", "coverage", "predictions", "heldout")
 # how a reason for recomputing names a header entry (others are named by their key)
@@ -74,14 +68,9 @@ class ArtifactCache:
             return {}
         return info if isinstance(info, dict) else {}
 
-    def matches(self, path: Path, meta: dict[str, str]) -> bool:
-        """True when ``path`` exists and its header holds every item of ``meta``."""
-        saved = self.metadata(path)
-        return saved is not None and all(saved.get(k) == v for k, v in meta.items())
-
     def stale_reason(self, path: Path, meta: dict[str, str]) -> str | None:
-        """Why ``path`` cannot be reused for ``meta`` ("new": there is no such file yet), or None
-        when it matches (:meth:`matches`)."""
+        """Why ``path`` cannot be reused for ``meta`` ("new": no such file yet), or None: its
+        header holds every item of ``meta``."""
         if not path.exists():
             return "new"
         try:

@@ -1,18 +1,24 @@
-"""The parameters a run accepts: every ``Config`` field plus the notebooks' own (declared here,
-so ``-p NAME`` is checked without reading notebook source), the presets, and ``-p`` value parsing.
-"""
+"""What a run is given: the parameters it accepts (every ``Config`` field plus the notebooks' own,
+declared here so that ``-p NAME`` is checked without reading notebook source), the presets, ``-p``
+value parsing, and :class:`DataSource`, where its images come from (the synthetic set generated
+into the run folder, or an MVTec-layout folder, downloaded first when asked)."""
 
 from __future__ import annotations
 
 import json
 import math
 import re
+import warnings
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from helpers.core.config import Config, ConfigError
-from helpers.data.source import SYNTHETIC_DEFAULTS
+from helpers.core.images import check_image_file
+from helpers.data.mvtec import Sample, fingerprint, list_samples
+
+# the synthetic set's parameters (the notebooks' synthetic_* parameters override them)
+SYNTHETIC_DEFAULTS = dict(size=256, n_train=24, n_test_good=8, n_per_defect=6)
 
 CONFIG_FIELDS = tuple(f.name for f in fields(Config))
 
@@ -23,21 +29,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # size (the synthetic images are 256 px: the network sees them unscaled)
     "demo": {"backbone": "mobilenet_v2", "input_size": 256, "resize": 256},
     # tests: as small as still meaningful
-    "ci": {
-        "backbone": "mobilenet_v2",
-        "input_size": 128,
-        "resize": 128,
-        "synthetic_size": 128,
-        "synthetic_n_train": 8,
-        "synthetic_n_test_good": 3,
-        "synthetic_n_per_defect": 2,
-        "n_examples": 2,
-        "coverage_ratios": [0.05, 0.2, 1.0],
-        "coverage_max_patches": 1000,
-        "timing_repeats": 1,
-        "batch_size": 8,
-    },
-}
+    "ci": dict(backbone="mobilenet_v2", input_size=128, resize=128, synthetic_size=128,
+               synthetic_n_train=8, synthetic_n_test_good=3, synthetic_n_per_defect=2,
+               n_examples=2, coverage_ratios=[0.05, 0.2, 1.0], coverage_max_patches=1000,
+               timing_repeats=1, batch_size=8),
+}  # fmt: skip
 RESERVED = ("run_dir",)
 
 
@@ -45,8 +41,7 @@ def parse_value(text: str) -> Any:
     """'0.1' -> 0.1, '8' -> 8, 'true'/'True' -> True, 'null'/'None' -> None, '[1, 2]' -> [1, 2],
     anything else -> the string itself."""
     stripped = text.strip()
-    named = {"None": None, "True": True, "False": False}
-    if stripped in named:
+    if stripped in (named := {"None": None, "True": True, "False": False}):
         return named[stripped]
     try:
         return json.loads(stripped)
@@ -76,66 +71,50 @@ class ParameterError(ConfigError):
     the parameter, its value and what is allowed."""
 
 
-def _int(lo: int, hi: int, what: str):
-    def check(name: str, v: Any) -> None:
-        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-            raise ParameterError(f"{name}={v!r} must be an integer in [{lo}, {hi}] ({what})")
-
-    return check
-
-
-def _bool(name: str, v: Any) -> None:
-    if not isinstance(v, bool):
-        raise ParameterError(f"{name}={v!r} must be true or false")
-
-
-def _text(name: str, v: Any) -> None:
-    if not isinstance(v, str):
-        raise ParameterError(f"{name}={v!r} must be a string")
-
-
-def _sha256(name: str, v: Any) -> None:
-    if not isinstance(v, str) or (v and not re.fullmatch(r"[0-9a-fA-F]{64}", v)):
-        raise ParameterError(f"{name}={v!r} must be empty or 64 hexadecimal digits (a sha256)")
-
-
-def _ratios(name: str, v: Any) -> None:
-    ok = isinstance(v, (list, tuple)) and len(v) > 0
-    ok = ok and all(
-        isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) and 0 < r <= 1
-        for r in v
-    )
-    if not ok:
-        raise ParameterError(
-            f"{name}={v!r} must be a list of ratios in (0, 1], e.g. [0.01, 0.1, 0.5]"
-        )
-
-
-# what each notebook parameter may be (checked before any notebook runs, and by Run)
+# what each notebook parameter may be (checked before any notebook runs, and by Run): integers
+# in [lo, hi] (what they are), or a kind
 NOTEBOOK_CHECKS = {
-    "run_dir": _text,
-    "download": _bool,
-    "download_url": _text,
-    "download_sha256": _sha256,
-    "synthetic_size": _int(32, 4096, "side of the synthetic images in pixels"),
-    "synthetic_n_train": _int(1, 100000, "synthetic training images"),
-    "synthetic_n_test_good": _int(0, 100000, "synthetic good test images"),
-    "synthetic_n_per_defect": _int(0, 100000, "synthetic test images per defect type"),
-    "n_examples": _int(1, 1000, "images shown in the example figures"),
-    "coverage_ratios": _ratios,
-    "coverage_max_patches": _int(2, 10**7, "training patches the coverage curve samples"),
-    "inference_batch_size": _int(0, 4096, "0: chosen for the device"),
-    "timing_repeats": _int(0, 10000, "0: 10 on a GPU, 2 on the CPU"),
-    "interactive": _bool,
+    "run_dir": "text",
+    "download": "bool",
+    "download_url": "text",
+    "download_sha256": "sha256",
+    "synthetic_size": (32, 4096, "side of the synthetic images in pixels"),
+    "synthetic_n_train": (1, 100000, "synthetic training images"),
+    "synthetic_n_test_good": (0, 100000, "synthetic good test images"),
+    "synthetic_n_per_defect": (0, 100000, "synthetic test images per defect type"),
+    "n_examples": (1, 1000, "images shown in the example figures"),
+    "coverage_ratios": "ratios",
+    "coverage_max_patches": (2, 10**7, "training patches the coverage curve samples"),
+    "inference_batch_size": (0, 4096, "0: chosen for the device"),
+    "timing_repeats": (0, 10000, "0: 10 on a GPU, 2 on the CPU"),
+    "interactive": "bool",
 }
 
 
 def check_notebook_parameters(params: dict[str, Any]) -> None:
     """Raise :class:`ParameterError` naming the first notebook parameter in ``params`` whose
     value is out of range (Config fields are checked by :class:`Config`)."""
-    for name, check in NOTEBOOK_CHECKS.items():
-        if name in params:
-            check(name, params[name])
+    number = lambda r: isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r)
+    for name, rule in NOTEBOOK_CHECKS.items():
+        if name not in params:
+            continue
+        v = params[name]
+        if isinstance(rule, tuple):
+            lo, hi, what = rule
+            ok = isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+            allowed = f"an integer in [{lo}, {hi}] ({what})"
+        elif rule in ("bool", "text"):
+            ok = isinstance(v, bool if rule == "bool" else str)
+            allowed = "true or false" if rule == "bool" else "a string"
+        elif rule == "sha256":
+            ok = isinstance(v, str) and (not v or re.fullmatch(r"[0-9a-fA-F]{64}", v) is not None)
+            allowed = "empty or 64 hexadecimal digits (a sha256)"
+        else:
+            ok = isinstance(v, (list, tuple)) and len(v) > 0
+            ok = ok and all(number(r) and 0 < r <= 1 for r in v)
+            allowed = "a list of ratios in (0, 1], e.g. [0.01, 0.1, 0.5]"
+        if not ok:
+            raise ParameterError(f"{name}={v!r} must be {allowed}")
 
 
 # Every notebook's parameters cell declares these, then the few knobs its lesson is about (as
@@ -158,15 +137,8 @@ def config_from_params(params: dict[str, Any]) -> Config:
     found there is used, the rest keep their defaults. Empty strings mean None for
     ``dataset_path``, ``weights`` and the backbone-dependent sizes."""
     kw = {k: params[k] for k in CONFIG_FIELDS if k in params}
-    for name in (
-        "dataset_path",
-        "weights",
-        "layers",
-        "input_size",
-        "resize",
-        "pretrain_embed_dim",
-        "target_embed_dim",
-    ):
+    nullable = ("dataset_path", "weights", "layers", "input_size", "resize", "pretrain_embed_dim")
+    for name in (*nullable, "target_embed_dim"):
         if name in kw and (kw[name] == "" or kw[name] == "None"):
             kw[name] = None
     return Config(**kw)
@@ -177,3 +149,120 @@ def resolve_run_dir(run_dir: str | Path) -> Path:
     ``notebooks/`` and the pipeline agree on where ``runs/...`` is."""
     path = Path(run_dir).expanduser()
     return path if path.is_absolute() else repo_root() / path
+
+
+class DataSource:
+    """The data of one config: ``config.dataset_path`` (None: the synthetic set, generated in
+    ``data_dir`` with ``synthetic`` overriding :data:`SYNTHETIC_DEFAULTS`)."""
+
+    def __init__(self, config: Config, data_dir: str | Path, *, synthetic: dict | None = None,
+                 download=False, download_url: str = "", download_sha256: str = ""):  # fmt: skip
+        self.config = config
+        self.data_dir = Path(data_dir)
+        self.synthetic = {**SYNTHETIC_DEFAULTS, **(synthetic or {})}
+        self.download = dict(download_missing=download, url=download_url or None,
+                             sha256=download_sha256 or None)  # fmt: skip
+        self._root: Path | None = None
+        self._listed: dict[str, list[Sample]] = {}  # every image file of a split
+        self._usable: dict[str, list[Sample]] = {}  # less the unreadable ones (skip_bad_images)
+        self._fingerprints: dict[str, str] = {}
+        self._unreadable: dict[str, list[tuple[Sample, str]]] = {}
+        self.skipped: dict[str, list[tuple[Sample, str]]] = {}  # split -> [(sample, reason)]
+
+    @property
+    def is_synthetic(self) -> bool:
+        return not self.config.dataset_path
+
+    def data_id(self) -> str:
+        """Where artifacts come from: the synthetic set's parameters or the data folder (what the
+        files hold is :meth:`fingerprint`)."""
+        if self.is_synthetic:
+            return "synthetic:" + json.dumps(self.synthetic, sort_keys=True)
+        folder = Path(self.config.dataset_path).expanduser().resolve()
+        return f"folder:{folder}|{self.config.category}"
+
+    @property
+    def root(self) -> Path:
+        """The MVTec-layout folder in use: generated (synthetic), downloaded or given."""
+        if self._root is None:
+            c = self.config
+            if self.is_synthetic:
+                from helpers.data.synthetic import generate_dataset
+
+                self._root = generate_dataset(
+                    self.data_dir, c.category, seed=c.seed, **self.synthetic
+                )
+            else:
+                from helpers.data.download import prepare_dataset
+
+                self._root = prepare_dataset(c.dataset_path, c.category, **self.download)
+        return self._root
+
+    def listed(self, split: str) -> list[Sample]:
+        """Every image file of ``split`` ("train" or "test"), readable or not."""
+        if split not in self._listed:
+            self._listed[split] = list_samples(self.root, self.config.category, split)
+        return self._listed[split]
+
+    def unreadable(self, split: str) -> list[tuple[Sample, str]]:
+        """(sample, reason) of each image of ``split`` that cannot be used (truncated, corrupt,
+        too large), by :func:`helpers.core.images.check_image_file` (no decoding)."""
+        if split not in self._unreadable:
+            checked = [(s, check_image_file(s.path)) for s in self.listed(split)]
+            self._unreadable[split] = [(s, why) for s, why in checked if why]
+        return self._unreadable[split]
+
+    def samples(self, split: str) -> list[Sample]:
+        """The images of ``split`` a run uses: every listed one, or with ``skip_bad_images`` the
+        readable ones (the others skipped with one counted warning, kept in ``skipped``)."""
+        if split not in self._usable:
+            listed = self.listed(split)
+            if self.config.skip_bad_images:
+                bad = self.unreadable(split)
+                self.skipped[split] = bad
+                if bad:
+                    e_g = f"e.g. {bad[0][0].path}: {bad[0][1]}"
+                    warnings.warn(
+                        f"skipped {len(bad)} unreadable {split} image(s) (skip_bad_images), {e_g}",
+                        stacklevel=2,
+                    )
+                gone = {s.path for s, _ in bad}
+                listed = [s for s in listed if s.path not in gone]
+            self._usable[split] = listed
+        return self._usable[split]
+
+    @property
+    def train_samples(self) -> list[Sample]:
+        return self.samples("train")
+
+    @property
+    def test_samples(self) -> list[Sample]:
+        return self.samples("test")
+
+    def fingerprint(self, split: str) -> str:
+        """What the artifacts of ``split`` ("train", "test" or "masks") are made from: the
+        :func:`~helpers.data.mvtec.fingerprint` of its files."""
+        if split not in self._fingerprints:
+            if split == "masks":
+                files = [s.mask_path for s in self.listed("test") if s.mask_path is not None]
+            else:
+                files = [s.path for s in self.listed(split)]
+            self._fingerprints[split] = fingerprint(files, self.root)
+        return self._fingerprints[split]
+
+    def fingerprints(self) -> dict[str, str]:
+        """Every split's :meth:`fingerprint` (generates the synthetic set when needed)."""
+        return {split: self.fingerprint(split) for split in ("train", "test", "masks")}
+
+    def record(self) -> dict:
+        """The data entry of metrics.json."""
+        folder = {"source": "folder", "path": str(self.root)}
+        out = {"source": "synthetic", **self.synthetic} if self.is_synthetic else folder
+        out["files"] = self.fingerprints()
+        if any(self.skipped.values()):
+            out["skipped"] = {
+                split: [str(s.path.relative_to(self.root)) for s, _ in bad]
+                for split, bad in self.skipped.items()
+                if bad
+            }
+        return out

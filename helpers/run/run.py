@@ -1,17 +1,13 @@
-"""``Run``: one run folder, the object every notebook starts from. It holds the config, the data
-(:class:`helpers.data.source.DataSource`), the artifact cache (:mod:`helpers.run.cache`) and the
+"""``Run``: one run folder, the object every notebook starts from (``run =
+Run.from_params(globals())``, then ``run.model()``, ``run.predictions()``...). It holds the
+config, the data (:class:`~helpers.run.parameters.DataSource`), the artifact cache and the
 notebooks' own parameters; each cached stage is a function of :mod:`helpers.run.stages`, handed
-the run's parts (never the run). The folder's layout is in the README, "The run folder".
-
-In a notebook::
-
-    run = Run.from_params(globals())   # the parameters cell's variables
-    model = run.model()                 # loads bank-<hash>.safetensors or builds it
-"""
+the run's parts (never the run). The folder's layout: README, "The run folder"."""
 
 from __future__ import annotations
 
 import io
+import json
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,49 +16,40 @@ from typing import Any
 import numpy as np
 import torch
 
-from helpers.core.bank import versions
-from helpers.core.config import Config
+from helpers.core.bank import BankMismatchError, bank_digest, versions
+from helpers.core.config import Config, ConfigError
 from helpers.core.images import load_image
-from helpers.core.io import atomic_write_bytes, atomic_write_json
 from helpers.core.model import PatchCore
+from helpers.core.runtime import atomic_write_bytes, atomic_write_json
 from helpers.data.download import mount_drive_for
 from helpers.data.mvtec import Sample, masks_like
-from helpers.data.source import SYNTHETIC_DEFAULTS, DataSource
 from helpers.evaluation import report
-from helpers.run import calibration, stages
+from helpers.run import stages
 from helpers.run.cache import ArtifactCache
 from helpers.run.parameters import (
     NOTEBOOK_PARAMETERS,
+    SYNTHETIC_DEFAULTS,
+    DataSource,
     check_notebook_parameters,
     config_from_params,
     resolve_run_dir,
 )
-from helpers.run.stages import RunPrediction, Stages
+from helpers.run.stages import RunPrediction, Stages, threshold_path
 
 
 class Run:
     """One run folder: its config, its data and its cached artifacts."""
 
-    def __init__(
-        self,
-        run_dir: str | Path,
-        config: Config,
-        *,
-        synthetic: dict | None = None,
-        download: bool = False,
-        download_url: str = "",
-        download_sha256: str = "",
-        params: dict[str, Any] | None = None,
-        verbose: bool = True,
-    ):
+    def __init__(self, run_dir: str | Path, config: Config, *, synthetic: dict | None = None,
+                 download=False, download_url="", download_sha256="", params=None,
+                 verbose=True):  # fmt: skip
         # in Colab, a run folder, data folder or archive on /content/drive mounts Drive first
         mount_drive_for(
             run_dir=str(run_dir), dataset_path=config.dataset_path, download_url=download_url
         )
         self.root = resolve_run_dir(run_dir)
         self.config = config
-        unknown = set(params or {}) - set(NOTEBOOK_PARAMETERS)
-        if unknown:
+        if unknown := set(params or {}) - set(NOTEBOOK_PARAMETERS):
             raise ValueError(
                 f"unknown notebook parameter(s) {sorted(unknown)}: the notebooks' own parameters "
                 f"are {sorted(NOTEBOOK_PARAMETERS)} (helpers/run/parameters.py)"
@@ -87,11 +74,10 @@ class Run:
 
     @classmethod
     def from_params(cls, params: dict[str, Any], verbose: bool = True) -> Run:
-        """Build from a notebook's variables (``globals()``): every ``Config`` field and every
-        notebook parameter (:data:`helpers.run.parameters.NOTEBOOK_PARAMETERS`) found there is used;
-        the rest keep their defaults. So a lesson's parameters cell declares only its own knobs,
-        and papermill's ``-p`` (which adds a cell of assignments) can still set any of them.
-        The notebook parameters end up in ``run.params`` (``run.params.n_examples``, ...)."""
+        """Build from a notebook's variables (``globals()``): every ``Config`` field and notebook
+        parameter (:data:`~helpers.run.parameters.NOTEBOOK_PARAMETERS`) found there is used, the
+        rest keep their defaults (so papermill's ``-p`` can set any). Notebook parameters end up
+        in ``run.params`` (``run.params.n_examples``, ...)."""
         synthetic = {
             k: params[f"synthetic_{k}"] for k in SYNTHETIC_DEFAULTS if f"synthetic_{k}" in params
         }
@@ -135,12 +121,8 @@ class Run:
 
     def describe(self) -> str:
         c = self.config
-        source = (
-            f"synthetic set ({self.data.synthetic['size']} px), generated in <run folder>/"
-            f"{self.cache.rel(self.data_root)}"
-            if self.is_synthetic
-            else str(self.data_root)
-        )
+        made = f"synthetic set ({self.data.synthetic['size']} px), generated in <run folder>/"
+        source = made + self.cache.rel(self.data_root) if self.is_synthetic else str(self.data_root)
         return (
             f"run folder : {self.root}\n"
             f"data       : {source}\n"
@@ -161,9 +143,7 @@ class Run:
         """A PatchCore for this config (no bank yet); ``overrides`` are runtime fields."""
         return PatchCore(self.config.replace(**overrides) if overrides else self.config)
 
-    def embed_samples(
-        self, model: PatchCore, samples: list[Sample]
-    ) -> tuple[torch.Tensor, list[np.ndarray]]:
+    def embed_samples(self, model: PatchCore, samples: list[Sample]) -> tuple:
         """Patch embeddings [n, h, w, D] (CPU) of a few ``samples`` (for figures) and the crops
         the network saw (RGB uint8)."""
         emb = torch.cat([b.embeddings.cpu() for b in model.embed_images(samples)])
@@ -171,13 +151,12 @@ class Run:
         return emb, crops
 
     def features(self, model: PatchCore | None = None):
-        """Patch features of all good training images (notebook 02), cached
-        (:func:`helpers.run.stages.features`)."""
+        """Patch features of all good training images (notebook 02), cached."""
         return stages.features(self.stages, model)
 
     def model(self, **overrides) -> PatchCore:
-        """The fitted PatchCore (notebook 03): the cached bank, or built and saved
-        (:func:`helpers.run.stages.fitted_model`). ``overrides``: runtime fields only."""
+        """The fitted PatchCore (notebook 03): the cached bank, or built and saved; ``overrides``:
+        runtime fields only."""
         return stages.fitted_model(self.stages, **overrides)
 
     def coverage(self, ratios: list[float], max_patches: int = 2000) -> dict[str, np.ndarray]:
@@ -189,10 +168,9 @@ class Run:
         return stages.predictions(self.stages, model, batch_size)
 
     def threshold(self, model: PatchCore | None = None) -> dict:
-        """The good-only threshold at ``config.false_alarm_rate`` (and the max-of-good one) from
-        the training images' held-out scores (cached), written beside the bank as
-        ``bank-<hash>.threshold.json`` (:mod:`helpers.run.calibration`)."""
-        return calibration.good_only_threshold(self.stages, model)
+        """The good-only threshold at ``config.false_alarm_rate`` (and the max of good) from the
+        training images' held-out scores (cached), written beside the bank."""
+        return stages.good_only_threshold(self.stages, model)
 
     # ------------------------------------------------------------------ evaluation
     def masks(self, pred: RunPrediction) -> list[np.ndarray | None]:
@@ -200,11 +178,9 @@ class Run:
         return masks_like(self.test_samples, pred.maps)
 
     def evaluate(self, pred: RunPrediction) -> dict[str, Any]:
-        """Every metric of metrics.json except timings, config and versions, plus
-        ``pixel_f1_threshold`` (see :func:`helpers.report.evaluate`). ``thresholds`` puts the
-        F1-optimal threshold (chosen with the test labels) and the good-only ones (chosen on
-        held-out training images, :meth:`threshold`) side by side, each with the false-alarm
-        and miss rates it gives on the test set."""
+        """:func:`helpers.evaluation.report.evaluate` of the test set, plus ``thresholds``: the
+        F1-optimal one (test labels) beside the good-only ones (:meth:`threshold`), each with the
+        false-alarm and miss rates it gives on the test set."""
         out = report.evaluate(self.test_samples, pred)
         try:
             good_only = self.threshold()
@@ -220,15 +196,10 @@ class Run:
 
     def write_metrics(self, metrics: dict[str, Any], pred: RunPrediction) -> dict[str, Any]:
         """Write metrics.json (atomically) with every key of the contract; returns it."""
-        record = dict(
-            n_train=len(self.train_samples),
-            n_test=len(self.test_samples),
-            timings=self.timings(pred),
-            config=self.config.to_dict(),
-            data=self.data.record(),
-            config_hash=self.config.hash(),
-            versions=versions(),
-        )
+        c = self.config
+        record = dict(n_train=len(self.train_samples), n_test=len(self.test_samples),
+                      timings=self.timings(pred), config=c.to_dict(), data=self.data.record(),
+                      config_hash=c.hash(), versions=versions())  # fmt: skip
         return report.write_metrics(self.metrics_path, metrics, record)
 
     def save_json(self, name: str, obj: Any) -> Path:
@@ -240,22 +211,16 @@ class Run:
         return self.figures_dir / f"{name}.png"
 
     def show(self, fig, name: str, display: bool = True, dpi: int = 100) -> None:
-        """Save ``fig`` as figures/<name>.png (atomically) and show that PNG in the notebook
-        (rendered once, so the notebook and the file show the same picture)."""
+        """Save ``fig`` as figures/<name>.png and show that PNG (:func:`save_and_show`)."""
         save_and_show(fig, self.figure_path(name), display=display, dpi=dpi)
-
-
-def figure_png(fig, dpi: int = 100) -> bytes:
-    """``fig`` rendered once as PNG bytes."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    return buf.getvalue()
 
 
 def save_and_show(fig, path: str | Path, display: bool = True, dpi: int = 100) -> Path:
     """Save ``fig`` as ``path`` (atomically) and show that PNG in the notebook (rendered once, so
     the notebook and the file show the same picture)."""
-    png = figure_png(fig, dpi)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    png = buf.getvalue()
     out = atomic_write_bytes(Path(path), png)
     if display:
         from IPython.display import Image
@@ -263,3 +228,52 @@ def save_and_show(fig, path: str | Path, display: bool = True, dpi: int = 100) -
 
         _display(Image(data=png, format="png"))
     return out
+
+
+def saved_model(source: str | Path, **overrides) -> tuple[PatchCore, dict | None]:
+    """(model, saved good-only threshold or None) of a run folder (its run.json's config, the
+    bank and threshold in artifacts/) or a bank file (the threshold in its header or beside it).
+    Runtime ``overrides`` (device, batch_size...) are allowed; an artifact setting that differs
+    from the bank's is refused. Every refusal is a ValueError of one line saying what to do."""
+    source = Path(source).expanduser()
+    if not source.exists():
+        raise ValueError(f"{source} does not exist: give a run folder or a bank file")
+    try:
+        if source.is_dir():
+            if not (source / "run.json").is_file():
+                why = "give a run folder made by python -m helpers run, or a .safetensors bank file"
+                raise ValueError(f"{source} is not a run folder (no run.json); {why}")
+            params = json.loads((source / "run.json").read_text()).get("parameters", {})
+            try:
+                cfg = config_from_params({**params, **overrides})
+            except (ConfigError, TypeError) as exc:
+                raise ValueError(f"{source}/run.json gives no valid config ({exc})") from exc
+            bank = Stages(ArtifactCache(source / "artifacts", source), None, cfg).path("bank")
+            if not bank.is_file():
+                raise ValueError(
+                    f"{source} has no memory bank for its config ({bank.name} is missing): "
+                    "finish the run first (python -m helpers run ... --resume)"
+                )
+            model = PatchCore.load(bank, cfg)
+        else:
+            bank, model = source, PatchCore.load(source, **overrides)
+            if overrides:  # an artifact override must match the bank, as for a run folder
+                PatchCore.load(bank, model.config)
+    except BankMismatchError as exc:
+        raise ValueError(" ".join(str(exc).split())) from exc
+    except ConfigError as exc:
+        raise ValueError(f"invalid setting: {exc}") from exc
+    except ValueError as exc:  # not a safetensors file, truncated; or said above
+        raise ValueError(str(exc).splitlines()[0]) from exc
+    side = threshold_path(bank)  # the run's threshold, or one written beside a bank file
+    threshold = json.loads(side.read_text()) if side.is_file() else model.threshold
+    if threshold is not None and threshold.get("bank_sha256") not in (
+        None,
+        bank_digest(model.memory_bank),
+    ):
+        raise ValueError(
+            f"the saved threshold ({side if side.is_file() else bank}) was computed for another "
+            "memory bank; recompute it (run the main job again, or PatchCore.calibrate) or pass "
+            "--threshold VALUE"
+        )
+    return model, threshold

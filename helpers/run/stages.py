@@ -1,16 +1,8 @@
-"""The cached stages of a run, one function each: training features (notebook 02), the fitted
-model (03), the coverage curve (03) and the test-set predictions (04). Each takes a
-:class:`Stages` context (the run's cache, data and config), calls PatchCore's public seams
-(``extract``, ``build_bank``, ``predict``) and stores its result in the cache; nothing here calls
-back into :class:`~helpers.run.run.Run`, which only hands its parts over.
-
-Cache keys: a stage's file is ``<stage>-<hash>.safetensors`` with ``<hash>`` =
-:meth:`Config.hash` (for features, with the coreset settings at their defaults, since they do
-not change features). Its header also stores the data it was made from (the source and a
-fingerprint of the training images' names, sizes and modification times; for predictions, of
-the test images too) and, for predictions, the scoring settings; a file whose stored values
-differ, or that does not read back whole, is recomputed, never silently reused, and
-events.jsonl says why.
+"""A run's cached stages, one function each, handed a :class:`Stages` context (cache, data,
+config; never the Run): features (notebook 02), the fitted model and coverage curve (03),
+predictions (04) and the good-only threshold (written beside the bank for ``predict``). A
+stage's file ``<stage>-<hash>.safetensors`` records the settings and the images' fingerprints it
+was made from; one that differs or does not read back whole is recomputed (events.jsonl: why).
 """
 
 from __future__ import annotations
@@ -18,28 +10,27 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import astuple, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from helpers.core.bank import bank_digest, held_out_scores
 from helpers.core.config import Config
 from helpers.core.coreset import Projection, covering_radius, greedy_coreset
 from helpers.core.images import Geometry
 from helpers.core.maps import grids_to_maps
 from helpers.core.model import PatchCore, Prediction
+from helpers.core.runtime import atomic_write_json
 from helpers.core.training import FeatureSpill, TrainingFeatures
-from helpers.data.source import DataSource
 from helpers.run.cache import ArtifactCache
+from helpers.run.parameters import DataSource
 
 SCORING_FIELDS = ("num_neighbors", "distance", "cosine_floor", "sigma")
-FEATURE_FREE_FIELDS = (
-    "coreset_ratio",
-    "coreset_max_size",
-    "coreset_projection_dim",
-    "coreset_start_points",
-)
+HELD_OUT_FIELDS = SCORING_FIELDS[:3]  # a held-out score does not depend on the map's blur
+FEATURE_FREE_FIELDS = ("coreset_ratio", "coreset_max_size", "coreset_projection_dim",
+                       "coreset_start_points")  # fmt: skip
 
 
 @dataclass
@@ -65,9 +56,8 @@ class Stages:
     verbose: bool = True
 
     def hash(self, stage: str) -> str:
-        """:meth:`Config.hash` of the config that made ``stage``. Features do not depend on the
-        coreset settings, so those are set to their defaults first: trying another
-        ``coreset_ratio`` reuses the extracted features."""
+        """:meth:`Config.hash` of the config that made ``stage`` (features: with the coreset
+        settings at their defaults, so another ``coreset_ratio`` reuses them)."""
         if stage == "features":
             defaults = {f.name: f.default for f in fields(Config) if f.name in FEATURE_FREE_FIELDS}
             return self.config.replace(**defaults).hash()
@@ -85,12 +75,8 @@ class Stages:
         the fingerprint of the images it was made from (training; for predictions, test too)."""
         c = self.config
         extra = {k: getattr(c, k) for k in SCORING_FIELDS} if stage == "predictions" else {}
-        meta = {
-            "stage": stage,
-            "config_hash": self.hash(stage),
-            "data_id": self.data.data_id(),
-            "data_train": self.data.fingerprint("train"),
-        }
+        meta = dict(stage=stage, config_hash=self.hash(stage), data_id=self.data.data_id(),
+                    data_train=self.data.fingerprint("train"))  # fmt: skip
         if stage == "predictions":
             meta["data_test"] = self.data.fingerprint("test")
         meta["extra"] = json.dumps(extra, sort_keys=True)
@@ -124,15 +110,9 @@ def features(st: Stages, model: PatchCore | None = None) -> TrainingFeatures:
             feats.spill.persist(st.spill_path())
             feats.spill.close()
         rows, n = feats.projection.result()
-        info = {
-            "grid": list(feats.grid),
-            "n_images": feats.n_images,
-            "n_views": feats.n_views,
-            "seconds": feats.seconds,
-            "device": str(m.device),
-            "dim": feats.dim,
-            "spill": feats.spill is not None,
-        }
+        info = dict(grid=list(feats.grid), n_images=feats.n_images, n_views=feats.n_views,
+                    seconds=feats.seconds, device=str(m.device), dim=feats.dim,
+                    spill=feats.spill is not None)  # fmt: skip
         return {"projection": rows[:n].cpu()}, info
 
     stale = None
@@ -143,14 +123,9 @@ def features(st: Stages, model: PatchCore | None = None) -> TrainingFeatures:
     rows = n_views * info["grid"][0] * info["grid"][1]
     proj = Projection.of_rows(tensors["projection"], m.device)
     spill = FeatureSpill.open(st.spill_path(), info["dim"], rows) if info["spill"] else None
-    return TrainingFeatures(
-        proj,
-        spill,
-        grid=tuple(info["grid"]),
-        n_views=n_views,
-        rotations=max(1, n_views // max(1, info["n_images"])),
-        seconds=info["seconds"],
-    )
+    rotations = max(1, n_views // max(1, info["n_images"]))
+    kw = dict(grid=tuple(info["grid"]), n_views=n_views, rotations=rotations)
+    return TrainingFeatures(proj, spill, seconds=info["seconds"], **kw)
 
 
 def _spill_problem(st: Stages) -> str | None:
@@ -207,27 +182,15 @@ def coverage(st: Stages, ratios: list[float], max_patches: int = 2000) -> dict[s
             feats = all_feats.sample(max_patches)
         finally:
             all_feats.close()
-        gen = torch.Generator().manual_seed(c.seed)
         n = feats.shape[0]
         sizes = [max(1, min(n, int(n * r))) for r in ratios]
-        picks = greedy_coreset(
-            feats,
-            max(sizes),
-            projection_dim=c.coreset_projection_dim,
-            start_points=c.coreset_start_points,
-            seed=c.seed,
-        )
-        perm = torch.randperm(n, generator=gen)
-        tensors = {
-            "ratios": torch.tensor(ratios, dtype=torch.float64),
-            "sizes": torch.tensor(sizes),
-            "greedy_radius": torch.tensor(
-                [covering_radius(feats, picks[:k]) for k in sizes], dtype=torch.float64
-            ),
-            "random_radius": torch.tensor(
-                [covering_radius(feats, perm[:k]) for k in sizes], dtype=torch.float64
-            ),
-        }
+        kw = dict(projection_dim=c.coreset_projection_dim, start_points=c.coreset_start_points)
+        picks = greedy_coreset(feats, max(sizes), seed=c.seed, **kw)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(c.seed))
+        radius = lambda idx: [covering_radius(feats, idx[:k]) for k in sizes]
+        columns = dict(ratios=ratios, greedy_radius=radius(picks), random_radius=radius(perm))
+        tensors = {k: torch.tensor(v, dtype=torch.float64) for k, v in columns.items()}
+        tensors["sizes"] = torch.tensor(sizes)
         return tensors, {"n_patches": n, "max_patches": max_patches}
 
     tensors, info = st.cached("coverage", compute)
@@ -239,9 +202,7 @@ def coverage(st: Stages, ratios: list[float], max_patches: int = 2000) -> dict[s
     return out
 
 
-def predictions(
-    st: Stages, model: PatchCore | None = None, batch_size: int | None = None
-) -> RunPrediction:
+def predictions(st: Stages, model: PatchCore | None = None, batch_size=None) -> RunPrediction:
     """Scores and anomaly maps of every test image (notebook 04), cached. The patch-score
     grids are saved; maps in original pixels are made from them on load."""
     test = st.data.test_samples
@@ -251,34 +212,20 @@ def predictions(
         m = model or fitted_model(st, **({"batch_size": batch_size} if batch_size else {}))
         t0 = time.perf_counter()
         pred = m.predict(test, maps=False, progress=st.verbose)
-        for start in range(0, len(test), 16):  # timed with the scores, then dropped
-            m.maps_from_grids(
-                pred.patch_scores[start : start + 16], pred.geometries[start : start + 16]
-            )
+        for i in range(0, len(test), 16):  # timed with the scores, then dropped
+            m.maps_from_grids(pred.patch_scores[i : i + 16], pred.geometries[i : i + 16])
         if m.device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
-        geoms = np.array(
-            [
-                [-1] * 7
-                if g is None
-                else [g.orig_h, g.orig_w, g.res_h, g.res_w, g.top, g.left, g.crop]
-                for g in pred.geometries
-            ],
-            dtype=np.int64,
-        )
+        geoms = np.array([[-1] * 7 if g is None else astuple(g) for g in pred.geometries], np.int64)
         tensors = {
             "scores": torch.from_numpy(pred.scores),
             "patch_scores": torch.from_numpy(pred.patch_scores),
             "geometries": torch.from_numpy(geoms),
         }
-        info = {
-            "seconds": seconds,
-            "paths": [str(s.path.relative_to(st.data.root)) for s in test],
-            "defects": [s.defect for s in test],
-            "device": str(m.device),
-            "batch_size": m.config.batch_size,
-        }
+        paths = [str(s.path.relative_to(st.data.root)) for s in test]
+        info = dict(seconds=seconds, paths=paths, defects=[s.defect for s in test],
+                    device=str(m.device), batch_size=m.config.batch_size)  # fmt: skip
         return tensors, info
 
     tensors, info = st.cached("predictions", compute)
@@ -290,24 +237,56 @@ def predictions(
         None if row[0] < 0 or not np.isfinite(s) else Geometry(*map(int, row))
         for row, s in zip(tensors["geometries"].numpy(), scores)
     ]
-    # maps from the saved grids, on the CPU, as they were saved
-    maps = grids_to_maps(
-        tensors["patch_scores"], geoms, input_size=c.input_size, sigma=c.sigma, device="cpu"
-    )
-    defects = info["defects"]
-    return RunPrediction(
-        scores,
-        maps,
-        tensors["patch_scores"].numpy(),
-        geoms,
-        labels=np.array([0 if d == "good" else 1 for d in defects]),
-        defects=defects,
-        paths=info["paths"],
-        seconds=info["seconds"],
-        batch_size=info["batch_size"],
-        device=info["device"],
-    )
+    grids = tensors["patch_scores"]  # maps made from the saved grids, on the CPU
+    maps = grids_to_maps(grids, geoms, input_size=c.input_size, sigma=c.sigma, device="cpu")
+    labels = np.array([0 if d == "good" else 1 for d in info["defects"]])
+    kw = {k: info[k] for k in ("defects", "paths", "seconds", "batch_size", "device")}
+    return RunPrediction(scores, maps, grids.numpy(), geoms, labels=labels, **kw)
 
 
 def _bank_note(model: PatchCore) -> str:
     return f"  ({len(model.bank)} x {model.bank.dim})"
+
+
+# ------------------------------------------------------------------ the good-only threshold
+def threshold_path(bank_path: str | Path) -> Path:  # bank-<hash>.threshold.json, beside it
+    return Path(bank_path).with_suffix(".threshold.json")
+
+
+def held_out(st: Stages, model: PatchCore | None = None) -> tuple[np.ndarray, dict]:
+    """(held-out score of each training image, info), cached in artifacts/."""
+    c = st.config
+
+    def compute():
+        m = model or fitted_model(st)
+        feats = st.cache.nested(lambda: features(st, m))
+        try:
+            scores, info = held_out_scores(m, feats, progress=st.verbose)
+        finally:
+            feats.close()
+        info["bank_sha256"] = bank_digest(m.memory_bank)
+        info["paths"] = [str(s.path.relative_to(st.data.root)) for s in st.data.train_samples]
+        return {"scores": torch.from_numpy(scores)}, info
+
+    meta = st.meta("heldout")
+    meta["extra"] = json.dumps({k: getattr(c, k) for k in HELD_OUT_FIELDS}, sort_keys=True)
+    tensors, info = st.cache.cached("heldout", st.hash("heldout"), meta, compute)
+    return tensors["scores"].numpy(), info
+
+
+def good_only_threshold(st: Stages, model: PatchCore | None = None) -> dict:
+    """The run's good-only threshold (:meth:`PatchCore.calibrate`), written beside the bank."""
+    m = model or fitted_model(st)
+    scores, info = held_out(st, m)
+    if info.get("bank_sha256") != bank_digest(m.memory_bank):
+        raise ValueError(
+            f"{st.cache.rel(st.path('heldout'))} was computed for another bank; delete it to "
+            "have it computed again"
+        )
+    t = m.calibrate(None, scores=scores)
+    t["computed_on"] = f"{info['n_images']} good training images, {info['method']}"
+    t["data"] = st.data.data_id()
+    t["bank_file"] = st.path("bank").name
+    t["held_out_scores"] = [float(s) for s in scores]
+    atomic_write_json(threshold_path(st.path("bank")), t)
+    return t

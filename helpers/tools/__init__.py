@@ -1,2 +1,2 @@
 """The command line's work: the main job over the six notebooks (``pipeline``, ``python -m
-helpers run``) and what it reports (``report``)."""
+helpers run``), its guards, reports and batches (``report``), ``predict`` and ``export``."""

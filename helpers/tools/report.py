@@ -1,18 +1,98 @@
-"""What the pipeline tells the user: the preflight check before any notebook runs (data, memory,
-disk), the message when a notebook failed, and the closing summary of a run."""
+"""What the main job checks and tells the user: the run folder it may make, delete or resume
+(its marker), the preflight before any notebook runs (data, memory, disk), the message when a
+notebook failed, the closing summary; and every category in one batch (``run --category all``):
+one run folder per category in ``OUT/<category>/``, each resumable, a failing one not stopping
+the others (its row says why, exit status 1), one table of all, ``OUT/summary.csv`` / ``.md``."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from helpers.evaluation.report import metrics_lines, summary_row, write_summary
 from helpers.run.run import Run
 
 
 class PipelineError(RuntimeError):
     """A run could not start or a notebook failed; the message says what to do."""
+
+
+# ------------------------------------------------------------------ the run folder
+MARKER = ".patchcore-run"  # "this tool made this folder": only such a folder is deleted or resumed
+AGAIN = "delete it and --resume again with the run's -p values (matching artifacts are reused)"
+
+
+def load_state(out: Path) -> dict:
+    path = out / "run.json"
+    if not path.is_file():
+        return {}
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        why = f"{type(exc).__name__}: {exc}"
+        raise PipelineError(
+            f"cannot read {path} ({why}); it holds the run's parameters: {AGAIN}"
+        ) from exc
+    if not isinstance(state, dict) or not isinstance(state.get("parameters", {}), dict):
+        raise PipelineError(f"{path} is not a run state (a JSON object with 'parameters'); {AGAIN}")
+    return state
+
+
+def resolve(path: str | Path, flag: str) -> Path:
+    """``path`` made absolute with its links followed; a link loop is one line."""
+    try:
+        return Path(path).expanduser().resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: "Symlink loop" before Python 3.13
+        why = f"cannot be resolved ({exc}): a symbolic link loop?"
+        raise PipelineError(f"{flag} {path} {why} Point {flag} at a real folder") from exc
+
+
+def unwritable(out: Path, why) -> PipelineError:
+    return PipelineError(f"cannot write to the run folder {out} ({why}); choose another --out")
+
+
+def prepare_folder(out: Path, overwrite: bool, resume: bool, data: Path | None) -> None:
+    """Refuse, before anything is made or deleted, an --out that cannot take a file or that
+    holds results this tool may not touch; delete it for --overwrite."""
+    if overwrite and resume:
+        raise PipelineError("choose one of --overwrite (start again) and --resume (continue)")
+    if out.exists() and not out.is_dir():
+        raise PipelineError(f"--out {out} is a file, not a folder; choose another --out")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is a file")
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise unwritable(out, f"{existing}: {exc.strerror or exc}") from exc
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not (out / MARKER).is_file():
+        old = any((out / n).exists() for n in ("run.json", "artifacts", "metrics.json"))
+        hint = f" (if an older version of this tool made it, create {out / MARKER} to use it)"
+        raise PipelineError(
+            f"{out} is not a run folder made by this tool (no {MARKER} file), so neither "
+            f"--resume nor --overwrite touches it; choose another --out{hint if old else ''}"
+        )
+    if resume:
+        return
+    if not overwrite:
+        raise PipelineError(
+            f"run folder {out} already holds results; pass --resume to continue it, "
+            "--overwrite to delete it and start again, or choose another --out"
+        )
+    if data is not None and (data == out or out in data.parents):
+        raise PipelineError(
+            f"--data {data} lies inside --out {out}: --overwrite would delete it; move the "
+            "data or choose another --out"
+        )
+    shutil.rmtree(out)
 
 
 def failure_message(nb: str, exc: BaseException, target: Path, out: Path) -> str:
@@ -38,12 +118,9 @@ def failure_message(nb: str, exc: BaseException, target: Path, out: Path) -> str
 
 
 def preflight(params: dict[str, Any]) -> str:
-    """Before any notebook runs: find the data (download it when asked), check every image
-    (unreadable ones stop the run unless ``skip_bad_images``) and mask, say what the test set
-    allows to be computed, and compare the fit's estimated peak memory with what is free.
-    Returns the lines to print (the first one the summary, then the test set, then one line per
-    kind of data warning, counted); raises PipelineError with the whole message (path at fault,
-    layout, or estimate, free memory and the knob to change)."""
+    """Before any notebook runs: find (or download) the data, check every image and mask, say what
+    the test set allows, compare the fit's memory estimate with what is free. Returns the lines to
+    print; a PipelineError names the path, estimate or knob at fault."""
     from helpers.core.model import PatchCore
     from helpers.core.training import available_ram, check_fit_memory
     from helpers.lessons.timing import resolve_device_quietly
@@ -159,49 +236,59 @@ def _check_folder(run: Run) -> tuple[int, tuple[int, int, int, int], list[str]]:
     return len(train), counts, notes
 
 
-def _fmt(v: Any) -> str:
-    return "n/a" if v is None else f"{v:.3f}"
-
-
-def _pct(v: Any) -> str:
-    return "n/a" if v is None else f"{100 * v:.0f}%"
-
-
-def _thresholds(t: dict) -> str:
-    """F1-optimal and good-only thresholds with the false-alarm and miss rates on the test set."""
-    parts = []
-    for key, name in (
-        ("f1_optimal", "F1-optimal"),
-        ("good_only", "good-only"),
-        ("max_of_good", "max of good"),
-    ):
-        e = t.get(key)
-        if not e or e.get("value") is None:
-            continue
-        at = f" at {_pct(e['target_false_alarm_rate'])}" if "target_false_alarm_rate" in e else ""
-        parts.append(
-            f"{name}{at} {_fmt(e['value'])} (false alarms {_pct(e['false_alarm_rate'])}, "
-            f"misses {_pct(e['miss_rate'])})"
-        )
-    return " | ".join(parts) or "n/a"
-
-
 def summary(out: Path, metrics: dict) -> str:
-    figures = sorted((out / "figures").glob("*.png"))
-    t = metrics.get("timings") or {}
-    lines = [
+    """The closing summary of a run: its headline metrics, figures and notebooks."""
+    html = " (+ .html)" if list((out / "notebooks").glob("*.html")) else ""
+    return "\n".join([
         f"Results in {out}/",
-        f"  metrics.json : image AUROC {_fmt(metrics.get('image_auroc'))} | pixel AUROC "
-        f"{_fmt(metrics.get('pixel_auroc'))} | AUPRO {_fmt(metrics.get('aupro'))} | "
-        f"F1 threshold {_fmt(metrics.get('f1_threshold'))}",
-        "  thresholds   : " + _thresholds(metrics.get("thresholds") or {}),
-        "  per defect   : "
-        + ", ".join(f"{k} {_fmt(v)}" for k, v in (metrics.get("per_defect") or {}).items()),
-        f"  timings      : fit {_fmt(t.get('fit_s'))} s, "
-        f"{_fmt(t.get('infer_ms_per_image'))} ms/image "
-        f"on {t.get('device')} (batch {t.get('batch_size')})",
-        f"  figures/     : {len(figures)} PNG files",
-        "  notebooks/   : executed notebooks"
-        + (" (+ .html)" if list((out / "notebooks").glob("*.html")) else ""),
-    ]
-    return "\n".join(lines)
+        *metrics_lines(metrics),
+        f"  figures/     : {len(list((out / 'figures').glob('*.png')))} PNG files",
+        f"  notebooks/   : executed notebooks{html}",
+    ])  # fmt: skip
+
+
+# ------------------------------------------------------------------ every category in one batch
+def parse_categories(value: str, data: str | None) -> list[str]:
+    """``all`` (the folders of ``data`` holding ``train/good``) or a comma-separated list."""
+    if value.strip() == "all":
+        if data is None:
+            raise PipelineError("--category all needs --data (the folder holding the categories)")
+        root = Path(data).expanduser()
+        if not root.is_dir():
+            raise PipelineError(f"data folder {root} does not exist")
+        found = sorted(p.name for p in root.iterdir() if (p / "train" / "good").is_dir())
+        if not found:
+            raise PipelineError(
+                f"no category folders in {root} (looked for <category>/train/good); "
+                "--category all needs the folder that holds the categories"
+            )
+        return found
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if not names:
+        raise PipelineError("--category: give a name, a comma-separated list or all")
+    if len(set(names)) != len(names):
+        raise PipelineError(f"--category lists a category twice: {value}")
+    return names
+
+
+def run_categories(runner: Callable[..., dict], out, data, categories: list[str], *,
+                   params: dict | None = None, log: Callable = print, **kw) -> list:  # fmt: skip
+    """The main job (``runner``: :func:`helpers.tools.pipeline.run_pipeline`, given ``kw``) for
+    each of ``categories`` into ``out/<category>``; returns the summary rows, also written to
+    ``out/summary.csv`` and ``out/summary.md`` after each category."""
+    out = Path(out).expanduser().resolve()
+    rows = []
+    for i, category in enumerate(categories, 1):
+        log(f"[{i}/{len(categories)}] {category}")
+        try:
+            p = {**(params or {}), "category": category}
+            rows.append(
+                summary_row(category, "done", runner(out / category, data, params=p, log=log, **kw))
+            )
+        except PipelineError as exc:
+            log(f"  {category} failed: {exc}")
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "failed"
+            rows.append(summary_row(category, f"failed: {first}", {}))
+        csv_path, md_path = write_summary(out, rows)  # a partial table survives a stop
+    log(f"summary of {len(rows)} categories: {md_path} and {csv_path}")
+    return rows
