@@ -37,6 +37,7 @@ ARTIFACT_FIELDS = (
     "patch_size",
     "pretrain_embed_dim",
     "target_embed_dim",
+    "balance_taps",
     "clahe",
     "clahe_clip_limit",
     "clahe_tile_grid",
@@ -57,6 +58,7 @@ FALLBACK_DEFAULTS = {
     "sigma": 4.0,
     "coreset_ratio": 0.1,
     "coreset_max_size": 0,  # no cap: the paper's 10 % of every training patch
+    "balance_taps": False,
 }
 
 # train_rotations=0 ("auto"): rotate the training images when they are few. Measured on real
@@ -86,6 +88,9 @@ class Config:
         None  # per-layer pooled length; 0: the layer's channels (3x3 mean)
     )
     target_embed_dim: int | None = None  # final length; 0: the concatenation (see embed_dim)
+    # weight each tap so all have the same mean squared norm on the training patches (natural
+    # embeddings only: target_embed_dim 0); None: backbone default, else False
+    balance_taps: bool | None = None
     # memory bank
     coreset_ratio: float | None = (
         None  # fraction of training patches kept (None: backbone default, else 0.1)
@@ -138,6 +143,8 @@ class Config:
         self.layers = list(self.layers)
         if self.resize is None:
             self.resize = self.input_size
+        if self._sources["balance_taps"] != "set" and self.target_embed_dim:
+            self.balance_taps = False  # a pooled embedding mixes the taps' blocks
         self.validate()
 
     def _field_sources(self, spec) -> dict[str, str]:
@@ -204,6 +211,12 @@ class Config:
         return AUTO_ROTATIONS if n_train < AUTO_ROTATIONS_BELOW else 1
 
     @property
+    def tap_dims(self) -> list[int]:
+        """Length of each tap's block of a patch embedding (before ``target_embed_dim``)."""
+        spec = BACKBONES[self.backbone]
+        return [self.pretrain_embed_dim or spec.channels[layer] for layer in self.layers]
+
+    @property
     def embed_dim(self) -> int:
         """Length of one patch embedding (the memory bank's row length)."""
         return BACKBONES[self.backbone].embed_dim(
@@ -260,6 +273,8 @@ class Config:
             for name, source in self._sources.items():
                 if name in nullable and name not in changes and source != "set":
                     data[name] = None
+        elif "balance_taps" not in changes and self._sources.get("balance_taps") != "set":
+            data["balance_taps"] = None  # its default follows target_embed_dim
         new = Config.from_dict(data)
         new._sources.update(
             {k: v for k, v in self._sources.items() if k not in changes and (same or v == "set")}

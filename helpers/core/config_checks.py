@@ -70,6 +70,14 @@ def check_features(c) -> None:
     int_range("pretrain_embed_dim", c.pretrain_embed_dim, 0, 65536, hint=hint)
     hint = "0: the concatenated layers' length"
     int_range("target_embed_dim", c.target_embed_dim, 0, 65536, hint=hint)
+    if not isinstance(c.balance_taps, bool):
+        raise ConfigError(f"balance_taps={c.balance_taps!r} must be true or false")
+    if c.balance_taps and c.target_embed_dim and c.target_embed_dim != sum(c.tap_dims):
+        raise ConfigError(
+            f"balance_taps=True weighs each tap's block, but target_embed_dim="
+            f"{c.target_embed_dim} pools the blocks together: set target_embed_dim=0 or "
+            "balance_taps=False"
+        )
 
 
 def check_bank(c) -> None:

@@ -81,6 +81,17 @@ class FeatureExtractor(nn.Module):
         return emb.reshape(b, h, w, dim)
 
 
+def balanced_tap_weights(emb: torch.Tensor, tap_dims: list[int]) -> list[float]:
+    """One weight per tap such that every tap's block of ``emb`` [..., sum(tap_dims)] has the same
+    mean squared norm: in an L2 distance each tap then counts alike, as the paper's pooling of
+    every tap to the same width arranges, instead of the tap with the largest values (on
+    MobileNetV2 the 160-channel stride-32 tap) drowning the finer ones."""
+    blocks = emb.reshape(-1, emb.shape[-1]).double().split(tap_dims, dim=1)
+    sq = [block.pow(2).sum(1).mean().item() for block in blocks]
+    mean = sum(sq) / len(sq)
+    return [(mean / s) ** 0.5 if s > 0 else 1.0 for s in sq]
+
+
 def local_patch_pool(
     fmap: torch.Tensor, patch_size: int, out_dim: int, max_elements: int = 1 << 26
 ) -> torch.Tensor:

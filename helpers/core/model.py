@@ -27,7 +27,7 @@ import torch
 from helpers.core.bank import BankMismatchError, MemoryBank, header_field, read_bank, save_bank
 from helpers.core.config import Config
 from helpers.core.coreset import Projection, greedy_coreset
-from helpers.core.features import FeatureExtractor
+from helpers.core.features import FeatureExtractor, balanced_tap_weights
 from helpers.core.images import Geometry, Preprocessor, as_list, image_batches
 from helpers.core.maps import grids_to_maps
 from helpers.core.runtime import (
@@ -96,6 +96,7 @@ class PatchCore:
         self.coreset_indices: torch.Tensor | None = None  # rows of the fit's patches kept
         self.saved_versions: dict = {}  # library versions of a loaded bank
         self.threshold: dict | None = None  # the good-only threshold (calibrate), saved with M
+        self.tap_weights: list[float] | None = None  # balance_taps: set by fit, saved with M
         self._embed_cap: int | None = None  # micro-batch after a CUDA out-of-memory
 
     @property
@@ -151,7 +152,12 @@ class PatchCore:
         out, used = run_halving(run, want, "feature extraction (batch)")
         if used < want:
             self._embed_cap = used
-        return out
+        return out if self.tap_weights is None else out * self.tap_scale()
+
+    def tap_scale(self) -> torch.Tensor:
+        """The per-column factors of :attr:`tap_weights` [D] (each tap's weight over its block)."""
+        w = torch.tensor(self.tap_weights, dtype=torch.float32, device=self.device)
+        return w.repeat_interleave(torch.tensor(self.config.tap_dims, device=self.device))
 
     def embed_images(
         self, images, rotations: int = 1, progress: bool = False, desc: str = "features"
@@ -205,10 +211,14 @@ class PatchCore:
         t0 = time.perf_counter()
         views, proj, spill = 0, None, None
         rotations = c.rotations_for(n)
+        self.tap_weights = None  # balance_taps: set from the first batch below
         try:
             for batch in self.embed_images(items, rotations, progress):
                 emb = batch.embeddings
                 if proj is None:
+                    if c.balance_taps:  # the weights that make the taps count alike
+                        self.tap_weights = balanced_tap_weights(emb, c.tap_dims)
+                        emb = emb * self.tap_scale()
                     self.grid = tuple(emb.shape[1:3])
                     proj = self._projection(n * rotations * self.grid[0] * self.grid[1], emb)
                     if proj.matrix is not None:
@@ -383,6 +393,7 @@ class PatchCore:
         meta = dict(metadata or {})
         if self.threshold is not None:
             meta.setdefault("threshold", json.dumps(self.threshold, sort_keys=True))
+        meta["tap_weights"] = json.dumps(self.tap_weights)
         return save_bank(path, self.memory_bank, self.config, self.grid, self.info, meta)
 
     @classmethod
@@ -398,4 +409,10 @@ class PatchCore:
         model.info = header_field(path, meta, "info", "{}")
         model.saved_versions = header_field(path, meta, "versions", "{}")
         model.threshold = header_field(path, meta, "threshold", "null")
+        model.tap_weights = header_field(path, meta, "tap_weights", "null")
+        if cfg.balance_taps != (model.tap_weights is not None):
+            raise BankMismatchError(
+                f"{path}: balance_taps={cfg.balance_taps} but the header "
+                f"{'lacks' if cfg.balance_taps else 'holds'} tap_weights; refit and save again"
+            )
         return model

@@ -132,6 +132,7 @@ def features(st: Stages, model: PatchCore | None = None) -> TrainingFeatures:
             "device": str(m.device),
             "dim": feats.dim,
             "spill": feats.spill is not None,
+            "tap_weights": m.tap_weights,
         }
         return {"projection": rows[:n].cpu()}, info
 
@@ -139,6 +140,7 @@ def features(st: Stages, model: PatchCore | None = None) -> TrainingFeatures:
     if st.cache.stale_reason(st.path("features"), st.meta("features")) is None:
         stale = _spill_problem(st)  # the .f32 file deleted or cut short: recompute both
     tensors, info = st.cached("features", compute, stale)
+    m.tap_weights = info.get("tap_weights")  # the features were scaled by them (balance_taps)
     n_views = info.get("n_views", info["n_images"])
     rows = n_views * info["grid"][0] * info["grid"][1]
     proj = Projection.of_rows(tensors["projection"], m.device)
