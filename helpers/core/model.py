@@ -121,9 +121,8 @@ class PatchCore:
                 pretrain_embed_dim=c.pretrain_embed_dim,
                 target_embed_dim=c.target_embed_dim,
             ).to(self.device)
-            if self.device.type == "cuda":
-                ext = ext.to(memory_format=torch.channels_last)
-            self._extractor = ext
+            # channels-last: faster convolutions on GPUs and on CPUs (oneDNN), same numbers
+            self._extractor = ext.to(memory_format=torch.channels_last)
         return self._extractor
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -133,9 +132,7 @@ class PatchCore:
             raise ValueError(
                 f"expected images as a tensor [B, 3, H, W], got shape {tuple(x.shape)}"
             )
-        x = x.to(self.device, non_blocking=True)
-        if self.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         dtype = autocast_dtype(self.device, self.config.precision)
 
         def run(step: int) -> torch.Tensor:
