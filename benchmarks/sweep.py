@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers import Config, PatchCore  # noqa: E402
+from helpers.core.backbones import balanced_tap_weights  # noqa: E402
 from helpers.core.images import Geometry  # noqa: E402
 from helpers.data.mvtec import list_samples
 from helpers.evaluation.metrics import image_auroc
@@ -181,6 +182,11 @@ def evaluate_row(name, overrides, root, category, n_train, cache, base) -> dict:
     )
     model = PatchCore(cfg)
     model.grid = grid
+    if cfg.balance_taps:  # as PatchCore.extract: weights from the fit's first batch of views
+        first = cfg.batch_size * cfg.rotations_for(len(train)) * grid[0] * grid[1]
+        model.tap_weights = balanced_tap_weights(train_f[:first], cfg.tap_dims)
+        scale = model.tap_scale()
+        train_f, test_e = train_f * scale, test_e * scale
     t0 = time.perf_counter()
     model.select_bank(train_f)
     coreset_s = time.perf_counter() - t0

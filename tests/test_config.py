@@ -141,3 +141,18 @@ def test_replace_across_backbones_equals_a_fresh_config(first, then, set_fields)
     fresh = Config(backbone=then, **set_fields)
     assert moved.to_dict() == fresh.to_dict() and moved.hash() == fresh.hash()
     assert moved.sources() == fresh.sources()
+
+
+def test_balance_taps_default_follows_the_embedding_and_bad_values_are_refused():
+    from helpers import Config
+    from helpers.core.config import ConfigError
+
+    assert Config(backbone="mobilenet_v2").balance_taps  # natural embedding: balanced
+    assert not Config(backbone="wide_resnet50_2").balance_taps  # the paper's pooled 1024-d
+    pooled = Config(backbone="mobilenet_v2", pretrain_embed_dim=1024, target_embed_dim=1024)
+    assert not pooled.balance_taps
+    assert Config(backbone="mobilenet_v2").replace(target_embed_dim=512).balance_taps is False
+    with pytest.raises(ConfigError, match="balance_taps=True.*target_embed_dim=1024"):
+        Config(backbone="mobilenet_v2", target_embed_dim=1024, balance_taps=True)
+    with pytest.raises(ConfigError, match="balance_taps='yes'"):
+        Config(backbone="mobilenet_v2", balance_taps="yes")

@@ -66,3 +66,25 @@ def test_resnet_taps_give_stride_8_grid():
         "resnet18", ["layer2", "layer3"], weights=None, pretrain_embed_dim=128, target_embed_dim=64
     )
     assert ext(torch.randn(1, 3, 64, 64)).shape == (1, 8, 8, 64)
+
+
+def test_balanced_tap_weights_give_every_tap_the_same_mean_squared_norm():
+    from helpers.core.backbones import balanced_tap_weights
+
+    g = torch.Generator().manual_seed(0)
+    # three taps of 2, 3 and 4 columns whose values have standard deviations 1, 3 and 0.5
+    emb = torch.cat(
+        [
+            torch.randn(5, 7, 7, 2, generator=g),
+            3 * torch.randn(5, 7, 7, 3, generator=g),
+            0.5 * torch.randn(5, 7, 7, 4, generator=g),
+        ],
+        dim=-1,
+    )
+    w = balanced_tap_weights(emb, [2, 3, 4])
+    rows = emb.reshape(-1, 9).double()
+    sq = [rows[:, lo:hi].pow(2).sum(1).mean().item() for lo, hi in ((0, 2), (2, 5), (5, 9))]
+    scaled = [s * wi**2 for s, wi in zip(sq, w)]
+    assert max(scaled) - min(scaled) < 1e-9 * max(scaled)
+    assert sum(scaled) == pytest.approx(sum(sq))  # the total squared length is kept
+    assert w[1] < 1 < w[0] < w[2]  # the loud tap is turned down, the quiet one up

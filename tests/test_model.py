@@ -180,6 +180,8 @@ def test_streaming_fit_equals_all_features_in_memory(small_config, samples, tmp_
     assert list(tmp_path.iterdir()) == []  # the temporary feature file is gone
     assert streamed.info["n_views"] == 12 and streamed.info["n_train"] == 6
     ref = PatchCore(cfg)
+    ref.tap_weights = streamed.tap_weights  # balance_taps: the fit's weights, from its 1st batch
+    assert (streamed.tap_weights is not None) == cfg.balance_taps
     feats = torch.cat(
         [
             b.embeddings.reshape(-1, cfg.embed_dim)
@@ -225,3 +227,32 @@ def test_coreset_max_size_keeps_the_first_greedy_picks(small_config, samples):
     kept = capped.select_bank(feats)
     assert len(kept) == len(full) // 3 and torch.equal(kept, full[: len(kept)])
     assert torch.equal(capped.memory_bank, feats[kept])
+
+
+def test_balanced_taps_weigh_the_training_patches_alike_and_travel_with_the_bank(
+    fitted, samples, tmp_path
+):
+    cfg = fitted.config
+    assert cfg.balance_taps and len(fitted.tap_weights) == len(cfg.layers)
+    # the weights come from the fit's first batch: there every tap has the same mean |block|^2
+    first = next(fitted.embed_images(samples[0][: cfg.batch_size], cfg.rotations_for(10)))
+    rows = first.embeddings.reshape(-1, cfg.embed_dim).double()
+    blocks = rows.split(cfg.tap_dims, dim=1)
+    sq = [b.pow(2).sum(1).mean().item() for b in blocks]
+    assert max(sq) - min(sq) < 1e-4 * max(sq)
+    # a bank whose header lost its tap weights is refused, naming the file
+    path = fitted.save(tmp_path / "bank.safetensors")
+    from safetensors.torch import load_file, safe_open, save_file
+
+    with safe_open(str(path), "pt") as f:
+        meta = dict(f.metadata())
+    del meta["tap_weights"]
+    bare = tmp_path / "bare.safetensors"
+    save_file(load_file(str(path)), str(bare), metadata=meta)
+    with pytest.raises(BankMismatchError, match="bare.safetensors.*tap_weights"):
+        PatchCore.load(bare)
+    # unbalanced: no weights saved, none loaded
+    plain = PatchCore(cfg.replace(balance_taps=False)).fit(samples[0][:4])
+    assert plain.tap_weights is None
+    again = PatchCore.load(plain.save(tmp_path / "plain.safetensors"))
+    assert again.tap_weights is None and not again.config.balance_taps

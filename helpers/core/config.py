@@ -18,8 +18,9 @@ from helpers.core.backbones import BACKBONES
 # here produce the same bank, whatever their batch size, device or dataset path.
 ARTIFACT_FIELDS = (
     "backbone", "weights", "layers", "input_size", "resize", "patch_size", "pretrain_embed_dim",
-    "target_embed_dim", "clahe", "clahe_clip_limit", "clahe_tile_grid", "coreset_ratio",
-    "coreset_max_size", "coreset_projection_dim", "coreset_start_points", "train_rotations", "seed",
+    "target_embed_dim", "balance_taps", "clahe", "clahe_clip_limit", "clahe_tile_grid",
+    "coreset_ratio", "coreset_max_size", "coreset_projection_dim", "coreset_start_points",
+    "train_rotations", "seed",
 )  # fmt: skip
 # Fields that a backbone may set (BackboneSpec.defaults); these values apply when it does not.
 FALLBACK_DEFAULTS = {
@@ -29,6 +30,7 @@ FALLBACK_DEFAULTS = {
     "sigma": 4.0,
     "coreset_ratio": 0.1,
     "coreset_max_size": 0,  # no cap: the paper's 10 % of every training patch
+    "balance_taps": False,
 }
 # train_rotations=0 ("auto"): rotate the training images when they are few. Measured on real sets
 # (benchmarks/RESULTS.md, issue 10): at 5 metal_nut images 8 rotations lift image AUROC 0.899 ->
@@ -68,7 +70,7 @@ CHOICES = {
     "precision": ("auto", "fp32", "bf16", "fp16"),
     "knn_backend": ("auto", "torch", "faiss"),
 }
-FLAGS = ("clahe", "skip_bad_images")
+FLAGS = ("balance_taps", "clahe", "skip_bad_images")
 
 
 class ConfigError(ValueError):
@@ -89,6 +91,8 @@ class Config:
     patch_size: int = 3  # local neighbourhood aggregation (3x3, stride 1)
     pretrain_embed_dim: int | None = None  # per-layer pooled length; 0: the layer's channels
     target_embed_dim: int | None = None  # final length; 0: the concatenation (see embed_dim)
+    # weigh the taps to the same mean |block|^2 on the fit's first batch (target_embed_dim 0 only)
+    balance_taps: bool | None = None
     # memory bank: the fraction of training patches kept (else 0.1), at most coreset_max_size
     # rows (0: no cap; above it the coreset's time grows linearly with the training set)
     coreset_ratio: float | None = None
@@ -136,6 +140,8 @@ class Config:
         self.layers = list(self.layers)
         if self.resize is None:
             self.resize = self.input_size
+        if self._sources["balance_taps"] != "set" and self.target_embed_dim:
+            self.balance_taps = False  # a pooled embedding mixes the taps' blocks
         self.validate()
 
     def _field_sources(self, spec) -> dict[str, str]:
@@ -215,6 +221,10 @@ class Config:
         for name in FLAGS:
             if not isinstance(v := getattr(self, name), bool):
                 raise ConfigError(f"{name}={v!r} must be True or False")
+        if self.balance_taps and self.target_embed_dim not in (0, sum(self.tap_dims)):
+            d = self.target_embed_dim
+            raise ConfigError(f"balance_taps=True weighs each tap, but target_embed_dim={d} "
+                              "pools the taps together: set target_embed_dim to 0")  # fmt: skip
         if self.weights is not None:
             try:
                 import torchvision
@@ -234,6 +244,12 @@ class Config:
         if self.train_rotations:
             return self.train_rotations
         return AUTO_ROTATIONS if n_train < AUTO_ROTATIONS_BELOW else 1
+
+    @property
+    def tap_dims(self) -> list[int]:
+        """Length of each tap's block of a patch embedding (before ``target_embed_dim``)."""
+        spec = BACKBONES[self.backbone]
+        return [self.pretrain_embed_dim or spec.channels[layer] for layer in self.layers]
 
     @property
     def embed_dim(self) -> int:
@@ -286,6 +302,8 @@ class Config:
             for name, source in self._sources.items():
                 if name in nullable and name not in changes and source != "set":
                     data[name] = None
+        elif "balance_taps" not in changes and self._sources.get("balance_taps") != "set":
+            data["balance_taps"] = None  # its default follows target_embed_dim
         new = Config.from_dict(data)
         new._sources.update(
             {k: v for k, v in self._sources.items() if k not in changes and (same or v == "set")}

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from helpers.core.backbones import BACKBONES
+from helpers.core.backbones import BACKBONES, balanced_tap_weights
 from helpers.core.config import Config
 from helpers.core.coreset import Projection
 from helpers.core.images import as_list
@@ -41,10 +41,14 @@ def extract(model, images, progress: bool = False, spill_dir=None) -> TrainingFe
     t0 = time.perf_counter()
     views, proj, spill, grid = 0, None, None, None
     rotations = c.rotations_for(n)
+    model.tap_weights = None  # balance_taps: set from the first batch below
     try:
         for batch in model.embed_images(items, rotations, progress):
             emb = batch.embeddings
             if proj is None:
+                if c.balance_taps:  # the weights that make the taps count alike (notebook 02)
+                    model.tap_weights = balanced_tap_weights(emb, c.tap_dims)
+                    emb = emb * model.tap_scale()
                 grid = tuple(emb.shape[1:3])
                 proj = projection_for(
                     c, n * rotations * grid[0] * grid[1], emb.shape[-1], model.device

@@ -112,13 +112,14 @@ def features(st: Stages, model: PatchCore | None = None) -> TrainingFeatures:
         rows, n = feats.projection.result()
         info = dict(grid=list(feats.grid), n_images=feats.n_images, n_views=feats.n_views,
                     seconds=feats.seconds, device=str(m.device), dim=feats.dim,
-                    spill=feats.spill is not None)  # fmt: skip
+                    spill=feats.spill is not None, tap_weights=m.tap_weights)  # fmt: skip
         return {"projection": rows[:n].cpu()}, info
 
     stale = None
     if st.cache.stale_reason(st.path("features"), st.meta("features")) is None:
         stale = _spill_problem(st)  # the .f32 file deleted or cut short: recompute both
     tensors, info = st.cached("features", compute, stale)
+    m.tap_weights = info.get("tap_weights")  # the features were scaled by them (balance_taps)
     n_views = info.get("n_views", info["n_images"])
     rows = n_views * info["grid"][0] * info["grid"][1]
     proj = Projection.of_rows(tensors["projection"], m.device)

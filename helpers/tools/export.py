@@ -80,6 +80,8 @@ class ScoringGraph(nn.Module):
         self.pools = nn.ModuleList([self._local_pool(ch, dim) for ch, dim in zip(channels, dims)])
         total, target = sum(dims), ext.target_embed_dim or sum(dims)
         self.register_buffer("target", _pool_matrix(total, target) if target != total else None)
+        scale = None if model.tap_weights is None else model.tap_scale().cpu()
+        self.register_buffer("tap_scale", scale)  # balance_taps, as PatchCore.embed
         bank = model.bank
         feats = bank.features.detach().float().cpu()
         self.distance, self.norm_floor = bank.distance, bank.norm_floor
@@ -134,7 +136,7 @@ class ScoringGraph(nn.Module):
         emb = torch.cat(pooled, dim=1).permute(0, 2, 3, 1)
         if self.target is not None:
             emb = torch.matmul(emb, self.target)
-        return emb
+        return emb if self.tap_scale is None else emb * self.tap_scale
 
     def score(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings [N, h, w, D] -> (s [N], patch-score grid [N, h, w]) (as PatchCore)."""
