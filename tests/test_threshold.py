@@ -73,6 +73,7 @@ def test_held_out_scores_equal_a_bank_built_without_each_image(fit_with_features
     for i in range(5):
         without = PatchCore(model.config)
         without.memory_bank = model.memory_bank[owner != i]
+        without.tap_weights = model.tap_weights  # the fit's (balance_taps), part of the model
         expected = without.predict([samples[0][i]], maps=False).scores[0]
         assert scores[i] == pytest.approx(expected, rel=1e-5), i
     assert (scores > full).all()  # its own patches, kept in M, made each image look normal
