@@ -26,6 +26,7 @@ from helpers.lessons.viz_data import (  # noqa: F401
 )
 from helpers.lessons.viz_features import (  # noqa: F401
     bank_megabytes,
+    bank_size_figure,
     coreset_scatter,
     coverage_figure,
     pca_figure,
