@@ -137,16 +137,17 @@ def coverage_figure(
     ax1.set_ylabel("coverage radius (max distance\nto nearest kept patch)")
     ax1.set_title(f"Coverage of {cov['n_patches']} training patches")
     run_patches = run_patches or cov["n_patches"]
+    cap = bank_megabytes(max_rows, dim, 1.0) if max_rows else np.inf  # the bank never grows past it
     ax2.plot(
         r,
-        [bank_megabytes(run_patches, dim, x) for x in r],
+        [min(bank_megabytes(run_patches, dim, x), cap) for x in r],
         "o-",
         label=run_label or f"this run's training set ({run_patches} patches)",
     )
     if full_patches:
         ax2.plot(
             r,
-            [bank_megabytes(full_patches, dim, x) for x in r],
+            [min(bank_megabytes(full_patches, dim, x), cap) for x in r],
             "s--",
             label=full_label or f"full metal_nut train set ({full_patches} patches)",
         )
