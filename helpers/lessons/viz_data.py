@@ -355,6 +355,7 @@ def clahe_cases_figure(stats: dict, clip_limit: float, tile_grid: int) -> Figure
         for ax in row:
             axes_off(ax)
     fig.suptitle(
-        "CLAHE on two defects: lightness contrast of the defect, texture of the metal around it"
+        "CLAHE on two defects: the defect's lightness contrast against the part around it, "
+        "and that part's texture"
     )
     return fig
