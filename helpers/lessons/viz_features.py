@@ -247,7 +247,10 @@ def bank_size_figure(rows: Sequence[dict], chosen_rows: int | None = None) -> Fi
     ax2.set_title("Scoring time vs memory-bank size")
     for ax in (ax1, ax2):
         ax.set_xscale("log")
-        ax.set_xlabel("memory-bank rows (log scale)")
+        ax.set_xlabel(
+            "memory-bank rows (log scale)"
+            + ("; rightmost: every training patch" if rows[-1].get("bank") == "every patch" else "")
+        )
         if chosen_rows:
             ax.axvline(
                 chosen_rows,
