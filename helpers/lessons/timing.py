@@ -155,3 +155,75 @@ def benchmark(
             {"mode": "throughput", **row, "requested_batch": batch_size, "embed_micro_batch": used}
         )
     return rows
+
+
+def sweep_figure(rows: list[dict], title: str = ""):
+    """Notebook 04's batch-size sweep: milliseconds per image at each batch size, split into the
+    stages (``features_ms``, ``knn_ms``, ``maps_ms`` per image), one bar per (batch, threads);
+    rows with fewer threads than the first row are drawn apart, on the right."""
+    from helpers.lessons.viz_base import new_figure
+
+    fig = new_figure(8.5, 3.6)
+    ax = fig.subplots()
+    first = rows[0].get("threads")
+    apart = [r.get("threads") != first for r in rows]
+    pos = np.arange(len(rows)) + 0.6 * np.cumsum(np.diff([False, *apart]) != 0)
+    labels = [
+        f"{r['batch']}\n{r['threads']} thread(s)" if "threads" in r else str(r["batch"])
+        for r in rows
+    ]
+    bottom = np.zeros(len(rows))
+    stages = (
+        ("features_ms", "features (network)"),
+        ("knn_ms", "nearest neighbours + eq. 7"),
+        ("maps_ms", "upsample + blur"),
+    )
+    for key, name in stages:
+        values = np.array([r[key] for r in rows])
+        ax.bar(pos, values, bottom=bottom, label=name)
+        bottom += values
+    for p, total in zip(pos, bottom):
+        ax.annotate(f"{total:.0f}", (p, total), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(pos, labels, fontsize=8)
+    ax.set_xlabel("batch size (and CPU threads)")
+    ax.set_ylabel("milliseconds per image")
+    ax.set_ylim(0, 1.12 * bottom.max())
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title(title or "Time per image by batch size")
+    return fig
+
+
+def cpu_caches() -> dict[str, str]:
+    """This CPU's cache sizes as Linux reports them (``{"L1d": "32K", "L2": "512K", ...}``; per
+    core except the last level, usually shared); empty where /sys does not say."""
+    from pathlib import Path
+
+    out = {}
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level, kind = (index / "level").read_text().strip(), (index / "type").read_text()
+            size = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        if kind.strip() != "Instruction":
+            out[f"L{level}" + ("d" if kind.strip() == "Data" else "")] = size
+    return out
+
+
+def largest_activation_mb(model, x: torch.Tensor) -> float:
+    """Megabytes of the largest single output of any layer of ``model``'s network for the
+    images ``x`` (one image: the working set a batch of B multiplies by B)."""
+    sizes: list[int] = []
+
+    def hook(_module, _inputs, output):
+        if isinstance(output, torch.Tensor):
+            sizes.append(output.numel() * output.element_size())
+
+    leaves = [m for m in model.extractor.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        model.embed(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return max(sizes, default=0) / 2**20

@@ -16,6 +16,8 @@ from helpers.lessons.viz_base import (  # noqa: F401
 )
 from helpers.lessons.viz_data import (  # noqa: F401
     brightness_baseline,
+    clahe_cases_figure,
+    clahe_contrast,
     clahe_figure,
     clahe_grid,
     counts_figure,
@@ -26,6 +28,7 @@ from helpers.lessons.viz_data import (  # noqa: F401
 )
 from helpers.lessons.viz_features import (  # noqa: F401
     bank_megabytes,
+    bank_size_figure,
     coreset_scatter,
     coverage_figure,
     pca_figure,

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch
+from matplotlib.patches import Patch, Rectangle
 
 from helpers.lessons.viz_base import Table, axes_off, mask_outline, new_figure
 
@@ -241,4 +241,111 @@ def clahe_grid(
         for ax in axes[i]:
             axes_off(ax)
     fig.suptitle(title or "CLAHE settings: clip limit (columns) x tile grid (rows)")
+    return fig
+
+
+# --------------------------------------------------------------------------- CLAHE: helps or hurts
+def _around(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The metal around a defect: pixels within ~3% of the image side of ``mask``, outside it,
+    and on the part (lighter than Otsu's threshold of the lightness), fixed on the original."""
+    light = _lightness(image)
+    _, part = cv2.threshold(light, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    r = max(3, round(0.03 * max(mask.shape)))
+    grown = cv2.dilate(mask.astype(np.uint8), np.ones((2 * r + 1, 2 * r + 1), np.uint8))
+    return grown.astype(bool) & ~mask & part.astype(bool)
+
+
+def _contrast(image: np.ndarray, mask: np.ndarray, around: np.ndarray) -> tuple[float, ...]:
+    light = _lightness(image).astype(np.float64)
+    contrast = float(light[mask].mean() - light[around].mean())
+    texture = float(light[around].std())
+    return contrast, texture, abs(contrast) / max(texture, 1e-6)
+
+
+def clahe_contrast(samples, clip_limits: Sequence[float], tile_grid: int = 8) -> dict:
+    """How visible each defect is before and after CLAHE: for every sample with a non-empty
+    mask, the defect's lightness ``contrast`` against the metal around it (mean L inside minus
+    mean L around), the ``texture`` of that metal (std of L around) and their ratio, the
+    contrast-to-noise ratio ``cnr`` = |contrast| / texture. Arrays [images, clip limits], clip
+    limit 0 meaning no CLAHE; ``names`` ("defect/file") and ``samples`` in the same order."""
+    from helpers.core.images import apply_clahe, load_image
+    from helpers.data.mvtec import load_mask
+
+    out = {"names": [], "samples": [], "contrast": [], "texture": [], "cnr": []}
+    for s in samples:
+        if s.mask_path is None:
+            continue
+        image = load_image(s.path)
+        mask = load_mask(s.mask_path, image.shape[:2])
+        around = _around(image, mask) if mask is not None and mask.any() else None
+        if around is None or around.sum() < 10:
+            continue
+        stats = [
+            _contrast(apply_clahe(image, c, tile_grid) if c else image, mask, around)
+            for c in clip_limits
+        ]
+        out["names"].append(f"{s.defect}/{s.path.name}")
+        out["samples"].append(s)
+        for i, key in enumerate(("contrast", "texture", "cnr")):
+            out[key].append([row[i] for row in stats])
+    for key in ("contrast", "texture", "cnr"):
+        out[key] = np.array(out[key], dtype=np.float64).reshape(len(out["names"]), len(clip_limits))
+    out["clip_limits"] = list(clip_limits)
+    return out
+
+
+def clahe_cases_figure(stats: dict, clip_limit: float, tile_grid: int) -> Figure:
+    """The two defects of ``stats`` (:func:`clahe_contrast`, with clip limits 0 and
+    ``clip_limit``) whose contrast-to-noise ratio CLAHE at ``clip_limit`` raises most ("helps")
+    and lowers most ("hurts"): each image with its defect outlined, then a close-up of the defect
+    before and after CLAHE (no outline, so the defect itself shows), titled with the defect's
+    contrast, the texture around it and their ratio."""
+    from helpers.core.images import apply_clahe, load_image
+    from helpers.data.mvtec import load_mask
+
+    col, off = stats["clip_limits"].index(clip_limit), stats["clip_limits"].index(0)
+    gain = stats["cnr"][:, col] - stats["cnr"][:, off]
+    cases = [
+        (
+            label,
+            stats["samples"][i],
+            *(tuple(stats[k][i, c] for k in ("contrast", "texture", "cnr")) for c in (off, col)),
+        )
+        for label, i in (("helps", int(gain.argmax())), ("hurts", int(gain.argmin())))
+    ]
+    fig = new_figure(10, 3.4 * len(cases))
+    axes = fig.subplots(len(cases), 3, squeeze=False)
+    for row, (label, s, before, after) in zip(axes, cases):
+        image = load_image(s.path)
+        mask = load_mask(s.mask_path, image.shape[:2])
+        ys, xs = np.nonzero(mask)
+        half = max(32, int(0.6 * max(np.ptp(ys), np.ptp(xs))) + round(0.03 * max(mask.shape)))
+        cy, cx = (int(ys.mean()), int(xs.mean()))
+        top, left = max(0, cy - half), max(0, cx - half)
+        box = (slice(top, cy + half), slice(left, cx + half))
+        row[0].imshow(image)
+        mask_outline(row[0], mask)
+        row[0].add_patch(
+            Rectangle((left, top), 2 * half, 2 * half, fill=False, edgecolor="yellow", lw=1)
+        )
+        row[0].set_title(f"{label}: {s.defect}/{s.path.name}", fontsize=10)
+        for ax, img, name, (c, t, r) in (
+            (row[1], image, "original", before),
+            (
+                row[2],
+                apply_clahe(image, clip_limit, tile_grid),
+                f"CLAHE clip {clip_limit:g}, {tile_grid}x{tile_grid}",
+                after,
+            ),
+        ):
+            ax.imshow(img[box], interpolation="nearest")
+            ax.set_title(
+                f"{name} (close-up)\ncontrast {c:+.0f}, texture {t:.1f}, CNR {r:.2f}", fontsize=9
+            )
+        for ax in row:
+            axes_off(ax)
+    fig.suptitle(
+        "CLAHE on two defects: the defect's lightness contrast against the part around it, "
+        "and that part's texture"
+    )
     return fig

@@ -129,7 +129,8 @@ def coverage_figure(
     ax1.set_ylabel("coverage radius (max distance\nto nearest kept patch)")
     ax1.set_title(f"Coverage of {cov['n_patches']} training patches")
     run_patches = run_patches or cov["n_patches"]
-    megabytes = lambda patches: [bank_megabytes(patches, dim, x) for x in r]
+    cap = bank_megabytes(max_rows, dim, 1.0) if max_rows else np.inf  # the bank never grows past it
+    megabytes = lambda patches: [min(bank_megabytes(patches, dim, x), cap) for x in r]
     ax2.plot(
         r,
         megabytes(run_patches),
@@ -205,4 +206,43 @@ def projection_figure(features, projected, n_pairs: int = 3000, seed: int = 0) -
     ax.set_xlabel(f"distance between two patches ({x.shape[1]}-D)")
     ax.set_ylabel(f"distance after projection ({p.shape[1]}-D)")
     ax.legend(fontsize=8)
+    return fig
+
+
+def bank_size_figure(rows: Sequence[dict], chosen_rows: int | None = None) -> Figure:
+    """Notebook 03's bank-size sweep: image and pixel AUROC (left) and the scoring time per test
+    image (right) against the number of bank rows. ``rows``: dicts with ``rows``,
+    ``image_auroc``, ``pixel_auroc`` (None: not computed) and ``ms_per_image``; ``chosen_rows``:
+    this run's bank, marked."""
+    n = np.array([r["rows"] for r in rows])
+    fig = new_figure(11, 3.6)
+    ax1, ax2 = fig.subplots(1, 2)
+    for key, name, style in (
+        ("image_auroc", "image AUROC", "o-"),
+        ("pixel_auroc", "pixel AUROC", "s--"),
+    ):
+        values = [r[key] for r in rows]
+        if any(v is not None for v in values):
+            ax1.plot(n, [np.nan if v is None else v for v in values], style, label=name)
+    ax1.set_ylabel("AUROC on this run's test set")
+    ax1.set_title("Accuracy vs memory-bank size")
+    ax2.plot(n, [r["ms_per_image"] for r in rows], "o-", color="tab:green")
+    ax2.set_yscale("log")
+    ax2.set_ylabel("ms per test image (kNN + eq. 7)")
+    ax2.set_title("Scoring time vs memory-bank size")
+    for ax in (ax1, ax2):
+        ax.set_xscale("log")
+        ax.set_xlabel(
+            "memory-bank rows (log scale)"
+            + ("; rightmost: every training patch" if rows[-1].get("bank") == "every patch" else "")
+        )
+        if chosen_rows:
+            ax.axvline(
+                chosen_rows,
+                color="gray",
+                linestyle=":",
+                label=f"this run's bank ({chosen_rows} rows)",
+            )
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8, loc="lower right")
     return fig

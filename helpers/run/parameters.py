@@ -86,7 +86,7 @@ NOTEBOOK_CHECKS = {
     "coverage_ratios": "ratios",
     "coverage_max_patches": (2, 10**7, "training patches the coverage curve samples"),
     "inference_batch_size": (0, 4096, "0: chosen for the device"),
-    "timing_repeats": (0, 10000, "0: 10 on a GPU, 2 on the CPU"),
+    "timing_repeats": (0, 10000, "0: 10 on a GPU, 5 on the CPU"),
     "interactive": "bool",
 }
 
