@@ -90,6 +90,7 @@ OTHER_VALUES = {
     "patch_size": 5,
     "pretrain_embed_dim": 256,
     "target_embed_dim": 128,
+    "balance_taps": False,
     "coreset_ratio": 0.2,
     "coreset_max_size": 5000,
     "coreset_projection_dim": 64,
