@@ -34,6 +34,7 @@ import sweep  # noqa: E402
 import tap_balance  # noqa: E402
 
 from helpers import Config, PatchCore  # noqa: E402
+from helpers.core.backbones import balanced_tap_weights  # noqa: E402
 from helpers.core.images import Geometry  # noqa: E402
 from helpers.data.mvtec import list_samples  # noqa: E402
 from helpers.evaluation.report import evaluate  # noqa: E402
@@ -81,10 +82,9 @@ def main() -> None:
         geoms = [
             Geometry.for_shape(*sweep.shape_of(s.path), cfg.resize, cfg.input_size) for s in test
         ]
-        sq = [train_f[:, lo:hi].pow(2).sum(1).mean().item() for lo, hi in blocks]
         weights = {
             "natural": [1.0] * len(blocks),
-            "balanced": [(sum(sq) / len(sq) / x) ** 0.5 for x in sq],
+            "balanced": balanced_tap_weights(train_f, cfg.tap_dims),  # the engine's, on all patches
         }
         for wname in a.weights.split(","):
             scale = torch.ones(train_f.shape[1])
