@@ -1,4 +1,4 @@
-"""Batch-size choice, timing and batch halving on out-of-memory (simulated)."""
+"""Notebook 04's device report, batch-size choice and timer."""
 
 from __future__ import annotations
 
@@ -36,47 +36,6 @@ def test_timer_on_cpu():
     with inference.Timer(torch.device("cpu")) as t:
         sum(range(10000))
     assert t.ms > 0
-
-
-def fake_model():
-    return types.SimpleNamespace(device=torch.device("cpu"))
-
-
-def test_benchmark_rows():
-    seen = []
-    rows = inference.benchmark(
-        fake_model(),
-        torch.zeros(3, 3, 8, 8),
-        5,
-        warmup=1,
-        repeats=2,
-        infer=lambda m, x: seen.append(x.shape[0]),
-    )
-    assert [r["mode"] for r in rows] == ["latency", "throughput"]
-    assert rows[0]["batch"] == 1 and rows[1]["batch"] == 5 and rows[1]["images_per_s"] > 0
-    assert set(seen) == {1, 5}
-
-
-def test_throughput_batch_is_halved_on_out_of_memory():
-    def infer(model, x):
-        if x.shape[0] > 16:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        rows = inference.benchmark(
-            fake_model(), torch.zeros(4, 3, 8, 8), 64, warmup=1, repeats=1, infer=infer
-        )
-    assert rows[1]["batch"] == 16 and rows[1]["requested_batch"] == 64
-    assert any("retrying with 32" in str(w.message) for w in caught)
-
-
-def test_other_errors_are_not_swallowed():
-    def infer(model, x):
-        raise RuntimeError("shape mismatch")
-
-    with pytest.raises(RuntimeError, match="shape mismatch"):
-        inference.benchmark(fake_model(), torch.zeros(1, 3, 8, 8), 4, infer=infer)
 
 
 def test_resolve_device_quietly_silences_the_cpu_warning_for_the_kernel(monkeypatch):

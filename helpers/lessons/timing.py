@@ -1,17 +1,16 @@
-"""Inference on a GPU (an A100 in Colab) or the CPU: device report, batch-size choice, and a
-latency / throughput benchmark timed with CUDA events (``time.perf_counter`` on the CPU) after a
-warm-up, halving the batch on CUDA out-of-memory."""
+"""Notebooks 03 and 04 time inference with these: the device report, the batch-size choice, a
+:class:`Timer` (CUDA events on a GPU, ``perf_counter`` on the CPU) and the batch-sweep figure."""
 
 from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from helpers.core.runtime import autocast_dtype, has_native_bf16, resolve_device, run_halving
+from helpers.core.runtime import autocast_dtype, has_native_bf16, resolve_device
 
 A100_BATCH = 64  # fits an A100 (40 or 80 GB) with wide_resnet50_2 at 224 px in bf16
 OTHER_GPU_BATCH = 32
@@ -27,31 +26,28 @@ def device_report(device: torch.device, precision: str = "auto") -> dict:
         "channels_last": device.type == "cuda",
         "torch": torch.__version__,
     }
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        info.update(
-            name=props.name,
-            memory_gb=round(props.total_memory / 2**30, 1),
-            capability=f"{props.major}.{props.minor}",
-            bf16_native=has_native_bf16(device),
-        )
-    else:
-        info.update(name="CPU", threads=torch.get_num_threads())
-    return info
+    if device.type != "cuda":
+        return {**info, "name": "CPU", "threads": torch.get_num_threads()}
+    props = torch.cuda.get_device_properties(device)
+    return {
+        **info,
+        "name": props.name,
+        "memory_gb": round(props.total_memory / 2**30, 1),
+        "capability": f"{props.major}.{props.minor}",
+        "bf16_native": has_native_bf16(device),
+    }
 
 
 def resolve_device_quietly(requested: str = "auto") -> torch.device:
-    """:func:`helpers.core.runtime.resolve_device` without its "no CUDA GPU found" warning, for a
-    notebook whose setup cell already said there is no GPU (one CPU note, not two). That warning
-    is issued once per process, so models created later in the same kernel stay quiet too."""
+    """``resolve_device`` without its once-per-process "no CUDA GPU found" warning: the notebook's
+    setup cell already said so (models made later in the kernel stay quiet too)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="no CUDA GPU found")
         return resolve_device(requested)
 
 
 def pick_batch_size(requested: int, device: torch.device) -> int:
-    """``requested`` when > 0; else 64 on a GPU with >= 30 GB (A100 class), 32 on smaller GPUs,
-    8 on the CPU."""
+    """``requested`` when > 0; else 64 on a GPU with >= 30 GB, 32 on smaller GPUs, 8 on the CPU."""
     if requested and requested > 0:
         return int(requested)
     if device.type == "cuda":
@@ -61,24 +57,18 @@ def pick_batch_size(requested: int, device: torch.device) -> int:
 
 
 class Timer:
-    """Elapsed milliseconds of a block: CUDA events on a GPU (the GPU's own clock, no host
-    jitter), perf_counter on the CPU."""
+    """``with Timer(device) as t: ...`` then ``t.ms``: CUDA events on a GPU (its own clock, no
+    host jitter), perf_counter on the CPU."""
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
-        self.start = self.end = None  # CUDA events
-        self.t0 = 0.0  # perf_counter start on the CPU
         self.ms = float("nan")  # the elapsed milliseconds, once the block has run
 
     def __enter__(self):
         if self.cuda:
-            self.start, self.end = (
-                torch.cuda.Event(enable_timing=True),
-                torch.cuda.Event(enable_timing=True),
-            )
+            self.start, self.end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
             self.start.record()
-        else:
-            self.t0 = time.perf_counter()
+        self.t0 = time.perf_counter()
         return self
 
     def __exit__(self, *exc):
@@ -91,102 +81,30 @@ class Timer:
         return False
 
 
-def _infer(model, x: torch.Tensor) -> torch.Tensor:
-    """The timed work: features, nearest-neighbour scores and blurred anomaly maps."""
-    from helpers.core.maps import patch_scores_to_maps
-
-    emb = model.embed(x)
-    _, grid = model.score_embeddings(emb)
-    return patch_scores_to_maps(grid, model.config.input_size, model.config.sigma)
-
-
-def time_batch(
-    model,
-    x: torch.Tensor,
-    batch: int,
-    *,
-    warmup: int = 2,
-    repeats: int = 5,
-    infer: Callable = _infer,
-) -> dict:
-    """Median milliseconds for one batch of ``batch`` images (repeating ``x`` as needed)."""
-    reps = -(-batch // x.shape[0])
-    xb = x.repeat(reps, 1, 1, 1)[:batch].to(model.device)
-    for _ in range(warmup):
-        infer(model, xb)
-    times = []
-    for _ in range(repeats):
-        with Timer(model.device) as t:
-            infer(model, xb)
-        times.append(t.ms)
-    ms = float(np.median(times))
-    return {
-        "batch": batch,
-        "ms_per_batch": ms,
-        "ms_per_image": ms / batch,
-        "images_per_s": 1000 * batch / ms,
-    }
-
-
-def benchmark(
-    model,
-    x: torch.Tensor,
-    batch_size: int,
-    *,
-    warmup: int = 2,
-    repeats: int = 5,
-    infer: Callable = _infer,
-) -> list[dict]:
-    """Latency (batch 1) and throughput (batch ``batch_size``, halved on CUDA out-of-memory).
-    ``repeats=0``: 10 timed repeats on a GPU, 2 on the CPU (where one repeat of a batch already
-    takes seconds, and 10 took longer than scoring the whole test set)."""
-    if repeats == 0:
-        repeats = 10 if getattr(model, "device", torch.device("cpu")).type == "cuda" else 2
-    rows = [
-        {"mode": "latency", **time_batch(model, x, 1, warmup=warmup, repeats=repeats, infer=infer)}
-    ]
-    if batch_size > 1:
-        row, used = run_halving(
-            lambda b: time_batch(model, x, b, warmup=warmup, repeats=repeats, infer=infer),
-            batch_size,
-            "throughput benchmark",
-        )
-        rows.append(
-            {"mode": "throughput", **row, "requested_batch": batch_size, "embed_micro_batch": used}
-        )
-    return rows
-
-
 def sweep_figure(rows: list[dict], title: str = ""):
-    """Notebook 04's batch-size sweep: milliseconds per image at each batch size, split into the
-    stages (``features_ms``, ``knn_ms``, ``maps_ms`` per image), one bar per (batch, threads);
-    rows with fewer threads than the first row are drawn apart, on the right."""
-    from helpers.lessons.viz_base import new_figure
+    """Notebook 04's batch sweep: ms per image per (batch, threads), stacked by stage
+    (``features_ms``, ``knn_ms``, ``maps_ms``); rows with other threads than the first, apart."""
+    from helpers.lessons.viz_data import new_figure
 
     fig = new_figure(8.5, 3.6)
     ax = fig.subplots()
-    first = rows[0].get("threads")
-    apart = [r.get("threads") != first for r in rows]
+    apart = [r.get("threads") != rows[0].get("threads") for r in rows]
     pos = np.arange(len(rows)) + 0.6 * np.cumsum(np.diff([False, *apart]) != 0)
-    labels = [
-        f"{r['batch']}\n{r['threads']} thread(s)" if "threads" in r else str(r["batch"])
-        for r in rows
-    ]
     bottom = np.zeros(len(rows))
-    stages = (
+    for key, name in (
         ("features_ms", "features (network)"),
         ("knn_ms", "nearest neighbours + eq. 7"),
         ("maps_ms", "upsample + blur"),
-    )
-    for key, name in stages:
+    ):
         values = np.array([r[key] for r in rows])
         ax.bar(pos, values, bottom=bottom, label=name)
         bottom += values
     for p, total in zip(pos, bottom):
         ax.annotate(f"{total:.0f}", (p, total), ha="center", va="bottom", fontsize=8)
+    labels = [f"{r['batch']}\n{r['threads']} thread(s)" if "threads" in r else str(r["batch"])
+              for r in rows]  # fmt: skip
     ax.set_xticks(pos, labels, fontsize=8)
-    ax.set_xlabel("batch size (and CPU threads)")
-    ax.set_ylabel("milliseconds per image")
+    ax.set(xlabel="batch size (and CPU threads)", ylabel="milliseconds per image")
     ax.set_ylim(0, 1.12 * bottom.max())
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(title or "Time per image by batch size")
@@ -194,10 +112,8 @@ def sweep_figure(rows: list[dict], title: str = ""):
 
 
 def cpu_caches() -> dict[str, str]:
-    """This CPU's cache sizes as Linux reports them (``{"L1d": "32K", "L2": "512K", ...}``; per
-    core except the last level, usually shared); empty where /sys does not say."""
-    from pathlib import Path
-
+    """This CPU's cache sizes from Linux's /sys (``{"L1d": "32K", "L2": "512K", ...}``; per core
+    except the last level); empty where /sys does not say."""
     out = {}
     for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
         try:
@@ -211,11 +127,11 @@ def cpu_caches() -> dict[str, str]:
 
 
 def largest_activation_mb(model, x: torch.Tensor) -> float:
-    """Megabytes of the largest single output of any layer of ``model``'s network for the
-    images ``x`` (one image: the working set a batch of B multiplies by B)."""
+    """Megabytes of the largest output of any layer of ``model``'s network for the images ``x``
+    (one image: the working set a batch of B multiplies by B)."""
     sizes: list[int] = []
 
-    def hook(_module, _inputs, output):
+    def hook(_module, _inputs, output):  # returns None: the output is kept
         if isinstance(output, torch.Tensor):
             sizes.append(output.numel() * output.element_size())
 

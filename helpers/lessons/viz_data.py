@@ -1,33 +1,97 @@
-"""Figures and tables of notebook 01: the dataset (counts, samples, image statistics); CLAHE in
-``viz_clahe``."""
+"""What every figure shares (:class:`Table`, figure and axes helpers, the heat-map colours) and
+notebook 01's dataset figures (counts, samples, image statistics, the brightness baseline)."""
 
 from __future__ import annotations
 
+import html
 from collections import Counter
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from helpers.lessons.viz_base import Table, axes_off, mask_outline, new_figure
+# Anomaly maps: perceptually uniform (equal steps in value look like equal steps in colour, dark =
+# low, bright = high), drawn opaque beside the image so that every colour reads off the colour bar
+HEATMAP_CMAP = "inferno"
+MASK_COLOUR = "lime"
 
 
+class Table:
+    """``Table(rows, headers, title)``; floats shown with ``floatfmt``, None as 'n/a'. HTML in a
+    notebook, aligned text in a terminal or a test."""
+
+    def __init__(self, rows, headers: Sequence[str], title: str = "", floatfmt: str = ".3f"):
+        self.rows, self.headers = [list(r) for r in rows], list(headers)
+        self.title, self.floatfmt = title, floatfmt
+
+    def _fmt(self, v: Any) -> str:
+        if v is None or (isinstance(v, float) and not np.isfinite(v)):
+            return "n/a"
+        return format(float(v), self.floatfmt) if isinstance(v, (float, np.floating)) else str(v)
+
+    def __str__(self) -> str:
+        cells = [self.headers] + [[self._fmt(v) for v in r] for r in self.rows]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(self.headers))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(([self.title] if self.title else []) + lines)
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        row = lambda tag, values: "".join(f"<{tag}>{html.escape(v)}</{tag}>" for v in values)
+        body = "".join(f"<tr>{row('td', map(self._fmt, r))}</tr>" for r in self.rows)
+        cap = f"<caption>{html.escape(self.title)}</caption>" if self.title else ""
+        head = f"<thead><tr>{row('th', self.headers)}</tr></thead>"
+        return f"<table>{cap}{head}<tbody>{body}</tbody></table>"
+
+
+def new_figure(w: float, h: float) -> Figure:
+    return Figure(figsize=(w, h), layout="constrained")  # no pyplot: nothing is shown twice
+
+
+def axes_off(*axes) -> None:
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+
+def mask_outline(ax, mask: np.ndarray | None, colour: str = MASK_COLOUR) -> None:
+    if mask is not None and mask.any():
+        ax.contour(mask.astype(float), levels=[0.5], colors=colour, linewidths=1.2)
+
+
+def map_range(maps, lo: float = 1.0, hi: float = 99.9) -> tuple[float, float]:
+    """A common colour range for anomaly maps (percentiles over all maps)."""
+    vals = [m[::4, ::4].ravel() for m in maps if m is not None]
+    vmin, vmax = np.percentile(np.concatenate(vals) if vals else np.zeros(1), [lo, hi])
+    return float(vmin), float(max(vmax, vmin + 1e-6))
+
+
+def heatmap(ax, amap: np.ndarray, norm: Normalize, mask: np.ndarray | None = None):
+    """The anomaly map, opaque (a map blended over the image would match no colour of the bar),
+    the ground truth outlined; the image goes in the panel beside it."""
+    im = ax.imshow(amap, cmap=HEATMAP_CMAP, norm=norm)
+    mask_outline(ax, mask)
+    axes_off(ax)
+    return im
+
+
+# --------------------------------------------------------------------------- notebook 01: the data
 def examples(samples, per_defect: int = 1) -> list:
     """The first ``per_defect`` samples of each defect type, in the samples' order."""
     seen: Counter = Counter()
-    out = []
-    for s in samples:
-        if seen[s.defect] < per_defect:
-            out.append(s)
-            seen[s.defect] += 1
-    return out
+    return [s for s in samples if (seen.update([s.defect]) or seen[s.defect] <= per_defect)]
 
 
 def counts_table(train, test) -> Table:
     """Images per split and defect type, with how many have a ground-truth mask."""
-    rows = [("train", "good", sum(1 for _ in train), 0)]
     by_defect = Counter(s.defect for s in test)
     masks = Counter(s.defect for s in test if s.mask_path is not None)
+    rows = [("train", "good", sum(1 for _ in train), 0)]
     rows += [("test", d, n, masks.get(d, 0)) for d, n in by_defect.items()]
     rows.append(("total", "", len(train) + len(test), sum(masks.values())))
     headers = ["split", "defect type", "images", "with mask"]
@@ -37,55 +101,44 @@ def counts_table(train, test) -> Table:
 def counts_figure(train, test) -> Figure:
     by_defect = Counter(s.defect for s in test)
     names = ["train/good"] + [f"test/{d}" for d in by_defect]
-    values = [len(train)] + list(by_defect.values())
     colours = ["tab:blue"] + ["tab:green" if d == "good" else "tab:red" for d in by_defect]
     fig = new_figure(max(6, 1.1 * len(names)), 3.6)
     ax = fig.add_subplot()
-    bars = ax.bar(names, values, color=colours)
-    ax.bar_label(bars)
-    ax.set_ylabel("number of images")
-    ax.set_xlabel("split / defect type")
+    ax.bar_label(ax.bar(names, [len(train), *by_defect.values()], color=colours))
+    ax.set(xlabel="split / defect type", ylabel="number of images")
     ax.set_title("Images per split and defect type")
     ax.tick_params(axis="x", rotation=30)
-    kinds = (
-        ("tab:blue", "training (good only)"),
-        ("tab:green", "test, good"),
-        ("tab:red", "test, defective"),
-    )
-    ax.legend(handles=[Patch(color=c, label=text) for c, text in kinds], fontsize=8)
+    kinds = {"tab:blue": "training (good only)", "tab:green": "test, good"}
+    kinds["tab:red"] = "test, defective"
+    ax.legend(handles=[Patch(color=c, label=text) for c, text in kinds.items()], fontsize=8)
     ax.margins(y=0.12)
     return fig
 
 
 def sample_grid(samples, per_defect: int = 2) -> Figure:
     """Examples of each defect type (columns): each image as it is, and below it the same image
-    with its ground-truth mask tinted red and outlined green (the tint hides what it covers, so
-    the defect is seen in the plain copy)."""
+    with its mask tinted red and outlined green (the plain copy shows what the tint hides)."""
     from helpers.core.images import load_image
     from helpers.data.mvtec import load_mask
 
     groups: dict[str, list] = {}
     for s in samples:
-        groups.setdefault(s.defect, [])
-        if len(groups[s.defect]) < per_defect:
-            groups[s.defect].append(s)
-    cols = list(groups)
-    fig = new_figure(2.3 * len(cols), 4.6 * per_defect + 0.4)
-    axes = fig.subplots(2 * per_defect, len(cols), squeeze=False)
-    for j, d in enumerate(cols):
+        if len(group := groups.setdefault(s.defect, [])) < per_defect:
+            group.append(s)
+    fig = new_figure(2.3 * len(groups), 4.6 * per_defect + 0.4)
+    axes = fig.subplots(2 * per_defect, len(groups), squeeze=False)
+    for j, (d, group) in enumerate(groups.items()):
         for i in range(per_defect):
             top, below = axes[2 * i][j], axes[2 * i + 1][j]
-            for ax in (top, below):
-                axes_off(ax)
-            if i >= len(groups[d]):
+            axes_off(top, below)
+            if i >= len(group):
                 top.set_axis_off()
                 below.set_axis_off()
                 continue
-            s = groups[d][i]
-            img = load_image(s.path)
-            mask = load_mask(s.mask_path, img.shape[:2]) if s.mask_path else None
+            img = load_image(group[i].path)
+            mask = load_mask(group[i].mask_path, img.shape[:2]) if group[i].mask_path else None
             top.imshow(img)
-            top.set_title(f"{d}  ({s.path.name})", fontsize=9)
+            top.set_title(f"{d}  ({group[i].path.name})", fontsize=9)
             tint = img.copy()
             if mask is not None:
                 tint[mask] = (0.5 * tint[mask] + 0.5 * np.array([255, 0, 0])).astype(np.uint8)
@@ -102,7 +155,7 @@ def image_statistics(samples) -> tuple[Table, Figure]:
     """Image sizes, per-channel means and a brightness distribution per defect type."""
     from helpers.core.images import load_image
 
-    sizes, rows, bright = Counter(), [], {}
+    sizes, bright = Counter(), {}
     hist = {"good": np.zeros((3, 64)), "defective": np.zeros((3, 64))}
     for s in samples:
         img = load_image(s.path)
@@ -111,51 +164,46 @@ def image_statistics(samples) -> tuple[Table, Figure]:
         key = "good" if s.defect == "good" else "defective"
         for c in range(3):
             hist[key][c] += np.histogram(img[..., c], bins=64, range=(0, 256))[0]
-    for d, values in bright.items():
-        rows.append((d, len(values), float(np.mean(values)), float(np.std(values))))
+    rows = [(d, len(v), float(np.mean(v)), float(np.std(v))) for d, v in bright.items()]
     title = "Mean grey level (0-255) per defect type; sizes: "
     title += ", ".join(f"{k} ({v})" for k, v in sizes.items())
     headers = ["defect type", "images", "mean brightness", "std between images"]
     table = Table(rows, headers, title, floatfmt=".1f")
     fig = new_figure(11, 3.6)
     ax1, ax2 = fig.subplots(1, 2)
-    names = list(bright)
-    ax1.boxplot([bright[n] for n in names], tick_labels=names)
+    ax1.boxplot(list(bright.values()), tick_labels=list(bright))
     ax1.set_title("Mean brightness per image")
-    ax1.set_xlabel("defect type")
-    ax1.set_ylabel("mean grey level (0-255)")
+    ax1.set(xlabel="defect type", ylabel="mean grey level (0-255)")
     ax1.tick_params(axis="x", rotation=30)
-    centres = np.linspace(2, 254, 64)
     for c, colour in enumerate(("red", "green", "blue")):
         for key, style in (("good", "-"), ("defective", "--")):
             h = hist[key][c] / max(hist[key][c].sum(), 1)
-            ax2.plot(centres, h, style, color=colour, label=f"{colour} ({key})")
+            ax2.plot(np.linspace(2, 254, 64), h, style, color=colour, label=f"{colour} ({key})")
     ax2.set_yscale("log")
     ax2.set_title("Pixel value histogram per channel")
-    ax2.set_xlabel("pixel value")
-    ax2.set_ylabel("fraction of pixels (log)")
+    ax2.set(xlabel="pixel value", ylabel="fraction of pixels (log)")
     ax2.legend(fontsize=7, ncol=2)
     return table, fig
 
 
 def brightness_baseline(samples, transform=None) -> Table:
-    """A brightness-only detector as a baseline: the image AUROC of each test image's mean grey
-    level, each defect type against the good test images (0.5: brightness says nothing; 1 or 0:
-    it separates them, a shortcut in the data), in the table's ``aurocs`` too ({type: AUROC},
-    with "all defects"). ``transform`` (RGB uint8 -> RGB uint8, e.g. CLAHE) is applied first."""
+    """Notebooks 01 and 05: a brightness-only detector, the image AUROC of each test image's mean
+    grey level, per defect type against the good test images (0.5: no signal; near 1 or 0: a
+    shortcut in the data), also as ``table.aurocs`` ({type or "all defects": AUROC}).
+    ``transform`` (RGB uint8 -> RGB uint8, e.g. CLAHE) is applied first."""
     from helpers.core.images import load_image
     from helpers.evaluation.metrics import image_auroc
 
-    test = [s for s in samples if s.split == "test"]
     bright = {}
-    for s in test:
-        img = load_image(s.path)
-        img = transform(img) if transform is not None else img
-        bright.setdefault(s.defect, []).append(float(img.mean()))
+    for s in samples:
+        if s.split == "test":
+            img = load_image(s.path)
+            img = transform(img) if transform is not None else img
+            bright.setdefault(s.defect, []).append(float(img.mean()))
     good = bright.get("good", [])
-    rows = []
     groups = [(d, v) for d, v in bright.items() if d != "good"]
     groups.append(("all defects", [b for _, v in groups for b in v]))
+    rows = []
     for name, values in groups:
         auroc = image_auroc([0] * len(good) + [1] * len(values), good + values) if good else None
         rows.append((name, len(values), float(np.mean(values)), auroc, _brightness_reading(auroc)))
@@ -166,7 +214,7 @@ def brightness_baseline(samples, transform=None) -> Table:
         f"(their mean {np.mean(good) if good else float('nan'):.1f})",
         floatfmt=".2f",
     )
-    table.aurocs = {row[0]: row[3] for row in rows}  # {defect type or "all defects": AUROC}
+    table.aurocs = {row[0]: row[3] for row in rows}
     return table
 
 

@@ -10,7 +10,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
 
-from helpers.lessons.viz_base import HEATMAP_CMAP, axes_off, heatmap, mask_outline, new_figure
+from helpers.lessons.viz_data import HEATMAP_CMAP, axes_off, heatmap, mask_outline, new_figure
 
 # The gallery's predicted-defect pixels (map >= pixel threshold): fill, outline and legend word.
 # Magenta: far from the green ground-truth outline and from the grey metal.
@@ -28,8 +28,8 @@ def maps_preview(
     label: str = "anomaly map\n(blurred patch distance)",
     masks=None,
 ) -> Figure:
-    """Each image above its anomaly map (one image: side by side), the maps on one colour scale
-    (``label``: the bar's caption, two short lines), ``masks`` outlined on the maps."""
+    """Notebooks 01 and 04: each image above its anomaly map (one image: side by side), the maps
+    on one colour scale (``label``: the bar's caption), ``masks`` outlined on the maps."""
     n = len(images)
     masks = list(masks) if masks is not None else [None] * n
     norm = Normalize(vmin, vmax)
@@ -41,12 +41,9 @@ def maps_preview(
         axes = fig.subplots(2, n, squeeze=False)
         pairs = list(zip(axes[0], axes[1]))
     for (a_img, a_map), img, m, mask, t in zip(pairs, images, maps, masks, titles):
-        a_img.imshow(img)
-        axes_off(a_img)
-        a_img.set_title(t, fontsize=9)
+        _image(a_img, img, t)
         heatmap(a_map, m, norm, mask)
-    bar = ScalarMappable(norm, HEATMAP_CMAP)
-    fig.colorbar(bar, ax=[p[1] for p in pairs], label=label, shrink=0.9)
+    _colorbar(fig, norm, [p[1] for p in pairs], label, shrink=0.9)
     fig.suptitle(title or "Anomaly maps in original image pixels")
     return fig
 
@@ -61,12 +58,11 @@ def map_steps(
     original_map: np.ndarray,
     sigma: float,
 ) -> Figure:
-    """From patch distances to the anomaly map in original pixels, step by step, each titled with
+    """Notebook 04: from patch distances to the map in original pixels, step by step, each with
     its largest value (the blur lowers the peak: an image score can exceed every map value)."""
     fig = new_figure(15, 3.4)
     axes = fig.subplots(1, 5)
-    vmin, vmax = float(np.min(blurred)), float(np.max(patch_scores))
-    norm = Normalize(vmin, vmax)
+    norm = Normalize(float(np.min(blurred)), float(np.max(patch_scores)))
     axes[0].imshow(crop)
     axes[0].set_title(f"network input {crop.shape[1]}x{crop.shape[0]}", fontsize=9)
     h, w = patch_scores.shape[:2]
@@ -80,36 +76,39 @@ def map_steps(
         ax.set_title(t, fontsize=9)
     heatmap(axes[4], original_map, norm)
     axes[4].set_title(f"4. back to the original {image.shape[1]}x{image.shape[0]} px", fontsize=9)
-    for ax in axes:
-        axes_off(ax)
+    axes_off(*axes)
     # one colour scale for the four maps, its bar after the last of them
-    label = "distance to nearest\nmemory-bank patch"
-    fig.colorbar(ScalarMappable(norm, HEATMAP_CMAP), ax=list(axes[1:]), label=label, shrink=0.85)
+    _colorbar(fig, norm, list(axes[1:]), "distance to nearest\nmemory-bank patch", shrink=0.85)
     fig.suptitle("How an anomaly map is made")
     return fig
 
 
-def _downsample(maps, masks, side: int = 192):
-    out_maps, out_masks = [], []
-    for a, m in zip(maps, masks):
-        if a is None or m is None:
-            continue
-        f = max(1, max(a.shape) // side)
-        out_maps.append(a[::f, ::f])
-        out_masks.append(m[::f, ::f])
-    return out_maps, out_masks
+def _image(ax, img, title: str) -> None:
+    ax.imshow(img)  # as it is: an outline would cover a thin defect
+    axes_off(ax)
+    ax.set_title(title, fontsize=9)
+
+
+def _colorbar(fig, norm, axes, label: str, **kw) -> None:  # one bar for maps on one scale
+    fig.colorbar(ScalarMappable(norm, HEATMAP_CMAP), ax=axes, label=label, **kw)
+
+
+def _downsample(maps, masks):  # about 192 px a side, so that pixel curves draw quickly
+    kept = [(a, m, max(1, max(a.shape) // 192)) for a, m in zip(maps, masks) if m is not None]
+    kept = [(a, m, f) for a, m, f in kept if a is not None]
+    return [a[::f, ::f] for a, _, f in kept], [m[::f, ::f] for _, m, f in kept]
 
 
 def _roc_axes(ax, title: str, negatives: str, positives: str) -> None:  # diagonal, titles
     ax.plot([0, 1], [0, 1], ":", color="gray")
-    ax.set_title(title)
+    ax.set(title=title, xlim=(0, 1), ylim=(0, 1.02))
     ax.set_xlabel(f"false positive rate ({negatives})")
     ax.set_ylabel(f"true positive rate ({positives})")
 
 
 def roc_figure(labels, scores, masks=None, maps=None, threshold: float | None = None) -> Figure:
-    """Image ROC, pixel ROC and the PRO curve (to FPR 0.3; pixel curves on every n-th pixel, so
-    they draw quickly); with an image ``threshold``, the point it operates at on the image ROC."""
+    """Notebook 05: image ROC, pixel ROC and the PRO curve (to FPR 0.3; pixel curves subsampled);
+    with an image ``threshold``, its operating point on the image ROC."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
     from helpers.evaluation.metrics import pro_curve
@@ -155,14 +154,9 @@ def roc_figure(labels, scores, masks=None, maps=None, threshold: float | None = 
         ax.legend(loc="lower right")
     else:
         ax.text(0.15, 0.5, "no ground-truth masks", ha="center")
-    ax.set_xlim(0, 0.3)
-    ax.set_ylim(0, 1.02)
-    ax.set_title("Per-region overlap (PRO) curve")
+    ax.set(xlim=(0, 0.3), ylim=(0, 1.02), title="Per-region overlap (PRO) curve")
     ax.set_xlabel("false positive rate (up to 0.3)")
     ax.set_ylabel("mean fraction of each defect region found")
-    for a in axes[:2]:
-        a.set_xlim(0, 1)
-        a.set_ylim(0, 1.02)
     return fig
 
 
@@ -172,9 +166,8 @@ HELD_OUT = "good (training,\nheld out)"
 def score_histogram(
     scores, defects: Sequence[str], threshold: float | None = None, held_out=None
 ) -> Figure:
-    """Image scores per defect type, one row of dots each, with the threshold; images on its wrong
-    side (a missed defect, a false alarm) are ringed. ``held_out``: the good training images'
-    held-out scores (the good-only threshold's data), one more row of good parts."""
+    """Notebook 05: image scores per defect type, a row of dots each; with a threshold, images on
+    its wrong side are ringed. ``held_out``: the good training images' held-out scores, a row."""
     scores = np.asarray(scores, dtype=float)
     defects = list(defects)
     if held_out is not None:
@@ -185,7 +178,6 @@ def score_histogram(
     fig = new_figure(9, 0.5 * len(names) + 1.8)
     ax = fig.add_subplot()
     rng = np.random.default_rng(0)
-    wrong_label = None
     for i, n in enumerate(names):
         s = scores[[d == n for d in defects]]
         y = i + rng.uniform(-0.15, 0.15, len(s))
@@ -193,18 +185,17 @@ def score_histogram(
         ax.scatter(s, y, s=22, color="tab:green" if is_good else "tab:red", alpha=0.8)
         if threshold is not None:
             wrong = (s >= threshold) if is_good else (s < threshold)
-            wrong_label = "missed (defect below) or\nfalse alarm (good at or above)"
-            ring = dict(s=110, facecolors="none", edgecolors="black", label=wrong_label)
-            ax.scatter(s[wrong], y[wrong], **ring)
+            label = "missed (defect below) or\nfalse alarm (good at or above)"
+            ax.scatter(
+                s[wrong], y[wrong], s=110, facecolors="none", edgecolors="black", label=label
+            )
     if threshold is not None:
         ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3g}")
-        handles, labels = ax.get_legend_handles_labels()
-        unique = dict(zip(labels, handles))
+        unique = dict(zip(*ax.get_legend_handles_labels()[::-1]))  # one ring entry, not one a row
         ax.legend(unique.values(), unique.keys(), loc="best", fontsize=8)
     ax.set_yticks(range(len(names)), names)
     ax.set_ylim(-0.6, len(names) - 0.4)
-    ax.set_xlabel("image anomaly score")
-    ax.set_ylabel("defect type")
+    ax.set(xlabel="image anomaly score", ylabel="defect type")
     ax.set_title("Image scores per defect type (at or right of the line: flagged as defective)")
     return fig
 
@@ -230,25 +221,22 @@ def confusion_figure(labels, scores, threshold: float) -> Figure:
         ax.text(j, i, str(v), ha="center", va="center", fontsize=14, color=colour)
     ax.set_xticks([0, 1], ["good", "defective"])
     ax.set_yticks([0, 1], ["good", "defective"])
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    ax.set(xlabel="predicted", ylabel="true")
     ax.set_title(f"Confusion matrix at threshold {threshold:.3g}")
     fig.colorbar(im, ax=ax, label="images")
     return fig
 
 
 def select_cases(scores, labels, n: int = 3, n_good: int | None = None) -> dict[str, list[int]]:
-    """Indices of the best and worst cases: ``n`` defects with the highest / lowest scores, then
-    ``n_good`` (default ``max(1, n // 2)``) good parts with the lowest / highest (false alarms)."""
+    """Best and worst cases: ``n`` defects with the highest / lowest scores, then ``n_good``
+    (default ``max(1, n // 2)``) good parts with the lowest / highest."""
     scores, labels = np.asarray(scores, dtype=float), np.asarray(labels)
     ok = np.isfinite(scores)
     bad = [i for i in np.argsort(-scores, kind="stable") if labels[i] == 1 and ok[i]]
     good = [i for i in np.argsort(scores, kind="stable") if labels[i] == 0 and ok[i]]
     g = max(1, n // 2) if n_good is None else n_good
-    return {
-        "best": [int(i) for i in bad[:n]] + [int(i) for i in good[:g]],
-        "worst": [int(i) for i in bad[::-1][:n]] + [int(i) for i in good[::-1][:g]],
-    }
+    pick = lambda defects, goods: [int(i) for i in defects[:n] + goods[:g]]
+    return {"best": pick(bad, good), "worst": pick(bad[::-1], good[::-1])}
 
 
 def verdict(score: float, label: int, threshold: float | None) -> str:
@@ -275,23 +263,18 @@ def gallery(
     pixel_threshold: float | None = None,
     title: str = "",
 ) -> Figure:
-    """One row per image: the image; its map with the ground truth (green) and the verdict at
-    ``threshold``; the pixels at or above ``pixel_threshold`` (:data:`PIXEL_REGION_COLOUR`)."""
+    """Notebook 05, one row per image: the image; its map with the ground truth and the verdict
+    at ``threshold``; the pixels at or above ``pixel_threshold`` (:data:`PIXEL_REGION_COLOUR`)."""
     n = len(images)
     fig = new_figure(11, 3.0 * n + 0.6)
     axes = fig.subplots(n, 3, squeeze=False)
     norm = Normalize(vmin, vmax)
-    for i in range(n):
-        img, amap, mask = images[i], maps[i], masks[i]
-        truth = "defective" if labels[i] else "good"
-        a0, a1, a2 = axes[i]
-        a0.imshow(img)  # as it is: an outline would cover a thin defect
-        axes_off(a0)
-        a0.set_title(f"{titles[i]} (true: {truth})", fontsize=9)
+    for (a0, a1, a2), img, amap, mask, score, label, name in zip(
+        axes, images, maps, masks, scores, labels, titles
+    ):
+        _image(a0, img, f"{name} (true: {'defective' if label else 'good'})")
         heatmap(a1, amap, norm, mask)
-        a1.set_title(
-            f"image score {scores[i]:#.3g}  {verdict(scores[i], labels[i], threshold)}", fontsize=9
-        )
+        a1.set_title(f"image score {score:#.3g}  {verdict(score, label, threshold)}", fontsize=9)
         a2.imshow(img)
         if pixel_threshold is not None and amap is not None:
             region = amap >= pixel_threshold
@@ -304,8 +287,8 @@ def gallery(
             a2.set_title("no pixel threshold (no masks)", fontsize=9)
         mask_outline(a2, mask)
         axes_off(a2)
-    bar = dict(label="map value (blurred patch distance)", shrink=min(0.9, 0.35 + 0.15 * n))
-    fig.colorbar(ScalarMappable(norm, HEATMAP_CMAP), ax=axes.ravel().tolist(), aspect=30, **bar)
+    label, shrink = "map value (blurred patch distance)", min(0.9, 0.35 + 0.15 * n)
+    _colorbar(fig, norm, axes.ravel().tolist(), label, aspect=30, shrink=shrink)
     thr = "" if threshold is None else f"image threshold {threshold:#.3g}"
     fig.suptitle(f"{title or 'Heatmap gallery'}  ({thr})" if thr else (title or "Heatmap gallery"))
     return fig
