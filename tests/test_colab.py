@@ -144,7 +144,7 @@ def test_setup_cell_in_colab_clones_installs_and_reports(tmp_path, monkeypatch, 
     namespace = run_setup_cell(tmp_path, monkeypatch, runner, clone)
     commands = [cmd for cmd, _ in runner.calls]
     assert commands == [
-        colab.clone_command(colab.REPO_URL, str(clone)),
+        ["git", "clone", "--depth", "1", colab.REPO_URL, str(clone)],
         colab.install_command(clone),
     ]
     assert commands[0][:2] == ["git", "clone"] and colab.REPO_URL in commands[0]

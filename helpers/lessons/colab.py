@@ -1,7 +1,6 @@
-"""Every notebook's setup cell (:func:`setup`: install what Colab lacks, report the GPU and the
-library versions) and the repository it clones, :data:`REPO_URL`, the one place that names it:
-a fork changes it and runs ``python -m helpers sync-colab`` (:func:`sync` rewrites the badges,
-setup cells and README's Colab section; tests/test_colab.py fails while they disagree)."""
+"""Every notebook's setup cell (:func:`setup`: install what Colab lacks, print the GPU and the
+versions) and :data:`REPO_URL`, the one place naming the repository: a fork changes it and runs
+``python -m helpers sync-colab`` (:func:`sync`: badges, setup cells, README's Colab section)."""
 
 from __future__ import annotations
 
@@ -40,11 +39,10 @@ sys.path.insert(0, str(ROOT)); import helpers as H
 H.setup(ROOT)  # Colab: pip install -r requirements-colab.txt (never torch); prints GPU, versions"""
 
 
-# ------------------------------------------------------------------ the repository
 def repo_slug(url: str = REPO_URL) -> str:
     """``owner/name`` of a GitHub URL."""
     path = urllib.parse.urlparse(url).path.strip("/")
-    return path[:-4] if path.endswith(".git") else path
+    return path.removesuffix(".git")
 
 
 def badge_link(notebook: str, *, url: str = REPO_URL, branch: str = REPO_BRANCH) -> str:
@@ -54,24 +52,17 @@ def badge_link(notebook: str, *, url: str = REPO_URL, branch: str = REPO_BRANCH)
 
 
 def setup_cell_source(url: str = REPO_URL, clone_dir: str = CLONE_DIR) -> str:
-    """The source of every notebook's setup cell (written by :func:`sync`)."""
     return SETUP_CELL.format(url=url, clone_dir=clone_dir)
 
 
-def clone_command(url: str = REPO_URL, dest: str = CLONE_DIR) -> list[str]:
-    """What the setup cell runs in Colab when the repository is not there yet."""
-    return ["git", "clone", "--depth", "1", url, str(dest)]
-
-
-# ------------------------------------------------------------------ keeping the copies in sync
 def readme_section(text: str) -> tuple[int, int]:  # start and end of README's Colab section
     start = text.index(README_SECTION[0])
     return start, text.index(README_SECTION[1], start)
 
 
 def _sync_notebook(path: Path, url: str) -> bool:
-    """Rewrite the badge (first markdown cell), the setup cell (first code cell) and the Colab
-    metadata of one notebook, reading and writing it in one go. True when it changed."""
+    """Rewrite one notebook's badge (first cell), setup cell (first code cell) and Colab
+    metadata. True when it changed."""
     import nbformat
 
     nb = nbformat.read(str(path), as_version=4)
@@ -92,25 +83,20 @@ def _sync_notebook(path: Path, url: str) -> bool:
     return True
 
 
-def _sync_readme(path: Path, url: str) -> bool:
-    text = path.read_text()
-    start, end = readme_section(text)
-    section = BADGE_RE.sub(lambda m: badge_link(m["name"], url=url), text[start:end])
-    section = GITHUB_RE.sub(url, section)
-    if section == text[start:end]:
-        return False
-    path.write_text(text[:start] + section + text[end:])
-    return True
-
-
 def sync(root: str | Path | None = None, url: str = REPO_URL) -> list[Path]:
     """Make the badges, setup cells, notebook metadata and README's Colab section name ``url``.
     Returns the files changed."""
     root = Path(root) if root else Path(__file__).resolve().parents[2]
     notebooks = sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     changed = [p for p in notebooks if _sync_notebook(p, url)]
-    if _sync_readme(root / "README.md", url):
-        changed.append(root / "README.md")
+    readme = root / "README.md"
+    text = readme.read_text()
+    start, end = readme_section(text)
+    section = BADGE_RE.sub(lambda m: badge_link(m["name"], url=url), text[start:end])
+    section = GITHUB_RE.sub(url, section)
+    if section != text[start:end]:
+        readme.write_text(text[:start] + section + text[end:])
+        changed.append(readme)
     return changed
 
 
@@ -127,21 +113,15 @@ def install_command(root: str | Path) -> list[str]:
     return [sys.executable, "-m", "pip", "install", "-q", "-r", str(Path(root) / REQUIREMENTS)]
 
 
-def colab_requirements(root: str | Path) -> list[str]:
-    """Package names listed in ``requirements-colab.txt``; refuses torch / torchvision."""
+def install_requirements(root: str | Path, *, runner: Callable = subprocess.run) -> list[str]:
+    """pip-install ``requirements-colab.txt`` (refused when it lists torch or torchvision);
+    returns "name version" of each package in it."""
     path = Path(root) / REQUIREMENTS
     lines = [line.split("#")[0].strip() for line in path.read_text().splitlines()]
     names = [re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0] for line in lines if line]
     if banned := [n for n in names if n.lower() in NEVER_INSTALL]:
         why = "Colab's torch matches its CUDA driver; remove them from the file"
         raise ColabSetupError(f"{path} lists {banned}: {why}")
-    return names
-
-
-# ------------------------------------------------------------------ the setup cell
-def install_requirements(root: str | Path, *, runner: Callable = subprocess.run) -> list[str]:
-    """pip-install ``requirements-colab.txt``; returns "name version" of each package in it."""
-    names = colab_requirements(root)
     proc = runner(install_command(root), capture_output=True, text=True)
     if proc.returncode:
         last = (str(proc.stderr or "").strip().splitlines() or ["no message"])[-1]
@@ -170,7 +150,7 @@ def enable_widgets(module: ModuleType) -> bool:
 
 
 def gpu_line(precision: str = "auto", *, in_colab: bool = False) -> str:
-    """The GPU found, its compute capability and the precision the backbone will use."""
+    """The GPU found, its memory and the precision the backbone will use."""
     import torch
 
     from helpers.core.runtime import BF16_MIN_CAPABILITY, cuda_capability, precision_note
@@ -185,16 +165,15 @@ def gpu_line(precision: str = "auto", *, in_colab: bool = False) -> str:
         )
     device = torch.device("cuda")
     props = torch.cuda.get_device_properties(device)
-    memory = f"{props.total_memory / 2**30:.0f} GiB"
-    line = f"GPU: {props.name}, {memory}, {precision_note(device, precision)}"
+    line = f"GPU: {props.name}, {props.total_memory / 2**30:.0f} GiB, "
+    line += precision_note(device, precision)
     if cuda_capability(device) < BF16_MIN_CAPABILITY:
         line += "; an A100 runs bf16: Runtime > Change runtime type > A100 GPU"
     return line
 
 
 def version_line() -> str:
-    """The library versions a memory bank records (:func:`helpers.core.bank.versions`), with
-    torch's CUDA build and ipywidgets."""
+    """The versions a memory bank records, with torch's CUDA build and ipywidgets."""
     import torch
 
     v = versions()
@@ -206,9 +185,9 @@ def version_line() -> str:
 
 def setup(root: str | Path | None, *, runner: Callable | None = None,
           colab: ModuleType | None = None, out: Callable[[str], None] = print) -> dict:  # fmt: skip
-    """The setup cell after the clone. In Colab (``colab``: the ``google.colab`` module, found
-    when None): install ``requirements-colab.txt`` (``runner``: ``subprocess.run``-like) and
-    enable the widget manager ipywidgets 8 needs. Everywhere: print the GPU and versions."""
+    """The setup cell after the clone. In Colab (``colab``: ``google.colab``, found when None):
+    install ``requirements-colab.txt`` (``runner``: like ``subprocess.run``) and enable the widget
+    manager ipywidgets 8 needs. Everywhere: print the versions and the GPU."""
     module = colab if colab is not None else colab_module()
     report: dict = {"colab": module is not None, "installed": [], "widget_manager": False}
     if module is not None and root is not None:

@@ -1,5 +1,5 @@
-"""Interactive explorers for the notebooks (ipywidgets), each with a static fallback: when
-ipywidgets is missing, or ``interactive=False`` (papermill, CI), the same information is drawn as
+"""Interactive explorers of notebooks 01 and 05 (ipywidgets), each with a static fallback: without
+ipywidgets, or with ``interactive=False`` (papermill, CI), the same information is drawn as
 ordinary figures, saved with the run's other figures."""
 
 from __future__ import annotations
@@ -34,6 +34,24 @@ def _static(fig, interactive: bool, run=None, name: str = "") -> None:
         display(fig)
 
 
+def _explorer(controls: list, draw: Callable):
+    """The controls in a row above the figure ``draw(*their values)``, redrawn on every change."""
+    import ipywidgets as w
+    from IPython.display import display
+
+    out = w.Output()
+
+    def update(*_):
+        with out:
+            out.clear_output(wait=True)
+            display(draw(*(c.value for c in controls)))
+
+    for control in controls:
+        control.observe(update, names="value")
+    update()
+    return w.VBox([w.HBox(controls), out])
+
+
 def clahe_explorer(
     images: dict[str, np.ndarray],
     clip_limit: float = 2.0,
@@ -45,32 +63,23 @@ def clahe_explorer(
     clip_limits: Sequence[float] = (1.0, 2.0, 4.0),
     tile_grids: Sequence[int] = (4, 8, 16),
 ):
-    """Pick an image, a clip limit and a tile grid, and see CLAHE before / after with histograms.
-    Returns the widget, or None after drawing the static grid of settings."""
+    """Notebook 01: pick an image, a clip limit and a tile grid, and see CLAHE before / after with
+    histograms. Returns the widget, or None after drawing the static grid of settings."""
     if not (interactive and available()):
         first = next(iter(images))
         title = f"CLAHE settings on {first}: clip limit (columns) x tile grid (rows)"
-        _static(
-            viz.clahe_grid(images[first], clip_limits, tile_grids, title), interactive, run, name
-        )
-        return None
+        fig = viz.clahe_grid(images[first], clip_limits, tile_grids, title)
+        return _static(fig, interactive, run, name)
     import ipywidgets as w
-    from IPython.display import display
 
-    picker = w.Dropdown(options=list(images), description="image")
-    clip = w.FloatSlider(value=clip_limit, min=0.5, max=8.0, step=0.5, description="clip limit")
-    tiles = w.IntSlider(value=tile_grid, min=1, max=32, step=1, description="tile grid")
-    out = w.Output()
-
-    def update(*_):
-        with out:
-            out.clear_output(wait=True)
-            display(viz.clahe_figure(images[picker.value], clip.value, tiles.value, picker.value))
-
-    for control in (picker, clip, tiles):
-        control.observe(update, names="value")
-    update()
-    return w.VBox([w.HBox([picker, clip, tiles]), out])
+    return _explorer(
+        [
+            w.Dropdown(options=list(images), description="image"),
+            w.FloatSlider(value=clip_limit, min=0.5, max=8.0, step=0.5, description="clip limit"),
+            w.IntSlider(value=tile_grid, min=1, max=32, step=1, description="tile grid"),
+        ],
+        lambda image, clip, tiles: viz.clahe_figure(images[image], clip, tiles, image),
+    )
 
 
 def prediction_browser(
@@ -91,10 +100,9 @@ def prediction_browser(
     static_max: int = 5,
     defects: Sequence[str] | None = None,
 ):
-    """Browse every test image with its anomaly map. Sliders move the image threshold (the
-    verdict follows) and the pixel threshold (the outlined region follows). Static fallback:
-    the first image of each defect type when ``defects`` is given (else the first images), at
-    most ``static_max``."""
+    """Notebook 05: every test image with its anomaly map; sliders move the image threshold (the
+    verdict follows) and the pixel threshold (the region follows). Static fallback: the first
+    image of each of ``defects`` (else the first images), at most ``static_max``."""
     scores = np.asarray(scores, dtype=float)
     n = len(scores)
 
@@ -106,39 +114,9 @@ def prediction_browser(
                            pixel_threshold=pix, title="Test image browser")  # fmt: skip
 
     if not (interactive and available()):
-        shown = _static_indices(n, defects, static_max)
-        _static(panel(shown, threshold, pixel_threshold), interactive, run, name)
-        return None
-    import ipywidgets as w
-    from IPython.display import display
-
-    index = w.IntSlider(value=0, min=0, max=max(n - 1, 0), description="image")
-    thr, pix = _threshold_sliders(scores, threshold, pixel_threshold, vmin, vmax)
-    out = w.Output()
-
-    def update(*_):
-        with out:
-            out.clear_output(wait=True)
-            display(panel([index.value], thr.value, pix.value))
-
-    for control in (index, thr, pix):
-        control.observe(update, names="value")
-    update()
-    return w.VBox([w.HBox([index, thr, pix]), out])
-
-
-def _static_indices(n: int, defects: Sequence[str] | None, static_max: int) -> list[int]:
-    """The first image of each defect type when ``defects`` is given, else the first images."""
-    if defects is None:
-        return list(range(min(n, static_max)))
-    firsts = {}
-    for i, d in enumerate(defects):
-        firsts.setdefault(d, i)
-    return sorted(firsts.values())[:static_max]
-
-
-def _threshold_sliders(scores, threshold, pixel_threshold, vmin: float, vmax: float):
-    """The image-threshold slider (over the finite scores) and the pixel-threshold slider."""
+        firsts = {d: i for i, d in reversed(list(enumerate(defects or [])))}  # first of each
+        shown = (list(range(n)) if defects is None else sorted(firsts.values()))[:static_max]
+        return _static(panel(shown, threshold, pixel_threshold), interactive, run, name)
     import ipywidgets as w
 
     finite = scores[np.isfinite(scores)]
@@ -148,6 +126,11 @@ def _threshold_sliders(scores, threshold, pixel_threshold, vmin: float, vmax: fl
         readout_format=".3g",
     )  # fmt: skip
     pix = vmax if pixel_threshold is None else pixel_threshold
-    return slider(threshold, lo, max(hi, lo + 1e-6), "image thr."), slider(
-        pix, vmin, vmax, "pixel thr."
+    return _explorer(
+        [
+            w.IntSlider(value=0, min=0, max=max(n - 1, 0), description="image"),
+            slider(threshold, lo, max(hi, lo + 1e-6), "image thr."),
+            slider(pix, vmin, vmax, "pixel thr."),
+        ],
+        lambda index, thr, pix: panel([index], thr, pix),
     )
