@@ -19,7 +19,8 @@ def pca_rgb(fit_features, embeddings, seed: int = 0) -> list[np.ndarray]:
 
     fit = np.asarray(fit_features, dtype=np.float32)
     pca = PCA(n_components=3, random_state=seed).fit(fit)
-    lo, hi = np.percentile(pca.transform(fit), [1, 99], axis=0)
+    ref = pca.transform(fit)
+    lo, hi = np.percentile(ref, 1, axis=0), np.percentile(ref, 99, axis=0)
     emb = np.asarray(embeddings, dtype=np.float32)
     out = pca.transform(emb.reshape(-1, emb.shape[-1])).reshape(*emb.shape[:-1], 3)
     return list(np.clip((out - lo) / np.maximum(hi - lo, 1e-8), 0, 1))
