@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from helpers.core.images import apply_clahe, load_image
+from helpers.core.images import load_image
 from helpers.lessons import viz
 from helpers.lessons.viz_data import _brightness_reading
 
@@ -28,15 +28,6 @@ def test_brightness_baseline_is_the_auroc_of_the_mean_grey_level(samples):
     assert by_name["all defects"][1] == len(test) - len(good)
     assert f"{len(good)} good test images" in table.title
     assert "AUROC" in str(table)
-
-
-def test_brightness_baseline_applies_the_transform(samples):
-    _, test = samples
-    plain = viz.brightness_baseline(test)
-    same = viz.brightness_baseline(test, transform=lambda im: im)
-    assert plain.rows == same.rows
-    clahe = viz.brightness_baseline(test, transform=lambda im: apply_clahe(im, 4.0, 8))
-    assert [r[2] for r in clahe.rows] != [r[2] for r in plain.rows]
 
 
 def test_brightness_reading_is_symmetric():

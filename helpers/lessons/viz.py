@@ -83,18 +83,13 @@ def clahe_figure(image: np.ndarray, clip_limit=2.0, tile_grid=8, title: str = ""
     ax.set_title("Lightness before and after")
     (h1, l1), (h2, l2) = ax.get_legend_handles_labels(), twin.get_legend_handles_labels()
     ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="lower center", ncol=2)
-    fig.suptitle(
-        title or "Contrast-limited adaptive histogram equalisation (CLAHE) on the L channel"
-    )
+    title = title or "Contrast-limited adaptive histogram equalisation (CLAHE) on the L channel"
+    fig.suptitle(title)
     return fig
 
 
-def clahe_grid(
-    image: np.ndarray,
-    clip_limits: Sequence[float] = (1.0, 2.0, 4.0),
-    tile_grids: Sequence[int] = (4, 8, 16),
-    title: str = "",
-) -> Figure:
+def clahe_grid(image: np.ndarray, clip_limits: Sequence[float] = (1.0, 2.0, 4.0),
+               tile_grids: Sequence[int] = (4, 8, 16), title: str = "") -> Figure:  # fmt: skip
     """The CLAHE explorer's static fallback: one panel per (clip limit, tile grid)."""
     from helpers.core.images import apply_clahe
 
@@ -179,9 +174,8 @@ def clahe_cases_figure(stats: dict, clip_limit: float, tile_grid: int) -> Figure
         box = (slice(top, cy + half), slice(left, cx + half))
         row[0].imshow(image)
         mask_outline(row[0], mask)
-        row[0].add_patch(
-            Rectangle((left, top), 2 * half, 2 * half, fill=False, edgecolor="yellow", lw=1)
-        )
+        square = Rectangle((left, top), 2 * half, 2 * half, fill=False, edgecolor="yellow", lw=1)
+        row[0].add_patch(square)
         row[0].set_title(f"{label}: {s.defect}/{s.path.name}", fontsize=10)
         clahe = f"CLAHE clip {clip_limit:g}, {tile_grid}x{tile_grid}"
         for ax, img, name, c in (

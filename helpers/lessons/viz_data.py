@@ -145,9 +145,8 @@ def sample_grid(samples, per_defect: int = 2) -> Figure:
             below.imshow(tint)
             mask_outline(below, mask)
             below.set_title("its ground truth" if mask is not None else "no defect", fontsize=8)
-    fig.suptitle(
-        "Test images per defect type, each above its ground truth (tinted red, outlined green)"
-    )
+    title = "Test images per defect type, each above its ground truth (tinted red, outlined green)"
+    fig.suptitle(title)
     return fig
 
 
@@ -186,20 +185,17 @@ def image_statistics(samples) -> tuple[Table, Figure]:
     return table, fig
 
 
-def brightness_baseline(samples, transform=None) -> Table:
+def brightness_baseline(samples) -> Table:
     """Notebooks 01 and 05: a brightness-only detector, the image AUROC of each test image's mean
     grey level, per defect type against the good test images (0.5: no signal; near 1 or 0: a
-    shortcut in the data), also as ``table.aurocs`` ({type or "all defects": AUROC}).
-    ``transform`` (RGB uint8 -> RGB uint8, e.g. CLAHE) is applied first."""
+    shortcut in the data), also as ``table.aurocs`` ({type or "all defects": AUROC})."""
     from helpers.core.images import load_image
     from helpers.evaluation.metrics import image_auroc
 
     bright = {}
     for s in samples:
         if s.split == "test":
-            img = load_image(s.path)
-            img = transform(img) if transform is not None else img
-            bright.setdefault(s.defect, []).append(float(img.mean()))
+            bright.setdefault(s.defect, []).append(float(load_image(s.path).mean()))
     good = bright.get("good", [])
     groups = [(d, v) for d, v in bright.items() if d != "good"]
     groups.append(("all defects", [b for _, v in groups for b in v]))

@@ -38,10 +38,8 @@ def pca_figure(crops: Sequence[np.ndarray], rgb: Sequence[np.ndarray], titles) -
         axes_off(top, below)
     axes[0][0].set_ylabel("input crop")
     axes[1][0].set_ylabel("3 principal\ncomponents as RGB")
-    title = "Patch features as colours: similar colour, similar feature\n"
-    fig.suptitle(
-        title + "(3 principal components fitted on the good training patches)", fontsize=11
-    )
+    title = "Patch features as colours: similar colour, similar feature\n(3 principal "
+    fig.suptitle(title + "components fitted on the good training patches)", fontsize=11)
     return fig
 
 
@@ -107,17 +105,10 @@ def _finish(axes, chosen, label: str, corners: Sequence[str]) -> None:
         ax.legend(fontsize=8, loc=corner)
 
 
-def coverage_figure(
-    cov: dict,
-    dim: int,
-    *,
-    full_patches: int | None = None,
-    chosen: float | None = None,
-    run_patches: int | None = None,
-    run_label: str | None = None,
-    full_label: str | None = None,
-    max_rows: int = 0,
-) -> Figure:
+def coverage_figure(cov: dict, dim: int, *, full_patches: int | None = None,
+                    chosen: float | None = None, run_patches: int | None = None,
+                    run_label: str | None = None, full_label: str | None = None,
+                    max_rows: int = 0) -> Figure:  # fmt: skip
     """Notebook 03: coverage radius vs coreset ratio (greedy vs random, on the ``cov`` sample)
     and bank size vs ratio for ``run_patches`` (and the full set's ``full_patches``) patches;
     ``*_label``: those lines' legends; ``max_rows``: the bank's cap (0: none)."""
@@ -189,12 +180,10 @@ def projection_figure(features, projected, n_pairs: int = 3000, seed: int = 0) -
     ratio = dp / np.maximum(d, 1e-12)
     spread = f"5-95% {np.percentile(ratio, 5):.2f}-{np.percentile(ratio, 95):.2f}"
     title = f"Random projection {x.shape[1]} -> {p.shape[1]} dims\n"
-    ax.set_title(
-        title + f"projected / original distance: median {np.median(ratio):.2f}, {spread}",
-        fontsize=9,
-    )
-    ax.set_xlabel(f"distance between two patches ({x.shape[1]}-D)")
-    ax.set_ylabel(f"distance after projection ({p.shape[1]}-D)")
+    title += f"projected / original distance: median {np.median(ratio):.2f}, {spread}"
+    ax.set_title(title, fontsize=9)
+    ax.set(xlabel=f"distance between two patches ({x.shape[1]}-D)")
+    ax.set(ylabel=f"distance after projection ({p.shape[1]}-D)")
     ax.legend(fontsize=8)
     return fig
 

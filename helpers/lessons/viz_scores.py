@@ -17,17 +17,9 @@ from helpers.lessons.viz_data import HEATMAP_CMAP, axes_off, heatmap, mask_outli
 PIXEL_REGION_COLOUR = "magenta"
 
 
-def maps_preview(
-    images,
-    maps,
-    titles,
-    *,
-    vmin: float,
-    vmax: float,
-    title: str = "",
-    label: str = "anomaly map\n(blurred patch distance)",
-    masks=None,
-) -> Figure:
+def maps_preview(images, maps, titles, *, vmin: float, vmax: float, title: str = "",
+                 label: str = "anomaly map\n(blurred patch distance)",
+                 masks=None) -> Figure:  # fmt: skip
     """Notebooks 01 and 04: each image above its anomaly map (one image: side by side), the maps
     on one colour scale (``label``: the bar's caption), ``masks`` outlined on the maps."""
     n = len(images)
@@ -48,16 +40,9 @@ def maps_preview(
     return fig
 
 
-def map_steps(
-    crop: np.ndarray,
-    patch_scores: np.ndarray,
-    *,
-    upsampled: np.ndarray,
-    blurred: np.ndarray,
-    image: np.ndarray,
-    original_map: np.ndarray,
-    sigma: float,
-) -> Figure:
+def map_steps(crop: np.ndarray, patch_scores: np.ndarray, *, upsampled: np.ndarray,
+              blurred: np.ndarray, image: np.ndarray, original_map: np.ndarray,
+              sigma: float) -> Figure:  # fmt: skip
     """Notebook 04: from patch distances to the map in original pixels, step by step, each with
     its largest value (the blur lowers the peak: an image score can exceed every map value)."""
     fig = new_figure(15, 3.4)
@@ -148,9 +133,8 @@ def roc_figure(labels, scores, masks=None, maps=None, threshold: float | None = 
         fpr, pro = curve
         sel = fpr <= 0.3
         ax.plot(fpr[sel], pro[sel], lw=2, color="tab:green")
-        ax.fill_between(
-            fpr[sel], pro[sel], alpha=0.2, color="tab:green", label="area = AUPRO x 0.3"
-        )
+        area = "area = AUPRO x 0.3"
+        ax.fill_between(fpr[sel], pro[sel], alpha=0.2, color="tab:green", label=area)
         ax.legend(loc="lower right")
     else:
         ax.text(0.15, 0.5, "no ground-truth masks", ha="center")
@@ -163,9 +147,7 @@ def roc_figure(labels, scores, masks=None, maps=None, threshold: float | None = 
 HELD_OUT = "good (training,\nheld out)"
 
 
-def score_histogram(
-    scores, defects: Sequence[str], threshold: float | None = None, held_out=None
-) -> Figure:
+def score_histogram(scores, defects: Sequence[str], threshold=None, held_out=None) -> Figure:
     """Notebook 05: image scores per defect type, a row of dots each; with a threshold, images on
     its wrong side are ringed. ``held_out``: the good training images' held-out scores, a row."""
     scores = np.asarray(scores, dtype=float)
@@ -206,9 +188,8 @@ def confusion_counts(labels, scores, threshold: float) -> np.ndarray:
     keep = np.isfinite(scores)
     pred = scores[keep] >= threshold
     y = labels[keep].astype(bool)
-    return np.array(
-        [[np.sum(~y & ~pred), np.sum(~y & pred)], [np.sum(y & ~pred), np.sum(y & pred)]]
-    )
+    cm = [[np.sum(~y & ~pred), np.sum(~y & pred)], [np.sum(y & ~pred), np.sum(y & pred)]]
+    return np.array(cm)
 
 
 def confusion_figure(labels, scores, threshold: float) -> Figure:
@@ -249,20 +230,9 @@ def verdict(score: float, label: int, threshold: float | None) -> str:
     return "flagged: FALSE ALARM" if flagged else "passed: correct"
 
 
-def gallery(
-    images,
-    maps,
-    masks,
-    *,
-    scores,
-    labels,
-    titles,
-    vmin: float,
-    vmax: float,
-    threshold: float | None = None,
-    pixel_threshold: float | None = None,
-    title: str = "",
-) -> Figure:
+def gallery(images, maps, masks, *, scores, labels, titles, vmin: float, vmax: float,
+            threshold: float | None = None, pixel_threshold: float | None = None,
+            title: str = "") -> Figure:  # fmt: skip
     """Notebook 05, one row per image: the image; its map with the ground truth and the verdict
     at ``threshold``; the pixels at or above ``pixel_threshold`` (:data:`PIXEL_REGION_COLOUR`)."""
     n = len(images)

@@ -52,17 +52,10 @@ def _explorer(controls: list, draw: Callable):
     return w.VBox([w.HBox(controls), out])
 
 
-def clahe_explorer(
-    images: dict[str, np.ndarray],
-    clip_limit: float = 2.0,
-    tile_grid: int = 8,
-    *,
-    interactive: bool = True,
-    run=None,
-    name: str = "",
-    clip_limits: Sequence[float] = (1.0, 2.0, 4.0),
-    tile_grids: Sequence[int] = (4, 8, 16),
-):
+def clahe_explorer(images: dict[str, np.ndarray], clip_limit: float = 2.0, tile_grid: int = 8,
+                   *, interactive: bool = True, run=None, name: str = "",
+                   clip_limits: Sequence[float] = (1.0, 2.0, 4.0),
+                   tile_grids: Sequence[int] = (4, 8, 16)):  # fmt: skip
     """Notebook 01: pick an image, a clip limit and a tile grid, and see CLAHE before / after with
     histograms. Returns the widget, or None after drawing the static grid of settings."""
     if not (interactive and available()):
@@ -82,24 +75,11 @@ def clahe_explorer(
     )
 
 
-def prediction_browser(
-    load_image: Callable[[int], np.ndarray],
-    scores,
-    labels,
-    *,
-    maps,
-    masks,
-    titles: Sequence[str],
-    threshold: float,
-    vmin: float,
-    vmax: float,
-    pixel_threshold: float | None = None,
-    interactive: bool = True,
-    run=None,
-    name: str = "",
-    static_max: int = 5,
-    defects: Sequence[str] | None = None,
-):
+def prediction_browser(load_image: Callable[[int], np.ndarray], scores, labels, *, maps, masks,
+                       titles: Sequence[str], threshold: float, vmin: float, vmax: float,
+                       pixel_threshold: float | None = None, interactive: bool = True, run=None,
+                       name: str = "", static_max: int = 5,
+                       defects: Sequence[str] | None = None):  # fmt: skip
     """Notebook 05: every test image with its anomaly map; sliders move the image threshold (the
     verdict follows) and the pixel threshold (the region follows). Static fallback: the first
     image of each of ``defects`` (else the first images), at most ``static_max``."""
