@@ -4,7 +4,6 @@ versions) and :data:`REPO_URL`, the one place naming the repository: a fork chan
 
 from __future__ import annotations
 
-import importlib
 import importlib.metadata
 import re
 import subprocess
@@ -125,11 +124,8 @@ def install_requirements(root: str | Path, *, runner: Callable = subprocess.run)
     proc = runner(install_command(root), capture_output=True, text=True)
     if proc.returncode:
         last = (str(proc.stderr or "").strip().splitlines() or ["no message"])[-1]
-        raise ColabSetupError(
-            f"pip install -r {Path(root) / REQUIREMENTS} failed ({last}): run "
-            "the cell again; if it fails again, Runtime > Disconnect and "
-            "delete runtime, then Run all"
-        )
+        again = "run the cell again; if it fails again, Runtime > Disconnect and delete runtime"
+        raise ColabSetupError(f"pip install -r {path} failed ({last}): {again}, then Run all")
     return [f"{name} {_version(name)}" for name in names]
 
 

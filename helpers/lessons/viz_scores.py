@@ -150,11 +150,9 @@ HELD_OUT = "good (training,\nheld out)"
 def score_histogram(scores, defects: Sequence[str], threshold=None, held_out=None) -> Figure:
     """Notebook 05: image scores per defect type, a row of dots each; with a threshold, images on
     its wrong side are ringed. ``held_out``: the good training images' held-out scores, a row."""
-    scores = np.asarray(scores, dtype=float)
-    defects = list(defects)
-    if held_out is not None:
-        scores = np.concatenate([np.asarray(held_out, dtype=float), scores])
-        defects = [HELD_OUT] * len(held_out) + defects
+    held_out = [] if held_out is None else list(held_out)
+    scores = np.asarray([*held_out, *scores], dtype=float)
+    defects = [HELD_OUT] * len(held_out) + list(defects)
     names = [HELD_OUT, "good"] + sorted(set(defects) - {"good", HELD_OUT})
     names = [n for n in names if n in set(defects)]
     fig = new_figure(9, 0.5 * len(names) + 1.8)
