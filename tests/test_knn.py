@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from helpers.core.knn import knn, knn_torch, pair_distance
+from helpers.core.knn import knn_torch, pair_distance
 
 
 def brute(q, b, k, distance):
@@ -35,7 +35,7 @@ def test_tiny_budget_forces_many_blocks_and_still_agrees():
 
 def test_exact_match_has_zero_distance():
     b = torch.randn(100, 16, generator=torch.Generator().manual_seed(0))
-    d, i = knn(b[[5, 17]], b)
+    d, i = knn_torch(b[[5, 17]], b)
     # |q|^2 - 2 q.b + |b|^2 in float32 cancels to ~eps*|q|^2, i.e. a distance of ~sqrt(eps)*|q|
     assert torch.allclose(d[:, 0], torch.zeros(2), atol=1e-2)
     assert i[:, 0].tolist() == [5, 17]
@@ -135,8 +135,10 @@ def test_auto_backend_is_faiss_on_the_cpu_when_installed_and_torch_otherwise(mon
     assert knn_module.resolve_backend("auto", torch.device("cuda")) == "torch"
     monkeypatch.setattr(knn_module, "faiss_available", lambda: False)
     assert knn_module.resolve_backend("auto", q.device) == "torch"
-    d_auto, i_auto = knn_module.knn(q, b, 3, backend="auto")
-    d_torch, i_torch = knn_module.knn(q, b, 3, backend="torch")
+    from helpers.core.bank import MemoryBank
+
+    d_auto, i_auto = MemoryBank(b, backend="auto").nearest(q, 3)
+    d_torch, i_torch = MemoryBank(b, backend="torch").nearest(q, 3)
     assert torch.equal(i_auto, i_torch) and torch.equal(d_auto, d_torch)
 
 

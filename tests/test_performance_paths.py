@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.core.knn import knn, knn_faiss, knn_torch
+from helpers.core.knn import knn_faiss, knn_torch
 
 # bf16 features vs fp32: largest relative image-score difference allowed. Cosine distances
 # between near neighbours are small differences of nearly equal vectors, so the same bf16
@@ -76,7 +76,7 @@ def test_faiss_knn_matches_torch_knn(distance, k):
     # the cached index is rebuilt when the bank changes
     b2 = b + 1
     assert torch.allclose(
-        knn(q, b2, k, distance=distance, backend="faiss")[0],
+        knn_faiss(q, b2, k, distance=distance)[0],
         knn_torch(q, b2, k, distance=distance)[0],
         atol=1e-4,
     )

@@ -19,9 +19,7 @@ def prepare(x: torch.Tensor, distance: str, norm_floor: float = 0.0) -> torch.Te
     return x
 
 
-def pair_distance(
-    a: torch.Tensor, b: torch.Tensor, distance: str = "l2", norm_floor: float = 0.0
-) -> torch.Tensor:
+def pair_distance(a: torch.Tensor, b: torch.Tensor, distance="l2", norm_floor=0.0) -> torch.Tensor:
     """Distance between rows of ``a`` and ``b`` (broadcast over leading dims), as kNN reports it."""
     d2 = ((prepare(a, distance, norm_floor) - prepare(b, distance, norm_floor)) ** 2).sum(-1)
     return finish(d2, distance)
@@ -44,8 +42,7 @@ def knn_torch(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, *, distance
               memory_mb: int = 256, bank_sqn=None, norm_floor: float = 0.0) -> tuple:  # fmt: skip
     """(distances [Q, k] ascending, indices [Q, k]) of each query's k nearest bank rows."""
     _check(queries, bank, k)
-    q = prepare(queries, distance, norm_floor)
-    b = prepare(bank, distance, norm_floor)
+    q, b = prepare(queries, distance, norm_floor), prepare(bank, distance, norm_floor)
     qn = (q * q).sum(1, keepdim=True)
     bn = (b * b).sum(1) if bank_sqn is None or distance == "cosine" else bank_sqn.float()
     budget = max(1, memory_mb * (1 << 20) // 4)
@@ -125,13 +122,3 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend != "auto":
         return backend
     return "faiss" if device.type == "cpu" and faiss_available() else "torch"
-
-
-def knn(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, *, distance: str = "l2",
-        backend="auto", memory_mb: int = 256, bank_sqn=None, norm_floor: float = 0.0):  # fmt: skip
-    """(distances [Q, k] ascending, indices [Q, k]) with ``backend`` "torch", "faiss" or "auto"
-    (:func:`resolve_backend`); both backends are exact and agree to float32 rounding."""
-    if resolve_backend(backend, queries.device) == "faiss":
-        return knn_faiss(queries, bank, k, distance=distance, norm_floor=norm_floor)
-    kw = dict(memory_mb=memory_mb, bank_sqn=bank_sqn, norm_floor=norm_floor)
-    return knn_torch(queries, bank, k, distance=distance, **kw)

@@ -4,6 +4,7 @@ done in torch so it runs on the GPU in a batch."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -18,11 +19,8 @@ def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> torch.Tensor:
 def _symmetric_pad(x: torch.Tensor, r: int, dim: int) -> torch.Tensor:
     """scipy's 'reflect' (d c b a | a b c d | d c b a), repeated for kernels wider than the map."""
     n = x.shape[dim]
-    idx = torch.arange(-r, n + r, device=x.device)
-    period = 2 * n
-    idx = torch.remainder(idx, period)
-    idx = torch.where(idx >= n, period - 1 - idx, idx)
-    return x.index_select(dim, idx)
+    idx = torch.remainder(torch.arange(-r, n + r, device=x.device), 2 * n)
+    return x.index_select(dim, torch.where(idx >= n, 2 * n - 1 - idx, idx))
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -39,34 +37,18 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
 
 def patch_scores_to_maps(grid: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
     """[B, h, w] patch scores -> [B, size, size] blurred anomaly maps in input pixels."""
-    up = F.interpolate(
-        grid.unsqueeze(1).float(), size=(size, size), mode="bilinear", align_corners=False
-    ).squeeze(1)
-    return gaussian_blur(up, sigma)
+    up = F.interpolate(grid[:, None].float(), (size, size), mode="bilinear", align_corners=False)
+    return gaussian_blur(up.squeeze(1), sigma)
 
 
-def grids_to_maps(
-    grids,
-    geometries: list,
-    *,
-    input_size: int,
-    sigma: float,
-    device: torch.device | str = "cpu",
-    chunk: int = 16,
-) -> list:
+def grids_to_maps(grids, geometries: list, *, input_size: int, sigma: float,
+                  device: torch.device | str = "cpu", chunk: int = 16) -> list:  # fmt: skip
     """Patch-score grids [B, h, w] -> anomaly maps in each image's ORIGINAL pixels (bilinear
     upsampling to the input size, Gaussian blur ``sigma``, resize/crop undone by its
     :class:`~helpers.core.images.Geometry`); None where the geometry is None (an unreadable
     image)."""
-    import numpy as np
-
-    grids = torch.as_tensor(
-        np.nan_to_num(
-            np.asarray(
-                grids.detach().cpu() if isinstance(grids, torch.Tensor) else grids, np.float32
-            )
-        )
-    )
+    grids = grids.detach().cpu() if isinstance(grids, torch.Tensor) else grids
+    grids = torch.as_tensor(np.nan_to_num(np.asarray(grids, np.float32)))
     out = []
     for start in range(0, len(geometries), chunk):
         part = patch_scores_to_maps(grids[start : start + chunk].to(device), input_size, sigma)
