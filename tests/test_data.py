@@ -4,11 +4,12 @@ import pytest
 from PIL import Image
 
 from helpers.core.images import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     Geometry,
     ImageReadError,
     Preprocessor,
     apply_clahe,
-    denormalize,
     load_image,
 )
 from helpers.data.mvtec import DatasetError, list_samples, load_mask
@@ -140,7 +141,9 @@ def test_geometry_resize_crop_and_back():
     assert (g.res_h, g.res_w, g.top, g.left) == (256, 341, 16, 58)
     # a map that is hot at one input pixel lands at the matching original pixel
     amap = np.zeros((224, 224), np.float32)
-    y, x = g.from_original((150.0, 200.0))
+    # original pixel (150, 200) -> input pixel, pixel-centre convention
+    y = (150.0 + 0.5) * g.res_h / g.orig_h - 0.5 - g.top
+    x = (200.0 + 0.5) * g.res_w / g.orig_w - 0.5 - g.left
     amap[int(round(y)), int(round(x))] = 1.0
     back = g.to_original(amap)
     assert back.shape == (300, 400)
@@ -162,6 +165,7 @@ def test_preprocessor_normalises_and_round_trips():
     x, g = Preprocessor(64, 64)(img)
     assert x.shape == (3, 64, 64) and x.dtype.is_floating_point
     assert abs(float(x.mean())) < 3
-    assert denormalize(x).shape == (64, 64, 3)
+    back = (x.numpy().transpose(1, 2, 0) * IMAGENET_STD + IMAGENET_MEAN) * 255
+    assert np.abs(back - Preprocessor(64, 64).crop_rgb(img)[0]).max() < 0.01
     with pytest.raises(ValueError, match="uint8"):
         Preprocessor(64, 64)(img.astype(np.float32))

@@ -139,11 +139,6 @@ class Geometry:
             return canvas
         return cv2.resize(canvas, (self.orig_w, self.orig_h), interpolation=cv2.INTER_LINEAR)
 
-    def from_original(self, yx: tuple[float, float]) -> tuple[float, float]:
-        """Original pixel (y, x) -> input (crop) pixel (y, x), pixel-centre convention."""
-        sy, sx = self.res_h / self.orig_h, self.res_w / self.orig_w
-        return ((yx[0] + 0.5) * sy - 0.5 - self.top, (yx[1] + 0.5) * sx - 0.5 - self.left)
-
 
 class Preprocessor:
     """RGB uint8 image -> normalised float tensor [3, crop, crop] and its :class:`Geometry`."""
@@ -174,12 +169,6 @@ class Preprocessor:
         return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))), g
 
 
-def denormalize(x: torch.Tensor) -> np.ndarray:
-    """Normalised tensor [3, H, W] -> RGB uint8 [H, W, 3] (for figures)."""
-    arr = x.detach().cpu().numpy().transpose(1, 2, 0) * IMAGENET_STD + IMAGENET_MEAN
-    return np.clip(arr * 255 + 0.5, 0, 255).astype(np.uint8)
-
-
 Batch = tuple[torch.Tensor, list[Geometry], list[int]]
 
 
@@ -190,18 +179,13 @@ def rotate_image(image: np.ndarray, degrees: float) -> np.ndarray:
     return cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
-def image_batches(
-    images, config: Config, preprocess: Preprocessor, rotations: int = 1
-) -> Iterator[Batch]:
+def image_batches(images, config: Config, preprocess: Preprocessor, rotations=1) -> Iterator[Batch]:
     """(tensor batch, geometries, indices into the input) of ``config.batch_size`` images, read
     as they are needed; with ``rotations`` > 1 also each image's copies turned by 360/rotations."""
-    if isinstance(images, torch.Tensor):
-        yield from _tensor_batches(images, config)
-    else:
-        yield from _file_batches(as_list(images), config, preprocess, rotations)
-
-
-def _tensor_batches(images: torch.Tensor, c: Config) -> Iterator[Batch]:
+    c = config
+    if not isinstance(images, torch.Tensor):
+        yield from _file_batches(as_list(images), c, preprocess, rotations)
+        return
     if images.ndim == 3:
         images = images.unsqueeze(0)
     if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
@@ -220,12 +204,9 @@ def _tensor_batches(images: torch.Tensor, c: Config) -> Iterator[Batch]:
         yield part, [g] * part.shape[0], list(range(i, i + part.shape[0]))
 
 
-def _file_batches(
-    items: list, c: Config, preprocess: Preprocessor, rotations: int
-) -> Iterator[Batch]:
+def _file_batches(items: list, c: Config, preprocess: Preprocessor, rotations: int):
     if not items:
         raise ValueError("no images given (an empty list or folder?)")
-
     load = lambda item: load_input(item, c.skip_bad_images)
     pool = ThreadPoolExecutor(max(1, c.num_workers)) if c.num_workers > 0 else None
     try:
