@@ -49,15 +49,13 @@ def extract(model, images, progress: bool = False, spill_dir=None) -> TrainingFe
                 if c.balance_taps:  # the weights that make the taps count alike (notebook 02)
                     model.tap_weights = balanced_tap_weights(emb, c.tap_dims)
                     emb = emb * model.tap_scale()
-                grid = tuple(emb.shape[1:3])
-                proj = projection_for(
-                    c, n * rotations * grid[0] * grid[1], emb.shape[-1], model.device
-                )
-                spill = FeatureSpill(emb.shape[-1], spill_dir) if proj.matrix is not None else None
+                grid, dim = tuple(emb.shape[1:3]), emb.shape[-1]
+                proj = projection_for(c, n * rotations * grid[0] * grid[1], dim, model.device)
+                spill = FeatureSpill(dim, spill_dir) if proj.matrix is not None else None
             for view in emb:
-                proj.add(view.reshape(-1, emb.shape[-1]))
+                proj.add(view.reshape(-1, dim))
             if spill is not None:
-                spill.append(emb.reshape(-1, emb.shape[-1]))
+                spill.append(emb.reshape(-1, dim))
             views += emb.shape[0]
         if proj is None:
             raise ValueError("no training image could be read")
@@ -68,10 +66,8 @@ def extract(model, images, progress: bool = False, spill_dir=None) -> TrainingFe
         if spill is not None:
             spill.close()
         raise
-    seconds = time.perf_counter() - t0
-    return TrainingFeatures(
-        proj, spill, grid=grid, n_views=views, rotations=rotations, seconds=seconds
-    )
+    kw = dict(grid=grid, n_views=views, rotations=rotations, seconds=time.perf_counter() - t0)
+    return TrainingFeatures(proj, spill, **kw)
 
 
 class TrainingFeatures:
@@ -79,25 +75,14 @@ class TrainingFeatures:
     ``n_patches`` rows) and the full embeddings in ``spill`` (a file), in ``full`` (a tensor) or,
     when the projection is the identity, nowhere else. ``close()`` removes a temporary spill."""
 
-    def __init__(
-        self,
-        projection: Projection,
-        spill: FeatureSpill | None,
-        *,
-        grid: tuple[int, int],
-        n_views: int,
-        rotations: int = 1,
-        seconds: float = 0.0,
-        full: torch.Tensor | None = None,
-    ):
+    def __init__(self, projection: Projection, spill: FeatureSpill | None, *, grid, n_views: int,
+                 rotations=1, seconds=0.0, full: torch.Tensor | None = None):  # fmt: skip
         self.projection, self.spill, self.full = projection, spill, full
         self.grid, self.n_views, self.seconds = tuple(grid), n_views, seconds
         self.n_images = n_views // rotations  # each image gave ``rotations`` views
 
     @classmethod
-    def in_memory(
-        cls, projection: Projection, features: torch.Tensor, grid: tuple[int, int]
-    ) -> TrainingFeatures:
+    def in_memory(cls, projection: Projection, features: torch.Tensor, grid) -> TrainingFeatures:
         """Patches already held in a tensor [N, D] (``grid`` rows per view, in order) with their
         filled ``projection``."""
         n_views = features.shape[0] // (grid[0] * grid[1])
@@ -148,9 +133,7 @@ class FeatureSpill:
         self._fh = os.fdopen(fd, "w+b")
 
     @classmethod
-    def open(
-        cls, path: str | Path, dim: int, rows: int | None = None, chunk_rows: int = 16384
-    ) -> FeatureSpill:
+    def open(cls, path: str | Path, dim: int, rows: int | None = None, chunk_rows=16384):
         """An existing spill file (written by :meth:`persist`), read-only; kept on close. With
         ``rows``, the file must hold exactly that many rows."""
         path = Path(path)
@@ -181,14 +164,9 @@ class FeatureSpill:
         self.close()
 
     def close(self) -> None:
-        if not self._fh.closed:
-            self._fh.close()
+        self._fh.close()  # a second close is a no-op
         if not self.keep:
             self.path.unlink(missing_ok=True)
-
-    @property
-    def nbytes(self) -> int:
-        return self.rows * self.dim * 4
 
     def append(self, rows: torch.Tensor) -> None:
         if rows.ndim != 2 or rows.shape[1] != self.dim:
@@ -234,8 +212,6 @@ def available_ram() -> int | None:
     except OSError:
         pass
     try:
-        import os
-
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
