@@ -90,18 +90,10 @@ def versions() -> dict[str, str]:
 
     from helpers.core import __version__
 
-    libs = {
-        "torch": torch,
-        "torchvision": torchvision,
-        "numpy": np,
-        "opencv": cv2,
-        "scikit-learn": sklearn,
-    }
-    return {
-        "helpers": __version__,
-        **{k: m.__version__ for k, m in libs.items()},
-        "python": platform.python_version(),
-    }
+    libs = dict(torch=torch, torchvision=torchvision, numpy=np, opencv=cv2)
+    libs["scikit-learn"] = sklearn
+    found = {k: m.__version__ for k, m in libs.items()}
+    return {"helpers": __version__, **found, "python": platform.python_version()}
 
 
 def bank_digest(features: torch.Tensor) -> str:
@@ -132,9 +124,7 @@ def header_field(path: str | Path, meta: dict, name: str, default: str = "null")
         ) from exc
 
 
-def read_bank(
-    path: str | Path, config: Config | None = None, **overrides
-) -> tuple[Config, torch.Tensor, dict[str, Any]]:
+def read_bank(path: str | Path, config: Config | None = None, **overrides) -> tuple:
     """(config to use, bank [M, D], metadata) of a file written by :func:`save_bank`. With
     ``config``, refuse a bank built with other artifact settings and list the differences;
     ``overrides`` change runtime fields."""
@@ -167,7 +157,7 @@ def read_bank(
         raise BankMismatchError(
             f"{path}: memory_bank tensor missing or of shape {shape}, expected [M, {cfg.embed_dim}]"
         )
-    if meta.get("checksum", "sha256:" + bank_digest(bank)) != "sha256:" + bank_digest(bank):
+    if meta.get("checksum", digest := "sha256:" + bank_digest(bank)) != digest:
         raise BankMismatchError(
             f"{path}: the values do not match the checksum in its header (damaged); {REBUILD}"
         )
@@ -179,9 +169,7 @@ def read_bank(
 
 
 # ------------------------------------------------------------------ the good-only threshold
-def held_out_scores(
-    model, feats: TrainingFeatures, progress: bool = False
-) -> tuple[np.ndarray, dict]:
+def held_out_scores(model, feats: TrainingFeatures, progress=False) -> tuple[np.ndarray, dict]:
     """Each training image's score (its unrotated view) against the bank of ``model`` (a fitted
     :class:`~helpers.core.model.PatchCore`) minus the rows copied from any of that image's
     patches. Returns (scores [n_images], info); ValueError when some bank row is a copy of no
@@ -251,15 +239,7 @@ def good_only_threshold(scores, false_alarm_rate: float = 0.05) -> dict:
     # just above a float32 score: an image scoring exactly s[k - 1] passes (flagged: >=)
     above = lambda x: float(np.nextafter(np.float32(x), np.float32(np.inf)))
     value = above(s[k - 1])
-    return {
-        "value": value,
-        "false_alarm_rate": alpha,
-        "expected_false_alarm_rate": (n + 1 - k) / (n + 1),
-        "reachable": reachable,
-        "rank": k,
-        "n_images": n,
-        "held_out_flagged": int((s >= value).sum()),
-        "max_of_good": above(s[-1]),
-        "max_of_good_expected_false_alarm_rate": 1 / (n + 1),
-        "method": METHOD,
-    }
+    return {"value": value, "false_alarm_rate": alpha,
+            "expected_false_alarm_rate": (n + 1 - k) / (n + 1), "reachable": reachable, "rank": k,
+            "n_images": n, "held_out_flagged": int((s >= value).sum()), "max_of_good": above(s[-1]),
+            "max_of_good_expected_false_alarm_rate": 1 / (n + 1), "method": METHOD}  # fmt: skip
