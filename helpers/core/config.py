@@ -9,7 +9,6 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any
 
 from helpers.core.backbones import BACKBONES
@@ -22,16 +21,12 @@ ARTIFACT_FIELDS = (
     "coreset_ratio", "coreset_max_size", "coreset_projection_dim", "coreset_start_points",
     "train_rotations", "seed",
 )  # fmt: skip
-# Fields that a backbone may set (BackboneSpec.defaults); these values apply when it does not.
+# Fields that a backbone may set (BackboneSpec.defaults); these values apply when it does not
+# (coreset_max_size 0: no cap, the paper's 10 % of every training patch).
 FALLBACK_DEFAULTS = {
-    "train_rotations": 1,
-    "distance": "l2",
-    "cosine_floor": 0.0,
-    "sigma": 4.0,
-    "coreset_ratio": 0.1,
-    "coreset_max_size": 0,  # no cap: the paper's 10 % of every training patch
-    "balance_taps": False,
-}
+    "train_rotations": 1, "distance": "l2", "cosine_floor": 0.0, "sigma": 4.0, "coreset_ratio": 0.1,
+    "coreset_max_size": 0, "balance_taps": False,
+}  # fmt: skip
 # train_rotations=0 ("auto"): rotate the training images when they are few. Measured on real sets
 # (benchmarks/RESULTS.md, issue 10): at 5 metal_nut images 8 rotations lift image AUROC 0.899 ->
 # 0.956; on tire (5-60 images) they change nothing; at 213 transistor images they cost 8x the fit.
@@ -39,8 +34,7 @@ AUTO_ROTATIONS, AUTO_ROTATIONS_BELOW = 8, 20
 
 # Config.validate's checks: integers in [lo, hi] (hint), finite numbers (test, allowed), choices.
 INTS = {
-    "input_size": (32, 2048, ""),
-    "resize": (0, 4096, "0: squash the whole image to a square"),
+    "input_size": (32, 2048, ""), "resize": (0, 4096, "0: squash the whole image to a square"),
     "patch_size": (1, 9, ""),
     "pretrain_embed_dim": (0, 65536, "0: each layer keeps its channel count"),
     "target_embed_dim": (0, 65536, "0: the concatenated layers' length"),
@@ -49,12 +43,9 @@ INTS = {
     "coreset_start_points": (1, 10000, ""),
     "train_rotations": (0, 360, f"0: {AUTO_ROTATIONS} below {AUTO_ROTATIONS_BELOW} images, else 1"),
     "num_neighbors": (1, 1000, "b of eq. 7; 1: no re-weighting"),
-    "clahe_tile_grid": (1, 64, ""),
-    "batch_size": (1, 4096, ""),
-    "knn_memory_mb": (1, 1 << 20, ""),
-    "num_workers": (0, 64, ""),
-    "seed": (0, 2**63 - 1, ""),
-}
+    "clahe_tile_grid": (1, 64, ""), "batch_size": (1, 4096, ""), "knn_memory_mb": (1, 1 << 20, ""),
+    "num_workers": (0, 64, ""), "seed": (0, 2**63 - 1, ""),
+}  # fmt: skip
 NUMBERS = {
     "coreset_ratio": (lambda v: 0 < v <= 1, "in (0, 1] (0.1 keeps 10% of the patches; 1: all)"),
     "cosine_floor": (lambda v: 0 <= v <= 100, "a number in [0, 100] (0: plain cosine; 0.3: a "
@@ -65,11 +56,9 @@ NUMBERS = {
     "clahe_clip_limit": (lambda v: v > 0, "a finite number > 0 (typical 1-4)"),
 }  # fmt: skip
 CHOICES = {
-    "distance": ("l2", "cosine"),
-    "device": ("auto", "cpu", "cuda"),
-    "precision": ("auto", "fp32", "bf16", "fp16"),
-    "knn_backend": ("auto", "torch", "faiss"),
-}
+    "distance": ("l2", "cosine"), "device": ("auto", "cpu", "cuda"),
+    "precision": ("auto", "fp32", "bf16", "fp16"), "knn_backend": ("auto", "torch", "faiss"),
+}  # fmt: skip
 FLAGS = ("balance_taps", "clahe", "skip_bad_images")
 
 
@@ -268,14 +257,6 @@ class Config:
         blob = json.dumps(self.artifact_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
-    def to_json(self, path: str | Path | None = None) -> str:
-        text = json.dumps({**self.to_dict(), "config_hash": self.hash()}, indent=2, sort_keys=True)
-        if path is not None:
-            from helpers.core.runtime import atomic_write_text
-
-            atomic_write_text(path, text + "\n")
-        return text
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
         known = {f.name for f in fields(cls)}
@@ -284,13 +265,6 @@ class Config:
         if unknown:
             raise ConfigError(f"unknown config field(s) {unknown}; known fields: {sorted(known)}")
         return cls(**data)
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> Config:
-        try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed, validated again; on a new backbone every field that
