@@ -122,11 +122,10 @@ class Config:
         for name, value in {**FALLBACK_DEFAULTS, **spec.defaults}.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
-        if self.layers is None:
-            self.layers = list(spec.default_layers)
-        if isinstance(self.layers, str):
-            self.layers = [s.strip() for s in self.layers.split(",") if s.strip()]
-        self.layers = list(self.layers)
+        layers = spec.default_layers if self.layers is None else self.layers
+        if isinstance(layers, str):
+            layers = [s.strip() for s in layers.split(",") if s.strip()]
+        self.layers = list(layers)
         if self.resize is None:
             self.resize = self.input_size
         if self._sources["balance_taps"] != "set" and self.target_embed_dim:
@@ -152,9 +151,7 @@ class Config:
     def coreset_size(self, n_patches: int) -> int:
         """Rows the bank keeps of ``n_patches``: ``coreset_ratio``, capped, at least one."""
         n = int(n_patches * self.coreset_ratio)
-        if self.coreset_max_size:
-            n = min(n, self.coreset_max_size)
-        return max(1, min(n_patches, n))
+        return max(1, min(n_patches, n, self.coreset_max_size or n))
 
     def sources(self) -> dict[str, str]:
         """Field -> "set", "backbone default (<name>)", "fallback default", "field default" or
@@ -164,8 +161,7 @@ class Config:
     def describe(self) -> str:
         """A printable table of every field's effective value and where it came from."""
         rows = [(name, repr(getattr(self, name)), source) for name, source in self._sources.items()]
-        w0 = max(len(r[0]) for r in rows)
-        w1 = min(max(len(r[1]) for r in rows), 40)
+        w0, w1 = max(len(r[0]) for r in rows), min(max(len(r[1]) for r in rows), 40)
         lines = [f"{'field':<{w0}}  {'value':<{w1}}  source", "-" * (w0 + w1 + 24)]
         lines += [f"{a:<{w0}}  {b:<{w1}}  {c}" for a, b, c in rows]
         return "\n".join(lines)
@@ -230,9 +226,7 @@ class Config:
 
     def rotations_for(self, n_train: int) -> int:
         """Training rotations used for ``n_train`` images (resolves ``train_rotations=0``)."""
-        if self.train_rotations:
-            return self.train_rotations
-        return AUTO_ROTATIONS if n_train < AUTO_ROTATIONS_BELOW else 1
+        return self.train_rotations or (AUTO_ROTATIONS if n_train < AUTO_ROTATIONS_BELOW else 1)
 
     @property
     def tap_dims(self) -> list[int]:
@@ -261,8 +255,7 @@ class Config:
     def from_dict(cls, data: dict[str, Any]) -> Config:
         known = {f.name for f in fields(cls)}
         data = {k: v for k, v in data.items() if k != "config_hash"}
-        unknown = sorted(set(data) - known)
-        if unknown:
+        if unknown := sorted(set(data) - known):
             raise ConfigError(f"unknown config field(s) {unknown}; known fields: {sorted(known)}")
         return cls(**data)
 

@@ -119,9 +119,7 @@ class PatchCore:
                     parts.append(self.extractor(x[i : i + step]).float())
             return torch.cat(parts)
 
-        cap = self._embed_cap  # set once an out-of-memory forced a smaller batch
-        if cap is None and self.device.type == "cpu":
-            cap = runtime.CPU_MICRO_BATCH
+        cap = self._embed_cap or (runtime.CPU_MICRO_BATCH if self.device.type == "cpu" else None)
         want = x.shape[0] if cap is None else min(cap, x.shape[0])
         out, used = runtime.run_halving(run, want, "feature extraction (batch)")
         if used < want:
@@ -162,9 +160,8 @@ class PatchCore:
             feats.close()
 
     def extract(self, images, progress: bool = False, spill_dir=None) -> TrainingFeatures:
-        """Embed the training images and their rotated copies batch by batch: each patch's
-        coreset projection in memory, its full embedding in a spill file in ``spill_dir``
-        (:func:`helpers.core.training.extract`; the memory estimate is checked first)."""
+        """Every training patch (:func:`helpers.core.training.extract`, after the memory check):
+        its coreset projection in memory, its full embedding in a spill file in ``spill_dir``."""
         feats = extract(self, images, progress, spill_dir)
         self.grid = feats.grid
         return feats
@@ -178,9 +175,7 @@ class PatchCore:
         bank = feats.rows(idx).to(self.device).contiguous()
         if not torch.isfinite(bank).all():
             raise ValueError(NOT_FINITE.format(precision=c.precision))
-        self.memory_bank = bank
-        self.coreset_indices = idx
-        self.grid = feats.grid
+        self.memory_bank, self.coreset_indices, self.grid = bank, idx, feats.grid
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         coreset_s = time.perf_counter() - t0
@@ -231,11 +226,9 @@ class PatchCore:
                 grids = np.full((n, *grid.shape[1:]), np.nan, dtype=np.float32)
             scores[idx] = s.cpu().numpy()
             grids[idx] = grid.cpu().numpy()
-            if maps:
-                for i, amap in zip(idx, self.maps_from_grids(grid, g)):
-                    out_maps[i] = amap
-            for j, i in enumerate(idx):
-                geoms[i] = g[j]
+            amaps = self.maps_from_grids(grid, g) if maps else [None] * len(idx)
+            for i, geometry, amap in zip(idx, g, amaps):
+                geoms[i], out_maps[i] = geometry, amap
         if grids is None:
             grids = np.zeros((n, 0, 0), dtype=np.float32)
         return Prediction(scores, out_maps, grids, geoms)
