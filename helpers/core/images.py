@@ -4,6 +4,7 @@ batches of what users pass as images (paths, samples, RGB uint8 arrays, a normal
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -208,26 +209,21 @@ def _file_batches(items: list, c: Config, preprocess: Preprocessor, rotations: i
     if not items:
         raise ValueError("no images given (an empty list or folder?)")
     load = lambda item: load_input(item, c.skip_bad_images)
-    pool = ThreadPoolExecutor(max(1, c.num_workers)) if c.num_workers > 0 else None
-    try:
+    workers = ThreadPoolExecutor(c.num_workers) if c.num_workers > 0 else contextlib.nullcontext()
+    with workers as pool:  # None: read in this thread
         for start in range(0, len(items), c.batch_size):
-            chunk = list(enumerate(items[start : start + c.batch_size], start))
-            loaded = (pool.map if pool else map)(load, [it for _, it in chunk])
+            loaded = (pool.map if pool else map)(load, items[start : start + c.batch_size])
             tensors, geoms, idx = [], [], []
-            for (i, _), img in zip(chunk, loaded):
+            for i, img in enumerate(loaded, start):
                 if img is None:
                     continue
                 for r in range(rotations):
-                    view = img if r == 0 else rotate_image(img, 360.0 * r / rotations)
-                    t, g = preprocess(view)
+                    t, g = preprocess(img if r == 0 else rotate_image(img, 360.0 * r / rotations))
                     tensors.append(t)
                     geoms.append(g)
                     idx.append(i)
             if tensors:
                 yield torch.stack(tensors), geoms, idx
-    finally:
-        if pool:
-            pool.shutdown()
 
 
 def load_input(item, skip_bad_images: bool = False) -> np.ndarray | None:

@@ -4,6 +4,7 @@ itself, and the fit's memory estimate, checked before any work."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -128,8 +129,7 @@ class FeatureSpill:
     def __init__(self, dim: int, directory: str | Path | None = None, chunk_rows: int = 16384):
         self.dim, self.rows, self.chunk_rows = int(dim), 0, int(chunk_rows)
         fd, name = tempfile.mkstemp(prefix="patchcore-features-", suffix=".f32.tmp", dir=directory)
-        self.path = Path(name)
-        self.keep = False  # True once persisted: close() then leaves the file
+        self.path, self.keep = Path(name), False  # keep: True once persisted (close() leaves it)
         self._fh = os.fdopen(fd, "w+b")
 
     @classmethod
@@ -204,13 +204,10 @@ BASE_RAM = 1 << 30  # the libraries, the backbone and the test-time working set 
 
 def available_ram() -> int | None:
     """Bytes of memory available to a new allocation (Linux MemAvailable; None if unknown)."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
@@ -237,12 +234,10 @@ def fit_memory_estimate(config: Config, device: torch.device, n_images: int) -> 
     views = max(1, min(c.batch_size, n_images * c.rotations_for(n_images)))
     rows = views * side * side * (stacked + (dim if dim != stacked else 0))
     batch += int(rows * 4 * 1.5)
-    est = {"disk": patches * dim * 4 if p < dim else 0}
+    disk = patches * dim * 4 if p < dim else 0
     if device.type == "cuda":
-        est.update(gpu=work + bank + batch, ram=BASE_RAM + bank)
-    else:
-        est.update(ram=BASE_RAM + work + bank + batch)
-    return est
+        return {"disk": disk, "gpu": work + bank + batch, "ram": BASE_RAM + bank}
+    return {"disk": disk, "ram": BASE_RAM + work + bank + batch}
 
 
 def check_fit_memory(config: Config, device: torch.device, n_images: int) -> dict[str, int]:
