@@ -2,8 +2,7 @@
 backbone's defaults in one place; MobileNetV2 installs offline; random weights only when asked)
 and :class:`FeatureExtractor`, as the official code: each tap's 3x3 neighbourhood (C*9 values)
 pooled to ``pretrain_embed_dim`` (0: C, the 3x3 mean), deeper taps upsampled to the first's grid,
-the concatenation pooled to ``target_embed_dim`` (0: kept).
-"""
+the concatenation pooled to ``target_embed_dim`` (0: kept)."""
 
 from __future__ import annotations
 

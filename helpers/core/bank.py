@@ -3,8 +3,7 @@ nearest-neighbour search), its file (a .safetensors file with the config it was 
 pickle) and the good-only threshold: each good training image scored against M without the rows
 copied from its own patches, the threshold just above the k-th smallest of these scores, k =
 ceil((n + 1)(1 - alpha)), so a new good part is flagged with probability <= alpha (split
-conformal, approximately; benchmarks/RESULTS.md, "A threshold from good parts only").
-"""
+conformal, approximately; benchmarks/RESULTS.md, "A threshold from good parts only")."""
 
 from __future__ import annotations
 
@@ -170,10 +169,9 @@ def read_bank(path: str | Path, config: Config | None = None, **overrides) -> tu
 
 # ------------------------------------------------------------------ the good-only threshold
 def held_out_scores(model, feats: TrainingFeatures, progress=False) -> tuple[np.ndarray, dict]:
-    """Each training image's score (its unrotated view) against the bank of ``model`` (a fitted
-    :class:`~helpers.core.model.PatchCore`) minus the rows copied from any of that image's
-    patches. Returns (scores [n_images], info); ValueError when some bank row is a copy of no
-    training patch (the bank was not built from these features)."""
+    """(scores [n_images], info): each training image's unrotated view scored against the bank of
+    ``model`` (a fitted PatchCore) minus the rows copied from any of that image's patches;
+    ValueError when a bank row copies no training patch (the bank is not of these features)."""
     bank = model.bank
     if bank is None:
         raise RuntimeError("held-out scores need a fitted model (fit or load first)")

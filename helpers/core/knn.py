@@ -1,8 +1,7 @@
 """Exact nearest neighbours in the memory bank (notebook 04), in bounded memory: torch blocks of
 at most ``memory_mb`` of distances, or faiss's flat index (``pip install faiss-cpu``). Distances:
 ``l2`` or ``1 - cos``; ``norm_floor`` (cosine) divides by ``|x| + norm_floor``, so weak vectors
-(dark background, noisy direction) shrink towards the origin instead of looking far apart.
-"""
+(dark background, noisy direction) shrink towards the origin instead of looking far apart."""
 
 from __future__ import annotations
 

@@ -43,10 +43,9 @@ def patch_scores_to_maps(grid: torch.Tensor, size: int, sigma: float) -> torch.T
 
 def grids_to_maps(grids, geometries: list, *, input_size: int, sigma: float,
                   device: torch.device | str = "cpu", chunk: int = 16) -> list:  # fmt: skip
-    """Patch-score grids [B, h, w] -> anomaly maps in each image's ORIGINAL pixels (bilinear
-    upsampling to the input size, Gaussian blur ``sigma``, resize/crop undone by its
-    :class:`~helpers.core.images.Geometry`); None where the geometry is None (an unreadable
-    image)."""
+    """Patch-score grids [B, h, w] -> anomaly maps in each image's ORIGINAL pixels (upsampled,
+    blurred, resize/crop undone by its :class:`~helpers.core.images.Geometry`); None where the
+    geometry is None (an unreadable image)."""
     grids = grids.detach().cpu() if isinstance(grids, torch.Tensor) else grids
     grids = torch.as_tensor(np.nan_to_num(np.asarray(grids, np.float32)))
     out = []

@@ -3,8 +3,7 @@
 patch -> the memory bank M, a greedy coreset of them; notebook 03), ``predict`` (each test
 patch's nearest neighbour in M, the image score s* re-weighted by eq. 7, the anomaly map in the
 ORIGINAL image's pixels; notebook 04), ``save`` / ``load`` (one .safetensors file, no pickle) and
-``calibrate`` (a threshold from good images alone, :mod:`helpers.core.bank`).
-"""
+``calibrate`` (a threshold from good images alone, :mod:`helpers.core.bank`)."""
 
 from __future__ import annotations
 
@@ -131,9 +130,8 @@ class PatchCore:
         w = torch.tensor(self.tap_weights, dtype=torch.float32, device=self.device)
         return w.repeat_interleave(torch.tensor(self.config.tap_dims, device=self.device))
 
-    def embed_images(
-        self, images, rotations: int = 1, progress: bool = False, desc: str = "features"
-    ) -> Iterator[EmbeddedBatch]:
+    def embed_images(self, images, rotations: int = 1, progress: bool = False,
+                     desc: str = "features") -> Iterator[EmbeddedBatch]:  # fmt: skip
         """Embed ``images`` batch by batch (read from disk as they are needed): each image, and
         with ``rotations`` > 1 its copies rotated by 360/rotations degrees, becomes one view.
         The one home of rotate -> preprocess -> embed (fit, predict and the notebooks use it)."""
@@ -193,12 +191,10 @@ class PatchCore:
         info = {"method": "given", "n_images": None if scores is None else len(scores)}
         if scores is None:
             scores, info = held_out_scores(self, feats, progress=progress)
-        self.threshold = {
-            **good_only_threshold(scores, rate),
-            "computed_on": f"{info['n_images']} good training images, {info['method']}",
-            "config_hash": self.config.hash(),
-            "bank_sha256": bank_digest(self.bank.features),
-        }
+        on = f"{info['n_images']} good training images, {info['method']}"
+        self.threshold = {**good_only_threshold(scores, rate), "computed_on": on,
+                          "config_hash": self.config.hash(),
+                          "bank_sha256": bank_digest(self.bank.features)}  # fmt: skip
         return self.threshold
 
     def select_bank(self, features: torch.Tensor, progress: bool = False) -> torch.Tensor:
@@ -218,7 +214,7 @@ class PatchCore:
         n = items.shape[0] if isinstance(items, torch.Tensor) and items.ndim == 4 else len(items)
         scores = np.full(n, np.nan, dtype=np.float32)
         out_maps: list[np.ndarray | None] = [None] * n
-        geoms: list[Geometry | None] = [None] * n
+        geoms: list[Geometry | None] = [None] * n  # None: an unreadable image (skip_bad_images)
         grids = None
         for emb, g, idx in self.embed_images(items, progress=progress, desc="predict"):
             s, grid = self.score_embeddings(emb)

@@ -241,9 +241,8 @@ def fit_memory_estimate(config: Config, device: torch.device, n_images: int) -> 
 
 
 def check_fit_memory(config: Config, device: torch.device, n_images: int) -> dict[str, int]:
-    """Refuse, before any work, a fit whose estimated peak exceeds 90% of the free memory,
-    in one line naming the estimate, the free memory and the knobs to change. Returns the
-    estimate (:func:`fit_memory_estimate`) when the fit fits."""
+    """Refuse, before any work, a fit whose estimated peak exceeds 90% of the free memory (one
+    line: estimate, free memory, the knobs to change); else return :func:`fit_memory_estimate`."""
     est = fit_memory_estimate(config, device, n_images)
     free = {"ram": available_ram()}
     if device.type == "cuda":
