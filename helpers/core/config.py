@@ -113,10 +113,8 @@ class Config:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.backbone not in BACKBONES:
-            raise ConfigError(
-                f"backbone={self.backbone!r} is not known; choose one of {sorted(BACKBONES)}"
-            )
+        if (name := self.backbone) not in BACKBONES:
+            raise ConfigError(f"backbone={name!r} is not known; choose one of {sorted(BACKBONES)}")
         spec = BACKBONES[self.backbone]
         self._sources = self._field_sources(spec)
         for name, value in {**FALLBACK_DEFAULTS, **spec.defaults}.items():

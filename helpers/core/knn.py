@@ -67,8 +67,7 @@ def knn_torch(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, *, distance
                 run_d, run_i = vals, idx
             elif k == 1:
                 better = vals < run_d  # strict: the earlier bank row wins a tie, as in one block
-                run_d = torch.where(better, vals, run_d)
-                run_i = torch.where(better, idx, run_i)
+                run_d, run_i = torch.where(better, vals, run_d), torch.where(better, idx, run_i)
             else:
                 cat_d, cat_i = torch.cat([run_d, vals], 1), torch.cat([run_i, idx], 1)
                 run_d, order = torch.topk(cat_d, k, dim=1, largest=False)

@@ -281,12 +281,11 @@ class PatchCore:
         cfg, bank, meta = read_bank(path, config, **overrides)
         model = cls(cfg)
         model.memory_bank = bank.float().to(model.device)
-        grid = header_field(path, meta, "grid")
+        field = lambda name, default="null": header_field(path, meta, name, default)
+        grid = field("grid")
         model.grid = tuple(grid) if grid else None
-        model.info = header_field(path, meta, "info", "{}")
-        model.saved_versions = header_field(path, meta, "versions", "{}")
-        model.threshold = header_field(path, meta, "threshold", "null")
-        model.tap_weights = header_field(path, meta, "tap_weights", "null")
+        model.info, model.saved_versions = field("info", "{}"), field("versions", "{}")
+        model.threshold, model.tap_weights = field("threshold"), field("tap_weights")
         if cfg.balance_taps != (model.tap_weights is not None):
             raise BankMismatchError(f"{path}: balance_taps={cfg.balance_taps} but its header "
                                     f"{'lacks' if cfg.balance_taps else 'holds'} tap_weights; "

@@ -40,10 +40,8 @@ def resolve_device(requested: str = "auto") -> torch.device:
         )
     if not _WARNED_CPU:
         _WARNED_CPU = True
-        warnings.warn(
-            "no CUDA GPU found: running on the CPU (slower; set device='cpu' to silence this)",
-            stacklevel=2,
-        )
+        msg = "no CUDA GPU found: running on the CPU (slower; set device='cpu' to silence this)"
+        warnings.warn(msg, stacklevel=2)
     return torch.device("cpu")
 
 
@@ -129,17 +127,14 @@ def run_halving(fn: Callable[[int], T], size: int, what: str) -> tuple[T, int]:
     while True:
         try:
             return fn(size), size
-        except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
-            oom = (
-                isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
-            )
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
+            oom = isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
             if not oom or size <= 1:
                 raise
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            warnings.warn(
-                f"out of memory during {what} at {size}; retrying with {size // 2}", stacklevel=2
-            )
+            msg = f"out of memory during {what} at {size}; retrying with {size // 2}"
+            warnings.warn(msg, stacklevel=2)
             size //= 2
 
 
