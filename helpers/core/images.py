@@ -38,15 +38,11 @@ def load_image(path: str | Path) -> np.ndarray:
                 im.load()
                 arr = _to_rgb8(im)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise ImageReadError(
-            f"image {path} is {_too_large(exc)}. Downscale or remove the file, or set "
-            "skip_bad_images=True to skip it."
-        ) from exc
+        raise ImageReadError(f"image {path} is {_too_large(exc)}. Downscale or remove the file, or "
+                             "set skip_bad_images=True to skip it.") from exc  # fmt: skip
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
-        raise ImageReadError(
-            f"cannot read image {path}: {exc}. Remove or replace the file, or "
-            "set skip_bad_images=True to skip unreadable files."
-        ) from exc
+        raise ImageReadError(f"cannot read image {path}: {exc}. Remove or replace the file, or set "
+                             "skip_bad_images=True to skip unreadable files.") from exc  # fmt: skip
     return arr
 
 
@@ -190,15 +186,13 @@ def image_batches(images, config: Config, preprocess: Preprocessor, rotations=1)
     if images.ndim == 3:
         images = images.unsqueeze(0)
     if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
-        raise ValueError(
-            f"a tensor input must be float [N, 3, {c.input_size}, {c.input_size}] "
-            f"ImageNet-normalised; got {images.dtype} {tuple(images.shape)}"
-        )
+        raise ValueError(f"a tensor input must be float [N, 3, {c.input_size}, "
+                         f"{c.input_size}] ImageNet-normalised; got {images.dtype} "
+                         f"{tuple(images.shape)}")  # fmt: skip
     if tuple(images.shape[2:]) != (c.input_size, c.input_size):
-        raise ValueError(
-            f"tensor images are {tuple(images.shape[2:])} but input_size="
-            f"{c.input_size}; pass file paths or uint8 arrays to have them resized"
-        )
+        raise ValueError(f"tensor images are {tuple(images.shape[2:])} but "
+                         f"input_size={c.input_size}; pass file paths or uint8 arrays to have them "
+                         "resized")  # fmt: skip
     g = Geometry(c.input_size, c.input_size, c.input_size, c.input_size, 0, 0, c.input_size)
     for i in range(0, images.shape[0], c.batch_size):
         part = images[i : i + c.batch_size]
@@ -245,15 +239,11 @@ def load_input(item, skip_bad_images: bool = False) -> np.ndarray | None:
         if item.ndim != 3 or item.shape[2] not in (3, 4):
             raise ValueError(f"image arrays must be [H, W, 3] RGB or [H, W] gray, got {item.shape}")
         if item.dtype != np.uint8:
-            raise ValueError(
-                f"image arrays must be uint8 0-255, got {item.dtype}; "
-                "convert with (x * 255).clip(0, 255).astype(np.uint8)"
-            )
+            raise ValueError(f"image arrays must be uint8 0-255, got {item.dtype}; convert "
+                             "with (x * 255).clip(0, 255).astype(np.uint8)")  # fmt: skip
         return np.ascontiguousarray(item[..., :3])
-    raise TypeError(
-        f"cannot use {type(item).__name__} as an image: pass a file path, a Sample, "
-        "an RGB uint8 array or a normalised float tensor"
-    )
+    raise TypeError(f"cannot use {type(item).__name__} as an image: pass a file path, a Sample, an "
+                    "RGB uint8 array or a normalised float tensor")  # fmt: skip
 
 
 def _is_sample(item) -> bool:  # a helpers.data.mvtec.Sample, or anything with a path
@@ -270,7 +260,5 @@ def as_list(images) -> list:
         return images
     if isinstance(images, Iterable):
         return list(images)
-    raise TypeError(
-        f"cannot use {type(images).__name__} as images: pass a list of file paths, "
-        "Samples or RGB uint8 arrays, or a normalised tensor [N, 3, S, S]"
-    )
+    raise TypeError(f"cannot use {type(images).__name__} as images: pass a list of file paths, "
+                    "Samples or RGB uint8 arrays, or a normalised tensor [N, 3, S, S]")  # fmt: skip

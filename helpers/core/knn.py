@@ -94,9 +94,8 @@ def knn_faiss(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, *, distance
     try:
         import faiss  # noqa: F401
     except ImportError as exc:
-        raise ImportError(
-            "knn_backend='faiss' needs faiss: pip install faiss-cpu (or use knn_backend='torch')"
-        ) from exc
+        raise ImportError("knn_backend='faiss' needs faiss: pip install faiss-cpu (or use "
+                          "knn_backend='torch')") from exc  # fmt: skip
     _check(queries, bank, k)
     q = prepare(queries, distance, norm_floor).detach().cpu().contiguous().numpy()
     if index is None:

@@ -34,10 +34,9 @@ def resolve_device(requested: str = "auto") -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda")
     if requested == "cuda":
-        raise RuntimeError(
-            "device='cuda' was requested but no CUDA GPU is visible. In Colab: "
-            "Runtime > Change runtime type > GPU. Or set device='auto' or 'cpu'."
-        )
+        raise RuntimeError("device='cuda' was requested but no CUDA GPU is visible. In Colab: "
+                           "Runtime > Change runtime type > GPU. Or set device='auto' or "
+                           "'cpu'.")  # fmt: skip
     if not _WARNED_CPU:
         _WARNED_CPU = True
         msg = "no CUDA GPU found: running on the CPU (slower; set device='cpu' to silence this)"
@@ -46,8 +45,7 @@ def resolve_device(requested: str = "auto") -> torch.device:
 
 
 def cpu_reported() -> None:
-    """The user was already told there is no GPU (the setup cell): :func:`resolve_device` stays
-    quiet from now on in this process."""
+    """The setup cell told the user there is no GPU: :func:`resolve_device` stays quiet now."""
     global _WARNED_CPU
     _WARNED_CPU = True
 
@@ -78,12 +76,9 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
         return torch.bfloat16
     if precision == "bf16":
         major, minor = cuda_capability(device)
-        warnings.warn(
-            f"precision='bf16' asked, but this GPU (compute capability {major}.{minor}) "
-            "has no bf16 tensor cores (needs 8.0, e.g. an A100): using fp16 autocast. "
-            "Set precision='fp16' (or 'auto') to silence this.",
-            stacklevel=2,
-        )
+        warnings.warn(f"precision='bf16' asked, but this GPU (compute capability {major}.{minor}) "
+                      "has no bf16 tensor cores (needs 8.0, e.g. an A100): using fp16 autocast. Set"
+                      " precision='fp16' (or 'auto') to silence this.", stacklevel=2)  # fmt: skip
     return torch.float16
 
 
@@ -100,9 +95,7 @@ def precision_note(device: torch.device, precision: str = "auto") -> str:
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 @contextlib.contextmanager
@@ -218,16 +211,13 @@ def load_tensors(path: str | Path) -> tuple[dict, dict[str, str]]:
     if path.is_dir():
         found = sorted(path.glob("*.safetensors")) + sorted(path.glob("artifacts/*.safetensors"))
         hint = f", e.g. {found[0]}" if found else ""
-        raise IsADirectoryError(
-            f"{path} is a folder, not a .safetensors file: pass the file itself{hint}"
-        )
+        raise IsADirectoryError(f"{path} is a folder, not a .safetensors file: pass the file "
+                                f"itself{hint}")  # fmt: skip
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
     try:
         with safe_open(str(path), framework="pt") as fh:
             return {k: fh.get_tensor(k) for k in fh.keys()}, fh.metadata() or {}
     except Exception as exc:  # safetensors raises its own error types for bad headers
-        raise ValueError(
-            f"{path} is not a readable safetensors file ({exc}); it may be truncated "
-            "or not a file this project wrote"
-        ) from exc
+        raise ValueError(f"{path} is not a readable safetensors file ({exc}); it may be truncated "
+                         "or not a file this project wrote") from exc  # fmt: skip

@@ -40,8 +40,7 @@ def extract(model, images, progress: bool = False, spill_dir=None) -> TrainingFe
     if not isinstance(items, torch.Tensor):
         check_fit_memory(c, model.device, n)  # refuse a fit larger than free memory
     t0 = time.perf_counter()
-    views, proj, spill, grid = 0, None, None, None
-    rotations = c.rotations_for(n)
+    views, proj, spill, grid, rotations = 0, None, None, None, c.rotations_for(n)
     model.tap_weights = None  # balance_taps: set from the first batch below
     try:
         for batch in model.embed_images(items, rotations, progress):
@@ -140,10 +139,8 @@ class FeatureSpill:
         size = path.stat().st_size
         if size % (4 * dim) or (rows is not None and size != rows * dim * 4):
             expected = f"{rows} rows of" if rows is not None else "a whole number of"
-            raise ValueError(
-                f"{path}: {size} bytes is not {expected} {dim}-d float32 rows (a truncated "
-                "file?); delete it to have it recomputed"
-            )
+            raise ValueError(f"{path}: {size} bytes is not {expected} {dim}-d float32 rows (a "
+                             "truncated file?); delete it to have it recomputed")  # fmt: skip
         spill = cls.__new__(cls)
         spill.dim, spill.rows, spill.chunk_rows = int(dim), size // (4 * dim), int(chunk_rows)
         spill.path, spill.keep, spill._fh = path, True, open(path, "rb")
@@ -250,11 +247,10 @@ def check_fit_memory(config: Config, device: torch.device, n_images: int) -> dic
     for kind in ("gpu", "ram"):
         if kind in est and free.get(kind) is not None and est[kind] > 0.9 * free[kind]:
             c = config
-            raise MemoryError(
-                f"fitting {n_images} images needs about {est[kind] / 2**30:.1f} GiB of "
-                f"{'GPU memory' if kind == 'gpu' else 'RAM'} but {free[kind] / 2**30:.1f} GiB "
-                f"is free: lower train_rotations (now {c.rotations_for(n_images)}), input_size "
-                f"(now {c.input_size}) or coreset_projection_dim (now "
-                f"{c.coreset_projection_dim}), or fit on fewer images"
-            )
+            raise MemoryError(f"fitting {n_images} images needs about {est[kind] / 2**30:.1f} GiB "
+                              f"of {'GPU memory' if kind == 'gpu' else 'RAM'} but "
+                              f"{free[kind] / 2**30:.1f} GiB is free: lower train_rotations (now "
+                              f"{c.rotations_for(n_images)}), input_size (now {c.input_size}) or "
+                              f"coreset_projection_dim (now {c.coreset_projection_dim}), or fit on "
+                              "fewer images")  # fmt: skip
     return est
