@@ -86,9 +86,8 @@ def resume_start(out: Path, params: dict, state: dict, data: dict | None = None,
 
 
 def _clear_stale(out: Path, start: int, log) -> None:
-    """Before notebooks ``start``... run again: remove what they will write anew (a failure then
-    leaves no result of the earlier run beside the new run.json) and the temporary files of a
-    killed kernel (spill files, half-written atomic writes; "*" matches dot files too)."""
+    """Before notebooks ``start``... run again: remove what they will write anew (so a failure
+    leaves no stale result) and a killed kernel's temporary files ("*" matches dot files too)."""
     for name, nb in (("metrics.json", 4), ("timing.json", 3)):
         if start <= nb:
             (out / name).unlink(missing_ok=True)
@@ -100,13 +99,10 @@ def _clear_stale(out: Path, start: int, log) -> None:
 
 
 def _threads(n: int | None):
-    """The environment the kernels inherit, for the block: ``n`` CPU threads each (on a busy
-    shared machine one thread per kernel beats OpenMP threads fighting for cores), and progress
-    bars on this terminal."""
-    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-    return mock.patch.dict(
-        os.environ, {PROGRESS_ENV: "stderr", **dict.fromkeys(names if n else (), str(n))}
-    )
+    """The kernels' environment, for the block: ``n`` CPU threads each (on a busy machine one
+    thread per kernel beats OpenMP threads fighting for cores), progress bars on this terminal."""
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS") if n else ()
+    return mock.patch.dict(os.environ, {PROGRESS_ENV: "stderr", **dict.fromkeys(names, str(n))})
 
 
 def run_pipeline(out: str | Path, data: str | None = None, *, params: dict[str, Any] | None = None,
@@ -140,18 +136,16 @@ def _execute(nb: str, out: Path, merged: dict, state: dict, html: bool, log) -> 
     target, t0 = out / "notebooks" / nb, time.perf_counter()
     status("running")
     log(f"running {nb} ...")
-    kw = dict(kernel_name="python3", cwd=str(notebook_dir()), progress_bar=False, log_output=False)
-    kw.update(
-        parameters={**merged, "run_dir": str(out)},
-        extra_arguments=["--IPKernelApp.log_level=ERROR"],
-    )
+    kw = dict(kernel_name="python3", cwd=str(notebook_dir()), progress_bar=False, log_output=False,
+              parameters={**merged, "run_dir": str(out)},
+              extra_arguments=["--IPKernelApp.log_level=ERROR"])  # fmt: skip
     try:
         papermill.execute_notebook(str(notebook_dir() / nb), str(target), **kw)
+    except KeyboardInterrupt:
+        status("interrupted", seconds=time.perf_counter() - t0)
+        raise
     except BaseException as exc:
-        stop = isinstance(exc, KeyboardInterrupt)
-        status("interrupted" if stop else "failed", seconds=time.perf_counter() - t0)
-        if stop:
-            raise
+        status("failed", seconds=time.perf_counter() - t0)
         raise PipelineError(failure_message(nb, exc, target, out)) from exc
     seconds = time.perf_counter() - t0
     status("done", seconds=round(seconds, 1))
@@ -203,9 +197,8 @@ def _run(out, data, params, overwrite, resume, html, log) -> dict:
     if start < len(NOTEBOOKS):
         _clear_stale(out, start, log)
     notebooks, now = state.get("notebooks", {}) if start else {}, time.strftime("%Y-%m-%d %H:%M:%S")
-    state = dict(
-        parameters=merged, data=fingerprints, notebooks=notebooks, command=sys.argv, started=now
-    )
+    state = dict(parameters=merged, data=fingerprints, notebooks=notebooks, command=sys.argv,
+                 started=now)  # fmt: skip
     atomic_write_json(out / "run.json", state)
     (out / "notebooks").mkdir(exist_ok=True)
     for nb in NOTEBOOKS[start:]:
@@ -224,10 +217,10 @@ def _threads_arg(text: str) -> int:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m helpers run") -> int:
-    ap = argparse.ArgumentParser(
-        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add = ap.add_argument
+    fmt = argparse.RawDescriptionHelpFormatter
+    add = (
+        ap := argparse.ArgumentParser(prog, description=__doc__, formatter_class=fmt)
+    ).add_argument
     add("--data", help="MVTec-layout folder (holding the category); default: the synthetic set")
     add("--out", required=True, help="run folder (created; never overwritten silently)")
     add("--category", help="one category (as -p category), or several: a comma-separated list "
@@ -235,11 +228,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m helpers run") -> 
         "OUT/summary.csv/.md")  # fmt: skip
     add("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
         help="set a notebook parameter (repeatable)")  # fmt: skip
-    add(
-        "--preset",
-        choices=sorted(parameters.PRESETS),
-        help="start from a preset (demo: the demo's)",
-    )
+    add("--preset", choices=sorted(parameters.PRESETS),
+        help="start from a preset (demo: the demo's)")  # fmt: skip
     add("--overwrite", action="store_true", help="delete an existing run folder first")
     add("--resume", action="store_true", help="continue an existing run folder")
     add("--html", action="store_true", help="also write each executed notebook as HTML")
