@@ -40,8 +40,7 @@ RESERVED = ("run_dir",)
 def parse_value(text: str) -> Any:
     """'0.1' -> 0.1, '8' -> 8, 'true'/'True' -> True, 'null'/'None' -> None, '[1, 2]' -> [1, 2],
     anything else -> the string itself."""
-    stripped = text.strip()
-    if stripped in (named := {"None": None, "True": True, "False": False}):
+    if (stripped := text.strip()) in (named := {"None": None, "True": True, "False": False}):
         return named[stripped]
     try:
         return json.loads(stripped)
@@ -49,46 +48,33 @@ def parse_value(text: str) -> Any:
         return text
 
 
-# The notebooks' own parameters (besides every Config field), with their defaults; the parameters
-# cells declare exactly these (tests/test_notebooks.py checks both ways).
-NOTEBOOK_PARAMETERS: dict[str, Any] = {
-    "run_dir": "runs/notebooks",
-    "download": False,
-    "download_url": "",
-    "download_sha256": "",
-    **{f"synthetic_{k}": v for k, v in SYNTHETIC_DEFAULTS.items()},
-    "n_examples": 4,
-    "coverage_ratios": [0.01, 0.02, 0.05, 0.1, 0.25, 0.5],
-    "coverage_max_patches": 2000,
-    "inference_batch_size": 0,
-    "timing_repeats": 0,
-    "interactive": True,
-}
+# The notebooks' own parameters (besides every Config field): their defaults, declared by the
+# parameters cells exactly (tests/test_notebooks.py checks both ways), and what each may be
+# (checked before any notebook runs, and by Run): integers in [lo, hi] (what they are), or a kind.
+_SYN = SYNTHETIC_DEFAULTS
+_NOTEBOOK = {
+    "run_dir": ("runs/notebooks", "text"),
+    "download": (False, "bool"),
+    "download_url": ("", "text"),
+    "download_sha256": ("", "sha256"),
+    "synthetic_size": (_SYN["size"], (32, 4096, "side of the synthetic images in pixels")),
+    "synthetic_n_train": (_SYN["n_train"], (1, 100000, "synthetic training images")),
+    "synthetic_n_test_good": (_SYN["n_test_good"], (0, 100000, "synthetic good test images")),
+    "synthetic_n_per_defect": (_SYN["n_per_defect"], (0, 100000, "synthetic test images per defect type")),  # noqa: E501
+    "n_examples": (4, (1, 1000, "images shown in the example figures")),
+    "coverage_ratios": ([0.01, 0.02, 0.05, 0.1, 0.25, 0.5], "ratios"),
+    "coverage_max_patches": (2000, (2, 10**7, "training patches the coverage curve samples")),
+    "inference_batch_size": (0, (0, 4096, "0: chosen for the device")),
+    "timing_repeats": (0, (0, 10000, "0: 10 on a GPU, 5 on the CPU")),
+    "interactive": (True, "bool"),
+}  # fmt: skip
+NOTEBOOK_PARAMETERS: dict[str, Any] = {k: default for k, (default, _) in _NOTEBOOK.items()}
+NOTEBOOK_CHECKS = {k: rule for k, (_, rule) in _NOTEBOOK.items()}
 
 
 class ParameterError(ConfigError):
     """A notebook parameter (not a Config field) has a value it cannot take; the message names
     the parameter, its value and what is allowed."""
-
-
-# what each notebook parameter may be (checked before any notebook runs, and by Run): integers
-# in [lo, hi] (what they are), or a kind
-NOTEBOOK_CHECKS = {
-    "run_dir": "text",
-    "download": "bool",
-    "download_url": "text",
-    "download_sha256": "sha256",
-    "synthetic_size": (32, 4096, "side of the synthetic images in pixels"),
-    "synthetic_n_train": (1, 100000, "synthetic training images"),
-    "synthetic_n_test_good": (0, 100000, "synthetic good test images"),
-    "synthetic_n_per_defect": (0, 100000, "synthetic test images per defect type"),
-    "n_examples": (1, 1000, "images shown in the example figures"),
-    "coverage_ratios": "ratios",
-    "coverage_max_patches": (2, 10**7, "training patches the coverage curve samples"),
-    "inference_batch_size": (0, 4096, "0: chosen for the device"),
-    "timing_repeats": (0, 10000, "0: 10 on a GPU, 5 on the CPU"),
-    "interactive": "bool",
-}
 
 
 def check_notebook_parameters(params: dict[str, Any]) -> None:
@@ -134,13 +120,12 @@ def repo_root() -> Path:
 
 def config_from_params(params: dict[str, Any]) -> Config:
     """A :class:`Config` from a notebook's parameter variables (``globals()``): every Config field
-    found there is used, the rest keep their defaults. Empty strings mean None for
+    found there is used, the rest keep their defaults. "" and "None" mean None for
     ``dataset_path``, ``weights`` and the backbone-dependent sizes."""
     kw = {k: params[k] for k in CONFIG_FIELDS if k in params}
-    nullable = ("dataset_path", "weights", "layers", "input_size", "resize", "pretrain_embed_dim")
-    for name in (*nullable, "target_embed_dim"):
-        if name in kw and (kw[name] == "" or kw[name] == "None"):
-            kw[name] = None
+    nullable = ("dataset_path", "weights", "layers", "input_size", "resize", "pretrain_embed_dim",
+                "target_embed_dim")  # fmt: skip
+    kw.update({k: None for k in nullable if k in kw and kw[k] in ("", "None")})
     return Config(**kw)
 
 
@@ -157,8 +142,7 @@ class DataSource:
 
     def __init__(self, config: Config, data_dir: str | Path, *, synthetic: dict | None = None,
                  download=False, download_url: str = "", download_sha256: str = ""):  # fmt: skip
-        self.config = config
-        self.data_dir = Path(data_dir)
+        self.config, self.data_dir = config, Path(data_dir)
         self.synthetic = {**SYNTHETIC_DEFAULTS, **(synthetic or {})}
         self.download = dict(download_missing=download, url=download_url or None,
                              sha256=download_sha256 or None)  # fmt: skip
@@ -218,13 +202,11 @@ class DataSource:
         if split not in self._usable:
             listed = self.listed(split)
             if self.config.skip_bad_images:
-                bad = self.unreadable(split)
-                self.skipped[split] = bad
+                bad = self.skipped[split] = self.unreadable(split)
                 if bad:
-                    e_g = f"e.g. {bad[0][0].path}: {bad[0][1]}"
+                    why = f"(skip_bad_images), e.g. {bad[0][0].path}: {bad[0][1]}"
                     warnings.warn(
-                        f"skipped {len(bad)} unreadable {split} image(s) (skip_bad_images), {e_g}",
-                        stacklevel=2,
+                        f"skipped {len(bad)} unreadable {split} image(s) {why}", stacklevel=2
                     )
                 gone = {s.path for s, _ in bad}
                 listed = [s for s in listed if s.path not in gone]
@@ -259,10 +241,6 @@ class DataSource:
         folder = {"source": "folder", "path": str(self.root)}
         out = {"source": "synthetic", **self.synthetic} if self.is_synthetic else folder
         out["files"] = self.fingerprints()
-        if any(self.skipped.values()):
-            out["skipped"] = {
-                split: [str(s.path.relative_to(self.root)) for s, _ in bad]
-                for split, bad in self.skipped.items()
-                if bad
-            }
-        return out
+        skipped = {split: [str(s.path.relative_to(self.root)) for s, _ in bad]
+                   for split, bad in self.skipped.items() if bad}  # fmt: skip
+        return {**out, "skipped": skipped} if skipped else out
