@@ -35,8 +35,8 @@ FEATURE_FREE_FIELDS = ("coreset_ratio", "coreset_max_size", "coreset_projection_
 
 @dataclass
 class RunPrediction(Prediction):
-    """A :class:`~helpers.core.model.Prediction` of a run's whole test set, with what the run
-    knows about it: labels, defect names, paths and how the scores were timed."""
+    """A :class:`~helpers.core.model.Prediction` of a run's test set, with its labels, defect
+    names, paths and how the scores were timed."""
 
     labels: np.ndarray | None = None  # [N] 0 good, 1 defective
     defects: list[str] = field(default_factory=list)
@@ -73,12 +73,12 @@ class Stages:
     def meta(self, stage: str) -> dict[str, str]:
         """What a stage's file must hold to be reused: the settings hash, the data source and
         the fingerprint of the images it was made from (training; for predictions, test too)."""
-        c = self.config
-        extra = {k: getattr(c, k) for k in SCORING_FIELDS} if stage == "predictions" else {}
         meta = dict(stage=stage, config_hash=self.hash(stage), data_id=self.data.data_id(),
                     data_train=self.data.fingerprint("train"))  # fmt: skip
+        extra = {}
         if stage == "predictions":
             meta["data_test"] = self.data.fingerprint("test")
+            extra = {k: getattr(self.config, k) for k in SCORING_FIELDS}
         meta["extra"] = json.dumps(extra, sort_keys=True)
         return meta
 
@@ -98,9 +98,9 @@ class Stages:
 
 
 def features(st: Stages, model: PatchCore | None = None) -> TrainingFeatures:
-    """Patch features of all good training images (notebook 02), cached: the coreset
-    projection in ``features-<hash>.safetensors`` and, unless the projection is the identity,
-    the full embeddings in ``features-<hash>.f32`` (float32 rows), both in artifacts/."""
+    """Patch features of all good training images (notebook 02), cached: the coreset projection
+    in ``features-<hash>.safetensors`` and, unless it is the identity, the full embeddings in
+    ``features-<hash>.f32`` (float32 rows)."""
     m = model or PatchCore(st.config)
 
     def compute():
@@ -121,12 +121,15 @@ def features(st: Stages, model: PatchCore | None = None) -> TrainingFeatures:
     tensors, info = st.cached("features", compute, stale)
     m.tap_weights = info.get("tap_weights")  # the features were scaled by them (balance_taps)
     n_views = info.get("n_views", info["n_images"])
-    rows = n_views * info["grid"][0] * info["grid"][1]
     proj = Projection.of_rows(tensors["projection"], m.device)
-    spill = FeatureSpill.open(st.spill_path(), info["dim"], rows) if info["spill"] else None
+    spill = FeatureSpill.open(st.spill_path(), info["dim"], _rows(info)) if info["spill"] else None
     rotations = max(1, n_views // max(1, info["n_images"]))
     kw = dict(grid=tuple(info["grid"]), n_views=n_views, rotations=rotations)
     return TrainingFeatures(proj, spill, seconds=info["seconds"], **kw)
+
+
+def _rows(info: dict) -> int:  # training patches in the features' info: views x grid
+    return info.get("n_views", info["n_images"]) * info["grid"][0] * info["grid"][1]
 
 
 def _spill_problem(st: Stages) -> str | None:
@@ -139,17 +142,13 @@ def _spill_problem(st: Stages) -> str | None:
     spill = st.spill_path()
     if not spill.is_file():
         return f"{spill.name} is missing"
-    rows = info.get("n_views", info["n_images"]) * info["grid"][0] * info["grid"][1]
-    size, want = spill.stat().st_size, rows * info["dim"] * 4
-    if size != want:
-        return f"{spill.name} holds {size} bytes, not {want} (cut short?)"
-    return None
+    size, want = spill.stat().st_size, _rows(info) * info["dim"] * 4
+    return f"{spill.name} holds {size} bytes, not {want} (cut short?)" if size != want else None
 
 
 def fitted_model(st: Stages, **overrides) -> PatchCore:
-    """The fitted PatchCore (notebook 03): loads the bank when cached, else runs the greedy
-    coreset on the cached (or freshly extracted) features and saves the bank with the cache's
-    keys in its header. ``overrides`` change runtime fields only (device, batch_size, ...)."""
+    """The fitted PatchCore (notebook 03): the cached bank, else the greedy coreset of the cached
+    (or freshly extracted) features, saved. ``overrides``: runtime fields only (device, ...)."""
     path = st.path("bank")
     reason = st.cache.stale_reason(path, st.meta("bank"))
     if reason is None:
@@ -174,8 +173,7 @@ def fitted_model(st: Stages, **overrides) -> PatchCore:
 def coverage(st: Stages, ratios: list[float], max_patches: int = 2000) -> dict[str, np.ndarray]:
     """Coverage radius (max distance of a training patch to its nearest kept patch, in the
     full feature space) of greedy and of random subsets, for each coreset ratio."""
-    ratios = sorted(float(r) for r in ratios)
-    c = st.config
+    ratios, c = sorted(float(r) for r in ratios), st.config
 
     def compute():
         all_feats = features(st)
@@ -204,10 +202,9 @@ def coverage(st: Stages, ratios: list[float], max_patches: int = 2000) -> dict[s
 
 
 def predictions(st: Stages, model: PatchCore | None = None, batch_size=None) -> RunPrediction:
-    """Scores and anomaly maps of every test image (notebook 04), cached. The patch-score
-    grids are saved; maps in original pixels are made from them on load."""
-    test = st.data.test_samples
-    c = st.config
+    """Scores and anomaly maps of every test image (notebook 04), cached: the patch-score grids
+    are saved, the maps (original pixels) made from them on load."""
+    test, c = st.data.test_samples, st.config
 
     def compute():
         m = model or fitted_model(st, **({"batch_size": batch_size} if batch_size else {}))
@@ -219,11 +216,8 @@ def predictions(st: Stages, model: PatchCore | None = None, batch_size=None) -> 
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
         geoms = np.array([[-1] * 7 if g is None else astuple(g) for g in pred.geometries], np.int64)
-        tensors = {
-            "scores": torch.from_numpy(pred.scores),
-            "patch_scores": torch.from_numpy(pred.patch_scores),
-            "geometries": torch.from_numpy(geoms),
-        }
+        arrays = dict(scores=pred.scores, patch_scores=pred.patch_scores, geometries=geoms)
+        tensors = {k: torch.from_numpy(v) for k, v in arrays.items()}
         paths = [str(s.path.relative_to(st.data.root)) for s in test]
         info = dict(seconds=seconds, paths=paths, defects=[s.defect for s in test],
                     device=str(m.device), batch_size=m.config.batch_size)  # fmt: skip
@@ -256,7 +250,6 @@ def threshold_path(bank_path: str | Path) -> Path:  # bank-<hash>.threshold.json
 
 def held_out(st: Stages, model: PatchCore | None = None) -> tuple[np.ndarray, dict]:
     """(held-out score of each training image, info), cached in artifacts/."""
-    c = st.config
 
     def compute():
         m = model or fitted_model(st)
@@ -270,7 +263,7 @@ def held_out(st: Stages, model: PatchCore | None = None) -> tuple[np.ndarray, di
         return {"scores": torch.from_numpy(scores)}, info
 
     meta = st.meta("heldout")
-    meta["extra"] = json.dumps({k: getattr(c, k) for k in HELD_OUT_FIELDS}, sort_keys=True)
+    meta["extra"] = json.dumps({k: getattr(st.config, k) for k in HELD_OUT_FIELDS}, sort_keys=True)
     tensors, info = st.cache.cached("heldout", st.hash("heldout"), meta, compute)
     return tensors["scores"].numpy(), info
 
@@ -280,14 +273,11 @@ def good_only_threshold(st: Stages, model: PatchCore | None = None) -> dict:
     m = model or fitted_model(st)
     scores, info = held_out(st, m)
     if info.get("bank_sha256") != bank_digest(m.memory_bank):
-        raise ValueError(
-            f"{st.cache.rel(st.path('heldout'))} was computed for another bank; delete it to "
-            "have it computed again"
-        )
+        why = "was computed for another bank; delete it to have it computed again"
+        raise ValueError(f"{st.cache.rel(st.path('heldout'))} {why}")
     t = m.calibrate(None, scores=scores)
-    t["computed_on"] = f"{info['n_images']} good training images, {info['method']}"
-    t["data"] = st.data.data_id()
-    t["bank_file"] = st.path("bank").name
-    t["held_out_scores"] = [float(s) for s in scores]
+    t.update(computed_on=f"{info['n_images']} good training images, {info['method']}",
+             data=st.data.data_id(), bank_file=st.path("bank").name,
+             held_out_scores=[float(s) for s in scores])  # fmt: skip
     atomic_write_json(threshold_path(st.path("bank")), t)
     return t
