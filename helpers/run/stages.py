@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import closing
 from dataclasses import astuple, dataclass, field, fields
 from pathlib import Path
 
@@ -75,11 +76,10 @@ class Stages:
         the fingerprint of the images it was made from (training; for predictions, test too)."""
         meta = dict(stage=stage, config_hash=self.hash(stage), data_id=self.data.data_id(),
                     data_train=self.data.fingerprint("train"))  # fmt: skip
-        extra = {}
         if stage == "predictions":
             meta["data_test"] = self.data.fingerprint("test")
-            extra = {k: getattr(self.config, k) for k in SCORING_FIELDS}
-        meta["extra"] = json.dumps(extra, sort_keys=True)
+        scoring = {"predictions": SCORING_FIELDS, "heldout": HELD_OUT_FIELDS}.get(stage, ())
+        meta["extra"] = json.dumps({k: getattr(self.config, k) for k in scoring}, sort_keys=True)
         return meta
 
     def is_cached(self, stage: str) -> bool:
@@ -88,9 +88,8 @@ class Stages:
         saved = self.cache.metadata(self.path(stage)) or {}
         if saved.get("data_id") != self.data.data_id():  # cheap first: no data listed or made
             return False
-        if self.cache.stale_reason(self.path(stage), self.meta(stage)) is not None:
-            return False
-        return stage != "features" or _spill_problem(self) is None
+        fresh = self.cache.stale_reason(self.path(stage), self.meta(stage)) is None
+        return fresh and (stage != "features" or _spill_problem(self) is None)
 
     def cached(self, stage: str, compute, stale: str | None = None):
         """(tensors, info) of ``stage``: loaded when cached, else ``compute()`` and saved."""
@@ -160,11 +159,8 @@ def fitted_model(st: Stages, **overrides) -> PatchCore:
             st.cache.log("bank", "loaded", path, _bank_note(model))
             return model
     model = PatchCore(st.config.replace(**overrides) if overrides else st.config)
-    feats = st.cache.nested(lambda: features(st, model))
-    try:
+    with closing(st.cache.nested(lambda: features(st, model))) as feats:
         model.build_bank(feats, progress=st.verbose)
-    finally:
-        feats.close()
     model.save(path, metadata=st.meta("bank"))
     st.cache.log("bank", "computed", path, _bank_note(model), reason=reason)
     return model
@@ -176,11 +172,8 @@ def coverage(st: Stages, ratios: list[float], max_patches: int = 2000) -> dict[s
     ratios, c = sorted(float(r) for r in ratios), st.config
 
     def compute():
-        all_feats = features(st)
-        try:
+        with closing(features(st)) as all_feats:
             feats = all_feats.sample(max_patches)
-        finally:
-            all_feats.close()
         n = feats.shape[0]
         sizes = [max(1, min(n, int(n * r))) for r in ratios]
         kw = dict(projection_dim=c.coreset_projection_dim, start_points=c.coreset_start_points)
@@ -253,18 +246,13 @@ def held_out(st: Stages, model: PatchCore | None = None) -> tuple[np.ndarray, di
 
     def compute():
         m = model or fitted_model(st)
-        feats = st.cache.nested(lambda: features(st, m))
-        try:
+        with closing(st.cache.nested(lambda: features(st, m))) as feats:
             scores, info = held_out_scores(m, feats, progress=st.verbose)
-        finally:
-            feats.close()
         info["bank_sha256"] = bank_digest(m.memory_bank)
         info["paths"] = [str(s.path.relative_to(st.data.root)) for s in st.data.train_samples]
         return {"scores": torch.from_numpy(scores)}, info
 
-    meta = st.meta("heldout")
-    meta["extra"] = json.dumps({k: getattr(st.config, k) for k in HELD_OUT_FIELDS}, sort_keys=True)
-    tensors, info = st.cache.cached("heldout", st.hash("heldout"), meta, compute)
+    tensors, info = st.cached("heldout", compute)
     return tensors["scores"].numpy(), info
 
 

@@ -65,20 +65,19 @@ def resume_start(out: Path, params: dict, state: dict, data: dict | None = None,
     """Index of the first notebook to execute again on resume: 0 when the parameters or the data
     (``data``: :meth:`DataSource.fingerprints`) changed (said through ``log``), else the first
     notebook whose outputs are not all there."""
-    say, changed = log or (lambda msg: None), False
-    if state.get("parameters") != params:
+    say = log or (lambda msg: None)
+    new_params, new_data = state.get("parameters") != params, data not in (None, state.get("data"))
+    if new_params:
         say(f"parameters changed ({_changed(state.get('parameters', {}), params)})")
-        changed = True
-    if data is not None and state.get("data") != data:
+    if new_data:
         say(f"data changed since the last run ({_changed(state.get('data') or {}, data)})")
-        changed = True
-    if changed:
+    if new_params or new_data:
         return 0
     run = Run.from_params({**params, "run_dir": str(out)}, verbose=False)
     for i, (nb, what) in enumerate(zip(NOTEBOOKS, PRODUCES)):
         done = state.get("notebooks", {}).get(nb, {}).get("status") == "done"
-        kept = what is None or (
-            run.metrics_path.is_file() if what == "metrics" else run.is_cached(what)
+        kept = (
+            run.metrics_path.is_file() if what == "metrics" else what is None or run.is_cached(what)
         )
         if not (done and (out / "notebooks" / nb).is_file() and kept):
             return i
@@ -150,10 +149,9 @@ def _execute(nb: str, out: Path, merged: dict, state: dict, html: bool, log) -> 
     seconds = time.perf_counter() - t0
     status("done", seconds=round(seconds, 1))
     if html:
-        import nbformat
-        from nbconvert import HTMLExporter
+        import nbconvert
 
-        body, _ = HTMLExporter().from_notebook_node(nbformat.read(str(target), as_version=4))
+        body, _ = nbconvert.HTMLExporter().from_filename(str(target))
         target.with_suffix(".html").write_text(body, encoding="utf-8")
     log(f"  done in {seconds:.0f} s")
 
@@ -166,9 +164,7 @@ def _run(out, data, params, overwrite, resume, html, log) -> dict:
     state = load_state(out) if resume else {}
     # the stored parameters on --resume, then -p, then --data; all checked before any notebook
     merged = {**parameters.BASE_PARAMETERS, **state.get("parameters", {}), **params}
-    if data is not None:
-        merged["dataset_path"] = str(data)
-    merged.setdefault("dataset_path", "")
+    merged["dataset_path"] = str(data) if data is not None else merged.get("dataset_path", "")
     try:
         parameters.config_from_params(merged)
         parameters.check_notebook_parameters(merged)
@@ -190,10 +186,10 @@ def _run(out, data, params, overwrite, resume, html, log) -> dict:
         run = Run.from_params({**merged, "run_dir": str(out)}, verbose=False)
         fingerprints = run.data.fingerprints()  # what the images are now (synthetic set made)
         start = resume_start(out, merged, state, fingerprints, log) if state else 0
-    if state and start == len(NOTEBOOKS):
-        log(f"{out}: every notebook finished with these parameters; nothing to resume")
-    elif state:
-        log(f"resuming {out} from {NOTEBOOKS[start]}")
+    if state:
+        done = start == len(NOTEBOOKS)
+        log(f"{out}: every notebook finished with these parameters; nothing to resume" if done
+            else f"resuming {out} from {NOTEBOOKS[start]}")  # fmt: skip
     if start < len(NOTEBOOKS):
         _clear_stale(out, start, log)
     notebooks, now = state.get("notebooks", {}) if start else {}, time.strftime("%Y-%m-%d %H:%M:%S")

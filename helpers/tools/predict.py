@@ -250,7 +250,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m helpers predict")
     errors = verdicts.count("error")
     value = "none" if result.threshold is None else f"{result.threshold:.6g}"
     unreadable = f", {errors} unreadable (see the error column)" if errors else ""
-    pics = f" and {len(result.overlays)} overlays in {Path(args.out) / 'overlays'}" * args.overlays
+    pics = f" and {len(result.overlays)} overlays in {Path(args.out) / 'overlays'}"
+    pics = pics if args.overlays else ""
     print(f"scored {result.n_scored} image(s): {verdicts.count('defective')} defective, "
           f"{verdicts.count('good')} good{unreadable}\nthreshold: {value} - "
           f"{result.threshold_note}\nwrote {result.csv}{pics}")  # fmt: skip

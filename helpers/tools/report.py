@@ -65,8 +65,7 @@ def prepare_folder(out: Path, overwrite: bool, resume: bool, data: Path | None) 
     try:
         if not existing.is_dir():
             raise NotADirectoryError(f"{existing} is a file")
-        with tempfile.TemporaryFile(dir=existing):
-            pass
+        tempfile.TemporaryFile(dir=existing).close()
     except OSError as exc:
         raise unwritable(out, f"{existing}: {exc.strerror or exc}") from exc
     if not out.exists() or not any(out.iterdir()):
@@ -94,8 +93,8 @@ def prepare_folder(out: Path, overwrite: bool, resume: bool, data: Path | None) 
 
 
 def failure_message(nb: str, exc: BaseException, target: Path, out: Path) -> str:
-    """What to tell the user when a notebook failed; a dead kernel is named as such, with its
-    likely cause (memory), since its notebook holds no error cell."""
+    """What to tell the user when a notebook failed; a dead kernel (no error cell) is named, with
+    its likely cause (memory)."""
     if type(exc).__name__ == "DeadKernelError" or "Kernel died" in str(exc):
         return (
             f"the kernel running {nb} died (no Python error: most likely the operating system "
@@ -114,8 +113,8 @@ def failure_message(nb: str, exc: BaseException, target: Path, out: Path) -> str
 
 def preflight(params: dict[str, Any]) -> str:
     """Before any notebook runs: find (or download) the data, check every image and mask, say what
-    the test set allows, compare the fit's memory estimate with what is free. Returns the lines to
-    print; a PipelineError names the path, estimate or knob at fault."""
+    the test set allows, compare the fit's memory estimate with what is free. Returns the lines;
+    a PipelineError names the path, estimate or knob at fault."""
     from helpers.core.model import PatchCore
     from helpers.core.training import available_ram, check_fit_memory
     from helpers.lessons.timing import resolve_device_quietly
@@ -148,8 +147,7 @@ def preflight(params: dict[str, Any]) -> str:
         est = check_fit_memory(c, model.device, n_train)
     except MemoryError as exc:
         raise PipelineError(f"memory: {exc}") from exc
-    free = available_ram()
-    out = Path(params["run_dir"])
+    free, out = available_ram(), Path(params["run_dir"])
     existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
     disk = shutil.disk_usage(existing).free  # --out and its parents may not exist yet
     if est["disk"] > 0.9 * disk:
@@ -158,14 +156,13 @@ def preflight(params: dict[str, Any]) -> str:
             f"{disk / 2**30:.1f} GiB is free; choose another --out, or lower input_size or "
             "train_rotations"
         )
+    slow = " (no CUDA GPU: slower)" if model.device.type == "cpu" and c.device == "auto" else ""
     first = (
         f"preflight: {n_train} training images x {c.rotations_for(n_train)} rotation(s) at "
-        f"{c.input_size} px on {model.device.type}"
-        + (" (no CUDA GPU: slower)" if model.device.type == "cpu" and c.device == "auto" else "")
-        + f"; fit needs ~{est['ram'] / 2**30:.1f} GiB RAM"
-        + (f" of {free / 2**30:.1f} GiB free" if free else "")
+        f"{c.input_size} px on {model.device.type}{slow}; fit needs ~{est['ram'] / 2**30:.1f} GiB "
+        "RAM" + (f" of {free / 2**30:.1f} GiB free" if free else "")
         + (f", {est['disk'] / 2**30:.1f} GiB disk" if est["disk"] else "")
-    )
+    )  # fmt: skip
     return "\n".join([first, test_set_line(n_good, n_bad, n_masks, n_types), *notes])
 
 
@@ -213,7 +210,7 @@ def _check_folder(run: Run) -> tuple[int, tuple[int, int, int, int], list[str]]:
 
 def summary(out: Path, metrics: dict) -> str:
     """The closing summary of a run: its headline metrics, figures and notebooks."""
-    html = " (+ .html)" if list((out / "notebooks").glob("*.html")) else ""
+    html = " (+ .html)" if any((out / "notebooks").glob("*.html")) else ""
     return "\n".join([
         f"Results in {out}/",
         *metrics_lines(metrics),
@@ -228,16 +225,14 @@ def parse_categories(value: str, data: str | None) -> list[str]:
     if value.strip() == "all":
         if data is None:
             raise PipelineError("--category all needs --data (the folder holding the categories)")
-        root = Path(data).expanduser()
-        if not root.is_dir():
+        if not (root := Path(data).expanduser()).is_dir():
             raise PipelineError(f"data folder {root} does not exist")
-        found = sorted(p.name for p in root.iterdir() if (p / "train" / "good").is_dir())
-        if not found:
-            raise PipelineError(
-                f"no category folders in {root} (looked for <category>/train/good); "
-                "--category all needs the folder that holds the categories"
-            )
-        return found
+        if found := sorted(p.name for p in root.iterdir() if (p / "train" / "good").is_dir()):
+            return found
+        raise PipelineError(
+            f"no category folders in {root} (looked for <category>/train/good); "
+            "--category all needs the folder that holds the categories"
+        )
     names = [v.strip() for v in value.split(",") if v.strip()]
     if not names:
         raise PipelineError("--category: give a name, a comma-separated list or all")
