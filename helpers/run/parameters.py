@@ -9,6 +9,7 @@ import json
 import math
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -146,12 +147,13 @@ class DataSource:
         self.synthetic = {**SYNTHETIC_DEFAULTS, **(synthetic or {})}
         self.download = dict(download_missing=download, url=download_url or None,
                              sha256=download_sha256 or None)  # fmt: skip
-        self._root: Path | None = None
-        self._listed: dict[str, list[Sample]] = {}  # every image file of a split
-        self._usable: dict[str, list[Sample]] = {}  # less the unreadable ones (skip_bad_images)
-        self._fingerprints: dict[str, str] = {}
-        self._unreadable: dict[str, list[tuple[Sample, str]]] = {}
+        self._memo: dict = {}  # the root, and per split: listed, unreadable, usable, fingerprint
         self.skipped: dict[str, list[tuple[Sample, str]]] = {}  # split -> [(sample, reason)]
+
+    def _once(self, key, make: Callable[[], Any]) -> Any:
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
 
     @property
     def is_synthetic(self) -> bool:
@@ -168,50 +170,44 @@ class DataSource:
     @property
     def root(self) -> Path:
         """The MVTec-layout folder in use: generated (synthetic), downloaded or given."""
-        if self._root is None:
-            c = self.config
-            if self.is_synthetic:
-                from helpers.data.synthetic import generate_dataset
+        return self._once("root", self._prepare)
 
-                self._root = generate_dataset(
-                    self.data_dir, c.category, seed=c.seed, **self.synthetic
-                )
-            else:
-                from helpers.data.download import prepare_dataset
+    def _prepare(self) -> Path:
+        c = self.config
+        if self.is_synthetic:
+            from helpers.data.synthetic import generate_dataset
 
-                self._root = prepare_dataset(c.dataset_path, c.category, **self.download)
-        return self._root
+            return generate_dataset(self.data_dir, c.category, seed=c.seed, **self.synthetic)
+        from helpers.data.download import prepare_dataset
+
+        return prepare_dataset(c.dataset_path, c.category, **self.download)
 
     def listed(self, split: str) -> list[Sample]:
         """Every image file of ``split`` ("train" or "test"), readable or not."""
-        if split not in self._listed:
-            self._listed[split] = list_samples(self.root, self.config.category, split)
-        return self._listed[split]
+        listing = lambda: list_samples(self.root, self.config.category, split)
+        return self._once(("listed", split), listing)
 
     def unreadable(self, split: str) -> list[tuple[Sample, str]]:
         """(sample, reason) of each image of ``split`` that cannot be used (truncated, corrupt,
         too large), by :func:`helpers.core.images.check_image_file` (no decoding)."""
-        if split not in self._unreadable:
-            checked = [(s, check_image_file(s.path)) for s in self.listed(split)]
-            self._unreadable[split] = [(s, why) for s, why in checked if why]
-        return self._unreadable[split]
+        check = lambda: [(s, why) for s in self.listed(split) if (why := check_image_file(s.path))]
+        return self._once(("unreadable", split), check)
 
     def samples(self, split: str) -> list[Sample]:
         """The images of ``split`` a run uses: every listed one, or with ``skip_bad_images`` the
         readable ones (the others skipped with one counted warning, kept in ``skipped``)."""
-        if split not in self._usable:
-            listed = self.listed(split)
-            if self.config.skip_bad_images:
-                bad = self.skipped[split] = self.unreadable(split)
-                if bad:
-                    why = f"(skip_bad_images), e.g. {bad[0][0].path}: {bad[0][1]}"
-                    warnings.warn(
-                        f"skipped {len(bad)} unreadable {split} image(s) {why}", stacklevel=2
-                    )
-                gone = {s.path for s, _ in bad}
-                listed = [s for s in listed if s.path not in gone]
-            self._usable[split] = listed
-        return self._usable[split]
+
+        def usable() -> list[Sample]:
+            if not self.config.skip_bad_images:
+                return self.listed(split)
+            bad = self.skipped[split] = self.unreadable(split)
+            if bad:
+                why = f"(skip_bad_images), e.g. {bad[0][0].path}: {bad[0][1]}"
+                warnings.warn(f"skipped {len(bad)} unreadable {split} image(s) {why}", stacklevel=4)
+            gone = {s.path for s, _ in bad}
+            return [s for s in self.listed(split) if s.path not in gone]
+
+        return self._once(("usable", split), usable)
 
     @property
     def train_samples(self) -> list[Sample]:
@@ -224,13 +220,11 @@ class DataSource:
     def fingerprint(self, split: str) -> str:
         """What the artifacts of ``split`` ("train", "test" or "masks") are made from: the
         :func:`~helpers.data.mvtec.fingerprint` of its files."""
-        if split not in self._fingerprints:
-            if split == "masks":
-                files = [s.mask_path for s in self.listed("test") if s.mask_path is not None]
-            else:
-                files = [s.path for s in self.listed(split)]
-            self._fingerprints[split] = fingerprint(files, self.root)
-        return self._fingerprints[split]
+        if split == "masks":
+            files = lambda: [s.mask_path for s in self.listed("test") if s.mask_path is not None]
+        else:
+            files = lambda: [s.path for s in self.listed(split)]
+        return self._once(("fingerprint", split), lambda: fingerprint(files(), self.root))
 
     def fingerprints(self) -> dict[str, str]:
         """Every split's :meth:`fingerprint` (generates the synthetic set when needed)."""
