@@ -24,16 +24,9 @@ from helpers.core.runtime import atomic_write_bytes, atomic_write_json
 from helpers.data.download import mount_drive_for
 from helpers.data.mvtec import Sample, masks_like
 from helpers.evaluation import report
-from helpers.run import stages
+from helpers.run import parameters, stages
 from helpers.run.cache import ArtifactCache
-from helpers.run.parameters import (
-    NOTEBOOK_PARAMETERS,
-    SYNTHETIC_DEFAULTS,
-    DataSource,
-    check_notebook_parameters,
-    config_from_params,
-    resolve_run_dir,
-)
+from helpers.run.parameters import NOTEBOOK_PARAMETERS, DataSource, config_from_params
 from helpers.run.stages import RunPrediction, Stages, threshold_path
 
 
@@ -46,13 +39,13 @@ class Run:
         # in Colab, a run folder, data folder or archive on /content/drive mounts Drive first
         mount_drive_for(run_dir=str(run_dir), dataset_path=config.dataset_path,
                         download_url=download_url)  # fmt: skip
-        self.root, self.config, self.verbose = resolve_run_dir(run_dir), config, verbose
+        self.root, self.config, self.verbose = parameters.resolve_run_dir(run_dir), config, verbose
         if unknown := set(params or {}) - set(NOTEBOOK_PARAMETERS):
             raise ValueError(
                 f"unknown notebook parameter(s) {sorted(unknown)}: the notebooks' own parameters "
                 f"are {sorted(NOTEBOOK_PARAMETERS)} (helpers/run/parameters.py)"
             )
-        check_notebook_parameters(params or {})
+        parameters.check_notebook_parameters(params or {})
         # the notebooks' own settings (figure sizes, timing repeats, ...): their defaults, with
         # whatever the lesson's parameters cell or papermill's -p set
         self.params = SimpleNamespace(
@@ -71,7 +64,9 @@ class Run:
         rest keep their defaults (so papermill's ``-p`` can set any); the notebook parameters
         end up in ``run.params`` (``run.params.n_examples``, ...)."""
         syn = {
-            k: params[f"synthetic_{k}"] for k in SYNTHETIC_DEFAULTS if f"synthetic_{k}" in params
+            k: params[f"synthetic_{k}"]
+            for k in parameters.SYNTHETIC_DEFAULTS
+            if f"synthetic_{k}" in params
         }
         own = {k: params[k] for k in NOTEBOOK_PARAMETERS if k in params and k != "run_dir"}
         run_dir = params.get("run_dir", NOTEBOOK_PARAMETERS["run_dir"])

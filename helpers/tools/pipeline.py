@@ -29,17 +29,8 @@ from helpers.core.config import ConfigError
 from helpers.core.runtime import PROGRESS_ENV, atomic_write_json
 from helpers.run import parameters
 from helpers.run.run import Run
-from helpers.tools.report import (
-    MARKER,
-    PipelineError,
-    failure_message,
-    load_state,
-    preflight,
-    prepare_folder,
-    resolve,
-    summary,
-    unwritable,
-)
+from helpers.tools import report
+from helpers.tools.report import MARKER, PipelineError
 
 # A lesson's parameters cell shows only its own knobs, so papermill calls every other -p name
 # "unknown"; the names were checked against Config + NOTEBOOK_PARAMETERS already.
@@ -145,7 +136,7 @@ def _execute(nb: str, out: Path, merged: dict, state: dict, html: bool, log) -> 
         raise
     except BaseException as exc:
         status("failed", seconds=time.perf_counter() - t0)
-        raise PipelineError(failure_message(nb, exc, target, out)) from exc
+        raise PipelineError(report.failure_message(nb, exc, target, out)) from exc
     seconds = time.perf_counter() - t0
     status("done", seconds=round(seconds, 1))
     if html:
@@ -157,11 +148,11 @@ def _execute(nb: str, out: Path, merged: dict, state: dict, html: bool, log) -> 
 
 
 def _run(out, data, params, overwrite, resume, html, log) -> dict:
-    out = resolve(out, "--out")
-    data = resolve(data, "--data") if data is not None else None
+    out = report.resolve(out, "--out")
+    data = report.resolve(data, "--data") if data is not None else None
     _check_names(params)
-    prepare_folder(out, overwrite, resume, data)
-    state = load_state(out) if resume else {}
+    report.prepare_folder(out, overwrite, resume, data)
+    state = report.load_state(out) if resume else {}
     # the stored parameters on --resume, then -p, then --data; all checked before any notebook
     merged = {**parameters.BASE_PARAMETERS, **state.get("parameters", {}), **params}
     merged["dataset_path"] = str(data) if data is not None else merged.get("dataset_path", "")
@@ -172,7 +163,7 @@ def _run(out, data, params, overwrite, resume, html, log) -> dict:
         raise PipelineError(f"invalid parameter: {exc} (set it with -p NAME VALUE)") from exc
     except TypeError as exc:
         raise PipelineError(f"invalid parameters: {exc}") from exc
-    log(preflight({**merged, "run_dir": str(out)}))
+    log(report.preflight({**merged, "run_dir": str(out)}))
     try:  # the folder and its marker
         out.mkdir(parents=True, exist_ok=True)
         if not (out / MARKER).is_file():
@@ -180,7 +171,7 @@ def _run(out, data, params, overwrite, resume, html, log) -> dict:
                 out / MARKER, {"made_by": "python -m helpers run", "time": time.time()}
             )
     except OSError as exc:
-        raise unwritable(out, exc.strerror or exc) from exc
+        raise report.unwritable(out, exc.strerror or exc) from exc
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the data's warnings: said once, by the preflight
         run = Run.from_params({**merged, "run_dir": str(out)}, verbose=False)
@@ -201,7 +192,7 @@ def _run(out, data, params, overwrite, resume, html, log) -> dict:
         _execute(nb, out, merged, state, html, log)
     path = out / "metrics.json"
     metrics = json.loads(path.read_text()) if path.is_file() else {}
-    log(summary(out, metrics))
+    log(report.summary(out, metrics))
     return metrics
 
 
@@ -238,10 +229,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m helpers run") -> 
     many = args.category is not None and ("," in args.category or args.category.strip() == "all")
     try:
         if many:
-            from helpers.tools.report import parse_categories, run_categories
-
-            names = parse_categories(args.category, args.data)
-            rows = run_categories(run_pipeline, args.out, args.data, names, **kw)
+            names = report.parse_categories(args.category, args.data)
+            rows = report.run_categories(run_pipeline, args.out, args.data, names, **kw)
             return 0 if all(r["status"] == "done" for r in rows) else 1
         if args.category is not None:
             params["category"] = args.category.strip()
