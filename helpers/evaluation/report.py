@@ -49,15 +49,11 @@ def evaluate(samples: list[Sample], pred: Prediction, *, quiet: bool = True) -> 
                 "no ground-truth masks found: pixel AUROC and AUPRO are null", stacklevel=2
             )
             pixel = {"pixel_auroc": None, "aupro": None, "per_defect_pixel": None}
-        thr = metrics.f1_threshold(labels, pred.scores)
-        return {
-            "image_auroc": metrics.image_auroc(labels, pred.scores),
-            **pixel,
-            "f1_threshold": None if thr is None else thr[0],
-            "f1": None if thr is None else thr[1],
-            "per_defect": metrics.per_defect_auroc(defects, pred.scores),
-            "pixel_f1_threshold": pixel_f1_threshold(masks, pred.maps),
-        }
+        thr = metrics.f1_threshold(labels, pred.scores) or (None, None)
+        return {"image_auroc": metrics.image_auroc(labels, pred.scores), **pixel,
+                "f1_threshold": thr[0], "f1": thr[1],
+                "per_defect": metrics.per_defect_auroc(defects, pred.scores),
+                "pixel_f1_threshold": pixel_f1_threshold(masks, pred.maps)}  # fmt: skip
 
 
 def pixel_f1_threshold(masks, maps, step: int = 4) -> float | None:
@@ -87,32 +83,21 @@ def thresholds(labels, scores, f1_threshold: float | None, good_only: dict | Non
     rate = good_only["false_alarm_rate"]
     common = {"chosen_on": good_only.get("computed_on", good_only.get("method"))}
     good = threshold_rates(labels, scores, good_only["value"])
-    n_good = good["n_good"]
-    out["good_only"] = {
-        **good,
-        **common,
-        "target_false_alarm_rate": rate,
-        "expected_false_alarm_rate": good_only["expected_false_alarm_rate"],
-        "false_alarm_rate_se": math.sqrt(rate * (1 - rate) / n_good) if n_good else None,
-    }
-    out["max_of_good"] = {
-        **threshold_rates(labels, scores, good_only["max_of_good"]),
-        **common,
-        "expected_false_alarm_rate": good_only["max_of_good_expected_false_alarm_rate"],
-    }
+    se = math.sqrt(rate * (1 - rate) / good["n_good"]) if good["n_good"] else None
+    out["good_only"] = {**good, **common, "target_false_alarm_rate": rate,
+                        "expected_false_alarm_rate": good_only["expected_false_alarm_rate"],
+                        "false_alarm_rate_se": se}  # fmt: skip
+    max_rates = threshold_rates(labels, scores, good_only["max_of_good"])
+    expected = good_only["max_of_good_expected_false_alarm_rate"]
+    out["max_of_good"] = {**max_rates, **common, "expected_false_alarm_rate": expected}
     return out
 
 
 def timings(fit_info: dict, pred: Prediction) -> dict[str, Any]:
     """The timings entry of metrics.json: the fit's (from the bank's info) and inference's."""
-    return {
-        "fit_s": fit_info.get("fit_s"),
-        "features_s": fit_info.get("features_s"),
-        "coreset_s": fit_info.get("coreset_s"),
-        "infer_ms_per_image": 1000 * pred.seconds / max(len(pred), 1),
-        "batch_size": pred.batch_size,
-        "device": pred.device,
-    }
+    fit = {k: fit_info.get(k) for k in ("fit_s", "features_s", "coreset_s")}
+    ms = 1000 * pred.seconds / max(len(pred), 1)
+    return {**fit, "infer_ms_per_image": ms, "batch_size": pred.batch_size, "device": pred.device}
 
 
 def write_metrics(path: str | Path, metrics: dict, record: dict) -> dict[str, Any]:
