@@ -39,13 +39,9 @@ class Sample:
 
 
 def _image_files(folder: Path) -> tuple[list[Path], list[Path]]:
-    files, ignored = [], []
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("._"):
-            files.append(p)
-        elif p.is_file():
-            ignored.append(p)
-    return files, ignored
+    found = [p for p in sorted(folder.iterdir()) if p.is_file()]
+    image = lambda p: p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("._")
+    return [p for p in found if image(p)], [p for p in found if not image(p)]
 
 
 def category_dir(root: str | Path, category: str) -> Path:
@@ -86,11 +82,9 @@ def list_samples(root: str | Path, category: str, split: str) -> list[Sample]:
         ignored += skipped
         for f in files:
             mask = None
-            if defect != "good":
-                mask = cat / "ground_truth" / defect / f"{f.stem}_mask.png"
-                if not mask.is_file():
-                    alt = cat / "ground_truth" / defect / f"{f.stem}.png"
-                    mask = alt if alt.is_file() else None
+            if defect != "good":  # <stem>_mask.png, else <stem>.png
+                gt, names = cat / "ground_truth" / defect, (f"{f.stem}_mask.png", f"{f.stem}.png")
+                mask = next((gt / n for n in names if (gt / n).is_file()), None)
                 if mask is None:
                     missing_masks.append(f)
             samples.append(Sample(f, split, defect, mask))
@@ -100,10 +94,9 @@ def list_samples(root: str | Path, category: str, split: str) -> list[Sample]:
     if split == "train" and not samples:
         raise DatasetError(f"training folder {split_dir / 'good'} holds no images.\n{LAYOUT_HELP}")
     if split == "test" and missing_masks and (cat / "ground_truth").is_dir():
+        e_g = f"e.g. {missing_masks[0]}; pixel metrics skip them"
         warnings.warn(
-            f"{len(missing_masks)} defective test image(s) have no mask, e.g. "
-            f"{missing_masks[0]}; pixel metrics skip them",
-            stacklevel=2,
+            f"{len(missing_masks)} defective test image(s) have no mask, {e_g}", stacklevel=2
         )
     return samples
 
