@@ -101,10 +101,9 @@ class ScoringGraph(nn.Module):
     def _local_pool(self, channels: int, dim: int) -> nn.Module:
         """The 3x3 neighbourhood's C*9 values (channel-major) pooled to ``dim``: a fixed conv."""
         p = self.patch
-        conv = nn.Conv2d(channels, dim, p, padding=(p - 1) // 2, bias=False)
+        conv = nn.Conv2d(channels, dim, p, padding=(p - 1) // 2, bias=False).requires_grad_(False)
         weights = _pool_matrix(channels * p * p, dim)  # [C*p*p, dim]
         conv.weight.data = weights.T.reshape(dim, channels, p, p).contiguous()
-        conv.requires_grad_(False)
         return conv
 
     # ------------------------------------------------------------------ the steps
@@ -177,9 +176,8 @@ def export_onnx(model, path: str | Path, height: int, width: int, threshold: dic
 
     value = None if threshold is None else float(threshold["value"])
     graph = ScoringGraph(model, height, width, value).eval()
-    path = Path(path)
+    path, example = Path(path), torch.zeros(1, height, width, 3, dtype=torch.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    example = torch.zeros(1, height, width, 3, dtype=torch.uint8)
     outputs = ["score", "map"] + ([] if value is None else ["defective"])
     tmp = path.with_name(f".{path.name}.tmp")
     kwargs = dict(opset_version=OPSET, input_names=["image"], output_names=outputs,
@@ -191,15 +189,12 @@ def export_onnx(model, path: str | Path, height: int, width: int, threshold: dic
         except TypeError:  # torch < 2.5: no dynamo argument, TorchScript is the only exporter
             torch.onnx.export(graph, (example,), str(tmp), **kwargs)
     proto = onnx.load(str(tmp))
-    meta = {
-        "config": json.dumps(model.config.to_dict(), sort_keys=True),
-        "config_hash": model.config.hash(),
-        "threshold": json.dumps(threshold, sort_keys=True) if threshold else "",
-        "input": f"RGB uint8 [N, {height}, {width}, 3]",
-        "rule": "defective when score >= threshold",
-        "bank_rows": str(len(model.bank)),
-        **(metadata or {}),
-    }
+    meta = dict(config=json.dumps(model.config.to_dict(), sort_keys=True),
+                config_hash=model.config.hash(),
+                threshold=json.dumps(threshold, sort_keys=True) if threshold else "",
+                input=f"RGB uint8 [N, {height}, {width}, 3]",
+                rule="defective when score >= threshold", bank_rows=str(len(model.bank)),
+                **(metadata or {}))  # fmt: skip
     for key, text in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, text
@@ -213,10 +208,9 @@ def export(source, out: str | Path, size: tuple[int, int] | None = None,
            **overrides) -> Path:  # fmt: skip
     """Export ``source`` (run folder or bank file) for images of ``size`` (H, W) or the size of
     the image ``like``; ``threshold`` as for :func:`helpers.tools.predict.predict`."""
-    if size is None:
-        if like is None:
-            raise PredictError("give the image size: --size H W, or --like IMAGE")
-        size = load_image(like).shape[:2]
+    if size is None and like is None:
+        raise PredictError("give the image size: --size H W, or --like IMAGE")
+    size = size or load_image(like).shape[:2]
     model, saved = load_model(source, **overrides)
     value, note = choose_threshold(saved, threshold)
     chosen = None if value is None else {**(saved or {}), "value": value, "chosen": note}
