@@ -37,9 +37,8 @@ def threshold_arg(text: str) -> str | float:
     try:
         return text if text in THRESHOLD_NAMES else float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: a number or one of {THRESHOLD_NAMES}"
-        ) from None
+        why = f"{text!r}: a number or one of {THRESHOLD_NAMES}"
+        raise argparse.ArgumentTypeError(why) from None
 
 
 class PredictError(RuntimeError):
@@ -143,7 +142,8 @@ def overlay(image: np.ndarray, amap: np.ndarray, threshold: float | None, text: 
         cv2.drawContours(out, contours, -1, (255, 255, 255), max(1, image.shape[0] // 256))
     scale = max(0.4, image.shape[0] / 700)
     for colour, width in (((0, 0, 0), 4), ((255, 255, 255), 1)):  # white on a black edge
-        cv2.putText(out, text, (8, int(24 * scale) + 4), 0, scale, colour, width)  # 0: SIMPLEX
+        cv2.putText(out, text, (8, int(24 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, colour,
+                    width)  # fmt: skip
     return out
 
 
@@ -165,11 +165,9 @@ def predict(source: str | Path | PatchCore, images, out: str | Path | None = Non
     out = None if out is None else Path(out).expanduser()
     if overlays and out is None:
         raise PredictError("overlays need an output folder (out=...)")
-    rows, written, used = [], [], set()
-    bar = tqdm(
-        total=len(items), desc="predict", unit="image", file=sys.stderr, disable=not progress
-    )
-    step = model.config.batch_size
+    rows, written, used, step = [], [], set(), model.config.batch_size
+    kw = dict(desc="predict", unit="image", file=sys.stderr, disable=not progress)
+    bar = tqdm(total=len(items), **kw)
     for start in range(0, len(items), step):
         chunk, arrays, keep = items[start : start + step], [], []
         for path, name in chunk:
