@@ -38,12 +38,6 @@ class Sample:
         return 0 if self.defect == "good" else 1
 
 
-def _image_files(folder: Path) -> tuple[list[Path], list[Path]]:
-    found = [p for p in sorted(folder.iterdir()) if p.is_file()]
-    image = lambda p: p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("._")
-    return [p for p in found if image(p)], [p for p in found if not image(p)]
-
-
 def category_dir(root: str | Path, category: str) -> Path:
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -78,8 +72,9 @@ def list_samples(root: str | Path, category: str, split: str) -> list[Sample]:
         defects = (["good"] if "good" in defects else []) + [d for d in defects if d != "good"]
     samples, ignored, missing_masks = [], [], []
     for defect in defects:
-        files, skipped = _image_files(split_dir / defect)
-        ignored += skipped
+        found = [p for p in sorted((split_dir / defect).iterdir()) if p.is_file()]
+        files = [p for p in found if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("._")]
+        ignored += sorted(set(found) - set(files))
         for f in files:
             mask = None
             if defect != "good":  # <stem>_mask.png, else <stem>.png

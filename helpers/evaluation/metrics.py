@@ -42,19 +42,15 @@ def _valid_pairs(masks, maps, groups=None):
 BINS = 1 << 18  # the pixel metrics' thresholds: levels between the lowest and highest map value
 
 
-def _bins(pairs, bins: int) -> tuple[float, float]:
-    lo = min(float(a.min()) for _, a, _ in pairs)
-    hi = max(float(a.max()) for _, a, _ in pairs)
-    return lo, (bins - 1) / (hi - lo) if hi > lo else 0.0
-
-
 def pixel_histograms(masks, maps, bins: int = BINS, groups: Sequence[str] | None = None) -> dict:
     """Counts of map values in ``bins`` levels, per group of images (default: one group ""):
     ``neg`` (normal pixels), ``pos`` (defect pixels), ``pro`` (defect pixels weighted by 1 / the
     size of their connected region, 8-connectivity) and ``regions``. One pass, memory independent
     of the number of images: the pixel metrics of a whole category at 1024 px need a few MB."""
     pairs, out = _valid_pairs(masks, maps, groups), {}
-    lo, scale = _bins(pairs, bins) if pairs else (0.0, 0.0)
+    lo = min((float(a.min()) for _, a, _ in pairs), default=0.0)
+    hi = max((float(a.max()) for _, a, _ in pairs), default=0.0)
+    scale = (bins - 1) / (hi - lo) if hi > lo else 0.0
     for m, a, name in pairs:
         zeros = {k: np.zeros(bins) for k in ("neg", "pos", "pro")}
         h = out.setdefault(name, {**zeros, "regions": 0})
