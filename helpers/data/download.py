@@ -1,10 +1,8 @@
-"""One MVTec AD category (metal_nut) into a folder in the MVTec layout, and Google Drive in Colab.
-The source is the whole 4.9 GB archive (anomalib's link, sha256 pinned). A cut download resumes
-(HTTP Range, from ``<archive>.partial``). The archive's sha256 is checked before anything is
-extracted; ``<category>/`` is streamed into a staging folder renamed into place when complete;
-hostile members (absolute, ``..``, links leading out, special files) refuse the whole archive.
-MVTec AD: CC BY-NC-SA 4.0, https://www.mvtec.com/company/research/datasets/mvtec-ad
-"""
+"""One MVTec AD category (metal_nut) from the whole 4.9 GB archive (anomalib's link, sha256 pinned;
+CC BY-NC-SA 4.0), and Google Drive in Colab. A cut download resumes (HTTP Range); the sha256 is
+checked before anything is extracted; ``<category>/`` is streamed into a staging folder renamed
+into place when complete; a hostile member (absolute, ``..``, a link leading out, a special file)
+refuses the whole archive."""
 
 from __future__ import annotations
 
@@ -56,9 +54,8 @@ def download(url: str, dest: str | Path, *, opener: Callable | None = None, retr
              progress: bool = True) -> Path:  # fmt: skip
     """``url`` to ``dest`` through ``dest.partial``: a cut is resumed with an HTTP Range request
     (``retries`` tries here, then on the next call). ``opener``: ``urlopen``-like (for tests)."""
-    dest = Path(dest)
+    dest, part = Path(dest), Path(f"{dest}.partial")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".partial")
     for attempt in range(1, max(1, retries) + 1):
         offset = part.stat().st_size if part.exists() else 0
         headers = {"Range": f"bytes={offset}-"} if offset else {}
@@ -122,8 +119,7 @@ def _leftover(dest: Path, category: str) -> None:  # a half-made category folder
 def extract_category(archive: str | Path, dest: str | Path, category: str = "metal_nut", *,
                      sha256: str | None = None, progress: bool = True) -> Path:  # fmt: skip
     """Extract only ``<category>/`` of a .tar(.xz/.gz/.bz2) archive whose sha256 is right (when
-    given; else printed) into ``dest/<category>``, in one streaming pass through a staging folder
-    renamed into place when the layout is right. Returns ``dest``."""
+    given; else printed) into ``dest/<category>``, through a staging folder. Returns ``dest``."""
     archive, dest = Path(archive), Path(dest)
     if not hasattr(tarfile, "data_filter"):  # PEP 706: Python 3.12, 3.11.4+, 3.10.12+
         raise DownloadError(
