@@ -38,10 +38,7 @@ class ArtifactCache:
         return self.folder / f"{stage}-{key}.safetensors"
 
     def rel(self, path: Path) -> str:
-        try:
-            return str(path.relative_to(self.root))
-        except ValueError:
-            return str(path)
+        return str(path.relative_to(self.root) if path.is_relative_to(self.root) else path)
 
     @staticmethod
     def _header(path: Path) -> dict[str, str]:  # raises safetensors' own errors, or OSError

@@ -156,13 +156,14 @@ def fitted_model(st: Stages, **overrides) -> PatchCore:
         except ValueError as exc:  # damaged (checksum, NaN, truncated): built again below
             reason = f"unreadable ({exc})"
         else:
-            st.cache.log("bank", "loaded", path, _bank_note(model))
+            st.cache.log("bank", "loaded", path, f"  ({len(model.bank)} x {model.bank.dim})")
             return model
     model = PatchCore(st.config.replace(**overrides) if overrides else st.config)
     with closing(st.cache.nested(lambda: features(st, model))) as feats:
         model.build_bank(feats, progress=st.verbose)
     model.save(path, metadata=st.meta("bank"))
-    st.cache.log("bank", "computed", path, _bank_note(model), reason=reason)
+    note = f"  ({len(model.bank)} x {model.bank.dim})"
+    st.cache.log("bank", "computed", path, note, reason=reason)
     return model
 
 
@@ -221,19 +222,13 @@ def predictions(st: Stages, model: PatchCore | None = None, batch_size=None) -> 
         why = f"made for {len(info.get('paths', []))} test images, the test set has {len(test)}"
         tensors, info = st.cached("predictions", compute, stale=why)
     scores = tensors["scores"].numpy()
-    geoms = [
-        None if row[0] < 0 or not np.isfinite(s) else Geometry(*map(int, row))
-        for row, s in zip(tensors["geometries"].numpy(), scores)
-    ]
+    rows = zip(tensors["geometries"].numpy(), scores)  # a skipped image: no geometry
+    geoms = [None if r[0] < 0 or not np.isfinite(s) else Geometry(*map(int, r)) for r, s in rows]
     grids = tensors["patch_scores"]  # maps made from the saved grids, on the CPU
     maps = grids_to_maps(grids, geoms, input_size=c.input_size, sigma=c.sigma, device="cpu")
     labels = np.array([0 if d == "good" else 1 for d in info["defects"]])
     kw = {k: info[k] for k in ("defects", "paths", "seconds", "batch_size", "device")}
     return RunPrediction(scores, maps, grids.numpy(), geoms, labels=labels, **kw)
-
-
-def _bank_note(model: PatchCore) -> str:
-    return f"  ({len(model.bank)} x {model.bank.dim})"
 
 
 # ------------------------------------------------------------------ the good-only threshold
