@@ -8,6 +8,7 @@ import csv
 import io
 import math
 import warnings
+from functools import reduce
 from pathlib import Path
 from typing import Any
 
@@ -135,17 +136,16 @@ def metrics_lines(metrics: dict) -> list[str]:
             rates = f"false alarms {pct(e['false_alarm_rate'])}, misses {pct(e['miss_rate'])}"
             parts.append(f"{name}{at} {fmt(e['value'])} ({rates})")
     t, m = metrics.get("timings") or {}, metrics
+    per_defect = ", ".join(f"{k} {fmt(v)}" for k, v in (m.get("per_defect") or {}).items())
     return [
         f"  metrics.json : image AUROC {fmt(m.get('image_auroc'))} | pixel AUROC "
         f"{fmt(m.get('pixel_auroc'))} | AUPRO {fmt(m.get('aupro'))} | "
         f"F1 threshold {fmt(m.get('f1_threshold'))}",
         "  thresholds   : " + (" | ".join(parts) or "n/a"),
-        "  per defect   : "
-        + ", ".join(f"{k} {fmt(v)}" for k, v in (m.get("per_defect") or {}).items()),
-        f"  timings      : fit {fmt(t.get('fit_s'))} s, "
-        f"{fmt(t.get('infer_ms_per_image'))} ms/image on {t.get('device')} "
-        f"(batch {t.get('batch_size')})",
-    ]
+        f"  per defect   : {per_defect}",
+        f"  timings      : fit {fmt(t.get('fit_s'))} s, {fmt(t.get('infer_ms_per_image'))} ms/image"
+        f" on {t.get('device')} (batch {t.get('batch_size')})",
+    ]  # fmt: skip
 
 
 # ------------------------------------------------------------------ several runs side by side
@@ -171,13 +171,12 @@ MEANS = ("image_auroc", "pixel_auroc", "aupro")
 
 def summary_row(name: str, status: str, metrics: dict) -> dict[str, Any]:
     """One run's row of :data:`SUMMARY_COLUMNS` from its metrics.json contents."""
-    row = {"category": name, "status": status}
-    for column, (where, _) in SUMMARY_COLUMNS.items():
-        value = metrics
-        for key in where.split("."):
-            value = (value or {}).get(key)
-        row[column] = value
-    return row
+    at = lambda where: reduce(lambda value, key: (value or {}).get(key), where.split("."), metrics)
+    return {
+        "category": name,
+        "status": status,
+        **{c: at(w) for c, (w, _) in SUMMARY_COLUMNS.items()},
+    }
 
 
 def write_summary(out: Path, rows: list[dict]) -> tuple[Path, Path]:
