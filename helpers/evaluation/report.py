@@ -172,11 +172,8 @@ MEANS = ("image_auroc", "pixel_auroc", "aupro")
 def summary_row(name: str, status: str, metrics: dict) -> dict[str, Any]:
     """One run's row of :data:`SUMMARY_COLUMNS` from its metrics.json contents."""
     at = lambda where: reduce(lambda value, key: (value or {}).get(key), where.split("."), metrics)
-    return {
-        "category": name,
-        "status": status,
-        **{c: at(w) for c, (w, _) in SUMMARY_COLUMNS.items()},
-    }
+    values = {column: at(where) for column, (where, _) in SUMMARY_COLUMNS.items()}
+    return {"category": name, "status": status, **values}
 
 
 def write_summary(out: Path, rows: list[dict]) -> tuple[Path, Path]:
