@@ -152,14 +152,11 @@ class Run:
         out["thresholds"] = report.thresholds(labels, pred.scores, out["f1_threshold"], good_only)
         return out
 
-    def timings(self, pred: RunPrediction) -> dict[str, Any]:
-        return report.timings(self.cache.info(self.path("bank")), pred)
-
     def write_metrics(self, metrics: dict[str, Any], pred: RunPrediction) -> dict[str, Any]:
         """Write metrics.json (atomically) with every key of the contract; returns it."""
-        c = self.config
+        c, timings = self.config, report.timings(self.cache.info(self.path("bank")), pred)
         record = dict(n_train=len(self.train_samples), n_test=len(self.test_samples),
-                      timings=self.timings(pred), config=c.to_dict(), data=self.data.record(),
+                      timings=timings, config=c.to_dict(), data=self.data.record(),
                       config_hash=c.hash(), versions=versions())  # fmt: skip
         return report.write_metrics(self.metrics_path, metrics, record)
 
