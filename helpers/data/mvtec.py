@@ -119,9 +119,7 @@ MASK_ISSUES = {
 }
 
 
-def load_mask(
-    path: str | Path | None, shape: tuple, issues: list | None = None
-) -> np.ndarray | None:
+def load_mask(path: str | Path | None, shape: tuple, issues: list | None = None):
     """Binary mask (bool [H, W]) at ``shape`` (nearest neighbour); None when missing or unreadable.
     A pixel is defect when any channel is above 127, or, for a mask in 1-127 (a 0/1 label image),
     nonzero. Odd masks (:data:`MASK_ISSUES`) are warned about, or appended to ``issues``."""

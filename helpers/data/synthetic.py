@@ -94,9 +94,7 @@ def draw_bend(rng: np.random.Generator, difficulty: str = "hard") -> tuple[float
     return rng.uniform(0, 2 * np.pi), rng.uniform(*_level(difficulty)["bend"])
 
 
-def make_sample(
-    defect: str, size: int, rng: np.random.Generator, difficulty: str = "hard"
-) -> tuple:
+def make_sample(defect: str, size: int, rng: np.random.Generator, difficulty="hard") -> tuple:
     """One image and its defect mask (None for good)."""
     level = _level(difficulty)
     if defect == "good":

@@ -187,9 +187,7 @@ def f1_threshold(labels: Sequence[int], scores: Sequence[float]) -> tuple[float,
     return float(thresholds[best]), float(f1[best])
 
 
-def threshold_rates(
-    labels: Sequence[int], scores: Sequence[float], threshold: float | None
-) -> dict:
+def threshold_rates(labels: Sequence[int], scores: Sequence[float], threshold: float | None):
     """What "score >= threshold means defective" does on labelled images: ``false_alarm_rate``
     (good images flagged / good images), ``miss_rate`` (defective passed / defective) and the
     counts; a rate is None without images of its class or without a threshold. NaN scores: out."""

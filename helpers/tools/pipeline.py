@@ -205,9 +205,8 @@ def _threads_arg(text: str) -> int:
 
 def main(argv: list[str] | None = None, prog: str = "python -m helpers run") -> int:
     fmt = argparse.RawDescriptionHelpFormatter
-    add = (
-        ap := argparse.ArgumentParser(prog, description=__doc__, formatter_class=fmt)
-    ).add_argument
+    ap = argparse.ArgumentParser(prog, description=__doc__, formatter_class=fmt)
+    add = ap.add_argument
     add("--data", help="MVTec-layout folder (holding the category); default: the synthetic set")
     add("--out", required=True, help="run folder (created; never overwritten silently)")
     add("--category", help="one category (as -p category), or several: a comma-separated list "

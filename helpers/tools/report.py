@@ -170,9 +170,8 @@ def test_set_line(n_good: int, n_bad: int, n_masks: int, n_types: int) -> str:
     """What the test set allows notebook 05 to compute (the rest is null in metrics.json)."""
     kinds = f" ({n_types} defect type(s), {n_masks} with a mask)" if n_bad else ""
     head = f"preflight: test set of {n_good} good + {n_bad} defective image(s){kinds}: "
-    missing = (
-        "" if n_good and n_bad else f" null (no {'defective' if n_good else 'good'} test images)"
-    )
+    none = "defective" if n_good else "good"
+    missing = "" if n_good and n_bad else f" null (no {none} test images)"
     image = f"image AUROC, F1 threshold and per-defect AUROC{missing}"
     pixel = "pixel AUROC and AUPRO" + ("" if n_masks else " null (no defective image with a mask)")
     if n_good and n_bad and n_masks:
