@@ -140,9 +140,10 @@ def _execute(nb: str, out: Path, merged: dict, state: dict, html: bool, log) -> 
     seconds = time.perf_counter() - t0
     status("done", seconds=round(seconds, 1))
     if html:
-        import nbconvert
+        import nbformat
+        from nbconvert import HTMLExporter
 
-        body, _ = nbconvert.HTMLExporter().from_filename(str(target))
+        body, _ = HTMLExporter().from_notebook_node(nbformat.read(str(target), as_version=4))
         target.with_suffix(".html").write_text(body, encoding="utf-8")
     log(f"  done in {seconds:.0f} s")
 
@@ -166,10 +167,9 @@ def _run(out, data, params, overwrite, resume, html, log) -> dict:
     log(report.preflight({**merged, "run_dir": str(out)}))
     try:  # the folder and its marker
         out.mkdir(parents=True, exist_ok=True)
+        marker = {"made_by": "python -m helpers run", "time": time.time()}
         if not (out / MARKER).is_file():
-            atomic_write_json(
-                out / MARKER, {"made_by": "python -m helpers run", "time": time.time()}
-            )
+            atomic_write_json(out / MARKER, marker)
     except OSError as exc:
         raise report.unwritable(out, exc.strerror or exc) from exc
     with warnings.catch_warnings():
