@@ -47,9 +47,8 @@ def category_dir(root: str | Path, category: str) -> Path:
         if (root / "train").is_dir():  # the user pointed at the category folder itself
             return root
         found = sorted(p.name for p in root.iterdir() if p.is_dir())
-        raise DatasetError(
-            f"category folder {cat} not found (folders in {root}: {found}).\n{LAYOUT_HELP}"
-        )
+        why = f"not found (folders in {root}: {found})"
+        raise DatasetError(f"category folder {cat} {why}.\n{LAYOUT_HELP}")
     return cat
 
 
@@ -89,10 +88,8 @@ def list_samples(root: str | Path, category: str, split: str) -> list[Sample]:
     if split == "train" and not samples:
         raise DatasetError(f"training folder {split_dir / 'good'} holds no images.\n{LAYOUT_HELP}")
     if split == "test" and missing_masks and (cat / "ground_truth").is_dir():
-        e_g = f"e.g. {missing_masks[0]}; pixel metrics skip them"
-        warnings.warn(
-            f"{len(missing_masks)} defective test image(s) have no mask, {e_g}", stacklevel=2
-        )
+        why = f"have no mask, e.g. {missing_masks[0]}; pixel metrics skip them"
+        warnings.warn(f"{len(missing_masks)} defective test image(s) {why}", stacklevel=2)
     return samples
 
 

@@ -21,8 +21,6 @@ from helpers.data.mvtec import Sample, fingerprint, list_samples
 # the synthetic set's parameters (the notebooks' synthetic_* parameters override them)
 SYNTHETIC_DEFAULTS = dict(size=256, n_train=24, n_test_good=8, n_per_defect=6)
 
-CONFIG_FIELDS = tuple(f.name for f in fields(Config))
-
 # Pipeline runs are not interactive: widgets fall back to static figures saved in figures/.
 BASE_PARAMETERS: dict[str, Any] = {"interactive": False}
 PRESETS: dict[str, dict[str, Any]] = {
@@ -123,7 +121,7 @@ def config_from_params(params: dict[str, Any]) -> Config:
     """A :class:`Config` from a notebook's parameter variables (``globals()``): every Config field
     found there is used, the rest keep their defaults. "" and "None" mean None for
     ``dataset_path``, ``weights`` and the backbone-dependent sizes."""
-    kw = {k: params[k] for k in CONFIG_FIELDS if k in params}
+    kw = {f.name: params[f.name] for f in fields(Config) if f.name in params}
     nullable = ("dataset_path", "weights", "layers", "input_size", "resize", "pretrain_embed_dim",
                 "target_embed_dim")  # fmt: skip
     kw.update({k: None for k in nullable if k in kw and kw[k] in ("", "None")})
