@@ -88,7 +88,7 @@ def download(url: str, dest: str | Path, *, opener: Callable | None = None, retr
         have = f"{part.stat().st_size / 2**20 if part.exists() else 0:.1f} MiB ({why})"
         print(f"download interrupted at {have} (try {attempt} of {retries})")
     raise DownloadError(
-        f"The download of {url} stopped after {have}, {retries} tries. "
+        f"The download of {url} stopped after {have}, {attempt} tries. "
         f"Run the same cell again: it resumes from {part}."
     )
 
