@@ -69,19 +69,16 @@ def pixel_histograms(masks, maps, bins: int = BINS, groups: Sequence[str] | None
 
 
 def _merged(hists: dict, names) -> dict | None:
-    parts = [hists[n] for n in names if n in hists]
-    if not parts:
-        return None
-    return {k: sum(p[k] for p in parts) for k in ("neg", "pos", "pro", "regions")}
+    if parts := [hists[n] for n in names if n in hists]:
+        return {k: sum(p[k] for p in parts) for k in ("neg", "pos", "pro", "regions")}
+    return None
 
 
 def auroc_from_histograms(h: dict | None) -> float | None:
     """P(defect pixel > normal pixel), pixels in the same level counting one half."""
-    if h is None:
+    if h is None or not h["neg"].sum() or not h["pos"].sum():
         return None
     neg, pos = h["neg"], h["pos"]
-    if not neg.sum() or not pos.sum():
-        return None
     below = np.cumsum(neg) - neg
     return float((pos * (below + 0.5 * neg)).sum() / (pos.sum() * neg.sum()))
 

@@ -153,9 +153,7 @@ class DataSource:
             self._memo[key] = make()
         return self._memo[key]
 
-    @property
-    def is_synthetic(self) -> bool:
-        return not self.config.dataset_path
+    is_synthetic = property(lambda self: not self.config.dataset_path)
 
     def data_id(self) -> str:
         """Where artifacts come from: the synthetic set's parameters or the data folder (what the
@@ -207,13 +205,8 @@ class DataSource:
 
         return self._once(("usable", split), usable)
 
-    @property
-    def train_samples(self) -> list[Sample]:
-        return self.samples("train")
-
-    @property
-    def test_samples(self) -> list[Sample]:
-        return self.samples("test")
+    train_samples = property(lambda self: self.samples("train"))
+    test_samples = property(lambda self: self.samples("test"))
 
     def fingerprint(self, split: str) -> str:
         """What the artifacts of ``split`` ("train", "test" or "masks") are made from: the

@@ -219,10 +219,8 @@ def read_csv(path: str | Path) -> list[dict]:
     """The rows of a ``predictions.csv`` (score and threshold as floats, None when empty)."""
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    for r in rows:
-        for k in ("score", "threshold"):
-            r[k] = float(r[k]) if r[k] else None
-    return rows
+    num = lambda text: float(text) if text else None
+    return [{**r, "score": num(r["score"]), "threshold": num(r["threshold"])} for r in rows]
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m helpers predict") -> int:
