@@ -18,17 +18,13 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     cmd, rest = (argv[0], argv[1:]) if argv else ("", [])
-    if cmd in ("run", "demo"):  # the pipeline parses its own options
-        from helpers.tools.pipeline import main as pipeline
+    if cmd in ("run", "demo", "predict", "export"):  # each parses its own options
+        from helpers.tools import export, pipeline, predict
 
-        if cmd == "run":
-            return pipeline(rest)
-        out = [] if "--out" in rest else ["--out", "runs/demo"]
-        return pipeline(["--preset", "demo", "--overwrite", "--html", *out, *rest])
-    if cmd in ("predict", "export"):
-        from helpers.tools import export, predict
-
-        return (predict if cmd == "predict" else export).main(rest)
+        if cmd == "demo":
+            out = [] if "--out" in rest else ["--out", "runs/demo"]
+            rest = ["--preset", "demo", "--overwrite", "--html", *out, *rest]
+        return {"predict": predict, "export": export}.get(cmd, pipeline).main(rest)
     if cmd == "seed-weights":
         from helpers.core.backbones import seed_offline_weights
 
@@ -36,10 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     if cmd == "synthetic":
         from helpers.data.synthetic import generate_dataset
 
-        ap = argparse.ArgumentParser(prog="python -m helpers synthetic")
-        ap.add_argument("--out", default="data/synthetic")
-        ap.add_argument("--size", type=int, default=256)
-        ap.add_argument("--seed", type=int, default=0)
+        add = (ap := argparse.ArgumentParser(prog="python -m helpers synthetic")).add_argument
+        add("--out", default="data/synthetic")
+        add("--size", type=int, default=256)
+        add("--seed", type=int, default=0)
         args = ap.parse_args(rest)
         print(generate_dataset(args.out, size=args.size, seed=args.seed))
         return 0

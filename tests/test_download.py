@@ -258,6 +258,15 @@ def test_the_checksum_covers_the_whole_file(tmp_path):
     assert_mvtec_layout(tmp_path / "d")
 
 
+def test_the_checksum_is_checked_before_anything_is_extracted(tmp_path):
+    """A wrong sha256 refuses the archive before tar reads a member: a hostile one with a wrong
+    checksum is refused for its checksum, and no folder is made."""
+    hostile = make_archive(tmp_path / "bad.tar.xz", {**mvtec_members(), "../evil.txt": b"x"})
+    with pytest.raises(DownloadError, match="checksum mismatch"):
+        download.extract_category(hostile, tmp_path / "d", sha256="0" * 64, progress=False)
+    assert not (tmp_path / "d").exists() and not list(tmp_path.rglob("evil*"))
+
+
 # ------------------------------------------------------------------ resume
 
 

@@ -1,12 +1,8 @@
-"""One MVTec AD category (metal_nut) into a folder in the MVTec layout, and Google Drive in Colab.
-The source is the whole 4.9 GB MVTec AD archive (anomalib's link, sha256 pinned). Guarantees:
-**resume** (a cut leaves ``<archive>.partial``, the next try asks for the rest with HTTP Range);
-**nothing lands unchecked** (one streaming pass hashes the archive and extracts ``<category>/``
-into a staging folder, renamed into place only when the sha256 and layout are right); **nothing
-is written outside** (absolute paths, ``..``, links leading out, special files refuse the whole
-archive: tarfile's ``data`` filter); **every refusal is one line** saying what to do instead.
-MVTec AD: CC BY-NC-SA 4.0, https://www.mvtec.com/company/research/datasets/mvtec-ad
-"""
+"""One MVTec AD category (metal_nut) from the whole 4.9 GB archive (anomalib's link, sha256 pinned;
+CC BY-NC-SA 4.0), and Google Drive in Colab. A cut download resumes (HTTP Range); the sha256 is
+checked before anything is extracted; ``<category>/`` is streamed into a staging folder renamed
+into place when complete; a hostile member (absolute, ``..``, a link leading out, a special file)
+refuses the whole archive."""
 
 from __future__ import annotations
 
@@ -24,12 +20,15 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from types import ModuleType
 
+from tqdm.utils import CallbackIOWrapper
+
 _SHARE = "https://www.mydrive.ch/shares/150996/b52ecdcbf521176e9db9c731f2304b27/download/"
 MVTEC_AD_URL = _SHARE + "420938113-1629960298/mvtec_anomaly_detection.tar.xz"
 MVTEC_AD_SHA256 = "cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d"
 MVTEC_PAGE = "https://www.mvtec.com/company/research/datasets/mvtec-ad"
 CACHE_ENV = "PATCHCORE_DOWNLOAD_DIR"  # where archives are downloaded (resumable .partial files)
 BLOCK, TIMEOUT = 1 << 20, 60  # read size, seconds a stalled connection may wait
+REFUSED = "the archive was refused and nothing was extracted: use the original MVTec AD archive"
 
 
 class DownloadError(RuntimeError):
@@ -43,7 +42,6 @@ def _bar(total: int | None, desc: str, enabled: bool, initial: int = 0):
     return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, **units)
 
 
-# ------------------------------------------------------------------ resumable download
 def _refused(url: str, why: str) -> DownloadError:
     return DownloadError(
         f"The download of {url} was refused: {why}. Instead, download the archive from "
@@ -52,81 +50,56 @@ def _refused(url: str, why: str) -> DownloadError:
     )
 
 
-def _resume(url: str, part: Path, opener: Callable, progress: bool) -> None:
-    """One try at completing ``part`` from where it stopped; a cut raises ConnectionError."""
-    offset = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
-    try:
-        response = opener(request, timeout=TIMEOUT)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416 and offset:  # nothing after offset: not a prefix of this file, restart
-            part.unlink()
-            return _resume(url, part, opener, progress)
-        raise _refused(url, f"HTTP {exc.code} {exc.reason}") from exc
-    except OSError as exc:  # URLError, timeouts
-        raise _refused(url, f"no connection ({getattr(exc, 'reason', exc)})") from exc
-    with response:
-        headers = response.headers
-        if "text/html" in (headers.get("Content-Type") or "").lower():
-            why = "the server sent a web page instead of the archive (a licence form or login page)"
-            raise _refused(url, why)
-        if response.status != 206:
-            offset = 0  # no Range sent, or the server ignored it: the whole file comes
-        length = str(headers.get("Content-Length") or "")
-        total = offset + int(length) if length.isdigit() else None
-        name = f"download {part.name.removesuffix('.partial')}"
-        with open(part, "ab" if offset else "wb") as fh, _bar(total, name, progress, offset) as bar:
-            while True:
-                try:
-                    block = response.read(BLOCK)
-                except (OSError, ValueError, http.client.HTTPException) as exc:  # reset, timeout
-                    raise ConnectionError(f"connection lost ({exc})") from exc
-                if not block:
-                    break
-                fh.write(block)
-                bar.update(len(block))
-    if total is not None and part.stat().st_size < total:
-        raise ConnectionError(f"got {part.stat().st_size} of {total} bytes")
-
-
 def download(url: str, dest: str | Path, *, opener: Callable | None = None, retries: int = 3,
              progress: bool = True) -> Path:  # fmt: skip
-    """Download ``url`` to ``dest`` through ``dest.partial``, which a cut leaves in place and the
-    next try (``retries`` here, then the next call) resumes with a Range request. ``opener``: a
-    ``urlopen``-like callable (tests pass a fake). The checksum is checked on extraction."""
-    dest = Path(dest)
+    """``url`` to ``dest`` through ``dest.partial``: a cut is resumed with an HTTP Range request
+    (``retries`` tries here, then on the next call). ``opener``: ``urlopen``-like (for tests)."""
+    dest, part = Path(dest), Path(f"{dest}.partial")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".partial")
     for attempt in range(1, max(1, retries) + 1):
+        offset = part.stat().st_size if part.exists() else 0
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        request = urllib.request.Request(url, headers=headers)
         try:
-            _resume(url, part, opener or urllib.request.urlopen, progress)
-            break
-        except ConnectionError as exc:
-            have = part.stat().st_size / 2**20 if part.exists() else 0.0
-            if attempt >= retries:
-                raise DownloadError(
-                    f"The download of {url} stopped after {have:.1f} MiB ({exc}), {attempt} "
-                    f"tries. Run the same cell again: it resumes from {part}."
-                ) from exc
-            print(f"download interrupted at {have:.1f} MiB ({exc}); resuming (try {attempt + 1})")
-    os.replace(part, dest)
-    print(f"downloaded {dest} ({dest.stat().st_size / 2**20:.1f} MiB)")
-    return dest
+            with (opener or urllib.request.urlopen)(request, timeout=TIMEOUT) as response:
+                if "text/html" in (response.headers.get("Content-Type") or "").lower():
+                    raise _refused(url, "the server sent a web page, not the archive")
+                offset = offset if response.status == 206 else 0  # else the whole file comes
+                length = str(response.headers.get("Content-Length") or "")
+                total = offset + int(length) if length.isdigit() else 0
+                bar = _bar(total or None, f"download {dest.name}", progress, offset)
+                with open(part, "ab" if offset else "wb") as fh, bar:
+                    while block := response.read(BLOCK):
+                        bar.update(fh.write(block))
+            if part.stat().st_size >= total:
+                os.replace(part, dest)
+                print(f"downloaded {dest} ({dest.stat().st_size / 2**20:.1f} MiB)")
+                return dest
+            why = f"got {part.stat().st_size} of {total} bytes"
+        except urllib.error.HTTPError as exc:
+            if exc.code != 416 or not offset:  # 416: the .partial is no prefix of this file
+                raise _refused(url, f"HTTP {exc.code} {exc.reason}") from exc
+            part.unlink()
+            why = "the partial file did not match: restarted"
+        except urllib.error.URLError as exc:
+            raise _refused(url, f"no connection ({exc.reason})") from exc
+        except (OSError, ValueError, http.client.HTTPException) as exc:  # reset, timeout
+            why = f"connection lost ({exc})"
+        have = f"{part.stat().st_size / 2**20 if part.exists() else 0:.1f} MiB ({why})"
+        print(f"download interrupted at {have} (try {attempt} of {retries})")
+    raise DownloadError(
+        f"The download of {url} stopped after {have}, {attempt} tries. "
+        f"Run the same cell again: it resumes from {part}."
+    )
 
 
-# ------------------------------------------------------------------ safe extraction of one category
-class _Hashing:  # the archive as tarfile reads it: every byte hashed and counted on the way
-    def __init__(self, fh, bar):
-        self.fh, self.bar, self.sha = fh, bar, hashlib.sha256()
-
-    def read(self, size: int = -1) -> bytes:
-        block = self.fh.read(size)
-        self.sha.update(block)
-        self.bar.update(len(block))
-        return block
-
-
-REFUSED = "the archive was refused and nothing was extracted: use the original MVTec AD archive"
+def sha256_of(path: Path, progress: bool = True) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as fh, _bar(path.stat().st_size, f"sha256 {path.name}", progress) as bar:
+        while block := fh.read(BLOCK):
+            sha.update(block)
+            bar.update(len(block))
+    return sha.hexdigest()
 
 
 def _in_category(name: str, category: str) -> str | None:
@@ -138,31 +111,6 @@ def _in_category(name: str, category: str) -> str | None:
     return None
 
 
-def _stream(archive: Path, staging: Path, category: str, progress: bool) -> str:
-    """Write the category's members into ``staging`` in one pass; returns the archive's sha256."""
-    size = archive.stat().st_size
-    with open(archive, "rb") as fh, _bar(size, f"extract {category}", progress) as bar:
-        reader = _Hashing(fh, bar)
-        with tarfile.open(fileobj=reader, mode="r|*", bufsize=BLOCK) as tar:
-            for member in tar:
-                path = PurePosixPath(member.name)
-                if path.is_absolute() or ".." in path.parts:
-                    raise DownloadError(f"{archive}: unsafe member {member.name!r}; {REFUSED}")
-                rel = _in_category(member.name, category)
-                if rel is None:
-                    continue
-                if member.islnk():  # a hard link names its target from the archive's root
-                    target = _in_category(member.linkname, category)
-                    if target is None:
-                        raise tarfile.LinkOutsideDestinationError(member, member.linkname)
-                    member = member.replace(linkname=target, deep=False)
-                # the data filter refuses links leading out of staging and special files
-                tar.extract(member.replace(name=rel, deep=False), staging, filter="data")
-        while reader.read(BLOCK):  # what tarfile left unread (end-of-archive padding)
-            pass
-    return reader.sha.hexdigest()
-
-
 def _leftover(dest: Path, category: str) -> None:  # a half-made category folder: never touched
     if (dest / category).exists():
         raise DownloadError(f"{dest / category} exists but has no train/good folder: move it away")
@@ -170,9 +118,8 @@ def _leftover(dest: Path, category: str) -> None:  # a half-made category folder
 
 def extract_category(archive: str | Path, dest: str | Path, category: str = "metal_nut", *,
                      sha256: str | None = None, progress: bool = True) -> Path:  # fmt: skip
-    """Extract only ``<category>/`` of a .tar(.xz/.gz/.bz2) archive into ``dest/<category>``, in
-    one streaming pass through a staging folder renamed into place when the sha256 (when given;
-    else printed) and the layout are right. Returns ``dest``."""
+    """Extract only ``<category>/`` of a .tar(.xz/.gz/.bz2) archive whose sha256 is right (when
+    given; else printed) into ``dest/<category>``, through a staging folder. Returns ``dest``."""
     archive, dest = Path(archive), Path(dest)
     if not hasattr(tarfile, "data_filter"):  # PEP 706: Python 3.12, 3.11.4+, 3.10.12+
         raise DownloadError(
@@ -180,26 +127,40 @@ def extract_category(archive: str | Path, dest: str | Path, category: str = "met
             f"3.10.12+, or extract {category}/ of {archive} yourself and set dataset_path to it"
         )
     _leftover(dest, category)
+    digest = sha256_of(archive, progress)
+    if sha256 and digest != sha256.lower():
+        raise DownloadError(
+            f"checksum mismatch for {archive}: expected sha256 {sha256.lower()}, got {digest}; "
+            "nothing was extracted. Run again to download it afresh, or fix download_sha256."
+        )
     staging = dest / f".{category}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        try:
-            digest = _stream(archive, staging, category, progress)
-        except tarfile.FilterError as exc:
-            raise DownloadError(f"{archive}: unsafe member ({exc}); {REFUSED}") from exc
-        except (tarfile.TarError, EOFError) as exc:
-            why = f"is not a complete tar archive ({exc}): download it again"
-            raise DownloadError(f"{archive} {why}") from exc
-        if sha256 and digest != sha256.lower():
-            raise DownloadError(
-                f"checksum mismatch for {archive}: expected sha256 {sha256.lower()}, got {digest}; "
-                "nothing was extracted. Run again to download it afresh, or fix download_sha256."
-            )
+        bar = _bar(archive.stat().st_size, f"extract {category}", progress)
+        with open(archive, "rb") as raw, bar:
+            fh = CallbackIOWrapper(bar.update, raw, "read")
+            with tarfile.open(fileobj=fh, mode="r|*") as tar:
+                for member in tar:
+                    path = PurePosixPath(member.name)
+                    if path.is_absolute() or ".." in path.parts:
+                        raise DownloadError(f"{archive}: unsafe member {member.name!r}; {REFUSED}")
+                    if (rel := _in_category(member.name, category)) is None:
+                        continue
+                    if member.islnk():  # a hard link names its target from the archive's root
+                        if (target := _in_category(member.linkname, category)) is None:
+                            raise tarfile.LinkOutsideDestinationError(member, member.linkname)
+                        member = member.replace(linkname=target, deep=False)
+                    # the data filter refuses links leading out of staging and special files
+                    tar.extract(member.replace(name=rel, deep=False), staging, filter="data")
         if not (staging / "train" / "good").is_dir():
-            why = f"holds no {category}/train/good: is it the MVTec AD archive?"
-            raise DownloadError(f"{archive} {why}")
+            raise DownloadError(f"{archive} holds no {category}/train/good: is it MVTec AD?")
         os.replace(staging, dest / category)
+    except tarfile.FilterError as exc:
+        raise DownloadError(f"{archive}: unsafe member ({exc}); {REFUSED}") from exc
+    except (tarfile.TarError, EOFError) as exc:
+        why = f"is not a complete tar archive ({exc}): download it again"
+        raise DownloadError(f"{archive} {why}") from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     state = "verified" if sha256 else "not checked (pin it with download_sha256)"
@@ -207,10 +168,8 @@ def extract_category(archive: str | Path, dest: str | Path, category: str = "met
     return dest
 
 
-# ------------------------------------------------------------------ one category, one call
 def has_category(root: str | Path, category: str) -> bool:
-    root = Path(root)
-    good = Path("train", "good")
+    root, good = Path(root), Path("train", "good")
     return (root / category / good).is_dir() or (root.name == category and (root / good).is_dir())
 
 
@@ -218,8 +177,8 @@ def prepare_dataset(dataset_path: str | Path, category: str = "metal_nut", *,
                     download_missing: bool = False, url: str | None = None, sha256=None,
                     opener=None, cache_dir=None, progress=True) -> Path:  # fmt: skip
     """The data folder for a run (Drive mounted when it or ``url`` is on it); with
-    ``download_missing``, the category is fetched into it when missing from ``url``: http(s)
-    (to ``cache_dir``, deleted once extracted or refused) or a local archive (path or file://)."""
+    ``download_missing``, a missing category is fetched from ``url``: http(s) (to ``cache_dir``,
+    deleted once extracted or refused) or a local archive (path or file://)."""
     mount_drive_for(dataset_path=dataset_path, download_url=url)
     dest = Path(dataset_path).expanduser()
     if not download_missing or has_category(dest, category):
@@ -236,11 +195,9 @@ def prepare_dataset(dataset_path: str | Path, category: str = "metal_nut", *,
             )
         return extract_category(local, dest, category, sha256=sha256, progress=progress)
     # $PATCHCORE_DOWNLOAD_DIR or ~/.cache (in Colab the VM's disk: the archive never goes to Drive)
-    cache = Path(
-        cache_dir or os.environ.get(CACHE_ENV) or "~/.cache/patchcore-helpers"
-    ).expanduser()
+    cache = Path(cache_dir or os.environ.get(CACHE_ENV) or "~/.cache/patchcore-helpers")
     name = PurePosixPath(urllib.parse.urlparse(url).path).name or f"{category}.tar.xz"
-    archive = download(url, cache / name, opener=opener, progress=progress)
+    archive = download(url, cache.expanduser() / name, opener=opener, progress=progress)
     try:
         return extract_category(archive, dest, category, sha256=sha256, progress=progress)
     finally:
@@ -268,21 +225,16 @@ def _submodule(module: ModuleType, name: str) -> ModuleType:
 
 def drive_paths(**paths: str | Path | None) -> dict[str, str]:
     """The named paths (or file:// URLs) that lie under /content/drive."""
-    found = {}
-    for name, value in paths.items():
-        text = str(value or "")
-        local = urllib.parse.urlparse(text).path if text.startswith("file://") else text
-        if not local or "://" in local:
-            continue
-        norm = os.path.normpath(os.path.expanduser(local))
-        if norm == DRIVE_ROOT or norm.startswith(DRIVE_ROOT + "/"):
-            found[name] = text
-    return found
+
+    def local(text: str) -> str:  # a path, or the path of a file:// URL; other URLs: ""
+        path = urllib.parse.urlparse(text).path if text.startswith("file://") else text
+        return "" if "://" in path else os.path.normpath(os.path.expanduser(path))
+
+    on_drive = {k: str(v) for k, v in paths.items() if v}
+    return {k: v for k, v in on_drive.items() if f"{local(v)}/".startswith(f"{DRIVE_ROOT}/")}
 
 
-def mount_drive_for(
-    *, colab: ModuleType | None = None, mountpoint: str = DRIVE_ROOT, **paths
-) -> bool:
+def mount_drive_for(*, colab: ModuleType | None = None, mountpoint=DRIVE_ROOT, **paths) -> bool:
     """Mount Google Drive when one of ``paths`` (by name: ``dataset_path=``, ``run_dir=``, ...) is
     under /content/drive and Drive is not mounted; outside Colab a :class:`DriveError` names it."""
     on_drive = drive_paths(**paths)

@@ -34,9 +34,7 @@ def _level(difficulty: str) -> dict:
     return LEVELS[difficulty]
 
 
-def _radius_profile(
-    theta: np.ndarray, mirrored: bool, bend: tuple[float, float] | None
-) -> np.ndarray:
+def _radius_profile(theta: np.ndarray, mirrored: bool, bend: tuple | None) -> np.ndarray:
     """Outer radius (as a fraction of the part radius) at angle theta."""
     t = -theta if mirrored else theta
     phase = (t * 4 / (2 * np.pi)) % 1.0  # four lobes
@@ -49,13 +47,8 @@ def _radius_profile(
     return r
 
 
-def render_part(
-    size: int,
-    rng: np.random.Generator,
-    mirrored: bool = False,
-    bend: tuple[float, float] | None = None,
-    difficulty: str = "hard",
-) -> tuple[np.ndarray, np.ndarray]:
+def render_part(size: int, rng: np.random.Generator, mirrored: bool = False,
+                bend: tuple | None = None, difficulty: str = "hard") -> tuple:  # fmt: skip
     """RGB uint8 image [size, size, 3] and the part's boolean mask. Every part lies at its own
     angle and, within its level's ``jitter``, its own position, size and lighting."""
     # render at 2x, then area-downsample for smooth edges (above 512 px edges are smooth enough
@@ -85,11 +78,8 @@ def render_part(
     img = np.clip(base[..., None] * tint, 0, 1)
     background = 0.08 + 0.02 * rng.standard_normal((ss, ss, 1)).astype(np.float32)
     img = np.where(part[..., None], img, background)
-    img = cv2.resize(
-        (np.clip(img, 0, 1) * 255).astype(np.uint8), (size, size), interpolation=cv2.INTER_AREA
-    )
-    mask = cv2.resize(part.astype(np.uint8) * 255, (size, size), interpolation=cv2.INTER_AREA) > 127
-    return img, mask
+    down = lambda a: cv2.resize(a.astype(np.uint8), (size, size), interpolation=cv2.INTER_AREA)
+    return down(np.clip(img, 0, 1) * 255), down(part * 255) > 127
 
 
 def _point_on_part(mask: np.ndarray, rng: np.random.Generator, margin: int) -> tuple[int, int]:
@@ -104,16 +94,13 @@ def draw_bend(rng: np.random.Generator, difficulty: str = "hard") -> tuple[float
     return rng.uniform(0, 2 * np.pi), rng.uniform(*_level(difficulty)["bend"])
 
 
-def make_sample(
-    defect: str, size: int, rng: np.random.Generator, difficulty: str = "hard"
-) -> tuple[np.ndarray, np.ndarray | None]:
+def make_sample(defect: str, size: int, rng: np.random.Generator, difficulty="hard") -> tuple:
     """One image and its defect mask (None for good)."""
     level = _level(difficulty)
     if defect == "good":
         return render_part(size, rng, difficulty=difficulty)[0], None
-    if defect == "flip":
-        img, part = render_part(size, rng, mirrored=True, difficulty=difficulty)
-        return img, part
+    if defect == "flip":  # the whole part is the defect
+        return render_part(size, rng, mirrored=True, difficulty=difficulty)
     if defect == "bent":
         state = rng.bit_generator.state
         bend = draw_bend(rng, difficulty)
@@ -160,34 +147,18 @@ def make_sample(
     return img, m
 
 
-def generate_dataset(
-    root: str | Path,
-    category: str = "metal_nut",
-    *,
-    size: int = 256,
-    n_train: int = 24,
-    n_test_good: int = 8,
-    n_per_defect: int = 6,
-    seed: int = 0,
-    defects: tuple[str, ...] = DEFECTS,
-    difficulty: str = "hard",
-) -> Path:
+def generate_dataset(root: str | Path, category: str = "metal_nut", *, size: int = 256,
+                     n_train: int = 24, n_test_good: int = 8, n_per_defect: int = 6,
+                     seed: int = 0, defects: tuple[str, ...] = DEFECTS,
+                     difficulty: str = "hard") -> Path:  # fmt: skip
     """Write the set under ``root/category`` (skipped when an identical set is already there).
     ``difficulty``: a key of :data:`LEVELS`. Returns ``root``."""
     _level(difficulty)
     root = Path(root)
-    cat = root / category
-    params = dict(
-        version=_VERSION,
-        size=size,
-        n_train=n_train,
-        n_test_good=n_test_good,
-        n_per_defect=n_per_defect,
-        seed=seed,
-        defects=list(defects),
-        difficulty=difficulty,
-    )
-    stamp = cat / "synthetic.json"
+    cat, stamp = root / category, root / category / "synthetic.json"
+    params = dict(version=_VERSION, size=size, n_train=n_train, n_test_good=n_test_good,
+                  n_per_defect=n_per_defect, seed=seed, defects=list(defects),
+                  difficulty=difficulty)  # fmt: skip
     if stamp.is_file():
         try:
             old = json.loads(stamp.read_text())
@@ -208,26 +179,18 @@ def generate_dataset(
         (cat / split / defect).mkdir(parents=True, exist_ok=True)
         if defect != "good":
             (cat / "ground_truth" / defect).mkdir(parents=True, exist_ok=True)
-        for i in range(count):
-            key = (
-                seed,
-                ["train", "test"].index(split),
-                (("good",) + tuple(defects)).index(defect),
-                i,
-            )
-            jobs.append((cat, split, defect, i, key))
+        kind = (["train", "test"].index(split), ("good", *defects).index(defect))
+        jobs += [(split, defect, i, (seed, *kind, i)) for i in range(count)]
 
     def write(job) -> None:
-        cat, split, defect, i, key = job
+        split, defect, i, key = job
         img, mask = make_sample(defect, size, np.random.default_rng(key), difficulty)
         cv2.imwrite(
             str(cat / split / defect / f"{i:03d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
         )
         if mask is not None:
-            cv2.imwrite(
-                str(cat / "ground_truth" / defect / f"{i:03d}_mask.png"),
-                mask.astype(np.uint8) * 255,
-            )
+            name = cat / "ground_truth" / defect / f"{i:03d}_mask.png"
+            cv2.imwrite(str(name), mask.astype(np.uint8) * 255)
 
     # each image has its own seeded generator, so the set is the same in any order; numpy and
     # OpenCV release the GIL on whole-image work, so threads use every core

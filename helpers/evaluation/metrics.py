@@ -24,20 +24,16 @@ def _finite(labels, scores) -> tuple[np.ndarray, np.ndarray]:
 def image_auroc(labels: Sequence[int], scores: Sequence[float]) -> float | None:
     labels, scores = _finite(labels, scores)
     if len(np.unique(labels)) < 2:
-        warnings.warn(
-            "image AUROC needs both good and defective test images; reporting null", stacklevel=2
-        )
+        warnings.warn("image AUROC needs both good and defective test images; null", stacklevel=2)
         return None
     return float(roc_auc_score(labels, scores))
 
 
-def _valid_pairs(masks, maps):
-    pairs = [
-        (np.asarray(m, bool), np.asarray(a, np.float32))
-        for m, a in zip(masks, maps)
-        if m is not None and a is not None
-    ]
-    for m, a in pairs:
+def _valid_pairs(masks, maps, groups=None):
+    groups = [""] * len(masks) if groups is None else groups
+    kept = [(m, a, g) for m, a, g in zip(masks, maps, groups) if m is not None and a is not None]
+    pairs = [(np.asarray(m, bool), np.asarray(a, np.float32), g) for m, a, g in kept]
+    for m, a, _ in pairs:
         if m.shape != a.shape:
             raise ValueError(f"mask shape {m.shape} != anomaly map shape {a.shape}")
     return pairs
@@ -46,29 +42,18 @@ def _valid_pairs(masks, maps):
 BINS = 1 << 18  # the pixel metrics' thresholds: levels between the lowest and highest map value
 
 
-def _bins(pairs, bins: int) -> tuple[float, float]:
-    lo = min(float(a.min()) for _, a in pairs)
-    hi = max(float(a.max()) for _, a in pairs)
-    return lo, (bins - 1) / (hi - lo) if hi > lo else 0.0
-
-
 def pixel_histograms(masks, maps, bins: int = BINS, groups: Sequence[str] | None = None) -> dict:
     """Counts of map values in ``bins`` levels, per group of images (default: one group ""):
     ``neg`` (normal pixels), ``pos`` (defect pixels), ``pro`` (defect pixels weighted by 1 / the
     size of their connected region, 8-connectivity) and ``regions``. One pass, memory independent
     of the number of images: the pixel metrics of a whole category at 1024 px need a few MB."""
-    pairs = _valid_pairs(masks, maps)
-    keep = [i for i, (m, a) in enumerate(zip(masks, maps)) if m is not None and a is not None]
-    names = [groups[i] if groups is not None else "" for i in keep]
-    out: dict = {}
-    if not pairs:
-        return out
-    lo, scale = _bins(pairs, bins)
-    for name, (m, a) in zip(names, pairs):
-        h = out.setdefault(
-            name,
-            {"neg": np.zeros(bins), "pos": np.zeros(bins), "pro": np.zeros(bins), "regions": 0},
-        )
+    pairs, out = _valid_pairs(masks, maps, groups), {}
+    lo = min((float(a.min()) for _, a, _ in pairs), default=0.0)
+    hi = max((float(a.max()) for _, a, _ in pairs), default=0.0)
+    scale = (bins - 1) / (hi - lo) if hi > lo else 0.0
+    for m, a, name in pairs:
+        zeros = {k: np.zeros(bins) for k in ("neg", "pos", "pro")}
+        h = out.setdefault(name, {**zeros, "regions": 0})
         idx = np.clip(((a.astype(np.float64) - lo) * scale).astype(np.int64), 0, bins - 1).ravel()
         labels, n = ndimage.label(m, structure=np.ones((3, 3), int))
         lab = labels.ravel()
@@ -84,19 +69,16 @@ def pixel_histograms(masks, maps, bins: int = BINS, groups: Sequence[str] | None
 
 
 def _merged(hists: dict, names) -> dict | None:
-    parts = [hists[n] for n in names if n in hists]
-    if not parts:
-        return None
-    return {k: sum(p[k] for p in parts) for k in ("neg", "pos", "pro", "regions")}
+    if parts := [hists[n] for n in names if n in hists]:
+        return {k: sum(p[k] for p in parts) for k in ("neg", "pos", "pro", "regions")}
+    return None
 
 
 def auroc_from_histograms(h: dict | None) -> float | None:
     """P(defect pixel > normal pixel), pixels in the same level counting one half."""
-    if h is None:
+    if h is None or not h["neg"].sum() or not h["pos"].sum():
         return None
     neg, pos = h["neg"], h["pos"]
-    if not neg.sum() or not pos.sum():
-        return None
     below = np.cumsum(neg) - neg
     return float((pos * (below + 0.5 * neg)).sum() / (pos.sum() * neg.sum()))
 
@@ -117,47 +99,34 @@ def _area(fpr: np.ndarray, pro: np.ndarray, max_fpr: float) -> float:
     return float(((x[1:] - x[:-1]) * (y[1:] + y[:-1])).sum() / 2 / max_fpr)
 
 
-def pixel_auroc(
-    masks: Sequence[np.ndarray | None], maps: Sequence[np.ndarray | None]
-) -> float | None:
+def pixel_auroc(masks, maps) -> float | None:
     """AUROC over all pixels of the images that have a mask (good images: an all-False mask)."""
     hists = pixel_histograms(masks, maps)
-    if not hists:
-        warnings.warn("no ground-truth masks: pixel AUROC is null", stacklevel=2)
-        return None
-    value = auroc_from_histograms(hists[""])
+    value = auroc_from_histograms(hists[""]) if hists else None
     if value is None:
-        warnings.warn(
-            "pixel AUROC needs both defect and normal pixels; reporting null", stacklevel=2
-        )
+        why = "needs both defect and normal pixels" if hists else "no ground-truth masks"
+        warnings.warn(f"pixel AUROC: {why}; reporting null", stacklevel=2)
     return value
 
 
-def pro_curve(
-    masks: Sequence[np.ndarray | None], maps: Sequence[np.ndarray | None]
-) -> tuple[np.ndarray, np.ndarray] | None:
+def pro_curve(masks, maps) -> tuple[np.ndarray, np.ndarray] | None:
     """(FPR, PRO) at every distinct threshold, exact. PRO is the mean over connected defect regions
     (8-connectivity) of the fraction of the region above the threshold; FPR is over all pixels
     outside any defect."""
-    pairs = _valid_pairs(masks, maps)
-    if not pairs:
-        return None
-    scores, weights_pro, is_normal = [], [], []
-    n_regions = 0
-    for m, a in pairs:
+    scores, weights_pro, is_normal, n_regions = [], [], [], 0
+    for m, a, _ in _valid_pairs(masks, maps):
         labels, n = ndimage.label(m, structure=np.ones((3, 3), int))
-        sizes = np.bincount(labels.ravel(), minlength=n + 1).astype(np.float64)
-        scores.append(a.ravel())
         lab = labels.ravel()
+        sizes = np.bincount(lab, minlength=n + 1).astype(np.float64)
+        scores.append(a.ravel())
         w = np.zeros(lab.shape, np.float64)
         w[lab > 0] = 1.0 / sizes[lab[lab > 0]]
         weights_pro.append(w)
         is_normal.append(lab == 0)
         n_regions += n
-    s = np.concatenate(scores)
-    normal = np.concatenate(is_normal)
-    if n_regions == 0 or normal.sum() == 0:
+    if n_regions == 0 or not any(n.any() for n in is_normal):
         return None
+    s, normal = np.concatenate(scores), np.concatenate(is_normal)
     w_pro = np.concatenate(weights_pro) / n_regions
     w_fpr = normal / normal.sum()
     order = np.argsort(-s, kind="stable")
@@ -172,7 +141,7 @@ def region_overlaps(masks, maps, threshold: float) -> np.ndarray:
     image by image, regions in :func:`scipy.ndimage.label` order) the fraction of its pixels whose
     map value is >= ``threshold``. Empty when there is no defect region."""
     out = []
-    for m, a in _valid_pairs(masks, maps):
+    for m, a, _ in _valid_pairs(masks, maps):
         labels, n = ndimage.label(m, structure=np.ones((3, 3), int))
         if n:
             lab = labels.ravel()
@@ -182,16 +151,15 @@ def region_overlaps(masks, maps, threshold: float) -> np.ndarray:
 
 
 def pro_at(masks, maps, threshold: float) -> tuple[float, float] | None:
-    """One point of the PRO curve, exact: (PRO, FPR) at ``threshold``. PRO is the mean of
-    :func:`region_overlaps`; FPR the fraction of normal pixels (outside every defect region, of
-    every image with a mask) whose map value is >= ``threshold``. None without defect regions or
-    without normal pixels. :func:`pro_curve` holds this point for every distinct map value."""
+    """One point of :func:`pro_curve`, exact: (PRO, FPR) at ``threshold``. PRO is the mean of
+    :func:`region_overlaps`; FPR the fraction of normal pixels (of every image with a mask) whose
+    map value is >= ``threshold``. None without defect regions or without normal pixels."""
     pairs = _valid_pairs(masks, maps)
     overlaps = region_overlaps(masks, maps, threshold)
-    n_normal = sum(int((~m).sum()) for m, _ in pairs)
+    n_normal = sum(int((~m).sum()) for m, _, _ in pairs)
     if not len(overlaps) or not n_normal:
         return None
-    false_pos = sum(int((a[~m] >= threshold).sum()) for m, a in pairs)
+    false_pos = sum(int((a[~m] >= threshold).sum()) for m, a, _ in pairs)
     return float(overlaps.mean()), false_pos / n_normal
 
 
@@ -208,9 +176,7 @@ def f1_threshold(labels: Sequence[int], scores: Sequence[float]) -> tuple[float,
     """(threshold, F1) maximising F1 of "score >= threshold means defective"."""
     labels, scores = _finite(labels, scores)
     if len(np.unique(labels)) < 2:
-        warnings.warn(
-            "F1 threshold needs both good and defective images; reporting null", stacklevel=2
-        )
+        warnings.warn("F1 threshold needs both good and defective images; null", stacklevel=2)
         return None
     precision, recall, thresholds = precision_recall_curve(labels, scores)
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
@@ -218,27 +184,21 @@ def f1_threshold(labels: Sequence[int], scores: Sequence[float]) -> tuple[float,
     return float(thresholds[best]), float(f1[best])
 
 
-def threshold_rates(
-    labels: Sequence[int], scores: Sequence[float], threshold: float | None
-) -> dict:
-    """What one image threshold does on labelled images ("score >= threshold means defective"):
-    ``false_alarm_rate`` (good images flagged / good images), ``miss_rate`` (defective images
-    passed / defective images) and the counts behind them; a rate is None without images of
-    its class, every rate None without a threshold. Images with a NaN score are left out."""
+def threshold_rates(labels: Sequence[int], scores: Sequence[float], threshold: float | None):
+    """What "score >= threshold means defective" does on labelled images: ``false_alarm_rate``
+    (good images flagged / good images), ``miss_rate`` (defective passed / defective) and the
+    counts; a rate is None without images of its class or without a threshold. NaN scores: out."""
     labels, scores = _finite(labels, scores)
     good, bad = labels == 0, labels == 1
-    out = {"value": threshold, "n_good": int(good.sum()), "n_defective": int(bad.sum())}
+    n_good, n_bad = int(good.sum()), int(bad.sum())
+    out = {"value": threshold, "n_good": n_good, "n_defective": n_bad}
     if threshold is None:
         return {**out, **dict.fromkeys(("false_alarm_rate", "miss_rate", "false_alarms", "misses"))}
     flagged = scores >= threshold
     false_alarms, misses = int((flagged & good).sum()), int((~flagged & bad).sum())
-    return {
-        **out,
-        "false_alarm_rate": false_alarms / out["n_good"] if out["n_good"] else None,
-        "miss_rate": misses / out["n_defective"] if out["n_defective"] else None,
-        "false_alarms": false_alarms,
-        "misses": misses,
-    }
+    rates = {"false_alarm_rate": false_alarms / n_good if n_good else None,
+             "miss_rate": misses / n_bad if n_bad else None}  # fmt: skip
+    return {**out, **rates, "false_alarms": false_alarms, "misses": misses}
 
 
 def per_defect_auroc(defects: Sequence[str], scores: Sequence[float]) -> dict[str, float | None]:
@@ -258,10 +218,9 @@ def per_defect_auroc(defects: Sequence[str], scores: Sequence[float]) -> dict[st
 
 def pixel_metrics(defects: Sequence[str], masks, maps, max_fpr: float = 0.3) -> dict:
     """Pixel AUROC and AUPRO of the whole test set and of each defect type (its images with the
-    good ones, so that a thin-defect class smeared by the blur shows on its own), from one pass
-    of :func:`pixel_histograms`. ``per_defect_pixel[type]`` also counts that type's connected
-    defect regions and defect pixels (a whole-part defect can outweigh all others in the pooled
-    pixel AUROC); its metrics are None where that type has no mask. AUPRO up to ``max_fpr``."""
+    good ones: a thin defect smeared by the blur shows on its own), from one pass of
+    :func:`pixel_histograms`; ``per_defect_pixel[type]`` also counts its regions and defect
+    pixels (a whole-part defect can outweigh all others in the pooled pixel AUROC)."""
     defects = list(defects)
     hists = pixel_histograms(masks, maps, groups=defects)
     if not hists:
@@ -270,13 +229,10 @@ def pixel_metrics(defects: Sequence[str], masks, maps, max_fpr: float = 0.3) -> 
     per = {}
     for d in sorted(set(defects) - {"good"}):
         h = _merged(hists, ["good", d])
-        own = hists.get(d)
-        per[d] = {
-            "pixel_auroc": auroc_from_histograms(h),
-            "aupro": aupro_from_histograms(h, max_fpr),
-            "regions": int(own["regions"]) if own is not None else 0,
-            "defect_pixels": int(own["pos"].sum()) if own is not None else 0,
-        }
+        own = hists.get(d, {"regions": 0, "pos": np.zeros(1)})
+        auroc, pro = auroc_from_histograms(h), aupro_from_histograms(h, max_fpr)
+        per[d] = {"pixel_auroc": auroc, "aupro": pro, "regions": int(own["regions"]),
+                  "defect_pixels": int(own["pos"].sum())}  # fmt: skip
     return {
         "pixel_auroc": auroc_from_histograms(every),
         "aupro": aupro_from_histograms(every, max_fpr),

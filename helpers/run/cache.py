@@ -16,13 +16,8 @@ from helpers.core.runtime import load_tensors, save_tensors
 
 STAGES = ("features", "bank", "coverage", "predictions", "heldout")
 # how a reason for recomputing names a header entry (others are named by their key)
-LABELS = {
-    "data_id": "data source",
-    "data_train": "training images",
-    "data_test": "test images",
-    "config_hash": "settings",
-    "extra": "scoring settings",
-}
+LABELS = {"data_id": "data source", "data_train": "training images", "data_test": "test images",
+          "config_hash": "settings", "extra": "scoring settings"}  # fmt: skip
 
 
 class ArtifactCache:
@@ -43,20 +38,19 @@ class ArtifactCache:
         return self.folder / f"{stage}-{key}.safetensors"
 
     def rel(self, path: Path) -> str:
-        try:
-            return str(path.relative_to(self.root))
-        except ValueError:
-            return str(path)
+        return str(path.relative_to(self.root) if path.is_relative_to(self.root) else path)
+
+    @staticmethod
+    def _header(path: Path) -> dict[str, str]:  # raises safetensors' own errors, or OSError
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            return fh.metadata() or {}
 
     def metadata(self, path: Path) -> dict[str, str] | None:
         """The header metadata of ``path`` (tensors are not read); None if missing or unreadable."""
-        if not path.is_file():
-            return None
         try:
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as fh:
-                return fh.metadata() or {}
+            return self._header(path) if path.is_file() else None
         except Exception:
             return None
 
@@ -74,17 +68,14 @@ class ArtifactCache:
         if not path.exists():
             return "new"
         try:
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as fh:
-                saved = fh.metadata() or {}
+            saved = self._header(path)
         except Exception as exc:  # safetensors' own error types: cut short, not safetensors
             return f"unreadable ({exc})"
         for key, value in meta.items():
-            if saved.get(key) != value:
-                label = LABELS.get(key, key)
-                if key not in saved:
-                    return f"made before {label} were recorded"
+            label = LABELS.get(key, key)
+            if key not in saved:
+                return f"made before {label} were recorded"
+            if saved[key] != value:
                 return f"{label} changed: {saved[key]} -> {value}"
         return None
 
@@ -92,8 +83,7 @@ class ArtifactCache:
         """One line in events.jsonl (and printed, for a top-level stage); ``reason``: why a
         file was computed ("new", or what made the old one stale)."""
         event = {"stage": stage, "action": action, "file": self.rel(path), "time": time.time()}
-        if reason:
-            event["reason"] = reason
+        event.update({"reason": reason} if reason else {})
         self.events.append(event)
         self.folder.mkdir(parents=True, exist_ok=True)
         with open(self.folder / "events.jsonl", "a") as fh:
@@ -110,14 +100,8 @@ class ArtifactCache:
         finally:
             self.depth -= 1
 
-    def cached(
-        self,
-        stage: str,
-        key: str,
-        meta: dict[str, str],
-        compute: Callable[[], tuple[dict, dict]],
-        stale: str | None = None,
-    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    def cached(self, stage: str, key: str, meta: dict[str, str], compute: Callable[[], tuple],
+               stale: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:  # fmt: skip
         """Load ``stage`` (tensors, info) when its file matches ``meta`` and reads back whole;
         otherwise call ``compute() -> (tensors, info)`` and save the result atomically. ``stale``
         (a reason) forces the computation. events.jsonl says why a file was computed."""

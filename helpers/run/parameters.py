@@ -9,6 +9,7 @@ import json
 import math
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,6 @@ from helpers.data.mvtec import Sample, fingerprint, list_samples
 
 # the synthetic set's parameters (the notebooks' synthetic_* parameters override them)
 SYNTHETIC_DEFAULTS = dict(size=256, n_train=24, n_test_good=8, n_per_defect=6)
-
-CONFIG_FIELDS = tuple(f.name for f in fields(Config))
 
 # Pipeline runs are not interactive: widgets fall back to static figures saved in figures/.
 BASE_PARAMETERS: dict[str, Any] = {"interactive": False}
@@ -40,8 +39,7 @@ RESERVED = ("run_dir",)
 def parse_value(text: str) -> Any:
     """'0.1' -> 0.1, '8' -> 8, 'true'/'True' -> True, 'null'/'None' -> None, '[1, 2]' -> [1, 2],
     anything else -> the string itself."""
-    stripped = text.strip()
-    if stripped in (named := {"None": None, "True": True, "False": False}):
+    if (stripped := text.strip()) in (named := {"None": None, "True": True, "False": False}):
         return named[stripped]
     try:
         return json.loads(stripped)
@@ -49,46 +47,33 @@ def parse_value(text: str) -> Any:
         return text
 
 
-# The notebooks' own parameters (besides every Config field), with their defaults; the parameters
-# cells declare exactly these (tests/test_notebooks.py checks both ways).
-NOTEBOOK_PARAMETERS: dict[str, Any] = {
-    "run_dir": "runs/notebooks",
-    "download": False,
-    "download_url": "",
-    "download_sha256": "",
-    **{f"synthetic_{k}": v for k, v in SYNTHETIC_DEFAULTS.items()},
-    "n_examples": 4,
-    "coverage_ratios": [0.01, 0.02, 0.05, 0.1, 0.25, 0.5],
-    "coverage_max_patches": 2000,
-    "inference_batch_size": 0,
-    "timing_repeats": 0,
-    "interactive": True,
-}
+# The notebooks' own parameters (besides every Config field): their defaults, declared by the
+# parameters cells exactly (tests/test_notebooks.py checks both ways), and what each may be
+# (checked before any notebook runs, and by Run): integers in [lo, hi] (what they are), or a kind.
+_SYN = SYNTHETIC_DEFAULTS
+_NOTEBOOK = {
+    "run_dir": ("runs/notebooks", "text"),
+    "download": (False, "bool"),
+    "download_url": ("", "text"),
+    "download_sha256": ("", "sha256"),
+    "synthetic_size": (_SYN["size"], (32, 4096, "side of the synthetic images in pixels")),
+    "synthetic_n_train": (_SYN["n_train"], (1, 100000, "synthetic training images")),
+    "synthetic_n_test_good": (_SYN["n_test_good"], (0, 100000, "synthetic good test images")),
+    "synthetic_n_per_defect": (_SYN["n_per_defect"], (0, 100000, "synthetic test images per defect type")),  # noqa: E501
+    "n_examples": (4, (1, 1000, "images shown in the example figures")),
+    "coverage_ratios": ([0.01, 0.02, 0.05, 0.1, 0.25, 0.5], "ratios"),
+    "coverage_max_patches": (2000, (2, 10**7, "training patches the coverage curve samples")),
+    "inference_batch_size": (0, (0, 4096, "0: chosen for the device")),
+    "timing_repeats": (0, (0, 10000, "0: 10 on a GPU, 5 on the CPU")),
+    "interactive": (True, "bool"),
+}  # fmt: skip
+NOTEBOOK_PARAMETERS: dict[str, Any] = {k: default for k, (default, _) in _NOTEBOOK.items()}
+NOTEBOOK_CHECKS = {k: rule for k, (_, rule) in _NOTEBOOK.items()}
 
 
 class ParameterError(ConfigError):
     """A notebook parameter (not a Config field) has a value it cannot take; the message names
     the parameter, its value and what is allowed."""
-
-
-# what each notebook parameter may be (checked before any notebook runs, and by Run): integers
-# in [lo, hi] (what they are), or a kind
-NOTEBOOK_CHECKS = {
-    "run_dir": "text",
-    "download": "bool",
-    "download_url": "text",
-    "download_sha256": "sha256",
-    "synthetic_size": (32, 4096, "side of the synthetic images in pixels"),
-    "synthetic_n_train": (1, 100000, "synthetic training images"),
-    "synthetic_n_test_good": (0, 100000, "synthetic good test images"),
-    "synthetic_n_per_defect": (0, 100000, "synthetic test images per defect type"),
-    "n_examples": (1, 1000, "images shown in the example figures"),
-    "coverage_ratios": "ratios",
-    "coverage_max_patches": (2, 10**7, "training patches the coverage curve samples"),
-    "inference_batch_size": (0, 4096, "0: chosen for the device"),
-    "timing_repeats": (0, 10000, "0: 10 on a GPU, 5 on the CPU"),
-    "interactive": "bool",
-}
 
 
 def check_notebook_parameters(params: dict[str, Any]) -> None:
@@ -134,13 +119,12 @@ def repo_root() -> Path:
 
 def config_from_params(params: dict[str, Any]) -> Config:
     """A :class:`Config` from a notebook's parameter variables (``globals()``): every Config field
-    found there is used, the rest keep their defaults. Empty strings mean None for
+    found there is used, the rest keep their defaults. "" and "None" mean None for
     ``dataset_path``, ``weights`` and the backbone-dependent sizes."""
-    kw = {k: params[k] for k in CONFIG_FIELDS if k in params}
-    nullable = ("dataset_path", "weights", "layers", "input_size", "resize", "pretrain_embed_dim")
-    for name in (*nullable, "target_embed_dim"):
-        if name in kw and (kw[name] == "" or kw[name] == "None"):
-            kw[name] = None
+    kw = {f.name: params[f.name] for f in fields(Config) if f.name in params}
+    nullable = ("dataset_path", "weights", "layers", "input_size", "resize", "pretrain_embed_dim",
+                "target_embed_dim")  # fmt: skip
+    kw.update({k: None for k in nullable if k in kw and kw[k] in ("", "None")})
     return Config(**kw)
 
 
@@ -157,21 +141,19 @@ class DataSource:
 
     def __init__(self, config: Config, data_dir: str | Path, *, synthetic: dict | None = None,
                  download=False, download_url: str = "", download_sha256: str = ""):  # fmt: skip
-        self.config = config
-        self.data_dir = Path(data_dir)
+        self.config, self.data_dir = config, Path(data_dir)
         self.synthetic = {**SYNTHETIC_DEFAULTS, **(synthetic or {})}
         self.download = dict(download_missing=download, url=download_url or None,
                              sha256=download_sha256 or None)  # fmt: skip
-        self._root: Path | None = None
-        self._listed: dict[str, list[Sample]] = {}  # every image file of a split
-        self._usable: dict[str, list[Sample]] = {}  # less the unreadable ones (skip_bad_images)
-        self._fingerprints: dict[str, str] = {}
-        self._unreadable: dict[str, list[tuple[Sample, str]]] = {}
+        self._memo: dict = {}  # the root, and per split: listed, unreadable, usable, fingerprint
         self.skipped: dict[str, list[tuple[Sample, str]]] = {}  # split -> [(sample, reason)]
 
-    @property
-    def is_synthetic(self) -> bool:
-        return not self.config.dataset_path
+    def _once(self, key, make: Callable[[], Any]) -> Any:
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
+
+    is_synthetic = property(lambda self: not self.config.dataset_path)
 
     def data_id(self) -> str:
         """Where artifacts come from: the synthetic set's parameters or the data folder (what the
@@ -184,71 +166,56 @@ class DataSource:
     @property
     def root(self) -> Path:
         """The MVTec-layout folder in use: generated (synthetic), downloaded or given."""
-        if self._root is None:
-            c = self.config
-            if self.is_synthetic:
-                from helpers.data.synthetic import generate_dataset
+        return self._once("root", self._prepare)
 
-                self._root = generate_dataset(
-                    self.data_dir, c.category, seed=c.seed, **self.synthetic
-                )
-            else:
-                from helpers.data.download import prepare_dataset
+    def _prepare(self) -> Path:
+        c = self.config
+        if self.is_synthetic:
+            from helpers.data.synthetic import generate_dataset
 
-                self._root = prepare_dataset(c.dataset_path, c.category, **self.download)
-        return self._root
+            return generate_dataset(self.data_dir, c.category, seed=c.seed, **self.synthetic)
+        from helpers.data.download import prepare_dataset
+
+        return prepare_dataset(c.dataset_path, c.category, **self.download)
 
     def listed(self, split: str) -> list[Sample]:
         """Every image file of ``split`` ("train" or "test"), readable or not."""
-        if split not in self._listed:
-            self._listed[split] = list_samples(self.root, self.config.category, split)
-        return self._listed[split]
+        listing = lambda: list_samples(self.root, self.config.category, split)
+        return self._once(("listed", split), listing)
 
     def unreadable(self, split: str) -> list[tuple[Sample, str]]:
         """(sample, reason) of each image of ``split`` that cannot be used (truncated, corrupt,
         too large), by :func:`helpers.core.images.check_image_file` (no decoding)."""
-        if split not in self._unreadable:
-            checked = [(s, check_image_file(s.path)) for s in self.listed(split)]
-            self._unreadable[split] = [(s, why) for s, why in checked if why]
-        return self._unreadable[split]
+        check = lambda: [(s, why) for s in self.listed(split) if (why := check_image_file(s.path))]
+        return self._once(("unreadable", split), check)
 
     def samples(self, split: str) -> list[Sample]:
         """The images of ``split`` a run uses: every listed one, or with ``skip_bad_images`` the
         readable ones (the others skipped with one counted warning, kept in ``skipped``)."""
-        if split not in self._usable:
-            listed = self.listed(split)
-            if self.config.skip_bad_images:
-                bad = self.unreadable(split)
-                self.skipped[split] = bad
-                if bad:
-                    e_g = f"e.g. {bad[0][0].path}: {bad[0][1]}"
-                    warnings.warn(
-                        f"skipped {len(bad)} unreadable {split} image(s) (skip_bad_images), {e_g}",
-                        stacklevel=2,
-                    )
-                gone = {s.path for s, _ in bad}
-                listed = [s for s in listed if s.path not in gone]
-            self._usable[split] = listed
-        return self._usable[split]
 
-    @property
-    def train_samples(self) -> list[Sample]:
-        return self.samples("train")
+        def usable() -> list[Sample]:
+            if not self.config.skip_bad_images:
+                return self.listed(split)
+            bad = self.skipped[split] = self.unreadable(split)
+            if bad:
+                why = f"(skip_bad_images), e.g. {bad[0][0].path}: {bad[0][1]}"
+                warnings.warn(f"skipped {len(bad)} unreadable {split} image(s) {why}", stacklevel=4)
+            gone = {s.path for s, _ in bad}
+            return [s for s in self.listed(split) if s.path not in gone]
 
-    @property
-    def test_samples(self) -> list[Sample]:
-        return self.samples("test")
+        return self._once(("usable", split), usable)
+
+    train_samples = property(lambda self: self.samples("train"))
+    test_samples = property(lambda self: self.samples("test"))
 
     def fingerprint(self, split: str) -> str:
         """What the artifacts of ``split`` ("train", "test" or "masks") are made from: the
         :func:`~helpers.data.mvtec.fingerprint` of its files."""
-        if split not in self._fingerprints:
-            if split == "masks":
-                files = [s.mask_path for s in self.listed("test") if s.mask_path is not None]
-            else:
-                files = [s.path for s in self.listed(split)]
-            self._fingerprints[split] = fingerprint(files, self.root)
-        return self._fingerprints[split]
+        if split == "masks":
+            files = lambda: [s.mask_path for s in self.listed("test") if s.mask_path is not None]
+        else:
+            files = lambda: [s.path for s in self.listed(split)]
+        return self._once(("fingerprint", split), lambda: fingerprint(files(), self.root))
 
     def fingerprints(self) -> dict[str, str]:
         """Every split's :meth:`fingerprint` (generates the synthetic set when needed)."""
@@ -259,10 +226,6 @@ class DataSource:
         folder = {"source": "folder", "path": str(self.root)}
         out = {"source": "synthetic", **self.synthetic} if self.is_synthetic else folder
         out["files"] = self.fingerprints()
-        if any(self.skipped.values()):
-            out["skipped"] = {
-                split: [str(s.path.relative_to(self.root)) for s, _ in bad]
-                for split, bad in self.skipped.items()
-                if bad
-            }
-        return out
+        skipped = {split: [str(s.path.relative_to(self.root)) for s, _ in bad]
+                   for split, bad in self.skipped.items() if bad}  # fmt: skip
+        return {**out, "skipped": skipped} if skipped else out

@@ -24,16 +24,9 @@ from helpers.core.runtime import atomic_write_bytes, atomic_write_json
 from helpers.data.download import mount_drive_for
 from helpers.data.mvtec import Sample, masks_like
 from helpers.evaluation import report
-from helpers.run import stages
+from helpers.run import parameters, stages
 from helpers.run.cache import ArtifactCache
-from helpers.run.parameters import (
-    NOTEBOOK_PARAMETERS,
-    SYNTHETIC_DEFAULTS,
-    DataSource,
-    check_notebook_parameters,
-    config_from_params,
-    resolve_run_dir,
-)
+from helpers.run.parameters import NOTEBOOK_PARAMETERS, DataSource, config_from_params
 from helpers.run.stages import RunPrediction, Stages, threshold_path
 
 
@@ -44,31 +37,23 @@ class Run:
                  download=False, download_url="", download_sha256="", params=None,
                  verbose=True):  # fmt: skip
         # in Colab, a run folder, data folder or archive on /content/drive mounts Drive first
-        mount_drive_for(
-            run_dir=str(run_dir), dataset_path=config.dataset_path, download_url=download_url
-        )
-        self.root = resolve_run_dir(run_dir)
-        self.config = config
+        mount_drive_for(run_dir=str(run_dir), dataset_path=config.dataset_path,
+                        download_url=download_url)  # fmt: skip
+        self.root, self.config, self.verbose = parameters.resolve_run_dir(run_dir), config, verbose
         if unknown := set(params or {}) - set(NOTEBOOK_PARAMETERS):
             raise ValueError(
                 f"unknown notebook parameter(s) {sorted(unknown)}: the notebooks' own parameters "
                 f"are {sorted(NOTEBOOK_PARAMETERS)} (helpers/run/parameters.py)"
             )
-        check_notebook_parameters(params or {})
+        parameters.check_notebook_parameters(params or {})
         # the notebooks' own settings (figure sizes, timing repeats, ...): their defaults, with
         # whatever the lesson's parameters cell or papermill's -p set
         self.params = SimpleNamespace(
             **{**NOTEBOOK_PARAMETERS, **(params or {}), "run_dir": run_dir}
         )
-        self.verbose = verbose
-        self.data = DataSource(
-            config,
-            self.root / "data",
-            synthetic=synthetic,
-            download=download,
-            download_url=download_url,
-            download_sha256=download_sha256,
-        )
+        self.data = DataSource(config, self.root / "data", synthetic=synthetic,
+                               download=download, download_url=download_url,
+                               download_sha256=download_sha256)  # fmt: skip
         self.cache = ArtifactCache(self.root / "artifacts", self.root, verbose)
         self.stages = Stages(self.cache, self.data, config, verbose)  # what the stages work with
 
@@ -76,59 +61,35 @@ class Run:
     def from_params(cls, params: dict[str, Any], verbose: bool = True) -> Run:
         """Build from a notebook's variables (``globals()``): every ``Config`` field and notebook
         parameter (:data:`~helpers.run.parameters.NOTEBOOK_PARAMETERS`) found there is used, the
-        rest keep their defaults (so papermill's ``-p`` can set any). Notebook parameters end up
-        in ``run.params`` (``run.params.n_examples``, ...)."""
-        synthetic = {
-            k: params[f"synthetic_{k}"] for k in SYNTHETIC_DEFAULTS if f"synthetic_{k}" in params
+        rest keep their defaults (so papermill's ``-p`` can set any); the notebook parameters
+        end up in ``run.params`` (``run.params.n_examples``, ...)."""
+        syn = {
+            k: params[f"synthetic_{k}"]
+            for k in parameters.SYNTHETIC_DEFAULTS
+            if f"synthetic_{k}" in params
         }
         own = {k: params[k] for k in NOTEBOOK_PARAMETERS if k in params and k != "run_dir"}
-        return cls(
-            params.get("run_dir", NOTEBOOK_PARAMETERS["run_dir"]),
-            config_from_params(params),
-            synthetic=synthetic,
-            download=bool(params.get("download", False)),
-            download_url=params.get("download_url", "") or "",
-            download_sha256=params.get("download_sha256", "") or "",
-            params=own,
-            verbose=verbose,
-        )
+        run_dir = params.get("run_dir", NOTEBOOK_PARAMETERS["run_dir"])
+        url, sha = params.get("download_url", "") or "", params.get("download_sha256", "") or ""
+        return cls(run_dir, config_from_params(params), synthetic=syn, params=own, verbose=verbose,
+                   download=bool(params.get("download", False)), download_url=url,
+                   download_sha256=sha)  # fmt: skip
 
     # ------------------------------------------------------------------ folder and data
-    @property
-    def figures_dir(self) -> Path:
-        return self.root / "figures"
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.root / "metrics.json"
-
-    @property
-    def data_root(self) -> Path:
-        """The MVTec-layout folder in use: generated (synthetic), downloaded or given."""
-        return self.data.root
-
-    @property
-    def is_synthetic(self) -> bool:
-        return self.data.is_synthetic
-
-    @property
-    def train_samples(self) -> list[Sample]:
-        return self.data.train_samples
-
-    @property
-    def test_samples(self) -> list[Sample]:
-        return self.data.test_samples
+    figures_dir = property(lambda self: self.root / "figures")
+    metrics_path = property(lambda self: self.root / "metrics.json")
+    data_root = property(lambda self: self.data.root, doc="The MVTec-layout folder in use.")
+    is_synthetic = property(lambda self: self.data.is_synthetic)
+    train_samples = property(lambda self: self.data.train_samples)
+    test_samples = property(lambda self: self.data.test_samples)
 
     def describe(self) -> str:
         c = self.config
         made = f"synthetic set ({self.data.synthetic['size']} px), generated in <run folder>/"
         source = made + self.cache.rel(self.data_root) if self.is_synthetic else str(self.data_root)
-        return (
-            f"run folder : {self.root}\n"
-            f"data       : {source}\n"
-            f"config hash: {c.hash()}  (backbone {c.backbone}, layers {c.layers}, "
-            f"input {c.input_size} px, coreset {c.coreset_ratio:g})"
-        )
+        return (f"run folder : {self.root}\ndata       : {source}\nconfig hash: {c.hash()}  "
+                f"(backbone {c.backbone}, layers {c.layers}, input {c.input_size} px, coreset "
+                f"{c.coreset_ratio:g})")  # fmt: skip
 
     # ------------------------------------------------------------------ cached stages
     def path(self, stage: str) -> Path:
@@ -191,14 +152,11 @@ class Run:
         out["thresholds"] = report.thresholds(labels, pred.scores, out["f1_threshold"], good_only)
         return out
 
-    def timings(self, pred: RunPrediction) -> dict[str, Any]:
-        return report.timings(self.cache.info(self.path("bank")), pred)
-
     def write_metrics(self, metrics: dict[str, Any], pred: RunPrediction) -> dict[str, Any]:
         """Write metrics.json (atomically) with every key of the contract; returns it."""
-        c = self.config
+        c, timings = self.config, report.timings(self.cache.info(self.path("bank")), pred)
         record = dict(n_train=len(self.train_samples), n_test=len(self.test_samples),
-                      timings=self.timings(pred), config=c.to_dict(), data=self.data.record(),
+                      timings=timings, config=c.to_dict(), data=self.data.record(),
                       config_hash=c.hash(), versions=versions())  # fmt: skip
         return report.write_metrics(self.metrics_path, metrics, record)
 
@@ -206,13 +164,9 @@ class Run:
         """Write ``run_dir/<name>`` atomically (NaN -> null)."""
         return atomic_write_json(self.root / name, report.finite(obj))
 
-    # ------------------------------------------------------------------ figures
-    def figure_path(self, name: str) -> Path:
-        return self.figures_dir / f"{name}.png"
-
     def show(self, fig, name: str, display: bool = True, dpi: int = 100) -> None:
         """Save ``fig`` as figures/<name>.png and show that PNG (:func:`save_and_show`)."""
-        save_and_show(fig, self.figure_path(name), display=display, dpi=dpi)
+        save_and_show(fig, self.figures_dir / f"{name}.png", display=display, dpi=dpi)
 
 
 def save_and_show(fig, path: str | Path, display: bool = True, dpi: int = 100) -> Path:
@@ -220,13 +174,11 @@ def save_and_show(fig, path: str | Path, display: bool = True, dpi: int = 100) -
     the notebook and the file show the same picture)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
-    png = buf.getvalue()
-    out = atomic_write_bytes(Path(path), png)
+    out = atomic_write_bytes(Path(path), buf.getvalue())
     if display:
-        from IPython.display import Image
-        from IPython.display import display as _display
+        import IPython.display as ipd
 
-        _display(Image(data=png, format="png"))
+        ipd.display(ipd.Image(data=buf.getvalue(), format="png"))
     return out
 
 
@@ -267,10 +219,7 @@ def saved_model(source: str | Path, **overrides) -> tuple[PatchCore, dict | None
         raise ValueError(str(exc).splitlines()[0]) from exc
     side = threshold_path(bank)  # the run's threshold, or one written beside a bank file
     threshold = json.loads(side.read_text()) if side.is_file() else model.threshold
-    if threshold is not None and threshold.get("bank_sha256") not in (
-        None,
-        bank_digest(model.memory_bank),
-    ):
+    if (threshold or {}).get("bank_sha256") not in (None, bank_digest(model.memory_bank)):
         raise ValueError(
             f"the saved threshold ({side if side.is_file() else bank}) was computed for another "
             "memory bank; recompute it (run the main job again, or PatchCore.calibrate) or pass "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import closing
 from dataclasses import astuple, dataclass, field, fields
 from pathlib import Path
 
@@ -35,8 +36,8 @@ FEATURE_FREE_FIELDS = ("coreset_ratio", "coreset_max_size", "coreset_projection_
 
 @dataclass
 class RunPrediction(Prediction):
-    """A :class:`~helpers.core.model.Prediction` of a run's whole test set, with what the run
-    knows about it: labels, defect names, paths and how the scores were timed."""
+    """A :class:`~helpers.core.model.Prediction` of a run's test set, with its labels, defect
+    names, paths and how the scores were timed."""
 
     labels: np.ndarray | None = None  # [N] 0 good, 1 defective
     defects: list[str] = field(default_factory=list)
@@ -73,13 +74,12 @@ class Stages:
     def meta(self, stage: str) -> dict[str, str]:
         """What a stage's file must hold to be reused: the settings hash, the data source and
         the fingerprint of the images it was made from (training; for predictions, test too)."""
-        c = self.config
-        extra = {k: getattr(c, k) for k in SCORING_FIELDS} if stage == "predictions" else {}
         meta = dict(stage=stage, config_hash=self.hash(stage), data_id=self.data.data_id(),
                     data_train=self.data.fingerprint("train"))  # fmt: skip
         if stage == "predictions":
             meta["data_test"] = self.data.fingerprint("test")
-        meta["extra"] = json.dumps(extra, sort_keys=True)
+        scoring = {"predictions": SCORING_FIELDS, "heldout": HELD_OUT_FIELDS}.get(stage, ())
+        meta["extra"] = json.dumps({k: getattr(self.config, k) for k in scoring}, sort_keys=True)
         return meta
 
     def is_cached(self, stage: str) -> bool:
@@ -88,9 +88,8 @@ class Stages:
         saved = self.cache.metadata(self.path(stage)) or {}
         if saved.get("data_id") != self.data.data_id():  # cheap first: no data listed or made
             return False
-        if self.cache.stale_reason(self.path(stage), self.meta(stage)) is not None:
-            return False
-        return stage != "features" or _spill_problem(self) is None
+        fresh = self.cache.stale_reason(self.path(stage), self.meta(stage)) is None
+        return fresh and (stage != "features" or _spill_problem(self) is None)
 
     def cached(self, stage: str, compute, stale: str | None = None):
         """(tensors, info) of ``stage``: loaded when cached, else ``compute()`` and saved."""
@@ -98,9 +97,9 @@ class Stages:
 
 
 def features(st: Stages, model: PatchCore | None = None) -> TrainingFeatures:
-    """Patch features of all good training images (notebook 02), cached: the coreset
-    projection in ``features-<hash>.safetensors`` and, unless the projection is the identity,
-    the full embeddings in ``features-<hash>.f32`` (float32 rows), both in artifacts/."""
+    """Patch features of all good training images (notebook 02), cached: the coreset projection
+    in ``features-<hash>.safetensors`` and, unless it is the identity, the full embeddings in
+    ``features-<hash>.f32`` (float32 rows)."""
     m = model or PatchCore(st.config)
 
     def compute():
@@ -121,12 +120,15 @@ def features(st: Stages, model: PatchCore | None = None) -> TrainingFeatures:
     tensors, info = st.cached("features", compute, stale)
     m.tap_weights = info.get("tap_weights")  # the features were scaled by them (balance_taps)
     n_views = info.get("n_views", info["n_images"])
-    rows = n_views * info["grid"][0] * info["grid"][1]
     proj = Projection.of_rows(tensors["projection"], m.device)
-    spill = FeatureSpill.open(st.spill_path(), info["dim"], rows) if info["spill"] else None
+    spill = FeatureSpill.open(st.spill_path(), info["dim"], _rows(info)) if info["spill"] else None
     rotations = max(1, n_views // max(1, info["n_images"]))
     kw = dict(grid=tuple(info["grid"]), n_views=n_views, rotations=rotations)
     return TrainingFeatures(proj, spill, seconds=info["seconds"], **kw)
+
+
+def _rows(info: dict) -> int:  # training patches in the features' info: views x grid
+    return info.get("n_views", info["n_images"]) * info["grid"][0] * info["grid"][1]
 
 
 def _spill_problem(st: Stages) -> str | None:
@@ -139,17 +141,13 @@ def _spill_problem(st: Stages) -> str | None:
     spill = st.spill_path()
     if not spill.is_file():
         return f"{spill.name} is missing"
-    rows = info.get("n_views", info["n_images"]) * info["grid"][0] * info["grid"][1]
-    size, want = spill.stat().st_size, rows * info["dim"] * 4
-    if size != want:
-        return f"{spill.name} holds {size} bytes, not {want} (cut short?)"
-    return None
+    size, want = spill.stat().st_size, _rows(info) * info["dim"] * 4
+    return f"{spill.name} holds {size} bytes, not {want} (cut short?)" if size != want else None
 
 
 def fitted_model(st: Stages, **overrides) -> PatchCore:
-    """The fitted PatchCore (notebook 03): loads the bank when cached, else runs the greedy
-    coreset on the cached (or freshly extracted) features and saves the bank with the cache's
-    keys in its header. ``overrides`` change runtime fields only (device, batch_size, ...)."""
+    """The fitted PatchCore (notebook 03): the cached bank, else the greedy coreset of the cached
+    (or freshly extracted) features, saved. ``overrides``: runtime fields only (device, ...)."""
     path = st.path("bank")
     reason = st.cache.stale_reason(path, st.meta("bank"))
     if reason is None:
@@ -158,31 +156,25 @@ def fitted_model(st: Stages, **overrides) -> PatchCore:
         except ValueError as exc:  # damaged (checksum, NaN, truncated): built again below
             reason = f"unreadable ({exc})"
         else:
-            st.cache.log("bank", "loaded", path, _bank_note(model))
+            st.cache.log("bank", "loaded", path, f"  ({len(model.bank)} x {model.bank.dim})")
             return model
     model = PatchCore(st.config.replace(**overrides) if overrides else st.config)
-    feats = st.cache.nested(lambda: features(st, model))
-    try:
+    with closing(st.cache.nested(lambda: features(st, model))) as feats:
         model.build_bank(feats, progress=st.verbose)
-    finally:
-        feats.close()
     model.save(path, metadata=st.meta("bank"))
-    st.cache.log("bank", "computed", path, _bank_note(model), reason=reason)
+    note = f"  ({len(model.bank)} x {model.bank.dim})"
+    st.cache.log("bank", "computed", path, note, reason=reason)
     return model
 
 
 def coverage(st: Stages, ratios: list[float], max_patches: int = 2000) -> dict[str, np.ndarray]:
     """Coverage radius (max distance of a training patch to its nearest kept patch, in the
     full feature space) of greedy and of random subsets, for each coreset ratio."""
-    ratios = sorted(float(r) for r in ratios)
-    c = st.config
+    ratios, c = sorted(float(r) for r in ratios), st.config
 
     def compute():
-        all_feats = features(st)
-        try:
+        with closing(features(st)) as all_feats:
             feats = all_feats.sample(max_patches)
-        finally:
-            all_feats.close()
         n = feats.shape[0]
         sizes = [max(1, min(n, int(n * r))) for r in ratios]
         kw = dict(projection_dim=c.coreset_projection_dim, start_points=c.coreset_start_points)
@@ -204,10 +196,9 @@ def coverage(st: Stages, ratios: list[float], max_patches: int = 2000) -> dict[s
 
 
 def predictions(st: Stages, model: PatchCore | None = None, batch_size=None) -> RunPrediction:
-    """Scores and anomaly maps of every test image (notebook 04), cached. The patch-score
-    grids are saved; maps in original pixels are made from them on load."""
-    test = st.data.test_samples
-    c = st.config
+    """Scores and anomaly maps of every test image (notebook 04), cached: the patch-score grids
+    are saved, the maps (original pixels) made from them on load."""
+    test, c = st.data.test_samples, st.config
 
     def compute():
         m = model or fitted_model(st, **({"batch_size": batch_size} if batch_size else {}))
@@ -219,11 +210,8 @@ def predictions(st: Stages, model: PatchCore | None = None, batch_size=None) -> 
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
         geoms = np.array([[-1] * 7 if g is None else astuple(g) for g in pred.geometries], np.int64)
-        tensors = {
-            "scores": torch.from_numpy(pred.scores),
-            "patch_scores": torch.from_numpy(pred.patch_scores),
-            "geometries": torch.from_numpy(geoms),
-        }
+        arrays = dict(scores=pred.scores, patch_scores=pred.patch_scores, geometries=geoms)
+        tensors = {k: torch.from_numpy(v) for k, v in arrays.items()}
         paths = [str(s.path.relative_to(st.data.root)) for s in test]
         info = dict(seconds=seconds, paths=paths, defects=[s.defect for s in test],
                     device=str(m.device), batch_size=m.config.batch_size)  # fmt: skip
@@ -234,19 +222,13 @@ def predictions(st: Stages, model: PatchCore | None = None, batch_size=None) -> 
         why = f"made for {len(info.get('paths', []))} test images, the test set has {len(test)}"
         tensors, info = st.cached("predictions", compute, stale=why)
     scores = tensors["scores"].numpy()
-    geoms = [
-        None if row[0] < 0 or not np.isfinite(s) else Geometry(*map(int, row))
-        for row, s in zip(tensors["geometries"].numpy(), scores)
-    ]
+    rows = zip(tensors["geometries"].numpy(), scores)  # a skipped image: no geometry
+    geoms = [None if r[0] < 0 or not np.isfinite(s) else Geometry(*map(int, r)) for r, s in rows]
     grids = tensors["patch_scores"]  # maps made from the saved grids, on the CPU
     maps = grids_to_maps(grids, geoms, input_size=c.input_size, sigma=c.sigma, device="cpu")
     labels = np.array([0 if d == "good" else 1 for d in info["defects"]])
     kw = {k: info[k] for k in ("defects", "paths", "seconds", "batch_size", "device")}
     return RunPrediction(scores, maps, grids.numpy(), geoms, labels=labels, **kw)
-
-
-def _bank_note(model: PatchCore) -> str:
-    return f"  ({len(model.bank)} x {model.bank.dim})"
 
 
 # ------------------------------------------------------------------ the good-only threshold
@@ -256,22 +238,16 @@ def threshold_path(bank_path: str | Path) -> Path:  # bank-<hash>.threshold.json
 
 def held_out(st: Stages, model: PatchCore | None = None) -> tuple[np.ndarray, dict]:
     """(held-out score of each training image, info), cached in artifacts/."""
-    c = st.config
 
     def compute():
         m = model or fitted_model(st)
-        feats = st.cache.nested(lambda: features(st, m))
-        try:
+        with closing(st.cache.nested(lambda: features(st, m))) as feats:
             scores, info = held_out_scores(m, feats, progress=st.verbose)
-        finally:
-            feats.close()
         info["bank_sha256"] = bank_digest(m.memory_bank)
         info["paths"] = [str(s.path.relative_to(st.data.root)) for s in st.data.train_samples]
         return {"scores": torch.from_numpy(scores)}, info
 
-    meta = st.meta("heldout")
-    meta["extra"] = json.dumps({k: getattr(c, k) for k in HELD_OUT_FIELDS}, sort_keys=True)
-    tensors, info = st.cache.cached("heldout", st.hash("heldout"), meta, compute)
+    tensors, info = st.cached("heldout", compute)
     return tensors["scores"].numpy(), info
 
 
@@ -280,14 +256,11 @@ def good_only_threshold(st: Stages, model: PatchCore | None = None) -> dict:
     m = model or fitted_model(st)
     scores, info = held_out(st, m)
     if info.get("bank_sha256") != bank_digest(m.memory_bank):
-        raise ValueError(
-            f"{st.cache.rel(st.path('heldout'))} was computed for another bank; delete it to "
-            "have it computed again"
-        )
+        why = "was computed for another bank; delete it to have it computed again"
+        raise ValueError(f"{st.cache.rel(st.path('heldout'))} {why}")
     t = m.calibrate(None, scores=scores)
-    t["computed_on"] = f"{info['n_images']} good training images, {info['method']}"
-    t["data"] = st.data.data_id()
-    t["bank_file"] = st.path("bank").name
-    t["held_out_scores"] = [float(s) for s in scores]
+    t.update(computed_on=f"{info['n_images']} good training images, {info['method']}",
+             data=st.data.data_id(), bank_file=st.path("bank").name,
+             held_out_scores=[float(s) for s in scores])  # fmt: skip
     atomic_write_json(threshold_path(st.path("bank")), t)
     return t

@@ -53,8 +53,8 @@ class ScoringGraph(nn.Module):
         c = model.config
         if c.clahe:
             raise NotImplementedError(
-                "clahe=True cannot be exported (a histogram operation): apply CLAHE to the "
-                "images before the ONNX model, or export a model fitted without it"
+                "clahe=True cannot be exported (a histogram operation): apply CLAHE to the images "
+                "before the ONNX model, or export a model fitted without it"
             )
         if model.bank is None:
             raise RuntimeError("export needs a fitted model (fit or load first)")
@@ -73,17 +73,17 @@ class ScoringGraph(nn.Module):
         for name, value in buffers.items():
             self.register_buffer(name, value)
         ext = model.extractor.cpu().float()
-        self.body, self.layers = ext.body, list(ext.layers)
-        self.patch = ext.patch_size
-        channels = self._channels(ext, c.input_size)
+        self.body, self.layers, self.patch = ext.body, list(ext.layers), ext.patch_size
+        with torch.no_grad():
+            taps = ext.body(torch.zeros(1, 3, c.input_size, c.input_size))
+        channels = [taps[name].shape[1] for name in self.layers]
         dims = [ext.pretrain_embed_dim or ch for ch in channels]
         self.pools = nn.ModuleList([self._local_pool(ch, dim) for ch, dim in zip(channels, dims)])
         total, target = sum(dims), ext.target_embed_dim or sum(dims)
         self.register_buffer("target", _pool_matrix(total, target) if target != total else None)
         scale = None if model.tap_weights is None else model.tap_scale().cpu()
         self.register_buffer("tap_scale", scale)  # balance_taps, as PatchCore.embed
-        bank = model.bank
-        feats = bank.features.detach().float().cpu()
+        bank, feats = model.bank, model.bank.features.detach().float().cpu()
         self.distance, self.norm_floor = bank.distance, bank.norm_floor
         self.register_buffer("bank", feats)
         self.register_buffer("bank_prep", prepare(feats, bank.distance, bank.norm_floor))
@@ -98,18 +98,12 @@ class ScoringGraph(nn.Module):
         outside[g.top : g.top + g.crop, g.left : g.left + g.crop] = 0
         self.register_buffer("outside", outside)
 
-    def _channels(self, ext, size: int) -> list[int]:
-        with torch.no_grad():
-            taps = ext.body(torch.zeros(1, 3, size, size))
-        return [taps[name].shape[1] for name in self.layers]
-
     def _local_pool(self, channels: int, dim: int) -> nn.Module:
         """The 3x3 neighbourhood's C*9 values (channel-major) pooled to ``dim``: a fixed conv."""
         p = self.patch
-        conv = nn.Conv2d(channels, dim, p, padding=(p - 1) // 2, bias=False)
+        conv = nn.Conv2d(channels, dim, p, padding=(p - 1) // 2, bias=False).requires_grad_(False)
         weights = _pool_matrix(channels * p * p, dim)  # [C*p*p, dim]
         conv.weight.data = weights.T.reshape(dim, channels, p, p).contiguous()
-        conv.requires_grad_(False)
         return conv
 
     # ------------------------------------------------------------------ the steps
@@ -127,12 +121,9 @@ class ScoringGraph(nn.Module):
         taps = self.body(x)
         maps = [taps[name].float() for name in self.layers]
         h, w = maps[0].shape[-2:]
-        pooled = []
-        for fmap, pool in zip(maps, self.pools):
-            emb = pool(fmap)
-            if emb.shape[-2:] != (h, w):
-                emb = F.interpolate(emb, size=(h, w), mode="bilinear", align_corners=False)
-            pooled.append(emb)
+        pooled = [pool(fmap) for fmap, pool in zip(maps, self.pools)]
+        size = dict(size=(h, w), mode="bilinear", align_corners=False)
+        pooled = [e if e.shape[-2:] == (h, w) else F.interpolate(e, **size) for e in pooled]
         emb = torch.cat(pooled, dim=1).permute(0, 2, 3, 1)
         if self.target is not None:
             emb = torch.matmul(emb, self.target)
@@ -173,19 +164,11 @@ class ScoringGraph(nn.Module):
     def forward(self, image: torch.Tensor):
         s, grid = self.score(self.embed(self.preprocess(image)))
         amap = self.to_original(grid)
-        if self.threshold is None:
-            return s, amap
-        return s, amap, s >= self.threshold
+        return (s, amap) if self.threshold is None else (s, amap, s >= self.threshold)
 
 
-def export_onnx(
-    model,
-    path: str | Path,
-    height: int,
-    width: int,
-    threshold: dict | None = None,
-    metadata: dict[str, str] | None = None,
-) -> Path:
+def export_onnx(model, path: str | Path, height: int, width: int, threshold: dict | None = None,
+                metadata: dict[str, str] | None = None) -> Path:  # fmt: skip
     """Write ``model``'s scoring path for RGB uint8 images of ``height`` x ``width`` to ``path``
     (ONNX, opset 17). ``threshold``: a good-only threshold dict (``value`` is compared) or None.
     Returns the path. Needs the ``onnx`` package (``pip install onnx``; see requirements)."""
@@ -193,17 +176,12 @@ def export_onnx(
 
     value = None if threshold is None else float(threshold["value"])
     graph = ScoringGraph(model, height, width, value).eval()
-    path = Path(path)
+    path, example = Path(path), torch.zeros(1, height, width, 3, dtype=torch.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    example = torch.zeros(1, height, width, 3, dtype=torch.uint8)
     outputs = ["score", "map"] + ([] if value is None else ["defective"])
     tmp = path.with_name(f".{path.name}.tmp")
-    kwargs = dict(
-        opset_version=OPSET,
-        input_names=["image"],
-        output_names=outputs,
-        dynamic_axes={"image": {0: "n"}, **{o: {0: "n"} for o in outputs}},
-    )
+    kwargs = dict(opset_version=OPSET, input_names=["image"], output_names=outputs,
+                  dynamic_axes={name: {0: "n"} for name in ["image", *outputs]})  # fmt: skip
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's notes on constant folding
         try:  # the TorchScript exporter (torch >= 2.5 defaults to the dynamo one)
@@ -211,15 +189,12 @@ def export_onnx(
         except TypeError:  # torch < 2.5: no dynamo argument, TorchScript is the only exporter
             torch.onnx.export(graph, (example,), str(tmp), **kwargs)
     proto = onnx.load(str(tmp))
-    meta = {
-        "config": json.dumps(model.config.to_dict(), sort_keys=True),
-        "config_hash": model.config.hash(),
-        "threshold": json.dumps(threshold, sort_keys=True) if threshold else "",
-        "input": f"RGB uint8 [N, {height}, {width}, 3]",
-        "rule": "defective when score >= threshold",
-        "bank_rows": str(len(model.bank)),
-        **(metadata or {}),
-    }
+    meta = dict(config=json.dumps(model.config.to_dict(), sort_keys=True),
+                config_hash=model.config.hash(),
+                threshold=json.dumps(threshold, sort_keys=True) if threshold else "",
+                input=f"RGB uint8 [N, {height}, {width}, 3]",
+                rule="defective when score >= threshold", bank_rows=str(len(model.bank)),
+                **(metadata or {}))  # fmt: skip
     for key, text in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, text
@@ -228,20 +203,14 @@ def export_onnx(
     return path
 
 
-def export(
-    source,
-    out: str | Path,
-    size: tuple[int, int] | None = None,
-    like: str | Path | None = None,
-    threshold: str | float | None = None,
-    **overrides,
-) -> Path:
+def export(source, out: str | Path, size: tuple[int, int] | None = None,
+           like: str | Path | None = None, threshold: str | float | None = None,
+           **overrides) -> Path:  # fmt: skip
     """Export ``source`` (run folder or bank file) for images of ``size`` (H, W) or the size of
     the image ``like``; ``threshold`` as for :func:`helpers.tools.predict.predict`."""
-    if size is None:
-        if like is None:
-            raise PredictError("give the image size: --size H W, or --like IMAGE")
-        size = load_image(like).shape[:2]
+    if size is None and like is None:
+        raise PredictError("give the image size: --size H W, or --like IMAGE")
+    size = size or load_image(like).shape[:2]
     model, saved = load_model(source, **overrides)
     value, note = choose_threshold(saved, threshold)
     chosen = None if value is None else {**(saved or {}), "value": value, "chosen": note}
@@ -254,14 +223,13 @@ def export(
 
 def main(argv: list[str] | None = None, prog: str = "python -m helpers export") -> int:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    ap.add_argument("source", help="run folder or bank file")
-    ap.add_argument("--out", required=True, help="the .onnx file to write")
-    ap.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), help="input image size")
-    ap.add_argument("--like", help="an image whose size the exported model takes")
-    ap.add_argument(
-        "--threshold", type=threshold_arg, help="good_only (default), max_of_good, or a number"
-    )
-    ap.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "V"))
+    add = ap.add_argument
+    add("source", help="run folder or bank file")
+    add("--out", required=True, help="the .onnx file to write")
+    add("--size", nargs=2, type=int, metavar=("H", "W"), help="input image size")
+    add("--like", help="an image whose size the exported model takes")
+    add("--threshold", type=threshold_arg, help="good_only (default), max_of_good, or a number")
+    add("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "V"))
     args = ap.parse_args(argv)
     overrides = {k: parse_value(v) for k, v in args.param}
     try:

@@ -29,17 +29,8 @@ from helpers.core.config import ConfigError
 from helpers.core.runtime import PROGRESS_ENV, atomic_write_json
 from helpers.run import parameters
 from helpers.run.run import Run
-from helpers.tools.report import (
-    MARKER,
-    PipelineError,
-    failure_message,
-    load_state,
-    preflight,
-    prepare_folder,
-    resolve,
-    summary,
-    unwritable,
-)
+from helpers.tools import report
+from helpers.tools.report import MARKER, PipelineError
 
 # A lesson's parameters cell shows only its own knobs, so papermill calls every other -p name
 # "unknown"; the names were checked against Config + NOTEBOOK_PARAMETERS already.
@@ -65,20 +56,19 @@ def resume_start(out: Path, params: dict, state: dict, data: dict | None = None,
     """Index of the first notebook to execute again on resume: 0 when the parameters or the data
     (``data``: :meth:`DataSource.fingerprints`) changed (said through ``log``), else the first
     notebook whose outputs are not all there."""
-    say, changed = log or (lambda msg: None), False
-    if state.get("parameters") != params:
+    say = log or (lambda msg: None)
+    new_params, new_data = state.get("parameters") != params, data not in (None, state.get("data"))
+    if new_params:
         say(f"parameters changed ({_changed(state.get('parameters', {}), params)})")
-        changed = True
-    if data is not None and state.get("data") != data:
+    if new_data:
         say(f"data changed since the last run ({_changed(state.get('data') or {}, data)})")
-        changed = True
-    if changed:
+    if new_params or new_data:
         return 0
     run = Run.from_params({**params, "run_dir": str(out)}, verbose=False)
     for i, (nb, what) in enumerate(zip(NOTEBOOKS, PRODUCES)):
         done = state.get("notebooks", {}).get(nb, {}).get("status") == "done"
-        kept = what is None or (
-            run.metrics_path.is_file() if what == "metrics" else run.is_cached(what)
+        kept = (
+            run.metrics_path.is_file() if what == "metrics" else what is None or run.is_cached(what)
         )
         if not (done and (out / "notebooks" / nb).is_file() and kept):
             return i
@@ -86,9 +76,8 @@ def resume_start(out: Path, params: dict, state: dict, data: dict | None = None,
 
 
 def _clear_stale(out: Path, start: int, log) -> None:
-    """Before notebooks ``start``... run again: remove what they will write anew (a failure then
-    leaves no result of the earlier run beside the new run.json) and the temporary files of a
-    killed kernel (spill files, half-written atomic writes; "*" matches dot files too)."""
+    """Before notebooks ``start``... run again: remove what they will write anew (so a failure
+    leaves no stale result) and a killed kernel's temporary files ("*" matches dot files too)."""
     for name, nb in (("metrics.json", 4), ("timing.json", 3)):
         if start <= nb:
             (out / name).unlink(missing_ok=True)
@@ -100,13 +89,10 @@ def _clear_stale(out: Path, start: int, log) -> None:
 
 
 def _threads(n: int | None):
-    """The environment the kernels inherit, for the block: ``n`` CPU threads each (on a busy
-    shared machine one thread per kernel beats OpenMP threads fighting for cores), and progress
-    bars on this terminal."""
-    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-    return mock.patch.dict(
-        os.environ, {PROGRESS_ENV: "stderr", **dict.fromkeys(names if n else (), str(n))}
-    )
+    """The kernels' environment, for the block: ``n`` CPU threads each (on a busy machine one
+    thread per kernel beats OpenMP threads fighting for cores), progress bars on this terminal."""
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS") if n else ()
+    return mock.patch.dict(os.environ, {PROGRESS_ENV: "stderr", **dict.fromkeys(names, str(n))})
 
 
 def run_pipeline(out: str | Path, data: str | None = None, *, params: dict[str, Any] | None = None,
@@ -140,19 +126,17 @@ def _execute(nb: str, out: Path, merged: dict, state: dict, html: bool, log) -> 
     target, t0 = out / "notebooks" / nb, time.perf_counter()
     status("running")
     log(f"running {nb} ...")
-    kw = dict(kernel_name="python3", cwd=str(notebook_dir()), progress_bar=False, log_output=False)
-    kw.update(
-        parameters={**merged, "run_dir": str(out)},
-        extra_arguments=["--IPKernelApp.log_level=ERROR"],
-    )
+    kw = dict(kernel_name="python3", cwd=str(notebook_dir()), progress_bar=False, log_output=False,
+              parameters={**merged, "run_dir": str(out)},
+              extra_arguments=["--IPKernelApp.log_level=ERROR"])  # fmt: skip
     try:
         papermill.execute_notebook(str(notebook_dir() / nb), str(target), **kw)
+    except KeyboardInterrupt:
+        status("interrupted", seconds=time.perf_counter() - t0)
+        raise
     except BaseException as exc:
-        stop = isinstance(exc, KeyboardInterrupt)
-        status("interrupted" if stop else "failed", seconds=time.perf_counter() - t0)
-        if stop:
-            raise
-        raise PipelineError(failure_message(nb, exc, target, out)) from exc
+        status("failed", seconds=time.perf_counter() - t0)
+        raise PipelineError(report.failure_message(nb, exc, target, out)) from exc
     seconds = time.perf_counter() - t0
     status("done", seconds=round(seconds, 1))
     if html:
@@ -165,16 +149,14 @@ def _execute(nb: str, out: Path, merged: dict, state: dict, html: bool, log) -> 
 
 
 def _run(out, data, params, overwrite, resume, html, log) -> dict:
-    out = resolve(out, "--out")
-    data = resolve(data, "--data") if data is not None else None
+    out = report.resolve(out, "--out")
+    data = report.resolve(data, "--data") if data is not None else None
     _check_names(params)
-    prepare_folder(out, overwrite, resume, data)
-    state = load_state(out) if resume else {}
+    report.prepare_folder(out, overwrite, resume, data)
+    state = report.load_state(out) if resume else {}
     # the stored parameters on --resume, then -p, then --data; all checked before any notebook
     merged = {**parameters.BASE_PARAMETERS, **state.get("parameters", {}), **params}
-    if data is not None:
-        merged["dataset_path"] = str(data)
-    merged.setdefault("dataset_path", "")
+    merged["dataset_path"] = str(data) if data is not None else merged.get("dataset_path", "")
     try:
         parameters.config_from_params(merged)
         parameters.check_notebook_parameters(merged)
@@ -182,37 +164,35 @@ def _run(out, data, params, overwrite, resume, html, log) -> dict:
         raise PipelineError(f"invalid parameter: {exc} (set it with -p NAME VALUE)") from exc
     except TypeError as exc:
         raise PipelineError(f"invalid parameters: {exc}") from exc
-    log(preflight({**merged, "run_dir": str(out)}))
+    log(report.preflight({**merged, "run_dir": str(out)}))
     try:  # the folder and its marker
         out.mkdir(parents=True, exist_ok=True)
+        marker = {"made_by": "python -m helpers run", "time": time.time()}
         if not (out / MARKER).is_file():
-            atomic_write_json(
-                out / MARKER, {"made_by": "python -m helpers run", "time": time.time()}
-            )
+            atomic_write_json(out / MARKER, marker)
     except OSError as exc:
-        raise unwritable(out, exc.strerror or exc) from exc
+        raise report.unwritable(out, exc.strerror or exc) from exc
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the data's warnings: said once, by the preflight
         run = Run.from_params({**merged, "run_dir": str(out)}, verbose=False)
         fingerprints = run.data.fingerprints()  # what the images are now (synthetic set made)
         start = resume_start(out, merged, state, fingerprints, log) if state else 0
-    if state and start == len(NOTEBOOKS):
-        log(f"{out}: every notebook finished with these parameters; nothing to resume")
-    elif state:
-        log(f"resuming {out} from {NOTEBOOKS[start]}")
+    if state:
+        done = start == len(NOTEBOOKS)
+        log(f"{out}: every notebook finished with these parameters; nothing to resume" if done
+            else f"resuming {out} from {NOTEBOOKS[start]}")  # fmt: skip
     if start < len(NOTEBOOKS):
         _clear_stale(out, start, log)
     notebooks, now = state.get("notebooks", {}) if start else {}, time.strftime("%Y-%m-%d %H:%M:%S")
-    state = dict(
-        parameters=merged, data=fingerprints, notebooks=notebooks, command=sys.argv, started=now
-    )
+    state = dict(parameters=merged, data=fingerprints, notebooks=notebooks, command=sys.argv,
+                 started=now)  # fmt: skip
     atomic_write_json(out / "run.json", state)
     (out / "notebooks").mkdir(exist_ok=True)
     for nb in NOTEBOOKS[start:]:
         _execute(nb, out, merged, state, html, log)
     path = out / "metrics.json"
     metrics = json.loads(path.read_text()) if path.is_file() else {}
-    log(summary(out, metrics))
+    log(report.summary(out, metrics))
     return metrics
 
 
@@ -224,9 +204,8 @@ def _threads_arg(text: str) -> int:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m helpers run") -> int:
-    ap = argparse.ArgumentParser(
-        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    fmt = argparse.RawDescriptionHelpFormatter
+    ap = argparse.ArgumentParser(prog, description=__doc__, formatter_class=fmt)
     add = ap.add_argument
     add("--data", help="MVTec-layout folder (holding the category); default: the synthetic set")
     add("--out", required=True, help="run folder (created; never overwritten silently)")
@@ -235,11 +214,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m helpers run") -> 
         "OUT/summary.csv/.md")  # fmt: skip
     add("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
         help="set a notebook parameter (repeatable)")  # fmt: skip
-    add(
-        "--preset",
-        choices=sorted(parameters.PRESETS),
-        help="start from a preset (demo: the demo's)",
-    )
+    add("--preset", choices=sorted(parameters.PRESETS),
+        help="start from a preset (demo: the demo's)")  # fmt: skip
     add("--overwrite", action="store_true", help="delete an existing run folder first")
     add("--resume", action="store_true", help="continue an existing run folder")
     add("--html", action="store_true", help="also write each executed notebook as HTML")
@@ -252,10 +228,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m helpers run") -> 
     many = args.category is not None and ("," in args.category or args.category.strip() == "all")
     try:
         if many:
-            from helpers.tools.report import parse_categories, run_categories
-
-            names = parse_categories(args.category, args.data)
-            rows = run_categories(run_pipeline, args.out, args.data, names, **kw)
+            names = report.parse_categories(args.category, args.data)
+            rows = report.run_categories(run_pipeline, args.out, args.data, names, **kw)
             return 0 if all(r["status"] == "done" for r in rows) else 1
         if args.category is not None:
             params["category"] = args.category.strip()

@@ -34,14 +34,11 @@ THRESHOLD_NAMES = ("good_only", "max_of_good")
 
 def threshold_arg(text: str) -> str | float:
     """``--threshold`` of predict and export: a saved threshold's name or a number."""
-    if text in THRESHOLD_NAMES:
-        return text
     try:
-        return float(text)
+        return text if text in THRESHOLD_NAMES else float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: a number or one of {THRESHOLD_NAMES}"
-        ) from None
+        why = f"{text!r}: a number or one of {THRESHOLD_NAMES}"
+        raise argparse.ArgumentTypeError(why) from None
 
 
 class PredictError(RuntimeError):
@@ -102,17 +99,14 @@ def choose_threshold(saved: dict | None, wanted: str | float | None) -> tuple[fl
 
 
 def list_images(items) -> list[tuple[Path, str]]:
-    """(path, name for its overlay) of every image: files as given (any extension: a file that
-    is not an image gets an error row), folders searched recursively for image files. Raises
-    :class:`PredictError` for a missing path or when no image is found."""
-    if isinstance(items, (str, Path)):
-        items = [items]
+    """(path, name for its overlay) of every image: files as given (one that is not an image gets
+    an error row), folders searched recursively for image files; a missing path: PredictError."""
     found: list[tuple[Path, str]] = []
-    for item in items:
+    image = lambda f: f.is_file() and f.suffix.lower() in IMAGE_EXTS and not f.name.startswith(".")
+    for item in [items] if isinstance(items, (str, Path)) else items:
         p = Path(item).expanduser()
         if p.is_dir():
-            image = lambda f: f.suffix.lower() in IMAGE_EXTS and not f.name.startswith(".")
-            files = sorted(f for f in p.rglob("*") if f.is_file() and image(f))
+            files = sorted(f for f in p.rglob("*") if image(f))
             if not files:
                 raise PredictError(f"{p} holds no image files ({', '.join(IMAGE_EXTS)})")
             found += [(f, str(Path(p.name) / f.relative_to(p))) for f in files]
@@ -135,9 +129,8 @@ def _overlay_name(name: str, used: set[str]) -> str:
 
 
 def overlay(image: np.ndarray, amap: np.ndarray, threshold: float | None, text: str) -> np.ndarray:
-    """RGB uint8: ``image`` half-covered by its anomaly map in the JET colours, from half the
-    threshold (blue) to 1.5 x the threshold (red; without a threshold: the map's own range),
-    the region at or above the threshold outlined in white, ``text`` at the top left."""
+    """RGB uint8: ``image`` half-covered by its map in JET colours from 0.5 (blue) to 1.5 (red) x
+    the threshold (else the map's range), the region above it outlined in white, ``text``."""
     span = (float(amap.min()), float(amap.max()) or 1.0)
     lo, hi = (0.5 * threshold, 1.5 * threshold) if threshold else span
     level = np.clip((amap - lo) / max(hi - lo, 1e-12), 0, 1)
@@ -149,20 +142,20 @@ def overlay(image: np.ndarray, amap: np.ndarray, threshold: float | None, text: 
         cv2.drawContours(out, contours, -1, (255, 255, 255), max(1, image.shape[0] // 256))
     scale = max(0.4, image.shape[0] / 700)
     for colour, width in (((0, 0, 0), 4), ((255, 255, 255), 1)):  # white on a black edge
-        cv2.putText(
-            out, text, (8, int(24 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, width
-        )
+        cv2.putText(out, text, (8, int(24 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, colour,
+                    width)  # fmt: skip
     return out
 
 
 def predict(source: str | Path | PatchCore, images, out: str | Path | None = None, *,
             overlays: bool = False, threshold: str | float | None = None, progress: bool = True,
             **overrides) -> PredictResult:  # fmt: skip
-    """Score ``images`` (files, folders) with the model in ``source`` (a run folder, a bank
-    file or a fitted :class:`PatchCore`); with ``out``, write ``predictions.csv`` there (and
-    with ``overlays`` the overlays in ``out/overlays/``). ``threshold``: "good_only" (default),
-    "max_of_good" or a number. ``overrides``: runtime fields (device, batch_size, ...). Raises
-    :class:`PredictError` when nothing could be scored."""
+    """Score ``images`` (files, folders) with ``source`` (a run folder, a bank file or a fitted
+    :class:`PatchCore`); with ``out``, write ``predictions.csv`` (and ``overlays`` in
+    ``out/overlays/``) there. ``threshold``: "good_only" (default), "max_of_good" or a number;
+    ``overrides``: runtime fields (device, batch_size...). Nothing scored: PredictError."""
+    from tqdm.auto import tqdm
+
     if isinstance(source, PatchCore):
         model, saved = source, source.threshold
     else:
@@ -172,13 +165,9 @@ def predict(source: str | Path | PatchCore, images, out: str | Path | None = Non
     out = None if out is None else Path(out).expanduser()
     if overlays and out is None:
         raise PredictError("overlays need an output folder (out=...)")
-    rows, written, used = [], [], set()
-    from tqdm.auto import tqdm
-
-    bar = tqdm(
-        total=len(items), desc="predict", unit="image", file=sys.stderr, disable=not progress
-    )
-    step = model.config.batch_size
+    rows, written, used, step = [], [], set(), model.config.batch_size
+    kw = dict(desc="predict", unit="image", file=sys.stderr, disable=not progress)
+    bar = tqdm(total=len(items), **kw)
     for start in range(0, len(items), step):
         chunk, arrays, keep = items[start : start + step], [], []
         for path, name in chunk:
@@ -212,9 +201,8 @@ def predict(source: str | Path | PatchCore, images, out: str | Path | None = Non
     if out is not None:
         result.csv = write_csv(out / "predictions.csv", rows)
     if not result.n_scored:
-        raise PredictError(
-            f"none of the {len(rows)} image(s) could be scored; {rows[0].path}: {rows[0].error}"
-        )
+        why = f"{rows[0].path}: {rows[0].error}"
+        raise PredictError(f"none of the {len(rows)} image(s) could be scored; {why}")
     return result
 
 
@@ -231,10 +219,8 @@ def read_csv(path: str | Path) -> list[dict]:
     """The rows of a ``predictions.csv`` (score and threshold as floats, None when empty)."""
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    for r in rows:
-        for k in ("score", "threshold"):
-            r[k] = float(r[k]) if r[k] else None
-    return rows
+    num = lambda text: float(text) if text else None
+    return [{**r, "score": num(r["score"]), "threshold": num(r["threshold"])} for r in rows]
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m helpers predict") -> int:
@@ -259,17 +245,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m helpers predict")
     verdicts = [r.verdict for r in result.rows]
     errors = verdicts.count("error")
     value = "none" if result.threshold is None else f"{result.threshold:.6g}"
-    print(
-        f"scored {result.n_scored} image(s): {verdicts.count('defective')} defective, "
-        f"{verdicts.count('good')} good"
-        + (f", {errors} unreadable (see the error column)" if errors else "")
-        + f"\nthreshold: {value} - {result.threshold_note}\nwrote {result.csv}"
-        + (
-            f" and {len(result.overlays)} overlays in {Path(args.out) / 'overlays'}"
-            if args.overlays
-            else ""
-        )
-    )
+    unreadable = f", {errors} unreadable (see the error column)" if errors else ""
+    pics = f" and {len(result.overlays)} overlays in {Path(args.out) / 'overlays'}"
+    pics = pics if args.overlays else ""
+    print(f"scored {result.n_scored} image(s): {verdicts.count('defective')} defective, "
+          f"{verdicts.count('good')} good{unreadable}\nthreshold: {value} - "
+          f"{result.threshold_note}\nwrote {result.csv}{pics}")  # fmt: skip
     return 0
 
 

@@ -34,10 +34,8 @@ def load_state(out: Path) -> dict:
     try:
         state = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        why = f"{type(exc).__name__}: {exc}"
-        raise PipelineError(
-            f"cannot read {path} ({why}); it holds the run's parameters: {AGAIN}"
-        ) from exc
+        why = f"({type(exc).__name__}: {exc}); it holds the run's parameters: {AGAIN}"
+        raise PipelineError(f"cannot read {path} {why}") from exc
     if not isinstance(state, dict) or not isinstance(state.get("parameters", {}), dict):
         raise PipelineError(f"{path} is not a run state (a JSON object with 'parameters'); {AGAIN}")
     return state
@@ -67,8 +65,7 @@ def prepare_folder(out: Path, overwrite: bool, resume: bool, data: Path | None) 
     try:
         if not existing.is_dir():
             raise NotADirectoryError(f"{existing} is a file")
-        with tempfile.TemporaryFile(dir=existing):
-            pass
+        tempfile.TemporaryFile(dir=existing).close()
     except OSError as exc:
         raise unwritable(out, f"{existing}: {exc.strerror or exc}") from exc
     if not out.exists() or not any(out.iterdir()):
@@ -96,8 +93,8 @@ def prepare_folder(out: Path, overwrite: bool, resume: bool, data: Path | None) 
 
 
 def failure_message(nb: str, exc: BaseException, target: Path, out: Path) -> str:
-    """What to tell the user when a notebook failed; a dead kernel is named as such, with its
-    likely cause (memory), since its notebook holds no error cell."""
+    """What to tell the user when a notebook failed; a dead kernel (no error cell) is named, with
+    its likely cause (memory)."""
     if type(exc).__name__ == "DeadKernelError" or "Kernel died" in str(exc):
         return (
             f"the kernel running {nb} died (no Python error: most likely the operating system "
@@ -106,21 +103,18 @@ def failure_message(nb: str, exc: BaseException, target: Path, out: Path) -> str
             f"(-p NAME VALUE) and continue with --resume."
         )
     lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    error = next(
-        (line for line in reversed(lines) if "Error" in line),
-        lines[-1] if lines else type(exc).__name__,
-    )
+    last = lines[-1] if lines else type(exc).__name__
+    error = next((line for line in reversed(lines) if "Error" in line), last)
     return (
         f"{nb} failed ({error.strip()}).\nThe executed notebook with the error is {target}.\n"
-        "Fix the cause and continue with --resume (finished notebooks and artifacts are "
-        "reused)."
+        "Fix the cause and continue with --resume (finished notebooks and artifacts are reused)."
     )
 
 
 def preflight(params: dict[str, Any]) -> str:
     """Before any notebook runs: find (or download) the data, check every image and mask, say what
-    the test set allows, compare the fit's memory estimate with what is free. Returns the lines to
-    print; a PipelineError names the path, estimate or knob at fault."""
+    the test set allows, compare the fit's memory estimate with what is free. Returns the lines;
+    a PipelineError names the path, estimate or knob at fault."""
     from helpers.core.model import PatchCore
     from helpers.core.training import available_ram, check_fit_memory
     from helpers.lessons.timing import resolve_device_quietly
@@ -133,8 +127,7 @@ def preflight(params: dict[str, Any]) -> str:
     notes: list[str] = []
     if run.is_synthetic:
         syn = run.data.synthetic
-        n_train = syn["n_train"]
-        n_good, n_bad = syn["n_test_good"], 4 * syn["n_per_defect"]
+        n_train, n_good, n_bad = syn["n_train"], syn["n_test_good"], 4 * syn["n_per_defect"]
         n_masks, n_types = n_bad, 4 if n_bad else 0
     else:
         n_train, (n_good, n_bad, n_masks, n_types), notes = _check_folder(run)
@@ -143,8 +136,7 @@ def preflight(params: dict[str, Any]) -> str:
     if n_good + n_bad == 0:
         raise PipelineError(
             f"data: no test images under {run.data_root} (every folder of test/ is empty); "
-            "notebooks 04 and 05 score the test set: add test images (test/good/, "
-            "test/<defect>/)"
+            "notebooks 04 and 05 score the test set: add test images (test/good/, test/<defect>/)"
         )
     try:
         device = resolve_device_quietly(c.device)
@@ -155,53 +147,41 @@ def preflight(params: dict[str, Any]) -> str:
         est = check_fit_memory(c, model.device, n_train)
     except MemoryError as exc:
         raise PipelineError(f"memory: {exc}") from exc
-    free = available_ram()
-    out = Path(params["run_dir"])
+    free, out = available_ram(), Path(params["run_dir"])
     existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
     disk = shutil.disk_usage(existing).free  # --out and its parents may not exist yet
     if est["disk"] > 0.9 * disk:
         raise PipelineError(
-            f"disk: the fit writes {est['disk'] / 2**30:.1f} GiB of features to "
-            f"{out} but {disk / 2**30:.1f} GiB is free; choose another --out, or "
-            f"lower input_size or train_rotations"
+            f"disk: the fit writes {est['disk'] / 2**30:.1f} GiB of features to {out} but "
+            f"{disk / 2**30:.1f} GiB is free; choose another --out, or lower input_size or "
+            "train_rotations"
         )
+    slow = " (no CUDA GPU: slower)" if model.device.type == "cpu" and c.device == "auto" else ""
     first = (
         f"preflight: {n_train} training images x {c.rotations_for(n_train)} rotation(s) at "
-        f"{c.input_size} px on {model.device.type}"
-        + (" (no CUDA GPU: slower)" if model.device.type == "cpu" and c.device == "auto" else "")
-        + f"; fit needs ~{est['ram'] / 2**30:.1f} GiB RAM"
-        + (f" of {free / 2**30:.1f} GiB free" if free else "")
+        f"{c.input_size} px on {model.device.type}{slow}; fit needs ~{est['ram'] / 2**30:.1f} GiB "
+        "RAM" + (f" of {free / 2**30:.1f} GiB free" if free else "")
         + (f", {est['disk'] / 2**30:.1f} GiB disk" if est["disk"] else "")
-    )
+    )  # fmt: skip
     return "\n".join([first, test_set_line(n_good, n_bad, n_masks, n_types), *notes])
 
 
 def test_set_line(n_good: int, n_bad: int, n_masks: int, n_types: int) -> str:
     """What the test set allows notebook 05 to compute (the rest is null in metrics.json)."""
-    head = (
-        f"preflight: test set of {n_good} good + {n_bad} defective image(s)"
-        + (f" ({n_types} defect type(s), {n_masks} with a mask)" if n_bad else "")
-        + ": "
-    )
-    if n_good and n_bad:
-        image = "image AUROC, F1 threshold and per-defect AUROC"
-    else:
-        missing = "no good" if not n_good else "no defective"
-        image = f"image AUROC, F1 threshold and per-defect AUROC null ({missing} test images)"
-    pixel = (
-        "pixel AUROC and AUPRO"
-        if n_masks
-        else "pixel AUROC and AUPRO null (no defective image with a mask)"
-    )
+    kinds = f" ({n_types} defect type(s), {n_masks} with a mask)" if n_bad else ""
+    head = f"preflight: test set of {n_good} good + {n_bad} defective image(s){kinds}: "
+    none = "defective" if n_good else "good"
+    missing = "" if n_good and n_bad else f" null (no {none} test images)"
+    image = f"image AUROC, F1 threshold and per-defect AUROC{missing}"
+    pixel = "pixel AUROC and AUPRO" + ("" if n_masks else " null (no defective image with a mask)")
     if n_good and n_bad and n_masks:
         return head + f"{image}, {pixel} will be computed"
     return head + "; ".join(p if "null" in p else p + " will be computed" for p in (image, pixel))
 
 
 def _check_folder(run: Run) -> tuple[int, tuple[int, int, int, int], list[str]]:
-    """Training images, (good, defective, masked, defect types) test images and the data
-    warnings (one line per kind, counted) of a data folder; an unreadable image stops here
-    unless ``skip_bad_images``."""
+    """Training images, (good, defective, masked, defect types) test images and the data warnings
+    (one line per kind) of a data folder; an unreadable image stops here unless skip_bad_images."""
     from helpers.data.mvtec import DatasetError, check_masks, warn_mask_issues
 
     data = run.data
@@ -221,24 +201,15 @@ def _check_folder(run: Run) -> tuple[int, tuple[int, int, int, int], list[str]]:
             )
         train, test = data.train_samples, data.test_samples  # less the unreadable (skip)
         warn_mask_issues(check_masks(test))
-    notes = []
-    for w in caught:
-        line = f"data: {str(w.message).splitlines()[0]}"
-        if line not in notes:
-            notes.append(line)
-    bad_test = [s for s in test if s.defect != "good"]
-    counts = (
-        len(test) - len(bad_test),
-        len(bad_test),
-        sum(s.mask_path is not None for s in bad_test),
-        len({s.defect for s in bad_test}),
-    )
-    return len(train), counts, notes
+    notes = list(dict.fromkeys(f"data: {str(w.message).splitlines()[0]}" for w in caught))
+    bad = [s for s in test if s.label]
+    masked = sum(s.mask_path is not None for s in bad)
+    return len(train), (len(test) - len(bad), len(bad), masked, len({s.defect for s in bad})), notes
 
 
 def summary(out: Path, metrics: dict) -> str:
     """The closing summary of a run: its headline metrics, figures and notebooks."""
-    html = " (+ .html)" if list((out / "notebooks").glob("*.html")) else ""
+    html = " (+ .html)" if any((out / "notebooks").glob("*.html")) else ""
     return "\n".join([
         f"Results in {out}/",
         *metrics_lines(metrics),
@@ -253,16 +224,14 @@ def parse_categories(value: str, data: str | None) -> list[str]:
     if value.strip() == "all":
         if data is None:
             raise PipelineError("--category all needs --data (the folder holding the categories)")
-        root = Path(data).expanduser()
-        if not root.is_dir():
+        if not (root := Path(data).expanduser()).is_dir():
             raise PipelineError(f"data folder {root} does not exist")
-        found = sorted(p.name for p in root.iterdir() if (p / "train" / "good").is_dir())
-        if not found:
-            raise PipelineError(
-                f"no category folders in {root} (looked for <category>/train/good); "
-                "--category all needs the folder that holds the categories"
-            )
-        return found
+        if found := sorted(p.name for p in root.iterdir() if (p / "train" / "good").is_dir()):
+            return found
+        raise PipelineError(
+            f"no category folders in {root} (looked for <category>/train/good); "
+            "--category all needs the folder that holds the categories"
+        )
     names = [v.strip() for v in value.split(",") if v.strip()]
     if not names:
         raise PipelineError("--category: give a name, a comma-separated list or all")
@@ -276,15 +245,13 @@ def run_categories(runner: Callable[..., dict], out, data, categories: list[str]
     """The main job (``runner``: :func:`helpers.tools.pipeline.run_pipeline`, given ``kw``) for
     each of ``categories`` into ``out/<category>``; returns the summary rows, also written to
     ``out/summary.csv`` and ``out/summary.md`` after each category."""
-    out = Path(out).expanduser().resolve()
-    rows = []
+    out, rows = Path(out).expanduser().resolve(), []
     for i, category in enumerate(categories, 1):
         log(f"[{i}/{len(categories)}] {category}")
+        p = {**(params or {}), "category": category}
         try:
-            p = {**(params or {}), "category": category}
-            rows.append(
-                summary_row(category, "done", runner(out / category, data, params=p, log=log, **kw))
-            )
+            metrics = runner(out / category, data, params=p, log=log, **kw)
+            rows.append(summary_row(category, "done", metrics))
         except PipelineError as exc:
             log(f"  {category} failed: {exc}")
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else "failed"
