@@ -24,17 +24,19 @@ def _symmetric_pad(x: torch.Tensor, r: int, dim: int) -> torch.Tensor:
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float, chunk: int = 8) -> torch.Tensor:
-    """Blur [B, H, W] maps with a separable Gaussian, ``chunk`` maps at a time (the CPU's conv2d
-    copies each map 2r + 1 times: 112 maps of 320 px at sigma 8 took 3.6 GB at once); sigma <= 0
+    """Blur [B, H, W] maps with a separable Gaussian, ``chunk`` maps at a time (bounded memory:
+    112 maps of 320 px at sigma 8 peaked at 1.07 GB at once, 0.70 GB in chunks); sigma <= 0
     returns the input."""
     if sigma <= 0:
         return maps
     k = gaussian_kernel1d(sigma).to(maps.device, maps.dtype)
     r = (k.numel() - 1) // 2
+    x = maps.unsqueeze(1)  # [B, 1, H, W]
+    parts = [x] if torch.onnx.is_in_onnx_export() else x.split(chunk)  # ONNX: one graph, any B
     out = []
-    for x in maps.unsqueeze(1).split(chunk):  # [chunk, 1, H, W]
-        x = F.conv2d(_symmetric_pad(x, r, 3), k.view(1, 1, 1, -1))
-        out.append(F.conv2d(_symmetric_pad(x, r, 2), k.view(1, 1, -1, 1)))
+    for part in parts:
+        part = F.conv2d(_symmetric_pad(part, r, 3), k.view(1, 1, 1, -1))
+        out.append(F.conv2d(_symmetric_pad(part, r, 2), k.view(1, 1, -1, 1)))
     return torch.cat(out).squeeze(1)
 
 
