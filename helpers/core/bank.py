@@ -88,8 +88,8 @@ def versions() -> dict[str, str]:
 
     from helpers.core import __version__
 
-    libs = dict(torch=torch, torchvision=torchvision, numpy=np, opencv=cv2)
-    libs["scikit-learn"] = sklearn
+    libs = {"torch": torch, "torchvision": torchvision, "numpy": np, "opencv": cv2,
+            "scikit-learn": sklearn}  # fmt: skip
     found = {k: m.__version__ for k, m in libs.items()}
     return {"helpers": __version__, **found, "python": platform.python_version()}
 
@@ -150,7 +150,8 @@ def read_bank(path: str | Path, config: Config | None = None, **overrides) -> tu
         shape = None if bank is None else tuple(bank.shape)
         raise BankMismatchError(f"{path}: memory_bank tensor missing or of shape {shape}, expected "
                                 f"[M, {cfg.embed_dim}]")  # fmt: skip
-    if meta.get("checksum", digest := "sha256:" + bank_digest(bank)) != digest:
+    digest = "sha256:" + bank_digest(bank)
+    if meta.get("checksum", digest) != digest:  # a file without a checksum is not refused
         raise BankMismatchError(f"{path}: the values do not match the checksum in its header "
                                 f"(damaged); {REBUILD}")  # fmt: skip
     if not torch.isfinite(bank).all():
@@ -226,7 +227,15 @@ def good_only_threshold(scores, false_alarm_rate: float = 0.05) -> dict:
     # just above a float32 score: an image scoring exactly s[k - 1] passes (flagged: >=)
     above = lambda x: float(np.nextafter(np.float32(x), np.float32(np.inf)))
     value = above(s[k - 1])
-    return {"value": value, "false_alarm_rate": alpha,
-            "expected_false_alarm_rate": (n + 1 - k) / (n + 1), "reachable": reachable, "rank": k,
-            "n_images": n, "held_out_flagged": int((s >= value).sum()), "max_of_good": above(s[-1]),
-            "max_of_good_expected_false_alarm_rate": 1 / (n + 1), "method": METHOD}  # fmt: skip
+    return {
+        "value": value,
+        "false_alarm_rate": alpha,
+        "expected_false_alarm_rate": (n + 1 - k) / (n + 1),
+        "reachable": reachable,
+        "rank": k,
+        "n_images": n,
+        "held_out_flagged": int((s >= value).sum()),
+        "max_of_good": above(s[-1]),
+        "max_of_good_expected_false_alarm_rate": 1 / (n + 1),
+        "method": METHOD,
+    }
