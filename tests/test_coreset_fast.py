@@ -67,3 +67,19 @@ def test_filtered_coreset_branches_all_match_the_reference(
 def test_coreset_rejects_unknown_method():
     with pytest.raises(ValueError, match="method"):
         greedy_coreset(torch.randn(50, 8), 5, method="fast")
+
+
+@pytest.mark.parametrize("q", [1, 4, 16])
+def test_filtered_cascade_split_never_changes_the_picks(monkeypatch, q):
+    """The full pass tests the top-q split first (q = 16 = p: no cascade); every split keeps
+    every row whose distance can drop, so the picks stay the reference's."""
+    import functools
+
+    import helpers.core.coreset_fast as cf
+
+    monkeypatch.setattr(cf, "filtered", functools.partial(cf.filtered, q=q))
+    feats = _clustered(3000, 96, 7, dup_every=13)
+    with cpu_threads(1):
+        ref = greedy_coreset_reference(feats, 500, projection_dim=48, seed=7)
+    got = greedy_coreset(feats, 500, projection_dim=48, seed=7, method="filtered", filter_dim=16)
+    assert torch.equal(got, ref)
