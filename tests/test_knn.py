@@ -133,6 +133,10 @@ def test_auto_backend_is_faiss_on_the_cpu_when_installed_and_torch_otherwise(mon
     assert knn_module.resolve_backend("auto", q.device) == expected
     assert knn_module.resolve_backend("torch", q.device) == "torch"
     assert knn_module.resolve_backend("auto", torch.device("cuda")) == "torch"
+    few, many = knn_module.FAISS_MIN_QUERIES - 1, knn_module.FAISS_MIN_QUERIES
+    assert knn_module.resolve_backend("auto", q.device, few) == "torch"  # faiss is slow for few
+    assert knn_module.resolve_backend("auto", q.device, many) == expected
+    assert knn_module.resolve_backend("faiss", q.device, 1) == "faiss"  # asked for: kept
     monkeypatch.setattr(knn_module, "faiss_available", lambda: False)
     assert knn_module.resolve_backend("auto", q.device) == "torch"
     from helpers.core.bank import MemoryBank

@@ -79,6 +79,36 @@ def test_held_out_scores_equal_a_bank_built_without_each_image(fit_with_features
     assert (scores > full).all()  # its own patches, kept in M, made each image look normal
 
 
+@pytest.mark.parametrize("head_rows", [4, 16, 64])
+def test_held_out_scores_search_only_the_patches_that_can_give_s_star(fit_with_features, head_rows):
+    """Bounding the patches by the bank's first rows and searching only those that may hold the
+    largest distance gives every image the score of the full search (any head size)."""
+    model, feats = fit_with_features
+    full, _ = held_out_scores(model, feats, head_rows=0)
+    pruned, _ = held_out_scores(model, feats, head_rows=head_rows)
+    np.testing.assert_allclose(pruned, full, rtol=1e-6)
+    from helpers.core.bank import could_give_s_star
+
+    h, w = feats.grid
+    first = feats.rows(torch.arange(h * w)).float()  # image 0's unrotated patches
+    assert len(could_give_s_star(first, model.bank, head_rows)) < h * w  # some were not searched
+
+
+def test_could_give_s_star_keeps_the_farthest_patch_and_drops_near_ones():
+    from helpers.core.bank import MemoryBank, could_give_s_star
+
+    g = torch.Generator().manual_seed(0)
+    bank = MemoryBank(torch.randn(4096, 16, generator=g))
+    patches = bank.features[torch.randperm(4096, generator=g)[:400]] + 0.01  # all near the bank
+    patches[123] += 5.0  # one far patch: s*
+    kept = could_give_s_star(patches, bank)
+    d = bank.nearest(patches, 1)[0][:, 0]
+    assert 123 in kept.tolist() and int(d.argmax()) == 123
+    assert len(kept) < 100  # the near patches' bounds fall below s*, so they are not searched
+    assert torch.equal(kept, kept.sort().values)
+    assert len(could_give_s_star(patches, MemoryBank(bank.features[:1000]))) == 400  # small bank
+
+
 def test_held_out_scores_refuse_a_bank_not_built_from_these_features(fit_with_features):
     model, feats = fit_with_features
     other = PatchCore(model.config)

@@ -7,6 +7,7 @@ conformal, approximately; benchmarks/RESULTS.md, "A threshold from good parts on
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -66,7 +67,7 @@ class MemoryBank:
     def nearest(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """(distances [Q, k] ascending, row indices [Q, k]) of each query's k nearest rows."""
         kw = dict(distance=self.distance, norm_floor=self.norm_floor)
-        if resolve_backend(self.backend, queries.device) == "faiss":
+        if resolve_backend(self.backend, queries.device, queries.shape[0]) == "faiss":
             if self._faiss is None:  # built once: it copies the whole bank
                 self._faiss = faiss_index(self.features, self.distance, self.norm_floor)
             return knn_faiss(queries, self.features, k, index=self._faiss, **kw)
@@ -74,6 +75,13 @@ class MemoryBank:
         what = "nearest-neighbour search (memory_mb)"
         out, self.memory_mb = run_halving(run, self.memory_mb, what)
         return out
+
+    def head(self, k: int) -> MemoryBank:
+        """The first ``k`` rows, searched with this bank's distance and norm floor (a greedy bank's
+        first k rows are the coreset of size k)."""
+        head = copy.copy(self)
+        head.features, head.sqn, head._faiss = self.features[:k], self.sqn[:k], None
+        return head
 
     def distance_to(self, a: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Distance of ``a`` [..., 1, D] to bank rows ``rows`` [..., k], as :meth:`nearest`."""
@@ -162,10 +170,13 @@ def read_bank(path: str | Path, config: Config | None = None, **overrides) -> tu
 
 
 # ------------------------------------------------------------------ the good-only threshold
-def held_out_scores(model, feats: TrainingFeatures, progress=False) -> tuple[np.ndarray, dict]:
+def held_out_scores(model, feats: TrainingFeatures, progress=False,
+                    head_rows: int | None = None) -> tuple[np.ndarray, dict]:  # fmt: skip
     """(scores [n_images], info): each training image's unrotated view scored against the bank of
     ``model`` (a fitted PatchCore) minus the rows copied from any of that image's patches;
-    ValueError when a bank row copies no training patch (the bank is not of these features)."""
+    ValueError when a bank row copies no training patch (the bank is not of these features).
+    Only the patches that can give s* are searched in full (:func:`could_give_s_star`; ``head_rows``
+    rows bound the rest: default 1/8 of a bank of >= 2,048 rows, 0 searches every patch)."""
     bank = model.bank
     if bank is None:
         raise RuntimeError("held-out scores need a fitted model (fit or load first)")
@@ -193,8 +204,9 @@ def held_out_scores(model, feats: TrainingFeatures, progress=False) -> tuple[np.
                 keep = torch.ones(len(bank), dtype=torch.bool, device=features.device)
                 keep[own] = False
                 sub = MemoryBank.for_config(features[keep], model.config)
-            emb = block[: h * w].reshape(1, h, w, -1).to(features.device)
-            scores[i] = float(model.score_embeddings(emb, bank=sub)[0][0])
+            emb = block[: h * w].to(features.device)
+            emb = emb[could_give_s_star(emb, sub, head_rows)]  # s depends on one patch alone
+            scores[i] = float(model.score_embeddings(emb[None, None], bank=sub)[0][0])
     if not owned.all():
         raise ValueError(f"{int((~owned).sum())} of {len(bank)} memory-bank rows are copies of no "
                          "training patch: the bank was not built from these training features "
@@ -202,6 +214,26 @@ def held_out_scores(model, feats: TrainingFeatures, progress=False) -> tuple[np.
                          "features, then compute the threshold.")  # fmt: skip
     info = {"method": METHOD, "n_images": n, "views_per_image": views, "bank_rows": len(bank)}
     return scores, info
+
+
+def could_give_s_star(patches: torch.Tensor, bank: MemoryBank, head_rows: int | None = None,
+                      first: int = 32, margin: float = 1e-3) -> torch.Tensor:  # fmt: skip
+    """Positions (ascending) of the ``patches`` [P, D] whose distance to ``bank`` may be the largest,
+    s* (eq. 6): the image score s depends on that patch alone. The distance to the bank's first
+    ``head_rows`` rows (default 1/8 of a bank of >= 2,048 rows) bounds each patch's from above; the ``first``
+    largest bounds are searched in full, and every patch whose bound reaches their largest distance
+    (less ``margin``, relative, for float32 rounding) is kept. Every position for a small bank."""
+    n = patches.shape[0]
+    if head_rows is None:  # a small bank: searching every patch in full is cheap
+        head_rows = len(bank) // 8 if len(bank) >= 2048 else 0
+    if not 0 < head_rows < len(bank) or n <= first:
+        return torch.arange(n, device=patches.device)
+    bound = bank.head(head_rows).nearest(patches, 1)[0][:, 0]
+    top = torch.topk(bound, first).indices
+    best = bank.nearest(patches[top], 1)[0].max()
+    keep = bound >= best * (1 - margin)
+    keep[top] = True
+    return torch.nonzero(keep).squeeze(1)
 
 
 def good_only_threshold(scores, false_alarm_rate: float = 0.05) -> dict:
