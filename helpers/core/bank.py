@@ -218,11 +218,12 @@ def held_out_scores(model, feats: TrainingFeatures, progress=False,
 
 def could_give_s_star(patches: torch.Tensor, bank: MemoryBank, head_rows: int | None = None,
                       first: int = 32, margin: float = 1e-3) -> torch.Tensor:  # fmt: skip
-    """Positions (ascending) of the ``patches`` [P, D] whose distance to ``bank`` may be the largest,
-    s* (eq. 6): the image score s depends on that patch alone. The distance to the bank's first
-    ``head_rows`` rows (default 1/8 of a bank of >= 2,048 rows) bounds each patch's from above; the ``first``
-    largest bounds are searched in full, and every patch whose bound reaches their largest distance
-    (less ``margin``, relative, for float32 rounding) is kept. Every position for a small bank."""
+    """Positions (ascending) of the ``patches`` [P, D] whose distance to ``bank`` may be the
+    largest, s* (eq. 6): the image score s depends on that patch alone. The distance to the bank's
+    first ``head_rows`` rows (default 1/8 of a bank of >= 2,048 rows) bounds each patch's from
+    above; the ``first`` largest bounds are searched in full, and every patch whose bound reaches
+    their largest distance (less ``margin``, relative, for float32 rounding) is kept. Every
+    position for a small bank."""
     n = patches.shape[0]
     if head_rows is None:  # a small bank: searching every patch in full is cheap
         head_rows = len(bank) // 8 if len(bank) >= 2048 else 0
