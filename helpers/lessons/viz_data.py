@@ -3,9 +3,12 @@ notebook 01's dataset figures (counts, samples, image statistics, the brightness
 
 from __future__ import annotations
 
+import functools
 import html
+import os
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -152,17 +155,12 @@ def sample_grid(samples, per_defect: int = 2) -> Figure:
 
 def image_statistics(samples) -> tuple[Table, Figure]:
     """Image sizes, per-channel means and a brightness distribution per defect type."""
-    from helpers.core.images import load_image
-
     sizes, bright = Counter(), {}
     hist = {"good": np.zeros((3, 64)), "defective": np.zeros((3, 64))}
-    for s in samples:
-        img = load_image(s.path)
-        sizes[f"{img.shape[1]}x{img.shape[0]}"] += 1
-        bright.setdefault(s.defect, []).append(float(img.mean()))
-        key = "good" if s.defect == "good" else "defective"
-        for c in range(3):
-            hist[key][c] += np.bincount(img[..., c].ravel() >> 2, minlength=64)  # 64 bins of 4
+    for s, (size, mean, counts) in zip(samples, _summaries(samples)):
+        sizes[size] += 1
+        bright.setdefault(s.defect, []).append(mean)
+        hist["good" if s.defect == "good" else "defective"] += counts
     rows = [(d, len(v), float(np.mean(v)), float(np.std(v))) for d, v in bright.items()]
     title = "Mean grey level (0-255) per defect type; sizes: "
     title += ", ".join(f"{k} ({v})" for k, v in sizes.items())
@@ -185,17 +183,40 @@ def image_statistics(samples) -> tuple[Table, Figure]:
     return table, fig
 
 
+def _summaries(samples) -> list[tuple[str, float, np.ndarray]]:
+    """(size "WxH", mean grey level, [3, 64] channel histogram) of each sample's image, read by
+    two threads (the PNG decode releases the GIL) and kept for the next call (01: one read each)."""
+    keys = [(str(s.path), _mtime(s.path)) for s in samples]
+    with ThreadPoolExecutor(2) as pool:
+        return list(pool.map(lambda key: _summary(*key), keys))
+
+
+def _mtime(path) -> int:  # -1 for a missing file: load_image then says what is wrong
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return -1
+
+
+@functools.lru_cache(maxsize=4096)
+def _summary(path: str, mtime_ns: int) -> tuple[str, float, np.ndarray]:
+    from helpers.core.images import load_image
+
+    img = load_image(path)
+    counts = [np.bincount(img[..., c].ravel() >> 2, minlength=64) for c in range(3)]  # bins of 4
+    return f"{img.shape[1]}x{img.shape[0]}", float(img.mean()), np.stack(counts)
+
+
 def brightness_baseline(samples) -> Table:
     """Notebooks 01 and 05: a brightness-only detector, the image AUROC of each test image's mean
     grey level, per defect type against the good test images (0.5: no signal; near 1 or 0: a
     shortcut in the data), also as ``table.aurocs`` ({type or "all defects": AUROC})."""
-    from helpers.core.images import load_image
     from helpers.evaluation.metrics import image_auroc
 
     bright = {}
-    for s in samples:
-        if s.split == "test":
-            bright.setdefault(s.defect, []).append(float(load_image(s.path).mean()))
+    test = [s for s in samples if s.split == "test"]
+    for s, (_, mean, _) in zip(test, _summaries(test)):
+        bright.setdefault(s.defect, []).append(mean)
     good = bright.get("good", [])
     groups = [(d, v) for d, v in bright.items() if d != "good"]
     groups.append(("all defects", [b for _, v in groups for b in v]))

@@ -64,7 +64,7 @@ _NOTEBOOK = {
     "coverage_ratios": ([0.01, 0.02, 0.05, 0.1, 0.25, 0.5], "ratios"),
     "coverage_max_patches": (2000, (2, 10**7, "training patches the coverage curve samples")),
     "inference_batch_size": (0, (0, 4096, "0: chosen for the device")),
-    "timing_repeats": (0, (0, 10000, "0: 10 on a GPU, 5 on the CPU")),
+    "timing_repeats": (0, (0, 10000, "0: 10 on a GPU, 3 on the CPU")),
     "interactive": (True, "bool"),
 }  # fmt: skip
 NOTEBOOK_PARAMETERS: dict[str, Any] = {k: default for k, (default, _) in _NOTEBOOK.items()}
