@@ -33,6 +33,27 @@ def test_pool_then_upsample_equals_official_order():
     assert torch.allclose(ours, expected, atol=1e-5)
 
 
+def _unfold_then_pool(fmap, patch_size, out_dim):
+    """The official recipe, literally: unfold, one row per position, adaptive_avg_pool1d."""
+    b, c, h, w = fmap.shape
+    cols = F.unfold(fmap, patch_size, padding=(patch_size - 1) // 2)
+    rows = cols.transpose(1, 2).reshape(-1, 1, cols.shape[1])
+    return F.adaptive_avg_pool1d(rows, out_dim).reshape(b, h, w, out_dim).permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize(
+    "shape, patch_size, out_dim",
+    [((2, 12, 9, 7), 3, 12), ((2, 12, 9, 7), 3, 40), ((1, 10, 6, 6), 3, 45), ((2, 8, 5, 5), 5, 8),
+     ((1, 6, 4, 4), 1, 6), ((2, 512, 6, 6), 3, 1024)],
+)  # fmt: skip
+def test_local_patch_pool_is_bitwise_the_unfold_recipe(shape, patch_size, out_dim):
+    """The average-pool path (out_dim = C) and the in-place pool give the very same numbers."""
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(out_dim))
+    assert torch.equal(
+        local_patch_pool(x, patch_size, out_dim), _unfold_then_pool(x, patch_size, out_dim)
+    )
+
+
 def test_local_patch_pool_batch_slicing_is_invisible():
     x = torch.randn(5, 6, 7, 7)
     assert torch.allclose(

@@ -205,15 +205,18 @@ def balanced_tap_weights(emb: torch.Tensor, tap_dims: list[int]) -> list[float]:
 def local_patch_pool(fmap: torch.Tensor, patch_size: int, out_dim: int, max_elements=1 << 26):
     """[B, C, h, w] -> [B, out_dim, h, w]: each position's ``patch_size`` neighbourhood (C*p*p
     values, channel-major like ``F.unfold``) adaptive-average-pooled to ``out_dim`` values.
-    Processes the batch in slices so the unfolded tensor stays below ``max_elements``."""
+    Processes the batch in slices so the unfolded tensor stays below ``max_elements``. The same
+    numbers, faster: out_dim = C is each channel's p x p mean (one average pool), otherwise the
+    pool runs along the unfolded axis in place (no transposed copy); tests/test_features.py."""
     b, c, h, w = fmap.shape
     pad, per_image = (patch_size - 1) // 2, c * patch_size * patch_size * h * w
+    if out_dim == c and patch_size % 2:  # bin k holds channel k's p x p values (zeros outside)
+        return F.avg_pool2d(fmap, patch_size, stride=1, padding=pad, count_include_pad=True)
     step = max(1, max_elements // max(per_image, 1))
     out = []
     for i in range(0, b, step):
         part = fmap[i : i + step]
         cols = F.unfold(part, kernel_size=patch_size, padding=pad, stride=1)  # [b, C*p*p, h*w]
-        cols = cols.transpose(1, 2).reshape(-1, 1, cols.shape[1])
-        pooled = F.adaptive_avg_pool1d(cols, out_dim)  # [b*h*w, 1, D]
-        out.append(pooled.reshape(part.shape[0], h, w, out_dim).permute(0, 3, 1, 2))
+        pooled = F.adaptive_avg_pool2d(cols[:, None], (out_dim, cols.shape[2]))  # C*p*p -> D
+        out.append(pooled.reshape(part.shape[0], out_dim, h, w))
     return torch.cat(out, dim=0)
