@@ -128,6 +128,7 @@ def test_faiss_matches_torch_with_a_norm_floor():
 def test_auto_backend_is_faiss_on_the_cpu_when_installed_and_torch_otherwise(monkeypatch):
     from helpers.core import knn as knn_module
 
+    monkeypatch.setattr(knn_module, "bf16_native", lambda: False)  # a CPU without native bf16
     q, b = torch.randn(300, 16), torch.randn(500, 16)
     expected = "faiss" if knn_module.faiss_available() else "torch"
     assert knn_module.resolve_backend("auto", q.device) == expected
@@ -157,3 +158,77 @@ def test_faiss_and_torch_give_the_same_neighbours_and_distances():
         fd, fi = knn_faiss(q, b, 1, distance=distance)
         assert (ti == fi).float().mean() > 0.999  # ties aside, the same row
         torch.testing.assert_close(fd, td, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------ bf16 candidates, exact re-rank
+def _clustered(n_bank=4000, n_query=600, dim=64, seed=0):
+    """Bank rows around 200 centres and queries near bank rows: like patch features, every query
+    has a clear nearest row, far above bf16's rounding."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(200, dim, generator=g) * 3
+    which = torch.randint(0, 200, (n_bank,), generator=g)
+    bank = centres[which] + torch.randn(n_bank, dim, generator=g)
+    near = bank[torch.randint(0, n_bank, (n_query,), generator=g)]
+    return near + 0.3 * torch.randn(n_query, dim, generator=g), bank
+
+
+@pytest.mark.parametrize("distance", ["l2", "cosine"])
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("memory_mb", [1, 256])
+def test_bf16_candidates_give_the_exact_neighbours_of_clustered_rows(distance, k, memory_mb):
+    from helpers.core.knn import knn_bf16
+
+    q, b = _clustered()
+    d, i = knn_bf16(q, b, k, distance=distance, memory_mb=memory_mb)
+    bd, bi = brute(q, b, k, distance)
+    torch.testing.assert_close(d, bd, rtol=1e-4, atol=1e-5)  # float32 rounding, not bf16's
+    assert ((i == bi) | torch.isclose(d, bd, atol=1e-5)).all()
+
+
+def test_bf16_reports_exact_distances_to_the_rows_it_returns_and_never_less_than_the_nearest():
+    """Gaussian rows are the hard case (every row almost equally far): the candidates may miss the
+    nearest row, but each reported distance is the true distance to the reported row, >= the
+    nearest distance; with as many candidates as rows the search is exact."""
+    from helpers.core.knn import knn_bf16
+
+    g = torch.Generator().manual_seed(1)
+    q, b = torch.randn(300, 96, generator=g), torch.randn(2000, 96, generator=g)
+    d, i = knn_bf16(q, b, 2, candidates=4)
+    true = pair_distance(q[:, None], b[i])  # [300, 2], in float32
+    torch.testing.assert_close(d, true, rtol=1e-5, atol=1e-5)
+    bd, _ = brute(q, b, 2, "l2")
+    assert (d >= bd - 1e-4).all() and (d[:, 1] >= d[:, 0]).all()
+    d_all, i_all = knn_bf16(q, b, 2, candidates=len(b))
+    torch.testing.assert_close(d_all, bd, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_bad_inputs_are_the_same_errors():
+    from helpers.core.knn import knn_bf16
+
+    with pytest.raises(ValueError, match="same feature dimension"):
+        knn_bf16(torch.randn(3, 4), torch.randn(5, 6))
+    with pytest.raises(ValueError, match="k=9"):
+        knn_bf16(torch.randn(3, 4), torch.randn(5, 4), k=9)
+
+
+def test_auto_backend_is_bf16_where_the_cpu_has_it(monkeypatch):
+    from helpers.core import knn as knn_module
+    from helpers.core.bank import MemoryBank
+
+    cpu, many = torch.device("cpu"), knn_module.FAISS_MIN_QUERIES
+    monkeypatch.setattr(knn_module, "bf16_native", lambda: True)
+    assert knn_module.resolve_backend("auto", cpu, many) == "bf16"
+    assert knn_module.resolve_backend("auto", cpu, many - 1) == "torch"  # few queries
+    assert knn_module.resolve_backend("auto", torch.device("cuda"), many) == "torch"
+    assert knn_module.resolve_backend("faiss", cpu, many) == "faiss"  # asked for: kept
+    monkeypatch.setattr(knn_module, "bf16_native", lambda: False)
+    assert knn_module.resolve_backend("auto", cpu, many) in ("faiss", "torch")
+    q, b = _clustered(n_query=many)
+    bank = MemoryBank(b, backend="bf16")
+    d, i = bank.nearest(q, 3)
+    td, ti = MemoryBank(b, backend="torch").nearest(q, 3)
+    torch.testing.assert_close(d, td, rtol=1e-4, atol=1e-4)
+    head = bank.head(100)  # its own prepared rows, not the whole bank's
+    hd, hi = head.nearest(q, 1)
+    assert hi.max() < 100
+    torch.testing.assert_close(hd, brute(q, b[:100], 1, "l2")[0], rtol=1e-4, atol=1e-4)

@@ -21,7 +21,15 @@ import numpy as np
 import torch
 
 from helpers.core.config import Config
-from helpers.core.knn import faiss_index, knn_faiss, knn_torch, pair_distance, resolve_backend
+from helpers.core.knn import (
+    Bf16Bank,
+    faiss_index,
+    knn_bf16,
+    knn_faiss,
+    knn_torch,
+    pair_distance,
+    resolve_backend,
+)
 from helpers.core.runtime import load_tensors, run_halving, save_tensors
 from helpers.core.runtime import progress as show_progress
 from helpers.core.training import TrainingFeatures
@@ -51,6 +59,7 @@ class MemoryBank:
         if distance == "cosine" and cosine_floor:
             self.norm_floor = cosine_floor * float(features.float().norm(dim=1).median())
         self._faiss = None  # the faiss index of these rows, made on first use
+        self._bf16 = None  # these rows prepared for knn_bf16, made on first use
 
     @classmethod
     def for_config(cls, features: torch.Tensor, c: Config) -> MemoryBank:
@@ -67,11 +76,19 @@ class MemoryBank:
     def nearest(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """(distances [Q, k] ascending, row indices [Q, k]) of each query's k nearest rows."""
         kw = dict(distance=self.distance, norm_floor=self.norm_floor)
-        if resolve_backend(self.backend, queries.device, queries.shape[0]) == "faiss":
+        backend = resolve_backend(self.backend, queries.device, queries.shape[0])
+        if backend == "faiss":
             if self._faiss is None:  # built once: it copies the whole bank
                 self._faiss = faiss_index(self.features, self.distance, self.norm_floor)
             return knn_faiss(queries, self.features, k, index=self._faiss, **kw)
-        run = lambda mb: knn_torch(queries, self.features, k, memory_mb=mb, bank_sqn=self.sqn, **kw)
+        if backend == "bf16":
+            if self._bf16 is None:  # built once: a float32 and a bf16 copy of the bank
+                self._bf16 = Bf16Bank(self.features, self.distance, self.norm_floor)
+            kw["prepared"] = self._bf16
+            run = lambda mb: knn_bf16(queries, self.features, k, memory_mb=mb, **kw)
+        else:
+            kw["bank_sqn"] = self.sqn
+            run = lambda mb: knn_torch(queries, self.features, k, memory_mb=mb, **kw)
         what = "nearest-neighbour search (memory_mb)"
         out, self.memory_mb = run_halving(run, self.memory_mb, what)
         return out
@@ -80,7 +97,8 @@ class MemoryBank:
         """The first ``k`` rows, searched with this bank's distance and norm floor (a greedy bank's
         first k rows are the coreset of size k)."""
         head = copy.copy(self)
-        head.features, head.sqn, head._faiss = self.features[:k], self.sqn[:k], None
+        head.features, head.sqn = self.features[:k], self.sqn[:k]
+        head._faiss = head._bf16 = None
         return head
 
     def distance_to(self, a: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
