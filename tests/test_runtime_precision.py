@@ -77,3 +77,26 @@ def test_precision_note_names_the_choice_and_the_reason(gpu):
     gpu(A100)
     assert runtime.precision_note(CUDA).startswith("bf16 autocast")
     assert runtime.precision_note(CPU).startswith("fp32")
+
+
+def _allocator_in_a_fresh_process(env: dict) -> str:
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from helpers.core import runtime; from helpers import PatchCore;"
+        "PatchCore(backbone='mobilenet_v2', device='cpu'); print(runtime.keep_freed_memory())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, **env}, check=True)  # fmt: skip
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_freed_memory_is_kept_on_glibc_unless_the_environment_says_system():
+    import platform
+    import sys
+
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert _allocator_in_a_fresh_process({"PATCHCORE_ALLOCATOR": ""}) == str(glibc)
+    assert _allocator_in_a_fresh_process({"PATCHCORE_ALLOCATOR": "system"}) == "False"

@@ -74,6 +74,7 @@ class PatchCore:
         if not isinstance(config, Config):
             raise TypeError(f"config must be a helpers.Config, got {type(config).__name__}")
         self.config = config
+        runtime.keep_freed_memory()  # once per process: no page faults for every batch's buffers
         self.device = runtime.resolve_device(config.device)
         self.preprocess = Preprocessor.from_config(config)
         self._extractor: FeatureExtractor | None = None

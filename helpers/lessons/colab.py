@@ -155,7 +155,7 @@ def gpu_line(precision: str = "auto", *, in_colab: bool = False) -> str:
         tip = " In Colab: Runtime > Change runtime type > A100 GPU, then run all cells again."
         tip = tip if in_colab else ""
         return (
-            "GPU: none. Everything runs on the CPU in fp32 (no autocast, no channels_last): "
+            "GPU: none. Everything runs on the CPU in fp32 (no autocast): "
             "seconds per notebook for mobilenet_v2 on the synthetic set, minutes for "
             f"wide_resnet50_2 on real data.{tip}"
         )

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from helpers.core.knn import FAISS_MIN_QUERIES, resolve_backend
 from helpers.core.runtime import autocast_dtype, has_native_bf16, resolve_device
 
 A100_BATCH = 64  # fits an A100 (40 or 80 GB) with wide_resnet50_2 at 224 px in bf16
@@ -17,17 +18,26 @@ OTHER_GPU_BATCH = 32
 CPU_BATCH = 8
 
 
+KNN_SEARCH = {
+    "bf16": "bf16 candidates, exact float32 re-rank (this CPU multiplies bf16 natively)",
+    "faiss": "faiss flat index (exact)",
+    "torch": "torch matmul blocks (exact)",
+}
+
+
 def device_report(device: torch.device, precision: str = "auto") -> dict:
-    """What the model will run on: name, memory, autocast dtype, channels_last."""
+    """What the model will run on: name, memory, autocast dtype, channels_last (every device), and
+    on a CPU the nearest-neighbour search ``knn_backend="auto"`` picks there."""
     dtype = autocast_dtype(device, precision)
     info = {
         "device": str(device),
         "autocast": str(dtype).replace("torch.", "") if dtype else "fp32 (none)",
-        "channels_last": device.type == "cuda",
+        "channels_last": True,  # PatchCore.extractor: faster on GPUs and on CPUs (oneDNN)
         "torch": torch.__version__,
     }
     if device.type != "cuda":
-        return {**info, "name": "CPU", "threads": torch.get_num_threads()}
+        search = KNN_SEARCH[resolve_backend("auto", device, FAISS_MIN_QUERIES)]
+        return {**info, "name": "CPU", "threads": torch.get_num_threads(), "kNN search": search}
     props = torch.cuda.get_device_properties(device)
     return {
         **info,
