@@ -218,7 +218,7 @@ def test_auto_backend_is_bf16_where_the_cpu_has_it(monkeypatch):
     cpu, many = torch.device("cpu"), knn_module.FAISS_MIN_QUERIES
     monkeypatch.setattr(knn_module, "bf16_native", lambda: True)
     assert knn_module.resolve_backend("auto", cpu, many) == "bf16"
-    assert knn_module.resolve_backend("auto", cpu, many - 1) == "torch"  # few queries
+    assert knn_module.resolve_backend("auto", cpu, 1) == "bf16"  # faster for few queries too
     assert knn_module.resolve_backend("auto", torch.device("cuda"), many) == "torch"
     assert knn_module.resolve_backend("faiss", cpu, many) == "faiss"  # asked for: kept
     monkeypatch.setattr(knn_module, "bf16_native", lambda: False)

@@ -137,7 +137,7 @@ def knn_bf16(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, *, distance:
     pb = prepared or Bf16Bank(bank, distance, norm_floor)
     q = prepare(queries, distance, norm_floor)
     m, d = pb.rows.shape
-    c = min(max(candidates, k), m)
+    c = min(candidates + k - 1, m)  # k + 7 by default: the k nearest and 7 to spare
     # a query block whose [block, M] bf16 products fit the budget and stay in cache (16 MB blocks:
     # 63-69 ms per 1,600 queries x 16,384 rows, 256 MB blocks: 77)
     step = max(1, min(q.shape[0], min(memory_mb, 16) * (1 << 20) // (2 * m)))
@@ -175,15 +175,18 @@ def faiss_available() -> bool:
 
 def resolve_backend(backend: str, device: torch.device, n_queries: int | None = None) -> str:
     """``"auto"``, for queries on the CPU: bf16 candidates + exact re-rank where the CPU has native
-    bf16, else faiss when installed (1.4x faster than the torch blocks on real transistor, same
-    metrics; benchmarks/RESULTS.md), else torch; GPU queries stay on torch. Fewer than
-    ``FAISS_MIN_QUERIES`` queries go to torch: the other two are slower for them."""
+    bf16 (faster than the float32 searches at every query count measured, 32 to 51,200), else faiss
+    when installed (1.4x faster than the torch blocks on real transistor, same metrics;
+    benchmarks/RESULTS.md) for ``FAISS_MIN_QUERIES`` queries or more, else torch; GPU queries stay
+    on torch."""
     if backend != "auto":
         return backend
-    few = n_queries is not None and n_queries < FAISS_MIN_QUERIES
-    if device.type != "cpu" or few:
+    if device.type != "cpu":
         return "torch"
-    return "bf16" if bf16_native() else "faiss" if faiss_available() else "torch"
+    if bf16_native():
+        return "bf16"
+    few = n_queries is not None and n_queries < FAISS_MIN_QUERIES
+    return "faiss" if not few and faiss_available() else "torch"
 
 
 FAISS_MIN_QUERIES = 1024  # faiss 1.15, 16,384 x 288 rows: 150 queries 39 ms, torch 18 ms
