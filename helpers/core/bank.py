@@ -30,7 +30,7 @@ from helpers.core.knn import (
     pair_distance,
     resolve_backend,
 )
-from helpers.core.runtime import load_tensors, run_halving, save_tensors
+from helpers.core.runtime import load_tensors, release_freed_memory, run_halving, save_tensors
 from helpers.core.runtime import progress as show_progress
 from helpers.core.training import TrainingFeatures
 
@@ -231,6 +231,7 @@ def held_out_scores(model, feats: TrainingFeatures, progress=False,
                          "(they were recomputed after the fit?). Refit the bank on these "
                          "features, then compute the threshold.")  # fmt: skip
     info = {"method": METHOD, "n_images": n, "views_per_image": views, "bank_rows": len(bank)}
+    release_freed_memory()  # the per-image banks' buffers
     return scores, info
 
 

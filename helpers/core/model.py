@@ -181,6 +181,7 @@ class PatchCore:
         self.info = dict(n_train=feats.n_images, n_views=feats.n_views, n_patches=feats.n_patches,
                          bank_size=len(self.bank), features_s=feats.seconds, coreset_s=coreset_s,
                          fit_s=feats.seconds + coreset_s)  # fmt: skip
+        runtime.release_freed_memory()
         return self
 
     def calibrate(self, feats, false_alarm_rate=None, progress=False, scores=None) -> dict:
@@ -228,6 +229,7 @@ class PatchCore:
                 geoms[i], out_maps[i] = geometry, amap
         if grids is None:
             grids = np.zeros((n, 0, 0), dtype=np.float32)
+        runtime.release_freed_memory()  # the batches' buffers, kept for reuse until now
         return Prediction(scores, out_maps, grids, geoms)
 
     def score_embeddings(self, emb: torch.Tensor, bank: MemoryBank | None = None) -> tuple:

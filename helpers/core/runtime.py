@@ -54,6 +54,16 @@ def keep_freed_memory() -> bool:
     return _ALLOCATOR_TUNED
 
 
+def release_freed_memory() -> None:
+    """Return the heap's free pages to the OS (glibc's ``malloc_trim``) after a large operation, so
+    that what :func:`keep_freed_memory` kept for one loop's reuse does not stay with the process
+    (fit, predict and the held-out pass call it at their end; a no-op where nothing was tuned)."""
+    if _ALLOCATOR_TUNED:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def resolve_device(requested: str = "auto") -> torch.device:
     """'auto' -> CUDA when present, else the CPU (warned about once per process); 'cuda' without
     a GPU is an error, never a silent fallback."""

@@ -20,7 +20,7 @@ from helpers.core.bank import BankMismatchError, bank_digest, versions
 from helpers.core.config import Config, ConfigError
 from helpers.core.images import load_image
 from helpers.core.model import PatchCore
-from helpers.core.runtime import atomic_write_bytes, atomic_write_json
+from helpers.core.runtime import atomic_write_bytes, atomic_write_json, release_freed_memory
 from helpers.data.download import mount_drive_for
 from helpers.data.mvtec import Sample, masks_like
 from helpers.evaluation import report
@@ -179,6 +179,7 @@ def save_and_show(fig, path: str | Path, display: bool = True, dpi: int = 100) -
         import IPython.display as ipd
 
         ipd.display(ipd.Image(data=buf.getvalue(), format="png"))
+    release_freed_memory()  # a figure of 1024-px images renders through large temporaries
     return out
 
 
