@@ -34,9 +34,10 @@ def keep_freed_memory() -> bool:
     (PatchCore's per-batch temporaries are tens to hundreds of MB: each was unmapped on free and
     page-faulted, zero-filled, back on the next batch). Once per process, from
     :class:`helpers.core.model.PatchCore`; a no-op where malloc is not glibc's or when the
-    environment sets PATCHCORE_ALLOCATOR=system. Peak memory is unchanged (freed blocks are reused,
-    not added); on transistor, 64 test images: 9.3 -> 7.6 s, system time 2.7 -> 0.4 s
-    (benchmarks/RESULTS.md). Returns whether the settings were changed."""
+    environment sets PATCHCORE_ALLOCATOR=system. On transistor, 64 test images: 9.3 -> 7.6 s,
+    system time 2.7 -> 0.4 s; a kept heap can raise a process's peak (notebook 01 alone: 2.12 ->
+    2.44 GB), so large operations end with :func:`release_freed_memory` (benchmarks/RESULTS.md).
+    Returns whether the settings were changed."""
     global _ALLOCATOR_TUNED
     if _ALLOCATOR_TUNED is None:
         _ALLOCATOR_TUNED = False
