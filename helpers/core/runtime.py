@@ -26,7 +26,8 @@ PROGRESS_ENV = "PATCHCORE_PROGRESS"  # "stderr": bars go to the process's own st
 
 
 ALLOCATOR_ENV = "PATCHCORE_ALLOCATOR"  # "system": leave glibc's malloc settings alone
-_ALLOCATOR_TUNED: bool | None = None
+_ALLOCATOR_TUNED: bool | None = None  # None: not tried yet
+_LIBC = None  # glibc, once keep_freed_memory has tuned it
 
 
 def keep_freed_memory() -> bool:
@@ -38,7 +39,7 @@ def keep_freed_memory() -> bool:
     system time 2.7 -> 0.4 s; a kept heap can raise a process's peak (notebook 01 alone: 2.12 ->
     2.44 GB), so large operations end with :func:`release_freed_memory` (benchmarks/RESULTS.md).
     Returns whether the settings were changed."""
-    global _ALLOCATOR_TUNED
+    global _ALLOCATOR_TUNED, _LIBC
     if _ALLOCATOR_TUNED is None:
         _ALLOCATOR_TUNED = False
         if os.environ.get(ALLOCATOR_ENV, "") != "system" and sys.platform.startswith("linux"):
@@ -52,17 +53,18 @@ def keep_freed_memory() -> bool:
                 _ALLOCATOR_TUNED = bool(mapped) and bool(libc.mallopt(-1, ctypes.c_int(2**31 - 1)))
             except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
                 pass
+            else:
+                _LIBC = libc if _ALLOCATOR_TUNED else None
     return _ALLOCATOR_TUNED
 
 
 def release_freed_memory() -> None:
     """Return the heap's free pages to the OS (glibc's ``malloc_trim``) after a large operation, so
     that what :func:`keep_freed_memory` kept for one loop's reuse does not stay with the process
-    (fit, predict and the held-out pass call it at their end; a no-op where nothing was tuned)."""
-    if _ALLOCATOR_TUNED:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    (fit, predict, the held-out pass and each saved figure call it; a no-op where nothing was
+    tuned)."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
 def resolve_device(requested: str = "auto") -> torch.device:
