@@ -52,19 +52,25 @@ def pixel_histograms(masks, maps, bins: int = BINS, groups: Sequence[str] | None
     hi = max((float(a.max()) for _, a, _ in pairs), default=0.0)
     scale = (bins - 1) / (hi - lo) if hi > lo else 0.0
     for m, a, name in pairs:
-        zeros = {k: np.zeros(bins) for k in ("neg", "pos", "pro")}
-        h = out.setdefault(name, {**zeros, "regions": 0})
-        idx = np.clip(((a.astype(np.float64) - lo) * scale).astype(np.int64), 0, bins - 1).ravel()
+        if name not in out:
+            out[name] = {**{k: np.zeros(bins) for k in ("neg", "pos", "pro")}, "regions": 0}
+        h = out[name]
+        level = np.subtract(a, lo, dtype=np.float64).ravel()
+        level *= scale
+        idx = level.astype(np.intp)
+        np.clip(idx, 0, bins - 1, out=idx)
+        if not m.any():  # a good image: every pixel is normal
+            h["neg"] += np.bincount(idx, minlength=bins)
+            continue
         labels, n = ndimage.label(m, structure=np.ones((3, 3), int))
         lab = labels.ravel()
         inside = lab > 0
         h["neg"] += np.bincount(idx[~inside], minlength=bins)
-        if n:
-            sizes = np.bincount(lab, minlength=n + 1).astype(np.float64)
-            idx_in, lab_in = idx[inside], lab[inside]
-            h["pos"] += np.bincount(idx_in, minlength=bins)
-            h["pro"] += np.bincount(idx_in, weights=1.0 / sizes[lab_in], minlength=bins)
-            h["regions"] += n
+        sizes = np.bincount(lab, minlength=n + 1).astype(np.float64)
+        idx_in, lab_in = idx[inside], lab[inside]
+        h["pos"] += np.bincount(idx_in, minlength=bins)
+        h["pro"] += np.bincount(idx_in, weights=1.0 / sizes[lab_in], minlength=bins)
+        h["regions"] += n
     return out
 
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import cv2
 import numpy as np
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
@@ -203,8 +204,8 @@ def _summary(path: str, mtime_ns: int) -> tuple[str, float, np.ndarray]:
     from helpers.core.images import load_image
 
     img = load_image(path)
-    counts = [np.bincount(img[..., c].ravel() >> 2, minlength=64) for c in range(3)]  # bins of 4
-    return f"{img.shape[1]}x{img.shape[0]}", float(img.mean()), np.stack(counts)
+    counts = [cv2.calcHist([img], [c], None, [64], [0, 256]).ravel() for c in range(3)]  # bins of 4
+    return f"{img.shape[1]}x{img.shape[0]}", float(np.mean(cv2.mean(img)[:3])), np.stack(counts)
 
 
 def brightness_baseline(samples) -> Table:

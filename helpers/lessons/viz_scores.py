@@ -78,10 +78,29 @@ def _colorbar(fig, norm, axes, label: str, **kw) -> None:  # one bar for maps on
     fig.colorbar(ScalarMappable(norm, HEATMAP_CMAP), ax=axes, label=label, **kw)
 
 
-def _downsample(maps, masks):  # about 192 px a side, so that pixel curves draw quickly
-    kept = [(a, m, max(1, max(a.shape) // 192)) for a, m in zip(maps, masks) if m is not None]
-    kept = [(a, m, f) for a, m, f in kept if a is not None]
-    return [a[::f, ::f] for a, _, f in kept], [m[::f, ::f] for _, m, f in kept]
+def _pixel_curves(masks, maps, points: int = 4000):
+    """(FPR, TPR, PRO, pixel AUROC, AUPRO) from :func:`~helpers.evaluation.metrics.pixel_histograms`
+    (the thresholds the metrics use, so the areas are the table's values), thinned to about
+    ``points`` points for drawing; None without a defect pixel or a normal one."""
+    from helpers.evaluation.metrics import (
+        aupro_from_histograms,
+        auroc_from_histograms,
+        pixel_histograms,
+    )
+
+    h = pixel_histograms(masks or [], maps or []).get("")
+    if h is None or not h["pos"].sum() or not h["neg"].sum():
+        return None
+    neg, pos, pro = (h[k][::-1] for k in ("neg", "pos", "pro"))  # from the highest level down
+    used = np.flatnonzero(neg + pos)  # levels that hold a pixel: the curve's corners
+    keep = np.linspace(0, len(used) - 1, min(points, len(used))).round().astype(int)
+    used = used[np.unique(keep)]
+
+    def rate(counts, total):  # the share above each kept level, from (0, 0)
+        return np.r_[0.0, np.cumsum(counts)[used] / total]
+
+    fpr, tpr, pro_at = rate(neg, neg.sum()), rate(pos, pos.sum()), rate(pro, max(h["regions"], 1))
+    return fpr, tpr, pro_at, auroc_from_histograms(h), aupro_from_histograms(h)
 
 
 def _roc_axes(ax, title: str, negatives: str, positives: str) -> None:  # diagonal, titles
@@ -92,11 +111,10 @@ def _roc_axes(ax, title: str, negatives: str, positives: str) -> None:  # diagon
 
 
 def roc_figure(labels, scores, masks=None, maps=None, threshold: float | None = None) -> Figure:
-    """Notebook 05: image ROC, pixel ROC and the PRO curve (to FPR 0.3; pixel curves subsampled);
-    with an image ``threshold``, its operating point on the image ROC."""
+    """Notebook 05: image ROC, pixel ROC and the PRO curve (to FPR 0.3; the pixel curves at the
+    pixel metrics' thresholds, with their AUROC and AUPRO); with an image ``threshold``, its
+    operating point on the image ROC."""
     from sklearn.metrics import roc_auc_score, roc_curve
-
-    from helpers.evaluation.metrics import pro_curve
 
     labels, scores = np.asarray(labels), np.asarray(scores, dtype=float)
     keep = np.isfinite(scores)
@@ -115,25 +133,20 @@ def roc_figure(labels, scores, masks=None, maps=None, threshold: float | None = 
     else:
         ax.text(0.5, 0.5, "needs good and defective images", ha="center")
     _roc_axes(ax, "Image-level ROC", "good parts flagged", "defects caught")
-    small_maps, small_masks = _downsample(maps or [], masks or [])
+    curves = _pixel_curves(masks, maps)
     ax = axes[1]
-    if small_maps and any(m.any() for m in small_masks):
-        y = np.concatenate([m.ravel() for m in small_masks])
-        s = np.concatenate([a.ravel() for a in small_maps])
-        fpr, tpr, _ = roc_curve(y, s)
-        auroc = f"AUROC {roc_auc_score(y, s):.3f} (subsampled)"
-        ax.plot(fpr, tpr, lw=2, color="tab:orange", label=auroc)
+    if curves is not None:
+        ax.plot(curves[0], curves[1], lw=2, color="tab:orange", label=f"AUROC {curves[3]:.3f}")
         ax.legend(loc="lower right")
     else:
         ax.text(0.5, 0.5, "no ground-truth masks", ha="center")
     _roc_axes(ax, "Pixel-level ROC", "normal pixels", "defect pixels")
     ax = axes[2]
-    curve = pro_curve(small_masks, small_maps) if small_maps else None
-    if curve is not None:
-        fpr, pro = curve
+    if curves is not None and curves[4] is not None:
+        fpr, pro = curves[0], curves[2]
         sel = fpr <= 0.3
         ax.plot(fpr[sel], pro[sel], lw=2, color="tab:green")
-        area = "area = AUPRO x 0.3"
+        area = f"AUPRO {curves[4]:.3f}: the area / 0.3"
         ax.fill_between(fpr[sel], pro[sel], alpha=0.2, color="tab:green", label=area)
         ax.legend(loc="lower right")
     else:

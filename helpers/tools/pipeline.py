@@ -115,8 +115,74 @@ def _check_names(params: dict[str, Any]) -> None:
         raise PipelineError("set the run folder with --out, not -p run_dir")
 
 
-def _execute(nb: str, out: Path, merged: dict, state: dict, html: bool, log) -> None:
-    """Run one notebook into ``out/notebooks`` with papermill, its status kept in run.json."""
+KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
+KERNELS_AHEAD = True  # the main job's own kernels (start_kernel); off: papermill starts each
+
+
+def start_kernel():
+    """A python3 kernel started now, in the notebooks' folder, that loads the libraries the lessons
+    import (:mod:`helpers.tools.kernel_warmup`) in the background: the main job starts the next
+    notebook's kernel while the current notebook runs, so each lesson after the first finds its
+    kernel up and its imports done (about 4 s a notebook on 2 CPU cores). Only the imports are
+    done ahead: the notebook's own cells run in order, as in a fresh kernel."""
+    from jupyter_client.manager import KernelManager
+
+    warmup = Path(__file__).with_name("kernel_warmup.py")
+    client = "jupyter_client.asynchronous.AsyncKernelClient"  # the client nbclient expects
+    km = KernelManager(kernel_name="python3", client_class=client)
+    km.start_kernel(
+        cwd=str(notebook_dir()),
+        extra_arguments=[*KERNEL_ARGS, f"--IPKernelApp.exec_files={warmup}"],
+    )
+    return km
+
+
+class _Kernels:
+    """The main job's kernels: one started ahead for the next notebook; each used kernel is asked
+    to shut down and left to exit in the background (a kernel holding a few GB takes 1-2 s to
+    exit). Every kernel is gone when the block ends, also on an error or Ctrl-C."""
+
+    def __init__(self, ahead: bool):
+        self.ahead, self.next, self.retired = ahead, None, []
+
+    def __enter__(self) -> _Kernels:
+        return self
+
+    def take(self, more: bool):
+        """The kernel for the notebook about to run (None when kernels are not started ahead:
+        papermill starts its own), and, when ``more`` notebooks follow, the next one's kernel,
+        starting now."""
+        if not self.ahead:
+            return None
+        km, self.next = self.next, None
+        if km is None or not km.is_alive():  # the first notebook, or a kernel that died waiting
+            self.retire(km)
+            km = start_kernel()
+        if more:
+            self.next = start_kernel()
+        return km
+
+    def retire(self, km) -> None:
+        """Ask ``km`` (None: nothing) to shut down; :meth:`__exit__` waits for it."""
+        if km is not None:
+            if km.is_alive():
+                km.request_shutdown()
+            self.retired.append(km)
+
+    def __exit__(self, *exc) -> None:
+        if self.next is not None:
+            self.next.shutdown_kernel(now=True)
+        for km in self.retired:
+            try:
+                km.finish_shutdown()  # waits for the exit (kills it after a few seconds)
+                km.cleanup_resources()
+            except Exception as exc:  # one kernel's trouble must not leave the others running
+                warnings.warn(f"a notebook kernel did not shut down cleanly: {exc}", stacklevel=2)
+
+
+def _execute(nb: str, out: Path, merged: dict, state: dict, html: bool, log, km=None) -> None:
+    """Run one notebook into ``out/notebooks`` with papermill, its status kept in run.json;
+    ``km``: a started kernel (:func:`start_kernel`) or None for a new one."""
     import papermill
 
     def status(text: str, **seconds) -> None:
@@ -127,8 +193,8 @@ def _execute(nb: str, out: Path, merged: dict, state: dict, html: bool, log) -> 
     status("running")
     log(f"running {nb} ...")
     kw = dict(kernel_name="python3", cwd=str(notebook_dir()), progress_bar=False, log_output=False,
-              parameters={**merged, "run_dir": str(out)},
-              extra_arguments=["--IPKernelApp.log_level=ERROR"])  # fmt: skip
+              parameters={**merged, "run_dir": str(out)}, extra_arguments=KERNEL_ARGS,
+              **({"km": km} if km is not None else {}))  # fmt: skip
     try:
         papermill.execute_notebook(str(notebook_dir() / nb), str(target), **kw)
     except KeyboardInterrupt:
@@ -188,8 +254,14 @@ def _run(out, data, params, overwrite, resume, html, log) -> dict:
                  started=now)  # fmt: skip
     atomic_write_json(out / "run.json", state)
     (out / "notebooks").mkdir(exist_ok=True)
-    for nb in NOTEBOOKS[start:]:
-        _execute(nb, out, merged, state, html, log)
+    todo = NOTEBOOKS[start:]
+    with _Kernels(KERNELS_AHEAD) as kernels:
+        for i, nb in enumerate(todo):
+            km = kernels.take(more=i + 1 < len(todo))
+            try:
+                _execute(nb, out, merged, state, html, log, km)
+            finally:
+                kernels.retire(km)
     path = out / "metrics.json"
     metrics = json.loads(path.read_text()) if path.is_file() else {}
     log(report.summary(out, metrics))
