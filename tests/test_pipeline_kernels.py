@@ -10,6 +10,7 @@ import nbformat
 import papermill
 import pytest
 
+from helpers.core.runtime import child_environment
 from helpers.run.parameters import PRESETS
 from helpers.tools import pipeline
 from helpers.tools.pipeline import NOTEBOOKS, PipelineError, run_pipeline
@@ -22,7 +23,8 @@ def test_a_kernel_started_ahead_has_the_libraries_loaded_and_a_clean_namespace(t
         "print(json.dumps({'modules': [m for m in ('torch', 'torchvision', 'sklearn.metrics', "
         "'matplotlib.pyplot') if m in sys.modules], 'names': sorted(n for n in globals() "
         "if not n.startswith('_') and n not in ('In', 'Out', 'exit', 'quit', 'get_ipython', "
-        "'open', 'os', 'sys', 'json')), 'cwd': os.getcwd()}))"
+        "'open', 'os', 'sys', 'json')), 'cwd': os.getcwd(), "
+        "'tunables': os.environ.get('GLIBC_TUNABLES')}))"
     )
     nb.cells = [nbformat.v4.new_code_cell("import json"), nbformat.v4.new_code_cell(probe)]
     src, dst = tmp_path / "probe.ipynb", tmp_path / "out.ipynb"
@@ -38,6 +40,7 @@ def test_a_kernel_started_ahead_has_the_libraries_loaded_and_a_clean_namespace(t
     assert seen["modules"] == ["torch", "torchvision", "sklearn.metrics", "matplotlib.pyplot"]
     assert seen["names"] == []  # the warm-up leaves no name behind
     assert seen["cwd"] == str(pipeline.notebook_dir())  # where papermill would have started it
+    assert seen["tunables"] == child_environment().get("GLIBC_TUNABLES")  # malloc with huge pages
 
 
 def test_every_notebook_runs_in_a_kernel_started_ahead_and_none_is_left(tmp_path, monkeypatch):

@@ -100,3 +100,16 @@ def test_freed_memory_is_kept_on_glibc_unless_the_environment_says_system():
     glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert _allocator_in_a_fresh_process({"PATCHCORE_ALLOCATOR": ""}) == str(glibc)
     assert _allocator_in_a_fresh_process({"PATCHCORE_ALLOCATOR": "system"}) == "False"
+
+
+def test_child_processes_get_huge_pages_for_malloc_unless_the_environment_says_system():
+    from helpers.core.runtime import HUGE_PAGES, child_environment
+
+    assert child_environment({"PATH": "/bin"}) == {"PATH": "/bin", "GLIBC_TUNABLES": HUGE_PAGES}
+    mine = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}  # the user's tunables are kept
+    assert child_environment(mine)["GLIBC_TUNABLES"] == f"glibc.malloc.arena_max=2:{HUGE_PAGES}"
+    off = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}  # the user's own choice wins
+    assert child_environment(off) == off
+    assert child_environment({"PATCHCORE_ALLOCATOR": "system"}) == {"PATCHCORE_ALLOCATOR": "system"}
+    twice = child_environment(child_environment({}))  # no duplicate
+    assert twice["GLIBC_TUNABLES"] == HUGE_PAGES

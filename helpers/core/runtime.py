@@ -58,6 +58,27 @@ def keep_freed_memory() -> bool:
     return _ALLOCATOR_TUNED
 
 
+HUGE_PAGES = "glibc.malloc.hugetlb=1"  # glibc >= 2.35: malloc madvises transparent huge pages
+
+
+def child_environment(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a Python process started by this project (the main job's notebook
+    kernels): ``env`` (default ``os.environ``) with glibc's ``glibc.malloc.hugetlb=1`` tunable added
+    to GLIBC_TUNABLES, so that malloc asks the kernel for transparent huge pages for its heap and
+    large blocks (where THP is in "madvise" mode, as on most Linux machines): one page fault per
+    2 MB instead of per 4 KB. The transistor main job: 4.6 -> 1.0 million page faults, 187 -> 173 s
+    (benchmarks/RESULTS.md). glibc reads tunables when a process starts, so a running process cannot
+    turn this on for itself; older glibc and other C libraries ignore it. PATCHCORE_ALLOCATOR=system
+    leaves the environment as it is."""
+    out = dict(os.environ if env is None else env)
+    if out.get(ALLOCATOR_ENV, "") == "system":
+        return out
+    tunables = [t for t in out.get("GLIBC_TUNABLES", "").split(":") if t]
+    if not any(t.startswith("glibc.malloc.hugetlb=") for t in tunables):  # the user's own wins
+        out["GLIBC_TUNABLES"] = ":".join([*tunables, HUGE_PAGES])
+    return out
+
+
 def release_freed_memory() -> None:
     """Return the heap's free pages to the OS (glibc's ``malloc_trim``) after a large operation, so
     that what :func:`keep_freed_memory` kept for one loop's reuse does not stay with the process

@@ -26,7 +26,7 @@ from typing import Any
 from unittest import mock
 
 from helpers.core.config import ConfigError
-from helpers.core.runtime import PROGRESS_ENV, atomic_write_json
+from helpers.core.runtime import PROGRESS_ENV, atomic_write_json, child_environment
 from helpers.run import parameters
 from helpers.run.run import Run
 from helpers.tools import report
@@ -124,7 +124,8 @@ def start_kernel():
     import (:mod:`helpers.tools.kernel_warmup`) in the background: the main job starts the next
     notebook's kernel while the current notebook runs, so each lesson after the first finds its
     kernel up and its imports done (about 4 s a notebook on 2 CPU cores). Only the imports are
-    done ahead: the notebook's own cells run in order, as in a fresh kernel."""
+    done ahead: the notebook's own cells run in order, as in a fresh kernel. Its environment is
+    :func:`~helpers.core.runtime.child_environment` (huge pages for malloc)."""
     from jupyter_client.manager import KernelManager
 
     warmup = Path(__file__).with_name("kernel_warmup.py")
@@ -133,6 +134,7 @@ def start_kernel():
     km.start_kernel(
         cwd=str(notebook_dir()),
         extra_arguments=[*KERNEL_ARGS, f"--IPKernelApp.exec_files={warmup}"],
+        env=child_environment(),  # malloc with transparent huge pages (glibc)
     )
     return km
 
