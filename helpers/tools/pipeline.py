@@ -150,6 +150,11 @@ class _Kernels:
     def __enter__(self) -> _Kernels:
         return self
 
+    def start_next(self) -> None:
+        """Start the next notebook's kernel now (when kernels are started ahead)."""
+        if self.ahead and self.next is None:
+            self.next = start_kernel()
+
     def take(self, more: bool):
         """The kernel for the notebook about to run (None when kernels are not started ahead:
         papermill starts its own), and, when ``more`` notebooks follow, the next one's kernel,
@@ -161,7 +166,7 @@ class _Kernels:
             self.retire(km)
             km = start_kernel()
         if more:
-            self.next = start_kernel()
+            self.start_next()
         return km
 
     def retire(self, km) -> None:
@@ -232,32 +237,33 @@ def _run(out, data, params, overwrite, resume, html, log) -> dict:
         raise PipelineError(f"invalid parameter: {exc} (set it with -p NAME VALUE)") from exc
     except TypeError as exc:
         raise PipelineError(f"invalid parameters: {exc}") from exc
-    log(report.preflight({**merged, "run_dir": str(out)}))
-    try:  # the folder and its marker
-        out.mkdir(parents=True, exist_ok=True)
-        marker = {"made_by": "python -m helpers run", "time": time.time()}
-        if not (out / MARKER).is_file():
-            atomic_write_json(out / MARKER, marker)
-    except OSError as exc:
-        raise report.unwritable(out, exc.strerror or exc) from exc
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the data's warnings: said once, by the preflight
-        run = Run.from_params({**merged, "run_dir": str(out)}, verbose=False)
-        fingerprints = run.data.fingerprints()  # what the images are now (synthetic set made)
-        start = resume_start(out, merged, state, fingerprints, log) if state else 0
-    if state:
-        done = start == len(NOTEBOOKS)
-        log(f"{out}: every notebook finished with these parameters; nothing to resume" if done
-            else f"resuming {out} from {NOTEBOOKS[start]}")  # fmt: skip
-    if start < len(NOTEBOOKS):
-        _clear_stale(out, start, log)
-    notebooks, now = state.get("notebooks", {}) if start else {}, time.strftime("%Y-%m-%d %H:%M:%S")
-    state = dict(parameters=merged, data=fingerprints, notebooks=notebooks, command=sys.argv,
-                 started=now)  # fmt: skip
-    atomic_write_json(out / "run.json", state)
-    (out / "notebooks").mkdir(exist_ok=True)
-    todo = NOTEBOOKS[start:]
     with _Kernels(KERNELS_AHEAD) as kernels:
+        kernels.start_next()  # the first notebook's kernel loads its libraries during the checks
+        log(report.preflight({**merged, "run_dir": str(out)}))
+        try:  # the folder and its marker
+            out.mkdir(parents=True, exist_ok=True)
+            marker = {"made_by": "python -m helpers run", "time": time.time()}
+            if not (out / MARKER).is_file():
+                atomic_write_json(out / MARKER, marker)
+        except OSError as exc:
+            raise report.unwritable(out, exc.strerror or exc) from exc
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the data's warnings: said once, by the preflight
+            run = Run.from_params({**merged, "run_dir": str(out)}, verbose=False)
+            fingerprints = run.data.fingerprints()  # what the images are now (synthetic set made)
+            start = resume_start(out, merged, state, fingerprints, log) if state else 0
+        if state:
+            done = start == len(NOTEBOOKS)
+            log(f"{out}: every notebook finished with these parameters; nothing to resume" if done
+                else f"resuming {out} from {NOTEBOOKS[start]}")  # fmt: skip
+        if start < len(NOTEBOOKS):
+            _clear_stale(out, start, log)
+        notebooks = state.get("notebooks", {}) if start else {}
+        state = dict(parameters=merged, data=fingerprints, notebooks=notebooks, command=sys.argv,
+                     started=time.strftime("%Y-%m-%d %H:%M:%S"))  # fmt: skip
+        atomic_write_json(out / "run.json", state)
+        (out / "notebooks").mkdir(exist_ok=True)
+        todo = NOTEBOOKS[start:]
         for i, nb in enumerate(todo):
             km = kernels.take(more=i + 1 < len(todo))
             try:
