@@ -169,3 +169,22 @@ def test_preprocessor_normalises_and_round_trips():
     assert np.abs(back - Preprocessor(64, 64).crop_rgb(img)[0]).max() < 0.01
     with pytest.raises(ValueError, match="uint8"):
         Preprocessor(64, 64)(img.astype(np.float32))
+
+
+def test_8bit_rgb_png_takes_opencvs_decoder_with_pillows_pixels(tmp_path):
+    from helpers.core.images import _png_rgb8
+
+    rgb = np.random.default_rng(1).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    with Image.open(tmp_path / "rgb.png") as im:
+        assert np.array_equal(_png_rgb8(tmp_path / "rgb.png", im), rgb)  # the fast path
+    assert np.array_equal(load_image(tmp_path / "rgb.png"), rgb)
+    # 16-bit RGB, a colour key (tRNS) and gray: Pillow's path, as before
+    cv2.imwrite(str(tmp_path / "rgb16.png"), (rgb[..., ::-1].astype(np.uint16) * 257))
+    Image.fromarray(rgb).save(tmp_path / "key.png", transparency=(0, 0, 0))
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "gray.png")
+    for name in ("rgb16.png", "key.png", "gray.png"):
+        with Image.open(tmp_path / name) as im:
+            assert _png_rgb8(tmp_path / name, im) is None, name
+    assert np.array_equal(load_image(tmp_path / "rgb16.png"), rgb)  # 16 bits scaled to 8
+    assert np.array_equal(load_image(tmp_path / "gray.png"), np.repeat(rgb[..., :1], 3, axis=2))
