@@ -107,19 +107,19 @@ def test_coverage_figure_draws_the_bank_cap_at_its_size():
 
 
 def test_gallery_draws_large_images_at_display_size_with_the_maps_own_values():
-    from helpers.lessons.viz_scores import DISPLAY_PX, _for_display
+    from helpers.lessons.viz_data import DISPLAY_PX, for_display
 
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (700, 1030, 3), dtype=np.uint8)
     amap = rng.random((700, 1030)).astype(np.float32)
     mask = np.zeros((700, 1030), bool)
     mask[300:400, 500:700] = True
-    small, smap, smask = _for_display(img, amap, mask)
+    small, smap, smask = for_display(img, amap, mask)
     assert small.shape == (233, 343, 3) and smap.shape == smask.shape == (233, 343)
     assert max(small.shape[:2]) <= DISPLAY_PX
     assert np.isin(smap, amap).all()  # nearest neighbour: values the map has, none averaged
     assert smask.dtype == bool and 0.02 < smask.mean() < 0.04  # the 100 x 200 region, 2.8 %
-    same = _for_display(img[:400, :500], amap[:400, :500], None)  # small enough: untouched
+    same = for_display(img[:400, :500], amap[:400, :500], None)  # small enough: untouched
     assert same[0] is not None and same[0].shape == (400, 500, 3) and same[2] is None
     kw = dict(vmin=0.0, vmax=1.0, threshold=0.5, pixel_threshold=0.9)
     fig = viz.gallery([img], [amap], [mask], scores=np.array([1.0]), labels=np.array([1]),

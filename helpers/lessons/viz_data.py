@@ -75,6 +75,24 @@ def map_range(maps, lo: float = 1.0, hi: float = 99.9) -> tuple[float, float]:
     return float(vmin), float(max(vmax, vmin + 1e-6))
 
 
+DISPLAY_PX = 512  # a panel is at most about 350 px wide: larger inputs only cost memory and time
+
+
+def for_display(img, amap=None, mask=None):
+    """``img``, ``amap`` and ``mask`` (each may be None but ``img``) at most DISPLAY_PX a side, for
+    drawing: the image area-averaged, the map and mask by nearest neighbour (the map keeps values
+    it has). 1024-px panels rendered through hundreds of MB of temporaries (a whole category's
+    galleries took notebook 05 to 3 GB) and drew slower: the sample grid, map previews and
+    galleries, each many whole images, draw through it."""
+    f = -(-max(img.shape[:2]) // DISPLAY_PX)
+    if f <= 1:
+        return img, amap, mask
+    size = (max(1, img.shape[1] // f), max(1, img.shape[0] // f))
+    near = lambda a: None if a is None else cv2.resize(a, size, interpolation=cv2.INTER_NEAREST)
+    small = cv2.resize(np.ascontiguousarray(img), size, interpolation=cv2.INTER_AREA)
+    return small, near(amap), None if mask is None else near(mask.astype(np.uint8)).astype(bool)
+
+
 def heatmap(ax, amap: np.ndarray, norm: Normalize, mask: np.ndarray | None = None):
     """The anomaly map, opaque (a map blended over the image would match no colour of the bar),
     the ground truth outlined; the image goes in the panel beside it."""
@@ -141,6 +159,7 @@ def sample_grid(samples, per_defect: int = 2) -> Figure:
                 continue
             img = load_image(group[i].path)
             mask = load_mask(group[i].mask_path, img.shape[:2]) if group[i].mask_path else None
+            img, _, mask = for_display(img, None, mask)
             top.imshow(img)
             top.set_title(f"{d}  ({group[i].path.name})", fontsize=9)
             tint = img.copy()

@@ -10,7 +10,14 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
 
-from helpers.lessons.viz_data import HEATMAP_CMAP, axes_off, heatmap, mask_outline, new_figure
+from helpers.lessons.viz_data import (
+    HEATMAP_CMAP,
+    axes_off,
+    for_display,
+    heatmap,
+    mask_outline,
+    new_figure,
+)
 
 # The gallery's predicted-defect pixels (map >= pixel threshold): fill, outline and legend word.
 # Magenta: far from the green ground-truth outline and from the grey metal.
@@ -33,6 +40,7 @@ def maps_preview(images, maps, titles, *, vmin: float, vmax: float, title: str =
         axes = fig.subplots(2, n, squeeze=False)
         pairs = list(zip(axes[0], axes[1]))
     for (a_img, a_map), img, m, mask, t in zip(pairs, images, maps, masks, titles):
+        img, m, mask = for_display(img, m, mask)
         _image(a_img, img, t)
         heatmap(a_map, m, norm, mask)
     _colorbar(fig, norm, [p[1] for p in pairs], label, shrink=0.9)
@@ -241,24 +249,6 @@ def verdict(score: float, label: int, threshold: float | None) -> str:
     return "flagged: FALSE ALARM" if flagged else "passed: correct"
 
 
-DISPLAY_PX = 512  # a gallery panel is about 350 px wide: larger inputs only cost memory
-
-
-def _for_display(img, amap, mask):
-    """``img``, ``amap`` and ``mask`` at most DISPLAY_PX a side: the image area-averaged, the map
-    and mask by nearest neighbour (the map keeps values it has). 1024-px panels rendered through
-    hundreds of MB of temporaries; a whole category's galleries took notebook 05 to 3 GB."""
-    f = -(-max(img.shape[:2]) // DISPLAY_PX)
-    if f <= 1:
-        return img, amap, mask
-    import cv2
-
-    size = (max(1, img.shape[1] // f), max(1, img.shape[0] // f))
-    near = lambda a: None if a is None else cv2.resize(a, size, interpolation=cv2.INTER_NEAREST)
-    small = cv2.resize(np.ascontiguousarray(img), size, interpolation=cv2.INTER_AREA)
-    return small, near(amap), None if mask is None else near(mask.astype(np.uint8)).astype(bool)
-
-
 def gallery(images, maps, masks, *, scores, labels, titles, vmin: float, vmax: float,
             threshold: float | None = None, pixel_threshold: float | None = None,
             title: str = "") -> Figure:  # fmt: skip
@@ -271,7 +261,7 @@ def gallery(images, maps, masks, *, scores, labels, titles, vmin: float, vmax: f
     for (a0, a1, a2), img, amap, mask, score, label, name in zip(
         axes, images, maps, masks, scores, labels, titles
     ):
-        img, amap, mask = _for_display(img, amap, mask)
+        img, amap, mask = for_display(img, amap, mask)
         _image(a0, img, f"{name} (true: {'defective' if label else 'good'})")
         heatmap(a1, amap, norm, mask)
         a1.set_title(f"image score {score:#.3g}  {verdict(score, label, threshold)}", fontsize=9)
