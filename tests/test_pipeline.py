@@ -109,7 +109,7 @@ OTHER_VALUES = {
     "precision": "fp32",
     "knn_backend": "faiss",
     "knn_memory_mb": 64,
-    "num_workers": 2,
+    "num_workers": 0,
     "skip_bad_images": True,
     "seed": 7,
 }

@@ -110,7 +110,7 @@ class Config:
     precision: str = "auto"
     knn_backend: str = "auto"
     knn_memory_mb: int = 256
-    num_workers: int = 0
+    num_workers: int = 2  # image-reading threads: a batch's files decoded two at a time
     skip_bad_images: bool = False
     seed: int = 0
 

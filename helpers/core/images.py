@@ -220,14 +220,24 @@ def image_batches(images, config: Config, preprocess: Preprocessor, rotations=1)
 def _file_batches(items: list, c: Config, preprocess: Preprocessor, rotations: int):
     if not items:
         raise ValueError("no images given (an empty list or folder?)")
-    load = lambda item: load_input(item, c.skip_bad_images)
+
+    def load(item):  # maybe in a reader thread: a file to skip comes back as its error
+        try:
+            return load_input(item)
+        except ImageReadError as exc:
+            if c.skip_bad_images:
+                return exc
+            raise
+
+    # reader threads decode a batch's files in parallel (the PNG decoders release the GIL)
     workers = ThreadPoolExecutor(c.num_workers) if c.num_workers > 0 else contextlib.nullcontext()
     with workers as pool:  # None: read in this thread
         for start in range(0, len(items), c.batch_size):
             loaded = (pool.map if pool else map)(load, items[start : start + c.batch_size])
             tensors, geoms, idx = [], [], []
             for i, img in enumerate(loaded, start):
-                if img is None:
+                if isinstance(img, ImageReadError):  # warned here, in the caller's thread:
+                    warnings.warn(f"skipped: {img}", stacklevel=3)  # points at embed_images
                     continue
                 for r in range(rotations):
                     t, g = preprocess(img if r == 0 else rotate_image(img, 360.0 * r / rotations))
