@@ -12,7 +12,7 @@ import pytest
 
 from helpers.core.runtime import child_environment
 from helpers.run.parameters import PRESETS
-from helpers.tools import pipeline
+from helpers.tools import kernels, pipeline
 from helpers.tools.pipeline import NOTEBOOKS, PipelineError, run_pipeline
 
 
@@ -29,7 +29,7 @@ def test_a_kernel_started_ahead_has_the_libraries_loaded_and_a_clean_namespace(t
     nb.cells = [nbformat.v4.new_code_cell("import json"), nbformat.v4.new_code_cell(probe)]
     src, dst = tmp_path / "probe.ipynb", tmp_path / "out.ipynb"
     nbformat.write(nb, src)
-    km = pipeline.start_kernel()
+    km = kernels.start_kernel()
     try:
         papermill.execute_notebook(str(src), str(dst), kernel_name="python3", km=km,
                                    progress_bar=False, log_output=False)  # fmt: skip
@@ -46,7 +46,7 @@ def test_a_kernel_started_ahead_has_the_libraries_loaded_and_a_clean_namespace(t
 def test_every_notebook_runs_in_a_kernel_started_ahead_and_none_is_left(tmp_path, monkeypatch):
     """Fake papermill: records the kernel each notebook got; the next one is already alive."""
     started, used = [], []
-    real_start = pipeline.start_kernel
+    real_start = kernels.start_kernel
 
     def start():
         started.append(real_start())
@@ -58,7 +58,7 @@ def test_every_notebook_runs_in_a_kernel_started_ahead_and_none_is_left(tmp_path
         with open(dst, "w") as fh:
             fh.write("{}")
 
-    monkeypatch.setattr(pipeline, "start_kernel", start)
+    monkeypatch.setattr(kernels, "start_kernel", start)
     monkeypatch.setattr(papermill, "execute_notebook", execute)
     run_pipeline(tmp_path / "run", params=dict(PRESETS["ci"]), log=lambda m: None)
     assert len(started) == len(NOTEBOOKS)  # one each: none started twice, none wasted
@@ -69,7 +69,7 @@ def test_every_notebook_runs_in_a_kernel_started_ahead_and_none_is_left(tmp_path
 
 def test_a_failing_notebook_leaves_no_kernel_running(tmp_path, monkeypatch):
     started = []
-    real_start = pipeline.start_kernel
+    real_start = kernels.start_kernel
 
     def start():
         started.append(real_start())
@@ -78,7 +78,7 @@ def test_a_failing_notebook_leaves_no_kernel_running(tmp_path, monkeypatch):
     def fail(*_, **__):
         raise RuntimeError("ValueError: boom")
 
-    monkeypatch.setattr(pipeline, "start_kernel", start)
+    monkeypatch.setattr(kernels, "start_kernel", start)
     monkeypatch.setattr(papermill, "execute_notebook", fail)
     with pytest.raises(PipelineError, match="01_dataset_exploration_clahe"):
         run_pipeline(tmp_path / "run", params=dict(PRESETS["ci"]), log=lambda m: None)

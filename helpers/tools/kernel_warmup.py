@@ -1,5 +1,5 @@
 """Run by each notebook kernel that ``python -m helpers run`` starts ahead of its notebook
-(IPython's ``exec_files``, :func:`helpers.tools.pipeline.start_kernel`): it loads the libraries the
+(IPython's ``exec_files``, :func:`helpers.tools.kernels.start_kernel`): it loads the libraries the
 lessons import, while the notebook before is still running, so that the lesson's setup cell finds
 them loaded (4 s of imports per notebook on a 2-core CPU). It leaves no name behind in the
 notebook's namespace, and a library that fails to load is left for the lesson to report."""

@@ -26,10 +26,10 @@ from typing import Any
 from unittest import mock
 
 from helpers.core.config import ConfigError
-from helpers.core.runtime import PROGRESS_ENV, atomic_write_json, child_environment
+from helpers.core.runtime import PROGRESS_ENV, atomic_write_json
 from helpers.run import parameters
 from helpers.run.run import Run
-from helpers.tools import report
+from helpers.tools import kernels, report
 from helpers.tools.report import MARKER, PipelineError
 
 # A lesson's parameters cell shows only its own knobs, so papermill calls every other -p name
@@ -115,81 +115,14 @@ def _check_names(params: dict[str, Any]) -> None:
         raise PipelineError("set the run folder with --out, not -p run_dir")
 
 
-KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
-KERNELS_AHEAD = True  # the main job's own kernels (start_kernel); off: papermill starts each
-
-
-def start_kernel():
-    """A python3 kernel started now, in the notebooks' folder, that loads the libraries the lessons
-    import (:mod:`helpers.tools.kernel_warmup`) in the background: the main job starts the next
-    notebook's kernel while the current notebook runs, so each lesson after the first finds its
-    kernel up and its imports done (about 4 s a notebook on 2 CPU cores). Only the imports are
-    done ahead: the notebook's own cells run in order, as in a fresh kernel. Its environment is
-    :func:`~helpers.core.runtime.child_environment` (huge pages for malloc)."""
-    from jupyter_client.manager import KernelManager
-
-    warmup = Path(__file__).with_name("kernel_warmup.py")
-    client = "jupyter_client.asynchronous.AsyncKernelClient"  # the client nbclient expects
-    km = KernelManager(kernel_name="python3", client_class=client)
-    km.start_kernel(
-        cwd=str(notebook_dir()),
-        extra_arguments=[*KERNEL_ARGS, f"--IPKernelApp.exec_files={warmup}"],
-        env=child_environment(),  # malloc with transparent huge pages (glibc)
-    )
-    return km
-
-
-class _Kernels:
-    """The main job's kernels: one started ahead for the next notebook; each used kernel is asked
-    to shut down and left to exit in the background (a kernel holding a few GB takes 1-2 s to
-    exit). Every kernel is gone when the block ends, also on an error or Ctrl-C."""
-
-    def __init__(self, ahead: bool):
-        self.ahead, self.next, self.retired = ahead, None, []
-
-    def __enter__(self) -> _Kernels:
-        return self
-
-    def start_next(self) -> None:
-        """Start the next notebook's kernel now (when kernels are started ahead)."""
-        if self.ahead and self.next is None:
-            self.next = start_kernel()
-
-    def take(self, more: bool):
-        """The kernel for the notebook about to run (None when kernels are not started ahead:
-        papermill starts its own), and, when ``more`` notebooks follow, the next one's kernel,
-        starting now."""
-        if not self.ahead:
-            return None
-        km, self.next = self.next, None
-        if km is None or not km.is_alive():  # the first notebook, or a kernel that died waiting
-            self.retire(km)
-            km = start_kernel()
-        if more:
-            self.start_next()
-        return km
-
-    def retire(self, km) -> None:
-        """Ask ``km`` (None: nothing) to shut down; :meth:`__exit__` waits for it."""
-        if km is not None:
-            if km.is_alive():
-                km.request_shutdown()
-            self.retired.append(km)
-
-    def __exit__(self, *exc) -> None:
-        if self.next is not None:
-            self.next.shutdown_kernel(now=True)
-        for km in self.retired:
-            try:
-                km.finish_shutdown()  # waits for the exit (kills it after a few seconds)
-                km.cleanup_resources()
-            except Exception as exc:  # one kernel's trouble must not leave the others running
-                warnings.warn(f"a notebook kernel did not shut down cleanly: {exc}", stacklevel=2)
+KERNELS_AHEAD = (
+    True  # the main job's own kernels (kernels.start_kernel); off: papermill starts each
+)
 
 
 def _execute(nb: str, out: Path, merged: dict, state: dict, html: bool, log, km=None) -> None:
     """Run one notebook into ``out/notebooks`` with papermill, its status kept in run.json;
-    ``km``: a started kernel (:func:`start_kernel`) or None for a new one."""
+    ``km``: a started kernel (:func:`~helpers.tools.kernels.start_kernel`) or None for a new one."""
     import papermill
 
     def status(text: str, **seconds) -> None:
@@ -200,7 +133,7 @@ def _execute(nb: str, out: Path, merged: dict, state: dict, html: bool, log, km=
     status("running")
     log(f"running {nb} ...")
     kw = dict(kernel_name="python3", cwd=str(notebook_dir()), progress_bar=False, log_output=False,
-              parameters={**merged, "run_dir": str(out)}, extra_arguments=KERNEL_ARGS,
+              parameters={**merged, "run_dir": str(out)}, extra_arguments=kernels.KERNEL_ARGS,
               **({"km": km} if km is not None else {}))  # fmt: skip
     try:
         papermill.execute_notebook(str(notebook_dir() / nb), str(target), **kw)
@@ -237,8 +170,8 @@ def _run(out, data, params, overwrite, resume, html, log) -> dict:
         raise PipelineError(f"invalid parameter: {exc} (set it with -p NAME VALUE)") from exc
     except TypeError as exc:
         raise PipelineError(f"invalid parameters: {exc}") from exc
-    with _Kernels(KERNELS_AHEAD) as kernels:
-        kernels.start_next()  # the first notebook's kernel loads its libraries during the checks
+    with kernels.Kernels(KERNELS_AHEAD) as ahead:
+        ahead.start_next()  # the first notebook's kernel loads its libraries during the checks
         log(report.preflight({**merged, "run_dir": str(out)}))
         try:  # the folder and its marker
             out.mkdir(parents=True, exist_ok=True)
@@ -265,11 +198,11 @@ def _run(out, data, params, overwrite, resume, html, log) -> dict:
         (out / "notebooks").mkdir(exist_ok=True)
         todo = NOTEBOOKS[start:]
         for i, nb in enumerate(todo):
-            km = kernels.take(more=i + 1 < len(todo))
+            km = ahead.take(more=i + 1 < len(todo))
             try:
                 _execute(nb, out, merged, state, html, log, km)
             finally:
-                kernels.retire(km)
+                ahead.retire(km)
     path = out / "metrics.json"
     metrics = json.loads(path.read_text()) if path.is_file() else {}
     log(report.summary(out, metrics))

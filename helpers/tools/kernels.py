@@ -1,0 +1,81 @@
+"""The notebook kernels of the main job (:mod:`helpers.tools.pipeline`): each notebook's kernel is
+started while the notebook before it runs, loads the lessons' libraries then
+(:mod:`helpers.tools.kernel_warmup`), and exits in the background after its notebook."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from helpers.core.runtime import child_environment
+from helpers.run import parameters
+
+KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
+
+
+def start_kernel():
+    """A python3 kernel started now, in the notebooks' folder, that loads the libraries the lessons
+    import (:mod:`helpers.tools.kernel_warmup`) in the background: the main job starts the next
+    notebook's kernel while the current notebook runs, so each lesson after the first finds its
+    kernel up and its imports done (about 4 s a notebook on 2 CPU cores). Only the imports are
+    done ahead: the notebook's own cells run in order, as in a fresh kernel. Its environment is
+    :func:`~helpers.core.runtime.child_environment` (huge pages for malloc)."""
+    from jupyter_client.manager import KernelManager
+
+    warmup = Path(__file__).with_name("kernel_warmup.py")
+    client = "jupyter_client.asynchronous.AsyncKernelClient"  # the client nbclient expects
+    km = KernelManager(kernel_name="python3", client_class=client)
+    km.start_kernel(
+        cwd=str(parameters.repo_root() / "notebooks"),
+        extra_arguments=[*KERNEL_ARGS, f"--IPKernelApp.exec_files={warmup}"],
+        env=child_environment(),  # malloc with transparent huge pages (glibc)
+    )
+    return km
+
+
+class Kernels:
+    """The main job's kernels: one started ahead for the next notebook; each used kernel is asked
+    to shut down and left to exit in the background (a kernel holding a few GB takes 1-2 s to
+    exit). Every kernel is gone when the block ends, also on an error or Ctrl-C."""
+
+    def __init__(self, ahead: bool):
+        self.ahead, self.next, self.retired = ahead, None, []
+
+    def __enter__(self) -> Kernels:
+        return self
+
+    def start_next(self) -> None:
+        """Start the next notebook's kernel now (when kernels are started ahead)."""
+        if self.ahead and self.next is None:
+            self.next = start_kernel()
+
+    def take(self, more: bool):
+        """The kernel for the notebook about to run (None when kernels are not started ahead:
+        papermill starts its own), and, when ``more`` notebooks follow, the next one's kernel,
+        starting now."""
+        if not self.ahead:
+            return None
+        km, self.next = self.next, None
+        if km is None or not km.is_alive():  # the first notebook, or a kernel that died waiting
+            self.retire(km)
+            km = start_kernel()
+        if more:
+            self.start_next()
+        return km
+
+    def retire(self, km) -> None:
+        """Ask ``km`` (None: nothing) to shut down; :meth:`__exit__` waits for it."""
+        if km is not None:
+            if km.is_alive():
+                km.request_shutdown()
+            self.retired.append(km)
+
+    def __exit__(self, *exc) -> None:
+        if self.next is not None:
+            self.next.shutdown_kernel(now=True)
+        for km in self.retired:
+            try:
+                km.finish_shutdown()  # waits for the exit (kills it after a few seconds)
+                km.cleanup_resources()
+            except Exception as exc:  # one kernel's trouble must not leave the others running
+                warnings.warn(f"a notebook kernel did not shut down cleanly: {exc}", stacklevel=2)
