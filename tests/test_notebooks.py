@@ -91,7 +91,7 @@ def test_notebooks_only_orchestrate(name):
 def test_nbval_markers_are_cell_tags(name):
     """nbval markers live in the cells' tags (hidden from readers), never as comment lines, and
     every cell that prints timings or the environment carries one."""
-    valid = {"nbval-ignore-output", "nbval-skip", "nbval-check-output", "parameters"}
+    valid = {"nbval-ignore-output", "nbval-skip", "nbval-check-output", "parameters", "timed"}
     tagged = 0
     for cell in code_cells(load(name)):
         assert "NBVAL_" not in cell.source, cell.source.splitlines()[0]

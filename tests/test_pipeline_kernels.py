@@ -44,17 +44,20 @@ def test_a_kernel_started_ahead_has_the_libraries_loaded_and_a_clean_namespace(t
 
 
 def test_every_notebook_runs_in_a_kernel_started_ahead_and_none_is_left(tmp_path, monkeypatch):
-    """Fake papermill: records the kernel each notebook got; the next one is already alive."""
-    started, used = [], []
+    """Fake papermill: records the kernel each notebook got; the next notebook's kernel starts
+    only when papermill says no timed cell is left (``untimed``), never before."""
+    started, seen = [], []
     real_start = kernels.start_kernel
 
     def start():
         started.append(real_start())
         return started[-1]
 
-    def execute(src, dst, parameters, km=None, **_):
-        alive = [k for k in started if k.is_alive()]
-        used.append((km, len(alive)))
+    def execute(src, dst, parameters, km=None, untimed=None, **_):
+        before = len(started)
+        if untimed is not None:
+            untimed()
+        seen.append((km, before, len(started)))
         with open(dst, "w") as fh:
             fh.write("{}")
 
@@ -62,9 +65,47 @@ def test_every_notebook_runs_in_a_kernel_started_ahead_and_none_is_left(tmp_path
     monkeypatch.setattr(papermill, "execute_notebook", execute)
     run_pipeline(tmp_path / "run", params=dict(PRESETS["ci"]), log=lambda m: None)
     assert len(started) == len(NOTEBOOKS)  # one each: none started twice, none wasted
-    assert [km for km, _ in used] == started
-    assert all(n >= 2 for _, n in used[:-1])  # the next notebook's kernel was up meanwhile
+    assert [km for km, _, _ in seen] == started
+    assert [(b, a) for _, b, a in seen] == [(i + 1, i + 2) for i in range(5)] + [(6, 6)]
     assert not any(km.is_alive() for km in started)
+
+
+class _Manager:  # what papermill's NotebookExecutionManager shows the engine
+    def __init__(self, tags):
+        self.nb = nbformat.v4.new_notebook()
+        self.nb.cells = [nbformat.v4.new_code_cell("", metadata={"tags": t}) for t in tags]
+        self.completed = []
+
+    def cell_complete(self, cell, cell_index=None, **_):
+        self.completed.append(cell_index)
+
+
+def test_untimed_is_called_once_after_the_last_timed_cell():
+    from helpers.tools.kernels import _call_when_untimed
+
+    calls = []
+    man = _Manager([[], ["timed"], ["nbval-ignore-output"], ["timed", "nbval-ignore-output"], []])
+    _call_when_untimed(man, lambda: calls.append(list(man.completed)))
+    for i, cell in enumerate(man.nb.cells):
+        man.cell_complete(cell, cell_index=i)
+        assert calls == ([] if i < 3 else [[0, 1, 2, 3]])  # once, right after cell 3
+    untimed = _Manager([[], ["parameters"]])
+    _call_when_untimed(untimed, lambda: calls.append("at start"))
+    assert calls[-1] == "at start"  # no timed cell: before the first one runs
+    assert kernels.register_engine() == kernels.register_engine() == kernels.ENGINE
+
+
+def test_the_cells_that_print_timings_are_tagged_timed():
+    """01's fit and predict, 03's bank-size sweep, 04's one-image timings and batch sweep."""
+    want = {"01_dataset_exploration_clahe.ipynb": 1, "03_coreset_construction.ipynb": 1,
+            "04_a100_inference.ipynb": 3}  # fmt: skip
+    for name in NOTEBOOKS:
+        cells = nbformat.read(pipeline.notebook_dir() / name, as_version=4).cells
+        timed = [c for c in cells if kernels.TIMED in c.metadata.get("tags", [])]
+        assert len(timed) == want.get(name, 0), name
+        for c in cells:
+            if "timing.Timer(" in c.source or "perf_counter()" in c.source:
+                assert c in timed, c.source.splitlines()[0]
 
 
 def test_a_failing_notebook_leaves_no_kernel_running(tmp_path, monkeypatch):
@@ -75,7 +116,8 @@ def test_a_failing_notebook_leaves_no_kernel_running(tmp_path, monkeypatch):
         started.append(real_start())
         return started[-1]
 
-    def fail(*_, **__):
+    def fail(*_, untimed=None, **__):  # fails after its timed cells: the next kernel is up
+        untimed()
         raise RuntimeError("ValueError: boom")
 
     monkeypatch.setattr(kernels, "start_kernel", start)

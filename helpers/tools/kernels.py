@@ -1,5 +1,7 @@
 """The notebook kernels of the main job (:mod:`helpers.tools.pipeline`): each notebook's kernel is
-started while the notebook before it runs, loads the lessons' libraries then
+started while the notebook before it runs, as soon as that notebook has no cell tagged ``timed``
+left (a cell whose printed numbers are timings: a kernel loading its libraries beside it made
+notebook 04's warm one-image call 79 -> 190-1970 ms), loads the lessons' libraries then
 (:mod:`helpers.tools.kernel_warmup`), and exits in the background after its notebook."""
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from helpers.core.runtime import child_environment
 from helpers.run import parameters
 
 KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
+TIMED = "timed"  # the tag of a notebook cell that prints timings: nothing else runs beside it
+ENGINE = "patchcore"  # papermill's nbclient engine, telling when no timed cell is left
 
 
 def start_kernel():
@@ -45,22 +49,25 @@ class Kernels:
         return self
 
     def start_next(self) -> None:
-        """Start the next notebook's kernel now (when kernels are started ahead)."""
+        """Start the next notebook's kernel now (when kernels are started ahead). If it cannot be
+        started, that notebook's kernel is started when it runs (:meth:`take`)."""
         if self.ahead and self.next is None:
-            self.next = start_kernel()
+            try:
+                self.next = start_kernel()
+            except Exception as exc:  # e.g. no python3 kernelspec: papermill will say it again
+                warnings.warn(
+                    f"could not start the next notebook's kernel ahead: {exc}", stacklevel=2
+                )
 
-    def take(self, more: bool):
+    def take(self):
         """The kernel for the notebook about to run (None when kernels are not started ahead:
-        papermill starts its own), and, when ``more`` notebooks follow, the next one's kernel,
-        starting now."""
+        papermill starts its own); the next one's is started by :meth:`start_next`."""
         if not self.ahead:
             return None
         km, self.next = self.next, None
         if km is None or not km.is_alive():  # the first notebook, or a kernel that died waiting
             self.retire(km)
             km = start_kernel()
-        if more:
-            self.start_next()
         return km
 
     def retire(self, km) -> None:
@@ -79,3 +86,43 @@ class Kernels:
                 km.cleanup_resources()
             except Exception as exc:  # one kernel's trouble must not leave the others running
                 warnings.warn(f"a notebook kernel did not shut down cleanly: {exc}", stacklevel=2)
+
+
+def register_engine() -> str:
+    """Register (once) and name papermill's nbclient engine with one more keyword, ``untimed``: a
+    function called once, as soon as no cell tagged ``timed`` is left to run (before the first
+    cell when there is none)."""
+    from papermill.engines import NBClientEngine, papermill_engines
+
+    class Engine(NBClientEngine):
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, untimed=None, **kwargs):
+            if untimed is not None:
+                _call_when_untimed(nb_man, untimed)
+            return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+
+    try:
+        papermill_engines.get_engine(ENGINE)
+    except Exception:  # not registered yet (papermill raises its own PapermillException)
+        papermill_engines.register(ENGINE, Engine)
+    return ENGINE
+
+
+def _call_when_untimed(nb_man, untimed) -> None:
+    cells, called = nb_man.nb.cells, []
+
+    def call_if_untimed(start: int) -> None:
+        rest = cells[start:]
+        if not called and not any(TIMED in c.metadata.get("tags", []) for c in rest):
+            called.append(True)
+            untimed()
+
+    complete = nb_man.cell_complete
+
+    def cell_complete(cell, cell_index=None, **kw):
+        complete(cell, cell_index=cell_index, **kw)
+        if cell_index is not None:
+            call_if_untimed(cell_index + 1)
+
+    nb_man.cell_complete = cell_complete
+    call_if_untimed(0)

@@ -120,9 +120,11 @@ KERNELS_AHEAD = (
 )
 
 
-def _execute(nb: str, out: Path, merged: dict, state: dict, html: bool, log, km=None) -> None:
+def _execute(nb: str, out: Path, merged: dict, state: dict, html: bool, log, km=None,
+             untimed=None) -> None:  # fmt: skip
     """Run one notebook into ``out/notebooks`` with papermill, its status kept in run.json;
-    ``km``: a started kernel (:func:`~helpers.tools.kernels.start_kernel`) or None for a new one."""
+    ``km``: a started kernel (:func:`~helpers.tools.kernels.start_kernel`) or None for a new one;
+    ``untimed``: called once no cell tagged ``timed`` is left (:func:`kernels.register_engine`)."""
     import papermill
 
     def status(text: str, **seconds) -> None:
@@ -134,6 +136,7 @@ def _execute(nb: str, out: Path, merged: dict, state: dict, html: bool, log, km=
     log(f"running {nb} ...")
     kw = dict(kernel_name="python3", cwd=str(notebook_dir()), progress_bar=False, log_output=False,
               parameters={**merged, "run_dir": str(out)}, extra_arguments=kernels.KERNEL_ARGS,
+              engine_name=kernels.register_engine(), untimed=untimed,
               **({"km": km} if km is not None else {}))  # fmt: skip
     try:
         papermill.execute_notebook(str(notebook_dir() / nb), str(target), **kw)
@@ -198,9 +201,10 @@ def _run(out, data, params, overwrite, resume, html, log) -> dict:
         (out / "notebooks").mkdir(exist_ok=True)
         todo = NOTEBOOKS[start:]
         for i, nb in enumerate(todo):
-            km = ahead.take(more=i + 1 < len(todo))
+            km = ahead.take()
+            more = ahead.start_next if i + 1 < len(todo) else None  # once nothing timed is left
             try:
-                _execute(nb, out, merged, state, html, log, km)
+                _execute(nb, out, merged, state, html, log, km, more)
             finally:
                 ahead.retire(km)
     path = out / "metrics.json"
