@@ -66,10 +66,10 @@ def child_environment(env: dict[str, str] | None = None) -> dict[str, str]:
     kernels): ``env`` (default ``os.environ``) with glibc's ``glibc.malloc.hugetlb=1`` tunable added
     to GLIBC_TUNABLES, so that malloc asks the kernel for transparent huge pages for its heap and
     large blocks (where THP is in "madvise" mode, as on most Linux machines): one page fault per
-    2 MB instead of per 4 KB. The transistor main job: 4.6 -> 1.0 million page faults, 187 -> 173 s
-    (benchmarks/RESULTS.md). glibc reads tunables when a process starts, so a running process cannot
-    turn this on for itself; older glibc and other C libraries ignore it. PATCHCORE_ALLOCATOR=system
-    leaves the environment as it is."""
+    2 MB instead of per 4 KB. The transistor main job: 4.6 -> 1.0 million page faults, system time
+    33 -> 27 s (benchmarks/RESULTS.md). glibc reads tunables when a process starts, so a running
+    process cannot turn this on for itself; older glibc and other C libraries ignore it.
+    PATCHCORE_ALLOCATOR=system leaves the environment as it is."""
     out = dict(os.environ if env is None else env)
     if out.get(ALLOCATOR_ENV, "") == "system":
         return out
