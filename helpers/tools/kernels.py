@@ -19,9 +19,9 @@ ENGINE = "patchcore"  # papermill's nbclient engine, telling when no timed cell 
 
 def start_kernel():
     """A python3 kernel started now, in the notebooks' folder, that loads the libraries the lessons
-    import (:mod:`helpers.tools.kernel_warmup`) in the background: the main job starts the next
-    notebook's kernel while the current notebook runs, so each lesson after the first finds its
-    kernel up and its imports done (about 4 s a notebook on 2 CPU cores). Only the imports are
+    import as it starts (:mod:`helpers.tools.kernel_warmup`): the main job starts the next
+    notebook's kernel while the current notebook runs its last, untimed cells, so a lesson finds
+    its kernel up and its imports done (about 4 s a notebook on 2 CPU cores). Only the imports are
     done ahead: the notebook's own cells run in order, as in a fresh kernel. Its environment is
     :func:`~helpers.core.runtime.child_environment` (huge pages for malloc)."""
     from jupyter_client.manager import KernelManager

@@ -115,9 +115,8 @@ def _check_names(params: dict[str, Any]) -> None:
         raise PipelineError("set the run folder with --out, not -p run_dir")
 
 
-KERNELS_AHEAD = (
-    True  # the main job's own kernels (kernels.start_kernel); off: papermill starts each
-)
+# the main job's own kernels (kernels.start_kernel), each started ahead; off: papermill starts each
+KERNELS_AHEAD = True
 
 
 def _execute(nb: str, out: Path, merged: dict, state: dict, html: bool, log, km=None,
