@@ -126,3 +126,25 @@ def test_a_failing_notebook_leaves_no_kernel_running(tmp_path, monkeypatch):
         run_pipeline(tmp_path / "run", params=dict(PRESETS["ci"]), log=lambda m: None)
     assert len(started) == 2  # the first notebook's and the one started ahead for the second
     assert not any(km.is_alive() for km in started)
+
+
+def test_a_kernel_that_cannot_be_started_ahead_leaves_it_to_papermill(tmp_path, monkeypatch):
+    """No python3 kernel (or any start failure): a warning, then papermill starts the kernels
+    itself and reports any failure through the main job's one-line error, as before."""
+    got = []
+
+    def broken():
+        raise RuntimeError("No such kernel named python3")
+
+    def execute(src, dst, parameters, km=None, untimed=None, **_):
+        got.append(km)
+        if untimed is not None:
+            untimed()
+        with open(dst, "w") as fh:
+            fh.write("{}")
+
+    monkeypatch.setattr(kernels, "start_kernel", broken)
+    monkeypatch.setattr(papermill, "execute_notebook", execute)
+    with pytest.warns(UserWarning, match="could not start the next notebook's kernel ahead"):
+        run_pipeline(tmp_path / "run", params=dict(PRESETS["ci"]), log=lambda m: None)
+    assert got == [None] * len(NOTEBOOKS)

@@ -67,7 +67,10 @@ class Kernels:
         km, self.next = self.next, None
         if km is None or not km.is_alive():  # the first notebook, or a kernel that died waiting
             self.retire(km)
-            km = start_kernel()
+            try:
+                km = start_kernel()
+            except Exception:  # papermill starts its own and reports what is wrong, as before
+                km = None
         return km
 
     def retire(self, km) -> None:
