@@ -250,19 +250,13 @@ def _file_batches(items: list, c: Config, preprocess: Preprocessor, rotations: i
                 yield torch.stack(tensors), geoms, idx
 
 
-def load_input(item, skip_bad_images: bool = False) -> np.ndarray | None:
-    """One image as RGB uint8 [H, W, 3]; None for an unreadable file with ``skip_bad_images``."""
+def load_input(item) -> np.ndarray:
+    """One image as RGB uint8 [H, W, 3]; an unreadable file raises :class:`ImageReadError` (the
+    batches skip it with ``skip_bad_images``)."""
     if _is_sample(item):
         item = item.path
     if isinstance(item, (str, Path)):
-        try:
-            return load_image(item)
-        except ImageReadError as exc:
-            if skip_bad_images:
-                # points at PatchCore.embed_images (through load, the batches, image_batches)
-                warnings.warn(f"skipped: {exc}", stacklevel=5)
-                return None
-            raise
+        return load_image(item)
     if isinstance(item, np.ndarray):
         if item.ndim == 2:
             item = np.repeat(item[..., None], 3, axis=2)

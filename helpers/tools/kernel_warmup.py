@@ -9,7 +9,7 @@ def _load_libraries() -> None:
     import importlib
 
     for name in ("numpy", "torch", "torchvision", "cv2", "scipy.ndimage", "sklearn.metrics",
-                 "matplotlib.pyplot", "safetensors.torch", "ipywidgets"):  # fmt: skip
+                 "matplotlib.figure", "safetensors.torch", "ipywidgets"):  # fmt: skip
         try:
             importlib.import_module(name)
         except Exception:  # the lesson's own import says what is missing
