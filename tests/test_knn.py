@@ -232,3 +232,70 @@ def test_auto_backend_is_bf16_where_the_cpu_has_it(monkeypatch):
     hd, hi = head.nearest(q, 1)
     assert hi.max() < 100
     torch.testing.assert_close(hd, brute(q, b[:100], 1, "l2")[0], rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------ pruned: bounds, then exact
+def _exact(q, b, distance="l2"):
+    """Nearest row by every difference written out in float64 (ties: the first row)."""
+    if distance == "cosine":
+        q, b = torch.nn.functional.normalize(q, dim=1), torch.nn.functional.normalize(b, dim=1)
+    d2 = torch.cdist(q.double(), b.double(), compute_mode="donot_use_mm_for_euclid_dist") ** 2
+    v, i = d2.min(dim=1)
+    return (v.sqrt() if distance == "l2" else v / 2).float(), i
+
+
+@pytest.mark.parametrize("distance", ["l2", "cosine"])
+@pytest.mark.parametrize("memory_mb, dims", [(1, 8), (256, 64), (256, 200)])
+def test_pruned_search_finds_the_exact_nearest_row(distance, memory_mb, dims):
+    """Clustered rows (a bound that prunes) and uniform ones (a bound that keeps many rows), few
+    and many principal axes, small and large blocks: always the brute-force nearest row."""
+    from helpers.core.knn import PrunedBank, knn_pruned
+
+    for q, b in (_clustered(n_bank=3000, n_query=500, dim=96), (torch.randn(300, 96), torch.randn(2000, 96))):
+        pb = PrunedBank(b, distance, dims=dims)
+        d, i = knn_pruned(q, b, 1, distance=distance, memory_mb=memory_mb, prepared=pb)
+        ed, ei = _exact(q, b, distance)
+        assert torch.equal(i[:, 0], ei)
+        torch.testing.assert_close(d[:, 0], ed, rtol=1e-5, atol=1e-6)
+
+
+def test_pruned_search_reports_the_first_of_equally_near_rows_and_exact_zeros():
+    from helpers.core.knn import knn_pruned
+
+    g = torch.Generator().manual_seed(3)
+    b = torch.randn(500, 32, generator=g)
+    b[[40, 90, 300]] = b[7].clone()  # four copies of one row
+    d, i = knn_pruned(b[[7, 300, 11]], b, 1)
+    assert i[:, 0].tolist() == [7, 7, 11]  # the first copy, as the torch blocks report
+    assert d[:, 0].tolist() == [0.0, 0.0, 0.0]  # summed differences: exactly zero
+
+
+def test_pruned_search_hands_k_above_1_to_the_torch_blocks_and_keeps_the_errors():
+    from helpers.core.knn import knn_pruned
+
+    q, b = _clustered(n_bank=800, n_query=50, dim=32)
+    d, i = knn_pruned(q, b, 3)
+    td, ti = knn_torch(q, b, 3)
+    assert torch.equal(i, ti) and torch.equal(d, td)
+    with pytest.raises(ValueError, match="same feature dimension"):
+        knn_pruned(torch.randn(3, 4), torch.randn(5, 6))
+    with pytest.raises(ValueError, match="k=9"):
+        knn_pruned(torch.randn(3, 4), torch.randn(5, 4), k=9)
+
+
+def test_a_bank_subset_reuses_the_prepared_search_and_searches_only_its_rows():
+    from helpers.core.bank import MemoryBank
+
+    q, b = _clustered(n_bank=2000, n_query=300, dim=48, seed=2)
+    bank = MemoryBank(b, backend="pruned")
+    keep = torch.ones(len(b), dtype=torch.bool)
+    nearest = bank.nearest(q, 1)[1][:, 0]
+    keep[nearest[:100]] = False  # drop the nearest rows of 100 queries
+    sub = bank.subset(keep)
+    assert sub.pruned().axes is bank.pruned().axes  # the same axes, not a new eigendecomposition
+    d, i = sub.nearest(q, 1)
+    ed, ei = _exact(q, b[keep])
+    assert torch.equal(i[:, 0], ei)
+    torch.testing.assert_close(d[:, 0], ed, rtol=1e-5, atol=1e-6)
+    hd, hi = bank.head(100).nearest(q, 1)
+    assert torch.equal(hi[:, 0], _exact(q, b[:100])[1])

@@ -23,9 +23,11 @@ import torch
 from helpers.core.config import Config
 from helpers.core.knn import (
     Bf16Bank,
+    PrunedBank,
     faiss_index,
     knn_bf16,
     knn_faiss,
+    knn_pruned,
     knn_torch,
     pair_distance,
     resolve_backend,
@@ -60,6 +62,7 @@ class MemoryBank:
             self.norm_floor = cosine_floor * float(features.float().norm(dim=1).median())
         self._faiss = None  # the faiss index of these rows, made on first use
         self._bf16 = None  # these rows prepared for knn_bf16, made on first use
+        self._pruned = None  # these rows prepared for knn_pruned, made on first use
 
     @classmethod
     def for_config(cls, features: torch.Tensor, c: Config) -> MemoryBank:
@@ -86,6 +89,9 @@ class MemoryBank:
                 self._bf16 = Bf16Bank(self.features, self.distance, self.norm_floor)
             kw["prepared"] = self._bf16
             run = lambda mb: knn_bf16(queries, self.features, k, memory_mb=mb, **kw)
+        elif backend == "pruned":
+            kw["prepared"] = self.pruned()
+            run = lambda mb: knn_pruned(queries, self.features, k, memory_mb=mb, **kw)
         else:
             kw["bank_sqn"] = self.sqn
             run = lambda mb: knn_torch(queries, self.features, k, memory_mb=mb, **kw)
@@ -93,13 +99,25 @@ class MemoryBank:
         out, self.memory_mb = run_halving(run, self.memory_mb, what)
         return out
 
+    def pruned(self) -> PrunedBank:
+        """These rows prepared for :func:`helpers.core.knn.knn_pruned` (built on first use)."""
+        if self._pruned is None:
+            self._pruned = PrunedBank(self.features, self.distance, self.norm_floor)
+        return self._pruned
+
+    def subset(self, rows) -> MemoryBank:
+        """The bank of the rows ``rows`` (a slice, indices or a boolean mask), searched with this
+        bank's distance and norm floor; the pruned search is prepared on this bank, not per subset."""
+        sub = copy.copy(self)
+        sub.features, sub.sqn = self.features[rows], self.sqn[rows]
+        sub._faiss = sub._bf16 = None
+        if resolve_backend(self.backend, self.features.device) == "pruned":
+            sub._pruned = self.pruned().subset(rows)  # prepared once, on this bank
+        return sub
+
     def head(self, k: int) -> MemoryBank:
-        """The first ``k`` rows, searched with this bank's distance and norm floor (a greedy bank's
-        first k rows are the coreset of size k)."""
-        head = copy.copy(self)
-        head.features, head.sqn = self.features[:k], self.sqn[:k]
-        head._faiss = head._bf16 = None
-        return head
+        """The first ``k`` rows (a greedy bank's first k rows are the coreset of size k)."""
+        return self.subset(slice(0, k))
 
     def distance_to(self, a: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Distance of ``a`` [..., 1, D] to bank rows ``rows`` [..., k], as :meth:`nearest`."""
@@ -221,7 +239,7 @@ def held_out_scores(model, feats: TrainingFeatures, progress=False,
             if own:
                 keep = torch.ones(len(bank), dtype=torch.bool, device=features.device)
                 keep[own] = False
-                sub = MemoryBank.for_config(features[keep], model.config)
+                sub = bank.subset(keep)
             emb = block[: h * w].to(features.device)
             emb = emb[could_give_s_star(emb, sub, head_rows)]  # s depends on one patch alone
             scores[i] = float(model.score_embeddings(emb[None, None], bank=sub)[0][0])

@@ -58,7 +58,7 @@ NUMBERS = {
 CHOICES = {
     "distance": ("l2", "cosine"), "device": ("auto", "cpu", "cuda"),
     "precision": ("auto", "fp32", "bf16", "fp16"),
-    "knn_backend": ("auto", "torch", "faiss", "bf16"),
+    "knn_backend": ("auto", "torch", "pruned", "faiss", "bf16"),
 }  # fmt: skip
 FLAGS = ("balance_taps", "clahe", "skip_bad_images")
 
@@ -104,7 +104,7 @@ class Config:
     clahe_tile_grid: int = 8
     # execution (precision auto: bf16 autocast on CUDA, fp32 on CPU; knn_backend auto: on the CPU
     # bf16 candidates + exact re-rank where bf16 is native, else faiss when installed, else torch;
-    # knn_memory_mb bounds one kNN distance block)
+    # "pruned": exact, opt-in; knn_memory_mb bounds one kNN distance block)
     batch_size: int = 32
     device: str = "auto"
     precision: str = "auto"

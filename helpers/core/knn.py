@@ -1,15 +1,22 @@
 """Nearest neighbours in the memory bank (notebook 04), in bounded memory: torch blocks of at most
-``memory_mb`` of distances, faiss's flat index (``pip install faiss-cpu``), or, on CPUs that
-multiply bf16 natively, bf16 candidates re-ranked by their exact float32 distances
-(:func:`knn_bf16`). Distances: ``l2`` or ``1 - cos``; ``norm_floor`` (cosine) divides by
-``|x| + norm_floor``, so weak vectors (dark background, noisy direction) shrink towards the origin
-instead of looking far apart."""
+``memory_mb`` of distances; the exact pruned search (:func:`knn_pruned`: principal-axis lower
+bounds, then exact distances to the few rows they leave); faiss's flat index
+(``pip install faiss-cpu``); or, on CPUs that multiply bf16 natively, bf16 candidates re-ranked by
+their exact float32 distances (:func:`knn_bf16`). Distances: ``l2`` or ``1 - cos``;
+``norm_floor`` (cosine) divides by ``|x| + norm_floor``, so weak vectors (dark background, noisy
+direction) shrink towards the origin instead of looking far apart."""
 
 from __future__ import annotations
 
+import copy
+import math
+
+import numpy as np
 import torch
 
 BF16_CANDIDATES = 8  # rows re-ranked exactly per query by knn_bf16 (4 always sufficed on MVTec)
+PRUNE_DIMS = 64  # principal axes of knn_pruned's bound (chosen on transistor, benchmarks/RESULTS.md)
+PRUNE_REL = 1e-4  # knn_pruned's margin, relative to |low(q)|^2 + max |low(m)|^2
 
 
 def prepare(x: torch.Tensor, distance: str, norm_floor: float = 0.0) -> torch.Tensor:
@@ -156,6 +163,94 @@ def knn_bf16(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, *, distance:
         vals, order = d2.topk(k, dim=1, largest=False)  # ascending
         best_d[s : s + step], best_i[s : s + step] = vals, cand.gather(1, order)
     return finish(best_d, distance), best_i
+
+
+class PrunedBank:
+    """A bank prepared once for :func:`knn_pruned`: its rows for ``distance`` (float32), their
+    mean, the top-``dims`` principal axes of the centred rows, and each row's coordinates on them
+    with the length of the rest (rho) appended: ``low`` [M, dims + 1] and its squared norms."""
+
+    def __init__(self, bank: torch.Tensor, distance: str = "l2", norm_floor: float = 0.0,
+                 dims: int = PRUNE_DIMS):  # fmt: skip
+        self.rows = prepare(bank, distance, norm_floor).contiguous()
+        self.mean = self.rows.mean(0)
+        z = (self.rows - self.mean).double()
+        axes = torch.linalg.eigh(z.T @ z)[1]  # ascending eigenvalues: the last are the top axes
+        self.axes = axes[:, -min(dims, z.shape[1]) :].float().contiguous()
+        low = self.low(self.rows)
+        self.low_t, self.low_sqn = low.T.contiguous(), (low * low).sum(1)
+        self.scale = float(self.low_sqn.max())
+
+    def subset(self, rows) -> PrunedBank:
+        """The same axes and mean (the bound holds for any), for the rows ``rows`` only."""
+        sub = copy.copy(self)
+        sub.rows, sub.low_sqn = self.rows[rows], self.low_sqn[rows]
+        sub.low_t = self.low_t[:, rows].contiguous()
+        return sub
+
+    def low(self, x: torch.Tensor) -> torch.Tensor:
+        """Prepared rows [N, D] -> [N, dims + 1]: (y, rho), y on the top axes, rho the rest's length.
+        |low(a) - low(b)|^2 <= |a - b|^2 (the split is orthogonal; reverse triangle on the rest)."""
+        z = x - self.mean
+        y = z @ self.axes
+        return torch.cat([y, (z - y @ self.axes.T).norm(dim=1, keepdim=True)], 1)
+
+
+def knn_pruned(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, *, distance: str = "l2",
+               norm_floor: float = 0.0, memory_mb: int = 256,
+               prepared: PrunedBank | None = None) -> tuple:  # fmt: skip
+    """Same contract as :func:`knn_torch` for k = 1 (k > 1 goes to :func:`knn_torch`), the same
+    nearest rows, with about a fifth of its multiply-adds: a lower bound of every distance from the
+    rows' top principal coordinates (:class:`PrunedBank`, one small matrix product), the exact
+    distance to the row with the smallest bound, then exact distances only to the rows whose bound
+    is below that (plus a float32 rounding margin), a few dozen per query on MVTec patches. No row
+    outside those can be nearer, so the result is exact; distances are summed differences."""
+    if k != 1:
+        return knn_torch(queries, bank, k, distance=distance, memory_mb=memory_mb,
+                         norm_floor=norm_floor)  # fmt: skip
+    _check(queries, bank, k)
+    pb = prepared or PrunedBank(bank, distance, norm_floor)
+    q = prepare(queries, distance, norm_floor)
+    low_q = pb.low(q)
+    low_qn = (low_q * low_q).sum(1)
+    # float32 error of the bound |a|^2 + |b|^2 - 2 a.b (and of the projection) is far below this
+    margin = PRUNE_REL * (low_qn + pb.scale)
+    m, d = pb.rows.shape
+    step = max(1, min(q.shape[0], min(memory_mb, 8) * (1 << 20) // (4 * m)))  # [step, M] in cache
+    best_d = torch.empty(q.shape[0], 1, device=q.device)
+    best_i = torch.empty(q.shape[0], 1, dtype=torch.long, device=q.device)
+    for s in range(0, q.shape[0], step):
+        qq, e = q[s : s + step], slice(s, s + step)
+        bound = torch.addmm(pb.low_sqn[None], low_q[e], pb.low_t, alpha=-2.0)  # bound - |low_q|^2
+        first = bound.argmin(1)
+        d0 = (qq - pb.rows[first]).square_().sum(1)
+        qi, mi = _below_rows(bound, d0 + margin[e] - low_qn[e])
+        dist = torch.cat([d0, _row_distances(qq, pb.rows, qi, mi, d)])
+        qi = torch.cat([torch.arange(len(qq), device=q.device), qi])
+        mi = torch.cat([first, mi])
+        near = torch.full((len(qq),), math.inf, device=q.device).scatter_reduce_(0, qi, dist, "amin")
+        hit = dist == near[qi]  # of equally near rows, the first (as the torch blocks report)
+        idx = torch.full((len(qq),), m, device=q.device).scatter_reduce_(0, qi[hit], mi[hit], "amin")
+        best_d[e, 0], best_i[e, 0] = near, idx
+    return finish(best_d, distance), best_i
+
+
+def _below_rows(v: torch.Tensor, limit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, columns) where v [Q, M] < limit [Q] (numpy's flatnonzero on the CPU: ~5x faster)."""
+    mask = v < limit[:, None]
+    if v.device.type == "cpu":
+        flat = torch.from_numpy(np.flatnonzero(mask.numpy()))
+        return flat // v.shape[1], flat % v.shape[1]
+    return torch.nonzero(mask, as_tuple=True)
+
+
+def _row_distances(q, rows, qi, mi, d: int, part_floats: int = 1 << 22) -> torch.Tensor:
+    """|q[qi] - rows[mi]|^2 for each pair, ``part_floats`` differences at a time."""
+    out = torch.empty(len(qi), device=q.device)
+    step = max(1, part_floats // d)
+    for s in range(0, len(qi), step):
+        out[s : s + step] = (q[qi[s : s + step]] - rows[mi[s : s + step]]).square_().sum(1)
+    return out
 
 
 def bf16_native() -> bool:
