@@ -251,7 +251,10 @@ def test_pruned_search_finds_the_exact_nearest_row(distance, memory_mb, dims):
     and many principal axes, small and large blocks: always the brute-force nearest row."""
     from helpers.core.knn import PrunedBank, knn_pruned
 
-    for q, b in (_clustered(n_bank=3000, n_query=500, dim=96), (torch.randn(300, 96), torch.randn(2000, 96))):
+    for q, b in (
+        _clustered(n_bank=3000, n_query=500, dim=96),
+        (torch.randn(300, 96), torch.randn(2000, 96)),
+    ):
         pb = PrunedBank(b, distance, dims=dims)
         d, i = knn_pruned(q, b, 1, distance=distance, memory_mb=memory_mb, prepared=pb)
         ed, ei = _exact(q, b, distance)

@@ -107,7 +107,7 @@ class MemoryBank:
 
     def subset(self, rows) -> MemoryBank:
         """The bank of the rows ``rows`` (a slice, indices or a boolean mask), searched with this
-        bank's distance and norm floor; the pruned search is prepared on this bank, not per subset."""
+        bank's distance and norm floor; a pruned search is prepared on this bank, not per subset."""
         sub = copy.copy(self)
         sub.features, sub.sqn = self.features[rows], self.sqn[rows]
         sub._faiss = sub._bf16 = None

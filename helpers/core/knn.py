@@ -15,7 +15,9 @@ import numpy as np
 import torch
 
 BF16_CANDIDATES = 8  # rows re-ranked exactly per query by knn_bf16 (4 always sufficed on MVTec)
-PRUNE_DIMS = 64  # principal axes of knn_pruned's bound (chosen on transistor, benchmarks/RESULTS.md)
+PRUNE_DIMS = (
+    64  # principal axes of knn_pruned's bound (chosen on transistor, benchmarks/RESULTS.md)
+)
 PRUNE_REL = 1e-4  # knn_pruned's margin, relative to |low(q)|^2 + max |low(m)|^2
 
 
@@ -189,8 +191,8 @@ class PrunedBank:
         return sub
 
     def low(self, x: torch.Tensor) -> torch.Tensor:
-        """Prepared rows [N, D] -> [N, dims + 1]: (y, rho), y on the top axes, rho the rest's length.
-        |low(a) - low(b)|^2 <= |a - b|^2 (the split is orthogonal; reverse triangle on the rest)."""
+        """Prepared rows [N, D] -> [N, dims + 1]: (y, rho), y on the top axes, rho the length of the
+        rest. |low(a) - low(b)|^2 <= |a - b|^2 (an orthogonal split; reverse triangle on the rest)."""
         z = x - self.mean
         y = z @ self.axes
         return torch.cat([y, (z - y @ self.axes.T).norm(dim=1, keepdim=True)], 1)
@@ -228,9 +230,13 @@ def knn_pruned(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, *, distanc
         dist = torch.cat([d0, _row_distances(qq, pb.rows, qi, mi, d)])
         qi = torch.cat([torch.arange(len(qq), device=q.device), qi])
         mi = torch.cat([first, mi])
-        near = torch.full((len(qq),), math.inf, device=q.device).scatter_reduce_(0, qi, dist, "amin")
+        near = torch.full((len(qq),), math.inf, device=q.device).scatter_reduce_(
+            0, qi, dist, "amin"
+        )
         hit = dist == near[qi]  # of equally near rows, the first (as the torch blocks report)
-        idx = torch.full((len(qq),), m, device=q.device).scatter_reduce_(0, qi[hit], mi[hit], "amin")
+        idx = torch.full((len(qq),), m, device=q.device).scatter_reduce_(
+            0, qi[hit], mi[hit], "amin"
+        )
         best_d[e, 0], best_i[e, 0] = near, idx
     return finish(best_d, distance), best_i
 
