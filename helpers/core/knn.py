@@ -192,7 +192,7 @@ class PrunedBank:
 
     def low(self, x: torch.Tensor) -> torch.Tensor:
         """Prepared rows [N, D] -> [N, dims + 1]: (y, rho), y on the top axes, rho the length of the
-        rest. |low(a) - low(b)|^2 <= |a - b|^2 (an orthogonal split; reverse triangle on the rest)."""
+        rest: |low(a) - low(b)|^2 <= |a - b|^2 (orthogonal split, reverse triangle on the rest)."""
         z = x - self.mean
         y = z @ self.axes
         return torch.cat([y, (z - y @ self.axes.T).norm(dim=1, keepdim=True)], 1)
