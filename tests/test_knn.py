@@ -125,26 +125,21 @@ def test_faiss_matches_torch_with_a_norm_floor():
     assert ((i == fi) | torch.isclose(d, fd, atol=1e-4)).all()
 
 
-def test_auto_backend_is_faiss_on_the_cpu_when_installed_and_torch_otherwise(monkeypatch):
+def test_auto_backend_is_the_pruned_search_on_a_cpu_without_native_bf16(monkeypatch):
     from helpers.core import knn as knn_module
-
-    monkeypatch.setattr(knn_module, "bf16_native", lambda: False)  # a CPU without native bf16
-    q, b = torch.randn(300, 16), torch.randn(500, 16)
-    expected = "faiss" if knn_module.faiss_available() else "torch"
-    assert knn_module.resolve_backend("auto", q.device) == expected
-    assert knn_module.resolve_backend("torch", q.device) == "torch"
-    assert knn_module.resolve_backend("auto", torch.device("cuda")) == "torch"
-    few, many = knn_module.FAISS_MIN_QUERIES - 1, knn_module.FAISS_MIN_QUERIES
-    assert knn_module.resolve_backend("auto", q.device, few) == "torch"  # faiss is slow for few
-    assert knn_module.resolve_backend("auto", q.device, many) == expected
-    assert knn_module.resolve_backend("faiss", q.device, 1) == "faiss"  # asked for: kept
-    monkeypatch.setattr(knn_module, "faiss_available", lambda: False)
-    assert knn_module.resolve_backend("auto", q.device) == "torch"
     from helpers.core.bank import MemoryBank
 
-    d_auto, i_auto = MemoryBank(b, backend="auto").nearest(q, 3)
-    d_torch, i_torch = MemoryBank(b, backend="torch").nearest(q, 3)
-    assert torch.equal(i_auto, i_torch) and torch.equal(d_auto, d_torch)
+    monkeypatch.setattr(knn_module, "bf16_native", lambda: False)  # a CPU without native bf16
+    q, b = _clustered(n_bank=1500, n_query=300, dim=32, seed=1)
+    assert knn_module.resolve_backend("auto", q.device) == "pruned"
+    assert knn_module.resolve_backend("torch", q.device) == "torch"
+    assert knn_module.resolve_backend("faiss", q.device) == "faiss"  # asked for: kept
+    assert knn_module.resolve_backend("auto", torch.device("cuda")) == "torch"
+    d_auto, i_auto = MemoryBank(b, backend="auto").nearest(q, 1)
+    d_torch, i_torch = MemoryBank(b, backend="torch").nearest(q, 1)
+    assert torch.equal(i_auto, i_torch)
+    torch.testing.assert_close(d_auto, d_torch, rtol=1e-4, atol=1e-4)  # the torch blocks' rounding
+    torch.testing.assert_close(d_auto[:, 0], _exact(q, b)[0], rtol=1e-5, atol=1e-6)  # summed diffs
 
 
 def test_faiss_and_torch_give_the_same_neighbours_and_distances():
@@ -215,15 +210,14 @@ def test_auto_backend_is_bf16_where_the_cpu_has_it(monkeypatch):
     from helpers.core import knn as knn_module
     from helpers.core.bank import MemoryBank
 
-    cpu, many = torch.device("cpu"), knn_module.FAISS_MIN_QUERIES
+    cpu = torch.device("cpu")
     monkeypatch.setattr(knn_module, "bf16_native", lambda: True)
-    assert knn_module.resolve_backend("auto", cpu, many) == "bf16"
-    assert knn_module.resolve_backend("auto", cpu, 1) == "bf16"  # faster for few queries too
-    assert knn_module.resolve_backend("auto", torch.device("cuda"), many) == "torch"
-    assert knn_module.resolve_backend("faiss", cpu, many) == "faiss"  # asked for: kept
+    assert knn_module.resolve_backend("auto", cpu) == "bf16"
+    assert knn_module.resolve_backend("auto", torch.device("cuda")) == "torch"
+    assert knn_module.resolve_backend("faiss", cpu) == "faiss"  # asked for: kept
     monkeypatch.setattr(knn_module, "bf16_native", lambda: False)
-    assert knn_module.resolve_backend("auto", cpu, many) in ("faiss", "torch")
-    q, b = _clustered(n_query=many)
+    assert knn_module.resolve_backend("auto", cpu) == "pruned"
+    q, b = _clustered(n_query=1024)
     bank = MemoryBank(b, backend="bf16")
     d, i = bank.nearest(q, 3)
     td, ti = MemoryBank(b, backend="torch").nearest(q, 3)

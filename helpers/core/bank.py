@@ -79,7 +79,7 @@ class MemoryBank:
     def nearest(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """(distances [Q, k] ascending, row indices [Q, k]) of each query's k nearest rows."""
         kw = dict(distance=self.distance, norm_floor=self.norm_floor)
-        backend = resolve_backend(self.backend, queries.device, queries.shape[0])
+        backend = resolve_backend(self.backend, queries.device)
         if backend == "faiss":
             if self._faiss is None:  # built once: it copies the whole bank
                 self._faiss = faiss_index(self.features, self.distance, self.norm_floor)

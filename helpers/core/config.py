@@ -103,8 +103,8 @@ class Config:
     clahe_clip_limit: float = 2.0
     clahe_tile_grid: int = 8
     # execution (precision auto: bf16 autocast on CUDA, fp32 on CPU; knn_backend auto: on the CPU
-    # bf16 candidates + exact re-rank where bf16 is native, else faiss when installed, else torch;
-    # "pruned": exact, opt-in; knn_memory_mb bounds one kNN distance block)
+    # bf16 candidates + exact re-rank where bf16 is native, else the exact pruned search; torch on
+    # a GPU; knn_memory_mb bounds one kNN distance block)
     batch_size: int = 32
     device: str = "auto"
     precision: str = "auto"

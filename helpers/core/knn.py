@@ -1,6 +1,6 @@
 """Nearest neighbours in the memory bank (notebook 04), in bounded memory: torch blocks of at most
 ``memory_mb`` of distances; the exact pruned search (:func:`knn_pruned`: principal-axis lower
-bounds, then exact distances to the few rows they leave); faiss's flat index
+bounds, then exact distances to the few rows they leave; the CPU default); faiss's flat index
 (``pip install faiss-cpu``); or, on CPUs that multiply bf16 natively, bf16 candidates re-ranked by
 their exact float32 distances (:func:`knn_bf16`). Distances: ``l2`` or ``1 - cos``;
 ``norm_floor`` (cosine) divides by ``|x| + norm_floor``, so weak vectors (dark background, noisy
@@ -19,6 +19,7 @@ PRUNE_DIMS = (
     64  # principal axes of knn_pruned's bound (chosen on transistor, benchmarks/RESULTS.md)
 )
 PRUNE_REL = 1e-4  # knn_pruned's margin, relative to |low(q)|^2 + max |low(m)|^2
+PRUNE_DENSE = 512  # a query with more candidate rows than this gets all its distances at once
 
 
 def prepare(x: torch.Tensor, distance: str, norm_floor: float = 0.0) -> torch.Tensor:
@@ -181,12 +182,13 @@ class PrunedBank:
         self.axes = axes[:, -min(dims, z.shape[1]) :].float().contiguous()
         low = self.low(self.rows)
         self.low_t, self.low_sqn = low.T.contiguous(), (low * low).sum(1)
+        self.sqn = (self.rows * self.rows).sum(1)
         self.scale = float(self.low_sqn.max())
 
     def subset(self, rows) -> PrunedBank:
         """The same axes and mean (the bound holds for any), for the rows ``rows`` only."""
         sub = copy.copy(self)
-        sub.rows, sub.low_sqn = self.rows[rows], self.low_sqn[rows]
+        sub.rows, sub.low_sqn, sub.sqn = self.rows[rows], self.low_sqn[rows], self.sqn[rows]
         sub.low_t = self.low_t[:, rows].contiguous()
         return sub
 
@@ -213,20 +215,26 @@ def knn_pruned(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, *, distanc
     _check(queries, bank, k)
     pb = prepared or PrunedBank(bank, distance, norm_floor)
     q = prepare(queries, distance, norm_floor)
-    low_q = pb.low(q)
-    low_qn = (low_q * low_q).sum(1)
-    # float32 error of the bound |a|^2 + |b|^2 - 2 a.b (and of the projection) is far below this
-    margin = PRUNE_REL * (low_qn + pb.scale)
     m, d = pb.rows.shape
     step = max(1, min(q.shape[0], min(memory_mb, 8) * (1 << 20) // (4 * m)))  # [step, M] in cache
     best_d = torch.empty(q.shape[0], 1, device=q.device)
     best_i = torch.empty(q.shape[0], 1, dtype=torch.long, device=q.device)
     for s in range(0, q.shape[0], step):
         qq, e = q[s : s + step], slice(s, s + step)
-        bound = torch.addmm(pb.low_sqn[None], low_q[e], pb.low_t, alpha=-2.0)  # bound - |low_q|^2
+        low_q = pb.low(qq)
+        low_qn = (low_q * low_q).sum(1)
+        bound = torch.addmm(pb.low_sqn[None], low_q, pb.low_t, alpha=-2.0)  # bound - |low_q|^2
         first = bound.argmin(1)
         d0 = (qq - pb.rows[first]).square_().sum(1)
-        qi, mi = _below_rows(bound, d0 + margin[e] - low_qn[e])
+        # float32 error of the bound |a|^2 + |b|^2 - 2 a.b (and of the projection) is far below
+        qi, mi = _below_rows(bound, d0 + PRUNE_REL * (low_qn + pb.scale) - low_qn)
+        heavy = torch.bincount(qi, minlength=len(qq)) > PRUNE_DENSE
+        if heavy.any():  # a query the bound prunes badly (far from every row): all its distances
+            keep = ~heavy[qi]
+            qi, mi = qi[keep], mi[keep]
+            rows_h = torch.nonzero(heavy).squeeze(1)
+            d_h, i_h = knn_torch(qq[rows_h], pb.rows, 1, memory_mb=memory_mb, bank_sqn=pb.sqn)
+            first[rows_h], d0[rows_h] = i_h[:, 0], d_h[:, 0].square()
         dist = torch.cat([d0, _row_distances(qq, pb.rows, qi, mi, d)])
         qi = torch.cat([torch.arange(len(qq), device=q.device), qi])
         mi = torch.cat([first, mi])
@@ -274,20 +282,13 @@ def faiss_available() -> bool:
     return True
 
 
-def resolve_backend(backend: str, device: torch.device, n_queries: int | None = None) -> str:
+def resolve_backend(backend: str, device: torch.device) -> str:
     """``"auto"``, for queries on the CPU: bf16 candidates + exact re-rank where the CPU has native
-    bf16 (faster than the float32 searches at every query count measured, 32 to 51,200), else faiss
-    when installed (1.4x faster than the torch blocks on real transistor, same metrics;
-    benchmarks/RESULTS.md) for ``FAISS_MIN_QUERIES`` queries or more, else torch; GPU queries stay
-    on torch."""
+    bf16, else the exact pruned search (on an AVX2 CPU 114 ms per 1,600-patch image on transistor
+    against faiss's 140 and the torch blocks' 164, on tire 34 against 33 and 45; 3x the torch
+    blocks for 32 queries; benchmarks/RESULTS.md); GPU queries stay on torch."""
     if backend != "auto":
         return backend
     if device.type != "cpu":
         return "torch"
-    if bf16_native():
-        return "bf16"
-    few = n_queries is not None and n_queries < FAISS_MIN_QUERIES
-    return "faiss" if not few and faiss_available() else "torch"
-
-
-FAISS_MIN_QUERIES = 1024  # faiss 1.15, 16,384 x 288 rows: 150 queries 39 ms, torch 18 ms
+    return "bf16" if bf16_native() else "pruned"

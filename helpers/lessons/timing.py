@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from helpers.core.knn import FAISS_MIN_QUERIES, resolve_backend
+from helpers.core.knn import resolve_backend
 from helpers.core.runtime import autocast_dtype, has_native_bf16, resolve_device
 
 A100_BATCH = 64  # fits an A100 (40 or 80 GB) with wide_resnet50_2 at 224 px in bf16
@@ -20,6 +20,7 @@ CPU_BATCH = 8
 
 KNN_SEARCH = {
     "bf16": "bf16 candidates, exact float32 re-rank (this CPU multiplies bf16 natively)",
+    "pruned": "principal-axis bounds, then exact distances to the rows they leave (exact)",
     "faiss": "faiss flat index (exact)",
     "torch": "torch matmul blocks (exact)",
 }
@@ -36,7 +37,7 @@ def device_report(device: torch.device, precision: str = "auto") -> dict:
         "torch": torch.__version__,
     }
     if device.type != "cuda":
-        search = KNN_SEARCH[resolve_backend("auto", device, FAISS_MIN_QUERIES)]
+        search = KNN_SEARCH[resolve_backend("auto", device)]
         return {**info, "name": "CPU", "threads": torch.get_num_threads(), "kNN search": search}
     props = torch.cuda.get_device_properties(device)
     return {
