@@ -15,9 +15,7 @@ import numpy as np
 import torch
 
 BF16_CANDIDATES = 8  # rows re-ranked exactly per query by knn_bf16 (4 always sufficed on MVTec)
-PRUNE_DIMS = (
-    64  # principal axes of knn_pruned's bound (chosen on transistor, benchmarks/RESULTS.md)
-)
+PRUNE_DIMS = 64  # principal axes of knn_pruned's bound (chosen on transistor, RESULTS.md)
 PRUNE_REL = 1e-4  # knn_pruned's margin, relative to |low(q)|^2 + max |low(m)|^2
 PRUNE_DENSE = 512  # a query with more candidate rows than this gets all its distances at once
 
