@@ -222,7 +222,7 @@ def knn_pruned(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, *, distanc
         low_q = pb.low(qq)
         low_qn = (low_q * low_q).sum(1)
         bound = torch.addmm(pb.low_sqn[None], low_q, pb.low_t, alpha=-2.0)  # bound - |low_q|^2
-        first = bound.argmin(1)
+        first = _argmin_rows(bound)
         d0 = (qq - pb.rows[first]).square_().sum(1)
         # float32 error of the bound |a|^2 + |b|^2 - 2 a.b (and of the projection) is far below
         qi, mi = _below_rows(bound, d0 + PRUNE_REL * (low_qn + pb.scale) - low_qn)
@@ -247,13 +247,20 @@ def knn_pruned(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, *, distanc
     return finish(best_d, distance), best_i
 
 
-def _below_rows(v: torch.Tensor, limit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows, columns) where v [Q, M] < limit [Q] (numpy's flatnonzero on the CPU: ~5x faster)."""
-    mask = v < limit[:, None]
+def _argmin_rows(v: torch.Tensor) -> torch.Tensor:
+    """Each row's argmin (the first of equal minima), numpy's on the CPU (~4x torch's there)."""
     if v.device.type == "cpu":
-        flat = torch.from_numpy(np.flatnonzero(mask.numpy()))
+        return torch.from_numpy(v.numpy().argmin(1))
+    return v.argmin(1)
+
+
+def _below_rows(v: torch.Tensor, limit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, columns) where v [Q, M] < limit [Q] (numpy's compare and flatnonzero on the CPU:
+    ~2x torch's compare and 5x its nonzero)."""
+    if v.device.type == "cpu":
+        flat = torch.from_numpy(np.flatnonzero(v.numpy() < limit.numpy()[:, None]))
         return flat // v.shape[1], flat % v.shape[1]
-    return torch.nonzero(mask, as_tuple=True)
+    return torch.nonzero(v < limit[:, None], as_tuple=True)
 
 
 def _row_distances(q, rows, qi, mi, d: int, part_floats: int = 1 << 22) -> torch.Tensor:
