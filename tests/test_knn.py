@@ -290,6 +290,7 @@ def test_a_bank_subset_reuses_the_prepared_search_and_searches_only_its_rows():
     keep[nearest[:100]] = False  # drop the nearest rows of 100 queries
     sub = bank.subset(keep)
     assert sub.pruned().axes is bank.pruned().axes  # the same axes, not a new eigendecomposition
+    assert sub.pruned().rows is sub.features  # l2 rows gathered once, not twice
     d, i = sub.nearest(q, 1)
     ed, ei = _exact(q, b[keep])
     assert torch.equal(i[:, 0], ei)

@@ -112,7 +112,8 @@ class MemoryBank:
         sub.features, sub.sqn = self.features[rows], self.sqn[rows]
         sub._faiss = sub._bf16 = None
         if resolve_backend(self.backend, self.features.device) == "pruned":
-            sub._pruned = self.pruned().subset(rows)  # prepared once, on this bank
+            pb = self.pruned()  # prepared once, on this bank; its rows are ours for l2 float32
+            sub._pruned = pb.subset(rows, sub.features if pb.rows is self.features else None)
         return sub
 
     def head(self, k: int) -> MemoryBank:

@@ -183,10 +183,12 @@ class PrunedBank:
         self.sqn = (self.rows * self.rows).sum(1)
         self.scale = float(self.low_sqn.max())
 
-    def subset(self, rows) -> PrunedBank:
-        """The same axes and mean (the bound holds for any), for the rows ``rows`` only."""
+    def subset(self, rows, taken: torch.Tensor | None = None) -> PrunedBank:
+        """The same axes and mean (the bound holds for any), for the rows ``rows`` only
+        (``taken``: ``self.rows[rows]``, when the caller has gathered it already)."""
         sub = copy.copy(self)
-        sub.rows, sub.low_sqn, sub.sqn = self.rows[rows], self.low_sqn[rows], self.sqn[rows]
+        sub.rows = self.rows[rows] if taken is None else taken
+        sub.low_sqn, sub.sqn = self.low_sqn[rows], self.sqn[rows]
         sub.low_t = self.low_t[:, rows].contiguous()
         return sub
 
