@@ -1,5 +1,5 @@
 """Coreset selection: full runs of the straightforward reference loop, the dense fused loop and
-the filtered loop (the CPU default) on the same real patch features, with identical-pick checks.
+the batched loop (the CPU default) on the same real patch features, with identical-pick checks.
 
     .venv/bin/python benchmarks/coreset_bench.py --images /work/shared/data/mvtec3d_tire_rgb \\
         --category tire --threads 1,2
@@ -73,7 +73,7 @@ def main() -> None:
     p.add_argument("--features", help="a saved [N, D] float tensor (.pt) instead of --images")
     p.add_argument("--ratio", type=float, default=0.1)
     p.add_argument("--threads", default="1,2", help="torch thread counts to run the methods at")
-    p.add_argument("--methods", default="reference,dense,filtered")
+    p.add_argument("--methods", default="reference,dense,batched")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--json")
     a = p.parse_args()
@@ -112,11 +112,11 @@ def main() -> None:
     base = next(iter(picks.values()))
     same = {m: bool(torch.equal(v, base)) for m, v in picks.items()}
     print(f"identical picks across methods: {same}")
-    fast = min(v for key, v in runs.items() if key.startswith("filtered"))
+    fast = min(v for key, v in runs.items() if key.startswith("batched"))
     for ref in ("reference", "dense"):
         got = [v for key, v in runs.items() if key.startswith(ref)]
         if got:
-            print(f"filtered (best) vs {ref} (best thread count): {min(got) / fast:.1f}x faster")
+            print(f"batched (best) vs {ref} (best thread count): {min(got) / fast:.1f}x faster")
     if a.json:
         Path(a.json).write_text(
             json.dumps({"runs": runs, "identical": same, "n": feats.shape[0], "k": k}, indent=2)

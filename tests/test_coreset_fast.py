@@ -34,33 +34,29 @@ def test_fast_coreset_selects_exactly_what_the_reference_selects(n, dim, proj, k
     feats = _clustered(n, dim, seed, dup)
     with cpu_threads(1):  # small sequential ops: one thread is faster on a busy 2-core machine
         ref = greedy_coreset_reference(feats, k, projection_dim=proj, seed=seed)
-    for method in ("dense", "filtered", "auto"):
-        got = greedy_coreset(feats, k, projection_dim=proj, seed=seed, method=method, filter_dim=16)
+    for method in ("dense", "batched", "auto"):
+        got = greedy_coreset(feats, k, projection_dim=proj, seed=seed, method=method, bound_dim=16)
         assert torch.equal(got, ref), method
     assert len(set(ref.tolist())) == k
 
 
-@pytest.mark.parametrize("full_pass_fraction, refresh_every", [(0.0, 7), (2.0, 0), (0.25, 1)])
-def test_filtered_coreset_branches_all_match_the_reference(
-    monkeypatch, full_pass_fraction, refresh_every
-):
-    """Force each branch of the filtered loop: cluster test + gathered bound on every pick,
-    the full-pass bound on every pick, and a cluster-radius refresh on every pick."""
+@pytest.mark.parametrize(
+    "top_k, max_batch, tile",
+    [(1, 128, 4096), (2, 3, 97), (256, 1, 4096), (4000, 500, 64)],
+)
+def test_batched_coreset_branches_all_match_the_reference(monkeypatch, top_k, max_batch, tile):
+    """Force each branch of the batched loop: a frontier of one row (batches end at once), tiny
+    batches and row tiles, one pick per batch, and a frontier holding every row."""
     import functools
 
     import helpers.core.coreset_fast as cf
 
-    monkeypatch.setattr(
-        cf,
-        "filtered",
-        functools.partial(
-            cf.filtered, full_pass_fraction=full_pass_fraction, refresh_every=refresh_every
-        ),
-    )
+    batched = functools.partial(cf.batched, top_k=top_k, max_batch=max_batch, tile=tile)
+    monkeypatch.setattr(cf, "batched", batched)
     feats = _clustered(2000, 128, 5, dup_every=11)
     with cpu_threads(1):
         ref = greedy_coreset_reference(feats, 400, projection_dim=64, seed=5)
-    got = greedy_coreset(feats, 400, projection_dim=64, seed=5, method="filtered", filter_dim=16)
+    got = greedy_coreset(feats, 400, projection_dim=64, seed=5, method="batched", bound_dim=16)
     assert torch.equal(got, ref)
 
 
@@ -69,17 +65,26 @@ def test_coreset_rejects_unknown_method():
         greedy_coreset(torch.randn(50, 8), 5, method="fast")
 
 
-@pytest.mark.parametrize("q", [1, 4, 16])
-def test_filtered_cascade_split_never_changes_the_picks(monkeypatch, q):
-    """The full pass tests the top-q split first (q = 16 = p: no cascade); every split keeps
-    every row whose distance can drop, so the picks stay the reference's."""
-    import functools
-
-    import helpers.core.coreset_fast as cf
-
-    monkeypatch.setattr(cf, "filtered", functools.partial(cf.filtered, q=q))
+@pytest.mark.parametrize("bound_dim", [1, 4, 47, 200])
+def test_batched_bound_dims_never_change_the_picks(bound_dim):
+    """A bound from 1, a few, all but one or more than all axes (clipped to d - 1) keeps every
+    row whose distance can drop, so the picks stay the reference's."""
     feats = _clustered(3000, 96, 7, dup_every=13)
     with cpu_threads(1):
         ref = greedy_coreset_reference(feats, 500, projection_dim=48, seed=7)
-    got = greedy_coreset(feats, 500, projection_dim=48, seed=7, method="filtered", filter_dim=16)
+    got = greedy_coreset(
+        feats, 500, projection_dim=48, seed=7, method="batched", bound_dim=bound_dim
+    )
     assert torch.equal(got, ref)
+
+
+def test_coreset_with_every_row_tied_picks_the_first_rows():
+    """Equal running distances everywhere: the reference takes the first row of equal maxima;
+    so must a batch whose frontier is all ties (tau equals its largest value)."""
+    feats = torch.zeros(300, 16)
+    feats[:, 0] = torch.arange(300).float() % 3  # three distinct rows, 100 copies each
+    with cpu_threads(1):
+        ref = greedy_coreset_reference(feats, 40, projection_dim=0, seed=0)
+    for method in ("dense", "batched"):
+        got = greedy_coreset(feats, 40, projection_dim=0, seed=0, method=method, bound_dim=4)
+        assert torch.equal(got, ref), method

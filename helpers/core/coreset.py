@@ -67,15 +67,16 @@ def greedy_coreset(
     seed: int = 0,
     progress: bool = False,
     method: str = "auto",
-    filter_dim: int = 32,
+    bound_dim: int = 64,
     block_rows: int = 16384,
 ) -> torch.Tensor:
     """Indices (int64) of ``n_select`` rows, each the row farthest from those picked before it.
     ``features``: rows [N, D] (projected here, ``block_rows`` at a time) or a filled
-    :class:`Projection` (the streaming fit's). ``method``: "auto" ("filtered" on the CPU for large
-    inputs, else "dense"), "dense" or "filtered": the same indices as the reference loop."""
-    if method not in ("auto", "dense", "filtered"):
-        raise ValueError(f"method={method!r} must be 'auto', 'dense' or 'filtered'")
+    :class:`Projection` (the streaming fit's). ``method``: "auto" ("batched" on the CPU for large
+    inputs, else "dense"), "dense" or "batched" (its bound uses ``bound_dim`` principal axes): the
+    same indices as the reference loop."""
+    if method not in ("auto", "dense", "batched"):
+        raise ValueError(f"method={method!r} must be 'auto', 'dense' or 'batched'")
     if isinstance(features, Projection):
         x, n = features.result()
     else:
@@ -83,22 +84,24 @@ def greedy_coreset(
     _check(n, n_select)
     if n_select == n:
         return torch.arange(n, device=x.device)
-    d = x.shape[1]
+    p = max(1, min(bound_dim, x.shape[1] - 1))
     if method == "auto":
-        method = (
-            "filtered" if x.device.type == "cpu" and n >= 8192 and d >= 2 * filter_dim else "dense"
-        )
+        method = "batched" if x.device.type == "cpu" and n >= 8192 and p >= 8 else "dense"
     sqn = (x * x).sum(dim=1)
     min_d2 = _start_distances(x, sqn, n, min(start_points, n), seed)
     min_d2[n:] = -math.inf  # padding rows are never picked
-    steps = range(n_select)
-    if progress:
-        steps = show_progress(steps, total=n_select, desc="coreset", unit="pick")
-    # the loop is thousands of small dependent steps: one CPU thread (see runtime.cpu_threads)
+    bar = show_progress(None, total=n_select, desc="coreset", unit="pick") if progress else None
+    # thousands of small dependent steps: one CPU thread for torch (see runtime.cpu_threads)
     with cpu_threads(1 if x.device.type == "cpu" else None):
-        if method == "filtered" and 0 < filter_dim < d:
-            return coreset_fast.filtered(x, sqn, min_d2, n, steps, n_select, filter_dim)
-        return coreset_fast.dense(x, sqn, min_d2, steps, n_select)
+        if method == "batched":
+            if x.device.type != "cpu":
+                raise ValueError("method='batched' runs on the CPU; use 'dense' on a GPU")
+            picked = coreset_fast.batched(x, sqn, min_d2, n, n_select, p, bar and bar.update)
+        else:
+            picked = coreset_fast.dense(x, sqn, min_d2, n_select, bar and bar.update)
+    if bar is not None:
+        bar.close()
+    return picked
 
 
 def covering_radius(features: torch.Tensor, selected: torch.Tensor, chunk: int = 4096) -> float:
