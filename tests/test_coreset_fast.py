@@ -88,3 +88,17 @@ def test_coreset_with_every_row_tied_picks_the_first_rows():
     for method in ("dense", "batched"):
         got = greedy_coreset(feats, 40, projection_dim=0, seed=0, method=method, bound_dim=4)
         assert torch.equal(got, ref), method
+
+
+def test_auto_picks_the_batched_loop_on_a_large_cpu_input_with_a_progress_bar(monkeypatch):
+    """>= 8,192 rows on the CPU: "auto" runs the batched loop (and counts its picks on the bar)."""
+    import helpers.core.coreset_fast as cf
+
+    calls = []
+    batched = cf.batched
+    monkeypatch.setattr(cf, "batched", lambda *a, **k: calls.append(a[5]) or batched(*a, **k))
+    feats = _clustered(9000, 64, 11)
+    with cpu_threads(1):
+        ref = greedy_coreset_reference(feats, 300, projection_dim=0, seed=11)
+    got = greedy_coreset(feats, 300, projection_dim=0, seed=11, progress=True)
+    assert calls == [63] and torch.equal(got, ref)  # bound_dim 64 clipped to d - 1

@@ -90,15 +90,16 @@ def greedy_coreset(
     sqn = (x * x).sum(dim=1)
     min_d2 = _start_distances(x, sqn, n, min(start_points, n), seed)
     min_d2[n:] = -math.inf  # padding rows are never picked
+    if method == "batched" and x.device.type != "cpu":
+        raise ValueError("method='batched' runs on the CPU; use 'dense' on a GPU")
     bar = show_progress(None, total=n_select, desc="coreset", unit="pick") if progress else None
+    tick = None if bar is None else bar.update
     # thousands of small dependent steps: one CPU thread for torch (see runtime.cpu_threads)
     with cpu_threads(1 if x.device.type == "cpu" else None):
         if method == "batched":
-            if x.device.type != "cpu":
-                raise ValueError("method='batched' runs on the CPU; use 'dense' on a GPU")
-            picked = coreset_fast.batched(x, sqn, min_d2, n, n_select, p, bar and bar.update)
+            picked = coreset_fast.batched(x, sqn, min_d2, n, n_select, p, tick)
         else:
-            picked = coreset_fast.dense(x, sqn, min_d2, n_select, bar and bar.update)
+            picked = coreset_fast.dense(x, sqn, min_d2, n_select, tick)
     if bar is not None:
         bar.close()
     return picked
