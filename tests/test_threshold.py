@@ -79,6 +79,20 @@ def test_held_out_scores_equal_a_bank_built_without_each_image(fit_with_features
     assert (scores > full).all()  # its own patches, kept in M, made each image look normal
 
 
+def test_held_out_scores_without_reweighting_equal_each_image_left_out(fit_with_features, samples):
+    """num_neighbors = 1 (s = s*, no eq. 7) through the same grouped searches."""
+    model, feats = fit_with_features
+    plain = PatchCore(model.config.replace(num_neighbors=1))
+    plain.memory_bank, plain.tap_weights = model.memory_bank, model.tap_weights
+    scores, _ = held_out_scores(plain, feats)
+    owner = (model.coreset_indices // (8 * feats.per_image)).cpu()
+    for i in range(5):
+        without = PatchCore(plain.config)
+        without.memory_bank, without.tap_weights = model.memory_bank[owner != i], model.tap_weights
+        expected = without.predict([samples[0][i]], maps=False).scores[0]
+        assert scores[i] == pytest.approx(expected, rel=1e-5), i
+
+
 @pytest.mark.parametrize("head_rows", [4, 16, 64])
 def test_held_out_scores_search_only_the_patches_that_can_give_s_star(fit_with_features, head_rows):
     """Bounding the patches by the bank's first rows and searching only those that may hold the

@@ -225,33 +225,100 @@ def held_out_scores(model, feats: TrainingFeatures, progress=False,
     per_image, n = views * h * w, feats.n_images
     scores = np.full(n, np.nan, dtype=np.float32)
     owned = np.zeros(len(bank), dtype=bool)
-    group = max(1, 16384 // per_image)  # images read from the feature file at once
+    group = max(1, 16384 // per_image)  # images read from the feature file (and searched) at once
     starts = range(0, n, group)
     if progress:
         starts = show_progress(starts, total=math.ceil(n / group), desc="held-out", unit="group")
     for start in starts:
         stop = min(n, start + group)
         rows = feats.rows(torch.arange(start * per_image, stop * per_image)).float().cpu()
-        for i in range(start, stop):
-            block = rows[(i - start) * per_image : (i - start + 1) * per_image]
-            own = sorted({keys[k] for k in row_keys(block.numpy()) if k in keys})
-            owned[own] = True
-            sub = bank
-            if own:
-                keep = torch.ones(len(bank), dtype=torch.bool, device=features.device)
-                keep[own] = False
-                sub = bank.subset(keep)
-            emb = block[: h * w].to(features.device)
-            emb = emb[could_give_s_star(emb, sub, head_rows)]  # s depends on one patch alone
-            scores[i] = float(model.score_embeddings(emb[None, None], bank=sub)[0][0])
+        blocks = [rows[j * per_image : (j + 1) * per_image] for j in range(stop - start)]
+        own = [sorted({keys[k] for k in row_keys(b.numpy()) if k in keys}) for b in blocks]
+        for rows_of_image in own:
+            owned[rows_of_image] = True
+        patches = torch.stack([b[: h * w] for b in blocks]).to(features.device)
+        scores[start:stop] = _held_out_group(model, patches, own, head_rows)
     if not owned.all():
         raise ValueError(f"{int((~owned).sum())} of {len(bank)} memory-bank rows are copies of no "
                          "training patch: the bank was not built from these training features "
                          "(they were recomputed after the fit?). Refit the bank on these "
                          "features, then compute the threshold.")  # fmt: skip
     info = {"method": METHOD, "n_images": n, "views_per_image": views, "bank_rows": len(bank)}
-    release_freed_memory()  # the per-image banks' buffers
+    release_freed_memory()  # the per-group banks' buffers
     return scores, info
+
+
+def _held_out_group(model, patches: torch.Tensor, own: list[list[int]], head_rows) -> np.ndarray:
+    """s (eq. 7) of each image's patches ``patches[g]`` [P, D] against M without its rows
+    ``own[g]``, as :meth:`PatchCore.score_embeddings` computes it against that bank. The images
+    share the searches of M without all their rows ("rest"); the other images' rows ("extra",
+    a few hundred) are searched per image, and the nearer of the two answers counts."""
+    bank, dev, g_n = model.bank, model.bank.features.device, len(patches)
+    theirs = sorted(set().union(*own))
+    rest_idx = torch.ones(len(bank), dtype=torch.bool, device=dev)
+    rest_idx[theirs] = False
+    rest_idx = torch.nonzero(rest_idx).squeeze(1)
+    rest = bank.subset(rest_idx) if len(rest_idx) else None
+    extra_idx = [
+        torch.tensor(sorted(set(theirs) - set(o)), dtype=torch.long, device=dev) for o in own
+    ]
+    extra = [bank.subset(e) if len(e) else None for e in extra_idx]
+
+    def nearest(queries: list[torch.Tensor], k: int = 1) -> list[tuple]:
+        """Per image g, the k nearest (distances, bank rows) of queries[g] in M without own[g]."""
+        found = [[] for _ in queries]
+        if rest is not None:  # one search for every image's queries
+            d, i = rest.nearest(torch.cat(queries), min(k, len(rest_idx)))
+            sizes = [len(q) for q in queries]
+            for g, (dg, ig) in enumerate(zip(d.split(sizes), rest_idx[i].split(sizes))):
+                found[g].append((dg, ig))
+        for g, (q, e) in enumerate(zip(queries, extra)):
+            if e is not None:
+                d, i = e.nearest(q, min(k, len(extra_idx[g])))
+                found[g].append((d, extra_idx[g][i]))
+        return [_merge(parts, k) for parts in found]
+
+    if rest is not None:  # bounds from rest's first rows, for every image's patches at once
+        hr = head_rows if head_rows is not None else (len(rest) // 8 if len(rest) >= 2048 else 0)
+        if 0 < hr < len(rest) and patches.shape[1] > 32:
+            bound = rest.head(hr).nearest(patches.flatten(0, 1), 1)[0][:, 0].view(g_n, -1)
+            tops = torch.topk(bound, 32, dim=1).indices
+            best = [d[:, 0].max() for d, _ in nearest([p[t] for p, t in zip(patches, tops)])]
+            kept = [_kept(b, t, m) for b, t, m in zip(bound, tops, best)]
+            patches = [p[k] for p, k in zip(patches, kept)]
+    dist = nearest(list(patches))
+    s_star, pos = zip(*[d[:, 0].max(0) for d, _ in dist])  # eq. 6, the first of equal maxima
+    m_star = torch.stack([i[p, 0] for (_, i), p in zip(dist, pos)])
+    ks = [min(model.config.num_neighbors, len(bank) - len(o)) for o in own]  # eq. 7's b
+    out = [float(s) for s in s_star]
+    if max(ks) > 1:
+        found = nearest(list(bank.features[m_star][:, None].float()), max(ks))  # N_b(m*)
+        for g, (_, n_b) in enumerate(found):
+            if ks[g] > 1:
+                n_b = n_b[:, : ks[g]].clone()
+                n_b[:, 0] = m_star[g]  # m*'s nearest neighbour is m* itself (or a duplicate)
+                d_n = bank.distance_to(patches[g][pos[g]][None, None], n_b)
+                weight = 1 - torch.softmax(d_n.double(), dim=1)[:, 0].float()
+                out[g] = float(weight * s_star[g])
+    return np.array(out, dtype=np.float32)
+
+
+def _merge(parts: list[tuple], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k nearest of several searches' (distances [Q, k_j], rows [Q, k_j]): by distance, then
+    row number (of equally near rows the first, as one search over the union reports)."""
+    d, i = torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
+    order = torch.sort(i, dim=1, stable=True).indices
+    d, i = d.gather(1, order), i.gather(1, order)
+    order = torch.sort(d, dim=1, stable=True).indices[:, :k]
+    return d.gather(1, order), i.gather(1, order)
+
+
+def _kept(bound: torch.Tensor, top: torch.Tensor, best, margin: float = 1e-3) -> torch.Tensor:
+    """Positions whose bound reaches the largest searched distance ``best`` (less ``margin``,
+    relative, for float32 rounding), and the searched ``top`` ones: ascending."""
+    keep = bound >= best * (1 - margin)
+    keep[top] = True
+    return torch.nonzero(keep).squeeze(1)
 
 
 def could_give_s_star(patches: torch.Tensor, bank: MemoryBank, head_rows: int | None = None,
@@ -261,7 +328,7 @@ def could_give_s_star(patches: torch.Tensor, bank: MemoryBank, head_rows: int | 
     first ``head_rows`` rows (default 1/8 of a bank of >= 2,048 rows) bounds each patch's from
     above; the ``first`` largest bounds are searched in full, and every patch whose bound reaches
     their largest distance (less ``margin``, relative, for float32 rounding) is kept. Every
-    position for a small bank."""
+    position for a small bank. (:func:`held_out_scores` does the same for a group of images.)"""
     n = patches.shape[0]
     if head_rows is None:  # a small bank: searching every patch in full is cheap
         head_rows = len(bank) // 8 if len(bank) >= 2048 else 0
@@ -269,10 +336,7 @@ def could_give_s_star(patches: torch.Tensor, bank: MemoryBank, head_rows: int | 
         return torch.arange(n, device=patches.device)
     bound = bank.head(head_rows).nearest(patches, 1)[0][:, 0]
     top = torch.topk(bound, first).indices
-    best = bank.nearest(patches[top], 1)[0].max()
-    keep = bound >= best * (1 - margin)
-    keep[top] = True
-    return torch.nonzero(keep).squeeze(1)
+    return _kept(bound, top, bank.nearest(patches[top], 1)[0].max(), margin)
 
 
 def good_only_threshold(scores, false_alarm_rate: float = 0.05) -> dict:
