@@ -41,17 +41,22 @@ def test_fast_coreset_selects_exactly_what_the_reference_selects(n, dim, proj, k
 
 
 @pytest.mark.parametrize(
-    "top_k, max_batch, tile",
-    [(1, 128, 4096), (2, 3, 97), (256, 1, 4096), (4000, 500, 64)],
-)
-def test_batched_coreset_branches_all_match_the_reference(monkeypatch, top_k, max_batch, tile):
+    "top_k, max_batch, tile, max_pairs",
+    [(1, 128, 4096, 1 << 22), (2, 3, 97, 1 << 22), (256, 1, 4096, 1 << 22),
+     (4000, 500, 64, 1 << 22), (256, 128, 4096, 3000)],
+)  # fmt: skip
+def test_batched_coreset_branches_all_match_the_reference(
+    monkeypatch, top_k, max_batch, tile, max_pairs
+):
     """Force each branch of the batched loop: a frontier of one row (batches end at once), tiny
-    batches and row tiles, one pick per batch, and a frontier holding every row."""
+    batches and row tiles, one pick per batch, a frontier holding every row, and batches cut
+    short by a small pair budget."""
     import functools
 
     import helpers.core.coreset_fast as cf
 
-    batched = functools.partial(cf.batched, top_k=top_k, max_batch=max_batch, tile=tile)
+    kw = dict(top_k=top_k, max_batch=max_batch, tile=tile, max_pairs=max_pairs)
+    batched = functools.partial(cf.batched, **kw)
     monkeypatch.setattr(cf, "batched", batched)
     feats = _clustered(2000, 128, 5, dup_every=11)
     with cpu_threads(1):

@@ -66,13 +66,16 @@ def _bound_rows(x: torch.Tensor, n: int, p: int, chunk: int = 16384) -> np.ndarr
 
 
 def batched(x, sqn, min_d2, n, n_select, p, tick: Callable[[int], object] | None = None,
-            top_k: int = 256, max_batch: int = 128, tile: int = 4096) -> torch.Tensor:  # fmt: skip
+            top_k: int = 256, max_batch: int = 128, tile: int = 4096,
+            max_pairs: int = 1 << 22) -> torch.Tensor:  # fmt: skip
     """Same picks as :func:`dense`, on the CPU (``min_d2`` is updated in place). Per batch:
 
     1. the first pick is the row with the largest running distance m (all exact here);
     2. the ``top_k`` largest m are kept exact pick by pick (one product of ``top_k`` rows); while
        their largest is above tau, the next largest m overall, it is the next pick (any other row's
-       m is <= tau: m only drops), up to ``max_batch`` picks;
+       m is <= tau: m only drops), up to ``max_batch`` picks, and fewer while a batch's pairs
+       (step 4) would exceed about ``max_pairs`` (their index arrays are the loop's memory: the
+       first batch is sized for every row to pass, the next ones by the pairs per pick so far);
     3. every row x is tested against every pick c of the batch at once, a float32 product
        [n, p + 3] x [p + 3, batch]: (y_x, rho_x, 1, g_x) . (y_c, rho_c, -a_c / 2, -1) > 0 with
        a = (1 - rel) |(y, rho)|^2, g_x = (a_x - thr_x) / 2 and thr_x = m_x + margin, i.e. the lower
@@ -101,7 +104,7 @@ def batched(x, sqn, min_d2, n, n_select, p, tick: Callable[[int], object] | None
         return torch.mv(x.index_select(0, torch.from_numpy(gather)), x[c]).numpy()[:k]
 
     picked = np.empty(n_select, np.int64)
-    i = 0
+    i, limit = 0, max(1, min(max_batch, max_pairs // n))  # picks in the next batch
     while i < n_select:
         kk = min(top_k, n - 1)  # step 2's rows and tau
         part = np.argpartition(m[:n], n - kk - 1)
@@ -113,7 +116,7 @@ def batched(x, sqn, min_d2, n, n_select, p, tick: Callable[[int], object] | None
         while True:
             picked[i] = c
             i += 1
-            if i == n_select or i - start == max_batch:
+            if i == n_select or i - start == limit:
                 break
             t = torch.mv(x_top, x[c]).numpy()[:kk]
             np.minimum(m_top, (sq_top - 2 * t) + sq[c], out=m_top)
@@ -131,6 +134,7 @@ def batched(x, sqn, min_d2, n, n_select, p, tick: Callable[[int], object] | None
             hit_rows.append(flat // len(batch) + s)
             hit_picks.append(flat % len(batch))
         hit_picks = np.concatenate(hit_picks)
+        limit = max(1, min(max_batch, max_pairs * len(batch) // max(1, len(hit_picks))))
         order = np.argsort(hit_picks, kind="stable")
         hit_rows = np.concatenate(hit_rows)[order]
         bounds = np.searchsorted(hit_picks[order], np.arange(len(batch) + 1))
