@@ -98,10 +98,12 @@ def batched(x, sqn, min_d2, n, n_select, p, tick: Callable[[int], object] | None
 
     rows[:, p + 2] = g_of(slice(0, n), m[:n])
 
+    def gathered(idx: np.ndarray) -> torch.Tensor:  # x[idx] and zero rows x[n]: ROWS x whole
+        padded = np.concatenate([idx, np.full(-len(idx) % ROWS, n)])
+        return x.index_select(0, torch.from_numpy(padded))
+
     def dot(idx: np.ndarray, c: int) -> np.ndarray:  # x[idx] . x[c], rounded as over every row
-        k = idx.shape[0]
-        gather = np.concatenate([idx, np.full(-k % ROWS, n)])  # x[n] is a zero padding row
-        return torch.mv(x.index_select(0, torch.from_numpy(gather)), x[c]).numpy()[:k]
+        return torch.mv(gathered(idx), x[c]).numpy()[: len(idx)]
 
     picked = np.empty(n_select, np.int64)
     i, limit = 0, max(1, min(max_batch, max_pairs // n))  # picks in the next batch
@@ -111,7 +113,7 @@ def batched(x, sqn, min_d2, n, n_select, p, tick: Callable[[int], object] | None
         top = np.sort(part[n - kk :])  # ascending: argmax gives the first of equal maxima
         tau = m[part[n - kk - 1]]
         m_top, sq_top = m[top], sq[top]
-        x_top = x.index_select(0, torch.from_numpy(np.concatenate([top, np.full(-kk % ROWS, n)])))
+        x_top = gathered(top)
         start, c = i, int(np.argmax(m[:n]))  # step 1
         while True:
             picked[i] = c
