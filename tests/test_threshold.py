@@ -93,6 +93,17 @@ def test_held_out_scores_without_reweighting_equal_each_image_left_out(fit_with_
         assert scores[i] == pytest.approx(expected, rel=1e-5), i
 
 
+def test_held_out_scores_of_a_single_training_image_say_why_not(small_config, samples):
+    model = PatchCore(small_config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        feats = model.extract(samples[0][:1])
+    model.build_bank(feats)
+    with pytest.raises(ValueError, match="rows from other images"):
+        held_out_scores(model, feats)
+    feats.close()
+
+
 @pytest.mark.parametrize("head_rows", [4, 16, 64])
 def test_held_out_scores_search_only_the_patches_that_can_give_s_star(fit_with_features, head_rows):
     """Bounding the patches by the bank's first rows and searching only those that may hold the

@@ -263,6 +263,9 @@ def _held_out_group(model, patches: torch.Tensor, own: list[list[int]], head_row
         torch.tensor(sorted(set(theirs) - set(o)), dtype=torch.long, device=dev) for o in own
     ]
     extra = [bank.subset(e) if len(e) else None for e in extra_idx]
+    if rest is None and any(e is None for e in extra):  # M without an image's rows is empty
+        raise ValueError("every memory-bank row copies one training image's patches: a held-out "
+                         "score needs rows from other images (fit on more images)")  # fmt: skip
 
     def nearest(queries: list[torch.Tensor], k: int = 1) -> list[tuple]:
         """Per image g, the k nearest (distances, bank rows) of queries[g] in M without own[g]."""
