@@ -51,14 +51,19 @@ def test_the_conformal_rate_holds_on_exchangeable_scores():
     assert np.mean(hits) == pytest.approx(4 / 41, abs=0.015)  # k = ceil(41 * 0.9) = 37
 
 
+def _fit_keeping_features(config, images):
+    model = PatchCore(config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        feats = model.extract(images)
+    model.build_bank(feats)
+    return model, feats
+
+
 @pytest.fixture(scope="module")
 def fit_with_features(small_config, samples):
     """A fit on 5 images (8 rotations each: the auto rule below 20) that keeps its features."""
-    model = PatchCore(small_config)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        feats = model.extract(samples[0][:5])
-    model.build_bank(feats)
+    model, feats = _fit_keeping_features(small_config, samples[0][:5])
     yield model, feats
     feats.close()
 
@@ -94,11 +99,7 @@ def test_held_out_scores_without_reweighting_equal_each_image_left_out(fit_with_
 
 
 def test_held_out_scores_of_a_single_training_image_say_why_not(small_config, samples):
-    model = PatchCore(small_config)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        feats = model.extract(samples[0][:1])
-    model.build_bank(feats)
+    model, feats = _fit_keeping_features(small_config, samples[0][:1])
     with pytest.raises(ValueError, match="rows from other images"):
         held_out_scores(model, feats)
     feats.close()
