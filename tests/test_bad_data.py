@@ -191,6 +191,15 @@ def test_preflight_reports_mask_problems_once_counted(data, tmp_path):
     assert "3 with a mask" in lines[1]
 
 
+def test_preflight_refuses_a_single_training_image_in_one_line(data, tmp_path):
+    train = data / "metal_nut" / "train" / "good"
+    for extra in sorted(train.iterdir())[1:]:
+        extra.unlink()
+    with pytest.raises(PipelineError, match="1 training image") as err:
+        check(data, tmp_path / "r")
+    assert "\n" not in str(err.value) and "train/good/" in str(err.value)
+
+
 # ------------------------------------------------------------------ one-class test sets
 def test_preflight_says_what_a_one_class_test_set_allows(data, tmp_path):
     cat = data / "metal_nut"

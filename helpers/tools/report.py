@@ -133,6 +133,12 @@ def preflight(params: dict[str, Any]) -> str:
         n_train, (n_good, n_bad, n_masks, n_types), notes = _check_folder(run)
     if n_train == 0:
         raise PipelineError(f"data: no training images found under {run.data_root}")
+    if n_train == 1:  # held-out scores leave one image out: the bank needs another's rows
+        raise PipelineError(
+            f"data: 1 training image under {run.data_root}; notebook 05's good-only threshold "
+            "scores each training image against a bank built without it: add good images to "
+            "train/good/ (at least 2)"
+        )
     if n_good + n_bad == 0:
         raise PipelineError(
             f"data: no test images under {run.data_root} (every folder of test/ is empty); "
