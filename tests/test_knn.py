@@ -256,6 +256,42 @@ def test_pruned_search_finds_the_exact_nearest_row(distance, memory_mb, dims):
         torch.testing.assert_close(d[:, 0], ed, rtol=1e-5, atol=1e-6)
 
 
+def test_pruned_search_on_the_cpu_threads_is_the_single_block_torch_search(monkeypatch):
+    """The CPU's numpy blocks (one per worker thread, many blocks per group, many groups; a query
+    that keeps too many rows searched in full) give the same rows and the same distances, bit for
+    bit, as the torch path on one thread, and leave numpy's BLAS threads as they were."""
+    from threadpoolctl import threadpool_info
+
+    from helpers.core import knn
+
+    g = torch.Generator().manual_seed(5)
+    q, b = _clustered(n_bank=3000, n_query=700, dim=64, seed=4)
+    q[:40], b[:1000] = 3 * torch.randn(40, 64, generator=g), 3 * torch.randn(1000, 64, generator=g)
+    pb = knn.PrunedBank(b, dims=8)  # a loose bound: 76 queries keep more than PRUNE_DENSE rows
+    assert knn._candidates_cpu(q, pb, 87)[3].sum() > 0
+    blas = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    def torch_blocks(queries, bank, step):  # the GPU's path, run on the CPU
+        return knn._candidates_torch(queries, bank, step)
+
+    monkeypatch.setattr(knn, "CPU_GROUP_BLOCKS", 3)  # 1 MB blocks of 87 rows: groups of 261
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        d2, i2 = knn.knn_pruned(q, b, 1, memory_mb=1, prepared=pb)
+        torch.set_num_threads(1)
+        d1, i1 = knn.knn_pruned(q, b, 1, memory_mb=1, prepared=pb)
+        monkeypatch.setattr(knn, "_candidates_cpu", torch_blocks)
+        dt, it = knn.knn_pruned(q, b, 1, memory_mb=1, prepared=pb)
+    finally:
+        torch.set_num_threads(threads)
+    assert (
+        torch.equal(i2, it) and torch.equal(d2, dt) and torch.equal(i1, it) and torch.equal(d1, dt)
+    )
+    assert torch.equal(it[:, 0], _exact(q, b)[1])
+    assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == blas
+
+
 def test_pruned_search_reports_the_first_of_equally_near_rows_and_exact_zeros():
     from helpers.core.knn import knn_pruned
 
