@@ -259,7 +259,8 @@ def test_pruned_search_finds_the_exact_nearest_row(distance, memory_mb, dims):
 def test_pruned_search_on_the_cpu_threads_is_the_single_block_torch_search(monkeypatch):
     """The CPU's numpy blocks (one per worker thread, many blocks per group, many groups; a query
     that keeps too many rows searched in full) give the same rows and the same distances, bit for
-    bit, as the torch path on one thread, and leave numpy's BLAS threads as they were."""
+    bit, as the torch path, as one thread and as one block, and leave numpy's BLAS threads as they
+    were."""
     from threadpoolctl import threadpool_info
 
     from helpers.core import knn
@@ -274,6 +275,7 @@ def test_pruned_search_on_the_cpu_threads_is_the_single_block_torch_search(monke
     def torch_blocks(queries, bank, step):  # the GPU's path, run on the CPU
         return knn._candidates_torch(queries, bank, step)
 
+    whole = knn.knn_pruned(q, b, 1, prepared=pb)  # one block, one group
     monkeypatch.setattr(knn, "CPU_GROUP_BLOCKS", 3)  # 1 MB blocks of 87 rows: groups of 261
     threads = torch.get_num_threads()
     try:
@@ -288,6 +290,9 @@ def test_pruned_search_on_the_cpu_threads_is_the_single_block_torch_search(monke
     assert (
         torch.equal(i2, it) and torch.equal(d2, dt) and torch.equal(i1, it) and torch.equal(d1, dt)
     )
+    assert torch.equal(whole[1], it) and torch.equal(whole[0], dt)
+    summed = (q - b[it[:, 0]]).square().sum(1).sqrt()  # every distance, the heavy ones' too
+    assert torch.equal(dt[:, 0], summed)
     assert torch.equal(it[:, 0], _exact(q, b)[1])
     assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == blas
 

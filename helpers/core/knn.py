@@ -236,11 +236,11 @@ def knn_pruned(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, *, distanc
     for s in range(0, q.shape[0], group):
         qq, e = q[s : s + group], slice(s, s + group)
         first, qi, mi, heavy = (_candidates_cpu if cpu else _candidates_torch)(qq, pb, step)
-        d0 = (qq - pb.rows[first]).square_().sum(1)
         if heavy.any():  # a query the bound prunes badly (far from every row): all its distances
             rows_h = torch.nonzero(heavy).squeeze(1)
-            d_h, i_h = knn_torch(qq[rows_h], pb.rows, 1, memory_mb=memory_mb, bank_sqn=pb.sqn)
-            first[rows_h], d0[rows_h] = i_h[:, 0], d_h[:, 0].square()
+            _, i_h = knn_torch(qq[rows_h], pb.rows, 1, memory_mb=memory_mb, bank_sqn=pb.sqn)
+            first[rows_h] = i_h[:, 0]
+        d0 = (qq - pb.rows[first]).square_().sum(1)  # summed differences, as for every pair
         dist = torch.cat([d0, _row_distances(qq, pb.rows, qi, mi)])
         qi = torch.cat([torch.arange(len(qq), device=q.device), qi])
         mi = torch.cat([first, mi])
