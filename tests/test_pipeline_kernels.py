@@ -44,8 +44,8 @@ def test_a_kernel_started_ahead_has_the_libraries_loaded_and_a_clean_namespace(t
 
 
 def test_every_notebook_runs_in_a_kernel_started_ahead_and_none_is_left(tmp_path, monkeypatch):
-    """Fake papermill: records the kernel each notebook got; the next notebook's kernel starts
-    only when papermill says no timed cell is left (``untimed``), never before."""
+    """Fake papermill: records the kernel each notebook got; the next notebooks' kernels (two
+    ahead) start only when papermill says no timed cell is left (``untimed``), never before."""
     started, seen = [], []
     real_start = kernels.start_kernel
 
@@ -66,7 +66,8 @@ def test_every_notebook_runs_in_a_kernel_started_ahead_and_none_is_left(tmp_path
     run_pipeline(tmp_path / "run", params=dict(PRESETS["ci"]), log=lambda m: None)
     assert len(started) == len(NOTEBOOKS)  # one each: none started twice, none wasted
     assert [km for km, _, _ in seen] == started
-    assert [(b, a) for _, b, a in seen] == [(i + 1, i + 2) for i in range(5)] + [(6, 6)]
+    # 01 starts 02's and 03's kernels, 02 04's, ..., 04 06's; 05 and 06 none
+    assert [(b, a) for _, b, a in seen] == [(1, 3), (3, 4), (4, 5), (5, 6), (6, 6), (6, 6)]
     assert not any(km.is_alive() for km in started)
 
 
@@ -124,7 +125,7 @@ def test_a_failing_notebook_leaves_no_kernel_running(tmp_path, monkeypatch):
     monkeypatch.setattr(papermill, "execute_notebook", fail)
     with pytest.raises(PipelineError, match="01_dataset_exploration_clahe"):
         run_pipeline(tmp_path / "run", params=dict(PRESETS["ci"]), log=lambda m: None)
-    assert len(started) == 2  # the first notebook's and the one started ahead for the second
+    assert len(started) == 3  # the first notebook's and the two started ahead for 02 and 03
     assert not any(km.is_alive() for km in started)
 
 

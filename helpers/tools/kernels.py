@@ -1,7 +1,7 @@
-"""The notebook kernels of the main job (:mod:`helpers.tools.pipeline`): each notebook's kernel is
-started while the notebook before it runs, as soon as that notebook has no cell tagged ``timed``
+"""The notebook kernels of the main job (:mod:`helpers.tools.pipeline`): the next notebooks'
+kernels (up to two) are started while a notebook runs, as soon as it has no cell tagged ``timed``
 left (a cell whose printed numbers are timings: a kernel loading its libraries beside it made
-notebook 04's warm one-image call 79 -> 190-1970 ms), loads the lessons' libraries then
+notebook 04's warm one-image call 79 -> 190-1970 ms); each loads the lessons' libraries then
 (:mod:`helpers.tools.kernel_warmup`), and exits in the background after its notebook."""
 
 from __future__ import annotations
@@ -37,34 +37,42 @@ def start_kernel():
     return km
 
 
-class Kernels:
-    """The main job's kernels: one started ahead for the next notebook; each used kernel is asked
-    to shut down and left to exit in the background (a kernel holding a few GB takes 1-2 s to
-    exit). Every kernel is gone when the block ends, also on an error or Ctrl-C."""
+DEPTH = 2  # kernels started ahead at most: 04's is started while 02 runs (03's last cell is timed)
 
-    def __init__(self, ahead: bool):
-        self.ahead, self.next, self.retired = ahead, None, []
+
+class Kernels:
+    """The main job's kernels: up to ``depth`` started ahead for the next notebooks, in order;
+    each used kernel is asked to shut down and left to exit in the background (a kernel holding a
+    few GB takes 1-2 s to exit). Every kernel is gone when the block ends, also on an error or
+    Ctrl-C. Two ahead: notebook 03's timed bank-size sweep is its last long cell, so a kernel
+    started after it for 04 was still loading when 04 began (4.4 s of the main job); started
+    while 02 runs, it is ready, idle, by then."""
+
+    def __init__(self, ahead: bool, depth: int = DEPTH):
+        self.ahead, self.depth, self.queue, self.retired = ahead, depth, [], []
 
     def __enter__(self) -> Kernels:
         return self
 
-    def start_next(self) -> None:
-        """Start the next notebook's kernel now (when kernels are started ahead). If it cannot be
-        started, that notebook's kernel is started when it runs (:meth:`take`)."""
-        if self.ahead and self.next is None:
+    def start_ahead(self, remaining: int) -> None:
+        """Start kernels now (when kernels are started ahead) until ``min(depth, remaining)`` wait
+        for the ``remaining`` notebooks still to run. One that cannot be started is started when
+        its notebook runs (:meth:`take`)."""
+        while self.ahead and len(self.queue) < min(self.depth, remaining):
             try:
-                self.next = start_kernel()
+                self.queue.append(start_kernel())
             except Exception as exc:  # e.g. no python3 kernelspec: papermill will say it again
                 warnings.warn(
                     f"could not start the next notebook's kernel ahead: {exc}", stacklevel=2
                 )
+                return
 
     def take(self):
         """The kernel for the notebook about to run (None when kernels are not started ahead:
-        papermill starts its own); the next one's is started by :meth:`start_next`."""
+        papermill starts its own); the next ones are started by :meth:`start_ahead`."""
         if not self.ahead:
             return None
-        km, self.next = self.next, None
+        km = self.queue.pop(0) if self.queue else None
         if km is None or not km.is_alive():  # the first notebook, or a kernel that died waiting
             self.retire(km)
             try:
@@ -81,8 +89,8 @@ class Kernels:
             self.retired.append(km)
 
     def __exit__(self, *exc) -> None:
-        if self.next is not None:
-            self.next.shutdown_kernel(now=True)
+        for km in self.queue:
+            km.shutdown_kernel(now=True)
         for km in self.retired:
             try:
                 km.finish_shutdown()  # waits for the exit (kills it after a few seconds)

@@ -173,7 +173,7 @@ def _run(out, data, params, overwrite, resume, html, log) -> dict:
     except TypeError as exc:
         raise PipelineError(f"invalid parameters: {exc}") from exc
     with kernels.Kernels(KERNELS_AHEAD) as ahead:
-        ahead.start_next()  # the first notebook's kernel loads its libraries during the checks
+        ahead.start_ahead(1)  # the first notebook's kernel loads its libraries during the checks
         log(report.preflight({**merged, "run_dir": str(out)}))
         try:  # the folder and its marker
             out.mkdir(parents=True, exist_ok=True)
@@ -201,7 +201,8 @@ def _run(out, data, params, overwrite, resume, html, log) -> dict:
         todo = NOTEBOOKS[start:]
         for i, nb in enumerate(todo):
             km = ahead.take()
-            more = ahead.start_next if i + 1 < len(todo) else None  # once nothing timed is left
+            left = len(todo) - i - 1  # the next kernels start once nothing timed is left here
+            more = (lambda n=left: ahead.start_ahead(n)) if left else None
             try:
                 _execute(nb, out, merged, state, html, log, km, more)
             finally:
