@@ -1,8 +1,9 @@
 """The notebook kernels of the main job (:mod:`helpers.tools.pipeline`): the next notebooks'
-kernels (up to two) are started while a notebook runs, as soon as it has no cell tagged ``timed``
-left (a cell whose printed numbers are timings: a kernel loading its libraries beside it made
-notebook 04's warm one-image call 79 -> 190-1970 ms); each loads the lessons' libraries then
-(:mod:`helpers.tools.kernel_warmup`), and exits in the background after its notebook."""
+kernels (one or two, :func:`depth`) are started while a notebook runs, as soon as it has no cell
+tagged ``timed`` left (a cell whose printed numbers are timings: a kernel loading its libraries
+beside it made notebook 04's warm one-image call 79 -> 190-1970 ms); each loads the lessons'
+libraries then (:mod:`helpers.tools.kernel_warmup`), and exits in the background after its
+notebook."""
 
 from __future__ import annotations
 
@@ -37,28 +38,22 @@ def start_kernel():
     return km
 
 
-DEPTH = 2  # kernels started ahead at most: 04's is started while 02 runs (03's last cell is timed)
-
-
 class Kernels:
-    """The main job's kernels: up to ``depth`` started ahead for the next notebooks, in order;
-    each used kernel is asked to shut down and left to exit in the background (a kernel holding a
-    few GB takes 1-2 s to exit). Every kernel is gone when the block ends, also on an error or
-    Ctrl-C. Two ahead: notebook 03's timed bank-size sweep is its last long cell, so a kernel
-    started after it for 04 was still loading when 04 began (4.4 s of the main job); started
-    while 02 runs, it is ready, idle, by then."""
+    """The main job's kernels: some started ahead for the next notebooks, in order (see
+    :func:`depth`); each used kernel is asked to shut down and left to exit in the background (a
+    kernel holding a few GB takes 1-2 s to exit). Every kernel is gone when the block ends, also
+    on an error or Ctrl-C."""
 
-    def __init__(self, ahead: bool, depth: int = DEPTH):
-        self.ahead, self.depth, self.queue, self.retired = ahead, depth, [], []
+    def __init__(self, ahead: bool):
+        self.ahead, self.queue, self.retired = ahead, [], []
 
     def __enter__(self) -> Kernels:
         return self
 
-    def start_ahead(self, remaining: int) -> None:
-        """Start kernels now (when kernels are started ahead) until ``min(depth, remaining)`` wait
-        for the ``remaining`` notebooks still to run. One that cannot be started is started when
-        its notebook runs (:meth:`take`)."""
-        while self.ahead and len(self.queue) < min(self.depth, remaining):
+    def start_ahead(self, n: int) -> None:
+        """Start kernels now (when kernels are started ahead) until ``n`` wait for the notebooks
+        to come. One that cannot be started is started when its notebook runs (:meth:`take`)."""
+        while self.ahead and len(self.queue) < n:
             try:
                 self.queue.append(start_kernel())
             except Exception as exc:  # e.g. no python3 kernelspec: papermill will say it again
@@ -97,6 +92,25 @@ class Kernels:
                 km.cleanup_resources()
             except Exception as exc:  # one kernel's trouble must not leave the others running
                 warnings.warn(f"a notebook kernel did not shut down cleanly: {exc}", stacklevel=2)
+
+
+def timed_cells(path) -> int:
+    """How many cells of the notebook at ``path`` are tagged ``timed``."""
+    import nbformat
+
+    cells = nbformat.read(str(path), as_version=4).cells
+    return sum(TIMED in c.metadata.get("tags", []) for c in cells)
+
+
+def depth(quiet: list[bool], i: int) -> int:
+    """How many kernels to have started ahead once notebook ``i`` (of those to run; ``quiet``: has
+    no timed cell) has no timed cell left: two when it is quiet or the next one is (a kernel's
+    imports, ~5 s on one core, then run beside cells whose timings nobody reads), else one; never
+    more than the notebooks after ``i``. Notebook 03's timed bank-size sweep is its last long cell,
+    so 04's kernel started after it was still loading when 04 began (4.4 s of the transistor job):
+    it is started while 02 runs instead; 05's and 06's after 04's timed cells."""
+    ahead = 2 if quiet[i] or (i + 1 < len(quiet) and quiet[i + 1]) else 1
+    return min(ahead, len(quiet) - i - 1)
 
 
 def register_engine() -> str:

@@ -199,10 +199,11 @@ def _run(out, data, params, overwrite, resume, html, log) -> dict:
         atomic_write_json(out / "run.json", state)
         (out / "notebooks").mkdir(exist_ok=True)
         todo = NOTEBOOKS[start:]
+        quiet = [not kernels.timed_cells(notebook_dir() / nb) for nb in todo]
         for i, nb in enumerate(todo):
             km = ahead.take()
-            left = len(todo) - i - 1  # the next kernels start once nothing timed is left here
-            more = (lambda n=left: ahead.start_ahead(n)) if left else None
+            n = kernels.depth(quiet, i)  # started once nothing timed is left in this one
+            more = (lambda n=n: ahead.start_ahead(n)) if n else None
             try:
                 _execute(nb, out, merged, state, html, log, km, more)
             finally:
