@@ -82,9 +82,6 @@ class _Manager:  # what papermill's NotebookExecutionManager shows the engine
     def cell_complete(self, cell, cell_index=None, **_):
         self.completed.append(cell_index)
 
-    def cell_start(self, cell, cell_index=None, **_):
-        self.started = getattr(self, "started", []) + [cell_index]
-
 
 def test_untimed_is_called_once_after_the_last_timed_cell():
     from helpers.tools.kernels import _call_when_untimed
@@ -99,26 +96,6 @@ def test_untimed_is_called_once_after_the_last_timed_cell():
     _call_when_untimed(untimed, lambda: calls.append("at start"))
     assert calls[-1] == "at start"  # no timed cell: before the first one runs
     assert kernels.register_engine() == kernels.register_engine() == kernels.ENGINE
-
-
-def test_before_timed_is_called_before_each_timed_cell_starts():
-    from helpers.tools.kernels import _call_before_timed
-
-    calls = []
-    man = _Manager([[], ["timed"], [], ["timed", "nbval-ignore-output"], []])
-    _call_before_timed(man, lambda: calls.append(list(getattr(man, "started", []))))
-    for i, cell in enumerate(man.nb.cells):
-        man.cell_start(cell, cell_index=i)
-    assert calls == [[0], [0, 1, 2]] and man.started == [0, 1, 2, 3, 4]
-
-
-def test_settle_waits_for_the_retired_kernels_to_exit():
-    with kernels.Kernels(ahead=True) as ahead:
-        km = ahead.take()  # started now: nothing was started ahead
-        assert km.is_alive()
-        ahead.retire(km)
-        ahead.settle()
-        assert not km.is_alive() and ahead.retired == []
 
 
 def test_the_cells_that_print_timings_are_tagged_timed():

@@ -83,22 +83,15 @@ class Kernels:
                 km.request_shutdown()
             self.retired.append(km)
 
-    def settle(self) -> None:
-        """Wait until the retired kernels have exited: called before a timed cell, which a kernel
-        freeing a few GB beside it slows (04's one-image median 81 -> 120 ms when 03's kernel
-        exited during it)."""
-        retired, self.retired = self.retired, []
-        for km in retired:
+    def __exit__(self, *exc) -> None:
+        for km in self.queue:
+            km.shutdown_kernel(now=True)
+        for km in self.retired:
             try:
                 km.finish_shutdown()  # waits for the exit (kills it after a few seconds)
                 km.cleanup_resources()
             except Exception as exc:  # one kernel's trouble must not leave the others running
                 warnings.warn(f"a notebook kernel did not shut down cleanly: {exc}", stacklevel=2)
-
-    def __exit__(self, *exc) -> None:
-        for km in self.queue:
-            km.shutdown_kernel(now=True)
-        self.settle()
 
 
 def timed_cells(path) -> int:
@@ -121,17 +114,14 @@ def depth(quiet: list[bool], i: int) -> int:
 
 
 def register_engine() -> str:
-    """Register (once) and name papermill's nbclient engine with two more keywords: ``untimed``,
-    a function called once, as soon as no cell tagged ``timed`` is left to run (before the first
-    cell when there is none), and ``before_timed``, called before each cell tagged ``timed``."""
+    """Register (once) and name papermill's nbclient engine with one more keyword, ``untimed``: a
+    function called once, as soon as no cell tagged ``timed`` is left to run (before the first
+    cell when there is none)."""
     from papermill.engines import NBClientEngine, papermill_engines
 
     class Engine(NBClientEngine):
         @classmethod
-        def execute_managed_notebook(cls, nb_man, kernel_name, untimed=None, before_timed=None,
-                                     **kwargs):  # fmt: skip
-            if before_timed is not None:
-                _call_before_timed(nb_man, before_timed)
+        def execute_managed_notebook(cls, nb_man, kernel_name, untimed=None, **kwargs):
             if untimed is not None:
                 _call_when_untimed(nb_man, untimed)
             return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
@@ -161,14 +151,3 @@ def _call_when_untimed(nb_man, untimed) -> None:
 
     nb_man.cell_complete = cell_complete
     call_if_untimed(0)
-
-
-def _call_before_timed(nb_man, before_timed) -> None:
-    start = nb_man.cell_start
-
-    def cell_start(cell, cell_index=None, **kw):
-        if TIMED in cell.metadata.get("tags", []):
-            before_timed()
-        start(cell, cell_index=cell_index, **kw)
-
-    nb_man.cell_start = cell_start

@@ -120,11 +120,10 @@ KERNELS_AHEAD = True
 
 
 def _execute(nb: str, out: Path, merged: dict, state: dict, html: bool, log, km=None,
-             untimed=None, before_timed=None) -> None:  # fmt: skip
+             untimed=None) -> None:  # fmt: skip
     """Run one notebook into ``out/notebooks`` with papermill, its status kept in run.json;
     ``km``: a started kernel (:func:`~helpers.tools.kernels.start_kernel`) or None for a new one;
-    ``untimed``: called once no cell tagged ``timed`` is left, ``before_timed`` before each such
-    cell (:func:`kernels.register_engine`)."""
+    ``untimed``: called once no cell tagged ``timed`` is left (:func:`kernels.register_engine`)."""
     import papermill
 
     def status(text: str, **seconds) -> None:
@@ -136,7 +135,7 @@ def _execute(nb: str, out: Path, merged: dict, state: dict, html: bool, log, km=
     log(f"running {nb} ...")
     kw = dict(kernel_name="python3", cwd=str(notebook_dir()), progress_bar=False, log_output=False,
               parameters={**merged, "run_dir": str(out)}, extra_arguments=kernels.KERNEL_ARGS,
-              engine_name=kernels.register_engine(), untimed=untimed, before_timed=before_timed,
+              engine_name=kernels.register_engine(), untimed=untimed,
               **({"km": km} if km is not None else {}))  # fmt: skip
     try:
         papermill.execute_notebook(str(notebook_dir() / nb), str(target), **kw)
@@ -206,7 +205,7 @@ def _run(out, data, params, overwrite, resume, html, log) -> dict:
             n = kernels.depth(quiet, i)  # started once nothing timed is left in this one
             more = (lambda n=n: ahead.start_ahead(n)) if n else None
             try:
-                _execute(nb, out, merged, state, html, log, km, more, ahead.settle)
+                _execute(nb, out, merged, state, html, log, km, more)
             finally:
                 ahead.retire(km)
     path = out / "metrics.json"
