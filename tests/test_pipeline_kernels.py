@@ -98,6 +98,16 @@ def test_untimed_is_called_once_after_the_last_timed_cell():
     assert kernels.register_engine() == kernels.register_engine() == kernels.ENGINE
 
 
+def test_a_retired_kernel_is_gone_when_retire_returns():
+    """Stopped at once (killed: its notebook is saved), not left exiting beside the next one."""
+    with kernels.Kernels(ahead=True) as ahead:
+        km = ahead.take()  # started now: nothing was started ahead
+        assert km.is_alive()
+        ahead.retire(km)
+        assert not km.is_alive()
+        ahead.retire(km)  # twice, or a kernel that died by itself: no error
+
+
 def test_the_cells_that_print_timings_are_tagged_timed():
     """01's fit and predict, 03's bank-size sweep, 04's one-image timings and batch sweep."""
     want = {"01_dataset_exploration_clahe.ipynb": 1, "03_coreset_construction.ipynb": 1,
