@@ -14,11 +14,15 @@ from __future__ import annotations
 import importlib
 
 from helpers.core import __version__  # noqa: E402, F401
-from helpers.core.config import Config, ConfigError  # noqa: E402
-from helpers.core.model import BankMismatchError, PatchCore, Prediction  # noqa: E402
 
-# loaded on first use (matplotlib, ipywidgets and the run folder are not needed by the core)
+# loaded on first use: ``import helpers`` loads no torch, so ``python -m helpers run`` starts the
+# first notebook's kernel before it loads torch itself (helpers/tools/kernels.py)
 _LAZY = {
+    "Config": ("helpers.core.config", "Config"),
+    "ConfigError": ("helpers.core.config", "ConfigError"),
+    "PatchCore": ("helpers.core.model", "PatchCore"),
+    "Prediction": ("helpers.core.model", "Prediction"),
+    "BankMismatchError": ("helpers.core.model", "BankMismatchError"),
     "Run": ("helpers.run.run", "Run"),
     "viz": ("helpers.lessons.viz", None),
     "widgets": ("helpers.lessons.widgets", None),
@@ -26,15 +30,7 @@ _LAZY = {
     "predict": ("helpers.tools.predict", "predict"),
 }
 
-__all__ = [
-    "BankMismatchError",
-    "Config",
-    "ConfigError",
-    "PatchCore",
-    "Prediction",
-    "__version__",
-    *_LAZY,
-]
+__all__ = ["__version__", *_LAZY]
 
 
 def __getattr__(name: str):

@@ -18,13 +18,23 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     cmd, rest = (argv[0], argv[1:]) if argv else ("", [])
-    if cmd in ("run", "demo", "predict", "export"):  # each parses its own options
-        from helpers.tools import export, pipeline, predict
+    if cmd in ("run", "demo"):  # parses its own options
+        from helpers.tools import kernels  # no torch: the first kernel starts before it loads
 
-        if cmd == "demo":
-            out = [] if "--out" in rest else ["--out", "runs/demo"]
-            rest = ["--preset", "demo", "--overwrite", "--html", *out, *rest]
-        return {"predict": predict, "export": export}.get(cmd, pipeline).main(rest)
+        first = kernels.start_early(rest)
+        try:
+            from helpers.tools import pipeline
+
+            if cmd == "demo":
+                out = [] if "--out" in rest else ["--out", "runs/demo"]
+                rest = ["--preset", "demo", "--overwrite", "--html", *out, *rest]
+            return pipeline.main(rest, first=first)
+        finally:
+            kernels.stop(first)  # used and stopped by the job already, or never used
+    if cmd in ("predict", "export"):  # each parses its own options
+        from helpers.tools import export, predict
+
+        return {"predict": predict, "export": export}[cmd].main(rest)
     if cmd == "seed-weights":
         from helpers.core.backbones import seed_offline_weights
 

@@ -10,7 +10,7 @@ import nbformat
 import papermill
 import pytest
 
-from helpers.core.runtime import child_environment
+from helpers.core.process import child_environment
 from helpers.run.parameters import PRESETS
 from helpers.tools import kernels, pipeline
 from helpers.tools.pipeline import NOTEBOOKS, PipelineError, run_pipeline
@@ -161,3 +161,57 @@ def test_a_kernel_that_cannot_be_started_ahead_leaves_it_to_papermill(tmp_path, 
     with pytest.warns(UserWarning, match="could not start the next notebook's kernel ahead"):
         run_pipeline(tmp_path / "run", params=dict(PRESETS["ci"]), log=lambda m: None)
     assert got == [None] * len(NOTEBOOKS)
+
+
+def test_the_command_line_starts_the_first_kernel_before_torch_loads():
+    """``import helpers`` and the kernels module load no torch, so ``python -m helpers run``
+    starts the first notebook's kernel before its own imports and checks."""
+    import subprocess
+    import sys
+
+    code = "import sys, helpers, helpers.tools.kernels; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def _fake_papermill(monkeypatch):
+    started, seen = [], []
+    real_start = kernels.start_kernel
+
+    def start(env=None):
+        started.append(real_start(env))
+        return started[-1]
+
+    def execute(src, dst, parameters, km=None, untimed=None, **_):
+        seen.append(km)
+        if untimed is not None:
+            untimed()
+        with open(dst, "w") as fh:
+            fh.write("{}")
+
+    monkeypatch.setattr(kernels, "start_kernel", start)
+    monkeypatch.setattr(papermill, "execute_notebook", execute)
+    return started, seen
+
+
+def test_the_early_kernel_runs_the_first_notebook_and_none_is_left(tmp_path, monkeypatch):
+    from helpers.__main__ import main
+
+    started, seen = _fake_papermill(monkeypatch)
+    assert main(["run", "--out", str(tmp_path / "run"), "--preset", "ci"]) == 0
+    assert len(started) == len(NOTEBOOKS) and seen == started  # the early one is 01's
+    assert not any(km.is_alive() for km in started)
+
+
+def test_an_early_kernel_the_job_does_not_use_is_stopped(tmp_path, monkeypatch, capsys):
+    """A refused run (before any notebook), several categories, --help: no kernel left."""
+    from helpers.__main__ import main
+
+    started, seen = _fake_papermill(monkeypatch)
+    assert main(["run", "--out", str(tmp_path / "a"), "-p", "no_such_knob", "1"]) == 1
+    assert "unknown parameter" in capsys.readouterr().err
+    assert len(started) == 1 and seen == [] and not started[0].is_alive()
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert len(started) == 1  # --help starts nothing
+    assert not any(km.is_alive() for km in started)

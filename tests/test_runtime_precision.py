@@ -85,8 +85,8 @@ def _allocator_in_a_fresh_process(env: dict) -> str:
     import sys
 
     code = (
-        "from helpers.core import runtime; from helpers import PatchCore;"
-        "PatchCore(backbone='mobilenet_v2', device='cpu'); print(runtime.keep_freed_memory())"
+        "from helpers.core import process; from helpers import PatchCore;"
+        "PatchCore(backbone='mobilenet_v2', device='cpu'); print(process.keep_freed_memory())"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, **env}, check=True)  # fmt: skip
@@ -103,7 +103,7 @@ def test_freed_memory_is_kept_on_glibc_unless_the_environment_says_system():
 
 
 def test_child_processes_get_huge_pages_for_malloc_unless_the_environment_says_system():
-    from helpers.core.runtime import HUGE_PAGES, child_environment
+    from helpers.core.process import HUGE_PAGES, child_environment
 
     assert child_environment({"PATH": "/bin"}) == {"PATH": "/bin", "GLIBC_TUNABLES": HUGE_PAGES}
     mine = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}  # the user's tunables are kept

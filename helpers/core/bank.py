@@ -32,7 +32,8 @@ from helpers.core.knn import (
     pair_distance,
     resolve_backend,
 )
-from helpers.core.runtime import load_tensors, release_freed_memory, run_halving, save_tensors
+from helpers.core.process import release_freed_memory
+from helpers.core.runtime import load_tensors, run_halving, save_tensors
 from helpers.core.runtime import progress as show_progress
 from helpers.core.training import TrainingFeatures
 

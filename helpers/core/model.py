@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from helpers.core import runtime
+from helpers.core import process, runtime
 from helpers.core.backbones import FeatureExtractor
 from helpers.core.bank import (
     BankMismatchError,
@@ -74,7 +74,7 @@ class PatchCore:
         if not isinstance(config, Config):
             raise TypeError(f"config must be a helpers.Config, got {type(config).__name__}")
         self.config = config
-        runtime.keep_freed_memory()  # once per process: no page faults for every batch's buffers
+        process.keep_freed_memory()  # once per process: no page faults for every batch's buffers
         self.device = runtime.resolve_device(config.device)
         self.preprocess = Preprocessor.from_config(config)
         self._extractor: FeatureExtractor | None = None
@@ -181,7 +181,7 @@ class PatchCore:
         self.info = dict(n_train=feats.n_images, n_views=feats.n_views, n_patches=feats.n_patches,
                          bank_size=len(self.bank), features_s=feats.seconds, coreset_s=coreset_s,
                          fit_s=feats.seconds + coreset_s)  # fmt: skip
-        runtime.release_freed_memory()
+        process.release_freed_memory()
         return self
 
     def calibrate(self, feats, false_alarm_rate=None, progress=False, scores=None) -> dict:
@@ -229,7 +229,7 @@ class PatchCore:
                 geoms[i], out_maps[i] = geometry, amap
         if grids is None:
             grids = np.zeros((n, 0, 0), dtype=np.float32)
-        runtime.release_freed_memory()  # the batches' buffers, kept for reuse until now
+        process.release_freed_memory()  # the batches' buffers, kept for reuse until now
         return Prediction(scores, out_maps, grids, geoms)
 
     def score_embeddings(self, emb: torch.Tensor, bank: MemoryBank | None = None) -> tuple:

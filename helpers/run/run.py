@@ -20,7 +20,8 @@ from helpers.core.bank import BankMismatchError, bank_digest, versions
 from helpers.core.config import Config, ConfigError
 from helpers.core.images import load_image
 from helpers.core.model import PatchCore
-from helpers.core.runtime import atomic_write_bytes, atomic_write_json, release_freed_memory
+from helpers.core.process import release_freed_memory
+from helpers.core.runtime import atomic_write_bytes, atomic_write_json
 from helpers.data.download import mount_drive_for
 from helpers.data.mvtec import Sample, masks_like
 from helpers.evaluation import report

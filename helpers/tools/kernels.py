@@ -6,35 +6,52 @@ libraries then (:mod:`helpers.tools.kernel_warmup`), and is stopped once its not
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
-from helpers.core.runtime import child_environment
-from helpers.run import parameters
+from helpers.core.process import PROGRESS_ENV, child_environment
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"  # no torch: see start_early
 
 KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
 TIMED = "timed"  # the tag of a notebook cell that prints timings: nothing else runs beside it
 ENGINE = "patchcore"  # papermill's nbclient engine, telling when no timed cell is left
 
 
-def start_kernel():
+def start_kernel(env: dict[str, str] | None = None):
     """A python3 kernel started now, in the notebooks' folder, that loads the libraries the lessons
     import as it starts (:mod:`helpers.tools.kernel_warmup`): the main job starts the next
     notebook's kernel while the current notebook runs its last, untimed cells, so a lesson finds
     its kernel up and its imports done (about 4 s a notebook on 2 CPU cores). Only the imports are
     done ahead: the notebook's own cells run in order, as in a fresh kernel. Its environment is
-    :func:`~helpers.core.runtime.child_environment` (huge pages for malloc)."""
+    :func:`~helpers.core.process.child_environment` of ``env`` (default: this process's; huge
+    pages for malloc)."""
     from jupyter_client.manager import KernelManager
 
     warmup = Path(__file__).with_name("kernel_warmup.py")
     client = "jupyter_client.asynchronous.AsyncKernelClient"  # the client nbclient expects
     km = KernelManager(kernel_name="python3", client_class=client)
     km.start_kernel(
-        cwd=str(parameters.repo_root() / "notebooks"),
+        cwd=str(NOTEBOOKS_DIR),
         extra_arguments=[*KERNEL_ARGS, f"--IPKernelApp.exec_files={warmup}"],
-        env=child_environment(),  # malloc with transparent huge pages (glibc)
+        env=child_environment(env),  # malloc with transparent huge pages (glibc)
     )
     return km
+
+
+def start_early(argv: list[str]):
+    """The first notebook's kernel, started by ``python -m helpers run`` (``argv``: its options)
+    before anything loads torch: the job's own imports and checks take ~4.5 s on 2 CPU cores, the
+    kernel's start and imports ~5.5 s, and 01 waited 4 s for a kernel started after the job's
+    imports. None where the job starts its kernels itself (``--help``, ``--threads``, or no
+    kernel can start); the job kills it when it does not use it (several categories)."""
+    if any(a in ("-h", "--help") or a.startswith("--threads") for a in argv):
+        return None
+    try:
+        return start_kernel({**os.environ, PROGRESS_ENV: "stderr"})  # as pipeline._threads sets
+    except Exception:  # the job starts its own and says what is wrong
+        return None
 
 
 class Kernels:
@@ -42,8 +59,14 @@ class Kernels:
     :func:`depth`); each used kernel is stopped when its notebook is done (:meth:`retire`).
     Every kernel is gone when the block ends, also on an error or Ctrl-C."""
 
-    def __init__(self, ahead: bool):
+    def __init__(self, ahead: bool, first=None):
+        """``first``: a kernel started for the first notebook already (:func:`start_early`)."""
         self.ahead, self.queue = ahead, []
+        if first is not None:
+            if ahead:
+                self.queue.append(first)
+            else:
+                self.retire(first)
 
     def __enter__(self) -> Kernels:
         return self
@@ -75,21 +98,26 @@ class Kernels:
         return km
 
     def retire(self, km) -> None:
-        """Stop ``km`` (None: nothing) now. Its notebook is saved, so it is killed, not asked to
-        shut down: a polite exit spends ~1.2 s of a core finalising Python beside the next
-        notebook's cells (04's timed one-image median 81 -> 120 ms when 03's kernel exited during
-        it); a killed kernel is gone, its memory freed, in ~0.1 s."""
-        if km is None:
-            return
-        try:
-            km.shutdown_kernel(now=True)
-        except Exception as exc:  # one kernel's trouble must not stop the job
-            warnings.warn(f"a notebook kernel did not stop cleanly: {exc}", stacklevel=2)
+        """:func:`stop` ``km`` (its notebook is done)."""
+        stop(km)
 
     def __exit__(self, *exc) -> None:
         for km in self.queue:
             self.retire(km)
         self.queue = []
+
+
+def stop(km) -> None:
+    """Stop ``km`` (None, or stopped already: nothing) now. Its notebook is saved, so it is
+    killed, not asked to shut down: a polite exit spends ~1.2 s of a core finalising Python beside
+    the next notebook's cells (04's timed one-image median 81 -> 120 ms when 03's kernel exited
+    during it); a killed kernel is gone, its memory freed, in ~0.1 s."""
+    if km is None:
+        return
+    try:
+        km.shutdown_kernel(now=True)
+    except Exception as exc:  # one kernel's trouble must not stop the job
+        warnings.warn(f"a notebook kernel did not stop cleanly: {exc}", stacklevel=2)
 
 
 def timed_cells(path) -> int:

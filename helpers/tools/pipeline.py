@@ -26,7 +26,8 @@ from typing import Any
 from unittest import mock
 
 from helpers.core.config import ConfigError
-from helpers.core.runtime import PROGRESS_ENV, atomic_write_json
+from helpers.core.process import PROGRESS_ENV
+from helpers.core.runtime import atomic_write_json
 from helpers.run import parameters
 from helpers.run.run import Run
 from helpers.tools import kernels, report
@@ -97,13 +98,14 @@ def _threads(n: int | None):
 
 def run_pipeline(out: str | Path, data: str | None = None, *, params: dict[str, Any] | None = None,
                  overwrite=False, resume=False, html=False, threads: int | None = None,
-                 log: Callable[[str], None] = print) -> dict:  # fmt: skip
+                 log: Callable[[str], None] = print, first=None) -> dict:  # fmt: skip
     """Execute the notebooks into ``out``; returns the metrics.json contents. ``threads``: CPU
-    threads per notebook kernel (default: the library's choice)."""
+    threads per notebook kernel (default: the library's choice); ``first``: a kernel started
+    already for the first notebook (:func:`~helpers.tools.kernels.start_early`), or None."""
     if threads is not None and (type(threads) is not int or threads < 1):
         raise PipelineError(f"threads={threads!r} must be a positive whole number (e.g. 1)")
     with _threads(threads):
-        return _run(out, data, dict(params or {}), overwrite, resume, html, log)
+        return _run(out, data, dict(params or {}), overwrite, resume, html, log, first)
 
 
 def _check_names(params: dict[str, Any]) -> None:
@@ -156,7 +158,7 @@ def _execute(nb: str, out: Path, merged: dict, state: dict, html: bool, log, km=
     log(f"  done in {seconds:.0f} s")
 
 
-def _run(out, data, params, overwrite, resume, html, log) -> dict:
+def _run(out, data, params, overwrite, resume, html, log, first=None) -> dict:
     out = report.resolve(out, "--out")
     data = report.resolve(data, "--data") if data is not None else None
     _check_names(params)
@@ -172,7 +174,7 @@ def _run(out, data, params, overwrite, resume, html, log) -> dict:
         raise PipelineError(f"invalid parameter: {exc} (set it with -p NAME VALUE)") from exc
     except TypeError as exc:
         raise PipelineError(f"invalid parameters: {exc}") from exc
-    with kernels.Kernels(KERNELS_AHEAD) as ahead:
+    with kernels.Kernels(KERNELS_AHEAD, first) as ahead:
         ahead.start_ahead(1)  # the first notebook's kernel loads its libraries during the checks
         log(report.preflight({**merged, "run_dir": str(out)}))
         try:  # the folder and its marker
@@ -221,7 +223,9 @@ def _threads_arg(text: str) -> int:
     return n
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m helpers run") -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m helpers run", first=None) -> int:
+    """The command line; ``first``: a kernel :func:`~helpers.tools.kernels.start_early` started
+    for the first notebook (stopped here when this job does not use it)."""
     fmt = argparse.RawDescriptionHelpFormatter
     ap = argparse.ArgumentParser(prog, description=__doc__, formatter_class=fmt)
     add = ap.add_argument
@@ -246,12 +250,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m helpers run") -> 
     many = args.category is not None and ("," in args.category or args.category.strip() == "all")
     try:
         if many:
+            kernels.stop(first)  # each category's job starts its own
             names = report.parse_categories(args.category, args.data)
             rows = report.run_categories(run_pipeline, args.out, args.data, names, **kw)
             return 0 if all(r["status"] == "done" for r in rows) else 1
         if args.category is not None:
             params["category"] = args.category.strip()
-        run_pipeline(args.out, args.data, **kw)
+        run_pipeline(args.out, args.data, first=first, **kw)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
