@@ -98,19 +98,14 @@ def test_untimed_is_called_once_after_the_last_timed_cell():
     assert kernels.register_engine() == kernels.register_engine() == kernels.ENGINE
 
 
-def test_a_retired_kernel_is_stopped_when_the_next_notebook_has_no_timed_cell_left():
-    """Not while the next notebook's timed cells run (a kernel freeing its memory beside them
-    slows them); stopped at once then (killed: its notebook is saved), and at the end."""
+def test_a_retired_kernel_is_gone_when_retire_returns():
+    """Stopped at once (killed: its notebook is saved), not left exiting beside the next one."""
     with kernels.Kernels(ahead=True) as ahead:
         km = ahead.take()  # started now: nothing was started ahead
+        assert km.is_alive()
         ahead.retire(km)
-        assert km.is_alive()  # the next notebook's timed cells may be running
-        ahead.untimed(0)
-        assert not km.is_alive() and ahead.retired == []
-        last = ahead.take()
-        ahead.retire(last)
-        kernels.stop(km)  # twice, or a kernel that died by itself: no error
-    assert not last.is_alive()  # the block's end stops the rest
+        assert not km.is_alive()
+        ahead.retire(km)  # twice, or a kernel that died by itself: no error
 
 
 def test_the_cells_that_print_timings_are_tagged_timed():

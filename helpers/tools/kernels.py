@@ -61,7 +61,7 @@ class Kernels:
 
     def __init__(self, ahead: bool, first=None):
         """``first``: a kernel started for the first notebook already (:func:`start_early`)."""
-        self.ahead, self.queue, self.retired = ahead, [], []
+        self.ahead, self.queue = ahead, []
         if first is not None:
             if ahead:
                 self.queue.append(first)
@@ -98,25 +98,13 @@ class Kernels:
         return km
 
     def retire(self, km) -> None:
-        """``km``'s notebook is done: it is stopped at the next :meth:`untimed` (or at the end),
-        not now. A kernel freeing a few GB as the next notebook starts slows that notebook's first
-        timed cells: 04's one-image median 81 -> 120 ms beside 03's kernel exiting politely, its
-        batch-1 row 84 -> 114-123 ms right after 03's kernel was killed."""
-        if km is not None:
-            self.retired.append(km)
-
-    def untimed(self, n: int) -> None:
-        """The running notebook has no timed cell left: stop the retired kernels, then have ``n``
-        started ahead (:meth:`start_ahead`)."""
-        retired, self.retired = self.retired, []
-        for km in retired:
-            stop(km)
-        self.start_ahead(n)
+        """:func:`stop` ``km`` (its notebook is done)."""
+        stop(km)
 
     def __exit__(self, *exc) -> None:
-        for km in self.queue + self.retired:
-            stop(km)
-        self.queue, self.retired = [], []
+        for km in self.queue:
+            self.retire(km)
+        self.queue = []
 
 
 def stop(km) -> None:

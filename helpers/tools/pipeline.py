@@ -205,7 +205,7 @@ def _run(out, data, params, overwrite, resume, html, log, first=None) -> dict:
         for i, nb in enumerate(todo):
             km = ahead.take()
             n = kernels.depth(quiet, i)  # started once nothing timed is left in this one
-            more = lambda n=n: ahead.untimed(n)  # stops the last kernel, starts the next ones
+            more = (lambda n=n: ahead.start_ahead(n)) if n else None
             try:
                 _execute(nb, out, merged, state, html, log, km, more)
             finally:
