@@ -215,3 +215,33 @@ def test_an_early_kernel_the_job_does_not_use_is_stopped(tmp_path, monkeypatch, 
         main(["run", "--help"])
     assert len(started) == 1  # --help starts nothing
     assert not any(km.is_alive() for km in started)
+
+
+def test_the_engine_saves_less_often_and_the_output_is_complete(tmp_path):
+    """Papermill saves the output notebook at every cell's start and end; through the main job's
+    engine only the end (and a save every SAVE_EVERY seconds) writes it, with every output."""
+    from unittest import mock
+
+    from papermill.engines import NotebookExecutionManager
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(f"print({i})") for i in range(6)]
+    nb.cells.insert(3, nbformat.v4.new_markdown_cell("text"))
+    src, dst = tmp_path / "in.ipynb", tmp_path / "out.ipynb"
+    nbformat.write(nb, src)
+    writes = []
+    real = NotebookExecutionManager.save
+
+    def counting(self, **kw):
+        writes.append(1)
+        return real(self, **kw)
+
+    with mock.patch.object(NotebookExecutionManager, "save", counting):
+        papermill.execute_notebook(str(src), str(dst), kernel_name="python3", progress_bar=False,
+                                   engine_name=kernels.register_engine())  # fmt: skip
+    out = nbformat.read(dst, as_version=4)
+    assert [c.outputs[0]["text"] for c in out.cells if c.cell_type == "code"] == [
+        f"{i}\n" for i in range(6)
+    ]
+    assert all(c.metadata.papermill["status"] == "completed" for c in out.cells)
+    assert len(writes) <= 3  # papermill's start, the engine's end (was 2 per cell + 2: 16)

@@ -142,12 +142,13 @@ def depth(quiet: list[bool], i: int) -> int:
 def register_engine() -> str:
     """Register (once) and name papermill's nbclient engine with one more keyword, ``untimed``: a
     function called once, as soon as no cell tagged ``timed`` is left to run (before the first
-    cell when there is none)."""
+    cell when there is none). It also saves the output notebook less often (:func:`_save_less`)."""
     from papermill.engines import NBClientEngine, papermill_engines
 
     class Engine(NBClientEngine):
         @classmethod
         def execute_managed_notebook(cls, nb_man, kernel_name, untimed=None, **kwargs):
+            _save_less(nb_man)
             if untimed is not None:
                 _call_when_untimed(nb_man, untimed)
             return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
@@ -177,3 +178,30 @@ def _call_when_untimed(nb_man, untimed) -> None:
 
     nb_man.cell_complete = cell_complete
     call_if_untimed(0)
+
+
+SAVE_EVERY = 10.0  # seconds between the running notebook's saves (papermill: at every cell)
+
+
+def _save_less(nb_man, every: float = SAVE_EVERY) -> None:
+    """Papermill writes the whole output notebook before and after every cell, markdown included:
+    ~70 writes of up to 5 MB (the figures) per lesson, 15-26 ms each, between the cells, i.e.
+    seconds of a notebook's time. Here a cell boundary saves only when ``every`` seconds have
+    passed since the last save; the end of the notebook (also on an error: papermill always calls
+    ``notebook_complete``) saves what the notebook holds then, so the file is the same."""
+    import time
+
+    save, complete, last = nb_man.save, nb_man.notebook_complete, [time.monotonic()]
+
+    def save_less(**kw):
+        if "nb" in kw:  # as papermill's own save does with a notebook passed in
+            nb_man.nb = kw.pop("nb")
+        if time.monotonic() - last[0] >= every:
+            save(**kw)
+            last[0] = time.monotonic()
+
+    def notebook_complete(**kw):
+        nb_man.save = save  # its own final save goes through
+        complete(**kw)
+
+    nb_man.save, nb_man.notebook_complete = save_less, notebook_complete
