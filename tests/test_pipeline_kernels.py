@@ -141,23 +141,36 @@ def test_a_failing_notebook_leaves_no_kernel_running(tmp_path, monkeypatch):
     assert not any(km.is_alive() for km in started)
 
 
-def test_a_kernel_that_cannot_be_started_ahead_leaves_it_to_papermill(tmp_path, monkeypatch):
-    """No python3 kernel (or any start failure): a warning, then papermill starts the kernels
-    itself and reports any failure through the main job's one-line error, as before."""
-    got = []
+def _fake_papermill(monkeypatch, start=None):
+    """papermill.execute_notebook replaced: each notebook records its kernel, calls ``untimed``
+    and writes an empty file; kernels.start_kernel records what it starts (or is ``start``)."""
+    started, seen = [], []
+    real_start = kernels.start_kernel
 
-    def broken():
-        raise RuntimeError("No such kernel named python3")
+    def record(env=None):
+        started.append(real_start(env))
+        return started[-1]
 
     def execute(src, dst, parameters, km=None, untimed=None, **_):
-        got.append(km)
+        seen.append(km)
         if untimed is not None:
             untimed()
         with open(dst, "w") as fh:
             fh.write("{}")
 
-    monkeypatch.setattr(kernels, "start_kernel", broken)
+    monkeypatch.setattr(kernels, "start_kernel", start or record)
     monkeypatch.setattr(papermill, "execute_notebook", execute)
+    return started, seen
+
+
+def test_a_kernel_that_cannot_be_started_ahead_leaves_it_to_papermill(tmp_path, monkeypatch):
+    """No python3 kernel (or any start failure): a warning, then papermill starts the kernels
+    itself and reports any failure through the main job's one-line error, as before."""
+
+    def broken(env=None):
+        raise RuntimeError("No such kernel named python3")
+
+    _, got = _fake_papermill(monkeypatch, start=broken)
     with pytest.warns(UserWarning, match="could not start the next notebook's kernel ahead"):
         run_pipeline(tmp_path / "run", params=dict(PRESETS["ci"]), log=lambda m: None)
     assert got == [None] * len(NOTEBOOKS)
@@ -172,26 +185,6 @@ def test_the_command_line_starts_the_first_kernel_before_torch_loads():
     code = "import sys, helpers, helpers.tools.kernels; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
-
-
-def _fake_papermill(monkeypatch):
-    started, seen = [], []
-    real_start = kernels.start_kernel
-
-    def start(env=None):
-        started.append(real_start(env))
-        return started[-1]
-
-    def execute(src, dst, parameters, km=None, untimed=None, **_):
-        seen.append(km)
-        if untimed is not None:
-            untimed()
-        with open(dst, "w") as fh:
-            fh.write("{}")
-
-    monkeypatch.setattr(kernels, "start_kernel", start)
-    monkeypatch.setattr(papermill, "execute_notebook", execute)
-    return started, seen
 
 
 def test_the_early_kernel_runs_the_first_notebook_and_none_is_left(tmp_path, monkeypatch):
