@@ -256,16 +256,18 @@ def knn_pruned(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, *, distanc
 
 
 def _candidates_torch(q: torch.Tensor, pb: PrunedBank, step: int) -> tuple:
-    """(first [Q], qi, mi, heavy [Q]) for the queries ``q`` (one block): ``first`` the row with
-    the smallest bound, (qi, mi) the pairs whose bound is below that row's exact distance, less the
-    pairs of ``heavy`` queries (more than PRUNE_DENSE candidates: searched in full instead)."""
+    """(first [Q], qi, mi, heavy [Q]) for the queries ``q`` (one block; the GPU's path): ``first``
+    the row with the smallest bound, (qi, mi) the pairs whose bound is below that row's exact
+    distance, less the pairs of ``heavy`` queries (more than PRUNE_DENSE candidates: searched in
+    full instead)."""
     low_q = pb.low(q)
     low_qn = (low_q * low_q).sum(1)
     bound = torch.addmm(pb.low_sqn[None], low_q, pb.neg2_low_t)  # bound - |low_q|^2
-    first = _argmin_rows(bound)
+    first = bound.argmin(1)
     d0 = (q - pb.rows[first]).square_().sum(1)
     # float32 error of the bound |a|^2 + |b|^2 - 2 a.b (and of the projection) is far below
-    qi, mi = _below_rows(bound, d0 + PRUNE_REL * (low_qn + pb.scale) - low_qn)
+    limit = d0 + PRUNE_REL * (low_qn + pb.scale) - low_qn
+    qi, mi = torch.nonzero(bound < limit[:, None], as_tuple=True)
     heavy = torch.bincount(qi, minlength=len(q)) > PRUNE_DENSE
     if heavy.any():
         keep = ~heavy[qi]
@@ -335,22 +337,6 @@ def _one_blas_thread():
 
         _BLAS.append(ThreadpoolController())
     return _BLAS[0].limit(limits=1, user_api="blas")
-
-
-def _argmin_rows(v: torch.Tensor) -> torch.Tensor:
-    """Each row's argmin (the first of equal minima), numpy's on the CPU (~4x torch's there)."""
-    if v.device.type == "cpu":
-        return torch.from_numpy(v.numpy().argmin(1))
-    return v.argmin(1)
-
-
-def _below_rows(v: torch.Tensor, limit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows, columns) where v [Q, M] < limit [Q] (numpy's compare and flatnonzero on the CPU:
-    ~2x torch's compare and 5x its nonzero)."""
-    if v.device.type == "cpu":
-        flat = torch.from_numpy(np.flatnonzero(v.numpy() < limit.numpy()[:, None]))
-        return flat // v.shape[1], flat % v.shape[1]
-    return torch.nonzero(v < limit[:, None], as_tuple=True)
 
 
 def _row_distances(q, rows, qi, mi, part: int = 4096) -> torch.Tensor:
