@@ -367,9 +367,9 @@ def faiss_available() -> bool:
 
 def resolve_backend(backend: str, device: torch.device) -> str:
     """``"auto"``, for queries on the CPU: bf16 candidates + exact re-rank where the CPU has native
-    bf16, else the exact pruned search (on an AVX2 CPU 114 ms per 1,600-patch image on transistor
-    against faiss's 140 and the torch blocks' 164, on tire 34 against 33 and 45; 3x the torch
-    blocks for 32 queries; benchmarks/RESULTS.md); GPU queries stay on torch."""
+    bf16, else the exact pruned search (on a 2-core AVX2 CPU, with eq. 7, 56 ms per 1,600-patch
+    image on transistor against faiss's 131 and the torch blocks' 169, on tire 15 against 40 and
+    37; 3x the torch blocks for 32 queries; benchmarks/RESULTS.md); GPU queries stay on torch."""
     if backend != "auto":
         return backend
     if device.type != "cpu":
