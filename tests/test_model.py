@@ -229,14 +229,45 @@ def test_coreset_max_size_keeps_the_first_greedy_picks(small_config, samples):
     assert torch.equal(capped.memory_bank, feats[kept])
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_balanced_tap_weights_come_from_images_spread_over_the_training_set(
+    small_config, samples, monkeypatch
+):
+    """Measured on at most TAP_SAMPLE images, evenly spaced (not the first batch): with 2 of 6,
+    images 0 and 3, whose patches then have the same mean |block|^2 in every tap."""
+    from helpers.core import training
+
+    monkeypatch.setattr(training, "TAP_SAMPLE", 2)
+    cfg = small_config.replace(train_rotations=1)
+    assert cfg.balance_taps
+    model = PatchCore(cfg).fit(samples[0][:6])
+    train = samples[0][:6]
+    emb = torch.cat([b.embeddings for b in model.embed_images([train[0], train[3]])])  # weighed
+    sq = [
+        b.pow(2).sum(1).mean().item()
+        for b in emb.reshape(-1, cfg.embed_dim).double().split(cfg.tap_dims, 1)
+    ]
+    assert max(sq) - min(sq) < 1e-4 * max(sq)
+    first = torch.cat([b.embeddings for b in model.embed_images(train[:2])])  # not these
+    sq = [
+        b.pow(2).sum(1).mean().item()
+        for b in first.reshape(-1, cfg.embed_dim).double().split(cfg.tap_dims, 1)
+    ]
+    assert max(sq) - min(sq) > 1e-3 * max(sq)
+
+
 def test_balanced_taps_weigh_the_training_patches_alike_and_travel_with_the_bank(
     fitted, samples, tmp_path
 ):
     cfg = fitted.config
     assert cfg.balance_taps and len(fitted.tap_weights) == len(cfg.layers)
-    # the weights come from the fit's first batch: there every tap has the same mean |block|^2
-    first = next(fitted.embed_images(samples[0][: cfg.batch_size], cfg.rotations_for(10)))
-    rows = first.embeddings.reshape(-1, cfg.embed_dim).double()
+    # the weights come from the sampled training images: there every tap has the same mean
+    # |block|^2 (training.tap_sample; all of them on this small set)
+    from helpers.core.training import tap_sample
+
+    train = samples[0]
+    sampled = fitted.embed_images(train[tap_sample(len(train))], cfg.rotations_for(len(train)))
+    rows = torch.cat([b.embeddings for b in sampled]).reshape(-1, cfg.embed_dim).double()
     blocks = rows.split(cfg.tap_dims, dim=1)
     sq = [b.pow(2).sum(1).mean().item() for b in blocks]
     assert max(sq) - min(sq) < 1e-4 * max(sq)

@@ -197,8 +197,19 @@ def balanced_tap_weights(emb: torch.Tensor, tap_dims: list[int]) -> list[float]:
     """One weight per tap giving every tap's block of ``emb`` [..., sum(tap_dims)] the same mean
     squared norm: in an L2 distance the taps then count alike, as the paper's pooling of each tap
     to one width arranges, instead of the tap with the largest values drowning the others."""
-    blocks = emb.reshape(-1, emb.shape[-1]).double().split(tap_dims, dim=1)
-    sq = [block.pow(2).sum(1).mean().item() for block in blocks]
+    return weights_for_mean_squares(tap_sums(emb, tap_dims)[0] / emb[..., 0].numel())
+
+
+def tap_sums(emb: torch.Tensor, tap_dims: list[int]) -> tuple[torch.Tensor, int]:
+    """(each tap's sum of squares over all vectors of ``emb`` [..., sum(tap_dims)] (float64),
+    the number of vectors): summed over batches, the mean squared norm of each tap's block."""
+    rows = emb.reshape(-1, emb.shape[-1]).double()
+    return torch.stack([block.pow(2).sum() for block in rows.split(tap_dims, dim=1)]), len(rows)
+
+
+def weights_for_mean_squares(sq: torch.Tensor) -> list[float]:
+    """The tap weights that bring every tap's mean squared norm ``sq`` to their average."""
+    sq = sq.tolist()
     return [(sum(sq) / len(sq) / s) ** 0.5 if s > 0 else 1.0 for s in sq]
 
 

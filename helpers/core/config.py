@@ -81,7 +81,7 @@ class Config:
     patch_size: int = 3  # local neighbourhood aggregation (3x3, stride 1)
     pretrain_embed_dim: int | None = None  # per-layer pooled length; 0: the layer's channels
     target_embed_dim: int | None = None  # final length; 0: the concatenation (see embed_dim)
-    # weigh the taps to the same mean |block|^2 on the fit's first batch (target_embed_dim 0 only)
+    # weigh the taps to the same mean |block|^2 on <= 64 training images (target_embed_dim 0 only)
     balance_taps: bool | None = None
     # memory bank: the fraction of training patches kept (else 0.1), at most coreset_max_size
     # rows (0: no cap; above it the coreset's time grows linearly with the training set)
