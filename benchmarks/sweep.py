@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers import Config, PatchCore  # noqa: E402
 from helpers.core.backbones import balanced_tap_weights  # noqa: E402
 from helpers.core.images import Geometry  # noqa: E402
+from helpers.core.training import tap_sample_rows  # noqa: E402
 from helpers.data.mvtec import list_samples
 from helpers.evaluation.metrics import image_auroc
 from helpers.evaluation.report import evaluate  # noqa: E402
@@ -182,9 +183,9 @@ def evaluate_row(name, overrides, root, category, n_train, cache, base) -> dict:
     )
     model = PatchCore(cfg)
     model.grid = grid
-    if cfg.balance_taps:  # as PatchCore.extract: weights from the fit's first batch of views
-        first = cfg.batch_size * cfg.rotations_for(len(train)) * grid[0] * grid[1]
-        model.tap_weights = balanced_tap_weights(train_f[:first], cfg.tap_dims)
+    if cfg.balance_taps:  # as PatchCore.extract: weights from the sampled training images' views
+        rows = tap_sample_rows(len(train), cfg.rotations_for(len(train)), grid[0] * grid[1])
+        model.tap_weights = balanced_tap_weights(train_f[rows], cfg.tap_dims)
         scale = model.tap_scale()
         train_f, test_e = train_f * scale, test_e * scale
     t0 = time.perf_counter()

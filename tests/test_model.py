@@ -238,6 +238,8 @@ def test_balanced_tap_weights_come_from_images_spread_over_the_training_set(
     from helpers.core import training
 
     monkeypatch.setattr(training, "TAP_SAMPLE", 2)
+    # images 0 and 3 of 6, two views each, three patches a view: views 0, 1, 6, 7
+    assert training.tap_sample_rows(6, 2, 3).tolist() == [0, 1, 2, 3, 4, 5, 18, 19, 20, 21, 22, 23]
     cfg = small_config.replace(train_rotations=1)
     assert cfg.balance_taps
     model = PatchCore(cfg).fit(samples[0][:6])

@@ -78,6 +78,13 @@ def tap_sample(n: int) -> slice:
     return slice(None, None, max(1, -(-n // TAP_SAMPLE)))
 
 
+def tap_sample_rows(n: int, rotations: int, per_view: int) -> torch.Tensor:
+    """The patch rows, in the fit's order (each image's views, then each view's patches), of the
+    :func:`tap_sample` images of ``n``: what the weights were measured on (notebook 02)."""
+    views = torch.arange(n * rotations).view(n, rotations)[tap_sample(n)].flatten()
+    return (views[:, None] * per_view + torch.arange(per_view)).flatten()
+
+
 def sampled_tap_weights(model, items, rotations: int, n: int) -> list[float]:
     """balance_taps: the weights that give every tap the same mean squared norm over the views of
     up to TAP_SAMPLE training images spread evenly over the set (:func:`tap_sample`; one more
